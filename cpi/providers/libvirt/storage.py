@@ -1,0 +1,161 @@
+"""Storage volumes in one libvirt directory pool: stemcell images, VM overlays, ephemeral and persistent disks.
+
+Every volume the provider creates is named after the CID that owns it, so a leak is visible with ``virsh vol-list``
+and cleanup can find it without state. Image uploads go through libvirt streams, so the pool may be remote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from cpi.errors import CloudError, NoDiskSpace
+from cpi.providers.libvirt import domain_xml
+from cpi.providers.libvirt.config import LibvirtConfig
+
+MIB = 1024 * 1024
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+class Pool:
+    """The provider's storage pool (created as a ``dir`` pool when missing and ``create_pool`` is set)."""
+
+    def __init__(self, conn: libvirt.virConnect, config: LibvirtConfig, log: logging.Logger) -> None:
+        self.conn = conn
+        self.log = log
+        self.pool = self._ensure(config)
+
+    def _ensure(self, config: LibvirtConfig) -> libvirt.virStoragePool:
+        try:
+            pool = self.conn.storagePoolLookupByName(config.storage_pool)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise
+            if not config.create_pool:
+                raise CloudError(f"storage pool {config.storage_pool!r} does not exist "
+                                 f"(create it, or set libvirt.create_pool: true)") from None
+            pool = self._define(config)
+        if not pool.isActive():
+            with contextlib.suppress(libvirt.libvirtError):  # a concurrent process may have started it
+                pool.create(0)
+        return pool
+
+    def _define(self, config: LibvirtConfig) -> libvirt.virStoragePool:
+        path = config.pool_path
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o755)
+        try:
+            pool = self.conn.storagePoolDefineXML(domain_xml.dir_pool(config.storage_pool, str(path)), 0)
+            self.log.info("defined storage pool %s at %s", config.storage_pool, path)
+        except libvirt.libvirtError:
+            pool = self.conn.storagePoolLookupByName(config.storage_pool)  # lost a race: someone defined it
+        with contextlib.suppress(libvirt.libvirtError):
+            pool.setAutostart(1)
+        return pool
+
+    @property
+    def path(self) -> Path:
+        import xml.etree.ElementTree as ET
+
+        return Path(ET.fromstring(self.pool.XMLDesc(0)).findtext("./target/path") or "")
+
+    def lookup(self, name: str) -> libvirt.virStorageVol | None:
+        try:
+            return self.pool.storageVolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in (libvirt.VIR_ERR_NO_STORAGE_VOL,):
+                # the volume may exist on disk but not yet in the pool's cache (created by another process)
+                if (self.path / name).exists():
+                    with contextlib.suppress(libvirt.libvirtError):
+                        self.pool.refresh(0)
+                        return self.pool.storageVolLookupByName(name)
+                return None
+            raise
+
+    def exists(self, name: str) -> bool:
+        return self.lookup(name) is not None
+
+    def create(self, name: str, capacity_bytes: int, fmt: str,
+               backing: tuple[str, str] | None = None) -> libvirt.virStorageVol:
+        self._check_space(capacity_bytes if backing is None and fmt == "raw" else 0)
+        xml = domain_xml.volume(name, capacity_bytes, fmt, backing)
+        try:
+            return self.pool.createXML(xml, 0)
+        except libvirt.libvirtError as exc:
+            raise _storage_error(f"creating volume {name}", exc) from None
+
+    def clone(self, name: str, source: libvirt.virStorageVol, fmt: str) -> libvirt.virStorageVol:
+        info = source.info()
+        self._check_space(info[2])
+        xml = domain_xml.volume(name, info[1], fmt)
+        try:
+            return self.pool.createXMLFrom(xml, source, 0)
+        except libvirt.libvirtError as exc:
+            raise _storage_error(f"copying volume {source.name()} to {name}", exc) from None
+
+    def upload(self, name: str, local_file: Path, fmt: str, capacity_bytes: int) -> libvirt.virStorageVol:
+        """Create ``name`` and stream ``local_file`` into it (the volume is removed again on failure)."""
+        size = local_file.stat().st_size
+        self._check_space(size)
+        vol = self.pool.createXML(domain_xml.volume(name, max(capacity_bytes, size), fmt), 0)
+        try:
+            stream = self.conn.newStream(0)
+            vol.upload(stream, 0, size, 0)
+            with open(local_file, "rb") as fh:
+                def _read(_stream: Any, nbytes: int, _opaque: Any) -> bytes:
+                    return fh.read(nbytes)
+                stream.sendAll(_read, None)
+            stream.finish()
+            return vol
+        except BaseException:
+            self.delete(name)
+            raise
+
+    def delete(self, name: str) -> bool:
+        """Delete a volume by name; False when it did not exist."""
+        vol = self.lookup(name)
+        if vol is None:
+            return False
+        try:
+            vol.delete(0)
+            return True
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return False
+            raise _storage_error(f"deleting volume {name}", exc) from None
+
+    def _check_space(self, needed: int) -> None:
+        if needed <= 0:
+            return
+        with contextlib.suppress(libvirt.libvirtError):
+            self.pool.refresh(0)
+        available = self.pool.info()[3]
+        if available < needed:
+            raise NoDiskSpace(
+                f"storage pool {self.pool.name()} has {available // MIB} MiB free, {needed // MIB} MiB needed")
+
+
+def image_format(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return "qcow2" if fh.read(4) == QCOW2_MAGIC else "raw"
+
+
+def virtual_size(path: Path) -> int:
+    """The guest-visible size of a qcow2 (from its header) or raw image."""
+    with open(path, "rb") as fh:
+        header = fh.read(32)
+    if header[:4] == QCOW2_MAGIC:
+        return int.from_bytes(header[24:32], "big")
+    return path.stat().st_size
+
+
+def _storage_error(action: str, exc: libvirt.libvirtError) -> Exception:
+    message = exc.get_error_message() or str(exc)
+    if "space" in message.lower():
+        return NoDiskSpace(f"{action}: {message}")
+    return CloudError(f"{action}: {message}", ok_to_retry=True)

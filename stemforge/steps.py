@@ -1,0 +1,87 @@
+"""A Packer-style step runner shared by the CPI and the builders.
+
+A run is an ordered list of steps sharing one ``state`` dict. After a step's ``run`` returns, its ``cleanup`` is
+pushed on a stack. When a later step raises, the run is cancelled (SIGINT/SIGTERM surface as exceptions) or a
+failpoint fires, the stack unwinds: every completed step's cleanup runs in reverse order, each failure of a cleanup
+is logged and the next cleanup still runs, then the original error propagates. On success the cleanups of steps
+marked ``temporary`` still run (temporary resources never outlive the run); the others are kept: they are the
+result.
+
+Failpoints make the failure paths testable end to end: ``STEMFORGE_FAILPOINTS=after:<step name>,...`` in the
+environment makes the runner raise ``FailpointError`` right after that step completed (the director's stripped
+environment never carries it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+FAILPOINTS_ENV = "STEMFORGE_FAILPOINTS"
+
+
+class FailpointError(RuntimeError):
+    """Raised by an armed failpoint; only ever seen in tests."""
+
+
+class Step(Protocol):
+    """One unit of work. ``name`` identifies it in logs and failpoints."""
+
+    name: str
+    temporary: bool
+
+    def run(self, state: dict[str, Any]) -> None:
+        """Do the work; record anything created in ``state`` so ``cleanup`` can find exactly that."""
+
+    def cleanup(self, state: dict[str, Any]) -> None:
+        """Remove what ``run`` created (and only that); must tolerate partial work and be idempotent."""
+
+
+@dataclass
+class StepRecord:
+    name: str
+    seconds: float
+
+
+@dataclass
+class StepRunner:
+    """Runs steps with reverse-order cleanup; ``records`` holds each completed step's timing."""
+
+    log: logging.Logger
+    records: list[StepRecord] = field(default_factory=list)
+
+    def run(self, steps: Iterable[Step], state: dict[str, Any]) -> None:
+        armed = _armed_failpoints()
+        done: list[Step] = []
+        try:
+            for step in steps:
+                started = time.monotonic()
+                self.log.debug("step %s: starting", step.name)
+                done.append(step)
+                step.run(state)
+                elapsed = time.monotonic() - started
+                self.records.append(StepRecord(step.name, elapsed))
+                self.log.info("step %s: done in %.2fs", step.name, elapsed)
+                if f"after:{step.name}" in armed:
+                    raise FailpointError(f"failpoint after:{step.name} fired")
+        except BaseException:
+            self._unwind(done, state, reason="failure")
+            raise
+        self._unwind([s for s in done if getattr(s, "temporary", False)], state, reason="temporary")
+
+    def _unwind(self, done: list[Step], state: dict[str, Any], reason: str) -> None:
+        for step in reversed(done):
+            try:
+                step.cleanup(state)
+                self.log.info("cleanup %s (%s): done", step.name, reason)
+            except Exception as exc:  # noqa: BLE001 - every cleanup must get its chance
+                self.log.error("cleanup %s (%s) failed: %s", step.name, reason, exc)
+
+
+def _armed_failpoints() -> frozenset[str]:
+    raw = os.environ.get(FAILPOINTS_ENV, "")
+    return frozenset(p.strip() for p in raw.split(",") if p.strip())
