@@ -22,7 +22,7 @@ Networks = dict[str, Network]
 DiskHint = str | dict[str, Any]
 
 
-class ProviderBase(ABC):
+class ProviderBase:
     """Common construction. ``properties`` is the merged ``cloud.properties`` (file config + context overrides)."""
 
     #: The plugin name used in ``cloud.plugin``.

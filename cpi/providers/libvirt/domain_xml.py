@@ -86,8 +86,9 @@ def domain(spec: DomainSpec) -> str:
     ET.SubElement(console, "source", path=spec.console_log, append="on")
     ET.SubElement(console, "target", type="serial", port="0")
     if spec.machine.startswith("pc-q35") or spec.machine == "q35":
-        for _ in range(spec.spare_pcie_ports):
-            ET.SubElement(devices, "controller", type="pci", model="pcie-root-port")
+        ET.SubElement(devices, "controller", type="pci", index="0", model="pcie-root")
+        for index in range(1, spec.spare_pcie_ports + 1):
+            ET.SubElement(devices, "controller", type="pci", index=str(index), model="pcie-root-port")
     ET.SubElement(devices, "memballoon", model="none")
     rng = ET.SubElement(devices, "rng", model="virtio")
     ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"

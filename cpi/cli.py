@@ -1,0 +1,114 @@
+"""``stemforge cpi ...``: operator commands around the CPI executable.
+
+* ``stemforge cpi wrapper --config CONFIG --out DIR`` writes ``DIR/bin/cpi`` (see :mod:`cpi.wrapper`).
+* ``stemforge cpi call METHOD [JSON_ARGS] --config CONFIG [--api-version N] [--director-uuid U]`` sends one request
+  through a real ``stemforge-cpi`` process and prints its response; the exit status is 0 for a success response,
+  1 for an error response, 2 when no valid response came back. ``JSON_ARGS`` is a JSON array (default ``[]``),
+  ``@FILE`` to read it from a file or ``-`` for stdin. The CPI's stderr passes through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DIRECTOR_UUID = "stemforge-cli"
+#: bosh-cli's choice: it talks to CPIs with min(info.api_version, 2).
+DEFAULT_API_VERSION = 2
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``cpi`` with its ``wrapper`` and ``call`` subcommands."""
+    parser = subparsers.add_parser("cpi", help="install and call the stemforge BOSH CPI")
+    commands = parser.add_subparsers(dest="cpi_command", metavar="CPI_COMMAND")
+    commands.required = True
+
+    wrapper = commands.add_parser("wrapper", help="write DIR/bin/cpi, the executable a BOSH director runs")
+    wrapper.add_argument("--config", required=True, help="the CPI config file (JSON or YAML)")
+    wrapper.add_argument("--out", required=True, metavar="DIR", help="job directory; the script goes to DIR/bin/cpi")
+    wrapper.add_argument(
+        "--skip-config-check", action="store_true", help="write the wrapper even if the config does not load yet"
+    )
+    wrapper.set_defaults(handler=run_wrapper)
+
+    call = commands.add_parser("call", help="send one request through stemforge-cpi and print the response")
+    call.add_argument("method", help="CPI method, e.g. info, has_vm, create_disk")
+    call.add_argument("json_args", nargs="?", default="[]", metavar="JSON_ARGS", help="JSON array, @FILE or -")
+    call.add_argument("--config", required=True, help="the CPI config file")
+    call.add_argument("--api-version", type=int, default=DEFAULT_API_VERSION, help="request api_version (default 2)")
+    call.add_argument("--director-uuid", default=DEFAULT_DIRECTOR_UUID, help="context.director_uuid")
+    call.add_argument("--request-id", default=None, help="context.request_id (default cli-<pid>)")
+    call.set_defaults(handler=run_call)
+
+
+def run_wrapper(args: argparse.Namespace) -> int:
+    from cpi.wrapper import WrapperError, write_wrapper
+
+    try:
+        path = write_wrapper(args.config, args.out, check_config=not args.skip_config_check)
+    except WrapperError as exc:
+        print(f"stemforge cpi wrapper: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def cpi_command() -> list[str]:
+    """How to run stemforge-cpi: the console script next to this interpreter, else on PATH, else ``-m cpi.main``."""
+    beside = Path(sys.executable).parent / "stemforge-cpi"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    found = shutil.which("stemforge-cpi")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "cpi.main"]
+
+
+def _load_arguments(text: str) -> Any:
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        text = Path(text[1:]).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def build_request(method: str, arguments: list[Any], api_version: int, director_uuid: str, request_id: str) -> dict:
+    """The request document the director would send."""
+    return {
+        "method": method,
+        "arguments": arguments,
+        "context": {"director_uuid": director_uuid, "request_id": request_id},
+        "api_version": api_version,
+    }
+
+
+def run_call(args: argparse.Namespace) -> int:
+    try:
+        arguments = _load_arguments(args.json_args)
+    except (OSError, ValueError) as exc:
+        print(f"stemforge cpi call: JSON_ARGS: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(arguments, list):
+        print("stemforge cpi call: JSON_ARGS must be a JSON array", file=sys.stderr)
+        return 2
+    request = build_request(
+        args.method, arguments, args.api_version, args.director_uuid, args.request_id or f"cli-{os.getpid()}"
+    )
+    command = [*cpi_command(), "--config", os.path.abspath(args.config)]
+    proc = subprocess.run(command, input=json.dumps(request).encode(), stdout=subprocess.PIPE, check=False)
+    try:
+        response = json.loads(proc.stdout)
+    except ValueError:
+        sys.stdout.write(proc.stdout.decode("utf-8", "replace"))
+        print(f"stemforge cpi call: no valid JSON response (exit status {proc.returncode})", file=sys.stderr)
+        return 2
+    print(json.dumps(response, indent=2, sort_keys=True))
+    if proc.returncode != 0 or not isinstance(response, dict):
+        return 2
+    return 0 if response.get("error") is None else 1

@@ -1,0 +1,1 @@
+"""The ``stemforge`` command line: subcommands from each package (stemcells, cpi, doctor, demo, ...)."""
