@@ -15,6 +15,7 @@ from collections.abc import Sequence
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "stemcells.cli",
     "cpi.cli",
+    "stemforge.demo",
 )
 
 
