@@ -27,7 +27,7 @@ from cpi.errors import CpiError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
     from typing import Any
 
 #: Context keys that describe the request rather than configure the CPI; never merged into the properties.
@@ -238,10 +238,13 @@ def _schema_error(prefix: str, schema: dict[str, Any], instance: object, root: l
     return CpiError(format_error(prefix, [*root, *path], message))
 
 
-def load(path: str, plugins: Iterable[str]) -> CpiConfig:
-    """Read and validate the config at ``path``; ``plugins`` are the registered provider names. Raises CpiError."""
+def load(path: str, plugins: Iterable[str], *, inspect: Callable[[Any], None] | None = None) -> CpiConfig:
+    """Read and validate the config at ``path``; ``plugins`` are the registered provider names. ``inspect`` sees
+    the parsed document before validation (the CPI registers its secrets). Raises CpiError."""
     plugins = tuple(plugins)
     document = read_document(path)
+    if inspect is not None:
+        inspect(document)
     if not config_ok(document, plugins):
         raise _schema_error(f"config {path}", config_schema(plugins), document, [])
     cloud = document["cloud"]

@@ -275,7 +275,12 @@ def respond(
     except BaseException as exc:
         call.write_traceback(exc)
         what = call.method or "request"
-        return error_response(call, CpiError(f"{what}: stemforge-cpi internal error: {type(exc).__name__}: {exc}"))
+        error = CpiError(f"{what}: stemforge-cpi internal error: {type(exc).__name__}: {exc}")
+        try:  # noqa: SIM105
+            call.logger().error("%s (traceback above)", error.message)
+        except BaseException:
+            pass
+        return error_response(call, error)
 
 
 def _interrupted(call: Call, signame: str) -> dict[str, Any]:
@@ -315,8 +320,7 @@ def _respond(data: bytes, argv: Sequence[str], call: Call, provider_class: type[
             schemas.validate_arguments(method, arguments)
         from cpi.providers import PROVIDERS
 
-        config = cpi_config.load(config_path, PROVIDERS)
-        call.redactor.collect(config.document)
+        config = cpi_config.load(config_path, PROVIDERS, inspect=call.redactor.collect)
         properties = cpi_config.merge_context(config.properties, request["context"])
         cpi_config.validate_properties(properties, config)
         call.set_config_level(properties.get("log_level"))

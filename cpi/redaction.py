@@ -34,7 +34,8 @@ _STRONG_PARTS = (
     "secret",
     "token",
     "credential",
-    "private",
+    "private_key",
+    "privatekey",
     "access_key",
     "api_key",
     "apikey",
@@ -84,8 +85,9 @@ def _words(key: str) -> list[str]:
 
 
 def is_secret_key(key: object) -> bool:
-    """True when a mapping key names a secret: it contains password/secret/token/credential/private/access_key/
-    api_key, or its last word is key/cert/certificate/ca/pem/auth/... (``private_key``, ``ca_cert``, ``auth``)."""
+    """True when a mapping key names a secret: it contains password/secret/token/credential/private_key/access_key/
+    api_key, or its last word is key/cert/certificate/ca/pem/auth/... (``ssh_key``, ``ca_cert``, ``auth``).
+    ``key_name``, ``auth_url`` or a network called ``private`` are not secrets."""
     if not isinstance(key, str) or not key:
         return False
     words = _words(key)
