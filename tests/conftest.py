@@ -1,0 +1,53 @@
+"""Shared fixtures. The libvirt ones build the test stemcell once per session and give each session a private
+storage pool and state directory (see ``tests/libvirt_harness.py``)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from libvirt_harness import LibvirtCpi, libvirt_unavailable_reason, session_cpi  # noqa: E402
+
+STEMCELL_DIR = Path("/var/lib/stemforge/tests/stemcells")
+
+
+@pytest.fixture(scope="session")
+def test_stemcell() -> Path:
+    """The test stemcell tarball (built once, cached)."""
+    from stemcells.testimage.stemcell import build_test_stemcell
+
+    STEMCELL_DIR.mkdir(parents=True, exist_ok=True)
+    return build_test_stemcell(STEMCELL_DIR)
+
+
+@pytest.fixture(scope="session")
+def stemcell_image(test_stemcell: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The director's view of the stemcell: the extracted ``image`` file and the MF cloud_properties."""
+    from stemcells.tarball import extract_stemcell
+
+    dest = tmp_path_factory.mktemp("stemcell") / "extracted"
+    extracted = extract_stemcell(test_stemcell, dest)
+    return extracted.image_path, extracted.manifest.cloud_properties
+
+
+@pytest.fixture(scope="session")
+def libvirt_cpi() -> Iterator[LibvirtCpi]:
+    reason = libvirt_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with session_cpi() as cpi:
+        yield cpi
+
+
+@pytest.fixture(scope="session")
+def stemcell_cid(libvirt_cpi: LibvirtCpi, stemcell_image: tuple[Path, dict[str, Any]]) -> str:
+    image, cloud_properties = stemcell_image
+    cid: str = libvirt_cpi.ok("create_stemcell", str(image), cloud_properties, {"tags": {"suite": "pytest"}},
+                              api_version=3)
+    return cid
