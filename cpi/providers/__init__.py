@@ -1,26 +1,29 @@
 """Provider plugins, named by ``cloud.plugin`` in the CPI config.
 
 The table below is all ``info`` needs: the plugin's stemcell formats are listed here so that answering ``info``
-never imports a provider module (and with it libvirt, boto3, ...). ``load`` imports the provider lazily.
+never imports a provider module (and with it libvirt, boto3, ...). ``load`` imports the provider lazily. This
+module is on ``info``'s path: it imports nothing beyond the standard library's already-loaded modules.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cpi.provider import Provider
 
 
-@dataclass(frozen=True)
 class ProviderSpec:
     """Where a provider lives and what it advertises without being imported."""
 
-    module: str
-    class_name: str
-    stemcell_formats: tuple[str, ...]
+    __slots__ = ("module", "class_name", "stemcell_formats")
+
+    def __init__(self, module: str, class_name: str, stemcell_formats: tuple[str, ...]) -> None:
+        self.module = module
+        self.class_name = class_name
+        self.stemcell_formats = stemcell_formats
+
+    def __repr__(self) -> str:
+        return f"ProviderSpec({self.module!r}, {self.class_name!r}, {self.stemcell_formats!r})"
 
 
 PROVIDERS: dict[str, ProviderSpec] = {
@@ -43,7 +46,9 @@ def spec_for(plugin: str) -> ProviderSpec:
 
 def load(plugin: str) -> type[Provider]:
     """Import and return the provider class for ``plugin``."""
+    import importlib
+
     spec = spec_for(plugin)
-    module: Any = importlib.import_module(spec.module)
+    module = importlib.import_module(spec.module)
     cls: type[Provider] = getattr(module, spec.class_name)
     return cls
