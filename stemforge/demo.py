@@ -137,7 +137,8 @@ class Demo:
             "libvirt": {"uri": "qemu:///system", "storage_pool": "stemforge-demo",
                         "pool_path": str(self.workdir / "pool"), "accelerator": "auto"},
             "agent": {"mbus": "nats://nats:nats-password@127.0.0.1:4222", "ntp": ["127.0.0.1"],
-                      "blobstore": {"provider": "local", "options": {"blobstore_path": "/var/vcap/micro_bosh/data/cache"}}},
+                      "blobstore": {"provider": "local",
+                                    "options": {"blobstore_path": "/var/vcap/micro_bosh/data/cache"}}},
         }}}
         path = self.workdir / "cpi.json"
         path.write_text(json.dumps(config, indent=2) + "\n")
