@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stemcells (
     cid TEXT PRIMARY KEY,
@@ -66,10 +67,13 @@ class StateStore:
         self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA busy_timeout = 60000")
-        self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
-        with self.transaction() as db:
-            db.executescript_safe(SCHEMA)
+        if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            # first use (or an older schema): journal mode and tables, once, under the write lock
+            self._db.execute("PRAGMA journal_mode = WAL")
+            with self.transaction() as db:
+                db.executescript_safe(SCHEMA)
+                db.executescript_safe(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- transactions -------------------------------------------------------------------------------------------
     @contextlib.contextmanager
