@@ -237,20 +237,28 @@ def test_bad_format_is_rejected() -> None:
 # ---------------------------------------------------------------- VM helpers
 
 
-def make_config_drive(path: Path, settings: dict[str, Any], meta: dict[str, Any] | None = None) -> bytes:
-    """Write an OpenStack-style config drive ISO (volume id ``config-2``, Joliet + Rock Ridge)
-    holding both the ec2 and the openstack trees; return the user-data bytes written."""
-    user_data = json.dumps(settings, indent=1).encode()
+def make_config_drive(
+    path: Path,
+    settings: dict[str, Any] | bytes,
+    meta: dict[str, Any] | None = None,
+    *,
+    label: str = "config-2",
+    ec2: bool = True,
+) -> bytes:
+    """Write an OpenStack-style config drive ISO (volume id ``label``, Joliet + Rock Ridge)
+    holding the openstack tree and, when ``ec2``, the ec2 tree; ``settings`` is a document or
+    the raw user-data bytes.  Returns the user-data bytes written."""
+    user_data = settings if isinstance(settings, bytes) else json.dumps(settings, indent=1).encode()
     meta_data = json.dumps(meta or {}).encode()
     files = {
-        "ec2/latest/user-data": user_data,
-        "ec2/latest/meta-data.json": meta_data,
         "openstack/latest/meta_data.json": meta_data,
         "openstack/latest/user_data": user_data,
         "openstack/latest/network_data.json": b'{"links":[],"networks":[],"services":[]}',
     }
+    if ec2:
+        files = {"ec2/latest/user-data": user_data, "ec2/latest/meta-data.json": meta_data, **files}
     iso = pycdlib.PyCdlib()
-    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="config-2")
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=label)
     iso_dirs = {"": ""}
     n = 0
     for name, data in files.items():
@@ -401,7 +409,7 @@ def run_vm(
             "-drive",
             f"if=none,id={node},file={path},format=qcow2",
             "-device",
-            f"virtio-blk-pci,drive={node},serial={serial}",
+            f"virtio-blk-pci,drive={node}" + (f",serial={serial}" if serial else ""),
         ]
     for i, (mac, net) in enumerate(nics):
         cmd += [
@@ -610,3 +618,60 @@ def test_agent_boot_settings_disks_hotplug_and_reboot(image: Path, tmp_path: Pat
 
     for secret in SECRETS:
         assert secret not in log1 and secret not in log2, f"secret {secret} leaked on the serial console"
+
+
+@needs_build
+@needs_qemu
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_agent_fallbacks_and_bad_settings(image: Path, tmp_path: Path) -> None:
+    """Upper-case label, openstack tree only, string disk hint (/dev/sdb -> /dev/vdb), a network
+    without MAC on the only NIC, malformed settings (reported, ignored), then valid ones again."""
+    root = tmp_path / "root.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image), "-F", "qcow2", str(root)], check=True)
+    pd = tmp_path / "pd.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(pd), "40M"], check=True)
+    doc: dict[str, Any] = {
+        "agent_id": "agent-fa11",
+        "vm": {"name": "vm-fa11"},
+        "mbus": "https://mbus:S3CRET-mbus-pw@192.0.2.10:6868",
+        "networks": {"only": {"type": "manual", "ip": "10.0.2.20", "netmask": "255.255.255.0", "gateway": "10.0.2.2"}},
+        "disks": {"persistent": {"disk-s": "/dev/sdb"}},
+        "env": {"bosh": {"password": "S3CRET-env-pw"}},
+    }
+    iso1, iso2, iso3 = tmp_path / "a.iso", tmp_path / "b.iso", tmp_path / "c.iso"
+    ud1 = make_config_drive(iso1, doc, label="CONFIG-2", ec2=False)
+    bad = b'{"agent_id": "agent-fa11", "env": {"bosh": {"password": "S3CRET-env-pw"}'
+    make_config_drive(iso2, bad, label="CONFIG-2", ec2=False)
+    ud3 = make_config_drive(iso3, {**doc, "disks": {"persistent": {}}}, label="CONFIG-2", ec2=False)
+    # no serial on the disk: only the path hint can find it
+    with run_vm(tmp_path, "fb", root, iso1, [("pd", pd, "")], [("52:54:00:5f:00:09", "10.0.2.0/24")]) as (
+        proc,
+        serial,
+        qmp,
+        t0,
+    ):
+        ready = serial.wait(lambda e: e.get("event") == "ready", BOOT_TIMEOUT, "ready")
+        events = serial.events()
+        settings = next(e for e in events if e["event"] == "settings")
+        assert settings["path"] == "openstack/latest/user_data"
+        assert settings["settings_sha256"] == hashlib.sha256(ud1).hexdigest() == ready["settings_sha256"]
+        assert settings["mbus_scheme"] == "https" and settings["ntp_count"] == 0
+        assert settings["blobstore_provider"] == "" and settings["has_public_key"] is False
+        net = next(e for e in events if e["event"] == "network")
+        assert net["configured"] is True and net["ip"] == "10.0.2.20" and net["default_route"] is True
+        assert net["iface"] == "eth0" and net["mac"] == ""
+        disk = next(e for e in events if e["event"] == "disk" and e["kind"] == "persistent")
+        assert disk["hint"] == "/dev/sdb" and disk["device"] == "/dev/vdb" and disk["resolved_by"] == "path"
+        assert disk["mounted"] == "/var/vcap/store"
+
+        swap_cd(qmp, iso2)
+        error = serial.wait(lambda e: e.get("event") == "error", EVENT_TIMEOUT, "parse error")
+        assert error["step"] == "parse-settings"
+        swap_cd(qmp, iso3)
+        gone = serial.wait(lambda e: e.get("event") == "disk-removed", EVENT_TIMEOUT, "disk-s removed")
+        assert gone["cid"] == "disk-s" and gone["reason"] == "settings"
+        applied = serial.wait(lambda e: e.get("event") == "applied" and e.get("seq") == 2, EVENT_TIMEOUT, "seq 2")
+        assert applied["settings_sha256"] == hashlib.sha256(ud3).hexdigest()
+        log = serial.text()
+    assert "S3CRET" not in log
