@@ -25,7 +25,7 @@ def read_events(console_log: Path) -> list[Event]:
         if at < 0:
             continue
         try:
-            value = json.loads(line[at + len(PREFIX):].strip())
+            value = json.loads(line[at + len(PREFIX) :].strip())
         except ValueError:
             continue
         if isinstance(value, dict):
@@ -33,8 +33,9 @@ def read_events(console_log: Path) -> list[Event]:
     return events
 
 
-def wait_for(console_log: Path, predicate: Callable[[Event], bool], timeout: float, *, after: int = 0,
-             what: str = "agent event") -> tuple[Event, int]:
+def wait_for(
+    console_log: Path, predicate: Callable[[Event], bool], timeout: float, *, after: int = 0, what: str = "agent event"
+) -> tuple[Event, int]:
     """Wait (at most ``timeout`` s) for the first event at index >= ``after`` matching ``predicate``; returns the
     event and its index. Raises TimeoutError naming ``what`` and the last events seen."""
     deadline = time.monotonic() + timeout

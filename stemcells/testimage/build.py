@@ -847,6 +847,8 @@ def _build(root: Path, inputs: Inputs, work: Path, steps: _Steps) -> Path:
             desc = _deb_field(debs[pkg.name], "Description").splitlines()[0]
             rows.append((pkg.name, pkg.version, pkg.arch, desc))
         (out / "packages.txt").write_text(_packages_txt(rows))
+        # the bare kernel beside the image: what the CPI's KVM probe boots (cpi.providers.libvirt.accel)
+        shutil.copyfile(vmlinuz, out / "vmlinuz")
         manifest = {
             "build_format": BUILD_FORMAT_VERSION,
             "kernel_release": kver,

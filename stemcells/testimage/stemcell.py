@@ -15,7 +15,10 @@ FORMATS = ("libvirt-qcow2", "openstack-qcow2")
 
 
 def build_test_stemcell(
-    out_dir: Path, *, version: str = "0.1.0", cache_dir: Path | None = None,
+    out_dir: Path,
+    *,
+    version: str = "0.1.0",
+    cache_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Build (cached) the test image and package it as ``out_dir/bosh-stemcell-<version>-libvirt-kvm-busybox-

@@ -64,8 +64,8 @@ def find_qemu() -> str | None:
 def find_probe_kernel() -> str | None:
     """A Linux kernel to boot for the probe: the host's, else one cached by the stemforge test image build."""
     cache = os.environ.get("STEMFORGE_CACHE") or os.path.expanduser("~/.cache/stemforge")
-    for pattern in ("/boot/vmlinuz-*", f"{cache}/**/vmlinuz*"):
-        found = sorted(glob.glob(pattern, recursive=True))
+    for pattern in ("/boot/vmlinuz-*", f"{cache}/testimage/images/*/vmlinuz"):
+        found = sorted(glob.glob(pattern))
         if found:
             return found[-1]
     return None
