@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "stemcells.cli",
     "cpi.cli",
     "stemforge.demo",
+    "stemforge.doctor",
 )
 
 
