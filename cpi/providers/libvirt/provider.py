@@ -163,9 +163,8 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
             magic = fh.read(4)
         if magic[:2] != b"\x1f\x8b":
             return image
-        from stemcells.tarball import open_root_image
-
         from stemcells.errors import StemcellError
+        from stemcells.tarball import open_root_image
 
         try:
             return Path(open_root_image(image, tmp))
