@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,10 @@ FAILPOINTS_ENV = "STEMFORGE_FAILPOINTS"
 
 class FailpointError(RuntimeError):
     """Raised by an armed failpoint; only ever seen in tests."""
+
+
+class Cancelled(Exception):
+    """The run was cancelled (Ctrl-C, SIGTERM, or another build's failure under -on-error=abort)."""
 
 
 class Step(Protocol):
@@ -53,12 +58,18 @@ class StepRunner:
 
     log: logging.Logger
     records: list[StepRecord] = field(default_factory=list)
+    #: Set from another thread (e.g. the signal handler) to stop before the next step; long steps poll it too.
+    cancel: threading.Event | None = None
+    #: False leaves everything in place on failure (Packer's -on-error=abort): for debugging a failed build.
+    cleanup_on_failure: bool = True
 
     def run(self, steps: Iterable[Step], state: dict[str, Any]) -> None:
         armed = _armed_failpoints()
         done: list[Step] = []
         try:
             for step in steps:
+                if self.cancel is not None and self.cancel.is_set():
+                    raise Cancelled(f"cancelled before step {step.name}")
                 started = time.monotonic()
                 self.log.debug("step %s: starting", step.name)
                 done.append(step)
@@ -69,7 +80,10 @@ class StepRunner:
                 if f"after:{step.name}" in armed:
                     raise FailpointError(f"failpoint after:{step.name} fired")
         except BaseException:
-            self._unwind(done, state, reason="failure")
+            if self.cleanup_on_failure:
+                self._unwind(done, state, reason="failure")
+            else:
+                self.log.warning("leaving the resources of %d step(s) in place (-on-error=abort)", len(done))
             raise
         self._unwind([s for s in done if getattr(s, "temporary", False)], state, reason="temporary")
 
