@@ -12,12 +12,7 @@ say() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*"; }
 SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"
 
-APT_PACKAGES=(
-  libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config gcc python3-venv python3-dev
-  qemu-system-x86 qemu-utils ovmf
-  busybox-static extlinux syslinux-common mtools dosfstools e2fsprogs fdisk parted cpio kmod
-  dnsmasq-base ipxe debootstrap iproute2
-)
+mapfile -t APT_PACKAGES < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' -e '/^$/d' scripts/apt-packages.txt)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,7 +20,13 @@ done
 if ((${#missing[@]})); then
   say "installing ${#missing[@]} Debian packages: ${missing[*]}"
   $SUDO apt-get update -q
+  # policy-rc.d 101: packages (openssh-server, dnsmasq, ...) must not start system services; tests start their
+  # own instances on loopback or inside network namespaces
+  policy=/usr/sbin/policy-rc.d
+  had_policy=0; [[ -e $policy ]] && had_policy=1
+  ((had_policy)) || { printf '#!/bin/sh\nexit 101\n' | $SUDO tee $policy >/dev/null; $SUDO chmod +x $policy; }
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+  ((had_policy)) || $SUDO rm -f $policy
 else
   say "Debian packages: all present"
 fi
