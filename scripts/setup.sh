@@ -60,7 +60,7 @@ if virsh -c qemu:///system net-info default 2>/dev/null | grep -q "Active:.*yes"
   say "stopping libvirt's predefined 'default' network"
   $SUDO virsh -c qemu:///system net-destroy default >/dev/null
 fi
-say "libvirt: $(virsh -c qemu:///system version 2>/dev/null | tail -1 | sed 's/^ *//')"
+say "libvirt: $(virsh -c qemu:///system version 2>/dev/null | grep -m1 'Running hypervisor' | sed 's/^ *//')"
 
 PY=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
