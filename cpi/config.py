@@ -21,8 +21,7 @@ accept exactly what the schema accepts, so the ``info`` fast path never imports 
 
 from __future__ import annotations
 
-import json
-
+from cpi import fastjson
 from cpi.errors import CpiError
 
 TYPE_CHECKING = False
@@ -154,7 +153,7 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise ValueError(f"duplicate key {json.dumps(key[:64])}")
+            raise ValueError(f"duplicate key {fastjson.dumps_compact(key[:64])}")
         result[key] = value
     return result
 
@@ -165,7 +164,7 @@ def _reject_constant(name: str) -> Any:
 
 def parse_json_strict(text: str) -> Any:
     """``json.loads`` that rejects duplicate keys and NaN/Infinity (ValueError, including JSONDecodeError)."""
-    return json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    return fastjson.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
 
 
 def read_document(path: str) -> dict[str, Any]:
@@ -195,7 +194,7 @@ def read_document(path: str) -> dict[str, Any]:
         document = parse_json_strict(text)
     except RecursionError:
         raise CpiError(f"{where}: nested too deeply") from None
-    except json.JSONDecodeError as exc:
+    except fastjson.DecodeError as exc:
         if text.lstrip().startswith(("{", "[")):
             raise CpiError(f"{where}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
         document = _parse_yaml(text, where)

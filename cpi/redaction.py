@@ -144,9 +144,9 @@ class Redactor:
             value = str(value)
         if not isinstance(value, str) or not value:
             return
-        import json
+        from cpi.fastjson import dumps_compact
 
-        variants = {value, json.dumps(value)[1:-1], repr(value)[1:-1]}
+        variants = {value, dumps_compact(value)[1:-1], repr(value)[1:-1]}
         new = {v for v in variants if v and v not in self._secrets}
         if new:
             self._secrets.update(new)
