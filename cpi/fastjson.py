@@ -15,9 +15,11 @@ if TYPE_CHECKING:
     from typing import Any
 
 try:
-    import _json
+    import _json as _c_json
 except ImportError:  # pragma: no cover - other interpreters
-    _json = None
+    _c_json = None  # type: ignore[assignment]
+
+_json: Any = _c_json
 
 _WHITESPACE = " \t\n\r"
 

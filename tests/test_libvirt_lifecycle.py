@@ -137,6 +137,8 @@ def test_disk_operations(libvirt_cpi: LibvirtCpi, stemcell_cid: str) -> None:
                        {"n": {"type": "dynamic", **USER_NET}}, [], {})
     disk = cpi.ok("create_disk", 32, {"format": "qcow2"}, vm_cid)
     other = cpi.ok("create_disk", 8, {}, None)
+    # as with the director, disks are attached to and detached from a VM whose agent is up
+    wait_for(cpi.console(vm_cid), lambda e: e.get("event") == "ready", AGENT_TIMEOUT, what="agent ready")
     try:
         conn = cpi.libvirt()
         try:

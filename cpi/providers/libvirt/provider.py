@@ -48,6 +48,7 @@ from cpi.state import StateStore
 from stemforge.steps import StepRunner
 
 DEFAULT_STATE_DIR = "/var/lib/stemforge/cpi"
+DETACH_RETRY_SECONDS = 10.0
 PERSISTENT_TARGETS = [f"vd{c}" for c in "cdefghijklmnopqrstuvwxyz"]
 
 
@@ -463,18 +464,29 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
             except libvirt.libvirtError as exc:
                 raise CloudError(f"detach_disk {disk_cid} from {vm_cid}: {exc.get_error_message()}",
                                  ok_to_retry=True) from None
-            self._wait_detached(dom, record["serial"], vm_cid, disk_cid)
+            self._wait_detached(dom, domain_xml.disk(spec), record["serial"], vm_cid, disk_cid)
             self._update_settings(vm_cid, dom, lambda s: agent_settings.without_persistent(s, disk_cid))
             with self.state.transaction() as tx:
                 tx.update("disks", disk_cid, vm_cid=None, target=None)
 
-    def _wait_detached(self, dom: libvirt.virDomain, serial: str, vm_cid: str, disk_cid: str) -> None:
-        """Hot-unplug needs the guest's cooperation: wait (bounded) until the device is really gone."""
-        deadline = time.monotonic() + self.config.detach_timeout
+    def _wait_detached(self, dom: libvirt.virDomain, disk_xml: str, serial: str, vm_cid: str, disk_cid: str) -> None:
+        """Hot-unplug needs the guest's cooperation: wait (bounded) until the device is really gone. A guest that
+        was still booting may have missed the unplug request (the PCIe attention button), so it is repeated every
+        ``DETACH_RETRY_SECONDS``."""
+        started = time.monotonic()
+        deadline = started + self.config.detach_timeout
+        next_retry = started + DETACH_RETRY_SECONDS
         while any(d.serial == serial for d in domain_xml.attached_disks(dom.XMLDesc(0))):
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise CloudError(f"detach_disk {disk_cid} from {vm_cid}: the guest did not release the device "
                                  f"within {self.config.detach_timeout:g}s", ok_to_retry=True)
+            if now >= next_retry and dom.isActive():
+                self.log.info("detach_disk: %s still attached to %s after %.0fs; repeating the unplug request",
+                              disk_cid, vm_cid, now - started)
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.detachDeviceFlags(disk_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                next_retry = now + DETACH_RETRY_SECONDS
             time.sleep(0.25)
 
     def _update_settings(self, vm_cid: str, dom: libvirt.virDomain, change: Any) -> None:
