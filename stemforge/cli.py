@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "cpi.cli",
     "stemforge.demo",
     "stemforge.doctor",
+    "builders.cli",
 )
 
 

@@ -1,0 +1,259 @@
+"""``stemforge build|validate|inspect``: Packer's commands over ``builders.template`` and ``builders.runner``.
+
+Packer's single-dash long flags are accepted as well as double-dash ones (``-only=a,b``, ``-var 'k=v'``,
+``--var-file vars.json``). ``-var`` and ``-var-file`` apply in command-line order (later wins). Handlers return the
+exit status: 0 when everything succeeded, 1 for an invalid template, a failed build or an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from builders.runner import ON_ERROR_CHOICES, BuildRunner, PrepareError, RunOptions, multi_error
+from builders.template import Template, TemplateError, merge_cli_variables, parse_template
+from builders.ui import Output
+
+
+class _VarSource(argparse.Action):
+    """Collects ``-var``/``-var-file`` in command-line order into ``args.var_sources``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        sources = list(getattr(namespace, "var_sources", None) or [])
+        sources.append((self.const, str(values)))
+        namespace.var_sources = sources
+
+
+def _names(value: str) -> list[str]:
+    return [n.strip() for n in value.split(",") if n.strip()]
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("1", "t", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "f", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _add_var_flags(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(var_sources=[])
+    parser.add_argument("-var", "--var", action=_VarSource, const="var", metavar="KEY=VALUE",
+                        help="a user variable (repeatable)")
+    parser.add_argument("-var-file", "--var-file", action=_VarSource, const="var-file", metavar="PATH",
+                        help="a JSON (or YAML) file of user variables (repeatable)")
+
+
+def _add_selection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-only", "--only", type=_names, default=[], metavar="foo,bar",
+                        help="build only the named builds")
+    parser.add_argument("-except", "--except", dest="except_", type=_names, default=[], metavar="foo,bar",
+                        help="run all builds and post-processors other than these")
+
+
+def _add_output_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-machine-readable", "--machine-readable", action="store_true",
+                        help="produce machine-readable output (timestamp,target,type,data...)")
+    parser.add_argument("-color", "--color", type=_bool, default=None, metavar="true|false",
+                        help="colour build output (default: on a terminal)")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``build``, ``validate`` and ``inspect`` to the ``stemforge`` CLI."""
+    build = subparsers.add_parser(
+        "build", allow_abbrev=False, help="build image(s) from a Packer-compatible template",
+        description="Run the builds of a Packer-compatible template (JSON or YAML) in parallel and print the "
+                    "artifacts they created.")
+    _add_selection_flags(build)
+    _add_var_flags(build)
+    _add_output_flags(build)
+    build.add_argument("-parallel-builds", "--parallel-builds", type=int, default=0, metavar="N",
+                       help="number of builds to run at once; 0 means no limit (default: 0)")
+    build.add_argument("-on-error", "--on-error", choices=ON_ERROR_CHOICES, default="cleanup",
+                       help="when a build fails: clean up (default), abort (leave everything for debugging), or "
+                            "ask (on a terminal)")
+    build.add_argument("-force", "--force", action="store_true",
+                       help="replace artifacts of a previous build (e.g. an existing output directory)")
+    build.add_argument("-timestamp-ui", "--timestamp-ui", action="store_true",
+                       help="prefix each line of output with an RFC 3339 timestamp")
+    build.add_argument("template", type=Path, metavar="TEMPLATE")
+    build.set_defaults(handler=cmd_build)
+
+    validate = subparsers.add_parser(
+        "validate", allow_abbrev=False, help="check that a template is valid",
+        description="Check a template: syntax, variables, functions, and every builder, provisioner and "
+                    "post-processor option of the selected builds.")
+    validate.add_argument("-syntax-only", "--syntax-only", action="store_true",
+                          help="only check the document and its structure")
+    _add_selection_flags(validate)
+    _add_var_flags(validate)
+    _add_output_flags(validate)
+    validate.add_argument("template", type=Path, metavar="TEMPLATE")
+    validate.set_defaults(handler=cmd_validate)
+
+    inspect = subparsers.add_parser(
+        "inspect", allow_abbrev=False, help="show the components of a template",
+        description="Show a template's variables (sensitive ones masked), builders, provisioners and "
+                    "post-processors.")
+    _add_output_flags(inspect)
+    inspect.add_argument("template", type=Path, metavar="TEMPLATE")
+    inspect.set_defaults(handler=cmd_inspect)
+
+
+def _output(args: argparse.Namespace, **extra: Any) -> Output:
+    return Output(sys.stdout, machine_readable=bool(getattr(args, "machine_readable", False)),
+                  color=getattr(args, "color", None), **extra)
+
+
+def _parse(args: argparse.Namespace, out: Output, *, syntax_only: bool = False) -> Template | None:
+    """Parse the template with the command line's variables; print Packer's error and return None if invalid."""
+    try:
+        overrides = merge_cli_variables(list(getattr(args, "var_sources", []) or []))
+        return parse_template(args.template, var_overrides=overrides, syntax_only=syntax_only)
+    except TemplateError as exc:
+        detail = exc.errors[0] if len(exc.errors) == 1 else multi_error(exc.errors)
+        out.error(f"Failed to parse template: {detail}")
+        return None
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    out = _output(args, timestamp=bool(args.timestamp_ui))
+    options = RunOptions(only=args.only, except_=args.except_, parallel_builds=args.parallel_builds,
+                         on_error=args.on_error, force=args.force)
+    template = _parse(args, out)
+    if template is None:
+        return 1
+    out.mask = template.mask
+    runner = BuildRunner(template, out, options)
+    return runner.run()
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    out = _output(args)
+    template = _parse(args, out, syntax_only=args.syntax_only)
+    if template is None:
+        return 1
+    out.mask = template.mask
+    if args.syntax_only:
+        out.say("Syntax-only check passed. Everything looks okay.")
+        return 0
+    for warning in template.warnings:
+        out.say(f"Warning: {warning}")
+    runner = BuildRunner(template, out, RunOptions(only=args.only, except_=args.except_))
+    try:
+        builds = runner.prepare()
+    except PrepareError as exc:
+        out.error(str(exc))
+        return 1
+    for build in builds:
+        for warning in build.warnings:
+            out.say(f'Warning: Warning when preparing build: "{build.name}"\n\n{warning}')
+    out.say("The configuration is valid.")
+    return 0
+
+
+def _required_variables(path: Path) -> set[str]:
+    """Names of variables with a ``null`` default (required), read from the document itself."""
+    try:
+        from builders.template.loader import load_document
+        from builders.template.validate import parse_structure
+
+        structure = parse_structure(load_document(Path(path).absolute()).value)
+    except Exception:  # noqa: BLE001 - inspect still shows what it can
+        return set()
+    return {name for name, default in structure.variables.items() if default is None}
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    out = _output(args)
+    template = _parse(args, out, syntax_only=True)
+    if template is None:
+        return 1
+    out.mask = template.mask
+    inspect_template(template, out, _required_variables(args.template))
+    return 0
+
+
+def inspect_template(template: Template, out: Output, required: set[str] | None = None) -> None:
+    """Packer's ``inspect`` layout (JSON mode), with a post-processor section."""
+    required = required or set()
+    out.say("Packer Inspect: JSON mode")
+    if template.description:
+        out.say("Description:\n")
+        out.say(template.description + "\n")
+    variables = template.variables
+    if not variables:
+        out.say("Variables:\n")
+        out.say("  <No variables>")
+    else:
+        names = sorted(variables)
+        needed = [n for n in names if n in required]
+        if needed:
+            out.say("Required variables:\n")
+            for name in needed:
+                out.machine("template-variable", name, "", "1")
+                out.say(f"  {name}")
+            out.say("")
+        out.say("Optional variables and their defaults:\n")
+        width = max(len(n) for n in names)
+        for name in names:
+            if name in needed:
+                continue
+            value = variables[name]
+            if name in template.sensitive_variables and value:
+                value = "<sensitive>"
+            out.machine("template-variable", name, value, "0")
+            out.say(f"  {name.ljust(width)} = {value}")
+    out.say("")
+    out.say("Builders:\n")
+    if not template.builders:
+        out.say("  <No builders>")
+    else:
+        width = max(len(b.raw_name or b.name) for b in template.builders)
+        for b in sorted(template.builders, key=lambda b: b.raw_name or b.name):
+            shown = b.raw_name or b.name
+            line = f"  {shown.ljust(width)}"
+            if shown != b.type:
+                line = f"{line} ({b.type})"
+            out.machine("template-builder", shown, b.type)
+            out.say(line.rstrip() if shown == b.type else line)
+    out.say("")
+    out.say("Provisioners:\n")
+    if not template.provisioners:
+        out.say("  <No provisioners>")
+    else:
+        for p in template.provisioners:
+            out.machine("template-provisioner", p.type)
+            out.say(f"  {p.type}")
+    out.say("")
+    out.say("Post-processors:\n")
+    if not template.post_processors:
+        out.say("  <No post-processors>")
+    else:
+        for chain in template.post_processors:
+            parts = [pp.type if not pp.name or pp.name == pp.type else f"{pp.name} ({pp.type})" for pp in chain]
+            for pp in chain:
+                out.machine("template-post-processor", pp.name or pp.type, pp.type)
+            out.say("  " + " -> ".join(parts))
+    out.say("\nNote: If your build names contain user variables or template\n"
+            "functions such as 'timestamp', these are processed at build time,\n"
+            "and therefore only show in their raw form here.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m builders.cli build ...`` (the same commands without the rest of ``stemforge``)."""
+    parser = argparse.ArgumentParser(prog="stemforge", allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    register(sub)
+    args = parser.parse_args(argv)
+    status: int = args.handler(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
