@@ -96,7 +96,7 @@ def parse_template(path: Path, *, var_overrides: Mapping[str, str] = {}, var_fil
             errors += e.errors
             variables_ok = False
 
-    if variables_ok and not s.errors:
+    if variables_ok and not s.errors and not s.validate_errors:
         errors += _finish(template, s.max_retries_raw)
 
     if errors:
