@@ -1,0 +1,162 @@
+"""``qemu-img`` operations with cancellation, bounded time and byte progress.
+
+Every child process is killed (and reaped) when the caller is cancelled, interrupted (KeyboardInterrupt) or times
+out; a convert writes to a temporary name that the caller removes on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from builders.core import BuildError
+
+_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+def qemu_img() -> str:
+    found = shutil.which("qemu-img")
+    if not found:
+        raise BuildError("qemu-img not found (install qemu-utils)")
+    return found
+
+
+def image_info(path: Path, timeout: float = 60.0) -> dict[str, Any]:
+    """``qemu-img info`` as a dict (``format``, ``virtual-size``, ``backing-filename``...)."""
+    try:
+        out = subprocess.run([qemu_img(), "info", "-U", "--output=json", str(path)], capture_output=True,
+                             timeout=timeout, check=True, text=True)
+    except subprocess.CalledProcessError as exc:
+        raise BuildError(f"qemu-img info {path} failed: {exc.stderr.strip()}") from None
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"qemu-img info {path} timed out after {timeout:g}s") from None
+    info: dict[str, Any] = json.loads(out.stdout)
+    return info
+
+
+def run_tool(cmd: Sequence[str], *, cancel: threading.Event | None, timeout: float,
+             on_output: Callable[[bytes], None] | None = None, what: str = "") -> str:
+    """Run ``cmd``; stdout chunks go to ``on_output``; returns stderr text. Raises BuildError (non-zero exit,
+    timeout) or Cancelled; the child never outlives the call."""
+    from stemforge.steps import Cancelled
+
+    what = what or os.path.basename(cmd[0])
+    proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    err_chunks: list[bytes] = []
+    assert proc.stdout is not None and proc.stderr is not None
+
+    def pump(stream: Any, sink: Callable[[bytes], None]) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            while chunk := stream.read1(65536):
+                sink(chunk)
+
+    threads = [threading.Thread(target=pump, args=(proc.stdout, on_output or (lambda _c: None)), daemon=True),
+               threading.Thread(target=pump, args=(proc.stderr, err_chunks.append), daemon=True)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"{what}: cancelled")
+            if time.monotonic() > deadline:
+                raise BuildError(f"{what} timed out after {timeout:g}s")
+            try:
+                proc.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        for t in threads:
+            t.join(timeout=10)
+        stderr = b"".join(err_chunks).decode("utf-8", "replace").strip()
+        if proc.returncode != 0:
+            raise BuildError(f"{what} failed (exit status {proc.returncode}): {stderr}")
+        return stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for t in threads:
+            t.join(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def convert(source: Path, target: Path, fmt: str, *, compress: bool = False, extra: Sequence[str] = (),
+            cancel: threading.Event | None = None, progress: Callable[[int, int | None], None] | None = None,
+            timeout: float = 6 * 3600, source_format: str | None = None) -> None:
+    """``qemu-img convert [-c] [extra] -O fmt source target`` with ``-p`` parsed into bytes of the virtual size.
+    Writes exactly ``target`` (the caller picks a temporary name and renames)."""
+    total = int(image_info(source).get("virtual-size", 0)) if progress else 0
+    cmd = [qemu_img(), "convert", "-p"]
+    if source_format:
+        cmd += ["-f", source_format]
+    if compress:
+        cmd.append("-c")
+    cmd += [*extra, "-O", fmt, str(source), str(target)]
+    pending = b""
+
+    def on_output(chunk: bytes) -> None:
+        nonlocal pending
+        pending = (pending + chunk)[-256:]
+        found = _PROGRESS.findall(pending)
+        if found and progress is not None:
+            progress(int(total * float(found[-1]) / 100), total or None)
+
+    run_tool(cmd, cancel=cancel, timeout=timeout, on_output=on_output, what="qemu-img convert")
+    if progress is not None:
+        progress(total, total or None)
+
+
+def sha256_file(path: Path, progress: Callable[[int, int | None], None] | None = None,
+                cancel: threading.Event | None = None) -> str:
+    """sha256 of a file, reading holes of sparse files as zeros (the digest of the full byte stream)."""
+    import hashlib
+
+    from stemforge.steps import Cancelled
+
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    done = 0
+    zeros = bytes(1 << 20)
+    with open(path, "rb") as fh:
+        fd = fh.fileno()
+        pos = 0
+        while pos < size:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("sha256: cancelled")
+            try:
+                data_at = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # no more data: the rest is a hole
+                data_at = size
+            while pos < data_at:  # a hole: hash zeros without reading
+                n = min(len(zeros), data_at - pos)
+                h.update(zeros[:n])
+                pos += n
+            if pos >= size:
+                break
+            try:
+                hole_at = os.lseek(fd, pos, os.SEEK_HOLE)
+            except OSError:
+                hole_at = size
+            os.lseek(fd, pos, os.SEEK_SET)
+            while pos < hole_at:
+                chunk = os.read(fd, min(1 << 20, hole_at - pos))
+                if not chunk:
+                    break
+                h.update(chunk)
+                pos += len(chunk)
+            done = pos
+            if progress is not None:
+                progress(done, size)
+    return h.hexdigest()
