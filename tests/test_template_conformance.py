@@ -280,7 +280,7 @@ def test_syntax_only_skips_variables_and_validation(tmp_path: Path) -> None:
     doc = {"variables": {"pw": None}, "min_packer_version": "9.0", "builders": [Q],
            "provisioners": [{"type": "shell", "only": ["nope"]}]}
     t = parse_template(_write(tmp_path, doc), syntax_only=True)
-    assert t.builders[0].name == "qemu"
+    assert t.builders[0].name == "qemu" and t.required_variables == ["pw"]
     with pytest.raises(TemplateError):
         parse_template(_write(tmp_path, "{"), syntax_only=True)
 

@@ -81,7 +81,8 @@ def parse_template(path: Path, *, var_overrides: Mapping[str, str] = {}, var_fil
         sensitive_variables=list(s.sensitive_variables), builders=s.builders, provisioners=s.provisioners,
         post_processors=s.post_processors, error_cleanup_provisioner=s.error_cleanup_provisioner,
         run_timestamp=int(run_time.timestamp()), run_uuid=time_ordered_uuid(), comments=s.comments,
-        warnings=list(s.warnings), format=doc.format, run_time=run_time)
+        warnings=list(s.warnings), format=doc.format, run_time=run_time,
+        required_variables=sorted(k for k, v in s.variables.items() if v is None))
 
     if syntax_only:
         if errors:

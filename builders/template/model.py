@@ -110,6 +110,8 @@ class Template:
     warnings: list[str] = field(default_factory=list)
     #: ``json`` or ``yaml``.
     format: str = "json"
+    #: Variables declared with a ``null`` default (must be set with -var/-var-file), sorted.
+    required_variables: list[str] = field(default_factory=list)
     run_time: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.UTC))
 
     # -- rendering ---------------------------------------------------------------------------------------------
@@ -223,6 +225,7 @@ class Template:
             "variables": {k: ("<sensitive>" if k in self.sensitive_variables and v else v)
                           for k, v in sorted(self.variables.items())},
             "sensitive_variables": self.sensitive_variables,
+            "required_variables": self.required_variables,
             "builders": [{"name": b.name, "type": b.type, "config": b.config} for b in self.builders],
             "provisioners": [prov(p) for p in self.provisioners],
             "post_processors": [[{"type": pp.type, "name": pp.name, "config": pp.config,
