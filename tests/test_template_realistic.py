@@ -173,8 +173,7 @@ def test_provisioner_meta_keys_and_cleanup_provisioner() -> None:
     assert p[1].only == ["slow"] and p[3].except_ == ["fast"]
     assert [x.index for x in t.provisioners_for("fast")] == [0, 2, 4]
     assert [x.index for x in t.provisioners_for("slow")] == [0, 1, 2, 3, 4]
-    assert p[2].config_for("slow") == {"script": "scripts/setup.sh", "timeout": "ignored: meta keys are not in config",
-                                       "environment_vars": ["SLOW=1"]}
+    assert p[2].config_for("slow") == {"script": "scripts/setup.sh", "environment_vars": ["SLOW=1"]}
     assert p[2].config_for("fast") == {"script": "scripts/setup.sh"}
     c = t.error_cleanup_provisioner
     assert c is not None and c.type == "shell-local"
@@ -231,12 +230,13 @@ def test_functions_template(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert cfg["vm_name"] == f"debian-12-bookworm-{t.run_timestamp}"
     assert cfg["output_directory"] == f"{T}/out-fn"
     assert cfg["iso_url"] == f"{os.getcwd()}/images/base.qcow2"
-    assert cfg["image_name"] == "debian-12-bookworm"
+    env = t.render(t.provisioners[0].config, build_name=b.name, build_type=b.type)["environment_vars"]
     when = dt.datetime.fromtimestamp(t.run_timestamp, dt.UTC)
-    assert cfg["stamp"] == when.strftime("%Y%m%d-%H%M")
-    assert cfg["rfc3339"] == when.strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", cfg["id"])
-    assert cfg["generated_id"] == "{{.ID}}"
+    assert env[0] == "IMAGE_NAME=debian-12-bookworm"
+    assert env[1] == "STAMP=" + when.strftime("%Y%m%d-%H%M")
+    assert env[2] == "RFC3339=" + when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert re.fullmatch(r"RUN_ID=[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", env[3])
+    assert env[4] == "VM_ID={{.ID}}"
     assert cfg["boot_command"] == ["<esc>", "url=http://{{ .HTTPIP }}:{{ .HTTPPort }}/qemu.cfg<enter>"]
 
 
@@ -250,3 +250,17 @@ def test_debug_cli_prints_masked_json(capsys: pytest.CaptureFixture[str]) -> Non
     assert data["variables"]["ssh_password"] == "<sensitive>"
     assert main([str(T / "cloud-image-cidata.json")]) == 1
     assert "required variable not set: ssh_password" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in T.iterdir() if p.suffix in (".json", ".yaml")))
+def test_every_fixture_passes_stemforge_validate(name: str) -> None:
+    """End to end with the plugins' option schemas: each realistic template is valid for `stemforge validate`."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "stemforge.cli", "validate", name]
+    if "cloud-image" in name:
+        args[4:4] = ["-var", "ssh_password=pw"]
+    proc = subprocess.run(args, cwd=T, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "The configuration is valid." in proc.stdout

@@ -1,0 +1,2 @@
+#!/bin/sh -eux
+echo "UseDNS no" >> /etc/ssh/sshd_config
