@@ -13,7 +13,8 @@
 * ``DELETE /images/<name>``: 204, or 404.
 * ``MOVE /images/<name>`` with ``Destination: /images/<new>`` (WebDAV): an atomic rename; ``Overwrite: F`` refuses
   to replace (412). This is how a fan-out commits a staged upload.
-* ``GET /`` or ``GET /images/``: JSON ``{"images": [{"name", "size", "sha256", "mtime"}], "incoming": N}``.
+* ``GET /`` or ``GET /images/``: JSON ``{"images": [{"name", "size", "sha256", "mtime"}], "incoming": [{"name",
+  "bytes"}]}`` (``incoming``: uploads in progress, by image name).
 
 Bodies are streamed in 1 MiB chunks and never held in memory. Hashes are kept in ``DIR/.repo~meta/<name>.json``
 together with the file's size, inode and mtime, so a file replaced behind the repository's back is re-hashed rather
@@ -173,7 +174,10 @@ class ImageStore:
             st = entry.stat()
             images.append({"name": entry.name, "size": st.st_size, "sha256": self.recorded_sha256(entry.name),
                            "mtime": int(st.st_mtime)})
-        incoming = sum(1 for _ in self.incoming.iterdir())
+        incoming = []
+        for entry in sorted(self.incoming.iterdir()):
+            with contextlib.suppress(OSError):
+                incoming.append({"name": entry.name.rsplit(".", 1)[0], "bytes": entry.stat().st_size})
         return {"images": images, "incoming": incoming}
 
 

@@ -103,6 +103,7 @@ class Committed:
     id: str
     backup: str | None = None
     bytes_written: int = 0
+    handle: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

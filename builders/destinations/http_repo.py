@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import json
 import socket
+import time
 import uuid
 from typing import Any, ClassVar, Final
 from urllib.parse import quote, urlsplit
@@ -160,6 +161,22 @@ class HttpRepoDestination(Destination):
         staging = staged.handle.get("staging")
         if staging:
             self._delete_quietly(staging)
+            self._wait_incoming_gone(staging)
+
+    def _wait_incoming_gone(self, name: str, timeout: float = 15.0) -> None:
+        """After an upload was broken off, wait until the repository has dropped its partial file (it notices the
+        closed connection asynchronously), so that "nothing half-uploaded remains" holds when we return."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, _headers, body = self._call("GET", None)
+            if status == 200:
+                incoming = json.loads(body).get("incoming") or []
+                if not any(isinstance(entry, dict) and entry.get("name") == name for entry in incoming):
+                    return
+            if time.monotonic() > deadline:
+                raise DestinationError(f"the repository {self._base} still holds a partial upload of {name} "
+                                       f"after {timeout:.0f}s")
+            time.sleep(0.05)
 
     def _delete_quietly(self, name: str) -> None:
         status, _headers, body = self._call("DELETE", name)
@@ -264,8 +281,7 @@ class HttpRepoDestination(Destination):
             raise self._fail(f"cannot list {self._base}", status, body)
         listing = json.loads(body)
         names = sorted(str(image["name"]) for image in listing.get("images", []))
-        if listing.get("incoming"):
-            names.append(f"(incoming uploads: {listing['incoming']})")
+        names += [f"(upload in progress: {entry.get('name')})" for entry in listing.get("incoming") or []]
         return names
 
 

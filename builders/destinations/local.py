@@ -208,7 +208,8 @@ class LocalDestination(Destination):
             raise
         inode = os.stat(final).st_ino
         staged.handle["inode"] = inode
-        return Committed(staged.image_name, str(final), str(backup) if backup else None, staged.bytes_written)
+        return Committed(staged.image_name, str(final), str(backup) if backup else None, staged.bytes_written,
+                         {"created_dirs": staged.handle.get("created_dirs", [])})
 
     def rollback(self, committed: Committed) -> None:
         final = self.root / committed.image_name
@@ -220,6 +221,7 @@ class LocalDestination(Destination):
             _fsync_dir(self.root)
         except OSError as exc:
             raise _error(f"cannot roll back {final}", exc) from exc
+        self._remove_created_dirs(committed.handle.get("created_dirs", []))
 
     def finalize(self, committed: Committed) -> None:
         if committed.backup:

@@ -43,7 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from builders.core import Artifact, BuildContext, BuildError, ConfigError, PostProcessor
 from builders.destinations import (
@@ -249,8 +256,8 @@ class Fanout:
 
         retrying = Retrying(
             stop=stop_after_attempt(self.retry.max_attempts),
-            wait=wait_exponential_jitter(initial=self.retry.initial_delay, max=self.retry.max_delay,
-                                         jitter=self.retry.initial_delay),
+            wait=(wait_exponential(multiplier=self.retry.initial_delay, max=self.retry.max_delay)
+                  + wait_random(0, self.retry.initial_delay)),
             retry=retry_if_exception(transient),
             sleep=self._sleep,
             before_sleep=before_sleep,
