@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "stemforge.demo",
     "stemforge.doctor",
     "builders.cli",
+    "builders.image_repo",
 )
 
 
