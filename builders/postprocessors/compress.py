@@ -176,11 +176,8 @@ class _Lz4Command:
         return len(data)
 
     def close(self) -> None:
-        assert self.proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            self.proc.stdin.close()
         try:
-            _out, err = self.proc.communicate(timeout=600)
+            _out, err = self.proc.communicate(timeout=600)  # closes stdin: lz4 finishes the frame
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
