@@ -92,42 +92,46 @@ class _QuietUi:
 
 def measure_convert(image: Path, *, fmt: str = "qcow2", compress: bool = False, rounds: int = 3) -> dict[str, Any]:
     """Time the builder's convert step (``StepConvertDisk``: ``qemu-img convert -p`` with progress parsing,
-    cancellation polling and the rename) against bare ``qemu-img convert`` of the same image, interleaved,
-    ``rounds`` times each, in a temporary directory removed afterwards. Returns seconds (best of the rounds),
-    throughput in MiB/s of the image's virtual size and ``ratio`` = step throughput / bare throughput (target
+    cancellation polling and the rename) against bare ``qemu-img convert`` doing the same work (``fmt`` -> ``fmt``
+    of the same disk), interleaved, ``rounds`` times each, in a temporary directory removed afterwards. ``image``
+    may be in any format (it is first turned into the step's input, untimed). Returns the best seconds of each,
+    throughput in MiB/s of the disk's virtual size and ``ratio`` = step throughput / bare throughput (target
     >= 0.9)."""
     from builders.core import BuildContext
 
     image = Path(image)
-    info = disk.image_info(image)
-    virtual = int(info.get("virtual-size", 0))
-    src_fmt = str(info.get("format", "qcow2"))
     tmp = Path(tempfile.mkdtemp(prefix="stemforge-measure-convert-"))
     bare: list[float] = []
     step_times: list[float] = []
     progress_calls = 0
+
+    class _Ui(_QuietUi):
+        def progress(self, label: str, done: int, total: int | None) -> None:
+            nonlocal progress_calls
+            progress_calls += 1
+
     try:
+        pristine = tmp / "input"
+        src_fmt = str(disk.image_info(image).get("format", "raw"))
+        if src_fmt == fmt:
+            shutil.copyfile(image, pristine)
+        else:
+            disk.convert(image, pristine, fmt, source_format=src_fmt)
+        virtual = int(disk.image_info(pristine).get("virtual-size", 0))
+        work = tmp / "step"
+        work.mkdir()
         for _ in range(max(1, rounds)):
             out = tmp / "bare.img"
-            cmd = [disk.qemu_img(), "convert", "-f", src_fmt] + (["-c"] if compress else []) + [
-                "-O", fmt, str(image), str(out)]
+            cmd = [disk.qemu_img(), "convert", "-f", fmt] + (["-c"] if compress else []) + [
+                "-O", fmt, str(pristine), str(out)]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, timeout=3600, stdout=subprocess.DEVNULL)
             bare.append(time.perf_counter() - t0)
             out.unlink()
 
-            work = tmp / "step"
-            work.mkdir(exist_ok=True)
-            target = work / "vm"
-            shutil.copyfile(image, target) if src_fmt == fmt else disk.convert(image, target, fmt)
+            shutil.copyfile(pristine, work / "vm")
             cfg = QemuConfig(build_name="measure", output_directory=work, vm_name="vm", format=fmt,
                              disk_compression=compress, skip_compaction=False)
-
-            class _Ui(_QuietUi):
-                def progress(self, label: str, done: int, total: int | None) -> None:
-                    nonlocal progress_calls
-                    progress_calls += 1
-
             ctx = BuildContext(build_name="measure", build_type="qemu", ui=_Ui(), cancel=threading.Event(),
                                template_dir=tmp, run_uuid="measure")
             step = StepConvertDisk(cfg, ctx)
@@ -136,7 +140,7 @@ def measure_convert(image: Path, *, fmt: str = "qcow2", compress: bool = False, 
             step.run(state)
             step_times.append(time.perf_counter() - t0)
             step.cleanup(state)
-            shutil.rmtree(work)
+            (work / "vm").unlink()
     except subprocess.CalledProcessError as exc:
         raise BuildError(f"qemu-img convert failed: {exc}") from None
     finally:

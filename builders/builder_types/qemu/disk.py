@@ -71,11 +71,13 @@ def run_tool(cmd: Sequence[str], *, cancel: threading.Event | None, timeout: flo
                 raise Cancelled(f"{what}: cancelled")
             if time.monotonic() > deadline:
                 raise BuildError(f"{what} timed out after {timeout:g}s")
-            try:
-                proc.wait(timeout=0.1)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+            threads[0].join(timeout=0.1)  # stdout reaches EOF when the tool exits: no polling latency
+            if not threads[0].is_alive():
+                try:
+                    proc.wait(timeout=0.1)
+                    break
+                except subprocess.TimeoutExpired:  # closed its stdout but still running
+                    continue
         for t in threads:
             t.join(timeout=10)
         stderr = b"".join(err_chunks).decode("utf-8", "replace").strip()
