@@ -156,25 +156,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _required_variables(path: Path) -> set[str]:
-    """Names of variables with a ``null`` default (required), read from the document itself."""
-    try:
-        from builders.template.loader import load_document
-        from builders.template.validate import parse_structure
-
-        structure = parse_structure(load_document(Path(path).absolute()).value)
-    except Exception:  # noqa: BLE001 - inspect still shows what it can
-        return set()
-    return {name for name, default in structure.variables.items() if default is None}
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     out = _output(args)
     template = _parse(args, out, syntax_only=True)
     if template is None:
         return 1
     out.mask = template.mask
-    inspect_template(template, out, _required_variables(args.template))
+    inspect_template(template, out, set(template.required_variables))
     return 0
 
 

@@ -51,7 +51,10 @@ class StepCreateFile:
             missing.append(parent)
             parent = parent.parent
         for directory in reversed(missing):
-            directory.mkdir()
+            try:
+                directory.mkdir()
+            except FileExistsError:  # a parallel build made it first: not ours to remove
+                continue
             created.append(directory)
         state["file_created_dirs"] = created
         partial = self.target.with_name(f".{self.target.name}.part")

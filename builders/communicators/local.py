@@ -8,9 +8,9 @@ Contract (see ``builders.core.Communicator``):
   not the child, and the build decides), passes ``env`` on top of this process's environment, streams stdout lines
   to ``ui.message`` and stderr lines to ``ui.error`` (unless ``capture``), and returns the exit status (never raises
   for a non-zero one). ``timeout`` (or ``default_timeout``) bounds it: on expiry, or when the run is cancelled, the
-  whole process group gets SIGTERM, then SIGKILL after ``kill_grace`` seconds, and BuildError / ``Cancelled`` is
-  raised, so no child outlives the call. Background processes a command leaves behind are terminated when it
-  exits (a build must not leave processes on the host).
+  whole process group gets SIGTERM, then SIGKILL for members still there after ``kill_grace`` seconds, and
+  BuildError / ``Cancelled`` is raised, so no child outlives the call. Background processes a command leaves
+  behind are terminated when it exits (a build must not leave processes on the host).
 * With ``root``, relative remote paths resolve under ``root`` and commands run with ``root`` as working directory;
   absolute paths are used as they are (commands see the real filesystem, so tests pass absolute paths inside
   their temporary directory).
@@ -142,18 +142,20 @@ class LocalCommunicator(Communicator):
             pipe.close()  # type: ignore[attr-defined]
 
     def _kill_group(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGTERM the command's process group, SIGKILL what is left after the grace period, reap."""
-        for sig, wait in ((signal.SIGTERM, self.kill_grace), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-            # the leader is gone; make sure no member of its group survives it
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            return
+        """SIGTERM the command's process group, give every member ``kill_grace`` seconds to exit, SIGKILL what is
+        left, reap the leader."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.kill_grace
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader as soon as it exits so it stops counting as a member
+            if not _group_alive(proc.pid):
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
 
     # --------------------------------------------------------------------------------------------------- files
     def _path(self, remote: str) -> Path:
@@ -234,6 +236,16 @@ class LocalCommunicator(Communicator):
             raise BuildError(f"copy of {src} to {target} failed: {exc}") from None
         finally:
             partial.unlink(missing_ok=True)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 PLUGIN = LocalCommunicator

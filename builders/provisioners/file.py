@@ -124,7 +124,7 @@ class FileProvisioner(Provisioner):
             directory = dst
             if not dst.endswith("/"):
                 directory = os.path.dirname(dst)
-            elif not src.endswith("/") and not src.endswith("*"):
+            elif not src.endswith("/") and not any(ch in src for ch in "*?["):
                 dst = os.path.join(dst, posixpath.basename(src))
             if directory:
                 Path(directory).mkdir(parents=True, exist_ok=True)
