@@ -1,0 +1,541 @@
+"""The ``debian`` build as Packer-style steps sharing one state dict.
+
+Order and what each leaves behind (cleanups run in reverse on failure, cancellation or a failpoint; the
+``temporary`` ones also after success):
+
+=================  ==========================================================  ===================================
+step               does                                                        cleanup
+=================  ==========================================================  ===================================
+output-directory   checks/creates ``output_directory`` (``-force`` empties it)  on failure: deletes it
+bootstrap          unpacks the cached tree, or debootstraps and caches it      deletes the work dir (temporary)
+prepare-chroot     binds /proc /sys /dev /dev/pts, policy-rc.d, resolv.conf    undoes all, unmounts (temporary)
+install            kernel, grub-pc, sshd, cloud-init via apt (if not cached);   (inside the work dir)
+                   networkd DHCP, cloud-init datasources, hostname, password
+provision          the template's provisioners over the chroot communicator     (inside the work dir)
+finalise           fstab by UUID, machine-id, apt caches, ssh host keys,        (inside the work dir)
+                   initramfs if stale, GRUB files + core.img, policy-rc.d gone
+unmount-chroot     unmounts everything under the tree (verified)                -
+disk               sparse raw: msdos table, ext4 filled by ``mke2fs -d``, GRUB  (inside the work dir)
+convert            qcow2 via ``qemu-img convert`` and/or the raw moved in place  (inside the output directory)
+artifact           sha256 and size of each file                                -
+=================  ==========================================================  ===================================
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from builders.core import BuildContext, BuildError, ProvisionHook
+
+from . import bootstrap, chroot, disk, grub, proc
+from .config import DebianConfig
+
+WORK_DIR_NAME = ".stemforge-work"
+NETWORKD_UNIT = "etc/systemd/network/80-stemforge-dhcp.network"
+NETWORKD_BODY = "# stemforge: DHCP on every wired interface (cloud-init's own files take precedence)\n" \
+                "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n"
+HOSTKEYS_UNIT_NAME = "stemforge-ssh-hostkeys.service"
+HOSTKEYS_UNIT = """[Unit]
+Description=Generate SSH host keys on first boot (stemforge image)
+Before=ssh.service
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+"""
+KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200n8"
+APT_PRESEED = ("echo 'grub-pc grub-pc/install_devices_empty boolean true' | debconf-set-selections 2>/dev/null"
+               " || true")
+APT_INSTALL = "apt-get -q -y -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-unsafe-io " \
+              "--no-install-recommends install"
+
+
+def _apt_progress(ctx: BuildContext) -> Callable[[str], None]:
+    """Forward apt's phase lines (downloads summarised, one line per package set up) to the UI."""
+
+    def on_line(line: str) -> None:
+        if line.startswith(("Get:", "Selecting", "(Reading", "Preparing", "Unpacking")):
+            return
+        ctx.ui.message(line)
+
+    return on_line
+
+
+class DebianStep:
+    """Base: ``run`` reports the step, times it and delegates to ``execute``."""
+
+    name = ""
+    title = ""
+    temporary = False
+
+    def __init__(self, cfg: DebianConfig, ctx: BuildContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+
+    def run(self, state: dict[str, Any]) -> None:
+        self.ctx.check_cancelled()
+        self.ctx.ui.say(self.title)
+        started = time.monotonic()
+        self.execute(state)
+        elapsed = time.monotonic() - started
+        state.setdefault("step_seconds", {})[self.name] = elapsed
+        self.ctx.ui.message(f"{self.name}: done in {elapsed:.1f}s")
+
+    def execute(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def cleanup(self, state: dict[str, Any]) -> None:
+        """Nothing to undo by default (the work lives in the work dir, which ``bootstrap`` removes)."""
+
+    # -- helpers --------------------------------------------------------------------------------------------
+
+    def tree(self, state: dict[str, Any]) -> Path:
+        tree: Path = state["tree"]
+        return tree
+
+    def in_chroot(self, state: dict[str, Any], script: str, what: str, *, timeout: float = 1800,
+                  input_data: bytes | None = None, quiet: bool = False, capture: bool = False,
+                  on_line: Callable[[str], None] | None = None) -> proc.ProcResult:
+        """Run ``script`` with /bin/sh inside the tree; output lines go to ``on_line`` or the UI unless ``quiet``."""
+        if on_line is None and not quiet:
+            on_line = self.ctx.ui.message
+        return proc.run(["chroot", str(self.tree(state)), "/bin/sh", "-c", script], what=what,
+                        cancel=self.ctx.cancel, timeout=timeout, env=chroot.chroot_env(), on_line=on_line,
+                        input_data=input_data, capture=capture)
+
+
+class StepOutputDir(DebianStep):
+    name = "output-directory"
+    title = "Creating the output directory..."
+
+    def execute(self, state: dict[str, Any]) -> None:
+        out = self.cfg.output_directory
+        if out.exists() or out.is_symlink():
+            if not self.ctx.force:
+                raise BuildError(f"Output directory exists: {out}\n\nUse the force flag to delete it prior to "
+                                 "building.")
+            self.ctx.ui.message(f"Deleting previous output directory {out} (-force)")
+            chroot.remove_tree(out)
+        out.mkdir(parents=True)
+        state["output_dir_created"] = out
+
+    def cleanup(self, state: dict[str, Any]) -> None:
+        out = state.pop("output_dir_created", None)
+        if out is not None and out.exists():
+            self.ctx.ui.message(f"Deleting output directory {out}...")
+            chroot.remove_tree(out)
+
+
+#: debootstrap's per-package lines: only every 25th is shown.
+PER_PACKAGE_LINES = ("I: Retrieving", "I: Validating", "I: Extracting", "I: Unpacking", "I: Configuring")
+
+
+class StepBootstrap(DebianStep):
+    name = "bootstrap"
+    title = "Bootstrapping the root tree..."
+    temporary = True
+
+    def execute(self, state: dict[str, Any]) -> None:
+        work = self.cfg.output_directory / WORK_DIR_NAME
+        work.mkdir(mode=0o700)
+        state["work_dir"] = work
+        tree = work / "root"
+        state["tree"] = tree
+        inputs = bootstrap.BootstrapInputs.from_config(self.cfg)
+        state["bootstrap_key"] = inputs.key
+        cache = bootstrap.BootstrapCache(self.cfg.cache_dir)
+        ui = self.ctx.ui
+        with cache.locked(inputs.key, self.ctx.cancel,
+                          on_wait=lambda: ui.message("Waiting for another build bootstrapping the same tree...")):
+            if cache.has(inputs.key):
+                ui.message(f"Using cached bootstrap {inputs.key} ({self.cfg.suite}/{self.cfg.variant}); "
+                           "skipping debootstrap")
+                state["bootstrap_cached"] = True
+                cache.extract(inputs.key, tree, self.ctx.cancel)
+                return
+            state["bootstrap_cached"] = False
+            ui.message(f"debootstrap --variant={self.cfg.variant} {self.cfg.suite} from {self.cfg.mirror} "
+                       f"(+{len(inputs.packages)} packages)")
+            count = {"n": 0}
+
+            def on_line(line: str) -> None:
+                if line.startswith(PER_PACKAGE_LINES):
+                    count["n"] += 1
+                    if count["n"] % 25:
+                        return
+                if line.startswith(("I:", "W:", "E:")):
+                    ui.message(line)
+
+            bootstrap.debootstrap(self.cfg, [], tree, self.ctx.cancel, on_line)
+            chroot.unmount_all(tree)  # debootstrap mounts /proc and /sys itself
+            if inputs.packages:
+                # apt, not debootstrap --include: debootstrap cannot resolve virtual packages (cloud-init's
+                # python3-cryptography needs python3-cffi-backend-api-*), and apt honours --no-install-recommends.
+                self._apt_install(state, list(inputs.packages))
+            ui.message(f"Caching the bootstrap tree as {cache.tarball(inputs.key)}")
+            cache.publish(tree, inputs, self.ctx.cancel)
+
+    def _apt_install(self, state: dict[str, Any], packages: list[str]) -> None:
+        tree = self.tree(state)
+        mounted: list[str] = state.setdefault("chroot_mounts", [])
+        try:
+            chroot.bind_mounts(tree, mounted.append)
+            if chroot.write_policy_rc_d(tree):
+                state["policy_rc_d"] = True
+            state["resolv_conf_previous"] = chroot.ensure_resolv_conf(tree)
+            self.ctx.ui.message(f"apt-get install {' '.join(packages)}")
+            self.in_chroot(state, APT_PRESEED, "bootstrap: debconf", quiet=True)
+            # INITRD=No: the kernel's postinst and the trigger would each build the initramfs; build it once.
+            self.in_chroot(state, f"apt-get -q update && INITRD=No {APT_INSTALL} {' '.join(packages)}",
+                           "bootstrap: apt-get install", timeout=3600, on_line=_apt_progress(self.ctx))
+            if self.cfg.kernel is not None:
+                self.in_chroot(state, "rm -f /boot/initrd.img-* && update-initramfs -c -k all",
+                               "bootstrap: update-initramfs", timeout=1800)
+            self.in_chroot(state, "apt-get clean && rm -rf /var/lib/apt/lists/* && mkdir -p /var/lib/apt/lists/partial",
+                           "bootstrap: apt-get clean", quiet=True)
+        finally:
+            teardown_chroot(state, self.ctx)
+
+    def cleanup(self, state: dict[str, Any]) -> None:
+        work = state.pop("work_dir", None)
+        if work is not None and work.exists():
+            self.ctx.ui.message("Removing the build's work directory...")
+            chroot.remove_tree(work)
+
+
+class StepPrepareChroot(DebianStep):
+    name = "prepare-chroot"
+    title = "Preparing the chroot..."
+    temporary = True
+
+    def execute(self, state: dict[str, Any]) -> None:
+        tree = self.tree(state)
+        mounted: list[str] = state.setdefault("chroot_mounts", [])
+        chroot.bind_mounts(tree, mounted.append)
+        if chroot.write_policy_rc_d(tree):
+            state["policy_rc_d"] = True
+        state["resolv_conf_previous"] = chroot.ensure_resolv_conf(tree)
+        self.ctx.ui.message(f"Mounted {', '.join(os.path.relpath(m, tree) for m in mounted)}; service starts "
+                            "blocked")
+
+    def cleanup(self, state: dict[str, Any]) -> None:
+        teardown_chroot(state, self.ctx)
+
+
+def teardown_chroot(state: dict[str, Any], ctx: BuildContext) -> None:
+    """Undo ``prepare-chroot`` (idempotent): processes killed, resolv.conf and policy-rc.d restored, every mount
+    under the tree unmounted in reverse order and verified."""
+    tree: Path | None = state.get("tree")
+    if tree is None:
+        return
+    killed = chroot.kill_processes_in(tree)
+    if killed:
+        ctx.ui.message(f"Stopped {len(killed)} process(es) left in the chroot")
+    if "resolv_conf_previous" in state:
+        chroot.restore_resolv_conf(tree, state.pop("resolv_conf_previous"))
+    if state.pop("policy_rc_d", False):
+        chroot.remove_policy_rc_d(tree)
+    if chroot.mounts_under(tree):
+        chroot.unmount_all(tree, say=ctx.ui.message)
+    state.pop("chroot_mounts", None)
+
+
+class StepInstall(DebianStep):
+    name = "install"
+    title = "Installing the kernel, boot loader and services..."
+
+    def execute(self, state: dict[str, Any]) -> None:
+        tree = self.tree(state)
+        wanted = bootstrap.base_packages(self.cfg)
+        missing = self._missing(state, wanted)
+        if missing:
+            self.ctx.ui.message(f"apt-get install {' '.join(missing)}")
+            self.in_chroot(state, APT_PRESEED, "install: debconf", quiet=True)
+            self.in_chroot(state, f"apt-get -q update && {APT_INSTALL} {' '.join(missing)}", "install: apt-get",
+                           timeout=3600, on_line=_apt_progress(self.ctx))
+        elif wanted:
+            self.ctx.ui.message(f"{len(wanted)} packages already in the bootstrap tree")
+        if self.cfg.kernel is not None:
+            (tree / NETWORKD_UNIT).parent.mkdir(parents=True, exist_ok=True)
+            (tree / NETWORKD_UNIT).write_text(NETWORKD_BODY)
+            self._enable(state, "systemd-networkd.service")
+        if self.cfg.include_sshd:
+            unit = tree / "etc" / "systemd" / "system" / HOSTKEYS_UNIT_NAME
+            unit.write_text(HOSTKEYS_UNIT)
+            self._enable(state, HOSTKEYS_UNIT_NAME)
+        if self.cfg.include_cloud_init:
+            cfg_dir = tree / "etc" / "cloud" / "cloud.cfg.d"
+            cfg_dir.mkdir(parents=True, exist_ok=True)
+            sources = ", ".join([*self.cfg.datasources, "None"] if "None" not in self.cfg.datasources
+                                else self.cfg.datasources)
+            (cfg_dir / "90_stemforge.cfg").write_text(
+                "# stemforge debian builder\n"
+                f"datasource_list: [{sources}]\n"
+                "system_info:\n  network:\n    renderers: ['networkd', 'eni', 'netplan']\n")
+        self._set_hostname(tree)
+        if self.cfg.root_password is not None:
+            self.in_chroot(state, "chpasswd", "install: setting the root password", quiet=True,
+                           input_data=f"root:{self.cfg.root_password}\n".encode())
+            self.ctx.ui.message("Root password set")
+        else:
+            self.in_chroot(state, "passwd -l root >/dev/null", "install: locking root", quiet=True)
+
+    def _missing(self, state: dict[str, Any], wanted: list[str]) -> list[str]:
+        if not wanted:
+            return []
+        out = self.in_chroot(state, "dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' " + " ".join(wanted)
+                             + " 2>/dev/null; true", "install: dpkg-query", quiet=True, capture=True)
+        installed = {line.split()[0] for line in out.stdout.splitlines() if line.split()[1:2] == ["ii"]}
+        return [p for p in wanted if p not in installed]
+
+    def _enable(self, state: dict[str, Any], unit: str) -> None:
+        self.in_chroot(state, f"systemctl enable {unit}", f"install: enabling {unit}", quiet=True)
+
+    def _set_hostname(self, tree: Path) -> None:
+        etc_hostname = tree / "etc" / "hostname"
+        name = self.cfg.hostname
+        if name is None:
+            # debootstrap copies the build host's name; an image must not carry it.
+            host = Path("/etc/hostname").read_text().strip() if Path("/etc/hostname").exists() else ""
+            current = etc_hostname.read_text().strip() if etc_hostname.exists() else ""
+            if current and current != host:
+                return
+            name = "debian"
+        write_hostname(tree, name)
+        self.ctx.ui.message(f"Hostname {name}")
+
+
+def write_hostname(tree: Path, name: str) -> None:
+    """/etc/hostname and the 127.0.1.1 line of /etc/hosts."""
+    (tree / "etc" / "hostname").write_text(name + "\n")
+    hosts = tree / "etc" / "hosts"
+    lines = hosts.read_text().splitlines() if hosts.exists() else ["127.0.0.1\tlocalhost"]
+    lines = [line for line in lines if not line.startswith("127.0.1.1")]
+    lines.insert(1 if lines else 0, f"127.0.1.1\t{name}")
+    hosts.write_text("\n".join(lines) + "\n")
+
+
+class StepProvision(DebianStep):
+    name = "provision"
+    title = "Provisioning with the chroot communicator..."
+
+    def __init__(self, cfg: DebianConfig, ctx: BuildContext, hook: ProvisionHook) -> None:
+        super().__init__(cfg, ctx)
+        self.hook = hook
+
+    def execute(self, state: dict[str, Any]) -> None:
+        from builders.communicators.chroot import ChrootCommunicator
+
+        if self.cfg.communicator == "none":
+            self.ctx.ui.message("communicator is 'none': no provisioning")
+            return
+        comm = ChrootCommunicator(self.tree(state), say=self.ctx.ui.message, cancel=self.ctx.cancel)
+        self.hook.run(comm)
+
+
+class StepFinalise(DebianStep):
+    name = "finalise"
+    title = "Finalising the tree (fstab, machine-id, caches, host keys, initramfs, GRUB)..."
+
+    def execute(self, state: dict[str, Any]) -> None:
+        tree = self.tree(state)
+        root_uuid = state.setdefault("root_uuid", str(uuid.uuid4()))
+        (tree / "etc" / "fstab").write_text(f"# stemforge: the root filesystem\nUUID={root_uuid} / "
+                                            f"{self.cfg.filesystem} errors=remount-ro 0 1\n")
+        (tree / "etc" / "machine-id").write_text("")
+        dbus_id = tree / "var" / "lib" / "dbus" / "machine-id"
+        if dbus_id.is_file() and not dbus_id.is_symlink():
+            dbus_id.unlink()
+        self.in_chroot(state, "apt-get clean", "finalise: apt-get clean", quiet=True)
+        lists = tree / "var" / "lib" / "apt" / "lists"
+        if lists.is_dir():
+            for item in lists.iterdir():
+                if item.is_file() and item.name != "lock":
+                    item.unlink()
+        for key in (tree / "etc" / "ssh").glob("ssh_host_*"):
+            key.unlink()
+        for tmp in (tree / "tmp", tree / "var" / "tmp"):
+            if tmp.is_dir():
+                for item in tmp.iterdir():
+                    chroot.remove_tree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        kernels = self._kernels(tree)
+        if self.cfg.kernel is not None:
+            if not kernels:
+                raise BuildError(f"finalise: no kernel in /boot after installing {self.cfg.kernel}")
+            for version in kernels:
+                self._initramfs(state, tree, version)
+        if self.cfg.bootloader == "grub":
+            self._grub(state, tree, root_uuid, kernels[-1])
+        teardown_resolv_and_policy(state, tree)
+        host_resolv = Path("/etc/resolv.conf")
+        tree_resolv = tree / "etc" / "resolv.conf"
+        if (tree_resolv.is_file() and not tree_resolv.is_symlink() and host_resolv.is_file()
+                and tree_resolv.read_bytes() == host_resolv.read_bytes()):
+            tree_resolv.write_text("")  # the build host's resolvers do not belong in the image
+
+    @staticmethod
+    def _kernels(tree: Path) -> list[str]:
+        versions = [p.name[len("vmlinuz-"):] for p in (tree / "boot").glob("vmlinuz-*")]
+        return sorted(versions, key=lambda v: [int(x) if x.isdigit() else x for x in v.replace("-", ".").split(".")])
+
+    def _initramfs(self, state: dict[str, Any], tree: Path, version: str) -> None:
+        initrd = tree / "boot" / f"initrd.img-{version}"
+        if initrd.exists():
+            newest = _newest_mtime([tree / "etc" / "initramfs-tools", tree / "usr" / "share" / "initramfs-tools",
+                                    tree / "etc" / "modprobe.d", tree / "lib" / "modules" / version / "modules.dep"])
+            if newest <= initrd.stat().st_mtime:
+                self.ctx.ui.message(f"initramfs for {version} is current")
+                return
+            action = "-u"
+        else:
+            action = "-c"
+        self.ctx.ui.message(f"Generating the initramfs for {version}...")
+        self.in_chroot(state, f"update-initramfs {action} -k {version}", "finalise: update-initramfs", timeout=1800)
+
+    def _grub(self, state: dict[str, Any], tree: Path, root_uuid: str, version: str) -> None:
+        default = tree / "etc" / "default" / "grub"
+        default.parent.mkdir(parents=True, exist_ok=True)
+        default.write_text(grub.DEFAULT_GRUB.format(cmdline=KERNEL_CMDLINE))
+        boot_img, _ = grub.prepare_boot_dir(tree, root_uuid)
+        self.in_chroot(state, " ".join(grub.mkimage_argv()), "finalise: grub-mkimage", quiet=True)
+        initrd = f"/boot/initrd.img-{version}" if (tree / "boot" / f"initrd.img-{version}").exists() else None
+        (tree / "boot" / "grub" / "grub.cfg").write_text(
+            grub.grub_cfg(root_uuid, f"/boot/vmlinuz-{version}", initrd, KERNEL_CMDLINE))
+        state["grub_boot_img"] = boot_img
+        state["grub_core_img"] = tree / "boot" / "grub" / "i386-pc" / "core.img"
+        self.ctx.ui.message(f"GRUB core image made for root UUID {root_uuid}")
+
+
+def teardown_resolv_and_policy(state: dict[str, Any], tree: Path) -> None:
+    if "resolv_conf_previous" in state:
+        chroot.restore_resolv_conf(tree, state.pop("resolv_conf_previous"))
+    if state.pop("policy_rc_d", False):
+        chroot.remove_policy_rc_d(tree)
+
+
+def _newest_mtime(paths: list[Path]) -> float:
+    newest = 0.0
+    for path in paths:
+        if path.is_file():
+            newest = max(newest, path.stat().st_mtime)
+        elif path.is_dir():
+            for dirpath, _, files in os.walk(path):
+                newest = max(newest, os.stat(dirpath).st_mtime)
+                for name in files:
+                    try:
+                        newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+                    except OSError:
+                        continue
+    return newest
+
+
+class StepUnmountChroot(DebianStep):
+    name = "unmount-chroot"
+    title = "Leaving the chroot..."
+
+    def execute(self, state: dict[str, Any]) -> None:
+        teardown_chroot(state, self.ctx)
+        left = chroot.mounts_under(self.tree(state))
+        if left:
+            raise BuildError(f"unmount-chroot: still mounted: {', '.join(left)}")
+
+
+class StepCreateDisk(DebianStep):
+    name = "disk"
+    title = "Laying the tree onto a partitioned disk..."
+
+    def execute(self, state: dict[str, Any]) -> None:
+        tree = self.tree(state)
+        root_uuid = state.setdefault("root_uuid", str(uuid.uuid4()))
+        image = state["work_dir"] / "disk.raw"
+        state["raw_image"] = image
+        layout = disk.create_disk(image, tree, self.cfg.disk_size_mb, root_uuid, "root", self.ctx.cancel,
+                                  self.ctx.ui.message)
+        state["disk_layout"] = layout
+        if self.cfg.bootloader == "grub":
+            grub.install_mbr(image, state["grub_boot_img"], state["grub_core_img"], disk.FIRST_SECTOR)
+            self.ctx.ui.message("GRUB installed in the MBR gap (BIOS boot)")
+        used = os.stat(image).st_blocks * 512
+        self.ctx.ui.message(f"Disk {self.cfg.disk_size_mb} MiB (sparse, {used // disk.MIB} MiB allocated), "
+                            f"ext4 root UUID {root_uuid}")
+
+
+class StepConvert(DebianStep):
+    name = "convert"
+    title = "Writing the output formats..."
+
+    def execute(self, state: dict[str, Any]) -> None:
+        raw: Path = state["raw_image"]
+        outputs: list[tuple[str, Path]] = state.setdefault("outputs", [])
+        for fmt in [f for f in self.cfg.formats if f != "raw"]:
+            dest = self.cfg.output_file(fmt)
+            tmp = dest.with_name(f".{dest.name}.partial")
+            self.ctx.ui.message(f"qemu-img convert to {fmt}{' (compressed)' if self.cfg.disk_compression else ''}"
+                                f" -> {dest}")
+            disk.convert(raw, tmp, fmt, compress=self.cfg.disk_compression, cancel=self.ctx.cancel,
+                         progress=functools.partial(self.ctx.ui.progress, f"convert {fmt}"))
+            os.replace(tmp, dest)
+            outputs.append((fmt, dest))
+        if "raw" in self.cfg.formats:
+            dest = self.cfg.output_file("raw")
+            os.replace(raw, dest)  # same filesystem: the laid-out disk is the raw output
+            outputs.append(("raw", dest))
+            self.ctx.ui.message(f"raw -> {dest}")
+        outputs.sort(key=lambda item: self.cfg.formats.index(item[0]))
+
+
+class StepArtifact(DebianStep):
+    name = "artifact"
+    title = "Checksumming the artifact..."
+
+    def execute(self, state: dict[str, Any]) -> None:
+        files = []
+        for fmt, path in state["outputs"]:
+            digest = sha256_file(path, functools.partial(self.ctx.ui.progress, f"sha256 {path.name}"), self.ctx)
+            files.append({"path": str(path), "format": fmt, "sha256": digest, "size": path.stat().st_size})
+            self.ctx.ui.message(f"{path.name}: sha256 {digest}")
+        state["artifact_files"] = files
+
+
+def sha256_file(path: Path, progress: Callable[[int, int], None] | None = None,
+                ctx: BuildContext | None = None) -> str:
+    h = hashlib.sha256()
+    total = path.stat().st_size
+    done = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(4 * 1024 * 1024):
+            h.update(chunk)
+            done += len(chunk)
+            if progress is not None and done % (256 * 1024 * 1024) < len(chunk):
+                progress(done, total)
+            if ctx is not None and done % (64 * 1024 * 1024) < len(chunk):
+                ctx.check_cancelled()
+    if progress is not None:
+        progress(total, total)
+    return h.hexdigest()
+
+
+def build_steps(cfg: DebianConfig, ctx: BuildContext, hook: ProvisionHook) -> list[DebianStep]:
+    return [
+        StepOutputDir(cfg, ctx),
+        StepBootstrap(cfg, ctx),
+        StepPrepareChroot(cfg, ctx),
+        StepInstall(cfg, ctx),
+        StepProvision(cfg, ctx, hook),
+        StepFinalise(cfg, ctx),
+        StepUnmountChroot(cfg, ctx),
+        StepCreateDisk(cfg, ctx),
+        StepConvert(cfg, ctx),
+        StepArtifact(cfg, ctx),
+    ]

@@ -1,0 +1,198 @@
+"""The ``debian`` builder's parts that need no bootstrap: option validation (unknown keys in Packer's words),
+defaults, the mirror read from apt's sources, the cache key, GRUB's MBR patching, the chroot communicator's path
+resolution and trailing-slash rules, and the offline provisioners' option checks."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from builders.builder_types.debian import PLUGIN, grub
+from builders.builder_types.debian.bootstrap import BootstrapInputs, base_packages
+from builders.builder_types.debian.config import default_mirror, parse_config, parse_disk_size
+from builders.builder_types.debian.run import PlainUi, load_provisioner
+from builders.communicators.chroot import ChrootCommunicator, resolve_in_root
+from builders.core import BuildContext, ConfigError
+
+
+def _ctx(tmp_path: Path, force: bool = False) -> BuildContext:
+    return BuildContext(build_name="base", build_type="debian", ui=PlainUi("base"), cancel=threading.Event(),
+                        template_dir=tmp_path, run_uuid=str(uuid.uuid4()), force=force)
+
+
+def test_plugin_convention() -> None:
+    assert PLUGIN.type_name == "debian"
+    assert PLUGIN.options_schema["additionalProperties"] is False
+
+
+def test_unknown_option_is_an_error_naming_the_key(tmp_path: Path) -> None:
+    builder = PLUGIN({"suite": "bookworm", "sutie": "x", "output_directory": str(tmp_path / "o")}, _ctx(tmp_path))
+    with pytest.raises(ConfigError, match=r"debian.base: unknown configuration key: 'sutie'"):
+        builder.prepare()
+
+
+def test_every_bad_value_is_reported_with_its_key(tmp_path: Path) -> None:
+    raw = {"variant": "tiny", "disk_size": "lots", "hostname": "-bad-", "output_directory": str(tmp_path / "o"),
+           "root_password": "a:b", "vm_name": "a/b"}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, "base")
+    text = str(err.value)
+    assert "variant" in text and "tiny" in text
+    raw.pop("variant")
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, "base")
+    text = str(err.value)
+    for key in ("disk_size", "hostname", "root_password", "vm_name"):
+        assert key in text, (key, text)
+    assert "a:b" not in text  # the password value itself is never echoed
+
+
+def test_weak_typing_and_defaults(tmp_path: Path) -> None:
+    cfg = parse_config({"include_sshd": "true", "disk_size": "1536", "output_directory": str(tmp_path / "o")},
+                       "base")
+    assert cfg.include_sshd is True and cfg.disk_size_mb == 1536
+    assert cfg.suite == "bookworm" and cfg.variant == "minbase" and cfg.kernel == "linux-image-amd64"
+    assert cfg.formats == ("qcow2",) and cfg.bootloader == "grub" and cfg.components == ("main",)
+    assert cfg.output_file("qcow2") == tmp_path / "o" / "base.qcow2"
+    assert "root_password" not in repr(parse_config({"root_password": "s3cret", "output_directory": "x"}, "b"))
+    chroot_only = parse_config({"kernel": "none", "output_directory": "x"}, "b")
+    assert chroot_only.kernel is None and chroot_only.bootloader == "none"
+    assert "linux-image-amd64" not in base_packages(chroot_only)
+
+
+def test_output_directory_must_not_exist_unless_forced(tmp_path: Path) -> None:
+    out = tmp_path / "output-base"
+    out.mkdir()
+    with pytest.raises(ConfigError, match="Output directory exists: .*\n\nUse the force flag to delete it"):
+        PLUGIN({"output_directory": str(out)}, _ctx(tmp_path)).prepare()
+    PLUGIN({"output_directory": str(out)}, _ctx(tmp_path, force=True)).prepare()
+
+
+@pytest.mark.parametrize(("value", "mib"), [(2048, 2048), ("2G", 2048), ("2048M", 2048), ("1.5G", 1536),
+                                             ("1048576K", 1024), ("2GiB", 2048)])
+def test_disk_size(value: object, mib: int) -> None:
+    assert parse_disk_size(value) == mib
+
+
+def test_default_mirror_from_apt_sources(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb deb-src\n# comment\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\n")
+    assert default_mirror(tmp_path) == "http://mirror.example/debian"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "sources.list").write_text("# x\ndeb [arch=amd64] http://list.example/debian bookworm main\n")
+    assert default_mirror(other) == "http://list.example/debian"
+    assert default_mirror(tmp_path / "none") == "http://deb.debian.org/debian"
+    assert default_mirror().startswith("http")  # this machine's (the Debian package registry)
+
+
+def test_cache_key_follows_every_input(tmp_path: Path) -> None:
+    cfg = parse_config({"output_directory": "x"}, "b")
+    key = BootstrapInputs.from_config(cfg).key
+    assert key == BootstrapInputs.from_config(cfg).key
+    for change in ({"suite": "trixie"}, {"variant": "buildd"}, {"mirror": "http://m.example/debian"},
+                   {"components": ["main", "contrib"]}, {"packages": ["less"]}, {"include_sshd": True}):
+        assert BootstrapInputs.from_config(parse_config({"output_directory": "x", **change}, "b")).key != key
+
+
+def test_install_mbr_patches_like_grub_bios_setup(tmp_path: Path) -> None:
+    image = tmp_path / "disk.raw"
+    mbr = bytearray(512)
+    mbr[0x1BE:0x1CE] = bytes(range(16))  # a partition entry that must survive
+    mbr[0x1B8:0x1BC] = b"SIGN"
+    mbr[510:512] = b"\x55\xaa"
+    image.write_bytes(bytes(mbr) + bytes(4 * 1024 * 1024))
+    boot = tmp_path / "boot.img"
+    boot.write_bytes(b"\xeb\x63\x90" + bytes(509))
+    core = tmp_path / "core.img"
+    core.write_bytes(b"C" * (512 * 60 + 100))
+    grub.install_mbr(image, boot, core, 2048)
+    data = image.read_bytes()
+    assert data[0:3] == b"\xeb\x63\x90"
+    assert struct.unpack_from("<Q", data, grub.KERNEL_SECTOR)[0] == 1
+    assert data[grub.DRIVE_CHECK:grub.DRIVE_CHECK + 2] == b"\x90\x90"
+    assert data[0x1B8:0x1BC] == b"SIGN" and data[0x1BE:0x1CE] == bytes(range(16)) and data[510:512] == b"\x55\xaa"
+    start, length, seg = struct.unpack_from("<QHH", data, 512 + grub.BLOCKLIST)
+    assert (start, length, seg) == (2, 60, 0x820)  # 61 sectors: the first one is diskboot
+    assert data[1024:1030] == b"CCCCCC"
+    with pytest.raises(Exception, match="does not fit"):
+        grub.install_mbr(image, boot, core, 32)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    for d in ("bin", "etc", "usr/share", "tmp", "root"):
+        (root / d).mkdir(parents=True)
+    shutil.copy2("/bin/busybox", root / "bin" / "busybox")  # busybox-static: a shell that runs in the chroot
+    (root / "bin" / "sh").symlink_to("busybox")
+    (root / "etc" / "alt").symlink_to("/usr/share")  # absolute link: must stay inside the tree
+    (root / "etc" / "up").symlink_to("../../../../../../..")
+    return root
+
+
+def test_guest_paths_resolve_inside_the_tree(tree: Path) -> None:
+    assert resolve_in_root(tree, "/etc/alt/x") == tree / "usr" / "share" / "x"
+    assert resolve_in_root(tree, "/etc/up/etc/passwd") == tree / "etc" / "passwd"
+    assert resolve_in_root(tree, "/../../etc") == tree / "etc"
+    assert resolve_in_root(tree, "relative.txt") == tree / "root" / "relative.txt"
+
+
+def test_upload_and_download_follow_packers_slash_rules(tree: Path, tmp_path: Path) -> None:
+    comm = ChrootCommunicator(tree)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("a")
+    (src / "sub" / "b.txt").write_text("b")
+    comm.upload(src / "a.txt", "/etc/alt/")  # into the directory (via the in-tree absolute link)
+    assert (tree / "usr" / "share" / "a.txt").read_text() == "a"
+    comm.upload(src / "a.txt", "/opt/new/name.txt")  # a file path; parents created
+    assert (tree / "opt" / "new" / "name.txt").read_text() == "a"
+    comm.upload(src, "/srv")  # no slash: the directory itself
+    assert (tree / "srv" / "src" / "sub" / "b.txt").read_text() == "b"
+    comm.upload(str(src) + "/", "/data")  # slash: its contents
+    assert (tree / "data" / "sub" / "b.txt").read_text() == "b" and (tree / "data" / "a.txt").exists()
+    out = tmp_path / "out"
+    comm.download("/srv/src", out)
+    assert (out / "src" / "a.txt").read_text() == "a"
+    comm.download("/srv/src/", tmp_path / "flat")
+    assert (tmp_path / "flat" / "sub" / "b.txt").read_text() == "b"
+    comm.download("/etc/alt/a.txt", tmp_path / "single.txt")
+    assert (tmp_path / "single.txt").read_text() == "a"
+    assert not Path("/usr/share/a.txt").exists()  # the host was never touched
+
+
+def test_chroot_run_streams_and_returns_status(tree: Path) -> None:
+    lines: list[str] = []
+    comm = ChrootCommunicator(tree, say=lines.append)
+    # The fake tree holds only a static busybox as /bin/sh.
+    res = comm.run("echo hello; echo oops >&2; exit 3", capture=True, timeout=30)
+    assert res.exit_status == 3 and res.stdout == "hello" and res.stderr == "oops"
+    assert "hello" in lines and "oops" in lines
+
+
+def test_provisioner_options(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    with pytest.raises(ConfigError, match="unknown configuration key: 'hostnme'"):
+        load_provisioner("hostname", {"hostnme": "x"}, ctx)
+    with pytest.raises(ConfigError, match="not a valid host name"):
+        load_provisioner("hostname", {"hostname": "bad_name!"}, ctx)
+    with pytest.raises(ConfigError, match="exactly one of public_key or public_key_file"):
+        load_provisioner("ssh-inject", {"user": "root"}, ctx)
+    with pytest.raises(ConfigError, match="not an OpenSSH public key"):
+        load_provisioner("ssh-inject", {"public_key": "hello"}, ctx)
+    with pytest.raises(ConfigError, match="private key"):
+        load_provisioner("ssh-inject", {"public_key": "-----BEGIN OPENSSH PRIVATE KEY-----"}, ctx)
+    (tmp_path / "k.pub").write_text("# mine\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake me@host\n")
+    load_provisioner("ssh-inject", {"public_key_file": "k.pub"}, ctx)  # relative to the template dir
+    with pytest.raises(ConfigError, match="exactly one of inline or script"):
+        load_provisioner("firstboot", {}, ctx)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_provisioner("firstboot", {"script": "missing.sh"}, ctx)
