@@ -39,8 +39,9 @@ BUILD_COLORS: tuple[int, ...] = (32, 36, 35, 33, 34)
 ERROR_COLOR = 31
 #: Non-terminal progress: at most one line per transfer per this many seconds (plus the final one).
 PLAIN_PROGRESS_INTERVAL = 5.0
-#: Terminal footer refresh period.
+#: Terminal footer refresh period, and the minimum interval between redraws caused by progress reports.
 FOOTER_REFRESH = 0.5
+FOOTER_MIN_REDRAW = 0.1
 
 
 def machine_escape(value: str) -> str:
@@ -218,6 +219,7 @@ class Output:
         self._lock = threading.RLock()
         self._status: dict[str, _BuildStatus] = {}
         self._footer_lines = 0
+        self._last_draw = 0.0
         self._ticker: threading.Thread | None = None
         self._ticker_stop = threading.Event()
 
@@ -348,6 +350,8 @@ class Output:
             if self.tty and not self.machine_readable:
                 if finished:
                     status.transfers.pop(label, None)
+                elif now - self._last_draw < FOOTER_MIN_REDRAW:
+                    return  # redrawn at most ~10 times a second, however often progress is reported
                 self._clear_footer()
                 self._draw_footer()
                 return
@@ -399,6 +403,7 @@ class Output:
         if not self.tty or self.machine_readable:
             return
         now = time.monotonic()
+        self._last_draw = now
         width = max(40, shutil.get_terminal_size((100, 24)).columns - 1)
         lines: list[str] = []
         for target, status in self._status.items():
