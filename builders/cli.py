@@ -8,8 +8,11 @@ exit status: 0 when everything succeeded, 1 for an invalid template, a failed bu
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +123,58 @@ def _parse(args: argparse.Namespace, out: Output, *, syntax_only: bool = False) 
         return None
 
 
+class _MaskedOutputHandler(logging.Handler):
+    """Warnings and errors logged by plugins reach the user through the (masked) build output."""
+
+    def __init__(self, out: Output) -> None:
+        super().__init__(level=logging.WARNING)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("stemforge.build."):
+            return  # the build's own UI already showed it, under the build's name
+        with contextlib.suppress(Exception):
+            self.out.error(record.getMessage())
+
+
+class _MaskFilter(logging.Filter):
+    def __init__(self, out: Output) -> None:
+        super().__init__()
+        self.out = out
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.out.mask(record.getMessage())
+        record.args = None
+        return True
+
+
+@contextlib.contextmanager
+def _logging_to(out: Output) -> Iterator[None]:
+    """Route log records through ``out`` (masked) for the command's duration; with ``STEMFORGE_LOG_PATH`` set
+    (Packer's ``PACKER_LOG_PATH``), also write a debug log there, masked as well."""
+    root = logging.getLogger()
+    handlers: list[logging.Handler] = [_MaskedOutputHandler(out)]
+    path = os.environ.get("STEMFORGE_LOG_PATH")
+    if path:
+        debug = logging.FileHandler(path, encoding="utf-8")
+        debug.setLevel(logging.DEBUG)
+        debug.addFilter(_MaskFilter(out))
+        debug.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(name)s %(levelname)s: %(message)s"))
+        handlers.append(debug)
+    previous_level = root.level
+    if path:
+        root.setLevel(logging.DEBUG)
+    for handler in handlers:
+        root.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(previous_level)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     out = _output(args, timestamp=bool(args.timestamp_ui))
     options = RunOptions(only=args.only, except_=args.except_, parallel_builds=args.parallel_builds,
@@ -129,7 +184,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         return 1
     out.mask = template.mask
     runner = BuildRunner(template, out, options)
-    return runner.run()
+    with _logging_to(out):
+        return runner.run()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -162,7 +162,8 @@ class _DeadlineEvent(threading.Event):
 
 
 class _UiLogHandler(logging.Handler):
-    """Step-runner warnings and errors (failed cleanups, resources left by -on-error=abort) go to the build UI."""
+    """Step-runner warnings and errors (failed cleanups, resources left by -on-error=abort) go to the build UI.
+    Records still propagate (to a debug log file); output handlers on the root skip ``stemforge.build.*``."""
 
     def __init__(self, ui: BuildUi) -> None:
         super().__init__(level=logging.WARNING)
@@ -373,7 +374,6 @@ class BuildRunner:
         started = time.monotonic()
         result = BuildResult(build.name, 0.0)
         log = logging.getLogger(f"stemforge.build.{build.name}")
-        log.propagate = False
         handler = _UiLogHandler(ui)
         log.addHandler(handler)
         try:

@@ -188,3 +188,21 @@ def test_weak_typing_of_user_variables(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert ("provisioner 1 (shell-local): 'valid_exit_codes[0]' expected type 'integer', got unconvertible type "
             "'string'") in result.stdout
+
+
+def test_debug_log_path_is_written_and_masked(tmp_path: Path) -> None:
+    secret = "pa55-word-in-log"
+    path = write(tmp_path, {
+        "variables": {"pw": secret},
+        "sensitive-variables": ["pw"],
+        "builders": [{"type": "file", "target": str(tmp_path / "t.txt"), "content": "c"}],
+        "provisioners": [{"type": "shell-local", "inline": ["echo {{user `pw`}}"]}],
+    })
+    log = tmp_path / "debug.log"
+    env = dict(os.environ, STEMFORGE_LOG_PATH=str(log), STEMFORGE_FAILPOINTS="after:StepProvision")
+    result = subprocess.run([PYTHON, "-m", "stemforge.cli", "build", str(path)], cwd=tmp_path, env=env, text=True,
+                            capture_output=True, timeout=60, check=False)
+    assert result.returncode == 1
+    text = log.read_text()
+    assert "stemforge.build.file INFO: cleanup StepCreateFile (failure): done" in text
+    assert secret not in text + result.stdout + result.stderr
