@@ -199,6 +199,9 @@ def test_file_download_file_dir_and_glob(h: Harness, tmp_path: Path) -> None:
     h.run("file", {"direction": "download", "source": str(h.remote / "var" / "log" / "one.log"),
                    "destination": str(local / "dir") + "/"})
     assert (local / "dir" / "one.log").read_text() == "one"
+    h.run("file", {"direction": "download", "source": str(h.remote / "var" / "log"),
+                   "destination": str(local / "itself") + "/"})
+    assert sorted(p.name for p in (local / "itself" / "log").iterdir()) == ["one.log", "skip.txt", "two.log"]
     h.run("file", {"direction": "download", "source": str(h.remote / "var" / "log") + "/",
                    "destination": str(local / "whole")})
     assert sorted(p.name for p in (local / "whole").iterdir()) == ["one.log", "skip.txt", "two.log"]

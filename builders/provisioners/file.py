@@ -7,8 +7,12 @@ path rules:
 * a source directory ending in ``/`` copies its contents into ``destination``; without the slash the directory
   itself is created inside ``destination`` (rsync semantics);
 * a file whose ``destination`` ends in ``/`` keeps its name inside that directory;
-* on download, a ``destination`` ending in ``/`` receives the source under its own name, the local parent
-  directories are created, and a source ending in ``/`` or containing ``*?[`` is a directory/glob copy.
+* on download, a ``destination`` ending in ``/`` receives the source under its own name (a directory source
+  without a trailing ``/`` arrives as that directory), the local parent directories are created, and a source
+  containing ``*?[`` is expanded on the machine, every match landing in the ``destination`` directory.
+
+Sources and destinations are handed to the communicator as strings so the trailing slash survives (the ssh,
+chroot and local communicators apply the same rules).
 
 Sources must exist at prepare time unless ``generated`` is true (made earlier in the build).
 """
@@ -16,7 +20,6 @@ Sources must exist at prepare time unless ``generated`` is true (made earlier in
 from __future__ import annotations
 
 import os
-import posixpath
 import shlex
 import tempfile
 from pathlib import Path
@@ -121,18 +124,15 @@ class FileProvisioner(Provisioner):
             dst = self.destination
             ui.say(f"Downloading {src} => {dst}")
             self.ctx.check_cancelled()
-            directory = dst
-            if not dst.endswith("/"):
-                directory = os.path.dirname(dst)
-            elif not src.endswith("/") and not any(ch in src for ch in "*?["):
-                dst = os.path.join(dst, posixpath.basename(src))
+            directory = dst if dst.endswith("/") else os.path.dirname(dst)
             if directory:
                 Path(directory).mkdir(parents=True, exist_ok=True)
             try:
                 if any(ch in src for ch in "*?["):
                     self._download_glob(communicator, src, dst)
                 else:
-                    communicator.download(src, Path(dst) if not dst.endswith("/") else dst)  # type: ignore[arg-type]
+                    # the communicator applies the trailing-slash rules (a str keeps the slash; Path drops it)
+                    communicator.download(src, dst)  # type: ignore[arg-type]
             except BuildError as exc:
                 ui.error(f"Download failed: {exc}")
                 raise
