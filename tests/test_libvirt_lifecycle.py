@@ -201,3 +201,36 @@ def test_light_stemcell(libvirt_cpi: LibvirtCpi, stemcell_cid: str, tmp_path: An
     assert f"Stemcell does not contain an image in region {cpi.pool_name}" in err["message"]
     cpi.ok("delete_stemcell", light)
     assert volume in cpi.volumes(), "deleting a light stemcell never deletes the published image"
+
+
+def test_restricted_user_nic_with_loopback_port_forward(libvirt_cpi: LibvirtCpi, stemcell_cid: str) -> None:
+    """A user-mode NIC with QEMU's restrict=on and a loopback port forward (what image smoke tests use to reach
+    a guest's sshd); the guest agent still configures it by MAC."""
+    import socket
+
+    cpi = libvirt_cpi
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    net = {"type": "manual", "ip": "10.0.2.15", "netmask": "255.255.255.0", "gateway": "10.0.2.2",
+           "default": ["gateway"], "cloud_properties": {"type": "user", "restrict": True,
+                                                        "port_forwards": [{"host_port": port, "guest_port": 22}]}}
+    err = cpi.call("create_vm", "a", stemcell_cid, {"ram": 128}, {"n": {**net, "cloud_properties": {
+        "type": "user", "port_forwards": [{"host_address": "10.1.1.1", "host_port": port, "guest_port": 22}]}}},
+        [], {}).error
+    assert "host_address" in err["message"]
+    vm_cid, nets = cpi.ok("create_vm", "agent-fwd", stemcell_cid, {"ram": 128}, {"n": net}, [], {})
+    try:
+        conn = cpi.libvirt()
+        try:
+            xml = conn.lookupByName(vm_cid).XMLDesc(0)
+        finally:
+            conn.close()
+        assert f"restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22" in xml
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass  # QEMU listens on the loopback port
+        seen, _ = wait_for(cpi.console(vm_cid), lambda e: e.get("event") == "network", AGENT_TIMEOUT,
+                           what="network configured")
+        assert seen["mac"] == nets["n"]["mac"] and seen["configured"] is True
+    finally:
+        cpi.ok("delete_vm", vm_cid)

@@ -40,6 +40,23 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 "network": {"type": "string", "minLength": 1},
                 "bridge": {"type": "string", "minLength": 1},
                 "model": {"enum": ["virtio", "e1000", "e1000e", "rtl8139"]},
+                # user-mode only: cut the guest off from everything but its port forwards (QEMU restrict=on)
+                "restrict": {"type": "boolean"},
+                # user-mode only: host ports on loopback forwarded into the guest (e.g. ssh for smoke tests)
+                "port_forwards": {
+                    "type": "array",
+                    "maxItems": 16,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["host_port", "guest_port"],
+                        "properties": {
+                            "host_port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                            "guest_port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                            "host_address": {"type": "string", "pattern": "^(127\\.[0-9.]+|::1)$"},
+                        },
+                    },
+                },
             },
         }
     },

@@ -32,6 +32,16 @@ class NicSpec:
     kind: str = "user"  # user | network | bridge
     source: str | None = None
     model: str = "virtio"
+    #: user-mode only: QEMU's restrict=on (no traffic leaves the guest except through ``port_forwards``)
+    restrict: bool = False
+    #: user-mode only: (host address, host port, guest port) TCP forwards; the address must be loopback
+    port_forwards: tuple[tuple[str, int, int], ...] = ()
+
+    @property
+    def needs_qemu_netdev(self) -> bool:
+        """libvirt's ``<interface type='user'>`` (slirp) has neither restrict nor port forwards: such NICs are
+        passed to QEMU directly (``<qemu:commandline>``)."""
+        return self.kind == "user" and (self.restrict or bool(self.port_forwards))
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,8 @@ def domain(spec: DomainSpec) -> str:
         devices.append(ET.fromstring(disk(d)))
     devices.append(ET.fromstring(cdrom(spec.cdrom)))
     for nic in spec.nics:
-        devices.append(ET.fromstring(interface(nic)))
+        if not nic.needs_qemu_netdev:
+            devices.append(ET.fromstring(interface(nic)))
     serial = ET.SubElement(devices, "serial", type="file")
     ET.SubElement(serial, "source", path=spec.console_log, append="on")
     ET.SubElement(serial, "target", port="0")
@@ -92,7 +103,33 @@ def domain(spec: DomainSpec) -> str:
     ET.SubElement(devices, "memballoon", model="none")
     rng = ET.SubElement(devices, "rng", model="virtio")
     ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
+    qemu_args = [
+        arg for index, nic in enumerate(spec.nics) if nic.needs_qemu_netdev for arg in qemu_nic_args(nic, index, spec.machine)
+    ]
+    if qemu_args:
+        ET.register_namespace("qemu", QEMU_NS)
+        cmdline = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
+        for arg in qemu_args:
+            ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", value=arg)
     return ET.tostring(root, encoding="unicode")
+
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+_QEMU_NIC_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e", "rtl8139": "rtl8139"}
+
+
+def qemu_nic_args(nic: NicSpec, index: int, machine: str = "q35") -> list[str]:
+    """QEMU arguments for a user-mode NIC with restrict/port forwards (q35: an integrated device on the root
+    complex)."""
+    netdev = f"user,id=sfnet{index}"
+    if nic.restrict:
+        netdev += ",restrict=on"
+    for address, host_port, guest_port in nic.port_forwards:
+        netdev += f",hostfwd=tcp:{address}:{host_port}-:{guest_port}"
+    # an explicit slot on the root complex, clear of libvirt's allocation from slot 1 upwards
+    bus = "pcie.0" if "q35" in machine else "pci.0"
+    device = f"{_QEMU_NIC_MODELS[nic.model]},netdev=sfnet{index},mac={nic.mac},bus={bus},addr={0x10 + index:#x}"
+    return ["-netdev", netdev, "-device", device]
 
 
 def disk(d: DiskSpec) -> str:

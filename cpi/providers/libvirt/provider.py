@@ -295,9 +295,15 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
                 self._check_network(name, str(source))
             elif kind == "bridge" and not Path(f"/sys/class/net/{source}/bridge").exists():
                 raise NetworkNotFound(f"create_vm: networks.{name}: bridge {source} does not exist on this host")
+            if kind != "user" and (props.get("restrict") or props.get("port_forwards")):
+                raise CloudError(f"create_vm: networks.{name}.cloud_properties: restrict and port_forwards "
+                                 f"apply to user-mode NICs only")
+            forwards = tuple((f.get("host_address", "127.0.0.1"), f["host_port"], f["guest_port"])
+                             for f in props.get("port_forwards", []))
             mac = net.get("mac") or _random_mac()
             net["mac"] = mac
-            nics.append(domain_xml.NicSpec(mac=mac, kind=kind, source=source, model=props.get("model", "virtio")))
+            nics.append(domain_xml.NicSpec(mac=mac, kind=kind, source=source, model=props.get("model", "virtio"),
+                                           restrict=bool(props.get("restrict")), port_forwards=forwards))
             planned[name] = net
         return nics, planned
 
