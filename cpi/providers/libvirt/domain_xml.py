@@ -104,7 +104,10 @@ def domain(spec: DomainSpec) -> str:
     rng = ET.SubElement(devices, "rng", model="virtio")
     ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"
     qemu_args = [
-        arg for index, nic in enumerate(spec.nics) if nic.needs_qemu_netdev for arg in qemu_nic_args(nic, index, spec.machine)
+        arg
+        for index, nic in enumerate(spec.nics)
+        if nic.needs_qemu_netdev
+        for arg in qemu_nic_args(nic, index, spec.machine)
     ]
     if qemu_args:
         ET.register_namespace("qemu", QEMU_NS)
