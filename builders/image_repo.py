@@ -35,6 +35,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http import HTTPStatus
@@ -321,6 +322,7 @@ class ImageRepoHandler(BaseHTTPRequestHandler):
                 while view:
                     view = view[out.write(view):]
                 received += len(chunk)
+                self._pace(received)
                 self.on_body_progress(received)
                 limit = self.server.store.max_size
                 if limit is not None and received > limit:
@@ -328,6 +330,19 @@ class ImageRepoHandler(BaseHTTPRequestHandler):
                     raise RepoError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body exceeds the repository limit")
             os.fsync(out.fileno())
         return digest.hexdigest(), received
+
+    def _pace(self, received: int) -> None:
+        """Hold an upload to the server's ``upload_rate`` (bytes/s per upload; None = unlimited)."""
+        rate = self.server.upload_rate
+        if not rate:
+            return
+        started = getattr(self, "_upload_started", None)
+        if started is None or received <= CHUNK:
+            started = self._upload_started = time.monotonic()
+            return
+        ahead = (received - CHUNK) / rate - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)
 
     def on_body_progress(self, received: int) -> None:
         """Hook called after each chunk of a PUT body is stored (tests inject faults here)."""
@@ -391,8 +406,11 @@ class ImageRepoServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, root: Path, address: tuple[str, int] = ("127.0.0.1", 0), *,
-                 handler: type[ImageRepoHandler] = ImageRepoHandler, max_size: int | None = None) -> None:
+                 handler: type[ImageRepoHandler] = ImageRepoHandler, max_size: int | None = None,
+                 upload_rate: float | None = None) -> None:
         self.store = ImageStore(root, max_size=max_size)
+        #: Per-upload ingest limit in bytes/s (a site's link or disk budget); None = as fast as it comes.
+        self.upload_rate = upload_rate
         super().__init__(address, handler)
 
     @property
@@ -404,10 +422,10 @@ class ImageRepoServer(ThreadingHTTPServer):
 
 @contextlib.contextmanager
 def serve_in_thread(root: Path, host: str = "127.0.0.1", port: int = 0, *,
-                    handler: type[ImageRepoHandler] = ImageRepoHandler,
-                    max_size: int | None = None) -> Iterator[ImageRepoServer]:
+                    handler: type[ImageRepoHandler] = ImageRepoHandler, max_size: int | None = None,
+                    upload_rate: float | None = None) -> Iterator[ImageRepoServer]:
     """Run a repository in a background thread for the duration of the ``with`` block (tests, benchmarks)."""
-    server = ImageRepoServer(root, (host, port), handler=handler, max_size=max_size)
+    server = ImageRepoServer(root, (host, port), handler=handler, max_size=max_size, upload_rate=upload_rate)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                               name=f"image-repo-{server.server_address[1]}", daemon=True)
     thread.start()
@@ -434,7 +452,8 @@ def _serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     host, port = args.listen
     try:
-        server = ImageRepoServer(Path(args.root), (host, port), max_size=args.max_size)
+        rate = args.limit_rate * 1024 * 1024 if args.limit_rate else None
+        server = ImageRepoServer(Path(args.root), (host, port), max_size=args.max_size, upload_rate=rate)
     except OSError as exc:
         print(f"image-repo: cannot serve {args.root} on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -468,6 +487,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--listen", type=_parse_listen, default=("127.0.0.1", 8090),
                        help="HOST:PORT to listen on (default 127.0.0.1:8090; no authentication: keep it private)")
     serve.add_argument("--max-size", type=int, default=None, help="refuse uploads larger than this many bytes")
+    serve.add_argument("--limit-rate", type=float, default=None, metavar="MIB_PER_S",
+                       help="accept each upload no faster than this many MiB/s (a site's link or disk budget)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every request to stderr")
     serve.set_defaults(handler=_serve)
 

@@ -206,6 +206,12 @@ def load_destination(config: Mapping[str, Any], index: int) -> Destination:
         raise
     plugin: type[Destination] = module.PLUGIN
     options = {k: v for k, v in config.items() if k not in ("type", "name")}
+    try:  # Go-style weak typing, as for every other plugin option ("30" is a fine timeout: variables are strings)
+        from builders.registry import coerce
+
+        options = coerce(options, plugin.options_schema)
+    except ImportError:  # pragma: no cover - the registry ships with builders
+        pass
     return plugin(name, options)
 
 
