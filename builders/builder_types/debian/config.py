@@ -62,6 +62,7 @@ OPTIONS_SCHEMA: dict[str, Any] = {
         "vm_name": {"type": "string", "minLength": 1},
         "cache_dir": {"type": "string", "minLength": 1},
         "communicator": {"enum": ["chroot", "none"]},
+        "tmpfs": {"type": "boolean"},
     },
 }
 
@@ -91,6 +92,8 @@ class DebianConfig:
     vm_name: str
     cache_dir: Path
     communicator: str
+    #: Build the tree in /dev/shm when memory allows (default on).
+    tmpfs: bool = True
     root_password: str | None = field(default=None, repr=False)
 
     def output_file(self, fmt: str) -> Path:
@@ -249,5 +252,6 @@ def parse_config(raw: Mapping[str, Any], build_name: str, *, force: bool = False
         vm_name=vm_name,
         cache_dir=Path(raw["cache_dir"]).expanduser() if "cache_dir" in raw else default_cache_dir(),
         communicator=raw.get("communicator", "chroot"),
+        tmpfs=bool(raw.get("tmpfs", True)),
         root_password=root_password,
     )

@@ -71,7 +71,7 @@ def convert(source: Path, dest: Path, fmt: str, *, compress: bool, cancel: threa
             progress: Callable[[int, int], None], timeout: float = 3600) -> None:
     """``qemu-img convert`` ``source`` (raw) to ``dest`` in ``fmt``; reports (bytes done, total virtual bytes)."""
     total = source.stat().st_size
-    argv = ["qemu-img", "convert", "-p", "-f", "raw", "-O", fmt]
+    argv = ["qemu-img", "convert", "-p", "-W", "-f", "raw", "-O", fmt]
     if fmt == "qcow2":
         argv += ["-o", "cluster_size=65536"]
         if compress:

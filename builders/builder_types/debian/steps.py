@@ -26,9 +26,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from . import bootstrap, chroot, disk, grub, proc
 from .config import DebianConfig
 
 WORK_DIR_NAME = ".stemforge-work"
+SHM = Path("/dev/shm")
 NETWORKD_UNIT = "etc/systemd/network/80-stemforge-dhcp.network"
 NETWORKD_BODY = "# stemforge: DHCP on every wired interface (cloud-init's own files take precedence)\n" \
                 "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n"
@@ -147,9 +150,9 @@ class StepBootstrap(DebianStep):
     temporary = True
 
     def execute(self, state: dict[str, Any]) -> None:
-        work = self.cfg.output_directory / WORK_DIR_NAME
-        work.mkdir(mode=0o700)
+        work = make_work_dir(self.cfg)
         state["work_dir"] = work
+        self.ctx.ui.message(f"Work directory {work}")
         tree = work / "root"
         state["tree"] = tree
         inputs = bootstrap.BootstrapInputs.from_config(self.cfg)
@@ -212,6 +215,35 @@ class StepBootstrap(DebianStep):
         if work is not None and work.exists():
             self.ctx.ui.message("Removing the build's work directory...")
             chroot.remove_tree(work)
+
+
+def make_work_dir(cfg: DebianConfig) -> Path:
+    """Where the tree and the raw disk are built: a directory in ``/dev/shm`` when ``tmpfs`` is on and memory
+    allows it (as diskimage-builder does; the tree is written and read many times), else
+    ``<output_directory>/.stemforge-work``. Work dirs of dead builds in /dev/shm are removed first."""
+    if cfg.tmpfs and SHM.is_dir():
+        for stale in SHM.glob("stemforge-debian-*"):
+            pid = stale.name.split("-")[2]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                chroot.remove_tree(stale)
+        needed = (cfg.disk_size_mb + 1024) * disk.MIB
+        st = os.statvfs(SHM)
+        if st.f_bavail * st.f_frsize > needed and _mem_available() > needed + 1024 * disk.MIB:
+            return Path(tempfile.mkdtemp(prefix=f"stemforge-debian-{os.getpid()}-", dir=SHM))
+    work = cfg.output_directory / WORK_DIR_NAME
+    work.mkdir(mode=0o700)
+    return work
+
+
+def _mem_available() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 class StepPrepareChroot(DebianStep):
@@ -489,7 +521,13 @@ class StepConvert(DebianStep):
             outputs.append((fmt, dest))
         if "raw" in self.cfg.formats:
             dest = self.cfg.output_file("raw")
-            os.replace(raw, dest)  # same filesystem: the laid-out disk is the raw output
+            if os.stat(raw).st_dev == os.stat(dest.parent).st_dev:
+                os.replace(raw, dest)  # same filesystem: the laid-out disk is the raw output
+            else:  # from tmpfs: a sparse copy with progress
+                tmp = dest.with_name(f".{dest.name}.partial")
+                disk.convert(raw, tmp, "raw", compress=False, cancel=self.ctx.cancel,
+                             progress=functools.partial(self.ctx.ui.progress, "copy raw"))
+                os.replace(tmp, dest)
             outputs.append(("raw", dest))
             self.ctx.ui.message(f"raw -> {dest}")
         outputs.sort(key=lambda item: self.cfg.formats.index(item[0]))
@@ -500,9 +538,13 @@ class StepArtifact(DebianStep):
     title = "Checksumming the artifact..."
 
     def execute(self, state: dict[str, Any]) -> None:
+        outputs: list[tuple[str, Path]] = state["outputs"]
+        with ThreadPoolExecutor(max_workers=max(1, len(outputs))) as pool:  # hashlib releases the GIL
+            digests = list(pool.map(
+                lambda item: sha256_file(item[1], functools.partial(self.ctx.ui.progress, f"sha256 {item[1].name}"),
+                                         self.ctx), outputs))
         files = []
-        for fmt, path in state["outputs"]:
-            digest = sha256_file(path, functools.partial(self.ctx.ui.progress, f"sha256 {path.name}"), self.ctx)
+        for (fmt, path), digest in zip(outputs, digests, strict=True):
             files.append({"path": str(path), "format": fmt, "sha256": digest, "size": path.stat().st_size})
             self.ctx.ui.message(f"{path.name}: sha256 {digest}")
         state["artifact_files"] = files
