@@ -244,6 +244,8 @@ class BuildRunner:
             warnings += builder.prepare() or []
         except (ConfigError, TemplateError) as exc:
             errors += _config_lines(exc, label)
+        except Exception as exc:  # noqa: BLE001 - a plugin bug is reported, not a traceback
+            errors.append(f"{label}: {type(exc).__name__}: {exc}")
         provisioners = self.template.provisioners_for(spec.name)
         checks: list[tuple[ProvisionerSpec, str]] = [(p, f"provisioner {p.index + 1} ({p.type})")
                                                      for p in provisioners]
@@ -255,6 +257,8 @@ class BuildRunner:
                 self._make_provisioner(pspec, ctx, where, generated=None)
             except (ConfigError, TemplateError) as exc:
                 errors += _config_lines(exc, where)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"{where}: {type(exc).__name__}: {exc}")
         chains = self.template.post_processor_chains_for(spec.name, list(self.options.except_))
         for chain in chains:
             for pp in chain:
@@ -263,6 +267,8 @@ class BuildRunner:
                     self._make_post_processor(pp, ctx, where, generated=None)
                 except (ConfigError, TemplateError) as exc:
                     errors += _config_lines(exc, where)
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(f"{where}: {type(exc).__name__}: {exc}")
         if errors or builder is None:
             raise _BuildConfigError(BuildProblem(spec.name, f'Failed to prepare build: "{spec.name}"',
                                                  errors or [f"{label}: could not be prepared"]))

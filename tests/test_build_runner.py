@@ -476,9 +476,15 @@ class StepsBuilder(BuilderType):
     events: ClassVar[list[str]] = []
     options_schema: ClassVar[dict[str, Any]] = {
         "type": "object", "additionalProperties": False,
-        "properties": {"workdir": {"type": "string"}, "fail_at": {"type": "string"}},
+        "properties": {"workdir": {"type": "string"}, "fail_at": {"type": "string"},
+                       "explode": {"type": "boolean"}},
         "required": ["workdir"],
     }
+
+    def prepare(self) -> list[str]:
+        if self.config.get("explode"):
+            raise RuntimeError("plugin bug in prepare")
+        return []
 
     def steps(self, hook: ProvisionHook) -> Sequence[Any]:
         workdir = Path(self.config["workdir"])
@@ -634,6 +640,10 @@ def test_prepare_collects_every_problem_before_running(tmp_path: Path, plugins: 
             "'[]interface {}'") in text
     assert 'Error: Failed to prepare build: "ok"' in text
     assert plugins["log"] == [], "nothing ran"
+    buggy = write_template(tmp_path, {"builders": [{"type": "t-steps", "workdir": str(work), "explode": True}]},
+                           "buggy.json")
+    with pytest.raises(PrepareError, match="t-steps: RuntimeError: plugin bug in prepare"):
+        BuildRunner(parse_template(buggy), Output(io.StringIO(), tty=False)).prepare()
 
 
 def test_interrupt_from_another_thread_in_process(tmp_path: Path, plugins: dict[str, list[str]]) -> None:
