@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -191,7 +192,8 @@ def _pairs(argv: list[str], key: str) -> list[str]:
 def test_default_command_line_is_restricted_to_loopback(tmp_path: Path) -> None:
     argv, _ = _argv(tmp_path)
     assert _pairs(argv, "-netdev") == [
-        "user,id=user.0,restrict=on,hostfwd=tcp:127.0.0.1:2345-:22,guestfwd=tcp:10.0.2.100:8111-tcp:127.0.0.1:8111"]
+        "user,id=user.0,restrict=on,hostfwd=tcp:127.0.0.1:2345-:22,"
+        f"guestfwd=tcp:10.0.2.100:8111-cmd:{sys.executable} http-relay.py 8111"]
     assert _pairs(argv, "-machine") == ["type=pc,accel=tcg"]
     assert _pairs(argv, "-device") == ["virtio-net,netdev=user.0"]
     drives = _pairs(argv, "-drive")
@@ -304,6 +306,33 @@ def test_http_server_is_loopback_only(tmp_path: Path) -> None:
     finally:
         server.stop()
         server.stop()  # idempotent
+
+
+def test_http_relay_carries_each_guest_connection(tmp_path: Path) -> None:
+    """The script QEMU runs per guest connection (guestfwd cmd:) relays to the loopback HTTP server."""
+    from builders.builder_types.qemu.qemu_process import RELAY_SCRIPT
+
+    (tmp_path / "f.txt").write_text("payload\n")
+    server = HTTPServer(tmp_path)
+    port = server.start(18300, 18399)
+    relay = tmp_path / "relay.py"
+    relay.write_text(RELAY_SCRIPT)
+    try:
+        for _ in range(3):  # one relay process per connection, as QEMU spawns them
+            guest, qemu_side = socket.socketpair()
+            with guest, qemu_side:
+                proc = subprocess.Popen([sys.executable, str(relay), str(port)], stdin=qemu_side.fileno(),
+                                        stdout=qemu_side.fileno())
+                qemu_side.close()
+                guest.sendall(b"GET /f.txt HTTP/1.0\r\n\r\n")
+                guest.settimeout(10)
+                data = b""
+                while chunk := guest.recv(4096):
+                    data += chunk
+                assert data.startswith(b"HTTP/1.0 200") and data.endswith(b"payload\n")
+                assert proc.wait(timeout=10) == 0
+    finally:
+        server.stop()
 
 
 def test_convert_step_and_throughput(tmp_path: Path, test_image: Path) -> None:

@@ -43,6 +43,18 @@ from builders.core import BuildError, CommandResult, Communicator, Ui
 
 LOG = logging.getLogger("stemforge.builders.ssh")
 
+class _DemoteParamikoErrors(logging.Filter):
+    """paramiko logs every failed connection attempt (banner timeouts and resets while the guest boots) as ERROR
+    tracebacks; the communicator reports the outcome itself, so those records go to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+logging.getLogger("paramiko.transport").addFilter(_DemoteParamikoErrors())
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CHUNK = 32768
 

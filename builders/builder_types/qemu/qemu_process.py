@@ -8,8 +8,9 @@ the builder's defaults. Rows may use ``{{ .HTTPIP }}``, ``{{ .HTTPPort }}``, ``{
 ``{{ .OutputDir }}``, ``{{ .Name }}`` and ``{{ .SSHHostPort }}``.
 
 Networking is user-mode only: ``-netdev user,id=user.0,restrict=on[,hostfwd=tcp:127.0.0.1:PORT-:22]
-[,guestfwd=tcp:10.0.2.100:HTTP-tcp:127.0.0.1:HTTP]``. ``restrict=on`` cuts the guest off from the host and the
-outside; the explicit forwards still work (the guest reaches the HTTP server at ``10.0.2.100``). A user ``-netdev``
+[,guestfwd=tcp:10.0.2.100:HTTP-cmd:<relay to 127.0.0.1:HTTP>]``. ``restrict=on`` cuts the guest off from the host
+and the outside; the explicit forwards still work (the guest reaches the HTTP server at ``10.0.2.100``; QEMU runs a
+small relay per connection that connects to the server on 127.0.0.1). A user ``-netdev``
 without ``restrict=on`` is warned about. The builder always adds its own QMP socket (in a private temporary
 directory) for the boot command and ACPI power-down, and a serial console log shown when the guest fails.
 
@@ -25,6 +26,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,7 +52,44 @@ class LaunchPlan:
     serial_path: Path
     ssh_host_port: int | None = None
     http_port: int | None = None
+    #: The per-connection relay QEMU runs for each guest connection to the HTTP server (see RELAY_SCRIPT).
+    http_relay: Path | None = None
+    python: str = field(default_factory=lambda: sys.executable)
     warnings: list[str] = field(default_factory=list)
+
+
+#: Run by QEMU (``guestfwd=...-cmd:``) once per guest connection with the connection on stdin/stdout: relays it
+#: to the HTTP server on 127.0.0.1. (A ``guestfwd`` to a ``tcp:`` chardev carries a single connection for
+#: QEMU's whole life; installers fetch several files.) Bounded: it ends when either side closes or after an
+#: hour.
+RELAY_SCRIPT = """\
+import os, select, socket, sys, time
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
+sock.setblocking(False)
+deadline = time.monotonic() + 3600
+open_in, open_out = True, True
+while (open_in or open_out) and time.monotonic() < deadline:
+    readable, _, _ = select.select(([0] if open_in else []) + ([sock] if open_out else []), [], [], 5)
+    if 0 in readable:
+        data = os.read(0, 65536)
+        if data:
+            sock.sendall(data)
+        else:
+            open_in = False
+            sock.shutdown(socket.SHUT_WR)
+    if sock in readable:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            continue
+        if data:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(1, view):]
+        else:
+            break
+sock.close()
+"""
 
 
 def default_args(cfg: QemuConfig, plan: LaunchPlan) -> dict[str, list[str]]:
@@ -65,7 +104,9 @@ def default_args(cfg: QemuConfig, plan: LaunchPlan) -> dict[str, list[str]]:
     if plan.ssh_host_port:
         netdev += f",hostfwd=tcp:127.0.0.1:{plan.ssh_host_port}-:{cfg.ssh_port}"
     if plan.http_port:
-        netdev += f",guestfwd=tcp:{GUEST_HTTP_IP}:{plan.http_port}-tcp:127.0.0.1:{plan.http_port}"
+        relay = plan.http_relay or Path("http-relay.py")
+        cmd = f"{plan.python} {relay} {plan.http_port}".replace(",", ",,")
+        netdev += f",guestfwd=tcp:{GUEST_HTTP_IP}:{plan.http_port}-cmd:{cmd}"
     args["-netdev"] = [netdev]
     devices: list[str] = []
     drives: list[str] = []

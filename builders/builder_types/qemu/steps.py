@@ -27,6 +27,7 @@ from builders.builder_types.qemu.config import QemuConfig, disk_size_bytes
 from builders.builder_types.qemu.http_server import HTTPServer
 from builders.builder_types.qemu.qemu_process import (
     GUEST_HTTP_IP,
+    RELAY_SCRIPT,
     LaunchPlan,
     QemuProcess,
     command_line,
@@ -439,6 +440,10 @@ class StepRun(QemuStep):
         if state.get("cd_path"):
             cds.append(Path(state["cd_path"]))
         http = state.get("http_server")
+        relay = None
+        if http is not None:
+            relay = tmp / "http-relay.py"
+            relay.write_text(RELAY_SCRIPT)
         from builders.communicators.ssh import free_loopback_port
 
         attempts = 5 if cfg.communicator == "ssh" else 1
@@ -448,7 +453,7 @@ class StepRun(QemuStep):
             plan = LaunchPlan(accel=accel, disks=list(state["disk_paths"]), cd_paths=cds,
                               qmp_path=Path(cfg.qmp_socket_path) if cfg.qmp_socket_path else tmp / "qmp.sock",
                               serial_path=tmp / "console.log", ssh_host_port=port,
-                              http_port=http.port if http else None)
+                              http_port=http.port if http else None, http_relay=relay)
             argv = command_line(cfg, plan, binary, render=self.ctx.render)
             for w in plan.warnings:
                 self.ui.message(f"WARNING: {w}")
