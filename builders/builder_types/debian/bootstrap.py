@@ -30,7 +30,7 @@ from . import proc
 from .config import DebianConfig
 
 #: Bump when the way the tree is produced changes (invalidates every cache entry).
-TREE_FORMAT = 3
+TREE_FORMAT = 4
 #: How long a builder waits for another one bootstrapping the same key.
 LOCK_WAIT_SECONDS = 3600.0
 
@@ -164,19 +164,35 @@ class BootstrapCache:
                   str(self.tarball(key))], what="bootstrap: unpacking the cached tree", cancel=cancel, timeout=1800)
 
 
+#: dpkg configuration dropped into the tree while it is built (no fsync per file: the tree is a temporary that is
+#: packed, fsynced and published as a whole), removed before the tree is cached.
+UNSAFE_IO_CONF = "etc/dpkg/dpkg.cfg.d/stemforge-unsafe-io"
+
+
 def debootstrap(cfg: DebianConfig, packages: list[str], target: Path, cancel: threading.Event | None,
                 on_line: Callable[[str], None]) -> None:
-    """Run debootstrap into ``target`` (which must be empty or absent)."""
+    """Run debootstrap into ``target`` (which must be empty or absent) in its two documented stages, so dpkg runs
+    the second stage with ``force-unsafe-io``. The downloaded .debs are removed afterwards."""
     if shutil.which("debootstrap") is None:
         raise BuildError("bootstrap: debootstrap is not installed (apt-get install debootstrap)")
-    argv = ["debootstrap", f"--variant={cfg.variant}", f"--components={','.join(cfg.components)}"]
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+           "DEBIAN_FRONTEND": "noninteractive"}
+    argv = ["debootstrap", "--foreign", f"--variant={cfg.variant}", f"--components={','.join(cfg.components)}"]
     if packages:
         argv.append(f"--include={','.join(packages)}")
     argv += [cfg.suite, str(target), cfg.mirror]
-    proc.run(argv, what="bootstrap: debootstrap", cancel=cancel, timeout=3600, on_line=on_line,
-             env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-                  "DEBIAN_FRONTEND": "noninteractive"})
+    proc.run(argv, what="bootstrap: debootstrap (first stage)", cancel=cancel, timeout=3600, on_line=on_line,
+             env=env)
+    unsafe = target / UNSAFE_IO_CONF
+    unsafe.parent.mkdir(parents=True, exist_ok=True)
+    unsafe.write_text("force-unsafe-io\n")
+    proc.run(["chroot", str(target), "/debootstrap/debootstrap", "--second-stage"],
+             what="bootstrap: debootstrap (second stage)", cancel=cancel, timeout=3600, on_line=on_line, env=env)
     # The downloaded .debs are not part of the image (and would double the cache entry).
     archives = target / "var" / "cache" / "apt" / "archives"
     for deb in archives.glob("*.deb"):
         deb.unlink()
+
+
+def drop_unsafe_io(target: Path) -> None:
+    (target / UNSAFE_IO_CONF).unlink(missing_ok=True)

@@ -186,6 +186,7 @@ class StepBootstrap(DebianStep):
                 # apt, not debootstrap --include: debootstrap cannot resolve virtual packages (cloud-init's
                 # python3-cryptography needs python3-cffi-backend-api-*), and apt honours --no-install-recommends.
                 self._apt_install(state, list(inputs.packages))
+            bootstrap.drop_unsafe_io(tree)
             ui.message(f"Caching the bootstrap tree as {cache.tarball(inputs.key)}")
             cache.publish(tree, inputs, self.ctx.cancel)
 
