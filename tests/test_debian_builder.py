@@ -7,6 +7,7 @@ A rebuild hits the bootstrap cache."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from typing import Any
 import pytest
 
 from builders.builder_types.debian import chroot as chroot_mod
+from builders.builder_types.debian.bootstrap import BootstrapCache
+from builders.builder_types.debian.config import default_cache_dir
 from builders.builder_types.debian.run import BuildResult, ProvisionerHook, load_provisioner, make_context, run_build
 from builders.builder_types.debian.steps import WORK_DIR_NAME, sha256_file
 from builders.core import Communicator, Provisioner
@@ -77,10 +80,10 @@ class _UploadThenProvision(ProvisionerHook):
         assert res.exit_status == 0 and "provisioned" in res.stdout
 
 
-def _run(out: Path, key: Path, files: Path) -> BuildResult:
+def _run(out: Path, key: Path, files: Path, stream: io.StringIO | None = None) -> BuildResult:
     ctx = make_context("e2e")
     hook = _UploadThenProvision([load_provisioner(t, o, ctx) for t, o in _provisioners(key)], files / "probe.txt")
-    return run_build({**OPTIONS, "output_directory": str(out)}, "e2e", hook=hook)
+    return run_build({**OPTIONS, "output_directory": str(out)}, "e2e", hook=hook, stream=stream)
 
 
 @pytest.fixture(scope="module")
@@ -124,13 +127,17 @@ def test_rebuild_hits_the_bootstrap_cache(built: Built, tmp_path: Path) -> None:
     files.mkdir()
     (files / "probe.txt").write_text("provisioned by the e2e test\n")
     first = built.result
-    warm = _run(tmp_path / "output-again", built.key, files)
+    log = io.StringIO()
+    warm = _run(tmp_path / "output-again", built.key, files, stream=log)
     assert warm.state["bootstrap_cached"] is True
     assert warm.state["bootstrap_key"] == first.state["bootstrap_key"]
     boot_step = warm.step_seconds["bootstrap"]
+    cold = BootstrapCache(default_cache_dir()).meta(warm.state["bootstrap_key"]).get("seconds")
     print(f"\nfirst build {first.seconds:.1f}s (bootstrap cached: {first.state['bootstrap_cached']}, "
           f"bootstrap step {first.step_seconds['bootstrap']:.1f}s); rebuild {warm.seconds:.1f}s "
-          f"(bootstrap step {boot_step:.1f}s)")
+          f"(bootstrap step {boot_step:.1f}s); the cold bootstrap of this cache entry took {cold}s")
+    assert "skipping debootstrap" in log.getvalue()
+    assert "debootstrap --variant" not in log.getvalue() and "I: Retrieving" not in log.getvalue()
     assert boot_step < 60
     os.sync()
 

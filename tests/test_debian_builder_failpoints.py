@@ -161,3 +161,37 @@ def test_sigint_during_provisioning_cleans_up(tmp_path: Path) -> None:
     assert child.returncode == 1, out[-2000:]
     assert "Cleanly cancelled builds after being interrupted." in out
     _assert_nothing_left(tmp_path, loops, child.pid)
+
+
+class _Trigger:
+    """A UI stream that sets ``event`` once a line containing ``needle`` is written."""
+
+    def __init__(self, needle: str, event: threading.Event) -> None:
+        self.needle = needle
+        self.event = event
+        self.text: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.text.append(text)
+        if self.needle in text:
+            self.event.set()
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_cancel_inside_debootstraps_second_stage_leaves_nothing(tmp_path: Path) -> None:
+    """A cold bootstrap (own empty cache) cancelled while debootstrap's second stage runs dpkg in the tree (with
+    /proc and /sys mounted by debootstrap itself): no process, mount, work tree or cache entry survives."""
+    loops = _loops()
+    cancel = threading.Event()
+    stream = _Trigger("I: Installing core packages", cancel)
+    with pytest.raises(Cancelled):
+        options = {k: v for k, v in OPTIONS.items() if k != "datasource"}
+        run_build({**options, "kernel": "none", "include_cloud_init": False, "include_sshd": False,
+                   "cache_dir": str(tmp_path / "cache"), "output_directory": str(tmp_path / "out")},
+                  "coldcancel", stream=stream, cancel=cancel)  # type: ignore[arg-type]
+    assert cancel.is_set(), "".join(stream.text)[-2000:]
+    _assert_nothing_left(tmp_path, loops)
+    assert [p.name for p in (tmp_path / "cache" / "bootstrap").iterdir() if not p.name.endswith(".lock")] == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import struct
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -196,3 +197,49 @@ def test_provisioner_options(tmp_path: Path) -> None:
         load_provisioner("firstboot", {}, ctx)
     with pytest.raises(ConfigError, match="cannot read"):
         load_provisioner("firstboot", {"script": "missing.sh"}, ctx)
+
+
+def test_bootstrap_cache_lock_and_atomic_publish(tmp_path: Path) -> None:
+    """Two builders of one key: the second waits for the first's lock, then finds the published entry."""
+    from builders.builder_types.debian.bootstrap import BootstrapCache
+
+    cache = BootstrapCache(tmp_path / "cache")
+    inputs = BootstrapInputs("bookworm", "minbase", "http://m", ("main",), ("a",), "debootstrap 1", "amd64")
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "hostname").write_text("x\n")
+    order: list[str] = []
+    first_has_lock = threading.Event()
+
+    def first() -> None:
+        with cache.locked(inputs.key, None):
+            first_has_lock.set()
+            order.append("first-locked")
+            assert not cache.has(inputs.key)
+            time.sleep(0.8)
+            cache.publish(tree, inputs, None, seconds=1.5)
+            order.append("first-published")
+
+    def second() -> None:
+        first_has_lock.wait(5)
+        with cache.locked(inputs.key, None, on_wait=lambda: order.append("second-waiting")):
+            order.append("second-locked")
+            assert cache.has(inputs.key)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert order == ["first-locked", "second-waiting", "first-published", "second-locked"]
+    assert cache.meta(inputs.key)["seconds"] == 1.5
+    assert sorted(p.name for p in cache.root.iterdir()) == sorted(
+        [f"{inputs.key}.tar.zst", f"{inputs.key}.json", f"{inputs.key}.lock"])
+    out = tmp_path / "out"
+    cache.extract(inputs.key, out, None)
+    assert (out / "etc" / "hostname").read_text() == "x\n"
+    cancel = threading.Event()
+    cancel.set()
+    with cache.locked(inputs.key, None), pytest.raises(Exception, match="cancelled"):  # noqa: SIM117
+        with cache.locked(inputs.key, cancel):  # held by ourselves via another fd: waits, sees the cancel
+            pass

@@ -133,8 +133,9 @@ class BootstrapCache:
             tmp.unlink(missing_ok=True)
 
     def publish(self, tree: Path, inputs: BootstrapInputs, cancel: threading.Event | None,
-                on_line: Callable[[str], None] | None = None) -> Path:
-        """Pack ``tree`` into the cache under ``inputs.key`` atomically (caller holds the lock)."""
+                on_line: Callable[[str], None] | None = None, seconds: float | None = None) -> Path:
+        """Pack ``tree`` into the cache under ``inputs.key`` atomically (caller holds the lock); ``seconds`` (how
+        long the bootstrap took) is recorded in ``<key>.json``."""
         key = inputs.key
         final = self.tarball(key)
         tmp = self.root / f".{key}.{os.getpid()}.tar.zst.tmp"
@@ -145,7 +146,8 @@ class BootstrapCache:
                      timeout=1800, on_line=on_line)
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
-            meta_tmp.write_text(json.dumps({**inputs.as_dict(), "created": time.time()}, indent=2) + "\n")
+            meta = {**inputs.as_dict(), "created": time.time(), "seconds": seconds}
+            meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
             os.replace(tmp, final)
             os.replace(meta_tmp, self.root / f"{key}.json")
             dir_fd = os.open(self.root, os.O_RDONLY)
@@ -157,6 +159,11 @@ class BootstrapCache:
             tmp.unlink(missing_ok=True)
             meta_tmp.unlink(missing_ok=True)
         return final
+
+    def meta(self, key: str) -> dict[str, object]:
+        """The inputs (and ``seconds``, ``created``) recorded with a cache entry."""
+        data: dict[str, object] = json.loads((self.root / f"{key}.json").read_text())
+        return data
 
     def extract(self, key: str, dest: Path, cancel: threading.Event | None) -> None:
         dest.mkdir(parents=True, exist_ok=True)

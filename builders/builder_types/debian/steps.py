@@ -7,9 +7,10 @@ Order and what each leaves behind (cleanups run in reverse on failure, cancellat
 step               does                                                        cleanup
 =================  ==========================================================  ===================================
 output-directory   checks/creates ``output_directory`` (``-force`` empties it)  on failure: deletes it
-bootstrap          unpacks the cached tree, or debootstraps and caches it      deletes the work dir (temporary)
+bootstrap          unpacks the cached tree, or debootstraps, apt-installs the   deletes the work dir (temporary)
+                   option packages and caches it (work dir: /dev/shm if room)
 prepare-chroot     binds /proc /sys /dev /dev/pts, policy-rc.d, resolv.conf    undoes all, unmounts (temporary)
-install            kernel, grub-pc, sshd, cloud-init via apt (if not cached);   (inside the work dir)
+install            apt for anything still missing (normally all cached);       (inside the work dir)
                    networkd DHCP, cloud-init datasources, hostname, password
 provision          the template's provisioners over the chroot communicator     (inside the work dir)
 finalise           fstab by UUID, machine-id, apt caches, ssh host keys,        (inside the work dir)
@@ -168,6 +169,7 @@ class StepBootstrap(DebianStep):
                 cache.extract(inputs.key, tree, self.ctx.cancel)
                 return
             state["bootstrap_cached"] = False
+            started = time.monotonic()
             ui.message(f"debootstrap --variant={self.cfg.variant} {self.cfg.suite} from {self.cfg.mirror} "
                        f"(+{len(inputs.packages)} packages)")
             count = {"n": 0}
@@ -188,7 +190,7 @@ class StepBootstrap(DebianStep):
                 self._apt_install(state, list(inputs.packages))
             bootstrap.drop_unsafe_io(tree)
             ui.message(f"Caching the bootstrap tree as {cache.tarball(inputs.key)}")
-            cache.publish(tree, inputs, self.ctx.cancel)
+            cache.publish(tree, inputs, self.ctx.cancel, seconds=time.monotonic() - started)
 
     def _apt_install(self, state: dict[str, Any], packages: list[str]) -> None:
         tree = self.tree(state)
