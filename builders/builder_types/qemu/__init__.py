@@ -14,6 +14,7 @@ Generated data (``{{ build `Key` }}``): ``ID``, ``Host`` (127.0.0.1), ``Port``, 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -121,15 +122,18 @@ def measure_convert(image: Path, *, fmt: str = "qcow2", compress: bool = False, 
         work = tmp / "step"
         work.mkdir()
         for _ in range(max(1, rounds)):
+            # both convert the same freshly copied, flushed input, so page cache and writeback treat them alike
+            shutil.copyfile(pristine, work / "vm")
+            with open(work / "vm", "rb+") as fh:
+                os.fsync(fh.fileno())
             out = tmp / "bare.img"
             cmd = [disk.qemu_img(), "convert", "-f", fmt] + (["-c"] if compress else []) + [
-                "-O", fmt, str(pristine), str(out)]
+                "-O", fmt, str(work / "vm"), str(out)]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, timeout=3600, stdout=subprocess.DEVNULL)
             bare.append(time.perf_counter() - t0)
             out.unlink()
 
-            shutil.copyfile(pristine, work / "vm")
             cfg = QemuConfig(build_name="measure", output_directory=work, vm_name="vm", format=fmt,
                              disk_compression=compress, skip_compaction=False)
             ctx = BuildContext(build_name="measure", build_type="qemu", ui=_Ui(), cancel=threading.Event(),
