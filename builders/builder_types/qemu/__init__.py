@@ -94,10 +94,10 @@ class _QuietUi:
 def measure_convert(image: Path, *, fmt: str = "qcow2", compress: bool = False, rounds: int = 3) -> dict[str, Any]:
     """Time the builder's convert step (``StepConvertDisk``: ``qemu-img convert -p`` with progress parsing,
     cancellation polling and the rename) against bare ``qemu-img convert`` doing the same work (``fmt`` -> ``fmt``
-    of the same disk), interleaved, ``rounds`` times each, in a temporary directory removed afterwards. ``image``
-    may be in any format (it is first turned into the step's input, untimed). Returns the best seconds of each,
-    throughput in MiB/s of the disk's virtual size and ``ratio`` = step throughput / bare throughput (target
-    >= 0.9)."""
+    of the same disk), interleaved in alternating order, ``rounds`` times each, in a temporary directory removed
+    afterwards. ``image`` may be in any format (it is first turned into the step's input, untimed). Returns the
+    best seconds of each, throughput in MiB/s of the disk's virtual size and ``ratio`` = step throughput / bare
+    throughput (target >= 0.9)."""
     from builders.core import BuildContext
 
     image = Path(image)
@@ -121,11 +121,7 @@ def measure_convert(image: Path, *, fmt: str = "qcow2", compress: bool = False, 
         virtual = int(disk.image_info(pristine).get("virtual-size", 0))
         work = tmp / "step"
         work.mkdir()
-        for _ in range(max(1, rounds)):
-            # both convert the same freshly copied, flushed input, so page cache and writeback treat them alike
-            shutil.copyfile(pristine, work / "vm")
-            with open(work / "vm", "rb+") as fh:
-                os.fsync(fh.fileno())
+        def run_bare() -> None:
             out = tmp / "bare.img"
             cmd = [disk.qemu_img(), "convert", "-f", fmt] + (["-c"] if compress else []) + [
                 "-O", fmt, str(work / "vm"), str(out)]
@@ -134,6 +130,7 @@ def measure_convert(image: Path, *, fmt: str = "qcow2", compress: bool = False, 
             bare.append(time.perf_counter() - t0)
             out.unlink()
 
+        def run_step() -> None:
             cfg = QemuConfig(build_name="measure", output_directory=work, vm_name="vm", format=fmt,
                              disk_compression=compress, skip_compaction=False)
             ctx = BuildContext(build_name="measure", build_type="qemu", ui=_Ui(), cancel=threading.Event(),
@@ -144,7 +141,15 @@ def measure_convert(image: Path, *, fmt: str = "qcow2", compress: bool = False, 
             step.run(state)
             step_times.append(time.perf_counter() - t0)
             step.cleanup(state)
-            (work / "vm").unlink()
+
+        for i in range(max(1, rounds)):
+            # both convert the same freshly copied, flushed input; the order alternates between rounds
+            for runner in (run_bare, run_step) if i % 2 == 0 else (run_step, run_bare):
+                shutil.copyfile(pristine, work / "vm")
+                with open(work / "vm", "rb+") as fh:
+                    os.fsync(fh.fileno())
+                runner()
+                (work / "vm").unlink()
     except subprocess.CalledProcessError as exc:
         raise BuildError(f"qemu-img convert failed: {exc}") from None
     finally:
