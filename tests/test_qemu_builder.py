@@ -431,7 +431,9 @@ def test_disk_image_converted_to_raw_with_force(tmp_path: Path, test_image: Path
         "iso_url": test_image.as_uri(), "iso_checksum": "none", "disk_image": True, "format": "raw",
         "disk_size": "160", "communicator": "none", "output_directory": str(out), "boot_wait": "0s",
         "shutdown_timeout": "150s", "memory": "256", "disk_interface": "virtio-scsi", "accelerator": "tcg",
+        "boot_command": ["<wait0.2s>echo {{ .Name }}<enter><leftShiftOn>x<leftShiftOff><esc>"],
     }, ctx)
+    assert "Typing the boot command through the QEMU monitor..." in ui.text()  # QEMU accepted every key event
     assert "Deleting previous output directory..." in ui.text()
     assert artifact is not None and [p.name for p in artifact.files] == ["packer-raw"]
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(out / "packer-raw")], check=True,
