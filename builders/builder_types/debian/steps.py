@@ -182,15 +182,21 @@ class StepBootstrap(DebianStep):
                 if line.startswith(("I:", "W:", "E:")):
                     ui.message(line)
 
+            parts: dict[str, float] = state.setdefault("bootstrap_parts", {})
+            mark = time.monotonic()
             bootstrap.debootstrap(self.cfg, [], tree, self.ctx.cancel, on_line)
             chroot.unmount_all(tree)  # debootstrap mounts /proc and /sys itself
+            parts["debootstrap"] = time.monotonic() - mark
             if inputs.packages:
                 # apt, not debootstrap --include: debootstrap cannot resolve virtual packages (cloud-init's
                 # python3-cryptography needs python3-cffi-backend-api-*), and apt honours --no-install-recommends.
                 self._apt_install(state, list(inputs.packages))
             bootstrap.drop_unsafe_io(tree)
             ui.message(f"Caching the bootstrap tree as {cache.tarball(inputs.key)}")
+            mark = time.monotonic()
             cache.publish(tree, inputs, self.ctx.cancel, seconds=time.monotonic() - started)
+            parts["publish"] = time.monotonic() - mark
+            ui.message("Bootstrap took " + ", ".join(f"{k} {v:.1f}s" for k, v in parts.items()))
 
     def _apt_install(self, state: dict[str, Any], packages: list[str]) -> None:
         tree = self.tree(state)
@@ -201,13 +207,18 @@ class StepBootstrap(DebianStep):
                 state["policy_rc_d"] = True
             state["resolv_conf_previous"] = chroot.ensure_resolv_conf(tree)
             self.ctx.ui.message(f"apt-get install {' '.join(packages)}")
+            parts: dict[str, float] = state.setdefault("bootstrap_parts", {})
+            mark = time.monotonic()
             self.in_chroot(state, APT_PRESEED, "bootstrap: debconf", quiet=True)
             # INITRD=No: the kernel's postinst and the trigger would each build the initramfs; build it once.
             self.in_chroot(state, f"apt-get -q update && INITRD=No {APT_INSTALL} {' '.join(packages)}",
                            "bootstrap: apt-get install", timeout=3600, on_line=_apt_progress(self.ctx))
+            parts["apt"] = time.monotonic() - mark
             if self.cfg.kernel is not None:
+                mark = time.monotonic()
                 self.in_chroot(state, "rm -f /boot/initrd.img-* && update-initramfs -c -k all",
                                "bootstrap: update-initramfs", timeout=1800)
+                parts["initramfs"] = time.monotonic() - mark
             self.in_chroot(state, "apt-get clean && rm -rf /var/lib/apt/lists/* && mkdir -p /var/lib/apt/lists/partial",
                            "bootstrap: apt-get clean", quiet=True)
         finally:
