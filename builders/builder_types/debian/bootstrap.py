@@ -30,7 +30,7 @@ from . import proc
 from .config import DebianConfig
 
 #: Bump when the way the tree is produced changes (invalidates every cache entry).
-TREE_FORMAT = 4
+TREE_FORMAT = 6
 #: How long a builder waits for another one bootstrapping the same key.
 LOCK_WAIT_SECONDS = 3600.0
 

@@ -28,6 +28,7 @@ import functools
 import hashlib
 import os
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -59,6 +60,8 @@ ExecStart=/usr/bin/ssh-keygen -A
 WantedBy=multi-user.target
 """
 KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200n8"
+#: Installed first when there is a kernel, so its initramfs can be built while apt installs the rest.
+KERNEL_PHASE = frozenset({"initramfs-tools", "zstd", "udev", "systemd-sysv"})
 APT_PRESEED = ("echo 'grub-pc grub-pc/install_devices_empty boolean true' | debconf-set-selections 2>/dev/null"
                " || true")
 APT_INSTALL = "apt-get -q -y -o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-unsafe-io " \
@@ -210,19 +213,64 @@ class StepBootstrap(DebianStep):
             parts: dict[str, float] = state.setdefault("bootstrap_parts", {})
             mark = time.monotonic()
             self.in_chroot(state, APT_PRESEED, "bootstrap: debconf", quiet=True)
-            # INITRD=No: the kernel's postinst and the trigger would each build the initramfs; build it once.
-            self.in_chroot(state, f"apt-get -q update && INITRD=No {APT_INSTALL} {' '.join(packages)}",
-                           "bootstrap: apt-get install", timeout=3600, on_line=_apt_progress(self.ctx))
+            self.in_chroot(state, "apt-get -q update", "bootstrap: apt-get update", on_line=_apt_progress(self.ctx))
+            first = [p for p in packages if p in KERNEL_PHASE or p == self.cfg.kernel] if self.cfg.kernel else []
+            rest = [p for p in packages if p not in first]
+            if first:
+                # INITRD=No: the kernel's postinst and the trigger would each build the initramfs; build it once,
+                # in the background while apt installs everything else (two cores, two single-threaded jobs).
+                self.in_chroot(state, f"INITRD=No {APT_INSTALL} {' '.join(first)}", "bootstrap: apt-get install",
+                               timeout=3600, on_line=_apt_progress(self.ctx))
+                self._initramfs_beside_apt(state, rest, parts)
+            elif rest:
+                self.in_chroot(state, f"{APT_INSTALL} {' '.join(rest)}", "bootstrap: apt-get install",
+                               timeout=3600, on_line=_apt_progress(self.ctx))
             parts["apt"] = time.monotonic() - mark
-            if self.cfg.kernel is not None:
-                mark = time.monotonic()
-                self.in_chroot(state, "rm -f /boot/initrd.img-* && update-initramfs -c -k all",
-                               "bootstrap: update-initramfs", timeout=1800)
-                parts["initramfs"] = time.monotonic() - mark
             self.in_chroot(state, "apt-get clean && rm -rf /var/lib/apt/lists/* && mkdir -p /var/lib/apt/lists/partial",
                            "bootstrap: apt-get clean", quiet=True)
         finally:
             teardown_chroot(state, self.ctx)
+
+    def _initramfs_beside_apt(self, state: dict[str, Any], rest: list[str], parts: dict[str, float]) -> None:
+        """``update-initramfs -c`` in the background while apt installs ``rest``. Meanwhile
+        ``update_initramfs=no`` keeps apt's triggers from writing the same file; if apt touched any initramfs
+        input (hooks, conf, modprobe.d, modules: directory mtimes show dpkg's renames), it is rebuilt after."""
+        tree = self.tree(state)
+        conf = tree / "etc" / "initramfs-tools" / "update-initramfs.conf"
+        saved = conf.read_bytes() if conf.is_file() else None
+        saved_times = (conf.stat().st_atime, conf.stat().st_mtime) if saved is not None else None
+        if saved is not None:
+            conf.write_text(saved.decode() + "\nupdate_initramfs=no  # stemforge: while the image is built\n")
+        errors: list[BaseException] = []
+        started_wall = time.time()
+        started = time.monotonic()
+
+        def generate() -> None:
+            try:
+                self.in_chroot(state, "rm -f /boot/initrd.img-* && update-initramfs -c -k all",
+                               "bootstrap: update-initramfs", timeout=1800)
+                parts["initramfs"] = time.monotonic() - started
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the build thread
+                errors.append(exc)
+
+        worker = threading.Thread(target=generate, name="initramfs", daemon=True)
+        worker.start()
+        try:
+            if rest:
+                self.in_chroot(state, f"INITRD=No {APT_INSTALL} {' '.join(rest)}", "bootstrap: apt-get install",
+                               timeout=3600, on_line=_apt_progress(self.ctx))
+        finally:
+            worker.join(timeout=1800)
+            if saved is not None and saved_times is not None:
+                conf.write_bytes(saved)
+                os.utime(conf, saved_times)  # our own edit must not look like a changed initramfs input
+        if errors:
+            raise errors[0]
+        if worker.is_alive():
+            raise BuildError("bootstrap: update-initramfs did not finish")
+        if _newest_mtime(initramfs_inputs(tree)) >= started_wall:
+            self.ctx.ui.message("apt changed initramfs inputs meanwhile: rebuilding the initramfs")
+            self.in_chroot(state, "update-initramfs -u -k all", "bootstrap: update-initramfs", timeout=1800)
 
     def cleanup(self, state: dict[str, Any]) -> None:
         work = state.pop("work_dir", None)
@@ -438,8 +486,7 @@ class StepFinalise(DebianStep):
     def _initramfs(self, state: dict[str, Any], tree: Path, version: str) -> None:
         initrd = tree / "boot" / f"initrd.img-{version}"
         if initrd.exists():
-            newest = _newest_mtime([tree / "etc" / "initramfs-tools", tree / "usr" / "share" / "initramfs-tools",
-                                    tree / "etc" / "modprobe.d", tree / "lib" / "modules" / version / "modules.dep"])
+            newest = _newest_mtime(initramfs_inputs(tree, version))
             if newest <= initrd.stat().st_mtime:
                 self.ctx.ui.message(f"initramfs for {version} is current")
                 return
@@ -468,6 +515,14 @@ def teardown_resolv_and_policy(state: dict[str, Any], tree: Path) -> None:
         chroot.restore_resolv_conf(tree, state.pop("resolv_conf_previous"))
     if state.pop("policy_rc_d", False):
         chroot.remove_policy_rc_d(tree)
+
+
+def initramfs_inputs(tree: Path, version: str | None = None) -> list[Path]:
+    """What the initramfs is made from (for staleness checks by mtime, directories included)."""
+    modules = tree / "lib" / "modules"
+    return [tree / "etc" / "initramfs-tools", tree / "usr" / "share" / "initramfs-tools", tree / "etc" / "modprobe.d",
+            tree / "usr" / "lib" / "modprobe.d",
+            modules / version / "modules.dep" if version else modules]
 
 
 def _newest_mtime(paths: list[Path]) -> float:
