@@ -41,6 +41,8 @@ PROPERTIES_SCHEMA: dict[str, Any] = {
         "state_dir": {"type": "string", "minLength": 1},
         "stemcell_formats": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
         "log_level": {"type": "string", "enum": _LOG_LEVEL_ENUM},
+        # seconds one CPI call may take before the CPI answers CloudError and ends itself (a hung IaaS call)
+        "call_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
         "agent": {
             "type": "object",
             "properties": {
@@ -114,6 +116,10 @@ def properties_ok(props: object) -> bool:
             return False
     if "log_level" in props and not (isinstance(props["log_level"], str) and props["log_level"] in _LOG_LEVEL_ENUM):
         return False
+    if "call_timeout" in props:
+        timeout = props["call_timeout"]
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 86400:
+            return False
     if "agent" in props:
         agent = props["agent"]
         if not isinstance(agent, dict):

@@ -53,6 +53,10 @@ FALLBACK_RESPONSE = (
     b'(see stderr)","ok_to_retry":false},"log":""}'
 )
 _SIGNAL_NAMES = {1: "SIGHUP", 2: "SIGINT", 15: "SIGTERM"}
+#: Seconds a call may take (config ``call_timeout``): the director sets no timeout, so the CPI bounds itself.
+DEFAULT_CALL_TIMEOUT = 3600.0
+#: The process's stdout guard, for the watchdog (set by ``main``).
+_GUARD: _StdoutGuard | None = None
 
 
 class Terminated(BaseException):
@@ -327,6 +331,9 @@ def _respond(data: bytes, argv: Sequence[str], call: Call, provider_class: type[
     except CpiError as exc:
         raise _rejected(call, exc) from None
 
+    if method != "info":
+        _arm_watchdog(call, method, properties.get("call_timeout", DEFAULT_CALL_TIMEOUT))
+
     # 2. dispatch; the dispatcher logs provider failures itself
     from cpi.dispatcher import Dispatcher, Request
 
@@ -341,6 +348,35 @@ def _respond(data: bytes, argv: Sequence[str], call: Call, provider_class: type[
             call.logger().error("%s", exc.message)
             raise
     return {"result": result, "error": None, "log": call.log_text()}
+
+
+def _arm_watchdog(call: Call, method: str, seconds: float) -> None:
+    """If the call is still running after ``seconds`` (an IaaS call that hangs in C code cannot be interrupted
+    from Python), answer CloudError (ok_to_retry) with the log so far and end the process: the director always
+    gets one response, never waits forever."""
+    import _thread
+
+    guard = _GUARD
+    if guard is None:
+        return
+    deadline = time.monotonic() + float(seconds)
+
+    def watch() -> None:
+        while time.monotonic() < deadline:
+            time.sleep(min(1.0, max(0.01, deadline - time.monotonic())))
+            if guard.written:
+                return
+        message = (f"{method} did not finish within {float(seconds):g}s (call_timeout): an IaaS call hung; "
+                   f"the CPI process was ended and the operation may be incomplete")
+        try:
+            response = error_response(call, CloudError(message, ok_to_retry=True))
+            payload = encode_response(response) + b"\n"
+        except BaseException:
+            payload = FALLBACK_RESPONSE + b"\n"
+        if guard.write(payload):  # the main thread did not answer in the meantime
+            os._exit(0)
+
+    _thread.start_new_thread(watch, ())
 
 
 def _check_encodable(result: object, method: str) -> None:
@@ -415,7 +451,10 @@ class _StdoutGuard:
     """Keeps the real stdout for the response: duplicates fd 1 privately, then points fd 1 at stderr."""
 
     def __init__(self) -> None:
+        import _thread
+
         self.written = False
+        self._once = _thread.allocate_lock()  # the watchdog thread may race the main thread to answer
         try:
             if sys.stdout is not None:
                 sys.stdout.flush()
@@ -435,11 +474,12 @@ class _StdoutGuard:
             except OSError:
                 pass
 
-    def write(self, data: bytes) -> None:
-        """Write the response (once; later calls are ignored)."""
-        if self.fd is None or self.written:
-            return
-        self.written = True
+    def write(self, data: bytes) -> bool:
+        """Write the response (once; later calls are ignored and return False)."""
+        with self._once:
+            if self.fd is None or self.written:
+                return False
+            self.written = True
         view = memoryview(data)
         try:
             while view:
@@ -447,6 +487,7 @@ class _StdoutGuard:
                 view = view[written:]
         except OSError:  # EPIPE: nobody reads the response any more; nothing else to do
             pass
+        return True
 
     def restore(self) -> None:
         if self.fd is None:
@@ -502,7 +543,8 @@ def _ignore_signals(previous: dict[int, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``stemforge-cpi`` console script (see the module docstring). Always returns 0, having written exactly one
     response (the fallback error response if everything else failed)."""
-    guard = _StdoutGuard()
+    global _GUARD
+    guard = _GUARD = _StdoutGuard()
     try:  # noqa: SIM105
         _main(argv, guard)
     except BaseException:  # a signal landing in the plumbing itself: the response below still goes out
