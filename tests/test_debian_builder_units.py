@@ -243,3 +243,28 @@ def test_bootstrap_cache_lock_and_atomic_publish(tmp_path: Path) -> None:
     with cache.locked(inputs.key, None), pytest.raises(Exception, match="cancelled"):  # noqa: SIM117
         with cache.locked(inputs.key, cancel):  # held by ourselves via another fd: waits, sees the cancel
             pass
+
+
+def test_chroot_dev_is_private(tmp_path: Path) -> None:
+    """Package scripts in the chroot must not reach the host's device nodes (systemd-tmpfiles once re-grouped the
+    host's /dev/kvm with the chroot's group ids)."""
+    import os as _os
+
+    from builders.builder_types.debian import chroot
+
+    root = tmp_path / "tree"
+    root.mkdir()
+    mounted: list[str] = []
+    try:
+        chroot.bind_mounts(root, mounted.append)
+        dev = root / "dev"
+        assert not (dev / "kvm").exists() and not (dev / "vda").exists()
+        with open(dev / "null", "wb") as null:
+            null.write(b"x")
+        with open(dev / "urandom", "rb") as urandom:
+            assert len(urandom.read(16)) == 16
+        assert (dev / "pts" / "ptmx").exists()
+        assert _os.stat(dev / "null").st_rdev != 0
+    finally:
+        chroot.unmount_all(root)
+    assert chroot.mounts_under(root) == []

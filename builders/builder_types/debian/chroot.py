@@ -21,9 +21,18 @@ from typing import Any
 
 from builders.core import BuildError
 
-#: (mount point inside the tree, host source) in mount order; unmounted in reverse.
+#: (mount point inside the tree, host source) in mount order; unmounted in reverse. /dev is NOT the host's: package
+#: scripts in the chroot (systemd-tmpfiles' static-nodes rules, udev) would chown/chmod the host's device nodes with
+#: the chroot's group ids (seen: /dev/kvm handed to the host's ssl-cert group, after which libvirt re-probed QEMU
+#: on every call). It is a private tmpfs with the basic nodes and a new devpts instance.
 BIND_MOUNTS: tuple[tuple[str, str], ...] = (
-    ("proc", "/proc"), ("sys", "/sys"), ("dev", "/dev"), ("dev/pts", "/dev/pts"),
+    ("proc", "/proc"), ("sys", "/sys"), ("dev", "tmpfs"), ("dev/pts", "devpts"),
+)
+
+#: The device nodes a package build needs: (name, mode, major, minor).
+DEV_NODES: tuple[tuple[str, int, int, int], ...] = (
+    ("null", 0o666, 1, 3), ("zero", 0o666, 1, 5), ("full", 0o666, 1, 7), ("random", 0o666, 1, 8),
+    ("urandom", 0o666, 1, 9), ("tty", 0o666, 5, 0), ("console", 0o600, 5, 1),
 )
 
 POLICY_RC_D = "usr/sbin/policy-rc.d"
@@ -76,12 +85,35 @@ def bind_mounts(root: Path, record: Callable[[str], None]) -> None:
         target.mkdir(parents=True, exist_ok=True)
         if os.path.realpath(target) != str(root.resolve() / rel):
             raise BuildError(f"prepare chroot: {target} is a symlink; refusing to mount over it")
-        subprocess.run(["mount", "--bind", source, str(target)], check=True, timeout=30,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if source == "tmpfs":
+            command = ["mount", "-t", "tmpfs", "-o", "mode=0755,nosuid,size=16m", "stemforge-dev", str(target)]
+        elif source == "devpts":
+            command = ["mount", "-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620,gid=5", "devpts",
+                       str(target)]
+        else:
+            command = ["mount", "--bind", source, str(target)]
+        subprocess.run(command, check=True, timeout=30, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         record(str(target))
+        if source == "tmpfs":
+            _populate_dev(target)
         # A private mount: nothing mounted inside the chroot propagates back to the host.
         subprocess.run(["mount", "--make-private", str(target)], check=False, timeout=30,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _populate_dev(dev: Path) -> None:
+    """Basic device nodes, the usual symlinks and mount points inside a private /dev."""
+    import stat
+
+    for name, mode, major, minor in DEV_NODES:
+        os.mknod(dev / name, mode | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(dev / name, mode)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")):
+        os.symlink(target, dev / name)
+    for name in ("pts", "shm"):
+        (dev / name).mkdir(mode=0o755 if name == "pts" else 0o1777, exist_ok=True)
+    os.chmod(dev / "shm", 0o1777)
 
 
 def unmount_all(root: Path, say: Callable[[str], None] | None = None, attempts: int = 5) -> None:
