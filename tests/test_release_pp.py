@@ -262,8 +262,7 @@ def test_cancelled_before_release_writes_nothing(tmp_path: Path) -> None:
 def repo(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "repo"
     with serve_in_thread(root) as server:
-        host, port = server.server_address[:2]
-        yield f"http://{host}:{port}/", root
+        yield server.url, root
 
 
 def test_http_repository_gets_a_marker_object(tmp_path: Path, repo: tuple[str, Path]) -> None:
