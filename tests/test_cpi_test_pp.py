@@ -25,7 +25,7 @@ import pytest
 from libvirt_harness import LibvirtCpi, libvirt_unavailable_reason, session_cpi
 
 from builders.core import Artifact, BuildContext, BuildError, ConfigError
-from builders.cpi_client import DIRECTOR_ENV, CpiCallError, CpiClient, CpiProcessError
+from builders.cpi_client import DIRECTOR_ENV, CpiCallError, CpiClient, CpiProcessError, cpi_command_for_config
 from builders.postprocessors.cpi_test import CpiTestPostProcessor, console_dir_for, recorded_tests
 from builders.registry import validate_options
 from stemforge.steps import Cancelled
@@ -242,6 +242,8 @@ def test_client_speaks_to_the_real_cpi(tmp_path: Path) -> None:
     with pytest.raises(CpiCallError) as exc:
         client.call("no_such_method")
     assert exc.value.error_type == "Bosh::Clouds::NotImplemented" and exc.value.method == "no_such_method"
+    direct = CpiClient(cpi_command_for_config(write_cpi_config(tmp_path)))
+    assert direct.command[0].endswith("stemforge-cpi") and direct.info() == info
 
 
 # -- real deployments ---------------------------------------------------------------------------------------------
@@ -373,3 +375,36 @@ def test_ctrl_c_of_stemforge_build_cleans_up_and_publishes_nothing(cpi: LibvirtC
     assert not (out / "site-a").exists() and not (out / "site-b").exists()
     assert not list(out.rglob("*.release.json"))
     assert_nothing_left(cpi, tmpdir)
+
+
+@pytest.mark.libvirt
+@pytest.mark.slow
+def test_smoke_commands_run_over_ssh_through_a_loopback_forward(cpi: LibvirtCpi, private_tmp: Path,
+                                                                tmp_path: Path) -> None:
+    """The Debian test image (sshd, cloud-init from the CPI's config drive): the guest boots to a login prompt,
+    smoke commands run as root over SSH through 127.0.0.1 -> guest port 22; the first failing command fails the
+    target with its exit status, and everything is deleted."""
+    from builders.builder_types.debian.testimage import build_test_debian_image, test_debian_image_key
+
+    image = build_test_debian_image()
+    key = test_debian_image_key()
+    ctx = make_ctx(tmp_path)
+    pp = prepared(ctx, {"targets": [{
+        "name": "medium", "cpi_config": str(cpi.config_path), "cloud_properties": {"cpu": 1, "ram": 512},
+        "checks": [{"console": "login:", "timeout": "6m"}],
+        "smoke": [{"username": "root", "private_key_file": str(key), "timeout": "60s", "connect_timeout": "3m",
+                   "commands": ["cat /etc/hostname", "test \"$(nproc)\" -eq 1 && grep MemTotal /proc/meminfo",
+                                "echo 'sshd ok' >&2; exit 7", "echo never-run"]}],
+    }]})
+    with pytest.raises(BuildError) as info:
+        pp.post_process(Artifact("packer.file", "img", "file", [image], "File"))
+    assert str(info.value) == ("image unreleased: target 'medium' failed: smoke command \"echo 'sshd ok' >&2; "
+                               "exit 7\" exited 7: sshd ok")
+    ui = ctx.ui.text  # type: ignore[attr-defined]
+    assert "console match for 'login:': ok after" in ui
+    vm_cid = next(word for word in ui.split() if word.startswith("vm-"))
+    assert f"medium ssh: {vm_cid}" in ui, "cloud-init set the host name from the CPI's config drive"
+    assert "medium ssh: MemTotal:" in ui and "never-run" not in ui
+    secret = key.read_text().splitlines()[1]
+    assert secret not in ui, "the private key never reaches the output"
+    assert_nothing_left(cpi, private_tmp)
