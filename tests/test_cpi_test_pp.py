@@ -325,7 +325,8 @@ def test_cancel_while_waiting_deletes_every_vm_and_stemcell(cpi: LibvirtCpi, pri
     worker = threading.Thread(target=run)
     worker.start()
     deadline = time.monotonic() + 600
-    while ctx.ui.text.count("waiting for console match") < 2:  # type: ignore[attr-defined]
+    # "<target> [  4.2s] waiting for ..." once per VM (a later "still waiting" line must not count as the other VM)
+    while ctx.ui.text.count("s] waiting for console match") < 2:  # type: ignore[attr-defined]
         assert worker.is_alive() and time.monotonic() < deadline, ctx.ui.text  # type: ignore[attr-defined]
         time.sleep(0.2)
     assert len(cpi.our_domains()) == 2
@@ -358,7 +359,7 @@ def test_ctrl_c_of_stemforge_build_cleans_up_and_publishes_nothing(cpi: LibvirtC
     reader.start()
     try:
         deadline = time.monotonic() + 600
-        while sum("waiting for agent ready" in line for line in list(lines)) < 2:
+        while sum("s] waiting for agent ready" in line for line in list(lines)) < 2:  # both VMs up
             assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-4000:]
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground process group
