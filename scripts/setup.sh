@@ -35,7 +35,8 @@ if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then $SUDO apt-get update
 
 # /dev/kvm as Debian's udev rule leaves it (group kvm, 0660). Without udev it is root-only, libvirt then sees
 # KVM appear and vanish between probes and re-probes QEMU on every call (tens of seconds per define).
-if [[ -e /dev/kvm ]]; then
+# Only when wrong: every change of its ctime makes libvirt re-probe QEMU once more.
+if [[ -e /dev/kvm ]] && [[ "$(stat -c '%G %a' /dev/kvm)" != "kvm 660" ]]; then
   $SUDO chgrp kvm /dev/kvm && $SUDO chmod 0660 /dev/kvm
 fi
 
