@@ -506,7 +506,7 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
         new = self.config_drive_path(vm_cid, generation)
         self.write_config_drive(new, vm_cid, dom.UUIDString(), settings)
         try:
-            dom.updateDeviceFlags(domain_xml.cdrom(str(new)), self._live_flags(dom))
+            self._swap_media(dom, vm_cid, str(new))
             with self.state.transaction() as tx:
                 tx.update("vms", vm_cid, settings=settings, config_drive=str(new))
         except BaseException:
@@ -514,6 +514,23 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
             raise
         if old != new:
             old.unlink(missing_ok=True)
+
+    def _swap_media(self, dom: libvirt.virDomain, vm_cid: str, iso: str) -> None:
+        """Point the config-drive CD-ROM at ``iso``. A guest that is booting may hold the tray shut for a moment
+        ("Tray of device ... is not open"): retried with backoff, then CloudError(ok_to_retry)."""
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+        def transient(exc: BaseException) -> bool:
+            return isinstance(exc, libvirt.libvirtError) and "tray" in (exc.get_error_message() or "").lower()
+
+        try:
+            for attempt in Retrying(stop=stop_after_attempt(8), wait=wait_exponential(multiplier=0.5, max=5),
+                                    retry=retry_if_exception(transient), reraise=True):
+                with attempt:
+                    dom.updateDeviceFlags(domain_xml.cdrom(iso), self._live_flags(dom))
+        except libvirt.libvirtError as exc:
+            raise CloudError(f"VM {vm_cid}: cannot swap the config drive media: {exc.get_error_message()}",
+                             ok_to_retry=transient(exc)) from None
 
     def set_disk_metadata(self, disk_cid: str, metadata: Mapping[str, str]) -> None:
         with self.state.lock("disk", disk_cid):
