@@ -69,11 +69,15 @@ class StateStore:
         self._db.execute("PRAGMA busy_timeout = 60000")
         self._db.execute("PRAGMA synchronous = NORMAL")
         if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            # first use (or an older schema): journal mode and tables, once, under the write lock
-            self._db.execute("PRAGMA journal_mode = WAL")
-            with self.transaction() as db:
-                db.executescript_safe(SCHEMA)
-                db.executescript_safe(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # First use (or an older schema): journal mode and tables, once. Switching to WAL needs the database
+            # to itself (SQLite answers "database is locked" without waiting), so concurrent first calls
+            # serialise on a file lock and the losers find the work done.
+            with self.lock("state", "init"):
+                if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    self._db.execute("PRAGMA journal_mode = WAL")
+                    with self.transaction() as db:
+                        db.executescript_safe(SCHEMA)
+                        db.executescript_safe(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- transactions -------------------------------------------------------------------------------------------
     @contextlib.contextmanager

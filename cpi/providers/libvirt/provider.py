@@ -527,7 +527,9 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
             for attempt in Retrying(stop=stop_after_attempt(8), wait=wait_exponential(multiplier=0.5, max=5),
                                     retry=retry_if_exception(transient), reraise=True):
                 with attempt:
-                    dom.updateDeviceFlags(domain_xml.cdrom(iso), self._live_flags(dom))
+                    # FORCE: a guest that locked the tray (early boot, a mounted drive) must not block the CPI
+                    flags = self._live_flags(dom) | libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE
+                    dom.updateDeviceFlags(domain_xml.cdrom(iso), flags)
         except libvirt.libvirtError as exc:
             raise CloudError(f"VM {vm_cid}: cannot swap the config drive media: {exc.get_error_message()}",
                              ok_to_retry=transient(exc)) from None
