@@ -3,6 +3,7 @@ storage pool and state directory (see ``tests/libvirt_harness.py``)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,3 +52,28 @@ def stemcell_cid(libvirt_cpi: LibvirtCpi, stemcell_image: tuple[Path, dict[str, 
     cid: str = libvirt_cpi.ok("create_stemcell", str(image), cloud_properties, {"tags": {"suite": "pytest"}},
                               api_version=3)
     return cid
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """A moto S3/EC2 server on 127.0.0.1 with test credentials in the environment (restored afterwards)."""
+    from moto.server import ThreadedMotoServer
+
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                            "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing-secret",
+                      AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE="/nonexistent",
+                      AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
+    os.environ.pop("AWS_PROFILE", None)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
