@@ -19,6 +19,9 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "stemforge.doctor",
     "builders.cli",
     "builders.image_repo",
+    "cpi.providers.baremetal.cli",
+    "terraform.cli",
+    "ci.cli",
 )
 
 

@@ -32,6 +32,16 @@ PROVIDERS: dict[str, ProviderSpec] = {
         class_name="LibvirtProvider",
         stemcell_formats=("libvirt-qcow2", "libvirt-raw", "openstack-qcow2", "openstack-raw"),
     ),
+    "baremetal": ProviderSpec(
+        module="cpi.providers.baremetal.provider",
+        class_name="BareMetalProvider",
+        stemcell_formats=("libvirt-raw", "openstack-raw", "libvirt-qcow2", "openstack-qcow2", "general-raw"),
+    ),
+    "aws": ProviderSpec(
+        module="cpi.providers.aws.provider",
+        class_name="AWSProvider",
+        stemcell_formats=("aws-raw", "aws-light"),
+    ),
 }
 
 
