@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from libvirt_harness import LibvirtCpi, libvirt_unavailable_reason, session_cpi
+from recording_ui import RecordingUi
 
 from builders.core import Artifact, BuildContext, BuildError, ConfigError
 from builders.cpi_client import DIRECTOR_ENV, CpiCallError, CpiClient, CpiProcessError, cpi_command_for_config
@@ -31,33 +32,6 @@ from builders.registry import validate_options
 from stemforge.steps import Cancelled
 
 TEMPLATE = Path(__file__).parent / "templates" / "release-tested-plans.json"
-
-
-class RecordingUi:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self._lock = threading.Lock()
-
-    def _add(self, line: str) -> None:
-        with self._lock:
-            self.lines.append(line)
-
-    def say(self, message: str) -> None:
-        self._add(f"==> {message}")
-
-    def message(self, message: str) -> None:
-        self._add(f"    {message}")
-
-    def error(self, message: str) -> None:
-        self._add(f"ERR {message}")
-
-    def progress(self, label: str, done: int, total: int | None) -> None:
-        pass
-
-    @property
-    def text(self) -> str:
-        with self._lock:
-            return "\n".join(self.lines)
 
 
 def make_ctx(tmp_path: Path) -> BuildContext:
@@ -290,7 +264,7 @@ def test_a_plan_the_cpi_rejects_fails_only_that_target(cpi: LibvirtCpi, test_ste
     text = str(info.value)
     assert text.startswith("image unreleased: target 'typo' failed: create_vm: Bosh::Clouds::"), text
     assert "cpus" in text and "'small'" not in text
-    ui = ctx.ui.text  # type: ignore[attr-defined]
+    ui = ctx.ui.text()
     assert "Using the stemcell" in ui, "a stemcell tarball is deployed as it is"
     assert "small [" in ui and "PASSED: agent ready after" in ui
     assert "typo" in ui and "FAILED: create_vm" in ui
@@ -326,8 +300,8 @@ def test_cancel_while_waiting_deletes_every_vm_and_stemcell(cpi: LibvirtCpi, pri
     worker.start()
     deadline = time.monotonic() + 600
     # "<target> [  4.2s] waiting for ..." once per VM (a later "still waiting" line must not count as the other VM)
-    while ctx.ui.text.count("s] waiting for console match") < 2:  # type: ignore[attr-defined]
-        assert worker.is_alive() and time.monotonic() < deadline, ctx.ui.text  # type: ignore[attr-defined]
+    while ctx.ui.text().count("s] waiting for console match") < 2:
+        assert worker.is_alive() and time.monotonic() < deadline, ctx.ui.text()
         time.sleep(0.2)
     assert len(cpi.our_domains()) == 2
     cancelled_at = time.monotonic()
@@ -401,7 +375,7 @@ def test_smoke_commands_run_over_ssh_through_a_loopback_forward(cpi: LibvirtCpi,
         pp.post_process(Artifact("packer.file", "img", "file", [image], "File"))
     assert str(info.value) == ("image unreleased: target 'medium' failed: smoke command \"echo 'sshd ok' >&2; "
                                "exit 7\" exited 7: sshd ok")
-    ui = ctx.ui.text  # type: ignore[attr-defined]
+    ui = ctx.ui.text()
     assert "console match for 'login:': ok after" in ui
     vm_cid = next(word for word in ui.split() if word.startswith("vm-"))
     assert f"medium ssh: {vm_cid}" in ui, "cloud-init set the host name from the CPI's config drive"

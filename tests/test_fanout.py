@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from recording_ui import RecordingUi
 
 from builders.core import Artifact, BuildContext, BuildError, ConfigError
 from builders.destinations import load_destination
@@ -37,38 +38,6 @@ MIB = 1024 * 1024
 
 
 # -- fixtures -------------------------------------------------------------------------------------------------
-
-
-class RecordingUi:
-    """A Ui that keeps every line; ``on_progress`` lets a test react to transfers (e.g. cancel mid-copy)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.progress_calls: list[tuple[str, int, int | None]] = []
-        self.on_progress: Any = None
-        self._lock = threading.Lock()
-
-    def say(self, message: str) -> None:
-        with self._lock:
-            self.lines.append(f"==> {message}")
-
-    def message(self, message: str) -> None:
-        with self._lock:
-            self.lines.append(f"    {message}")
-
-    def error(self, message: str) -> None:
-        with self._lock:
-            self.lines.append(f"ERR {message}")
-
-    def progress(self, label: str, done: int, total: int | None) -> None:
-        with self._lock:
-            self.progress_calls.append((label, done, total))
-        if self.on_progress is not None:
-            self.on_progress(label, done, total)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
 
 def make_ctx(tmp_path: Path, *, on_error: str = "cleanup", force: bool = False) -> BuildContext:
@@ -98,8 +67,6 @@ def sha256_of(path: Path) -> str:
         while chunk := fh.read(MIB):
             digest.update(chunk)
     return digest.hexdigest()
-
-
 
 
 def s3_client(endpoint: str) -> Any:
@@ -259,7 +226,7 @@ def test_fanout_to_six_destinations_identical_everywhere_and_manifest_lists_all(
         for name, ident in regions.items():
             assert f"{name}:{ident}" in data["builds"][0]["artifact_id"]
         assert data["builds"][0]["files"] is None
-        assert "DESTINATION" in ctx.ui.text and "published" in ctx.ui.text  # type: ignore[attr-defined]
+        assert "DESTINATION" in ctx.ui.text() and "published" in ctx.ui.text()
 
 
 # -- faults ---------------------------------------------------------------------------------------------------
@@ -326,7 +293,7 @@ def test_transient_fault_is_retried_and_succeeds(tmp_path: Path) -> None:
         reports = {r["name"]: r for r in out.state["destinations"]}
         assert reports["repo-0"]["attempts"] == 2
         assert reports["repo-1"]["attempts"] == 1
-        assert "repo-0: upload attempt 1 of 3 failed" in ctx.ui.text  # type: ignore[attr-defined]
+        assert "repo-0: upload attempt 1 of 3 failed" in ctx.ui.text()
         assert repo_contents(sites.repos["repo-0"]) == ["build.qcow2"]
         assert sha256_of(sites.repos["repo-0"].store.root / "build.qcow2") == sha256_of(image)
 
@@ -475,5 +442,5 @@ def test_s3_credentials_never_reach_the_ui(tmp_path: Path, moto_endpoint: str, b
     destination = {"type": "s3", "name": "eu", "bucket": bucket, "endpoint_url": moto_endpoint, "region": "us-east-1"}
     fanout(ctx, [destination]).post_process(artifact_for(image))
     ui: Any = ctx.ui
-    assert "testing-secret" not in ui.text
+    assert "testing-secret" not in ui.text()
     assert load_destination(destination, 0).describe().count("testing") == 0

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from recording_ui import RecordingUi
 
 from builders.core import Artifact, BuildContext, BuildError, ConfigError
 from builders.image_repo import serve_in_thread
@@ -35,28 +36,9 @@ from stemforge.steps import Cancelled
 MIB = 1024 * 1024
 
 
-class Ui:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.on_progress: Any = None
-
-    def say(self, message: str) -> None:
-        self.lines.append(message)
-
-    def message(self, message: str) -> None:
-        self.lines.append(message)
-
-    def error(self, message: str) -> None:
-        self.lines.append(message)
-
-    def progress(self, label: str, done: int, total: int | None) -> None:
-        if self.on_progress:
-            self.on_progress(label, done, total)
-
-
 def ctx_for(tmp_path: Path, *, force: bool = False, run_uuid: str | None = None, name: str = "img",
             build_type: str = "qemu") -> BuildContext:
-    return BuildContext(build_name=name, build_type=build_type, ui=Ui(), cancel=threading.Event(),
+    return BuildContext(build_name=name, build_type=build_type, ui=RecordingUi(), cancel=threading.Event(),
                         template_dir=tmp_path, run_uuid=run_uuid or str(uuid.uuid4()), force=force)
 
 

@@ -8,46 +8,15 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from recording_ui import RecordingUi
 
 from builders.builder_types.qemu import QemuBuilder
 from builders.core import Artifact, BuildContext, Communicator
 from stemforge.steps import StepRunner
-
-
-@dataclass
-class RecordingUi:
-    lines: list[str] = field(default_factory=list)
-    progress_calls: list[tuple[str, int, int | None]] = field(default_factory=list)
-    on_line: Callable[[str], None] | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def _add(self, line: str) -> None:
-        with self.lock:
-            self.lines.append(line)
-        if self.on_line is not None:
-            self.on_line(line)
-
-    def say(self, message: str) -> None:
-        self._add(message)
-
-    def message(self, message: str) -> None:
-        self._add(message)
-
-    def error(self, message: str) -> None:
-        self._add("ERROR " + message)
-
-    def progress(self, label: str, done: int, total: int | None) -> None:
-        with self.lock:
-            self.progress_calls.append((label, done, total))
-
-    def text(self) -> str:
-        with self.lock:
-            return "\n".join(self.lines)
 
 
 def make_ctx(tmp: Path, *, force: bool = False, ui: RecordingUi | None = None, name: str = "test") -> BuildContext:

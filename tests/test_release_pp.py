@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from recording_ui import RecordingUi
 
 from builders.core import Artifact, BuildContext, ConfigError
 from builders.image_repo import serve_in_thread
@@ -33,32 +34,6 @@ from stemforge.steps import Cancelled
 
 PASSED = {"small": {"passed": True, "seconds": 20.5, "detail": "agent ready after 14.1s"},
           "large": {"passed": True, "seconds": 22.0, "detail": "agent ready after 15.0s"}}
-
-
-class RecordingUi:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self._lock = threading.Lock()
-
-    def _add(self, line: str) -> None:
-        with self._lock:
-            self.lines.append(line)
-
-    def say(self, message: str) -> None:
-        self._add(f"==> {message}")
-
-    def message(self, message: str) -> None:
-        self._add(f"    {message}")
-
-    def error(self, message: str) -> None:
-        self._add(f"ERR {message}")
-
-    def progress(self, label: str, done: int, total: int | None) -> None:
-        pass
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
 
 def make_ctx(tmp_path: Path, run_uuid: str | None = None) -> BuildContext:
@@ -193,7 +168,7 @@ def test_release_marks_every_copy_and_is_idempotent(tmp_path: Path) -> None:
     again = release(second, with_tests(published), release_manifest=str(manifest))
     assert again.state["released"] is True
     assert {p: p.read_bytes() for p in before} == before
-    assert second.ui.text.count("already released") == 3  # type: ignore[attr-defined]
+    assert second.ui.text().count("already released") == 3
 
 
 def test_results_recorded_by_cpi_test_reach_release_after_fanout(tmp_path: Path) -> None:
@@ -291,8 +266,6 @@ def test_http_marker_is_removed_when_a_later_destination_fails(tmp_path: Path, r
         release(ctx, with_tests(published))
     assert not (root / f"disk-1.0.qcow2{MARKER_SUFFIX}").exists()
     assert (root / "disk-1.0.qcow2").is_file()
-
-
 
 
 def test_s3_copy_gets_a_tag_and_a_marker_object_all_or_nothing(tmp_path: Path, moto_endpoint: str) -> None:

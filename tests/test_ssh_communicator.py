@@ -16,36 +16,17 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from recording_ui import RecordingUi
 
 from builders.communicators.ssh import SSHCommunicator, SSHConfig, free_loopback_port, load_private_key
 from builders.core import BuildError
 from stemforge.steps import Cancelled
 
 SSHD = "/usr/sbin/sshd"
-
-
-@dataclass
-class RecordingUi:
-    """A Ui that keeps every line (thread-safe enough for tests)."""
-
-    lines: list[str] = field(default_factory=list)
-    progress_calls: list[tuple[str, int, int | None]] = field(default_factory=list)
-
-    def say(self, message: str) -> None:
-        self.lines.append(message)
-
-    def message(self, message: str) -> None:
-        self.lines.append(message)
-
-    def error(self, message: str) -> None:
-        self.lines.append("ERROR " + message)
-
-    def progress(self, label: str, done: int, total: int | None) -> None:
-        self.progress_calls.append((label, done, total))
 
 
 @dataclass
