@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 import os
 import stat
 from pathlib import Path
@@ -165,3 +166,75 @@ def test_first_use_from_many_processes(tmp_path: Path) -> None:
         p.join(timeout=30)
         assert p.exitcode == 0
     assert MetalStore(tmp_path).nodes() == []
+
+
+# -- the state machine (states.py) ------------------------------------------------------------------------------
+def test_lifecycle_verbs_and_illegal_ones(tmp_path: Path) -> None:
+    from cpi.providers.baremetal import states
+
+    store = MetalStore(tmp_path)
+    store.enroll([spec("n1")], who="test")
+    with pytest.raises(states.IllegalTransition, match=r"node 'n1' is in state 'enroll': cannot provide \(allowed"):
+        states.apply(store, "n1", "provide", "t", "t")
+    states.apply(store, "n1", "manage", "t", "bmc ok")
+    node = states.apply(store, "n1", "provide", "t", "t")
+    assert (node.provision_state, node.target_state) == ("cleaning", "available")
+    node = states.apply(store, "n1", "wait", "t", "t", wait_s=5)
+    assert node.provision_state == "clean wait" and node.state_deadline is not None
+    assert states.apply(store, "n1", "done", "t", "t").provision_state == "available"
+    assert states.claim(store, "n1", "vm-1", "cpi", "create_vm")
+    states.apply(store, "n1", "wait", "cpi", "deploy job")
+    states.apply(store, "n1", "resume", "cpi", "callback")
+    assert states.apply(store, "n1", "done", "cpi", "phone-home").provision_state == "active"
+    with pytest.raises(states.IllegalTransition, match="'active': cannot provide"):
+        states.apply(store, "n1", "provide", "t", "t")
+    states.apply(store, "n1", "undeploy", "cpi", "delete_vm")
+    states.apply(store, "n1", "clean", "cpi", "delete_vm")
+    node = states.apply(store, "n1", "done", "cpi", "wiped")
+    assert node.provision_state == "available" and node.claimed_by is None
+    # manual cleaning returns to manageable
+    states.apply(store, "n1", "manage", "t", "t")
+    states.apply(store, "n1", "clean", "t", "t")
+    assert states.apply(store, "n1", "done", "t", "t").provision_state == "manageable"
+
+
+def test_failed_states_need_explicit_verbs(tmp_path: Path) -> None:
+    from cpi.providers.baremetal import states
+
+    store = MetalStore(tmp_path)
+    store.enroll([spec("n1")], who="test")
+    for verb in ("manage", "provide", "done"):
+        states.apply(store, "n1", verb, "t", "t")
+    assert states.claim(store, "n1", "vm-1", "cpi", "t")
+    states.apply(store, "n1", "wait", "cpi", "t")
+    node = states.apply(store, "n1", "abort", "op", "stuck", last_error="aborted by operator")
+    assert node.provision_state == "deploy failed" and node.last_error == "aborted by operator"
+    for verb in ("done", "provide", "manage", "deploy"):
+        with pytest.raises(states.IllegalTransition, match="allowed in this state: undeploy"):
+            states.apply(store, "n1", verb, "t", "t")
+    states.apply(store, "n1", "undeploy", "t", "t")
+    states.apply(store, "n1", "fail", "t", "power off failed")
+    assert store.get_node("n1").provision_state == "clean failed"
+    with pytest.raises(states.IllegalTransition):
+        states.apply(store, "n1", "done", "t", "t")
+    assert states.apply(store, "n1", "provide", "t", "again").provision_state == "cleaning"
+
+
+def test_reap_times_out_waits_and_orphaned_work(tmp_path: Path) -> None:
+    from cpi.providers.baremetal import states
+
+    store = MetalStore(tmp_path)
+    store.enroll([spec("n1"), spec("n2", ("52:54:00:00:03:02",))], who="test")
+    for name in ("n1", "n2"):
+        for verb in ("manage", "provide"):
+            states.apply(store, name, verb, "t", "t")
+    states.apply(store, "n1", "wait", "t", "t", wait_s=0.0)
+    # n2 is "cleaning" with its lock held by this process (someone working): left alone
+    with store.lock("node", "n2"):
+        moved = states.reap(store, "reaper", now=time.time() + 1)
+    assert [n.name for n in moved] == ["n1"]
+    n1 = store.get_node("n1")
+    assert n1.provision_state == "clean failed" and "timed out in state 'clean wait'" in n1.last_error
+    # a restart: nobody holds n2's lock any more -> its "-ing" state is failed
+    moved = states.reap(store, "reaper")
+    assert [n.name for n in moved] == ["n2"] and store.get_node("n2").provision_state == "clean failed"

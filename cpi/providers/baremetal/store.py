@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     plan TEXT NOT NULL DEFAULT '{{}}',
     root_hints TEXT NOT NULL DEFAULT '{{}}',
     provision_state TEXT NOT NULL,
+    target_state TEXT NOT NULL DEFAULT '',
     state_deadline REAL,
     maintenance INTEGER NOT NULL DEFAULT 0,
     maintenance_reason TEXT NOT NULL DEFAULT '',
@@ -204,6 +205,7 @@ class Node:
     root_hints: dict[str, Any]
     provision_state: str
     state_deadline: float | None
+    target_state: str
     maintenance: bool
     maintenance_reason: str
     claimed_by: str | None
@@ -220,6 +222,7 @@ class Node:
             "plan": self.plan,
             "root_hints": self.root_hints,
             "provision_state": self.provision_state,
+            "target_state": self.target_state,
             "state_deadline": self.state_deadline,
             "maintenance": self.maintenance,
             "maintenance_reason": self.maintenance_reason,
@@ -319,6 +322,24 @@ class MetalStore:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    @contextlib.contextmanager
+    def try_lock(self, kind: str, name: str) -> Iterator[bool]:
+        """Like ``lock`` but never waits: yields False (holding nothing) when another process holds it."""
+        path = self.dir / "locks" / f"{kind}-{_safe_name(name)}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
     # -- inventory ----------------------------------------------------------------------------------------------
     def enroll(self, specs: Sequence[NodeSpec], who: str, why: str = "enrolled") -> list[Node]:
         """Add servers in state ``enroll``, all or none: a duplicate name or MAC raises StoreError and adds nothing."""
@@ -410,6 +431,7 @@ class MetalStore:
             root_hints=json.loads(row["root_hints"]),
             provision_state=row["provision_state"],
             state_deadline=row["state_deadline"],
+            target_state=row["target_state"],
             maintenance=bool(row["maintenance"]),
             maintenance_reason=row["maintenance_reason"],
             claimed_by=row["claimed_by"],
@@ -431,11 +453,12 @@ class MetalStore:
         deadline: float | None = None,
         claimed_by: str | None = _UNSET,
         last_error: str | None = None,
+        target_state: str | None = None,
     ) -> Node:
         """Compare-and-set ``provision_state`` from one of ``from_states`` to ``to_state`` and log it.
 
         ``deadline`` (epoch s) is stored for wait states (cleared otherwise); ``claimed_by`` changes the claim
-        when given (None releases it); ``last_error`` replaces the node's last error when given.
+        when given (None releases it); ``last_error`` / ``target_state`` replace the node's when given.
         Raises NodeNotFound or StateConflict (naming node, state and verb)."""
         expected = list(from_states)
         with self._tx() as db:
@@ -453,6 +476,9 @@ class MetalStore:
             if last_error is not None:
                 sets.append("last_error = ?")
                 values.append(last_error)
+            if target_state is not None:
+                sets.append("target_state = ?")
+                values.append(target_state)
             db.execute(f"UPDATE nodes SET {', '.join(sets)} WHERE name = ?", (*values, name))
             self._log(db, name, verb, current, to_state, who, why)
         return self.get_node(name)
@@ -465,6 +491,7 @@ class MetalStore:
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE nodes SET provision_state = ?, claimed_by = ?, state_deadline = ?, last_error = '',"
+                " target_state = 'active',"
                 f" updated_at = {_NOW} WHERE name = ? AND provision_state = 'available' AND maintenance = 0"
                 " AND claimed_by IS NULL",
                 (to_state, vm_cid, deadline, name),
