@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
-import time
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
