@@ -1,0 +1,166 @@
+"""The callback API's rules: who may call (per-deployment tokens) and what a call may say (event bodies).
+
+Routes (all under ``/v1/nodes/<node>/``, token in the ``X-Stemforge-Token`` header):
+
+* ``GET instructions`` (job token): the job rendered by :mod:`.instructions` (``text/plain``).
+* ``GET configdrive`` (job token): ``<state_dir>/configdrives/<node>.iso``.
+* ``POST events`` (job token): ``{"kind": "heartbeat"|"stage"|"result", "stage": str, "ok": bool, "message": str,
+  "data": {...}}``; stored as-is with ``add_event(node, kind, body)``; answers 204.
+* ``POST phone-home`` (phone-home token): any JSON object (what the booted OS read from its config drive); stored
+  as event kind ``phone-home``; answers 204.
+
+Answers: unknown node 404; missing or wrong token (or no job) 401, logged as ``rejected callback for node X from
+IP (bad token)``; a body that is not what the route takes 400 naming the problem. Tokens are compared in constant
+time by ``MetalStore.check_token`` and never appear in a log line, an error or an answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Final
+
+from cpi.providers.baremetal.services.instructions import InstructionsError, render_instructions
+from cpi.providers.baremetal.services.shared_store import SharedStore
+
+log = logging.getLogger("stemforge.metal.callbacks")
+
+TOKEN_HEADER: Final = "X-Stemforge-Token"
+EVENT_KINDS: Final = ("heartbeat", "stage", "result")
+EVENT_FIELDS: Final = ("kind", "stage", "ok", "message", "data")
+#: The ramdisk's stage names, in order (deploy, then clean); other names are accepted and stored as sent.
+STAGES: Final = ("booted", "disk-selected", "image-written", "checksum-ok", "configdrive-written", "disk-wiped", "done")
+MAX_EVENT_BYTES: Final = 64 * 1024
+MAX_PHONE_HOME_BYTES: Final = 1024 * 1024
+_NODE_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class CallbackError(Exception):
+    """A refused callback; ``status`` is the HTTP answer, the message is safe to send and log."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the node named in the path, the token it sent (maybe empty) and its address."""
+
+    node: str
+    token: str
+    client_ip: str
+
+    def __repr__(self) -> str:
+        return f"Caller(node={self.node!r}, client_ip={self.client_ip!r}, token='***')"
+
+
+def parse_json_object(body: bytes, what: str) -> dict[str, Any]:
+    """``body`` as a JSON object, or CallbackError 400 saying what is wrong with it."""
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CallbackError(HTTPStatus.BAD_REQUEST, f"{what}: body is not UTF-8 ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise CallbackError(
+            HTTPStatus.BAD_REQUEST, f"{what}: body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    if not isinstance(value, dict):
+        raise CallbackError(HTTPStatus.BAD_REQUEST, f"{what}: body must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def parse_event(body: bytes) -> dict[str, Any]:
+    """A ramdisk event body, checked field by field (unknown fields are refused, not dropped)."""
+    event = parse_json_object(body, "event")
+
+    def bad(field: str, problem: str) -> CallbackError:
+        return CallbackError(HTTPStatus.BAD_REQUEST, f"event: {field}: {problem}")
+
+    unknown = sorted(k for k in event if k not in EVENT_FIELDS)
+    if unknown:
+        raise bad(", ".join(unknown), f"unknown field(s); allowed: {', '.join(EVENT_FIELDS)}")
+    kind = event.get("kind")
+    if kind not in EVENT_KINDS:
+        raise bad("kind", f"must be one of {', '.join(EVENT_KINDS)}, got {kind!r}")
+    for field, typ, name in (("stage", str, "a string"), ("message", str, "a string"), ("ok", bool, "true or false"),
+                             ("data", dict, "an object")):  # fmt: skip
+        if field in event and not isinstance(event[field], typ):
+            raise bad(field, f"must be {name}, got {type(event[field]).__name__}")
+    if kind in ("stage", "result") and not event.get("stage"):
+        raise bad("stage", f"required for a {kind} event")
+    if kind == "result" and "ok" not in event:
+        raise bad("ok", "required for a result event")
+    if len(str(event.get("stage", ""))) > 64:
+        raise bad("stage", "longer than 64 characters")
+    return event
+
+
+class Callbacks:
+    """The callback API over a shared store; each method authenticates first, then acts."""
+
+    def __init__(self, store: SharedStore, state_dir: Path) -> None:
+        self.store = store
+        self.configdrives = state_dir / "configdrives"
+
+    def authenticate(self, caller: Caller, purpose: str) -> None:
+        """Return if ``caller`` holds the node's current ``purpose`` token; else CallbackError 404 or 401."""
+        if not _NODE_RE.match(caller.node):
+            raise CallbackError(HTTPStatus.NOT_FOUND, f"no node {caller.node!r}")
+        known = self.store.call(lambda s: s.node(caller.node) is not None)
+        if not known:
+            log.warning("callback for unknown node %r from %s", caller.node, caller.client_ip)
+            raise CallbackError(HTTPStatus.NOT_FOUND, f"no node {caller.node!r}")
+        if not caller.token:
+            reason = "no token"
+        elif self.store.call(lambda s: s.check_token(caller.node, caller.token, purpose)):
+            return
+        else:
+            reason = "bad token"
+        log.warning("rejected callback for node %s from %s (%s)", caller.node, caller.client_ip, reason)
+        raise CallbackError(HTTPStatus.UNAUTHORIZED, f"{purpose} token missing or not valid for node {caller.node!r}")
+
+    def instructions(self, caller: Caller) -> str:
+        """The job of ``caller.node`` as ``SF_*`` shell assignments."""
+        self.authenticate(caller, "job")
+        job = self.store.call(lambda s: s.job(caller.node))
+        if job is None:  # ended between the token check and now
+            raise CallbackError(HTTPStatus.UNAUTHORIZED, f"job token not valid for node {caller.node!r}")
+        try:
+            text = render_instructions(job.node, job.kind, job.instructions)
+        except InstructionsError as exc:
+            log.error("%s", exc)
+            raise CallbackError(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc)) from None
+        log.info("instructions (%s) sent to node %s at %s", job.kind, caller.node, caller.client_ip)
+        return text
+
+    def configdrive(self, caller: Caller) -> Path:
+        """The path of ``caller.node``'s config drive ISO (CallbackError 404 when the provider wrote none)."""
+        self.authenticate(caller, "job")
+        path = self.configdrives / f"{caller.node}.iso"
+        if not path.is_file():
+            raise CallbackError(HTTPStatus.NOT_FOUND, f"no config drive for node {caller.node!r}")
+        return path
+
+    def record_event(self, caller: Caller, body: bytes) -> int:
+        """Store a ramdisk event; return its id."""
+        self.authenticate(caller, "job")
+        event = parse_event(body)
+        event_id = self.store.call(lambda s: s.add_event(caller.node, event["kind"], event))
+        if event["kind"] != "heartbeat":
+            ok = "" if "ok" not in event else (" ok" if event["ok"] else " FAILED")
+            message = f": {event['message'][:300]}" if event.get("message") else ""
+            log.info("node %s %s %s%s%s", caller.node, event["kind"], event.get("stage", ""), ok, message)
+        return event_id
+
+    def record_phone_home(self, caller: Caller, body: bytes) -> int:
+        """Store what the booted OS reported as event ``phone-home``; return its id."""
+        self.authenticate(caller, "phone-home")
+        report = parse_json_object(body, "phone-home")
+        event_id = self.store.call(lambda s: s.add_event(caller.node, "phone-home", report))
+        log.info("node %s phoned home from %s", caller.node, caller.client_ip)
+        return event_id
