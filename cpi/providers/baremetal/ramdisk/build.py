@@ -1,0 +1,389 @@
+"""Build the bare-metal deploy ramdisk (kernel + initramfs), offline, from Debian packages.
+
+The ramdisk is what a server network-boots into to be deployed or cleaned (see ``init.sh``): the same Debian kernel
+as the test stemcell (:mod:`stemcells.testimage.build`, whose package resolution, download cache, module index and
+cpio writer this module reuses) and an initramfs holding
+
+* busybox-static (sh, wget with POST, udhcpc, sha256sum, dd, gunzip, tee, blockdev, ...);
+* ``sfdisk`` (package ``fdisk``), ``wipefs`` and ``partx`` (``util-linux``) with the shared libraries they need,
+  found by reading each binary's ``DT_NEEDED`` entries and copied from the Debian library packages (``libc6``,
+  ``libfdisk1``, ...); a library that no listed package provides fails the build naming it;
+* the kernel modules for virtio/SATA/SCSI/NVMe disks and virtio/e1000 NICs (with their dependencies), loaded by
+  ``/init`` at boot;
+* our scripts: ``/init`` (``init.sh``), ``/sf/lib.sh``, ``/sf/deploy.sh``, ``/sf/clean.sh`` and the udhcpc event
+  script shared with the test stemcell (``stemcells/testimage/udhcpc.sh``).
+
+Results are cached under ``<cache>/ramdisk/<key>/{vmlinuz,initrd.img,manifest.json}`` (``<cache>`` is
+``$STEMFORGE_CACHE`` or ``~/.cache/stemforge``); ``<key>`` hashes every input (package versions, scripts, this
+module's and the test image builder's source, the module list).  Debian packages share the test image's download
+cache.  Concurrent callers are safe: one build at a time under a file lock, each build in a private temporary
+directory, published with one atomic ``rename``.  No CLI: the lab and the provisioning services call
+:func:`ensure_ramdisk`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from stemcells.testimage import build as tib
+
+__all__ = ["RAMDISK_MODULES", "RamdiskArtifacts", "RamdiskBuildError", "ensure_ramdisk", "ramdisk_key"]
+
+#: Bump when the output changes in a way the other inputs do not capture.
+FORMAT_VERSION = "1"
+
+#: Packages whose binaries go into the initramfs: package -> paths inside the package.
+TOOL_PACKAGES: dict[str, tuple[str, ...]] = {
+    "fdisk": ("sbin/sfdisk",),
+    "util-linux": ("sbin/wipefs", "usr/bin/partx"),
+}
+#: Packages that provide the tools' shared libraries (and the dynamic loader).
+LIB_PACKAGES = ("libc6", "libfdisk1", "libsmartcols1", "libblkid1", "libuuid1", "libreadline8", "libtinfo6")
+#: Where shared libraries live inside Debian packages (and where the initramfs gets them).
+LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64")
+LOADER = "lib64/ld-linux-x86-64.so.2"
+
+#: Kernel modules loaded by /init (dependencies added; built-ins skipped).
+RAMDISK_MODULES = (
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_net",
+    "ahci",
+    "ata_piix",
+    "sd_mod",
+    "nvme",
+    "e1000",
+    "e1000e",
+    "af_packet",
+)
+
+#: Our guest files (all part of the cache key): source name -> path in the initramfs.
+SCRIPTS = {"init.sh": "init", "lib.sh": "sf/lib.sh", "deploy.sh": "sf/deploy.sh", "clean.sh": "sf/clean.sh"}
+#: Shared with the test stemcell: the udhcpc event script.
+UDHCPC_SCRIPT = Path(tib.__file__).resolve().parent / "udhcpc.sh"
+
+_HERE = Path(__file__).resolve().parent
+Progress = Callable[[str], None]
+
+
+class RamdiskBuildError(tib.ImageBuildError):
+    """A build step failed.  ``step`` names it; the message says what went wrong."""
+
+    def __init__(self, step: str, message: str) -> None:
+        RuntimeError.__init__(self, f"deploy ramdisk build step {step!r} failed: {message}")
+        self.step = step
+
+
+@dataclass(frozen=True)
+class RamdiskArtifacts:
+    """A built ramdisk: the kernel and initramfs to serve (treat them as read-only) and the cache key."""
+
+    kernel: Path
+    initrd: Path
+    key: str
+
+    @property
+    def directory(self) -> Path:
+        """The directory holding ``vmlinuz``, ``initrd.img`` and ``manifest.json``."""
+        return self.kernel.parent
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    kernel: tib.Package
+    kernel_release: str
+    packages: tuple[tib.Package, ...]  # busybox-static, the tool and library packages
+
+
+def _cache_dirs(cache_dir: Path | None) -> tuple[Path, Path]:
+    """(test image cache root -- holds the shared ``debs/`` --, ramdisk cache root)."""
+    ti_root = tib._cache_root(cache_dir)
+    root = ti_root.parent / "ramdisk"
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
+    return ti_root, root
+
+
+def _resolve(ti_root: Path) -> _Inputs:
+    """The test image's kernel and busybox plus apt's candidates of the tool/library packages (the newest cached
+    debs when apt cannot answer)."""
+    base = tib._resolve_inputs(ti_root)
+    busybox = next(p for p in base.others if p.name == "busybox-static")
+    names = [*TOOL_PACKAGES, *LIB_PACKAGES]
+    memo = ti_root.parent / "ramdisk" / "resolved.json"
+    fp = tib._apt_fingerprint()
+    found: dict[str, tib.Package] = {}
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        doc = json.loads(memo.read_text())
+        if fp and doc["fingerprint"] == fp and doc["format"] == FORMAT_VERSION:
+            found = {n: tib.Package(*doc["packages"][n]) for n in names}
+    if not found:
+        try:
+            cands = tib._apt_candidates(names)
+            arch = tib._run("resolve-packages", ["dpkg", "--print-architecture"]).strip() or "amd64"
+            missing = [n for n in names if n not in cands]
+            if missing:
+                raise RamdiskBuildError("resolve-packages", f"no apt candidate for {', '.join(missing)}")
+            found = {n: tib.Package(n, cands[n], arch) for n in names}
+            if fp:
+                tmp = memo.with_name(f".resolved.{os.getpid()}.tmp")
+                doc = {
+                    "fingerprint": fp,
+                    "format": FORMAT_VERSION,
+                    "packages": {n: list(vars(p).values()) for n, p in found.items()},
+                }
+                tmp.write_text(json.dumps(doc))
+                os.replace(tmp, memo)
+        except (tib.ImageBuildError, RamdiskBuildError) as exc:
+            found = _resolve_from_debs(ti_root, names)
+            if not found:
+                raise RamdiskBuildError("resolve-packages", str(exc)) from exc
+    return _Inputs(
+        kernel=base.kernel,
+        kernel_release=base.kernel_release,
+        packages=(busybox, *(found[n] for n in names)),
+    )
+
+
+def _resolve_from_debs(ti_root: Path, names: list[str]) -> dict[str, tib.Package]:
+    """Offline fallback: the newest downloaded deb of every package, or {} when one is missing."""
+    debs = sorted((ti_root / "debs").glob("*.deb"), key=lambda p: p.stat().st_mtime, reverse=True)
+    out: dict[str, tib.Package] = {}
+    for p in debs:
+        parsed = tib._deb_file_version(p)
+        if parsed and parsed[0] in names and parsed[0] not in out:
+            out[parsed[0]] = tib.Package(*parsed)
+    return out if all(n in out for n in names) else {}
+
+
+def _key(inputs: _Inputs) -> str:
+    doc = {
+        "format": FORMAT_VERSION,
+        "kernel": [inputs.kernel.name, inputs.kernel.version, inputs.kernel.arch],
+        "packages": [[p.name, p.version, p.arch] for p in inputs.packages],
+        "scripts": {f: hashlib.sha256((_HERE / f).read_bytes()).hexdigest() for f in SCRIPTS},
+        "udhcpc": hashlib.sha256(UDHCPC_SCRIPT.read_bytes()).hexdigest(),
+        "build_py": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "testimage_build_py": hashlib.sha256(Path(tib.__file__).read_bytes()).hexdigest(),
+        "modules": list(RAMDISK_MODULES),
+        "tools": TOOL_PACKAGES,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ramdisk_key(cache_dir: Path | None = None) -> str:
+    """The cache key of the ramdisk the current inputs would build (resolves packages; does not build)."""
+    ti_root, _ = _cache_dirs(cache_dir)
+    return _key(_resolve(ti_root))
+
+
+# ---------------------------------------------------------------- ELF
+
+
+def elf_needed(data: bytes) -> list[str]:
+    """The ``DT_NEEDED`` sonames of an ELF64 little-endian file ([] for anything else or a static binary)."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return []
+
+    def u(off: int, n: int) -> int:
+        return int.from_bytes(data[off : off + n], "little")
+
+    shoff, shentsize, shnum = u(0x28, 8), u(0x3A, 2), u(0x3C, 2)
+    sections = [
+        (u(b + 4, 4), u(b + 0x18, 8), u(b + 0x20, 8), u(b + 0x28, 4))
+        for b in (shoff + i * shentsize for i in range(shnum))
+    ]
+    out: list[str] = []
+    for sh_type, off, size, link in sections:
+        if sh_type != 6:  # SHT_DYNAMIC
+            continue
+        str_off = sections[link][1]
+        for e in range(off, off + size, 16):
+            tag, val = u(e, 8), u(e + 8, 8)
+            if tag == 0:
+                break
+            if tag == 1:  # DT_NEEDED
+                end = data.index(b"\0", str_off + val)
+                out.append(data[str_off + val : end].decode())
+    return out
+
+
+def _in_tree(tree: Path, rel: str) -> Path | None:
+    """``rel`` inside the extracted package ``tree``, following symlinks (absolute ones re-rooted in the tree)."""
+    p = tree / rel
+    for _ in range(16):
+        if p.is_symlink():
+            target = os.readlink(p)
+            p = tree / target.lstrip("/") if target.startswith("/") else p.parent / target
+            continue
+        return p if p.is_file() else None
+    return None
+
+
+def _find_lib(trees: list[Path], soname: str) -> Path | None:
+    for tree in trees:
+        for d in LIB_DIRS:
+            found = _in_tree(tree, f"{d}/{soname}")
+            if found is not None:
+                return found
+    return None
+
+
+# ---------------------------------------------------------------- build
+
+
+def _build(ti_root: Path, inputs: _Inputs, work: Path, steps: tib._Steps) -> Path:
+    out = work / "out"
+    out.mkdir()
+    kpkg = inputs.kernel
+    debs = {p.name: tib._fetch(ti_root, p, steps) for p in (kpkg, *inputs.packages)}
+    kver = inputs.kernel_release
+    with steps.step("modules", f"index {debs[kpkg.name].name}"):
+        index = tib._index_kernel_deb(debs[kpkg.name], kver)
+        mods = tib._module_closure(index, RAMDISK_MODULES)
+    x = work / "x"
+    with steps.step("extract", ", ".join(debs)):
+        kx = x / kpkg.name
+        vmlinuz = tib._extract_kernel(debs[kpkg.name], index, kver, mods, kx)
+        for p in inputs.packages:
+            tib._run("extract", ["dpkg-deb", "-x", str(debs[p.name]), str(x / p.name)])
+
+    ird = work / "initramfs"
+    with steps.step(
+        "initramfs", f"{len(mods)} modules, tools {', '.join(t for ts in TOOL_PACKAGES.values() for t in ts)}"
+    ):
+        busybox = x / "busybox-static" / "bin" / "busybox"
+        tib._install_busybox(busybox, ird, tib._busybox_links(busybox))
+        for d in ("proc", "sys", "dev", "run", "tmp", "etc", "sf", "usr/share/udhcpc"):
+            (ird / d).mkdir(parents=True, exist_ok=True)
+        os.chmod(ird / "tmp", 0o1777)
+        for src, dest in SCRIPTS.items():
+            _copy(_HERE / src, ird / dest, 0o755)
+        _copy(UDHCPC_SCRIPT, ird / "sf/udhcpc.sh", 0o755)
+        (ird / "usr/share/udhcpc/default.script").symlink_to("/sf/udhcpc.sh")
+        (ird / "etc/passwd").write_text("root:x:0:0:root:/:/bin/sh\n")
+        (ird / "etc/group").write_text("root:x:0:\n")
+        # tools + the closure of their shared libraries
+        lib_trees = [x / n for n in LIB_PACKAGES]
+        pending: list[Path] = []
+        for pkg, paths in TOOL_PACKAGES.items():
+            for rel in paths:
+                src = _in_tree(x / pkg, rel)
+                if src is None:
+                    raise RamdiskBuildError("initramfs", f"package {pkg} has no {rel}")
+                dest = ird / "usr/sbin" / Path(rel).name
+                if dest.is_symlink():
+                    dest.unlink()  # a busybox applet of the same name: the real tool wins
+                _copy(src, dest, 0o755)
+                pending.append(dest)
+        loader = _in_tree(x / "libc6", LOADER)
+        if loader is None:
+            raise RamdiskBuildError("initramfs", f"libc6 has no {LOADER}")
+        _copy(loader, ird / LOADER, 0o755)
+        done: set[str] = set()
+        while pending:
+            binary = pending.pop()
+            for soname in elf_needed(binary.read_bytes()):
+                if soname in done:
+                    continue
+                lib = _find_lib(lib_trees, soname)
+                if lib is None:
+                    raise RamdiskBuildError(
+                        "initramfs", f"{binary.name} needs {soname}, which none of {', '.join(LIB_PACKAGES)} provides"
+                    )
+                dest = ird / "lib/x86_64-linux-gnu" / soname
+                _copy(lib, dest, 0o755)
+                done.add(soname)
+                pending.append(dest)
+        (ird / "etc/ld.so.conf").write_text("/lib/x86_64-linux-gnu\n")
+        moddir = kx / index.moddir
+        tib._copy_modules(moddir, ird / "lib/modules" / kver, mods)
+        (ird / "lib/modules" / kver / "modules.dep").write_text(tib._modules_dep(index, mods))
+        (ird / "etc/modules.load").write_text("".join(m + "\n" for m in mods))
+        (ird / "etc/ramdisk.json").write_text(
+            json.dumps({"kernel_release": kver, "packages": {p.name: p.version for p in inputs.packages}}) + "\n"
+        )
+        buf = io.BytesIO()
+        tib._write_cpio_newc(
+            ird, [("dev/console", stat.S_IFCHR | 0o600, 5, 1), ("dev/null", stat.S_IFCHR | 0o666, 1, 3)], buf
+        )
+        with open(out / "initrd.img", "wb") as fh, gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0) as gz:
+            gz.write(buf.getvalue())
+        shutil.copyfile(vmlinuz, out / "vmlinuz")
+    with steps.step("manifest"):
+        manifest = {
+            "format": FORMAT_VERSION,
+            "kernel_release": kver,
+            "packages": {p.name: p.version for p in (kpkg, *inputs.packages)},
+            "modules": mods,
+            "libraries": sorted(done),
+            "files": {
+                f: {"size": (out / f).stat().st_size, "sha256": tib._sha256_file(out / f)}
+                for f in ("vmlinuz", "initrd.img")
+            },
+        }
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return out
+
+
+def _copy(src: Path, dest: Path, mode: int) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    os.chmod(dest, mode)
+
+
+def ensure_ramdisk(cache_dir: Path | None = None, progress: Progress | None = None) -> RamdiskArtifacts:
+    """Build (once) the deploy ramdisk and return its kernel and initramfs.
+
+    A cached build of the same inputs is returned at once.  ``progress`` receives one line per step with the elapsed
+    time.  Concurrent callers (several processes) are safe.  Any failure removes the build's temporary files and
+    raises :class:`RamdiskBuildError` naming the step (a failed package download or resolution included).
+    """
+    steps = tib._Steps(progress)
+    try:
+        with steps.step("resolve-packages"):
+            ti_root, root = _cache_dirs(cache_dir)
+            inputs = _resolve(ti_root)
+            key = _key(inputs)
+    except RamdiskBuildError:
+        raise
+    except tib.ImageBuildError as exc:
+        raise RamdiskBuildError(exc.step, str(exc)) from exc
+    final = root / key
+    result = RamdiskArtifacts(kernel=final / "vmlinuz", initrd=final / "initrd.img", key=key)
+    if (final / "manifest.json").is_file():
+        steps.say(f"cached: {final}")
+        return result
+    with tib._locked(root / ".lock"):
+        if (final / "manifest.json").is_file():
+            steps.say(f"cached (built concurrently): {final}")
+            return result
+        for stale in (root / "tmp").iterdir():
+            shutil.rmtree(stale, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=root / "tmp"))
+        try:
+            if final.exists():
+                os.replace(final, work / "damaged")
+            try:
+                built = _build(ti_root, inputs, work, steps)
+            except RamdiskBuildError:
+                raise
+            except tib.ImageBuildError as exc:
+                raise RamdiskBuildError(exc.step, str(exc)) from exc
+            with steps.step("publish", str(final)):
+                os.replace(built, final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    steps.say(f"built: {final}")
+    return result

@@ -1,0 +1,424 @@
+# /sf/deploy.sh of the stemforge deploy ramdisk (busybox sh), sourced by /init when SF_MODE=deploy.
+#
+# Stages (each reported as an event): disk-selected -> image-written -> checksum-ok -> configdrive-written -> done,
+# then a "result" event with ok=true and `reboot -f`.  A failure reports a "result" event with ok=false naming the
+# failed stage (instructions, disk-select, wipe, image, checksum, configdrive, finish) and the exact error.
+#
+# * Root disk: SF_ROOT_HINTS (space-separated key=value; size in GiB exact or >=N/<=N/>N/<N, name, serial, wwn,
+#   model; every hint must match), the smallest match; without hints the smallest disk of at least 4 GiB.
+# * The disk is wiped first (signatures of its partitions and of the disk: both GPT copies, the MBR; zeros over
+#   the first and last MiB).
+# * The image is streamed: wget -O- | tee (a FIFO read by sha256sum) [| gunzip] | writer.  The writer reads the
+#   first MiB, sniffs it (qcow2/gzip/xz/zstd/bzip2/vmdk/vhdx magic where raw data was promised is an error; nothing
+#   is written then) and dd-s the stream to the disk in 1 MiB blocks.  Nothing is staged in RAM beyond that MiB.
+#   SF_IMAGE_SHA256 is the sha256 of the bytes served at SF_IMAGE_URL (the compressed file for gzip);
+#   SF_IMAGE_SIZE the number of bytes written to the disk (the raw image's size).  A short read (wget: connection
+#   closed prematurely), a size mismatch or a checksum mismatch fails the deploy; after a failed write or checksum
+#   the disk is wiped again so a partial image can never boot.  Transient download errors (not HTTP 4xx) are
+#   retried up to 3 times.
+# * Config drive: the ISO (<= 64 MiB, ISO 9660 labelled config-2) is fetched from SF_CONFIGDRIVE_URL and written
+#   into a new partition over the last 64 MiB of the disk (MBR: a primary partition, type 83; GPT: the backup
+#   header is moved to the disk's end first, then a partition named config-2); the partition's unused rest is
+#   zeroed; sync; the kernel re-reads the partition table and the partition must show up.
+# * Benchmark mode (kernel argument sf.bench=N): after checksum-ok, N rounds each timing a plain
+#   `wget -O- | dd bs=1M` of the same image onto the same disk and our pipeline again (alternating order),
+#   reported as events of kind "bench".
+
+MIB=1048576
+CD_MAX=67108864
+CD_SECTORS=131072
+
+# ---------------------------------------------------------------- disk selection
+hints_valid() {
+    local h k v
+    for h in $SF_ROOT_HINTS; do
+        k=${h%%=*}
+        v=${h#*=}
+        [ "$k" != "$h" ] || { ERR="SF_ROOT_HINTS: '$h' is not key=value"; return 1; }
+        case "$k" in
+            size)
+                case "$v" in
+                    '>='* | '<='*) v=${v#??} ;;
+                    '>'* | '<'*) v=${v#?} ;;
+                esac
+                case "$v" in '' | *[!0-9]*)
+                    ERR="SF_ROOT_HINTS: size must be GiB as N, >=N, <=N, >N or <N, not '${h#*=}'"
+                    return 1
+                    ;;
+                esac
+                ;;
+            name | serial | wwn | model) [ -n "$v" ] || { ERR="SF_ROOT_HINTS: empty $k"; return 1; } ;;
+            *)
+                ERR="SF_ROOT_HINTS: unknown hint '$k' (known: size, name, serial, wwn, model)"
+                return 1
+                ;;
+        esac
+    done
+    return 0
+}
+
+# disk_matches NAME: every hint matches disk NAME.
+disk_matches() {
+    local n h k v gib w
+    n=$1
+    gib=$(($(disk_bytes "$n") / 1073741824))
+    for h in $SF_ROOT_HINTS; do
+        k=${h%%=*}
+        v=${h#*=}
+        case "$k" in
+            size)
+                case "$v" in
+                    '>='*) [ "$gib" -ge "${v#>=}" ] ;;
+                    '<='*) [ "$gib" -le "${v#<=}" ] ;;
+                    '>'*) [ "$gib" -gt "${v#>}" ] ;;
+                    '<'*) [ "$gib" -lt "${v#<}" ] ;;
+                    *) [ "$gib" -eq "$v" ] ;;
+                esac || return 1
+                ;;
+            name) [ "$v" = "$n" ] || [ "$v" = "/dev/$n" ] || return 1 ;;
+            serial) [ "$v" = "$(disk_serial "$n")" ] || return 1 ;;
+            wwn)
+                w=$(disk_wwn "$n" | tr 'A-Z' 'a-z')
+                v=$(echo "$v" | tr 'A-Z' 'a-z')
+                [ -n "$w" ] && { [ "$w" = "$v" ] || [ "${w#*.}" = "${v#*.}" ]; } || return 1
+                ;;
+            model) [ "$v" = "$(disk_model "$n")" ] || return 1 ;;
+        esac
+    done
+    if [ -z "$SF_ROOT_HINTS" ]; then
+        [ "$gib" -ge 4 ] || return 1
+    fi
+    return 0
+}
+
+select_disk() {
+    local n best bestsize size seen
+    best=
+    bestsize=
+    seen=
+    for n in $(disk_list); do
+        size=$(disk_bytes "$n")
+        seen="$seen $n($((size / MIB)) MiB)"
+        disk_matches "$n" || continue
+        if [ -z "$best" ] || [ "$size" -lt "$bestsize" ]; then
+            best=$n
+            bestsize=$size
+        fi
+    done
+    ROOT=$best
+    if [ -z "$ROOT" ]; then
+        if [ -n "$SF_ROOT_HINTS" ]; then
+            ERR="no disk matches the root device hints '$SF_ROOT_HINTS'; disks:${seen:- none}"
+        else
+            ERR="no disk of at least 4 GiB; disks:${seen:- none}"
+        fi
+        return 1
+    fi
+    return 0
+}
+
+# ---------------------------------------------------------------- the image stream
+# sniff FILE: print what the data is when it is not raw disk data (status 1), nothing otherwise.
+sniff() {
+    local m
+    [ -s "$1" ] || { echo "the image stream is empty"; return 1; }
+    m=$(dd if="$1" bs=8 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')
+    case "$m" in
+        514649fb*) echo "qcow2 (magic QFI\\xfb)" ;;
+        1f8b*) echo "gzip (magic 1f8b)" ;;
+        fd377a585a00*) echo "xz (magic fd377a585a00)" ;;
+        28b52ffd*) echo "zstd (magic 28b52ffd)" ;;
+        425a68*) echo "bzip2 (magic BZh)" ;;
+        4b444d56*) echo "vmdk (magic KDMV)" ;;
+        7668647866696c65*) echo "vhdx (magic vhdxfile)" ;;
+        *) return 0 ;;
+    esac
+    return 1
+}
+
+# writer DEV: stdin -> DEV from offset 0 in 1 MiB blocks, after sniffing the first MiB.  Results in $R/writer.*.
+writer() {
+    local what hb rest rc
+    if ! dd of="$R/head" bs=$MIB count=1 iflag=fullblock 2>"$R/head.err"; then
+        echo "reading the image stream failed: $(cat "$R/head.err")" >"$R/writer.err"
+        echo 1 >"$R/writer.rc"
+        return
+    fi
+    if ! what=$(sniff "$R/head"); then
+        echo "the image is $what, but SF_IMAGE_FORMAT=$SF_IMAGE_FORMAT promised raw disk data; nothing written" \
+            >"$R/writer.err"
+        echo 2 >"$R/writer.rc"
+        return
+    fi
+    hb=$(wc -c <"$R/head")
+    if ! dd if="$R/head" of="$1" bs=$MIB conv=notrunc 2>"$R/dd.err"; then
+        echo "writing $1: $(tail -n 1 "$R/dd.err")" >"$R/writer.err"
+        echo 1 >"$R/writer.rc"
+        return
+    fi
+    rm -f "$R/head"
+    dd of="$1" bs=$MIB seek=1 iflag=fullblock conv=notrunc 2>"$R/dd.err"
+    rc=$?
+    rest=$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "$R/dd.err")
+    echo $((hb + ${rest:-0})) >"$R/writer.bytes"
+    [ "$rc" -eq 0 ] || echo "writing $1: $(grep -v records "$R/dd.err" | tail -n 1)" >"$R/writer.err"
+    echo "$rc" >"$R/writer.rc"
+}
+
+fetch_image() {
+    wget -q -T 60 -O- --header "X-Stemforge-Token: $SF_TOKEN" "$SF_IMAGE_URL" 2>"$R/wget.err"
+    echo $? >"$R/wget.rc"
+}
+
+tee_sha() {
+    tee "$R/sha.fifo" 2>"$R/tee.err"
+    echo $? >"$R/tee.rc"
+}
+
+gunzip_stage() {
+    gunzip -c 2>"$R/gunzip.err"
+    echo $? >"$R/gunzip.rc"
+}
+
+# stream_once DEV: one attempt.  Sets ERR and RETRY (true for transient download errors) on failure.
+stream_once() {
+    local shapid wrc
+    rm -f "$R"/*.rc "$R"/*.err "$R/writer.bytes" "$R/sha.out" "$R/sha.fifo"
+    mkfifo "$R/sha.fifo"
+    sha256sum <"$R/sha.fifo" >"$R/sha.out" 2>&1 &
+    shapid=$!
+    if [ "$SF_IMAGE_FORMAT" = gzip ]; then
+        fetch_image | tee_sha | gunzip_stage | writer "$1"
+    else
+        fetch_image | tee_sha | writer "$1"
+    fi
+    wait "$shapid"
+    rm -f "$R/sha.fifo"
+    RETRY=false
+    wrc=$(cat "$R/writer.rc" 2>/dev/null || echo 1)
+    if [ "$wrc" = 2 ]; then
+        ERR=$(cat "$R/writer.err")
+        return 1
+    fi
+    if [ "$(cat "$R/wget.rc" 2>/dev/null)" != 0 ]; then
+        ERR="download of $SF_IMAGE_URL failed: $(tr '\n' ' ' <"$R/wget.err" | sed 's/ *$//')"
+        case "$ERR" in
+            *"server returned error: HTTP/"*" 4"[0-9][0-9]*) ;;
+            *) RETRY=true ;;
+        esac
+        return 1
+    fi
+    if [ "$SF_IMAGE_FORMAT" = gzip ] && [ "$(cat "$R/gunzip.rc" 2>/dev/null)" != 0 ]; then
+        ERR="SF_IMAGE_FORMAT=gzip but the download is not a valid gzip stream: $(tr '\n' ' ' <"$R/gunzip.err")"
+        return 1
+    fi
+    if [ "$wrc" != 0 ]; then
+        ERR=$(cat "$R/writer.err" 2>/dev/null)
+        [ -n "$ERR" ] || ERR="the disk writer failed (status $wrc)"
+        return 1
+    fi
+    if [ "$(cat "$R/tee.rc" 2>/dev/null)" != 0 ]; then
+        ERR="checksumming the stream failed: $(cat "$R/tee.err")"
+        return 1
+    fi
+    BYTES=$(cat "$R/writer.bytes")
+    if [ "$BYTES" != "$SF_IMAGE_SIZE" ]; then
+        ERR="size mismatch: wrote $BYTES bytes, SF_IMAGE_SIZE is $SF_IMAGE_SIZE"
+        return 1
+    fi
+    GOT_SHA=$(cut -d' ' -f1 "$R/sha.out")
+    return 0
+}
+
+# stream_image DEV: stream_once with bounded retries of transient download errors.
+stream_image() {
+    local attempt
+    attempt=1
+    while :; do
+        stream_once "$1" && return 0
+        $RETRY || return 1
+        [ "$attempt" -ge 3 ] && { ERR="$ERR (after $attempt attempts)"; return 1; }
+        log "attempt $attempt: $ERR; retrying"
+        attempt=$((attempt + 1))
+        sleep 2
+    done
+}
+
+# elapsed T0 T1: seconds between two `now` values.
+elapsed() {
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'
+}
+
+mibps() {
+    awk -v n="$1" -v s="$2" 'BEGIN { if (s <= 0) s = 0.01; printf "%.1f", n / 1048576 / s }'
+}
+
+# ---------------------------------------------------------------- config drive
+iso_label() {
+    dd if="$1" bs=1 skip=32808 count=32 2>/dev/null | tr -d ' \000'
+}
+
+write_configdrive() {
+    local n dev iso isz sectors label start size spec num p out rc
+    n=$1
+    dev=/dev/$n
+    iso=$R/configdrive.iso
+    fetch "$SF_CONFIGDRIVE_URL" "$iso" || fail configdrive "$ERR"
+    isz=$(wc -c <"$iso")
+    [ "$isz" -gt 0 ] || fail configdrive "the config drive from $SF_CONFIGDRIVE_URL is empty"
+    [ "$isz" -le "$CD_MAX" ] || fail configdrive "the config drive is $isz bytes, more than the 64 MiB limit"
+    [ "$(dd if="$iso" bs=1 skip=32769 count=5 2>/dev/null)" = CD001 ] ||
+        fail configdrive "the config drive from $SF_CONFIGDRIVE_URL is not an ISO 9660 image"
+    case "$(iso_label "$iso")" in
+        config-2 | CONFIG-2) ;;
+        *) fail configdrive "the config drive's volume label is '$(iso_label "$iso")', not config-2" ;;
+    esac
+    sectors=$(disk_sectors "$n")
+    label=$(sfdisk -d "$dev" 2>/dev/null | sed -n 's/^label: *//p')
+    case "$label" in
+        gpt)
+            out=$(sfdisk --relocate gpt-bak-std --no-reread --no-tell-kernel "$dev" 2>&1) ||
+                fail configdrive "moving the backup GPT header to the end of $dev: $out"
+            start=$(((sectors - 34 - CD_SECTORS) / 2048 * 2048))
+            size=$((sectors - 34 - start))
+            spec="start=$start, size=$size, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=config-2"
+            ;;
+        dos)
+            start=$(((sectors - CD_SECTORS) / 2048 * 2048))
+            size=$((sectors - start))
+            spec="start=$start, size=$size, type=83"
+            ;;
+        *) fail configdrive "the image on $dev has no partition table (MBR or GPT); cannot add a config drive partition" ;;
+    esac
+    out=$(echo "$spec" | sfdisk --append --no-reread --no-tell-kernel "$dev" 2>&1)
+    rc=$?
+    [ "$rc" -eq 0 ] || fail configdrive "adding the config drive partition ($spec) to $dev: $(echo "$out" | grep -iE 'error|fail|overlap|cannot|no free|too' | head -n 2 | tr '\n' ' ')"
+    num=$(sfdisk -d "$dev" 2>/dev/null | awk -v s="$start" '$0 ~ "start= *"s"," { sub(/ .*/, "", $1); print $1 }' | sed 's/.*[^0-9]\([0-9][0-9]*\)$/\1/')
+    [ -n "$num" ] || fail configdrive "the new partition at sector $start is not in $dev's table"
+    dd if="$iso" of="$dev" bs=$MIB seek=$((start / 2048)) conv=notrunc 2>"$R/dd.err" ||
+        fail configdrive "writing the config drive into $dev at sector $start: $(tail -n 1 "$R/dd.err")"
+    used=$(((isz + MIB - 1) / MIB))
+    total=$((size / 2048))
+    if [ "$total" -gt "$used" ]; then
+        dd if=/dev/zero of="$dev" bs=$MIB seek=$((start / 2048 + used)) count=$((total - used)) conv=notrunc 2>"$R/dd.err" ||
+            fail configdrive "zeroing the rest of the config drive partition: $(tail -n 1 "$R/dd.err")"
+    fi
+    sync
+    blockdev --flushbufs "$dev" 2>/dev/null
+    blockdev --rereadpt "$dev" 2>"$R/reread.err" || partx -u "$dev" 2>>"$R/reread.err" ||
+        fail configdrive "re-reading the partition table of $dev: $(cat "$R/reread.err")"
+    p=
+    i=0
+    while [ $i -lt 30 ]; do
+        for c in "$n$num" "${n}p$num"; do
+            [ -e "/sys/block/$n/$c" ] && p=$c
+        done
+        [ -n "$p" ] && break
+        sleep 0.1
+        i=$((i + 1))
+    done
+    [ -n "$p" ] || fail configdrive "partition $num of $dev did not appear after re-reading the table"
+    [ "$(iso_label "/dev/$p")" = config-2 ] || [ "$(iso_label "/dev/$p")" = CONFIG-2 ] ||
+        fail configdrive "/dev/$p does not read back as the config-2 volume"
+    CD_JSON="{\"partition\":\"/dev/$p\",\"number\":$num,\"table\":\"$label\",\"start_sector\":$start,\"sectors\":$size,\"iso_bytes\":$isz}"
+}
+
+# ---------------------------------------------------------------- benchmark mode
+plain_dd() {
+    wget -q -T 60 -O- --header "X-Stemforge-Token: $SF_TOKEN" "$SF_IMAGE_URL" 2>"$R/plain.wget.err" |
+        dd of="$1" bs=$MIB iflag=fullblock conv=notrunc 2>"$R/plain.dd.err"
+}
+
+bench() {
+    local dev i t0 t1 tp tw first
+    dev=$1
+    i=1
+    while [ "$i" -le "$SF_BENCH" ]; do
+        for first in dd ours; do
+            if { [ $((i % 2)) -eq 1 ] && [ $first = dd ]; } || { [ $((i % 2)) -eq 0 ] && [ $first = ours ]; }; then
+                sync
+                t0=$(now)
+                plain_dd "$dev" || fail bench "plain dd: $(cat "$R/plain.wget.err" "$R/plain.dd.err")"
+                sync
+                t1=$(now)
+                tp=$(elapsed "$t0" "$t1")
+            else
+                sync
+                t0=$(now)
+                stream_once "$dev" || fail bench "$ERR"
+                sync
+                t1=$(now)
+                tw=$(elapsed "$t0" "$t1")
+                [ "$GOT_SHA" = "$SF_IMAGE_SHA256" ] || fail bench "checksum mismatch in round $i"
+            fi
+        done
+        post_event bench "round-$i" true "dd ${tp}s, ours ${tw}s" \
+            "{\"round\":$i,\"bytes\":$SF_IMAGE_SIZE,\"dd_s\":$tp,\"ours_s\":$tw}"
+        log "bench round $i: dd ${tp}s, ours ${tw}s"
+        i=$((i + 1))
+    done
+}
+
+# ---------------------------------------------------------------- main
+deploy_main() {
+    local t0 t1 secs dev
+    echo disk-select >"$R/stage"
+    [ -n "$SF_IMAGE_URL" ] || fail instructions "SF_IMAGE_URL is missing"
+    [ -n "$SF_CONFIGDRIVE_URL" ] || fail instructions "SF_CONFIGDRIVE_URL is missing"
+    SF_IMAGE_SHA256=$(echo "$SF_IMAGE_SHA256" | tr 'A-F' 'a-f')
+    case "$SF_IMAGE_SHA256" in
+        *[!0-9a-f]* | '') fail instructions "SF_IMAGE_SHA256 must be 64 hex digits" ;;
+    esac
+    [ ${#SF_IMAGE_SHA256} -eq 64 ] || fail instructions "SF_IMAGE_SHA256 must be 64 hex digits, not ${#SF_IMAGE_SHA256}"
+    case "$SF_IMAGE_SIZE" in '' | *[!0-9]* | 0) fail instructions "SF_IMAGE_SIZE must be a positive byte count, not '$SF_IMAGE_SIZE'" ;; esac
+    SF_IMAGE_FORMAT=${SF_IMAGE_FORMAT:-raw}
+    case "$SF_IMAGE_FORMAT" in raw | gzip) ;; *) fail instructions "SF_IMAGE_FORMAT must be raw or gzip, not '$SF_IMAGE_FORMAT'" ;; esac
+    hints_valid || fail instructions "$ERR"
+
+    wait_disks 20 || fail disk-select "no disks found (modules: $(tr '\n' ' ' </etc/modules.load))"
+    select_disk || fail disk-select "$ERR"
+    dev=/dev/$ROOT
+    if [ $((SF_IMAGE_SIZE + CD_SECTORS * 512 + MIB)) -gt "$(disk_bytes "$ROOT")" ]; then
+        fail disk-select "the image ($SF_IMAGE_SIZE bytes) and the 64 MiB config drive do not fit on $dev ($(disk_bytes "$ROOT") bytes)"
+    fi
+    stage disk-selected "root disk $dev ($(($(disk_bytes "$ROOT") / MIB)) MiB)" "$(disk_json "$ROOT")"
+
+    echo wipe >"$R/stage"
+    wipe_disk "$ROOT" || fail wipe "$ERR"
+
+    echo image >"$R/stage"
+    t0=$(now)
+    if ! stream_image "$dev"; then
+        wipe_disk "$ROOT"
+        fail image "$ERR"
+    fi
+    sync
+    blockdev --flushbufs "$dev" 2>/dev/null
+    t1=$(now)
+    secs=$(elapsed "$t0" "$t1")
+    stage image-written "$BYTES bytes in ${secs}s ($(mibps "$BYTES" "$secs") MiB/s)" \
+        "{\"bytes\":$BYTES,\"seconds\":$secs,\"mib_per_s\":$(mibps "$BYTES" "$secs"),\"format\":\"$SF_IMAGE_FORMAT\",\"sha256\":\"$GOT_SHA\"}"
+
+    echo checksum >"$R/stage"
+    if [ "$GOT_SHA" != "$SF_IMAGE_SHA256" ]; then
+        wipe_disk "$ROOT"
+        fail checksum "sha256 mismatch: the stream's sha256 is $GOT_SHA, SF_IMAGE_SHA256 is $SF_IMAGE_SHA256 (disk wiped)"
+    fi
+    stage checksum-ok "sha256 $GOT_SHA" "{\"sha256\":\"$GOT_SHA\"}"
+
+    [ "$SF_BENCH" -gt 0 ] && bench "$dev"
+
+    echo configdrive >"$R/stage"
+    write_configdrive "$ROOT"
+    stage configdrive-written "config drive in $(echo "$CD_JSON" | sed 's/.*"partition":"\([^"]*\)".*/\1/')" "$CD_JSON"
+
+    echo finish >"$R/stage"
+    sync
+    stage done "deployed $SF_IMAGE_URL to $dev" "{\"device\":\"$dev\"}"
+    post_event result done true "deployed to $dev; rebooting" "{\"device\":\"$dev\"}" 5 ||
+        log "the result could not be reported; rebooting anyway"
+    log "rebooting"
+    sleep 1
+    reboot -f
+    stay_up
+}
