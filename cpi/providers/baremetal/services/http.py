@@ -151,7 +151,7 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
                 self._send_error_json(HTTPStatus.INTERNAL_SERVER_ERROR, exc.strerror or str(exc))
 
     def _has_unread_body(self) -> bool:
-        return self.command == "POST" and not getattr(self, "_body_read", False)
+        return self.command not in ("GET", "HEAD") and not getattr(self, "_body_read", False)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         self._dispatch("GET")

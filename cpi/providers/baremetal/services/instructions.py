@@ -88,6 +88,8 @@ def validate_instructions(node: str, kind: str, instructions: Mapping[str, Any])
 
 
 def _render_value(key: str, value: Any, fail: Any) -> str:
+    if key == "mode":
+        return str(value)  # checked against MODES and the job kind by the caller
     if key in ("image_url", "configdrive_url"):
         if not isinstance(value, str):
             raise fail(key, f"must be a string URL, not {type(value).__name__}")
@@ -117,7 +119,7 @@ def _render_value(key: str, value: Any, fail: Any) -> str:
 
 
 def _render_root_hints(value: Any, fail: Any) -> str:
-    """``{"size": ">=4", "serial": "X"}`` (or ``"size=>=4 serial=X"``) → ``size=>=4 serial=X``."""
+    """``{"serial": "X", "size": ">=4"}`` (or ``"size=>=4 serial=X"``) → ``size=>=4 serial=X`` (fixed order)."""
     if isinstance(value, str):
         pairs: list[tuple[str, Any]] = []
         for word in value.split():
@@ -129,7 +131,7 @@ def _render_root_hints(value: Any, fail: Any) -> str:
         pairs = [(str(k), v) for k, v in value.items()]
     else:
         raise fail("root_hints", f"must be a mapping or 'key=value ...', not {type(value).__name__}")
-    words = []
+    words: list[tuple[int, str]] = []
     for name, hint in pairs:
         if name not in ROOT_HINT_KEYS:
             raise fail(f"root_hints.{name}", f"unknown root-device hint; allowed: {', '.join(ROOT_HINT_KEYS)}")
@@ -140,8 +142,8 @@ def _render_root_hints(value: Any, fail: Any) -> str:
             raise fail("root_hints.size", f"must be GiB as N or >=N, got {text!r}")
         if not _HINT_VALUE_RE.match(text.removeprefix(">=") if name == "size" else text):
             raise fail(f"root_hints.{name}", f"must be one word without quotes, '=' or backslashes, got {text!r}")
-        words.append(f"{name}={text}")
-    return " ".join(words)
+        words.append((ROOT_HINT_KEYS.index(name), f"{name}={text}"))
+    return " ".join(word for _, word in sorted(words))
 
 
 def render_instructions(node: str, kind: str, instructions: Mapping[str, Any]) -> str:
