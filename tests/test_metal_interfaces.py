@@ -260,7 +260,7 @@ def test_calls_to_one_bmc_are_paced(tmp_path: Path, emulator: Emulator) -> None:
 
 
 # -- deploy interface: following the ramdisk's events ----------------------------------------------------------
-def _ramdisk_player(store: MetalStore, node: str, script: list[tuple[str, dict[str, object]]]) -> threading.Thread:
+def ramdisk_player(store: MetalStore, node: str, script: list[tuple[str, dict[str, object]]]) -> threading.Thread:
     """Plays a ramdisk: waits for the node's job, then posts ``script`` events as the services would store them."""
 
     def run() -> None:
@@ -325,7 +325,7 @@ def test_deploy_and_clean_through_redfish(tmp_path: Path, emulator: Emulator) ->
     hw = hardware_for(task.node)
     store, name = task.store, task.node.name
     stages = ["booted", "disk-selected", "image-written", "checksum-ok", "configdrive-written", "done"]
-    player = _ramdisk_player(
+    player = ramdisk_player(
         store, name, [("stage", {"stage": s, "ok": True}) for s in stages] + [("result", {"stage": "done", "ok": True})]
     )
     events = hw.deploy.deploy(task, {"image_url": "http://x/images/a.raw"}, timeout_s=60)
@@ -338,7 +338,7 @@ def test_deploy_and_clean_through_redfish(tmp_path: Path, emulator: Emulator) ->
     assert store.job(name) is None
     assert hw.management.get_boot_device(task) == {"device": "disk", "persistent": True}
     # clean: the server is on, so it is reset into the ramdisk; afterwards powered off and the job gone
-    player = _ramdisk_player(
+    player = ramdisk_player(
         store,
         name,
         [("stage", {"stage": "booted", "ok": True}), ("stage", {"stage": "disk-wiped", "ok": True, "message": "vda"})]

@@ -1,0 +1,308 @@
+"""The server inventory: enrolment from a file, and the operator verbs (manage, provide, clean, maintenance).
+
+An inventory file (YAML or JSON) is ``{"nodes": [...]}``, each node with ``name``, ``bmc`` (driver, address,
+system_id, username, password), ``macs``, ``plan`` (arch, cpus, memory_mib, disks, labels) and optional
+``root_hints``. It is validated with jsonschema (errors name the field path, e.g. ``nodes/1/bmc/address``) and
+checked for duplicate names and MACs before anything is written; enrolment is one transaction, so a bad file
+enrols nothing.
+
+The verbs run under the node's lock and move it through ``states``: ``manage`` first reads the power state through
+the BMC (an unreachable BMC puts the node in maintenance with the reason); ``provide`` and ``clean`` run cleaning
+through the deploy interface (the ramdisk wipes the disks) and fail to ``clean failed`` with the exact reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cpi.errors import CpiError
+from cpi.providers.baremetal import states
+from cpi.providers.baremetal.config import MetalConfig
+from cpi.providers.baremetal.interfaces import DRIVERS, hardware_for
+from cpi.providers.baremetal.interfaces.base import BmcUnreachable, InterfaceError, Task
+from cpi.providers.baremetal.store import Bmc, MetalStore, Node, NodeSpec, normalize_mac
+
+MAX_INVENTORY_BYTES = 4 * 1024 * 1024
+_MAC = "^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$"
+_HINT_SIZE = {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": "^>=\\s*[0-9]+$"}]}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 256}
+
+DISK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["size_gib"],
+    "properties": {
+        "size_gib": {"type": "number", "exclusiveMinimum": 0},
+        "name": {"type": "string", "pattern": "^/dev/"},
+        "serial": _TEXT,
+        "wwn": _TEXT,
+        "model": _TEXT,
+    },
+}
+
+NODE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "bmc", "macs", "plan"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"},
+        "bmc": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["driver", "address"],
+            "properties": {
+                "driver": {"enum": list(DRIVERS)},
+                "address": {"type": "string", "minLength": 1, "maxLength": 512},
+                "system_id": {"type": "string", "minLength": 1},
+                "username": {"type": "string"},
+                "password": {"type": "string"},
+                "verify_tls": {"type": "boolean"},
+            },
+            "if": {"properties": {"driver": {"const": "redfish"}}},
+            "then": {"properties": {"address": {"pattern": "^https?://"}}},
+        },
+        "macs": {"type": "array", "minItems": 1, "maxItems": 16, "items": {"type": "string", "pattern": _MAC}},
+        "plan": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["arch", "cpus", "memory_mib", "disks"],
+            "properties": {
+                "arch": {"type": "string", "minLength": 1},
+                "cpus": {"type": "integer", "minimum": 1},
+                "memory_mib": {"type": "integer", "minimum": 1},
+                "disks": {"type": "array", "minItems": 1, "items": DISK_SCHEMA},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "root_hints": {
+            "type": "object",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "properties": {
+                "size": _HINT_SIZE,
+                "name": {"type": "string"},
+                "serial": _TEXT,
+                "wwn": _TEXT,
+                "model": _TEXT,
+            },  # fmt: skip
+        },
+    },
+}
+
+INVENTORY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["nodes"],
+    "properties": {"nodes": {"type": "array", "minItems": 1, "items": NODE_SCHEMA}},
+}
+
+
+class InventoryError(Exception):
+    """A bad inventory file or a refused verb; the message names the file/field or node (never a secret)."""
+
+
+def parse_inventory(text: str, source: str = "inventory") -> list[NodeSpec]:
+    """Parse and validate an inventory document (JSON, else YAML). Raises InventoryError naming the field."""
+    import json
+
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            raise InventoryError(f"{source}: not valid YAML or JSON{where}") from None
+    try:
+        from cpi.providers.libvirt.config import validate
+
+        validate(source, INVENTORY_SCHEMA, data)
+    except CpiError as exc:
+        raise InventoryError(exc.message) from None
+    specs: list[NodeSpec] = []
+    names: dict[str, int] = {}
+    macs: dict[str, str] = {}
+    for index, raw in enumerate(data["nodes"]):
+        where = f"{source}: 'nodes/{index}"
+        name = raw["name"]
+        if name in names:
+            raise InventoryError(f"{where}/name' {name!r} is already used by nodes/{names[name]}")
+        names[name] = index
+        norm_macs = []
+        for m_index, mac in enumerate(raw["macs"]):
+            norm = normalize_mac(mac)
+            if norm in macs:
+                raise InventoryError(f"{where}/macs/{m_index}' {norm} is already the MAC of node {macs[norm]!r}")
+            macs[norm] = name
+            norm_macs.append(norm)
+        bmc = raw["bmc"]
+        if bmc["driver"] == "redfish" and not bmc.get("system_id"):
+            raise InventoryError(f"{where}/bmc' a redfish BMC needs 'system_id' (the system's path or id)")
+        plan = dict(raw["plan"])
+        plan.setdefault("labels", {})
+        specs.append(
+            NodeSpec(
+                name=name,
+                bmc=Bmc(
+                    driver=bmc["driver"],
+                    address=bmc["address"],
+                    system_id=bmc.get("system_id", ""),
+                    username=bmc.get("username", ""),
+                    password=bmc.get("password", ""),
+                    verify_tls=bool(bmc.get("verify_tls", True)),
+                ),
+                macs=tuple(norm_macs),
+                plan=plan,
+                root_hints=dict(raw.get("root_hints") or {}),
+            )
+        )
+    return specs
+
+
+def load_inventory(path: str | Path) -> list[NodeSpec]:
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_INVENTORY_BYTES:
+            raise InventoryError(f"{p}: larger than {MAX_INVENTORY_BYTES // 1024 // 1024} MiB")
+        text = p.read_text()
+    except OSError as exc:
+        raise InventoryError(f"{p}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InventoryError(f"{p}: not a text file") from None
+    return parse_inventory(text, str(p))
+
+
+def enroll_file(store: MetalStore, path: str | Path, who: str) -> list[Node]:
+    """Validate the whole file, then enrol every node in one transaction (state ``enroll``)."""
+    from cpi.providers.baremetal.store import StoreError
+
+    specs = load_inventory(path)
+    try:
+        return store.enroll(specs, who=who, why=f"enrolled from {path}")
+    except StoreError as exc:
+        raise InventoryError(f"{path}: {exc}") from None
+
+
+# -- verbs ------------------------------------------------------------------------------------------------------
+Progress = Callable[[str], None]
+
+
+def _task(store: MetalStore, config: MetalConfig, name: str, log: logging.Logger, who: str) -> Any:
+    return Task.acquire(store, name, config, log, who)
+
+
+def manage(store: MetalStore, config: MetalConfig, name: str, log: logging.Logger, who: str) -> Node:
+    """Verify the BMC answers (a power-state read), then → manageable. BmcUnreachable → maintenance + error."""
+    with _task(store, config, name, log, who) as task:
+        if not states.allowed(task.node.provision_state, "manage"):
+            raise states.IllegalTransition(name, task.node.provision_state, "manage")
+        power = verify_bmc(task)
+        return states.apply(store, name, "manage", who, f"BMC answered (power {power})")
+
+
+def verify_bmc(task: Task) -> str:
+    """Read the power state; on BmcUnreachable put the node in maintenance with the reason and re-raise."""
+    try:
+        return hardware_for(task.node).power.get_power_state(task)
+    except BmcUnreachable as exc:
+        task.store.set_maintenance(task.node.name, True, exc.message, task.who)
+        raise
+
+
+def provide(
+    store: MetalStore,
+    config: MetalConfig,
+    name: str,
+    log: logging.Logger,
+    who: str,
+    *,
+    skip_cleaning: bool = False,
+    progress: Progress | None = None,
+) -> Node:
+    """manageable (or clean failed) → cleaning → available. ``skip_cleaning`` only for disks known blank."""
+    with _task(store, config, name, log, who) as task:
+        task.progress = progress
+        states.apply(store, name, "provide", who, "provide" + (" (cleaning skipped)" if skip_cleaning else ""))
+        if skip_cleaning:
+            return states.apply(store, name, "done", who, "cleaning skipped by the operator (blank disks)")
+        return run_cleaning(task, who, "provide")
+
+
+def clean(
+    store: MetalStore,
+    config: MetalConfig,
+    name: str,
+    log: logging.Logger,
+    who: str,
+    *,
+    progress: Progress | None = None,
+) -> Node:
+    """Manual cleaning: manageable → cleaning → manageable."""
+    with _task(store, config, name, log, who) as task:
+        task.progress = progress
+        states.apply(store, name, "clean", who, "manual cleaning")
+        return run_cleaning(task, who, "clean")
+
+
+def run_cleaning(task: Task, who: str, why: str) -> Node:
+    """With the node in ``cleaning`` (lock held): clean through the deploy interface, waiting in ``clean wait``;
+    → the target state on success, → ``clean failed`` (with the exact reason; maintenance when the BMC is
+    unreachable) on failure, then re-raise as InventoryError."""
+    name = task.node.name
+    store = task.store
+    timeout = task.config.timeouts.clean
+    try:
+        hw = hardware_for(task.refresh())
+        states.apply(store, name, "wait", who, f"{why}: clean job started", wait_s=timeout + 60)
+        hw.deploy.clean(task, timeout)
+        states.apply(store, name, "resume", who, "ramdisk reported the disks wiped")
+        return states.apply(store, name, "done", who, f"{why}: cleaned")
+    except InterfaceError as exc:
+        if isinstance(exc, BmcUnreachable):
+            store.set_maintenance(name, True, exc.message, who)
+        else:
+            _power_off_quietly(task)
+        state = store.get_node(name).provision_state
+        if state in (states.CLEANING, states.CLEAN_WAIT):
+            states.apply(store, name, "fail", who, exc.message, last_error=exc.message)
+        raise InventoryError(f"cleaning node {name} failed: {exc.message}") from None
+    except BaseException:
+        state = store.get_node(name).provision_state
+        if state in (states.CLEANING, states.CLEAN_WAIT):
+            states.apply(store, name, "fail", who, "cleaning interrupted", last_error="cleaning interrupted")
+        raise
+
+
+def _power_off_quietly(task: Task) -> None:
+    """Best effort after a failure: a server must not keep running a ramdisk or a half-written OS."""
+    try:
+        hardware_for(task.node).power.set_power_state(task, "off")
+    except InterfaceError as exc:
+        task.log.warning("node %s: could not power off after the failure: %s", task.node.name, exc.message)
+
+
+def set_maintenance(store: MetalStore, name: str, on: bool, reason: str, who: str) -> Node:
+    if on and not reason.strip():
+        raise InventoryError(f"node {name}: maintenance needs a --reason")
+    return store.set_maintenance(name, on, reason.strip(), who)
+
+
+def summary(node: Node) -> Mapping[str, Any]:
+    """One row of ``metal list``."""
+    plan = node.plan
+    disks = "+".join(f"{d.get('size_gib', '?')}G" for d in plan.get("disks", []))
+    return {
+        "name": node.name,
+        "state": node.provision_state,
+        "maintenance": node.maintenance_reason or ("yes" if node.maintenance else ""),
+        "claimed_by": node.claimed_by or "",
+        "bmc": node.bmc.driver,
+        "plan": f"{plan.get('arch', '?')} {plan.get('cpus', '?')}cpu {plan.get('memory_mib', '?')}MiB {disks}",
+        "labels": ",".join(f"{k}={v}" for k, v in sorted((plan.get("labels") or {}).items())),
+    }
