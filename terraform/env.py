@@ -31,7 +31,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,24 +139,24 @@ def default_root(env: Mapping[str, str] | None = None) -> Path:
     return Path(state) / "stemforge" / "envs"
 
 
-def locate_terraform(binary: str | None = None, env: Mapping[str, str] | None = None) -> str:
-    """The terraform binary: ``binary`` when given (must be executable), else the one on PATH or in the usual
-    install directories. Raises :class:`TerraformNotFound` naming where it looked."""
+def locate_terraform(
+    binary: str | None = None,
+    env: Mapping[str, str] | None = None,
+    candidates: Sequence[str] = TERRAFORM_CANDIDATE_DIRS,
+) -> str:
+    """The terraform binary: ``binary`` when given (must be executable), else the one on ``$PATH``, else the first
+    in ``candidates`` (globs). Raises :class:`TerraformNotFound` naming where it looked."""
     env = os.environ if env is None else env
     if binary:
         if os.path.isfile(binary) and os.access(binary, os.X_OK):
             return binary
         raise TerraformNotFound(f"terraform: {binary} is not an executable file")
-    exe, _ = find_terraform(env.get("PATH"), Path(env.get("HOME") or Path.home()))
+    exe, _ = find_terraform(env.get("PATH", ""), Path(env.get("HOME") or Path.home()), candidates)
     if exe is None:
         raise TerraformNotFound(
-            "terraform: no terraform binary on PATH ("
-            + (env.get("PATH") or "")
-            + ") or in "
-            + ", ".join(TERRAFORM_CANDIDATE_DIRS)
-            + ". Fix: install Terraform >= 1.0 (the terraform_<version>_"
-            "linux_amd64.zip release unpacked into /usr/local/bin, or Debian's terraform package from HashiCorp's "
-            "apt repository), or pass --terraform PATH."
+            f"terraform: no terraform binary on PATH ({env.get('PATH', '')}) or in {', '.join(candidates)}. "
+            "Fix: install Terraform >= 1.0 (the terraform_<version>_linux_amd64.zip release unpacked into "
+            "/usr/local/bin, or the terraform package of HashiCorp's apt repository), or pass --terraform PATH."
         )
     return exe
 

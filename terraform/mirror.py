@@ -116,7 +116,7 @@ def search_mirrors(
     budget = max_dirs
     for root in roots:
         level = [root]
-        for _depth in range(max_depth + 1):
+        for _depth in range(max_depth):
             following: list[Path] = []
             for directory in level:
                 if budget <= 0:
