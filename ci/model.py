@@ -115,12 +115,17 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    own = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
     loader.flatten_mapping(node)
+    merged = len(node.value) - own  # merge-key (<<) pairs come first; own keys may override them
     result: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
+    seen: set[Any] = set()
+    for index, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
-        if key in result:
-            loader.duplicates.append((key_node.start_mark.line + 1, str(key)))
+        if index >= merged:
+            if key in seen:
+                loader.duplicates.append((key_node.start_mark.line + 1, str(key)))
+            seen.add(key)
         result[key] = loader.construct_object(value_node, deep=True)
     return result
 

@@ -279,29 +279,19 @@ def _stage(build: Build, resource: str) -> Path:
 # -- terraform ---------------------------------------------------------------------------------------------------------
 
 
-def env_command(
-    action: str, env_name: str, module: Path, state_dir: Path, variables: Mapping[str, Any], metadata: Path | None
-) -> list[str]:
-    """The ``stemforge env`` command line for a terraform put (``up`` or ``down``)."""
-    argv = [
-        sys.executable,
-        "-m",
-        "stemforge.cli",
-        "env",
-        action,
-        "--name",
-        env_name,
-        "--module",
-        str(module),
-        "--state-dir",
-        str(state_dir),
-    ]
+#: Terraform vars a put passes to ``stemforge env up`` (the environment's module is terraform/aws of the tree).
+ENV_UP_VARS = {"region": "--region", "endpoint": "--endpoint", "availability_zone": "--availability-zone"}
+
+
+def env_command(action: str, env_name: str, root: Path, variables: Mapping[str, Any]) -> list[str]:
+    """The ``stemforge env up|down|metadata NAME --root ROOT`` command line of a terraform put."""
+    argv = [sys.executable, "-m", "stemforge.cli", "env", action, env_name, "--root", str(root)]
     if action == "up":
         for key, value in sorted(variables.items()):
-            text = value if isinstance(value, str) else json.dumps(value)
-            argv += ["--var", f"{key}={text}"]
-        if metadata is not None:
-            argv += ["--metadata-out", str(metadata)]
+            if key in ENV_UP_VARS and value not in (None, ""):
+                argv += [ENV_UP_VARS[key], str(value)]
+            elif key not in ENV_UP_VARS and key != "env_name":
+                raise _errored(f"terraform var '{key}' is not one stemforge env up takes ({', '.join(ENV_UP_VARS)})")
     return argv
 
 
@@ -313,6 +303,9 @@ def _put_terraform(
     params: dict[str, Any],
     ctx: Context,
 ) -> tuple[Path | None, str]:
+    """ljfranklin/terraform-resource's put: ``env_name`` (or ``env_name_file``), ``terraform_source``, ``vars``,
+    ``action: destroy``, ``delete_on_failure``; credentials come from ``source.env``. The implicit get holds
+    ``metadata`` (the flat outputs JSON) and ``name``."""
     source = dict(resource.get("source") or {})
     env_name = params.get("env_name")
     if not env_name and params.get("env_name_file"):
@@ -324,27 +317,37 @@ def _put_terraform(
     if not module_ref:
         raise _errored(f"put {name}: params.terraform_source names the Terraform module (e.g. src/terraform/aws)")
     module = build.resolve_path(str(module_ref), what=f"put {name}")
+    if not any(module.glob("*.tf")):
+        raise _errored(f"put {name}: terraform_source {module_ref} holds no *.tf files")
     variables = dict(source.get("vars") or {})
     variables.update(params.get("vars") or {})
-    variables.setdefault("env_name", env_name)
-    state_dir = _store(build, resource_name) / "state" / str(env_name)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    environment = {k: v for k, v in os.environ.items()}
+    root = _store(build, resource_name) / "envs"
+    root.mkdir(parents=True, exist_ok=True)
+    environment = dict(os.environ)
     for key, value in (source.get("env") or {}).items():
         environment[str(key)] = value if isinstance(value, str) else json.dumps(value)
-    output = build.new_dir("artifacts", name) if action == "up" else None
-    metadata = output / "metadata" if output is not None else None
-    argv = env_command(action, str(env_name), module, state_dir, variables, metadata)
-    status = build.run_process(argv, cwd=build.dir, env=environment, ctx=ctx, label=f"put {name}", prefix="  ")
+    label = f"put {name}"
+    argv = env_command(action, str(env_name), root, variables)
+    status = build.run_process(argv, cwd=build.dir, env=environment, ctx=ctx, label=label, prefix="  ")
     if status != 0:
         if action == "up" and params.get("delete_on_failure"):
             build.say(f"put {name}: env up failed; delete_on_failure: destroying {env_name}")
-            down = env_command("down", str(env_name), module, state_dir, variables, None)
-            build.run_process(down, cwd=build.dir, env=environment, ctx=ctx, label=f"put {name}", prefix="  ")
+            down = env_command("down", str(env_name), root, {})
+            build.run_process(down, cwd=build.dir, env=environment, ctx=ctx, label=label, prefix="  ")
         raise _errored(f"put {name}: stemforge env {action} {env_name} exited {status}")
-    if output is None:
+    if action == "down":
         return None, f"environment {env_name} destroyed"
+    output = build.new_dir("artifacts", name)
+    proc = subprocess.run(
+        env_command("metadata", str(env_name), root, {}),
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise _errored(f"put {name}: stemforge env metadata {env_name}: {proc.stderr.strip()[-500:]}")
+    (output / "metadata").write_text(proc.stdout, encoding="utf-8")
     (output / "name").write_text(str(env_name) + "\n", encoding="utf-8")
-    if metadata is None or not metadata.is_file():
-        raise _errored(f"put {name}: stemforge env up wrote no metadata file")
-    return output, f"environment {env_name} up; metadata in {metadata}"
+    return output, f"environment {env_name} up; metadata: {', '.join(sorted(json.loads(proc.stdout)))}"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# unit: lint (ruff, mypy) and the fast tests. Pipeline-run tests are left out: they run jobs of this pipeline.
+. "$(dirname "$0")/common.sh"
+
+if [ "${LINT:-true}" = true ]; then
+  say "ruff check"; (cd "$SRC" && "$BIN/ruff" check .)
+  say "mypy"; (cd "$SRC" && "$BIN/mypy")
+fi
+pytest_extra
+say "pytest -m '$MARKERS' ${PYTEST_EXTRA[*]:-tests}"
+(cd "$SRC" && "$PY" -m pytest -p no:cacheprovider -q -rs -m "$MARKERS" --ignore-glob='tests/test_pipeline_run*.py' \
+  ${PYTEST_EXTRA[@]+"${PYTEST_EXTRA[@]}"})
+say "unit passed"
