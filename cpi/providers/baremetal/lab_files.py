@@ -1,0 +1,103 @@
+"""What a lab hands to its users: the inventory (``stemforge metal enroll`` file) and a CPI config.
+
+``inventory.yml`` follows :mod:`cpi.providers.baremetal.inventory`'s schema (and is checked with its parser before it
+is published): per server its name (= libvirt domain), the Redfish BMC (emulator address, system id = domain UUID,
+user and generated password), the NIC MACs and the hardware plan (x86_64, vCPUs, memory, the two disks as
+``/dev/vda``/``/dev/vdb`` with their serials, labels ``lab: <id>``). No root-device hints: the default (the smallest
+disk of at least 4 GiB) is the 4 GiB root disk.
+
+``cpi.json`` is a CPI config for plugin ``baremetal`` whose ``state_dir`` is the one ``metal serve`` uses and whose
+``provisioning_url`` is the bridge address the servers reach. The agent's mbus/blobstore point at loopback.
+Both files are written atomically with mode 0600 (they hold credentials).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from cpi.providers.baremetal.lab import LabRecord
+
+GIB = 1024**3
+
+
+def inventory(rec: LabRecord) -> dict[str, Any]:
+    nodes = []
+    for server in rec.servers:
+        bmc = rec.bmc or {}
+        nodes.append(
+            {
+                "name": server["name"],
+                "bmc": {
+                    "driver": "redfish",
+                    "address": bmc.get("address", ""),
+                    "system_id": server["uuid"],
+                    "username": bmc.get("username", ""),
+                    "password": bmc.get("password", ""),
+                    "verify_tls": False,
+                },
+                "macs": list(server["macs"]),
+                "plan": {
+                    "arch": "x86_64",
+                    "cpus": rec.vcpus,
+                    "memory_mib": rec.memory_mib,
+                    "disks": [
+                        {"size_gib": d["size_bytes"] // GIB, "name": f"/dev/{d['target']}", "serial": d["serial"]}
+                        for d in server["disks"]
+                    ],
+                    "labels": {"lab": rec.id},
+                },
+            }
+        )
+    return {"nodes": nodes}
+
+
+def cpi_config(rec: LabRecord) -> dict[str, Any]:
+    mbus_password = secrets.token_urlsafe(12)
+    return {
+        "cloud": {
+            "plugin": "baremetal",
+            "properties": {
+                "baremetal": {
+                    "state_dir": rec.state_dir,
+                    "provisioning_url": rec.provisioning_url,
+                    "timeouts": {"power": 120, "deploy": 900, "phone_home": 600, "clean": 600},
+                    "phone_home": True,
+                },
+                "agent": {
+                    "mbus": f"nats://nats:{mbus_password}@127.0.0.1:4222",
+                    "ntp": ["127.0.0.1"],
+                    "blobstore": {
+                        "provider": "local",
+                        "options": {"blobstore_path": "/var/vcap/micro_bosh/data/cache"},
+                    },
+                },
+            },
+        }
+    }
+
+
+def write_inventory(rec: LabRecord, path: Path) -> None:
+    text = yaml.safe_dump(inventory(rec), sort_keys=False)
+    from cpi.providers.baremetal.inventory import parse_inventory
+
+    parse_inventory(text, str(path))  # the lab's own file must enrol: fail here, not in the user's hands
+    _write_private(path, text)
+
+
+def write_cpi_config(rec: LabRecord, path: Path) -> None:
+    _write_private(path, json.dumps(cpi_config(rec), indent=2) + "\n")
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
