@@ -43,9 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write JSON here once DHCP, TFTP and HTTP all serve; removed on exit")  # fmt: skip
     parser.add_argument("--lease-time", default="1h", help="DHCP lease time (dnsmasq syntax, default 1h)")
     parser.add_argument("--enrolled-only", action="store_true", help="answer DHCP only for enrolled MACs")
-    parser.add_argument("--dnsmasq-user", default=None,
-                        help="user dnsmasq runs as (default: this process's user, so it can read the private "
-                             "state dir)")  # fmt: skip
     parser.add_argument("--log-dhcp", action="store_true", help="dnsmasq logs every DHCP option and tag")
     parser.add_argument("--ramdisk-debug", action="store_true", help="boot the ramdisk with sf.debug=1")
     parser.add_argument("--ipxe-dir", type=Path, default=Path("/usr/lib/ipxe"), help=argparse.SUPPRESS)

@@ -11,10 +11,12 @@ DHCP server of the provisioning network) and serves TFTP from a directory holdin
 
 Enrolled servers get per-MAC host entries (``--dhcp-hostsfile``, tag ``enrolled``; with ``enrolled_only`` every other
 MAC is ignored). :meth:`DnsmasqProcess.update_hosts` rewrites the file atomically and sends SIGHUP when it changed.
-dnsmasq stays in the foreground (``--keep-in-foreground``), logs to its stderr (``--log-facility=-``), which
-:class:`DnsmasqProcess` forwards line by line to our log as ``dnsmasq: ...``, and keeps its pid and lease files in
-the work directory; :meth:`DnsmasqProcess.stop` removes them. The child gets SIGTERM if ``metal serve`` dies
-(``PR_SET_PDEATHSIG``), so a killed server never leaves a DHCP server behind.
+dnsmasq stays in the foreground with ``--no-daemon``: it then keeps the credentials of ``metal serve`` (no user or
+capability change; the state dir is private to that user anyway), which keeps ``PR_SET_PDEATHSIG`` in force (a
+credential change would clear it), so the child gets SIGTERM if ``metal serve`` dies and a killed server never
+leaves a DHCP server behind. It logs to its stderr (``--log-facility=-``), which :class:`DnsmasqProcess` forwards
+line by line to our log as ``dnsmasq: ...``. Its lease file and the pid file we write for it live in the work
+directory; :meth:`DnsmasqProcess.stop` removes them.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ IPXE_DIR: Final = Path("/usr/lib/ipxe")
 #: TFTP boot files copied from Debian's ``ipxe`` package: (name, required).
 BOOT_FILES: Final = (("undionly.kpxe", True), ("ipxe.efi", False))
 _STARTED_RE: Final = re.compile(r"\bstarted, version\b")
-_LINE_RE: Final = re.compile(r"^(dnsmasq(?:-[a-z]+)?)\[\d+\]: ?(.*)$")
+_LINE_RE: Final = re.compile(r"^(?:[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d:\d\d )?(dnsmasq(?:-[a-z]+)?)(?:\[\d+\])?: ?(.*)$")
 _HOSTNAME_RE: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _PR_SET_PDEATHSIG: Final = 1
 
@@ -61,7 +63,6 @@ class DnsmasqConfig:
     work_dir: Path
     lease_time: str = "1h"
     enrolled_only: bool = False
-    user: str | None = None
     log_dhcp: bool = False
 
     @property
@@ -82,7 +83,7 @@ class DnsmasqConfig:
         args = [
             binary,
             "--conf-file=/dev/null",
-            "--keep-in-foreground",
+            "--no-daemon",
             "--log-facility=-",
             "--port=0",
             "--no-hosts",
@@ -93,7 +94,6 @@ class DnsmasqConfig:
             f"--dhcp-range={start},{end},{self.lease_time}",
             "--dhcp-authoritative",
             f"--dhcp-leasefile={self.lease_file}",
-            f"--pid-file={self.pid_file}",
             f"--dhcp-hostsfile={self.hosts_file}",
             "--enable-tftp",
             f"--tftp-root={self.tftp_root}",
@@ -106,8 +106,6 @@ class DnsmasqConfig:
         ]
         if self.enrolled_only:
             args.append("--dhcp-ignore=tag:!enrolled")
-        if self.user:
-            args.append(f"--user={self.user}")
         if self.log_dhcp:
             args.append("--log-dhcp")
         return args
@@ -177,6 +175,11 @@ def check_config(config: DnsmasqConfig, binary: str = DNSMASQ) -> None:
 def _hint(message: str, config: DnsmasqConfig) -> str:
     """The serve option most likely at fault for a dnsmasq start-up message."""
     lowered = message.lower()
+    if "listening socket" in lowered or "address already in use" in lowered:
+        return (
+            f"--interface {config.interface}: DHCP port 67 or TFTP port 69 is already taken there"
+            " (another DHCP/TFTP server in this network namespace?)"
+        )
     if "interface" in lowered:
         return f"--interface {config.interface}"
     if "tftp" in lowered or "port 69" in lowered:
@@ -253,6 +256,7 @@ class DnsmasqProcess:
                     raise DnsmasqError("interrupted while dnsmasq was starting")
                 if time.monotonic() > deadline:
                     raise DnsmasqError(f"dnsmasq did not report 'started' within {timeout:.0f}s")
+            _write_atomic(config.pid_file, f"{self.proc.pid}\n")
         except BaseException:
             self.stop()
             raise
@@ -305,4 +309,6 @@ class DnsmasqProcess:
         for path in (self.config.pid_file, self.config.lease_file, self.config.hosts_file):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        with contextlib.suppress(OSError):  # only when empty: it may be a directory someone else uses too
+            self.config.work_dir.rmdir()
         self.proc = None

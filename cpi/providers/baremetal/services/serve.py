@@ -27,7 +27,6 @@ import ipaddress
 import json
 import logging
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -70,7 +69,6 @@ class ServeOptions:
     ready_file: Path | None = None
     lease_time: str = "1h"
     enrolled_only: bool = False
-    dnsmasq_user: str | None = None
     log_dhcp: bool = False
     ramdisk_debug: bool = False
     ipxe_dir: Path = dnsmasq_mod.IPXE_DIR
@@ -146,6 +144,9 @@ class StepCheckNetwork:
 
     def run(self, state: dict[str, Any]) -> None:
         options = self.options
+        if options.ready_file is not None and options.ready_file.exists():
+            log.info("removing the stale ready file %s (a previous server did not stop cleanly)", options.ready_file)
+            options.ready_file.unlink()
         iface = check_network(options)
         if not options.ramdisk_dir.is_dir():
             raise ServeError(f"--ramdisk-dir {options.ramdisk_dir}: not a directory")
@@ -188,6 +189,7 @@ class StepTftpRoot:
         self.options = options
 
     def run(self, state: dict[str, Any]) -> None:
+        state["tftp_dir_created"] = not self.options.tftp_root.exists()
         try:
             state["tftp_created"] = dnsmasq_mod.prepare_tftp_root(self.options.tftp_root, self.options.ipxe_dir)
         except OSError as exc:
@@ -201,6 +203,9 @@ class StepTftpRoot:
         for path in state.pop("tftp_created", []):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        if state.pop("tftp_dir_created", False):
+            with contextlib.suppress(OSError):  # only when empty
+                self.options.tftp_root.rmdir()
 
 
 class StepHTTPServer:
@@ -266,7 +271,6 @@ class StepDnsmasq:
             work_dir=options.state_dir / "dnsmasq",
             lease_time=options.lease_time,
             enrolled_only=options.enrolled_only,
-            user=options.dnsmasq_user,
             log_dhcp=options.log_dhcp,
         )
         proc = DnsmasqProcess(config)
@@ -407,7 +411,6 @@ def serve(options: ServeOptions, stop: threading.Event | None = None) -> None:
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
     state_dir = Path(args.state_dir).absolute()
-    user = args.dnsmasq_user or pwd.getpwuid(os.geteuid()).pw_name
     return ServeOptions(
         state_dir=state_dir,
         listen=args.listen,
@@ -419,7 +422,6 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         ready_file=Path(args.ready_file).absolute() if args.ready_file else None,
         lease_time=args.lease_time,
         enrolled_only=args.enrolled_only,
-        dnsmasq_user=user,
         log_dhcp=args.log_dhcp,
         ramdisk_debug=args.ramdisk_debug,
         ipxe_dir=args.ipxe_dir,

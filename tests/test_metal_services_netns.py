@@ -1,0 +1,330 @@
+"""``metal serve`` for real: DHCP, TFTP and HTTP inside network namespaces this test creates and removes.
+
+Layout per test: namespace ``sfst-<id>`` holds bridge ``sfbr0`` (``10.<a>.<b>.1/24``) and one end of a veth pair;
+the other end (``vcli``, a fixed MAC) is in namespace ``sfsc-<id>``, which plays the server being provisioned with
+busybox's ``udhcpc``, ``tftp`` and ``wget``. ``metal serve`` runs in the first namespace through ``ip netns exec``.
+No packet leaves the two namespaces. Namespaces and processes are removed even when a test fails; ``ip netns pids``
+proves that nothing (dnsmasq included) outlives the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from cpi.providers.baremetal.store import Bmc, MetalStore, NodeSpec
+
+pytestmark = pytest.mark.metal
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+UDHCPC_SCRIPT = """#!/bin/sh
+# udhcpc calls this with deconfig | bound | renew | nak; record what the server said, take the address when bound
+env | grep -E '^(ip|boot_file|siaddr|serverid|subnet|interface|mask)=' | sort > "$OUT.$1"
+if [ "$1" = bound ]; then ip addr flush dev "$interface"; ip addr add "$ip/${mask:-24}" dev "$interface"; fi
+exit 0
+"""
+
+
+def _run(*argv: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=check)
+
+
+@dataclass
+class Lab:
+    ident: str
+    server_ns: str
+    client_ns: str
+    net: str  # "10.a.b"
+    client_mac: str
+    work: Path
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    @property
+    def ip(self) -> str:
+        return f"{self.net}.1"
+
+    @property
+    def dhcp_range(self) -> str:
+        return f"{self.net}.100,{self.net}.199"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.work / "state"
+
+    def pids_in(self, ns: str) -> list[int]:
+        out = _run("ip", "netns", "pids", ns, check=False).stdout.split()
+        return [int(p) for p in out]
+
+    def client(self, *argv: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return _run("ip", "netns", "exec", self.client_ns, *argv, timeout=timeout, check=check)
+
+    def udhcpc(self, *extra: str, tag: str) -> dict[str, str]:
+        """One DHCP exchange from the client namespace; the variables udhcpc's script saw at ``bound``."""
+        script = self.work / "udhcpc.sh"
+        if not script.exists():
+            script.write_text(UDHCPC_SCRIPT)
+            script.chmod(0o755)
+        out = self.work / f"dhcp-{tag}"
+        env_prefix = ["env", f"OUT={out}"]
+        result = self.client(*env_prefix, "busybox", "udhcpc", "-i", "vcli", "-n", "-q", "-f", "-t", "8", "-T", "1",
+                             "-A", "1", "-s", str(script), *extra, timeout=60)  # fmt: skip
+        bound = Path(f"{out}.bound")
+        if result.returncode != 0 or not bound.exists():
+            return {}
+        return dict(line.split("=", 1) for line in bound.read_text().splitlines() if "=" in line)
+
+    def serve_argv(self, *extra: str, cli: str = "module") -> list[str]:
+        base = (
+            [PYTHON, "-m", "cpi.providers.baremetal.services.serve"]
+            if cli == "module"
+            else [str(Path(PYTHON).parent / "stemforge"), "metal", "serve"]
+        )
+        return [
+            "ip", "netns", "exec", self.server_ns, *base,
+            "--state-dir", str(self.state_dir), "--listen", self.ip, "--http-port", "8080", "--interface", "sfbr0",
+            "--dhcp-range", self.dhcp_range, "--ramdisk-dir", str(self.work / "ramdisk"),
+            "--ready-file", str(self.work / "ready.json"), *extra,
+        ]  # fmt: skip
+
+    def start_serve(self, *extra: str, cli: str = "module") -> subprocess.Popen[str]:
+        log = open(self.work / "serve.log", "a")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(self.serve_argv(*extra, cli=cli), stdout=log, stderr=subprocess.STDOUT, text=True,
+                                cwd=REPO)  # fmt: skip
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def wait_ready(self, proc: subprocess.Popen[str], timeout: float = 30) -> dict[str, object]:
+        ready = self.work / "ready.json"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready.exists():
+                info: dict[str, object] = json.loads(ready.read_text())
+                if info["pid"] == proc.pid:  # `ip netns exec` execs: its pid is the server's; a stale file is not
+                    return info
+            if proc.poll() is not None:
+                raise AssertionError(f"serve exited {proc.returncode} before ready:\n{self.log()}")
+            time.sleep(0.1)
+        raise AssertionError(f"serve not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        path = self.work / "serve.log"
+        return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    ident = os.urandom(3).hex()
+    a, b = 200 + int(ident[:2], 16) % 50, int(ident[2:4], 16)
+    octets = [0x52, 0x54, 0x00, 0x5F, int(ident[2:4], 16), int(ident[4:6], 16)]
+    lab = Lab(ident, f"sfst-{ident}", f"sfsc-{ident}", f"10.{a}.{b}", ":".join(f"{o:02x}" for o in octets),
+              tmp_path)  # fmt: skip
+    (tmp_path / "ramdisk").mkdir()
+    (tmp_path / "ramdisk" / "vmlinuz").write_bytes(b"kernel")
+    (tmp_path / "ramdisk" / "initrd.img").write_bytes(b"initrd")
+    created: list[str] = []
+    try:
+        for ns in (lab.server_ns, lab.client_ns):
+            _run("ip", "netns", "add", ns)
+            created.append(ns)
+        srv, cli = lab.server_ns, lab.client_ns
+        for argv in (
+            ["ip", "-n", srv, "link", "set", "lo", "up"],
+            ["ip", "-n", cli, "link", "set", "lo", "up"],
+            ["ip", "-n", srv, "link", "add", "sfbr0", "type", "bridge"],
+            ["ip", "-n", srv, "addr", "add", f"{lab.ip}/24", "dev", "sfbr0"],
+            ["ip", "-n", srv, "link", "set", "sfbr0", "up"],
+            ["ip", "-n", srv, "link", "add", "vsrv", "type", "veth", "peer", "name", "vcli", "netns", cli],
+            ["ip", "-n", srv, "link", "set", "vsrv", "master", "sfbr0"],
+            ["ip", "-n", srv, "link", "set", "vsrv", "up"],
+            ["ip", "-n", cli, "link", "set", "vcli", "address", lab.client_mac],
+            ["ip", "-n", cli, "link", "set", "vcli", "up"],
+        ):
+            _run(*argv)
+        yield lab
+    finally:
+        for proc in lab.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        for ns in created:
+            for pid in lab.pids_in(ns):  # anything a failed test left in its namespaces
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            _run("ip", "netns", "del", ns, check=False)
+        leftover = set(_run("ip", "netns", "list").stdout.split()) & set(created)
+        assert not leftover, f"namespaces left behind: {leftover}"
+
+
+def _enroll(lab: Lab, name: str, mac: str) -> None:
+    store = MetalStore(lab.state_dir)
+    try:
+        store.enroll([NodeSpec(name=name, bmc=Bmc("redfish", "http://127.0.0.1:9", name, "u", "bmc-pw"),
+                               macs=(mac,), plan={"arch": "x86_64", "disks": [{"size_gib": 4}]})],
+                     who="test")  # fmt: skip
+    finally:
+        store.close()
+
+
+def _stop(lab: Lab, proc: subprocess.Popen[str], sig: int = signal.SIGTERM, *, tftp_copied: bool = True) -> None:
+    proc.send_signal(sig)
+    assert proc.wait(20) == 0, lab.log()
+    assert lab.pids_in(lab.server_ns) == [], "a process outlived metal serve in its namespace"
+    assert not (lab.work / "ready.json").exists()
+    leftovers = (
+        sorted(p.name for p in (lab.state_dir / "dnsmasq").glob("*")) if (lab.state_dir / "dnsmasq").exists() else []
+    )
+    assert leftovers == [], leftovers
+    if tftp_copied:
+        assert not (lab.state_dir / "tftp").exists(), "the boot files this run copied stay behind"
+
+
+def test_pxe_and_ipxe_clients_get_their_boot_file_and_fetch_it(lab: Lab) -> None:
+    _enroll(lab, "n1", lab.client_mac)
+    proc = lab.start_serve()
+    info = lab.wait_ready(proc)
+    assert info["url"] == f"http://{lab.ip}:8080" and info["interface"] == "sfbr0"
+    assert isinstance(info["dnsmasq_pid"], int) and info["dnsmasq_pid"] in lab.pids_in(lab.server_ns)
+    hosts = (lab.state_dir / "dnsmasq" / "dnsmasq.hosts").read_text()
+    assert hosts == f"{lab.client_mac},set:enrolled,n1\n"
+
+    # a plain PXE ROM (no option 175): TFTP chainload of iPXE
+    pxe = lab.udhcpc(tag="pxe")
+    assert pxe, f"no DHCP lease:\n{lab.log()}"
+    assert pxe["boot_file"] == "undionly.kpxe"
+    assert pxe["siaddr"] == lab.ip and pxe["serverid"] == lab.ip
+    assert int(pxe["ip"].rsplit(".", 1)[1]) in range(100, 200) and pxe["ip"].startswith(lab.net + ".")
+    # iPXE itself (option 175 present): straight to HTTP
+    ipxe = lab.udhcpc("-x", "0xaf:b10101", tag="ipxe")
+    assert ipxe["boot_file"] == f"http://{lab.ip}:8080/boot.ipxe"
+    # a UEFI x86-64 PXE ROM (client architecture 7): the EFI build of iPXE
+    efi = lab.udhcpc("-x", "0x5d:0007", tag="efi")
+    assert efi["boot_file"] == "ipxe.efi"
+    leases = (lab.state_dir / "dnsmasq" / "dnsmasq.leases").read_text()
+    assert lab.client_mac in leases and " n1 " in leases
+
+    # TFTP: the boot file is Debian's undionly.kpxe, byte for byte
+    got = lab.work / "undionly.kpxe"
+    tftp = lab.client("busybox", "tftp", "-g", "-r", "undionly.kpxe", "-l", str(got), lab.ip)
+    assert tftp.returncode == 0, tftp.stderr
+    assert got.read_bytes() == Path("/usr/lib/ipxe/undionly.kpxe").read_bytes()
+
+    # HTTP: /boot.ipxe, then this MAC's script (no job: exit; with a job: the ramdisk with the job token)
+    boot = lab.client("busybox", "wget", "-q", "-O", "-", f"http://{lab.ip}:8080/boot.ipxe")
+    assert boot.returncode == 0 and f"chain http://{lab.ip}:8080/ipxe/${{netX/mac}}" in boot.stdout
+    url = f"http://{lab.ip}:8080/ipxe/{lab.client_mac.replace(':', '%3A')}"
+    assert "exit 1" in lab.client("busybox", "wget", "-q", "-O", "-", url).stdout
+    store = MetalStore(lab.state_dir)
+    try:
+        job = store.start_job("n1", "clean", {"mode": "clean"}, timeout_s=60)
+        script = lab.client("busybox", "wget", "-q", "-O", "-", url).stdout
+        assert f"sf.api=http://{lab.ip}:8080/v1/nodes/n1 sf.token={job.token}" in script
+        # the ramdisk's side: instructions and an event with busybox wget, as the ramdisk sends them
+        api = f"http://{lab.ip}:8080/v1/nodes/n1"
+        header = f"X-Stemforge-Token: {job.token}"
+        text = lab.client("busybox", "wget", "-q", "-O", "-", "--header", header, f"{api}/instructions").stdout
+        assert text == "SF_MODE='clean'\n"
+        posted = lab.client("busybox", "wget", "-q", "-O", "-", "--header", header,
+                            "--post-data", '{"kind":"stage","stage":"booted"}', f"{api}/events")  # fmt: skip
+        assert posted.returncode == 0, posted.stderr
+        assert [(e.kind, e.data) for e in store.events("n1")] == [("stage", {"kind": "stage", "stage": "booted"})]
+        denied = lab.client("busybox", "wget", "-q", "-O", "-", "--header", "X-Stemforge-Token: nope",
+                            f"{api}/instructions")  # fmt: skip
+        assert denied.returncode != 0
+    finally:
+        store.close()
+    _stop(lab, proc)
+    log = lab.log()
+    assert "DHCPACK(sfbr0)" in log and "sent /" in log and "undionly.kpxe to" in log
+    assert f"rejected callback for node n1 from {lab.net}." in log
+    assert job.token not in log and "nope" not in log
+    for step in ("check-network", "open-store", "tftp-root", "http-server", "dnsmasq", "ready-file"):
+        assert f"step {step}: done in " in log
+
+
+def test_enrolled_only_follows_the_inventory_and_sigint_stops_cleanly(lab: Lab) -> None:
+    proc = lab.start_serve("--enrolled-only", cli="stemforge")
+    lab.wait_ready(proc)
+    assert lab.udhcpc(tag="before") == {}, "an unenrolled MAC must get no lease with --enrolled-only"
+    _enroll(lab, "late-node", lab.client_mac)  # the running server notices, rewrites host entries, SIGHUPs dnsmasq
+    deadline = time.monotonic() + 10
+    hosts = lab.state_dir / "dnsmasq" / "dnsmasq.hosts"
+    while time.monotonic() < deadline and lab.client_mac not in hosts.read_text():
+        time.sleep(0.2)
+    assert hosts.read_text() == f"{lab.client_mac},set:enrolled,late-node\n"
+    time.sleep(0.5)  # dnsmasq handles SIGHUP asynchronously
+    after = lab.udhcpc(tag="after")
+    assert after.get("boot_file") == "undionly.kpxe", lab.log()
+    _stop(lab, proc, signal.SIGINT)
+    assert "inventory changed: 1 enrolled MAC(s); dnsmasq reloaded" in lab.log()
+    assert lab.log().count("dnsmasq.hosts") >= 2  # read at start and again after SIGHUP
+
+
+def test_refuses_addresses_it_must_not_listen_on(lab: Lab) -> None:
+    for listen, words in (
+        ("0.0.0.0", "--listen 0.0.0.0: refusing to listen on every address"),
+        ("127.0.0.1", "--listen 127.0.0.1 is not an address of --interface sfbr0"),
+        (f"{lab.net}.2", f"--listen {lab.net}.2 is not an address of --interface sfbr0 (it has {lab.ip}/24)"),
+    ):
+        argv = lab.serve_argv()
+        argv[argv.index("--listen") + 1] = listen
+        result = _run(*argv, check=False, timeout=60)
+        assert result.returncode == 1, result.stderr
+        assert f"metal serve: error: {words}" in result.stderr
+    argv = lab.serve_argv()
+    argv[argv.index("--dhcp-range") + 1] = "10.0.0.100,10.0.0.199"
+    result = _run(*argv, check=False, timeout=60)
+    assert result.returncode == 1 and "--dhcp-range: 10.0.0.100 is not a host address" in result.stderr
+    argv[argv.index("--interface") + 1] = "nosuch0"
+    result = _run(*argv, check=False, timeout=60)
+    assert result.returncode == 1 and "--interface nosuch0: no such interface" in result.stderr
+    assert lab.pids_in(lab.server_ns) == []
+
+
+def test_dnsmasq_failing_to_start_leaves_nothing_behind(lab: Lab) -> None:
+    # hold TFTP's port on the bridge address so dnsmasq cannot bind it
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", lab.server_ns, PYTHON, "-c",
+         "import socket, sys, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+         f"s.bind(('{lab.ip}', 69)); print('bound', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lab.procs.append(holder)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "bound"
+    result = _run(*lab.serve_argv(), check=False, timeout=60)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("metal serve: error: dnsmasq failed to start (--interface sfbr0: DHCP port 67 or TFTP")
+    assert "Address already in use" in last
+    assert lab.pids_in(lab.server_ns) == [holder.pid]
+    assert not (lab.work / "ready.json").exists()
+    assert not (lab.state_dir / "dnsmasq").exists() and not (lab.state_dir / "tftp").exists()
+
+
+def test_a_killed_server_takes_dnsmasq_with_it(lab: Lab) -> None:
+    proc = lab.start_serve()
+    info = lab.wait_ready(proc)
+    dnsmasq_pid = info["dnsmasq_pid"]
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and lab.pids_in(lab.server_ns):
+        time.sleep(0.1)
+    assert lab.pids_in(lab.server_ns) == [], f"dnsmasq (pid {dnsmasq_pid}) outlived a SIGKILLed metal serve"
+    # a restart cleans up after it: stale ready file replaced, dnsmasq files reused
+    proc = lab.start_serve()
+    lab.wait_ready(proc)
+    assert "removing the stale ready file" in lab.log()
+    _stop(lab, proc, tftp_copied=False)  # the killed run copied them; this one leaves what it did not create
+    assert sorted(p.name for p in (lab.state_dir / "tftp").iterdir()) == ["ipxe.efi", "undionly.kpxe"]
