@@ -284,6 +284,7 @@ def test_render_instructions_rules() -> None:
         ({"mode": "clean", "root_hints": {"serial": "a b"}}, "root_hints.serial"),
         ({"mode": "clean", "root_hints": {"size": "big"}}, "root_hints.size"),
         ({"mode": "clean", "heartbeat_s": 0}, "heartbeat_s"),
+        ({"mode": "clean", "heartbeat_s": 2.5}, "heartbeat_s"),
         ({"mode": "clean", "image_format": "qcow2"}, "image_format"),
         ({"mode": "deploy"}, "mode"),  # kind clean below: mode must match the job kind
     ):
@@ -364,6 +365,8 @@ def test_events_are_stored_as_sent(env: Env) -> None:
         {"kind": "heartbeat"},
         {"kind": "stage", "stage": "booted", "message": "ramdisk up", "data": {"disks": ["vda", "vdb"]}},
         {"kind": "result", "stage": "checksum-ok", "ok": False, "message": "sha256 mismatch"},
+        {"kind": "bench", "stage": "round-1", "ok": True, "message": "dd 1.2s, ours 1.1s", "data": {}},
+        {"kind": "heartbeat", "stage": "", "ok": True, "message": "", "data": {}},  # what the ramdisk sends
     ]
     for body in sent:
         resp = requests.post(f"{env.url}/v1/nodes/n1/events", headers=headers, data=json.dumps(body), timeout=10)

@@ -69,7 +69,7 @@ class Lab:
     def client(self, *argv: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[str]:
         return _run("ip", "netns", "exec", self.client_ns, *argv, timeout=timeout, check=check)
 
-    def udhcpc(self, *extra: str, tag: str) -> dict[str, str]:
+    def udhcpc(self, *extra: str, tag: str, tries: int = 8) -> dict[str, str]:
         """One DHCP exchange from the client namespace; the variables udhcpc's script saw at ``bound``."""
         script = self.work / "udhcpc.sh"
         if not script.exists():
@@ -77,8 +77,9 @@ class Lab:
             script.chmod(0o755)
         out = self.work / f"dhcp-{tag}"
         env_prefix = ["env", f"OUT={out}"]
-        result = self.client(*env_prefix, "busybox", "udhcpc", "-i", "vcli", "-n", "-q", "-f", "-t", "8", "-T", "1",
-                             "-A", "1", "-s", str(script), *extra, timeout=60)  # fmt: skip
+        argv = ["busybox", "udhcpc", "-i", "vcli", "-n", "-q", "-f", "-t", str(tries), "-T", "1", "-A", "1",
+                "-s", str(script), *extra]  # fmt: skip
+        result = self.client(*env_prefix, *argv, timeout=60)
         bound = Path(f"{out}.bound")
         if result.returncode != 0 or not bound.exists():
             return {}
@@ -256,7 +257,7 @@ def test_pxe_and_ipxe_clients_get_their_boot_file_and_fetch_it(lab: Lab) -> None
 def test_enrolled_only_follows_the_inventory_and_sigint_stops_cleanly(lab: Lab) -> None:
     proc = lab.start_serve("--enrolled-only", cli="stemforge")
     lab.wait_ready(proc)
-    assert lab.udhcpc(tag="before") == {}, "an unenrolled MAC must get no lease with --enrolled-only"
+    assert lab.udhcpc(tag="before", tries=3) == {}, "an unenrolled MAC must get no lease with --enrolled-only"
     _enroll(lab, "late-node", lab.client_mac)  # the running server notices, rewrites host entries, SIGHUPs dnsmasq
     deadline = time.monotonic() + 10
     hosts = lab.state_dir / "dnsmasq" / "dnsmasq.hosts"

@@ -4,8 +4,8 @@ Routes (all under ``/v1/nodes/<node>/``, token in the ``X-Stemforge-Token`` head
 
 * ``GET instructions`` (job token): the job rendered by :mod:`.instructions` (``text/plain``).
 * ``GET configdrive`` (job token): ``<state_dir>/configdrives/<node>.iso``.
-* ``POST events`` (job token): ``{"kind": "heartbeat"|"stage"|"result", "stage": str, "ok": bool, "message": str,
-  "data": {...}}``; stored as-is with ``add_event(node, kind, body)``; answers 204.
+* ``POST events`` (job token): ``{"kind": "heartbeat"|"stage"|"result"|"bench", "stage": str, "ok": bool,
+  "message": str, "data": {...}}``; stored as-is with ``add_event(node, kind, body)``; answers 204.
 * ``POST phone-home`` (phone-home token): any JSON object (what the booted OS read from its config drive); stored
   as event kind ``phone-home``; answers 204.
 
@@ -30,7 +30,8 @@ from cpi.providers.baremetal.services.shared_store import SharedStore
 log = logging.getLogger("stemforge.metal.callbacks")
 
 TOKEN_HEADER: Final = "X-Stemforge-Token"
-EVENT_KINDS: Final = ("heartbeat", "stage", "result")
+#: ``bench``: the ramdisk's benchmark mode (``sf.bench=N``) reports one event per round.
+EVENT_KINDS: Final = ("heartbeat", "stage", "result", "bench")
 EVENT_FIELDS: Final = ("kind", "stage", "ok", "message", "data")
 #: The ramdisk's stage names, in order (deploy, then clean); other names are accepted and stored as sent.
 STAGES: Final = ("booted", "disk-selected", "image-written", "checksum-ok", "configdrive-written", "disk-wiped", "done")

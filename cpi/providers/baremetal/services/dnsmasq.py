@@ -169,7 +169,7 @@ def check_config(config: DnsmasqConfig, binary: str = DNSMASQ) -> None:
         raise DnsmasqError(f"{binary} not found (install Debian's dnsmasq-base)") from None
     if result.returncode != 0:
         words = (result.stderr or result.stdout).strip().replace("\n", "; ")
-        raise DnsmasqError(f"dnsmasq rejected its configuration: {words}")
+        raise DnsmasqError(f"dnsmasq rejected its configuration ({_hint(words, config)}): {words}")
 
 
 def _hint(message: str, config: DnsmasqConfig) -> str:
@@ -184,6 +184,8 @@ def _hint(message: str, config: DnsmasqConfig) -> str:
         return f"--interface {config.interface}"
     if "tftp" in lowered or "port 69" in lowered:
         return f"--tftp-root {config.tftp_root} (or TFTP port 69 already taken on --interface {config.interface})"
+    if "dhcp-range" in lowered:
+        return f"--dhcp-range {','.join(config.dhcp_range)} / --lease-time {config.lease_time}"
     if "dhcp" in lowered or "port 67" in lowered:
         return f"--dhcp-range {','.join(config.dhcp_range)} (or DHCP port 67 already taken: another DHCP server?)"
     if "lease" in lowered or "pid" in lowered or "permission" in lowered:

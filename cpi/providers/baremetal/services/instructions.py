@@ -110,9 +110,10 @@ def _render_value(key: str, value: Any, fail: Any) -> str:
             raise fail(key, f"must be one of {', '.join(IMAGE_FORMATS)}, not {value!r}")
         return str(value)
     if key == "heartbeat_s":
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-            raise fail(key, f"must be a positive number of seconds, got {value!r}")
-        return str(int(value)) if float(value).is_integer() else str(value)
+        number_ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+        if not number_ok or value <= 0 or not float(value).is_integer():
+            raise fail(key, f"must be a positive whole number of seconds, got {value!r}")
+        return str(int(value))
     if key == "root_hints":
         return _render_root_hints(value, fail)
     raise fail(key, "unknown key")  # unreachable: keys are checked first
