@@ -613,7 +613,7 @@ class _Deploy(_Step):
         try:
             self.p._bmc_step(self.task, lambda: hw.deploy.deploy(self.task, instructions, timeout))
         except DeployFailed as exc:
-            raise CloudError(exc.message, ok_to_retry=True) from None
+            raise CloudError(exc.message) from None
         states.apply(self.store, self.node, "resume", self.p.who, "ramdisk reported the image and config drive written")
 
     def cleanup(self, state: dict[str, Any]) -> None:
@@ -662,8 +662,7 @@ class _WaitPhoneHome(_Step):
                 return
             if time.monotonic() >= deadline:
                 raise CloudError(
-                    f"server {self.node} did not phone home within {timeout:g} s after booting from its disk",
-                    ok_to_retry=True,
+                    f"server {self.node} did not phone home within {timeout:g} s after booting from its disk"
                 )
             time.sleep(0.5)
 

@@ -1,0 +1,240 @@
+"""BareMetalProvider's CPI methods against a real sushy-emulator (fake driver: simulated power, 1-11 s delays) with
+the ramdisk and the installed OS played by a thread working on the shared store (the full PXE path is in
+test_metal_e2e.py): claims, config drive contents, failure cleanup, BMC-down maintenance, disks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_metal_interfaces import PASSWORD, SYSTEMS, Emulator, free_port, sushy_emulator
+
+from cpi import configdrive
+from cpi.errors import CloudError, DiskNotAttached, NotSupported, VMCreationFailed, VMNotFound
+from cpi.providers.baremetal.provider import BareMetalProvider
+from cpi.providers.baremetal.store import Bmc, MetalStore, NodeSpec
+
+log = logging.getLogger("test.metal.provider")
+AGENT_ENV = {"bosh": {"password": "env-secret-pw", "mbus": {"cert": {"private_key": "PRIVATE"}}}}
+NETWORKS = {"default": {"type": "dynamic", "dns": ["10.0.0.2"], "default": ["dns", "gateway"]}}
+
+
+class FakeRamdisk:
+    """Plays the deploy ramdisk (stage events per job) and the installed OS (phone-home read from the config drive
+    the provider wrote, with the token it holds) for every node, until stopped."""
+
+    def __init__(self, store: MetalStore, drives: Path) -> None:
+        self.store = store
+        self.drives = drives
+        self.seen: set[str] = set()
+        self.deploy_result: Callable[[str], dict[str, Any]] = lambda node: {"stage": "done", "ok": True}
+        self.phone_home = True
+        self.stop = threading.Event()
+        self.pending_phone_home: dict[str, float] = {}
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def post(self, node: str, kind: str, **body: Any) -> None:
+        self.store.add_event(node, kind, {"kind": kind, **body})
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for node in self.store.nodes():
+                job = self.store.job(node.name)
+                if job is not None and job.token not in self.seen:
+                    self.seen.add(job.token)
+                    threading.Thread(target=self.play, args=(node.name, job.kind), daemon=True).start()
+            for node, since in list(self.pending_phone_home.items()):
+                if self.store.job(node) is None and time.time() > since + 1:
+                    del self.pending_phone_home[node]
+                    if self.phone_home:
+                        self.do_phone_home(node)
+            time.sleep(0.1)
+
+    def play(self, node: str, kind: str) -> None:
+        time.sleep(0.3)
+        self.post(node, "stage", stage="booted", ok=True)
+        if kind == "clean":
+            self.post(node, "stage", stage="disk-wiped", ok=True, message="/dev/vda")
+            self.post(node, "stage", stage="done", ok=True)
+            self.post(node, "result", stage="done", ok=True)
+            return
+        for stage in ("disk-selected", "image-written", "checksum-ok", "configdrive-written", "done"):
+            self.post(node, "stage", stage=stage, ok=True)
+        result = self.deploy_result(node)
+        if result.get("ok"):
+            self.pending_phone_home[node] = time.time()
+        self.post(node, "result", **result)
+
+    def do_phone_home(self, node: str) -> None:
+        iso = self.drives / f"{node}.iso"
+        settings = json.loads(configdrive.read_iso_file(iso, "ec2/latest/user-data"))
+        meta = json.loads(configdrive.read_iso_file(iso, "openstack/latest/meta_data.json"))["meta"]
+        assert self.store.check_token(node, meta["phone_home_token"], "phone-home")
+        self.post(
+            node, "phone-home", agent_id=settings["agent_id"], macs=[n["mac"] for n in settings["networks"].values()]
+        )
+
+
+@contextlib.contextmanager
+def lab(tmp_path: Path, emulator: Emulator, bad_bmc: bool = False, nodes: int = 2) -> Iterator[tuple[Any, ...]]:
+    state = tmp_path / "metal"
+    store = MetalStore(state)
+    specs = []
+    for index, (uuid, name, mac) in enumerate(SYSTEMS[:nodes]):
+        address = f"http://127.0.0.1:{free_port()}" if (bad_bmc and index == 0) else emulator.url
+        specs.append(
+            NodeSpec(
+                name,
+                Bmc("redfish", address, uuid, "admin", PASSWORD),
+                (mac,),
+                {"arch": "x86_64", "cpus": 1 + index, "memory_mib": 512,
+                 "disks": [{"size_gib": 4, "serial": f"{name}-root", "name": "/dev/vda"},
+                           {"size_gib": 1, "serial": f"{name}-d1", "name": "/dev/vdb"}],
+                 "labels": {"rack": f"r{index}"}},
+                {"serial": f"{name}-root"},
+            )
+        )  # fmt: skip
+    store.enroll(specs, who="test")
+    for spec in specs:
+        for verb, to in (("manage", "manageable"), ("provide", "cleaning"), ("done", "available")):
+            store.transition(spec.name, verb, [store.get_node(spec.name).provision_state], to, "test", "test")
+    props = {
+        "baremetal": {
+            "state_dir": str(state),
+            "provisioning_url": "http://127.0.0.1:1",
+            "timeouts": {"power": 40, "deploy": 60, "phone_home": 30, "clean": 60},
+            "bmc": {"attempts": 2, "backoff_s": 0.05, "backoff_max_s": 0.1, "min_interval_s": 0},
+        },
+        "agent": {"mbus": "nats://127.0.0.1:4222"},
+    }
+    provider = BareMetalProvider(props, log)
+    ramdisk = FakeRamdisk(store, state / "configdrives")
+    try:
+        yield provider, store, ramdisk
+    finally:
+        ramdisk.stop.set()
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[Emulator]:
+    with sushy_emulator(tmp_path / "emulator") as emu:
+        yield emu
+
+
+def make_stemcell(provider: BareMetalProvider, tmp_path: Path) -> str:
+    raw = tmp_path / "root.raw"
+    raw.write_bytes(b"\xeb\x63" + b"stemcell" * 1000)
+    qcow = tmp_path / "root.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow)], check=True)
+    return provider.create_stemcell(str(qcow), {}, {"tag": "v"})
+
+
+def test_stemcell_raw_with_checksum(tmp_path: Path) -> None:
+    import hashlib
+
+    provider = BareMetalProvider({"baremetal": {"state_dir": str(tmp_path / "metal")}}, log)
+    cid = make_stemcell(provider, tmp_path)
+    record = provider.store.stemcell(cid)
+    assert record is not None
+    image = Path(record["path"])
+    assert image == tmp_path / "metal" / "images" / f"{cid}.raw"
+    data = image.read_bytes()
+    assert data.startswith(b"\xeb\x63stemcell") and record["size"] == len(data)
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    provider.delete_stemcell(cid)
+    assert not image.exists() and provider.store.stemcell(cid) is None
+    provider.delete_stemcell(cid)  # idempotent
+    with pytest.raises(CloudError, match="does not exist"):
+        provider.create_stemcell(str(tmp_path / "nope"), {}, {})
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(CloudError, match="light stemcells are not supported"):
+        provider.create_stemcell(str(tmp_path / "empty"), {}, {})
+    assert list((tmp_path / "metal" / "images").iterdir()) == []
+
+
+def test_vm_lifecycle_with_disks(tmp_path: Path, emulator: Emulator) -> None:
+    with lab(tmp_path, emulator) as (provider, store, ramdisk):
+        stemcell = make_stemcell(provider, tmp_path)
+        assert provider.calculate_vm_cloud_properties({"cpu": 2, "ram": 256, "ephemeral_disk_size": 1024}) == {
+            "cpu": 2, "ram": 512, "arch": "x86_64", "ephemeral_disk_size": 1024}  # fmt: skip
+        vm, networks = provider.create_vm("agent-1", stemcell, {"cpu": 1}, NETWORKS, [], AGENT_ENV)
+        node = store.node_for_vm(vm)
+        assert node is not None and node.name == "node-a"  # the smallest plan
+        assert node.provision_state == "active" and networks["default"]["mac"] == node.macs[0]
+        assert provider.has_vm(vm)
+        iso = tmp_path / "metal" / "configdrives" / "node-a.iso"
+        settings = json.loads(configdrive.read_iso_file(iso, "openstack/latest/user_data"))
+        assert settings["agent_id"] == "agent-1" and settings["env"] == AGENT_ENV
+        assert settings["networks"]["default"]["mac"] == node.macs[0]
+        meta = json.loads(configdrive.read_iso_file(iso, "openstack/latest/meta_data.json"))["meta"]
+        assert meta["phone_home_url"] == "http://127.0.0.1:1/v1/nodes/node-a/phone-home"
+        job_log = [t.to_state for t in store.transitions("node-a")]
+        assert job_log[-4:] == ["deploying", "wait call-back", "deploying", "active"]
+        provider.set_vm_metadata(vm, {"deployment": "d", "job": "j"})
+        assert store.vm(vm)["metadata"] == {"deployment": "d", "job": "j"}
+        with pytest.raises(NotSupported, match="needs a VM"):
+            provider.create_disk(512, {}, None)
+        disk = provider.create_disk(512, {}, vm)
+        with pytest.raises(CloudError, match="no free local disk"):
+            provider.create_disk(512, {}, vm)
+        hint = provider.attach_disk(vm, disk)
+        assert hint == {"id": "node-a-d1", "path": "/dev/vdb"}
+        assert provider.get_disks(vm) == [disk]
+        settings = json.loads(configdrive.read_iso_file(iso, "openstack/latest/user_data"))
+        assert settings["disks"]["persistent"] == {disk: hint}
+        provider.detach_disk(vm, disk)
+        with pytest.raises(DiskNotAttached):
+            provider.detach_disk(vm, disk)
+        assert provider.get_disks(vm) == []
+        provider.reboot_vm(vm)
+        provider.delete_vm(vm)
+        node = store.get_node("node-a")
+        assert node.provision_state == "available" and node.claimed_by is None
+        assert not provider.has_vm(vm) and not iso.exists() and not provider.has_disk(disk)
+        provider.delete_vm(vm)  # idempotent
+        with pytest.raises(VMNotFound):
+            provider.reboot_vm(vm)
+        logged = "\n".join(str(r) for r in store.transitions())
+        assert PASSWORD not in logged and "env-secret-pw" not in logged
+
+
+def test_failed_deploy_is_cleaned_and_released(tmp_path: Path, emulator: Emulator) -> None:
+    with lab(tmp_path, emulator, nodes=1) as (provider, store, ramdisk):
+        stemcell = make_stemcell(provider, tmp_path)
+        ramdisk.deploy_result = lambda node: {"stage": "checksum", "ok": False, "message": "sha256 mismatch: x != y"}
+        with pytest.raises(VMCreationFailed, match="deploy failed at stage checksum: sha256 mismatch") as info:
+            provider.create_vm("agent-1", stemcell, {}, NETWORKS, [], AGENT_ENV)
+        assert not info.value.ok_to_retry  # no other server
+        node = store.get_node("node-a")
+        assert node.provision_state == "available" and node.claimed_by is None and not node.maintenance
+        verbs = [t.to_state for t in store.transitions("node-a")]
+        assert verbs[-6:] == ["deploy failed", "deleting", "cleaning", "clean wait", "cleaning", "available"]
+        assert store.vms() == [] and store.job("node-a") is None
+        assert not (tmp_path / "metal" / "configdrives" / "node-a.iso").exists()
+        with pytest.raises(VMCreationFailed, match="no server available: none of 1 enrolled servers matches cpu=8"):
+            provider.create_vm("agent-2", stemcell, {"cpu": 8}, NETWORKS, [], AGENT_ENV)
+
+
+def test_bmc_down_goes_to_maintenance_and_the_next_server_is_used(tmp_path: Path, emulator: Emulator) -> None:
+    with lab(tmp_path, emulator, bad_bmc=True) as (provider, store, ramdisk):
+        stemcell = make_stemcell(provider, tmp_path)
+        ramdisk.phone_home = False
+        provider.config = type(provider.config)(**{**provider.config.__dict__, "phone_home": False})
+        vm, _ = provider.create_vm("agent-1", stemcell, {}, NETWORKS, [], AGENT_ENV)
+        bad = store.get_node("node-a")
+        assert bad.maintenance and "unreachable" in bad.maintenance_reason and bad.claimed_by is None
+        assert bad.provision_state == "deploy failed"
+        node = store.node_for_vm(vm)
+        assert node is not None and node.name == "node-b" and node.provision_state == "active"
+        with pytest.raises(VMCreationFailed, match=r"no server available matching any server: node-a \(deploy failed, "
+                           r"maintenance\), node-b \(active, claimed\)"):  # fmt: skip
+            provider.create_vm("agent-2", stemcell, {}, NETWORKS, [], AGENT_ENV)
