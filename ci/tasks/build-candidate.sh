@@ -35,8 +35,9 @@ sed -i -E "0,/^version = \".*\"/s//version = \"$PY_VERSION\"/" "$WORK/src/pyproj
 grep -q "^version = \"$PY_VERSION\"" "$WORK/src/pyproject.toml" || fail "could not set the version in pyproject.toml"
 
 say "sdist and wheel $PY_VERSION"
-(cd "$WORK/src" && "$PY" -c "from setuptools import build_meta as b; b.build_sdist('$OUT'); b.build_wheel('$OUT')" \
-  > "$WORK/build.log" 2>&1) || { tail -30 "$WORK/build.log"; fail "python build"; }
+(cd "$WORK/src" && "$PY" -c "from setuptools import build_meta as b; b.build_sdist('$OUT')" > "$WORK/build.log" 2>&1 \
+  && "$PY" -m pip wheel --no-deps --wheel-dir "$OUT" . >> "$WORK/build.log" 2>&1) \
+  || { tail -30 "$WORK/build.log"; fail "python build"; }
 WHEEL=$(ls "$OUT"/stemforge-"$PY_VERSION"-*.whl)
 SDIST=$(ls "$OUT"/stemforge-"$PY_VERSION".tar.gz)
 say "built $(basename "$SDIST") $(basename "$WHEEL")"
@@ -44,7 +45,7 @@ say "built $(basename "$SDIST") $(basename "$WHEEL")"
 BLOBS=(--blob "stemforge/$(basename "$WHEEL")=$WHEEL")
 if [ "${VENDOR_WHEELS:-true}" = true ]; then
   say "vendoring dependency wheels"
-  "$PY" -m pip wheel -q --wheel-dir "$WORK/wheels" "$WHEEL" 2>&1 | grep -v "^WARNING: Location" || true
+  "$PY" -m pip wheel -q --disable-pip-version-check --wheel-dir "$WORK/wheels" "$WHEEL" 2>&1 | grep -v "^WARNING: Location" || true
   for wheel in "$WORK"/wheels/*.whl; do
     case "$(basename "$wheel")" in stemforge-*) continue ;; esac
     BLOBS+=(--blob "stemforge/wheels/$(basename "$wheel")=$wheel")
