@@ -273,6 +273,12 @@ def test_render_instructions_rules() -> None:
                                                "image_size": 10, "root_hints": "name=/dev/vda"})  # fmt: skip
     assert "SF_IMAGE_SHA256='" + SHA + "'" in text and "SF_IMAGE_FORMAT='raw'" in text
     assert "SF_ROOT_HINTS='name=/dev/vda'" in text
+    hints = {"model": "QM-1", "size": ">= 4", "wwn": "0x5000c5", "serial": "S1", "name": "/dev/sda"}
+    text = render_instructions("n", "clean", {"root_hints": hints, "heartbeat_s": 2.5})
+    assert "SF_ROOT_HINTS='size=>=4 name=/dev/sda serial=S1 wwn=0x5000c5 model=QM-1'" in text
+    assert "SF_HEARTBEAT_S='3'" in text
+    for size in ("<=8", ">2", "<100", 4):
+        assert f"size={size}'" in render_instructions("n", "clean", {"root_hints": {"size": size}})
     for instructions, field in (
         ({"mode": "deploy"}, "image_url, image_sha256, image_size"),
         ({"mode": "clean", "bogus": 1}, "bogus"),
@@ -284,7 +290,9 @@ def test_render_instructions_rules() -> None:
         ({"mode": "clean", "root_hints": {"serial": "a b"}}, "root_hints.serial"),
         ({"mode": "clean", "root_hints": {"size": "big"}}, "root_hints.size"),
         ({"mode": "clean", "heartbeat_s": 0}, "heartbeat_s"),
-        ({"mode": "clean", "heartbeat_s": 2.5}, "heartbeat_s"),
+        ({"mode": "clean", "heartbeat_s": float("nan")}, "heartbeat_s"),
+        ({"mode": "clean", "root_hints": {"model": "QEMU HARDDISK"}}, "root_hints.model"),
+        ({"mode": "clean", "root_hints": {"serial": "*"}}, "root_hints.serial"),
         ({"mode": "clean", "image_format": "qcow2"}, "image_format"),
         ({"mode": "deploy"}, "mode"),  # kind clean below: mode must match the job kind
     ):

@@ -42,8 +42,10 @@ IMAGE_FORMATS: Final = ("raw", "gzip")
 MODES: Final = ("deploy", "clean")
 
 _SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
-_SIZE_HINT_RE: Final = re.compile(r"^(>=)?[0-9]+$")
-_HINT_VALUE_RE: Final = re.compile(r"^[^\s'\"\\=]+$")
+_SIZE_HINT_RE: Final = re.compile(r"^(>=|<=|>|<)?\s*([0-9]+)$")
+#: Hint values are words of an unquoted ``for h in $SF_ROOT_HINTS`` in the ramdisk: no spaces, quotes, '=',
+#: backslashes or glob characters.
+_HINT_VALUE_RE: Final = re.compile(r"^[^\s'\"\\=*?\[\]]+$")
 
 
 class InstructionsError(ValueError):
@@ -111,9 +113,9 @@ def _render_value(key: str, value: Any, fail: Any) -> str:
         return str(value)
     if key == "heartbeat_s":
         number_ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-        if not number_ok or value <= 0 or not float(value).is_integer():
-            raise fail(key, f"must be a positive whole number of seconds, got {value!r}")
-        return str(int(value))
+        if not number_ok or value <= 0:
+            raise fail(key, f"must be a positive number of seconds, got {value!r}")
+        return str(math.ceil(value))  # the ramdisk counts whole seconds
     if key == "root_hints":
         return _render_root_hints(value, fail)
     raise fail(key, "unknown key")  # unreachable: keys are checked first
@@ -138,11 +140,16 @@ def _render_root_hints(value: Any, fail: Any) -> str:
             raise fail(f"root_hints.{name}", f"unknown root-device hint; allowed: {', '.join(ROOT_HINT_KEYS)}")
         if isinstance(hint, bool) or not isinstance(hint, str | int):
             raise fail(f"root_hints.{name}", f"must be a string or an integer, not {type(hint).__name__}")
-        text = str(hint)
-        if name == "size" and not _SIZE_HINT_RE.match(text):
-            raise fail("root_hints.size", f"must be GiB as N or >=N, got {text!r}")
-        if not _HINT_VALUE_RE.match(text.removeprefix(">=") if name == "size" else text):
-            raise fail(f"root_hints.{name}", f"must be one word without quotes, '=' or backslashes, got {text!r}")
+        text = str(hint).strip()
+        if name == "size":
+            size = _SIZE_HINT_RE.match(text)
+            if not size:
+                raise fail("root_hints.size", f"must be GiB as N, >=N, <=N, >N or <N, got {text!r}")
+            text = f"{size.group(1) or ''}{size.group(2)}"
+        elif not _HINT_VALUE_RE.match(text):
+            raise fail(
+                f"root_hints.{name}", f"must be one word without spaces, quotes, '=', '\\' or '*?[]', got {text!r}"
+            )
         words.append((ROOT_HINT_KEYS.index(name), f"{name}={text}"))
     return " ".join(word for _, word in sorted(words))
 
