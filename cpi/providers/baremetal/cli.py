@@ -2,8 +2,8 @@
 
 Inventory verbs (each takes ``--state-dir``, default ``$STEMFORGE_METAL_STATE_DIR`` or /var/lib/stemforge/metal):
 ``enroll FILE``, ``list``, ``show NAME``, ``manage NAME...``, ``provide NAME... [--skip-cleaning]``,
-``clean NAME...``, ``maintenance set|unset NAME [--reason TEXT]``. The work is in ``inventory.py``, imported only
-when a verb runs (every ``stemforge`` command builds this parser). Credentials are shown as ``***``.
+``clean NAME...``, ``undeploy NAME...``, ``maintenance set|unset NAME [--reason TEXT]``. The work is in
+``inventory.py``, imported only when a verb runs (every ``stemforge`` command builds this parser). Credentials are shown as ``***``.
 """
 
 from __future__ import annotations
@@ -78,6 +78,12 @@ def _register_inventory(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--timeout", type=float, default=600.0, help="cleaning bound in seconds (default 600)")
     _state_dir_arg(p)
     p.set_defaults(handler=_clean)
+
+    p = sub.add_parser("undeploy", help="Power off and clean servers left in 'deploy failed'; they become available.")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--timeout", type=float, default=600.0, help="cleaning bound in seconds (default 600)")
+    _state_dir_arg(p)
+    p.set_defaults(handler=_undeploy)
 
     p = sub.add_parser("maintenance", help="Set or clear a server's maintenance flag.")
     p.add_argument("action", choices=["set", "unset"])
@@ -230,6 +236,13 @@ def _clean(args: argparse.Namespace) -> int:
 
     store, config, log, who = _open(args), _config(args), _logger(), _who()
     return _each(args, "clean", lambda n: inventory.clean(store, config, n, log, who, progress=_progress))
+
+
+def _undeploy(args: argparse.Namespace) -> int:
+    from cpi.providers.baremetal import inventory
+
+    store, config, log, who = _open(args), _config(args), _logger(), _who()
+    return _each(args, "undeploy", lambda n: inventory.undeploy(store, config, n, log, who, progress=_progress))
 
 
 def _maintenance(args: argparse.Namespace) -> int:

@@ -250,6 +250,31 @@ def clean(
         return run_cleaning(task, who, "clean")
 
 
+def undeploy(
+    store: MetalStore,
+    config: MetalConfig,
+    name: str,
+    log: logging.Logger,
+    who: str,
+    *,
+    progress: Progress | None = None,
+) -> Node:
+    """deploy failed (or an unclaimed active) → deleting → power off → cleaning → available. A node a VM still
+    claims is refused: delete that VM (delete_vm cleans the server itself)."""
+    with _task(store, config, name, log, who) as task:
+        task.progress = progress
+        if task.node.claimed_by:
+            raise InventoryError(f"node {name} runs VM {task.node.claimed_by}; delete that VM instead")
+        states.apply(store, name, "undeploy", who, "undeploy by the operator")
+        try:
+            hardware_for(task.node).power.set_power_state(task, "off")
+        except InterfaceError as exc:
+            states.apply(store, name, "fail", who, exc.message, last_error=exc.message)
+            raise InventoryError(f"undeploy of node {name} failed: {exc.message}") from None
+        states.apply(store, name, "clean", who, "undeploy by the operator")
+        return run_cleaning(task, who, "undeploy")
+
+
 def run_cleaning(task: Task, who: str, why: str) -> Node:
     """With the node in ``cleaning`` (lock held): clean through the deploy interface, waiting in ``clean wait``;
     → the target state on success, → ``clean failed`` (with the exact reason; maintenance when the BMC is

@@ -516,6 +516,17 @@ class MetalStore:
             self._log(db, name, verb, state, state, who, reason or verb)
         return self.get_node(name)
 
+    def set_bmc_address(self, name: str, address: str, who: str, why: str) -> Node:
+        """Point a node at another BMC address (a replaced BMC card, a moved emulator); logged as a transition."""
+        with self._tx() as db:
+            row = db.execute("SELECT provision_state, bmc_address FROM nodes WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NodeNotFound(f"node {name!r} is not enrolled")
+            db.execute(f"UPDATE nodes SET bmc_address = ?, updated_at = {_NOW} WHERE name = ?", (address, name))
+            state = row["provision_state"]
+            self._log(db, name, "bmc-address", state, state, who, f"{why} ({row['bmc_address']} -> {address})")
+        return self.get_node(name)
+
     def set_last_error(self, name: str, message: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE nodes SET last_error = ? WHERE name = ?", (message, name))
