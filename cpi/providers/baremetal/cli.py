@@ -3,7 +3,8 @@
 Inventory verbs (each takes ``--state-dir``, default ``$STEMFORGE_METAL_STATE_DIR`` or /var/lib/stemforge/metal):
 ``enroll FILE``, ``list``, ``show NAME``, ``manage NAME...``, ``provide NAME... [--skip-cleaning]``,
 ``clean NAME...``, ``undeploy NAME...``, ``maintenance set|unset NAME [--reason TEXT]``. The work is in
-``inventory.py``, imported only when a verb runs (every ``stemforge`` command builds this parser). Credentials are shown as ``***``.
+``inventory.py``, imported only when a verb runs (every ``stemforge`` command builds this parser).
+Credentials are shown as ``***``.
 """
 
 from __future__ import annotations
