@@ -10,6 +10,7 @@ proves that nothing (dnsmasq included) outlives the server.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -329,3 +330,24 @@ def test_a_killed_server_takes_dnsmasq_with_it(lab: Lab) -> None:
     assert "removing the stale ready file" in lab.log()
     _stop(lab, proc, tftp_copied=False)  # the killed run copied them; this one leaves what it did not create
     assert sorted(p.name for p in (lab.state_dir / "tftp").iterdir()) == ["ipxe.efi", "undionly.kpxe"]
+
+
+def test_router_advertisements_when_the_bridge_has_ipv6(lab: Lab) -> None:
+    """iPXE waits ~13 s for an RA on every boot; with a ULA on the bridge, serve answers (RA only, lifetime 0)."""
+    prefix = f"fd5f:{lab.ident[:4]}:{lab.ident[4:]}00::"
+    _run("ip", "-n", lab.server_ns, "addr", "add", f"{prefix}1/64", "dev", "sfbr0", "nodad")
+    proc = lab.start_serve()
+    lab.wait_ready(proc)
+    assert "router advertisements on" in lab.log()
+    assert "--ra-param=sfbr0,0,0" in lab.log()
+    deadline = time.monotonic() + 30
+    got: list[str] = []
+    while time.monotonic() < deadline and not got:
+        out = lab.client("ip", "-j", "-6", "addr", "show", "dev", "vcli", "scope", "global").stdout
+        got = [a["local"] for link in json.loads(out or "[]") for a in link.get("addr_info", []) if "local" in a]
+        time.sleep(0.5)
+    assert got, "the client got no SLAAC address from the RA"
+    assert ipaddress.ip_address(got[0]) in ipaddress.ip_network(f"{prefix}/64"), got
+    routes = lab.client("ip", "-6", "route", "show", "default").stdout
+    assert routes.strip() == "", f"router lifetime 0 must not make us a default router: {routes}"
+    _stop(lab, proc)

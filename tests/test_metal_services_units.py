@@ -55,7 +55,11 @@ def test_dnsmasq_command_line_is_what_dnsmasq_accepts(tmp_path: Path) -> None:
         "--log-dhcp",
     ):
         assert flag in argv, flag
+    assert not any("ra" in a.split("=")[0] for a in argv if a.startswith("--enable-ra") or a.startswith("--ra-"))
     check_config(config)  # the real dnsmasq --test
+    with_ra = _config(tmp_path, router_advertisements=True)
+    assert {"--enable-ra", "--dhcp-range=::,constructor:sfbr0,ra-only", "--ra-param=sfbr0,0,0"} <= set(with_ra.argv())
+    check_config(with_ra)
     with pytest.raises(DnsmasqError, match=r"--lease-time bogus.*bad dhcp-range"):
         check_config(_config(tmp_path, lease_time="bogus"))
 
@@ -85,7 +89,10 @@ def test_ipxe_scripts_quote_everything_they_embed() -> None:
     kernel = next(line for line in script.splitlines() if line.startswith("kernel "))
     assert "sf.api=http://10.9.8.1:8080/v1/nodes/rack%201%2F%24%7Bevil%7D" in kernel
     assert "${" not in kernel
-    assert len(kernel.split(" || ")[0].split(" ")) == 6  # kernel URL initrd= console= sf.api= sf.token=
+    assert kernel.split(" || ")[0].split(" ")[2:] == [
+        "initrd=initrd.img", "console=ttyS0", "quiet", "loglevel=3",
+        "sf.api=http://10.9.8.1:8080/v1/nodes/rack%201%2F%24%7Bevil%7D", f"sf.token={TOKEN}",
+    ]  # fmt: skip
     for bad_token in ("short", "has space in it and is long enough", "x" * 200, "tok$en" * 4):
         with pytest.raises(ipxe.ScriptError) as excinfo:
             ipxe.ramdisk_script(base, "n1", "deploy", bad_token)

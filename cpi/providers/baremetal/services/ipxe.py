@@ -4,7 +4,8 @@
   script of the NIC iPXE booted from (``${netX/mac}``: the interface that got the DHCP answer, so a server with
   several NICs asks with the right MAC); if that fails it exits, so the firmware moves on to the next boot device.
 * :func:`ramdisk_script` (``GET /ipxe/<mac>`` while the MAC's node has a job): boots the deploy ramdisk with the
-  kernel arguments ``console=ttyS0 sf.api=<base>/v1/nodes/<node> sf.token=<job token>`` (+ ``sf.debug=1``).
+  kernel arguments ``console=ttyS0 quiet loglevel=3 sf.api=<base>/v1/nodes/<node> sf.token=<job token>``
+  (+ ``sf.debug=1``); ``quiet loglevel=3`` keeps the kernel from echoing its command line (the token) on the console.
 * :func:`exit_script` (``GET /ipxe/<mac>`` otherwise): ``exit 1``, so the firmware boots the disk.
 
 Quoting: iPXE splits command lines on spaces and expands ``${...}``; every value that goes into a script is either
@@ -67,6 +68,9 @@ def ramdisk_script(base_url: str, node: str, kind: str, token: str, *, debug: bo
     args = [
         f"initrd={INITRD_FILE}",
         "console=ttyS0",
+        # the kernel prints its command line (with the token) at notice level: keep it off the console
+        "quiet",
+        "loglevel=3",
         f"sf.api={node_api_url(base, node)}",
         f"sf.token={token}",
     ]

@@ -98,6 +98,26 @@ def interface_addresses(interface: str) -> list[ipaddress.IPv4Interface]:
     return found
 
 
+def global_ipv6_addresses(interface: str) -> list[ipaddress.IPv6Interface]:
+    """The global-scope IPv6 addresses of ``interface`` (ULAs included); [] when there are none."""
+    ip = shutil.which("ip") or "/usr/sbin/ip"
+    result = subprocess.run(
+        [ip, "-j", "-6", "addr", "show", "dev", interface, "scope", "global"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    if result.returncode != 0:
+        return []
+    found = []
+    for link in json.loads(result.stdout or "[]"):
+        for info in link.get("addr_info", []):
+            if info.get("family") == "inet6":
+                found.append(ipaddress.IPv6Interface(f"{info['local']}/{info['prefixlen']}"))
+    return found
+
+
 def check_network(options: ServeOptions) -> ipaddress.IPv4Interface:
     """The interface address ``--listen`` names, after checking it and the DHCP range; ServeError otherwise."""
     try:
@@ -155,7 +175,10 @@ class StepCheckNetwork:
             log.warning("--ramdisk-dir %s has no %s yet: deploys fail until it does", options.ramdisk_dir,
                         " or ".join(missing))  # fmt: skip
         state["network"] = iface
-        log.info("provisioning network: %s on %s", iface, options.interface)
+        v6 = global_ipv6_addresses(options.interface)
+        state["ipv6"] = v6
+        log.info("provisioning network: %s on %s%s", iface, options.interface,
+                 f" (IPv6 {', '.join(map(str, v6))}: router advertisements on, RA only)" if v6 else "")  # fmt: skip
 
     def cleanup(self, state: dict[str, Any]) -> None:
         pass
@@ -272,6 +295,7 @@ class StepDnsmasq:
             lease_time=options.lease_time,
             enrolled_only=options.enrolled_only,
             log_dhcp=options.log_dhcp,
+            router_advertisements=bool(state.get("ipv6")),
         )
         proc = DnsmasqProcess(config)
         state["dnsmasq"] = proc
