@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,8 @@ def test_path_traversal_is_refused(env: Env, tmp_path: Path) -> None:
     assert _raw_get(env, "/images/")[0] in (400, 404)
 
 
-def test_large_sparse_image_streams_without_loading_it(env: Env) -> None:
+def test_large_sparse_image_streams_without_loading_it(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     images = env.state / "images" / "sc-big"
     images.mkdir(parents=True)
     path = images / "root.img"
@@ -226,6 +228,27 @@ def test_large_sparse_image_streams_without_loading_it(env: Env) -> None:
     assert received == size
     assert digest.hexdigest() == expected.hexdigest()
     assert peak - before < 128 * 1024, f"peak RSS grew by {(peak - before) // 1024} MiB while streaming 1 GiB"
+    assert f"GET /images/sc-big/root.img: sent {size} of {size} bytes in " in _log_text(caplog)
+
+
+def test_a_client_dropping_mid_stream_is_logged_and_harmless(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    images = env.state / "images"
+    images.mkdir()
+    with open(images / "big.img", "wb") as fh:
+        fh.truncate(256 * 1024 * 1024)
+    conn = http.client.HTTPConnection("127.0.0.1", env.server.port, timeout=30)
+    conn.request("GET", "/images/big.img")
+    resp = conn.getresponse()
+    assert resp.status == 200 and len(resp.read(3 * 1024 * 1024)) == 3 * 1024 * 1024
+    conn.sock.shutdown(2)
+    conn.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "GET /images/big.img: sent" not in _log_text(caplog):
+        time.sleep(0.1)
+    line = next(r.getMessage() for r in caplog.records if "GET /images/big.img: sent" in r.getMessage())
+    assert f"of {256 * 1024 * 1024} bytes" in line and "to 127.0.0.1" in line
+    assert requests.get(f"{env.url}/boot.ipxe", timeout=10).status_code == 200
 
 
 def _vm_hwm_kib() -> int:

@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +52,8 @@ from cpi.providers.baremetal.store import normalize_mac
 log = logging.getLogger("stemforge.metal.http")
 
 CHUNK: Final = 1024 * 1024
+#: Streams at least this big get a completion line (bytes, seconds, MiB/s); so does every stream cut short.
+BIG_FILE: Final = 64 * 1024 * 1024
 _SEGMENT_RE: Final = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9._+-]{0,254}$")
 _RANGE_RE: Final = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 
@@ -262,13 +265,21 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
                 return
             self.wfile.flush()
             offset = start
-            while offset < end:
-                sent = self.connection.sendfile(fh, offset, min(CHUNK, end - offset))
-                if sent == 0:  # the file shrank under us: the client sees a short body
-                    self.close_connection = True
-                    log.error("%s: file ended at byte %d of %d", self._path(), offset, end)
-                    return
-                offset += sent
+            began = time.monotonic()
+            try:
+                while offset < end:
+                    sent = self.connection.sendfile(fh, offset, min(CHUNK, end - offset))
+                    if sent == 0:  # the file shrank under us: the client sees a short body
+                        self.close_connection = True
+                        log.error("%s: file ended at byte %d of %d", self._path(), offset, end)
+                        return
+                    offset += sent
+            finally:
+                if length >= BIG_FILE or offset < end:
+                    seconds = max(time.monotonic() - began, 1e-6)
+                    log.info("%s %s: sent %d of %d bytes in %.1fs (%.0f MiB/s) to %s", self.command, self._path(),
+                             offset - start, length, seconds, (offset - start) / seconds / CHUNK,
+                             self.client_address[0])  # fmt: skip
 
     def _range(self, size: int) -> tuple[int, int]:
         header = self.headers.get("Range")
