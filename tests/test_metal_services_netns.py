@@ -86,7 +86,7 @@ class Lab:
             return {}
         return dict(line.split("=", 1) for line in bound.read_text().splitlines() if "=" in line)
 
-    def serve_argv(self, *extra: str, cli: str = "module") -> list[str]:
+    def serve_argv(self, *extra: str, cli: str = "module", ramdisk: Path | None = None) -> list[str]:
         base = (
             [PYTHON, "-m", "cpi.providers.baremetal.services.serve"]
             if cli == "module"
@@ -95,14 +95,14 @@ class Lab:
         return [
             "ip", "netns", "exec", self.server_ns, *base,
             "--state-dir", str(self.state_dir), "--listen", self.ip, "--http-port", "8080", "--interface", "sfbr0",
-            "--dhcp-range", self.dhcp_range, "--ramdisk-dir", str(self.work / "ramdisk"),
+            "--dhcp-range", self.dhcp_range, "--ramdisk-dir", str(ramdisk or self.work / "ramdisk"),
             "--ready-file", str(self.work / "ready.json"), *extra,
         ]  # fmt: skip
 
-    def start_serve(self, *extra: str, cli: str = "module") -> subprocess.Popen[str]:
+    def start_serve(self, *extra: str, cli: str = "module", ramdisk: Path | None = None) -> subprocess.Popen[str]:
         log = open(self.work / "serve.log", "a")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(self.serve_argv(*extra, cli=cli), stdout=log, stderr=subprocess.STDOUT, text=True,
-                                cwd=REPO)  # fmt: skip
+        argv = self.serve_argv(*extra, cli=cli, ramdisk=ramdisk)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO)
         log.close()
         self.procs.append(proc)
         return proc
@@ -351,3 +351,67 @@ def test_router_advertisements_when_the_bridge_has_ipv6(lab: Lab) -> None:
     routes = lab.client("ip", "-6", "route", "show", "default").stdout
     assert routes.strip() == "", f"router lifetime 0 must not make us a default router: {routes}"
     _stop(lab, proc)
+
+
+@pytest.mark.slow
+def test_a_real_pxe_boot_runs_the_ramdisk_through_every_route(lab: Lab) -> None:
+    """A QEMU guest (Debian's iPXE ROM, TCG) on a tap in the bridge network-boots: DHCP -> /boot.ipxe -> /ipxe/<mac>
+    -> the deploy ramdisk over HTTP -> instructions -> a clean job that wipes its disk and reports every stage."""
+    from cpi.providers.baremetal.ramdisk.build import ensure_ramdisk
+
+    ramdisk = ensure_ramdisk()
+    srv = lab.server_ns
+    _run("ip", "-n", srv, "tuntap", "add", "dev", "sftap0", "mode", "tap")
+    _run("ip", "-n", srv, "link", "set", "sftap0", "master", "sfbr0", "up")
+    prefix = f"fd5e:{lab.ident[:4]}:{lab.ident[4:]}00::"
+    _run("ip", "-n", srv, "addr", "add", f"{prefix}1/64", "dev", "sfbr0", "nodad")  # RA: iPXE does not wait 13 s
+    vm_mac = "52:54:00:5e:" + lab.client_mac[-5:]
+    _enroll(lab, "pxe1", vm_mac)
+    disk = lab.work / "disk.raw"
+    with open(disk, "wb") as fh:
+        fh.truncate(64 * 1024 * 1024)
+        fh.write(b"OLD-PARTITION-TABLE" * 1000)
+        fh.seek(-20000, os.SEEK_END)
+        fh.write(b"OLD-BACKUP-GPT" * 1000)
+    proc = lab.start_serve(ramdisk=ramdisk.kernel.parent)
+    lab.wait_ready(proc)
+    store = MetalStore(lab.state_dir)
+    try:
+        job = store.start_job("pxe1", "clean", {"mode": "clean", "heartbeat_s": 2}, timeout_s=600)
+        console = lab.work / "console.log"
+        qemu = subprocess.Popen(
+            ["ip", "netns", "exec", srv, "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-display", "none",
+             "-vga", "none", "-serial", f"file:{console}", "-monitor", "none", "-no-reboot", "-boot", "n",
+             "-netdev", "tap,id=n0,ifname=sftap0,script=no,downscript=no",
+             "-device", f"virtio-net-pci,netdev=n0,mac={vm_mac}",
+             "-drive", f"file={disk},format=raw,if=virtio"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        lab.procs.append(qemu)
+        deadline = time.monotonic() + 420
+        result = None
+        while time.monotonic() < deadline and result is None:
+            results = store.events("pxe1", kinds=["result"])
+            result = results[0] if results else None
+            if qemu.poll() is not None and result is None:
+                break
+            time.sleep(1)
+        events = store.events("pxe1")
+        tail = console.read_text(errors="replace")[-3000:] if console.exists() else ""
+        assert result is not None, f"no result event; events {[(e.kind, e.data.get('stage')) for e in events]}\n{tail}"
+        assert result.data["ok"] is True, result.data
+        stages = [e.data["stage"] for e in events if e.kind == "stage"]
+        assert stages[0] == "booted" and "disk-wiped" in stages and stages[-1] == "done", stages
+        qemu.wait(60)  # the ramdisk powers off after a clean
+    finally:
+        store.close()
+    data = disk.read_bytes()
+    assert data[: 1024 * 1024] == bytes(1024 * 1024) and data[-1024 * 1024 :] == bytes(1024 * 1024)
+    _stop(lab, proc)
+    log = lab.log()
+    for route in ("GET /boot.ipxe 200", f"iPXE script for node pxe1 ({vm_mac}, clean job)", "GET /ramdisk/vmlinuz 200",
+                  "GET /ramdisk/initrd.img 200", "GET /v1/nodes/pxe1/instructions 200"):  # fmt: skip
+        assert route in log, route
+    assert "node pxe1 result done ok" in log
+    assert job.token not in log
+    assert job.token not in console.read_text(errors="replace"), "the token reached the serial console"
