@@ -389,7 +389,8 @@ def test_configdrive_is_served_to_the_job_token_only(env: Env) -> None:
 # -- events and phone-home -------------------------------------------------------------------------------------
 
 
-def test_events_are_stored_as_sent(env: Env) -> None:
+def test_events_are_stored_as_sent(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     token = env.deploy_job()
     headers = {"X-Stemforge-Token": token, "Content-Type": "application/x-www-form-urlencoded"}  # busybox wget's
     sent = [
@@ -405,6 +406,9 @@ def test_events_are_stored_as_sent(env: Env) -> None:
         assert resp.content == b""
     events = env.store.events("n1")
     assert [(e.kind, e.data) for e in events] == [(b["kind"], b) for b in sent]
+    posts = [r for r in caplog.records if r.getMessage().startswith("POST /v1/nodes/n1/events 204")]
+    assert len(posts) == len(sent) - 2, "heartbeats are logged at DEBUG only (they come every few seconds)"
+    assert "node n1 result checksum-ok FAILED: sha256 mismatch" in _log_text(caplog)
 
 
 @pytest.mark.parametrize(

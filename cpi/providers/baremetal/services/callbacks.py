@@ -147,8 +147,8 @@ class Callbacks:
             raise CallbackError(HTTPStatus.NOT_FOUND, f"no config drive for node {caller.node!r}")
         return path
 
-    def record_event(self, caller: Caller, body: bytes) -> int:
-        """Store a ramdisk event; return its id."""
+    def record_event(self, caller: Caller, body: bytes) -> tuple[int, str]:
+        """Store a ramdisk event; return its id and kind."""
         self.authenticate(caller, "job")
         event = parse_event(body)
         event_id = self.store.call(lambda s: s.add_event(caller.node, event["kind"], event))
@@ -156,7 +156,7 @@ class Callbacks:
             ok = "" if "ok" not in event else (" ok" if event["ok"] else " FAILED")
             message = f": {event['message'][:300]}" if event.get("message") else ""
             log.info("node %s %s %s%s%s", caller.node, event["kind"], event.get("stage", ""), ok, message)
-        return event_id
+        return event_id, str(event["kind"])
 
     def record_phone_home(self, caller: Caller, body: bytes) -> int:
         """Store what the booted OS reported as event ``phone-home``; return its id."""

@@ -103,7 +103,8 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
     # -- logging: method, path without query, status, size, client; nothing else ------------------------------
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         status = code.value if isinstance(code, HTTPStatus) else code
-        log.info("%s %s %s %s from %s", self.command, self._path(), status, size, self.client_address[0])
+        level = logging.DEBUG if getattr(self, "_quiet", False) else logging.INFO  # heartbeats: every few seconds
+        log.log(level, "%s %s %s %s from %s", self.command, self._path(), status, size, self.client_address[0])
 
     def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.warning("%s: " + format, self.client_address[0], *args)
@@ -138,6 +139,7 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         self._body_read = False
+        self._quiet = False
         try:
             route = self._route(method)
             route()
@@ -195,7 +197,7 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
                 return self._allow(
                     method == "POST",
                     method,
-                    lambda: self._post(lambda body: callbacks.record_event(caller, body), MAX_EVENT_BYTES),
+                    lambda: self._post(lambda body: self._event(callbacks.record_event(caller, body)), MAX_EVENT_BYTES),
                 )
             if parts[3] == "phone-home":
                 return self._allow(
@@ -299,6 +301,10 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
         return start, end
 
     # -- callbacks -----------------------------------------------------------------------------------------------
+    def _event(self, recorded: tuple[int, str]) -> int:
+        self._quiet = recorded[1] == "heartbeat"
+        return recorded[0]
+
     def _post(self, action: Callable[[bytes], int], limit: int) -> None:
         body = self._read_body(limit)
         action(body)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import ipaddress
 import json
 import logging
@@ -346,6 +347,22 @@ class StepWatchInventory:
             thread.join(timeout=10)
 
 
+def _self_check(server: MetalHTTPServer) -> None:
+    """GET ``/boot.ipxe`` from our own address, as a server would: ServeError unless it answers 200."""
+    host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/boot.ipxe")
+        resp = conn.getresponse()
+        body = resp.read()
+    except OSError as exc:
+        raise ServeError(f"the HTTP server does not answer on {server.base_url}: {exc}") from None
+    finally:
+        conn.close()
+    if resp.status != 200 or not body.startswith(b"#!ipxe"):
+        raise ServeError(f"{server.base_url}/boot.ipxe answered {resp.status}, not an iPXE script")
+
+
 class StepReadyFile:
     name = "ready-file"
     temporary = True
@@ -357,6 +374,7 @@ class StepReadyFile:
     def run(self, state: dict[str, Any]) -> None:
         server: MetalHTTPServer = state["http"]
         proc: DnsmasqProcess = state["dnsmasq"]
+        _self_check(server)
         info = {
             "pid": os.getpid(),
             "url": server.base_url,
