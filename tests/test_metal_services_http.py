@@ -138,6 +138,12 @@ def test_mac_script_boots_the_ramdisk_only_while_the_node_has_a_job(env: Env, ca
     assert "iPXE script for node n1" in _log_text(caplog)
 
 
+def test_an_expired_job_no_longer_boots_the_ramdisk(env: Env) -> None:
+    job = env.store.start_job("n1", "clean", {"mode": "clean"}, timeout_s=-1)  # its deadline is already past
+    script = requests.get(f"{env.url}/ipxe/{MAC1}", timeout=10).text
+    assert "exit 1" in script and "expired" in script and job.token not in script
+
+
 def test_ramdisk_debug_adds_sf_debug(tmp_path: Path) -> None:
     store = MetalStore(tmp_path)
     store.enroll([_spec("n1", (MAC1,))], who="test")

@@ -4,8 +4,9 @@ Routes (base ``http://<provisioning address>:<port>``; see /work/coord/METAL.md 
 
 =====================================  ============  ==============================================================
 ``GET /boot.ipxe``                     none          chains ``/ipxe/${netX/mac}`` (dnsmasq hands this URL to iPXE)
-``GET /ipxe/<mac>``                    none          boots the deploy ramdisk if the MAC's node has a job, else
-                                                     ``exit 1`` (the firmware boots the disk); body never logged
+``GET /ipxe/<mac>``                    none          boots the deploy ramdisk if the MAC's node has a job (not past
+                                                     its deadline), else ``exit 1`` (the firmware boots the disk);
+                                                     the body (it holds the token) is never logged
 ``GET|HEAD /ramdisk/<file>``           none          files of the ramdisk directory
 ``GET|HEAD /images/<path>``            none          files under ``<state_dir>/images/``
 ``GET /v1/nodes/<node>/instructions``  job token     ``SF_*`` shell assignments (``text/plain``)
@@ -230,6 +231,12 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
         if job is None:
             log.info("iPXE script for node %s (%s): no job, boot from disk", node, norm)
             self._send_text(ipxe.exit_script(f"node {node} has no job"))
+            return
+        if job.deadline and time.time() > job.deadline:
+            # a job its provider never ended (it died?): do not run the ramdisk on every boot from now on
+            log.warning("iPXE script for node %s (%s): its %s job expired %.0fs ago, boot from disk", node, norm,
+                        job.kind, time.time() - job.deadline)  # fmt: skip
+            self._send_text(ipxe.exit_script(f"the {job.kind} job of node {node} expired"))
             return
         try:
             script = ipxe.ramdisk_script(
