@@ -519,7 +519,7 @@ class StepServe:
         rec.save()
         deadline = time.monotonic() + 60
         url = f"{rec.provisioning_url}/boot.ipxe"
-        while not ready.exists():
+        while not _ready_for(ready, proc.pid):
             if proc.poll() is not None:
                 raise LabError(
                     f"metal serve exited with status {proc.returncode}; its log ends with: {_tail(log_path)}"
@@ -829,6 +829,14 @@ def _pids_with_arg(arg: str) -> list[int]:
             if arg.encode() in argv:
                 out.append(int(entry.name))
     return out
+
+
+def _ready_for(ready_file: Path, pid: int) -> bool:
+    """The ready file exists and was written by ``pid`` (a killed earlier serve can leave a stale one)."""
+    try:
+        return int(json.loads(ready_file.read_text())["pid"]) == pid
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _tail(path: Path, limit: int = 1500) -> str:
