@@ -50,7 +50,8 @@ def _passed(build: Build, resource: str) -> dict[str, list[str]]:
 
 
 def record_passed(build: Build, resource: str, version: str) -> None:
-    """Mark ``version`` of ``resource`` as having passed this build's job (called when the build succeeded)."""
+    """Mark ``version`` of ``resource`` as having passed this build's job (called when the build succeeded, for
+    every version the build got or put)."""
     store = _store(build, resource)
     store.mkdir(parents=True, exist_ok=True)
     data = _passed(build, resource)
@@ -243,7 +244,9 @@ def put(build: Build, name: str, config: Mapping[str, Any], ctx: Context) -> tup
             version = _bump(start, params)
         (staged / "version").write_text(version + "\n", encoding="utf-8")
         (staged / "number").write_text(version + "\n", encoding="utf-8")
-        return _commit_version(build, resource_name, staged, {"semver": version}), f"version {version}"
+        path = _commit_version(build, resource_name, staged, {"semver": version})
+        build.gotten.append((resource_name, path.name))  # a build's outputs have passed its job, as in Concourse
+        return path, f"version {version}"
     if kind == "time":
         return None, "nothing to do for a time resource"
     if kind == "git":
@@ -263,6 +266,7 @@ def put(build: Build, name: str, config: Mapping[str, Any], ctx: Context) -> tup
             shutil.copy2(match, staged / os.path.basename(match))
             count += 1
     path = _commit_version(build, resource_name, staged, {"files": sorted(os.listdir(staged))})
+    build.gotten.append((resource_name, path.name))
     return path, f"recorded {count} file(s) as version {path.name} of {resource_name}"
 
 

@@ -138,7 +138,7 @@ class Build:
         self.artifacts: dict[str, Path] = {}
         self.counter = itertools.count(1)
         self.processes: set[subprocess.Popen[bytes]] = set()
-        #: (resource, version) of every get served from a recorded version; marked passed when the build succeeds
+        #: (resource, version) of every recorded version the build got or put; marked passed when the build succeeds
         self.gotten: list[tuple[str, str]] = []
         jobs_dir = self.work_dir / "builds" / self.job_name
         jobs_dir.mkdir(parents=True, exist_ok=True)
