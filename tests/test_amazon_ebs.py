@@ -1,0 +1,487 @@
+"""The ``amazon-ebs`` builder through ``stemforge build`` (a real subprocess, as users run it) against the loopback
+moto server (fixture ``moto_endpoint``), with ``communicator: none``.
+
+Faults are injected on the wire: :class:`Ec2FaultProxy` is a small HTTP proxy on 127.0.0.1 in front of moto that
+reads each EC2 request's ``Action`` and the region from its SigV4 credential scope, and for the rules a test sets
+answers an AWS error (``OptInRequired``: a region the account may not use), throttles (``RequestLimitExceeded``,
+HTTP 503) or holds the request for a while before forwarding it. The build talks to the proxy through
+``custom_endpoint_ec2``, exactly as it would talk to EC2.
+
+What is checked in moto after each run, in the build region and all 16 copy regions: no AMI with the build's name,
+no snapshot that was not there before, no key pair or security group named ``packer_*`` tagged with the test's id,
+no instance of the test that is not terminated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.aws
+
+PYTHON = sys.executable
+BUILD_REGION = "us-east-1"
+REGIONS_16 = [
+    "us-east-2", "us-west-1", "us-west-2", "ca-central-1", "eu-west-1", "eu-west-2", "eu-west-3", "eu-central-1",
+    "eu-north-1", "ap-south-1", "ap-northeast-1", "ap-northeast-2", "ap-northeast-3", "ap-southeast-1",
+    "ap-southeast-2", "sa-east-1",
+]
+SECRET = "sEcReT-kEy-never-printed-4242"
+ACCESS_KEY = "AKIASTEMFORGETEST01"
+
+
+# --------------------------------------------------------------------------------------------------- the proxy
+
+
+@dataclass
+class Rule:
+    """What to do with requests of ``action`` in ``region``: ``fail`` (AWS error ``code``), ``throttle`` (the
+    first ``count`` requests get RequestLimitExceeded) or ``delay`` (hold ``seconds``, then forward)."""
+
+    action: str
+    region: str
+    kind: str
+    code: str = "OptInRequired"
+    count: int = 1_000_000
+    seconds: float = 0.0
+    arrived: threading.Event = field(default_factory=threading.Event)
+    hits: int = 0
+
+
+class Ec2FaultProxy:
+    """A loopback HTTP proxy in front of moto that injects faults by EC2 action and region."""
+
+    def __init__(self, upstream: str) -> None:
+        parsed = urllib.parse.urlparse(upstream)
+        self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        self.rules: list[Rule] = []
+        self.forwarded: list[tuple[str, str]] = []
+        #: (region, AMI id) of every image a CreateImage/CopyImage answer named: what the build made
+        self.images: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.handle(self, body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                proxy.handle(self, b"")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> Ec2FaultProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def add(self, rule: Rule) -> Rule:
+        self.rules.append(rule)
+        return rule
+
+    def count(self, action: str) -> int:
+        with self.lock:
+            return sum(1 for a, _r in self.forwarded if a == action)
+
+    def handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        action = (urllib.parse.parse_qs(body.decode(errors="replace")).get("Action") or [""])[0]
+        auth = handler.headers.get("Authorization", "")
+        region = auth.split("Credential=", 1)[1].split("/")[2] if "Credential=" in auth else ""
+        for rule in self.rules:
+            if rule.action != action or rule.region != region:
+                continue
+            with self.lock:
+                rule.hits += 1
+                hit = rule.hits
+            rule.arrived.set()
+            if rule.kind == "delay":
+                time.sleep(rule.seconds)
+            elif rule.kind == "fail":
+                time.sleep(rule.seconds)
+                return self._error(handler, 400, rule.code, f"injected fault: {action} in {region}")
+            elif rule.kind == "throttle" and hit <= rule.count:
+                return self._error(handler, 503, "RequestLimitExceeded", "Request limit exceeded.")
+        conn = http.client.HTTPConnection(*self.upstream, timeout=120)
+        try:
+            headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("connection", "host")}
+            headers["Host"] = f"{self.upstream[0]}:{self.upstream[1]}"
+            conn.request(handler.command, handler.path, body=body or None, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            handler.send_response(response.status)
+            for key, value in response.getheaders():
+                if key.lower() not in ("connection", "transfer-encoding", "content-length", "server", "date"):
+                    handler.send_header(key, value)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+        finally:
+            conn.close()
+        with self.lock:
+            self.forwarded.append((action, region))
+            if action in ("CreateImage", "CopyImage") and response.status == 200:
+                match = re.search(rb"<imageId>(ami-[0-9a-f]+)</imageId>", data)
+                if match:
+                    self.images.append((region, match.group(1).decode()))
+
+    @staticmethod
+    def _error(handler: BaseHTTPRequestHandler, status: int, code: str, message: str) -> None:
+        data = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code>"
+                f"<Message>{message}</Message></Error></Errors><RequestID>{uuid.uuid4()}</RequestID>"
+                "</Response>").encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "text/xml")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+def ec2(endpoint: str, region: str) -> Any:
+    import boto3
+
+    return boto3.session.Session().client("ec2", region_name=region, endpoint_url=endpoint,
+                                          aws_access_key_id="testing", aws_secret_access_key="testing-secret")
+
+
+@pytest.fixture(scope="module")
+def clients(moto_endpoint: str) -> dict[str, Any]:
+    """One boto3 client per region, straight to moto (never through the proxy); every region's moto backend
+    is warmed up once (moto loads its default AMIs per region on first use)."""
+    regions = [BUILD_REGION, *REGIONS_16]
+    out = {r: ec2(moto_endpoint, r) for r in regions}
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda r: out[r].describe_regions(), regions))
+    return out
+
+
+@pytest.fixture
+def proxy(moto_endpoint: str) -> Iterator[Ec2FaultProxy]:
+    with Ec2FaultProxy(moto_endpoint) as p:
+        yield p
+
+
+def leftovers(clients: Mapping[str, Any], ami_name: str, test_id: str, proxy: Ec2FaultProxy) -> list[str]:
+    """Everything the build may have left behind, as readable lines (empty when clean): AMIs named ``ami_name``
+    in any region, snapshots of any AMI the build made (moto describes a snapshot made for an AMI as "... for
+    ami-..." / "... for AMI ami-..."; the proxy saw every CreateImage/CopyImage answer), and in the build region
+    the test's key pairs, security groups and instances that are not terminated."""
+    tag = [{"Name": "tag:stemforge-test", "Values": [test_id]}]
+    made: dict[str, list[str]] = {}
+    for region, image in proxy.images:
+        made.setdefault(region, []).append(image)
+
+    def one(region: str) -> list[str]:
+        c = clients[region]
+        out = [f"{region}: AMI {i['ImageId']}" for i in c.describe_images(
+            Owners=["self"], Filters=[{"Name": "name", "Values": [ami_name]}])["Images"]]
+        if made.get(region):
+            snaps = c.describe_snapshots(OwnerIds=["self"], Filters=[
+                {"Name": "description", "Values": [f"*{image}" for image in made[region]]}])["Snapshots"]
+            out += [f"{region}: snapshot {s['SnapshotId']} ({s.get('Description')})" for s in snaps]
+        if region == BUILD_REGION:
+            out += [f"{region}: key pair {k['KeyName']}" for k in c.describe_key_pairs(Filters=tag)["KeyPairs"]]
+            out += [f"{region}: security group {g['GroupId']}"
+                    for g in c.describe_security_groups(Filters=tag)["SecurityGroups"]]
+            out += [f"{region}: instance {i['InstanceId']} {i['State']['Name']}"
+                    for r in c.describe_instances(Filters=tag)["Reservations"] for i in r["Instances"]
+                    if i["State"]["Name"] != "terminated"]
+        return out
+
+    with ThreadPoolExecutor(4) as pool:
+        return [line for lines in pool.map(one, list(clients)) for line in lines]
+
+
+def template(tmp_path: Path, endpoint: str, test_id: str, *, regions: Sequence[str] = REGIONS_16,
+             extra: Mapping[str, Any] | None = None, post: Any = None) -> Path:
+    builder: dict[str, Any] = {
+        "type": "amazon-ebs", "region": BUILD_REGION, "custom_endpoint_ec2": endpoint,
+        "access_key": "{{user `aws_access_key`}}", "secret_key": "{{user `aws_secret_key`}}",
+        "source_ami_filter": {"filters": {"name": "ubuntu/images/*", "root-device-type": "ebs"},
+                              "owners": ["099720109477"], "most_recent": True},
+        "instance_type": "t3.micro", "communicator": "none",
+        "ami_name": f"stemforge-{test_id} {{{{timestamp}}}}",
+        "ami_description": "built from {{ .SourceAMIName }}",
+        "ami_regions": list(regions),
+        "tags": {"OS_Version": "Ubuntu", "Base_AMI_Name": "{{ .SourceAMIName }}", "Region": "{{ .BuildRegion }}",
+                 "stemforge-test": test_id},
+        "snapshot_tags": {"kind": "root"},
+        "run_tags": {"stemforge-test": test_id},
+        "aws_polling": {"delay_seconds": 1, "max_attempts": 120},
+    }
+    builder.update(extra or {})
+    doc: dict[str, Any] = {
+        "variables": {"aws_access_key": ACCESS_KEY, "aws_secret_key": SECRET},
+        "builders": [builder],
+        "provisioners": [{"type": "shell-local", "inline": ["echo provisioned by {{build_name}}"]}],
+    }
+    if post is not None:
+        doc["post-processors"] = post
+    path = tmp_path / "ami.json"
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
+def stemforge(args: Sequence[str], cwd: Path, timeout: float = 240,
+              env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, **(env or {})}
+    full.pop("STEMFORGE_FAILPOINTS", None)
+    return subprocess.run([PYTHON, "-m", "stemforge.cli", *args], cwd=cwd, env=full, text=True,
+                          capture_output=True, timeout=timeout, check=False)
+
+
+def ami_name_in(output: str, test_id: str) -> str:
+    for line in output.splitlines():
+        if "Prevalidating AMI Name: " in line:
+            return line.split("Prevalidating AMI Name: ", 1)[1].strip()
+    raise AssertionError(f"no AMI name in the output:\n{output}")
+
+
+# ---------------------------------------------------------------------------------------------------- tests
+
+
+def test_16_regions_in_parallel_manifest_lists_all_sorted(tmp_path: Path, moto_endpoint: str,
+                                                          clients: dict[str, Any], proxy: Ec2FaultProxy) -> None:
+    test_id = uuid.uuid4().hex[:10]
+    manifest = tmp_path / "packer-manifest.json"
+    path = template(tmp_path, proxy.url, test_id, post=[{"type": "manifest", "output": str(manifest)}])
+    log = tmp_path / "debug.log"
+    result = stemforge(["build", str(path)], tmp_path, env={"STEMFORGE_LOG_PATH": str(log)})
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert SECRET not in out and SECRET not in log.read_text()
+    assert ACCESS_KEY not in log.read_text()
+    name = ami_name_in(out, test_id)
+    assert name.startswith(f"stemforge-{test_id} ") and name.split()[-1].isdigit(), "{{timestamp}} rendered"
+    assert "provisioned by amazon-ebs" in out
+    assert "Copying/Encrypting AMI" in out and "Copied ami-" in out and "to 16 region(s)" in out
+    for line in ("Creating temporary keypair: packer_", "Deleting temporary keypair...",
+                 "Creating temporary security group for this instance: packer_", "Deleting temporary security group",
+                 "Terminating the source AWS instance..."):
+        assert line in out, line
+
+    data = json.loads(manifest.read_text())
+    build = data["builds"][0]
+    pairs = build["artifact_id"].split(",")
+    assert pairs == sorted(pairs) and len(pairs) == 17
+    amis = dict(p.split(":", 1) for p in pairs)
+    assert sorted(amis) == sorted([BUILD_REGION, *REGIONS_16])
+    assert build["builder_type"] == "amazon-ebs" and build["files"] in (None, [])
+
+    # every region has its AMI, available, named, described, tagged (per region), its snapshots tagged too
+    def check(region: str) -> None:
+        c = clients[region]
+        image = c.describe_images(ImageIds=[amis[region]])["Images"][0]
+        assert image["State"] == "available" and image["Name"] == name
+        tags = {t["Key"]: t["Value"] for t in image.get("Tags") or []}
+        assert tags["Region"] == region and tags["stemforge-test"] == test_id
+        assert tags["Base_AMI_Name"].startswith("ubuntu/images/")
+        snaps = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"] if "Ebs" in m]
+        assert snaps
+        for snap in c.describe_snapshots(SnapshotIds=snaps)["Snapshots"]:
+            stags = {t["Key"]: t["Value"] for t in snap.get("Tags") or []}
+            assert stags.get("kind") == "root" and stags.get("OS_Version") == "Ubuntu"
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(check, sorted(amis)))
+    # the temporary key pair, security group and instance are gone; only the AMIs (and their snapshots) stay
+    left = leftovers(clients, name, test_id, proxy)
+    assert all(": AMI ami-" in line or ": snapshot snap-" in line for line in left), left
+    assert len([line for line in left if ": AMI ami-" in line]) == 17
+    assert len(proxy.images) == 17 and {r for r, _i in proxy.images} == {BUILD_REGION, *REGIONS_16}
+
+
+def test_fault_in_one_region_rolls_back_every_region(tmp_path: Path, moto_endpoint: str, clients: dict[str, Any],
+                                                     proxy: Ec2FaultProxy) -> None:
+    test_id = uuid.uuid4().hex[:10]
+    # eu-west-3 refuses the copy, after the other 15 copies had time to complete
+    proxy.add(Rule("CopyImage", "eu-west-3", "fail", code="OptInRequired", seconds=2.0))
+    path = template(tmp_path, proxy.url, test_id)
+    result = stemforge(["build", str(path)], tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert SECRET not in out
+    assert "Error Copying AMI" in out and "eu-west-3" in out and "OptInRequired" in out
+    assert out.count("available after") == 15, "the other 15 copies were made before the fault"
+    # 15 copies removed, and eu-west-3 searched by name (its CopyImage was sent: a copy could exist)
+    assert "Deregistering the AMI copies and deleting their snapshots in 16 region(s)" in out
+    assert "eu-west-3: removed nothing (no copy was made)" in out
+    assert out.count("(snapshots: snap-") == 16, "15 copies and the build region's AMI, each with its snapshot"
+    assert "Terminating the source AWS instance..." in out and "Deleting temporary keypair..." in out
+    name = ami_name_in(out, test_id)
+    assert leftovers(clients, name, test_id, proxy) == []
+
+
+def test_throttled_copies_are_retried(tmp_path: Path, moto_endpoint: str, clients: dict[str, Any],
+                                      proxy: Ec2FaultProxy) -> None:
+    test_id = uuid.uuid4().hex[:10]
+    for region in ("ap-south-1", "sa-east-1"):
+        proxy.add(Rule("CopyImage", region, "throttle", count=2))
+    proxy.add(Rule("CreateTags", "eu-north-1", "throttle", count=1))
+    path = template(tmp_path, proxy.url, test_id, regions=REGIONS_16[:4] + ["ap-south-1", "sa-east-1", "eu-north-1"])
+    result = stemforge(["build", str(path)], tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert out.count("copy_image attempt") == 4 and "RequestLimitExceeded" in out
+    assert "eu-north-1: create_tags attempt 1 failed" in out
+    assert proxy.count("CopyImage") == 7
+
+
+def test_sigint_mid_copy_removes_everything(tmp_path: Path, moto_endpoint: str, clients: dict[str, Any],
+                                            proxy: Ec2FaultProxy) -> None:
+    test_id = uuid.uuid4().hex[:10]
+    held = proxy.add(Rule("CopyImage", "ap-southeast-2", "delay", seconds=6.0))
+    path = template(tmp_path, proxy.url, test_id)
+    env = {**os.environ}
+    env.pop("STEMFORGE_FAILPOINTS", None)
+    proc = subprocess.Popen([PYTHON, "-m", "stemforge.cli", "build", str(path)], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert held.arrived.wait(180), "the held copy request never arrived"
+        deadline = time.monotonic() + 60
+        while proxy.count("CopyImage") < 15 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proxy.count("CopyImage") == 15, "the other copies completed while one is held"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, out
+    assert "Cleanly cancelled builds after being interrupted." in out
+    assert "Deregistering the AMI copies and deleting their snapshots in 16 region(s)" in out, out
+    name = ami_name_in(out, test_id)
+    assert leftovers(clients, name, test_id, proxy) == []
+
+
+def test_abort_leaves_copies_and_says_where(tmp_path: Path, moto_endpoint: str, clients: dict[str, Any],
+                                            proxy: Ec2FaultProxy) -> None:
+    """-on-error=abort is for debugging: nothing is removed and the output lists what was left."""
+    test_id = uuid.uuid4().hex[:10]
+    proxy.add(Rule("CopyImage", "us-west-1", "fail", seconds=1.0))
+    path = template(tmp_path, proxy.url, test_id, regions=["us-east-2", "us-west-1"])
+    result = stemforge(["build", "-on-error=abort", str(path)], tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "Leaving the AMIs made so far in place (-on-error=abort): " in out
+    name = ami_name_in(out, test_id)
+    left = [i["ImageId"] for i in clients["us-east-2"].describe_images(
+        Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]]
+    assert len(left) == 1 and f"us-east-2:{left[0]}" in out
+    # clean up what abort left (the test's own hygiene)
+    for region in (BUILD_REGION, "us-east-2"):
+        for image in clients[region].describe_images(Owners=["self"],
+                                                     Filters=[{"Name": "name", "Values": [name]}])["Images"]:
+            clients[region].deregister_image(ImageId=image["ImageId"])
+    tag = [{"Name": "tag:stemforge-test", "Values": [test_id]}]
+    c = clients[BUILD_REGION]
+    ids = [i["InstanceId"] for r in c.describe_instances(Filters=tag)["Reservations"] for i in r["Instances"]]
+    if ids:
+        c.terminate_instances(InstanceIds=ids)
+    for key in c.describe_key_pairs(Filters=tag)["KeyPairs"]:
+        c.delete_key_pair(KeyName=key["KeyName"])
+    with contextlib.suppress(Exception):
+        for group in c.describe_security_groups(Filters=tag)["SecurityGroups"]:
+            c.delete_security_group(GroupId=group["GroupId"])
+
+
+def test_failpoint_after_create_ami_removes_the_ami_and_temporaries(tmp_path: Path, moto_endpoint: str,
+                                                                    clients: dict[str, Any],
+                                                                    proxy: Ec2FaultProxy) -> None:
+    test_id = uuid.uuid4().hex[:10]
+    path = template(tmp_path, proxy.url, test_id, regions=["eu-west-1"])
+    env = {**os.environ, "STEMFORGE_FAILPOINTS": "after:create-ami"}
+    result = subprocess.run([PYTHON, "-m", "stemforge.cli", "build", str(path)], cwd=tmp_path, env=env, text=True,
+                            capture_output=True, timeout=240, check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "failpoint after:create-ami fired" in out
+    assert "Deregistering the AMI ami-" in out
+    assert leftovers(clients, ami_name_in(out, test_id), test_id, proxy) == []
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+VALIDATION_CASES = [
+    ({"region_kms_key_ids": {"us-east-2": "alias/images"}, "encrypt_boot": True, "ami_regions": ["us-east-2",
+                                                                                                  "eu-west-1"]},
+     "Region eu-west-1 is in ami_regions but not in region_kms_key_ids"),
+    ({"region_kms_key_ids": {"us-east-2": "alias/a", "eu-west-9": "alias/b"}, "encrypt_boot": True,
+      "ami_regions": ["us-east-2"]}, "Region eu-west-9 is in region_kms_key_ids but not in ami_regions"),
+    ({"region_kms_key_ids": {"us-east-2": "alias/a"}, "ami_regions": ["us-east-2"]},
+     "If you have set either region_kms_key_ids or kms_key_id, encrypt_boot must also be true."),
+    ({"kms_key_id": "not a key!", "encrypt_boot": True}, '"not a key!" is not a valid KMS Key Id.'),
+    ({"ami_users": ["111122223333"], "encrypt_boot": True}, "Cannot share AMI encrypted with default KMS key"),
+    ({"ami_users": ["111122223333"], "encrypt_boot": True, "ami_regions": ["us-east-2"],
+      "region_kms_key_ids": {"us-east-2": ""}}, "Cannot share AMI encrypted with default KMS key for other regions"),
+    ({"ami_regions": ["us-east-2", "mars-north-1"]}, "ami_regions[1]: Invalid region: mars-north-1"),
+    ({"ami_name": "x"}, "ami_name must be between 3 and 128 characters long"),
+    ({"ami_name": "bad*name"}, "AMIName should only contain alphanumeric characters"),
+    ({"ami_nmae": "typo"}, "unknown configuration key: 'ami_nmae' (did you mean 'ami_name'?)"),
+    ({"shutdown_behavior": "hibernate"}, "shutdown_behavior only accepts 'stop' or 'terminate' values."),
+    ({"source_ami_filter": {"filters": {"name": "x"}}}, "For security reasons, you must declare an owner."),
+    ({"spot_price": "auto"}, "spot_price: not supported by stemforge: spot instances are not supported"),
+    ({"communicator": "ssh"}, "An ssh_username must be specified"),
+    ({"encrypt_boot": "maybe"}, "'encrypt_boot' expected type 'boolean', got unconvertible type 'string'"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), VALIDATION_CASES, ids=[m[:40] for _e, m in VALIDATION_CASES])
+def test_option_errors_name_the_key(tmp_path: Path, extra: dict[str, Any], message: str) -> None:
+    path = template(tmp_path, "http://127.0.0.1:9", "validate", regions=[], extra=extra)
+    result = stemforge(["validate", str(path)], tmp_path, timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert message in out, out
+    assert SECRET not in out
+
+
+def test_valid_kms_rules_and_clean_resource_name_validate(tmp_path: Path) -> None:
+    extra = {
+        "encrypt_boot": True,
+        "kms_key_id": "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "region_kms_key_ids": {"us-east-2": "alias/east2", "eu-west-1": "mrk-1234abcd12ab34cd56ef1234567890ab",
+                               "us-east-1": "alias/east1"},
+        "ami_name": "{{ `Stemforge Ubuntu: 22.04 (jammy)` | clean_resource_name }}-{{timestamp}}",
+    }
+    path = template(tmp_path, "http://127.0.0.1:9", "validate", regions=["us-east-2", "eu-west-1", "us-east-1"],
+                    extra=extra)
+    result = stemforge(["validate", str(path)], tmp_path, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
