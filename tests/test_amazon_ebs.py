@@ -40,9 +40,22 @@ pytestmark = pytest.mark.aws
 PYTHON = sys.executable
 BUILD_REGION = "us-east-1"
 REGIONS_16 = [
-    "us-east-2", "us-west-1", "us-west-2", "ca-central-1", "eu-west-1", "eu-west-2", "eu-west-3", "eu-central-1",
-    "eu-north-1", "ap-south-1", "ap-northeast-1", "ap-northeast-2", "ap-northeast-3", "ap-southeast-1",
-    "ap-southeast-2", "sa-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "ca-central-1",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "eu-central-1",
+    "eu-north-1",
+    "ap-south-1",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "sa-east-1",
 ]
 SECRET = "sEcReT-kEy-never-printed-4242"
 ACCESS_KEY = "AKIASTEMFORGETEST01"
@@ -160,9 +173,11 @@ class Ec2FaultProxy:
 
     @staticmethod
     def _error(handler: BaseHTTPRequestHandler, status: int, code: str, message: str) -> None:
-        data = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code>"
-                f"<Message>{message}</Message></Error></Errors><RequestID>{uuid.uuid4()}</RequestID>"
-                "</Response>").encode()
+        data = (
+            f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
+            f"<Message>{message}</Message></Error></Errors><RequestID>{uuid.uuid4()}</RequestID>"
+            "</Response>"
+        ).encode()
         handler.send_response(status)
         handler.send_header("Content-Type", "text/xml")
         handler.send_header("Content-Length", str(len(data)))
@@ -176,8 +191,13 @@ class Ec2FaultProxy:
 def ec2(endpoint: str, region: str) -> Any:
     import boto3
 
-    return boto3.session.Session().client("ec2", region_name=region, endpoint_url=endpoint,
-                                          aws_access_key_id="testing", aws_secret_access_key="testing-secret")
+    return boto3.session.Session().client(
+        "ec2",
+        region_name=region,
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing-secret",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -209,38 +229,64 @@ def leftovers(clients: Mapping[str, Any], ami_name: str, test_id: str, proxy: Ec
 
     def one(region: str) -> list[str]:
         c = clients[region]
-        out = [f"{region}: AMI {i['ImageId']}" for i in c.describe_images(
-            Owners=["self"], Filters=[{"Name": "name", "Values": [ami_name]}])["Images"]]
+        out = [
+            f"{region}: AMI {i['ImageId']}"
+            for i in c.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [ami_name]}])["Images"]
+        ]
         if made.get(region):
-            snaps = c.describe_snapshots(OwnerIds=["self"], Filters=[
-                {"Name": "description", "Values": [f"*{image}" for image in made[region]]}])["Snapshots"]
+            snaps = c.describe_snapshots(
+                OwnerIds=["self"], Filters=[{"Name": "description", "Values": [f"*{image}" for image in made[region]]}]
+            )["Snapshots"]
             out += [f"{region}: snapshot {s['SnapshotId']} ({s.get('Description')})" for s in snaps]
         if region == BUILD_REGION:
             out += [f"{region}: key pair {k['KeyName']}" for k in c.describe_key_pairs(Filters=tag)["KeyPairs"]]
-            out += [f"{region}: security group {g['GroupId']}"
-                    for g in c.describe_security_groups(Filters=tag)["SecurityGroups"]]
-            out += [f"{region}: instance {i['InstanceId']} {i['State']['Name']}"
-                    for r in c.describe_instances(Filters=tag)["Reservations"] for i in r["Instances"]
-                    if i["State"]["Name"] != "terminated"]
+            out += [
+                f"{region}: security group {g['GroupId']}"
+                for g in c.describe_security_groups(Filters=tag)["SecurityGroups"]
+            ]
+            out += [
+                f"{region}: instance {i['InstanceId']} {i['State']['Name']}"
+                for r in c.describe_instances(Filters=tag)["Reservations"]
+                for i in r["Instances"]
+                if i["State"]["Name"] != "terminated"
+            ]
         return out
 
     with ThreadPoolExecutor(4) as pool:
         return [line for lines in pool.map(one, list(clients)) for line in lines]
 
 
-def template(tmp_path: Path, endpoint: str, test_id: str, *, regions: Sequence[str] = REGIONS_16,
-             extra: Mapping[str, Any] | None = None, post: Any = None) -> Path:
+def template(
+    tmp_path: Path,
+    endpoint: str,
+    test_id: str,
+    *,
+    regions: Sequence[str] = REGIONS_16,
+    extra: Mapping[str, Any] | None = None,
+    post: Any = None,
+) -> Path:
     builder: dict[str, Any] = {
-        "type": "amazon-ebs", "region": BUILD_REGION, "custom_endpoint_ec2": endpoint,
-        "access_key": "{{user `aws_access_key`}}", "secret_key": "{{user `aws_secret_key`}}",
-        "source_ami_filter": {"filters": {"name": "ubuntu/images/*", "root-device-type": "ebs"},
-                              "owners": ["099720109477"], "most_recent": True},
-        "instance_type": "t3.micro", "communicator": "none",
+        "type": "amazon-ebs",
+        "region": BUILD_REGION,
+        "custom_endpoint_ec2": endpoint,
+        "access_key": "{{user `aws_access_key`}}",
+        "secret_key": "{{user `aws_secret_key`}}",
+        "source_ami_filter": {
+            "filters": {"name": "ubuntu/images/*", "root-device-type": "ebs"},
+            "owners": ["099720109477"],
+            "most_recent": True,
+        },
+        "instance_type": "t3.micro",
+        "communicator": "none",
         "ami_name": f"stemforge-{test_id} {{{{timestamp}}}}",
         "ami_description": "built from {{ .SourceAMIName }}",
         "ami_regions": list(regions),
-        "tags": {"OS_Version": "Ubuntu", "Base_AMI_Name": "{{ .SourceAMIName }}", "Region": "{{ .BuildRegion }}",
-                 "stemforge-test": test_id},
+        "tags": {
+            "OS_Version": "Ubuntu",
+            "Base_AMI_Name": "{{ .SourceAMIName }}",
+            "Region": "{{ .BuildRegion }}",
+            "stemforge-test": test_id,
+        },
         "snapshot_tags": {"kind": "root"},
         "run_tags": {"stemforge-test": test_id},
         "aws_polling": {"delay_seconds": 1, "max_attempts": 120},
@@ -258,12 +304,20 @@ def template(tmp_path: Path, endpoint: str, test_id: str, *, regions: Sequence[s
     return path
 
 
-def stemforge(args: Sequence[str], cwd: Path, timeout: float = 240,
-              env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def stemforge(
+    args: Sequence[str], cwd: Path, timeout: float = 240, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **(env or {})}
     full.pop("STEMFORGE_FAILPOINTS", None)
-    return subprocess.run([PYTHON, "-m", "stemforge.cli", *args], cwd=cwd, env=full, text=True,
-                          capture_output=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [PYTHON, "-m", "stemforge.cli", *args],
+        cwd=cwd,
+        env=full,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def ami_name_in(output: str, test_id: str) -> str:
@@ -276,8 +330,9 @@ def ami_name_in(output: str, test_id: str) -> str:
 # ---------------------------------------------------------------------------------------------------- tests
 
 
-def test_16_regions_in_parallel_manifest_lists_all_sorted(tmp_path: Path, moto_endpoint: str,
-                                                          clients: dict[str, Any], proxy: Ec2FaultProxy) -> None:
+def test_16_regions_in_parallel_manifest_lists_all_sorted(
+    tmp_path: Path, moto_endpoint: str, clients: dict[str, Any], proxy: Ec2FaultProxy
+) -> None:
     test_id = uuid.uuid4().hex[:10]
     manifest = tmp_path / "packer-manifest.json"
     path = template(tmp_path, proxy.url, test_id, post=[{"type": "manifest", "output": str(manifest)}])
@@ -291,9 +346,13 @@ def test_16_regions_in_parallel_manifest_lists_all_sorted(tmp_path: Path, moto_e
     assert name.startswith(f"stemforge-{test_id} ") and name.split()[-1].isdigit(), "{{timestamp}} rendered"
     assert "provisioned by amazon-ebs" in out
     assert "Copying/Encrypting AMI" in out and "Copied ami-" in out and "to 16 region(s)" in out
-    for line in ("Creating temporary keypair: packer_", "Deleting temporary keypair...",
-                 "Creating temporary security group for this instance: packer_", "Deleting temporary security group",
-                 "Terminating the source AWS instance..."):
+    for line in (
+        "Creating temporary keypair: packer_",
+        "Deleting temporary keypair...",
+        "Creating temporary security group for this instance: packer_",
+        "Deleting temporary security group",
+        "Terminating the source AWS instance...",
+    ):
         assert line in out, line
 
     data = json.loads(manifest.read_text())
@@ -327,8 +386,9 @@ def test_16_regions_in_parallel_manifest_lists_all_sorted(tmp_path: Path, moto_e
     assert len(proxy.images) == 17 and {r for r, _i in proxy.images} == {BUILD_REGION, *REGIONS_16}
 
 
-def test_fault_in_one_region_rolls_back_every_region(tmp_path: Path, moto_endpoint: str, clients: dict[str, Any],
-                                                     proxy: Ec2FaultProxy) -> None:
+def test_fault_in_one_region_rolls_back_every_region(
+    tmp_path: Path, moto_endpoint: str, clients: dict[str, Any], proxy: Ec2FaultProxy
+) -> None:
     test_id = uuid.uuid4().hex[:10]
     # eu-west-3 refuses the copy, after the other 15 copies had time to complete
     proxy.add(Rule("CopyImage", "eu-west-3", "fail", code="OptInRequired", seconds=2.0))
@@ -348,8 +408,9 @@ def test_fault_in_one_region_rolls_back_every_region(tmp_path: Path, moto_endpoi
     assert leftovers(clients, name, test_id, proxy) == []
 
 
-def test_throttled_copies_are_retried(tmp_path: Path, moto_endpoint: str, clients: dict[str, Any],
-                                      proxy: Ec2FaultProxy) -> None:
+def test_throttled_copies_are_retried(
+    tmp_path: Path, moto_endpoint: str, clients: dict[str, Any], proxy: Ec2FaultProxy
+) -> None:
     test_id = uuid.uuid4().hex[:10]
     for region in ("ap-south-1", "sa-east-1"):
         proxy.add(Rule("CopyImage", region, "throttle", count=2))
@@ -363,15 +424,22 @@ def test_throttled_copies_are_retried(tmp_path: Path, moto_endpoint: str, client
     assert proxy.count("CopyImage") == 7
 
 
-def test_sigint_mid_copy_removes_everything(tmp_path: Path, moto_endpoint: str, clients: dict[str, Any],
-                                            proxy: Ec2FaultProxy) -> None:
+def test_sigint_mid_copy_removes_everything(
+    tmp_path: Path, moto_endpoint: str, clients: dict[str, Any], proxy: Ec2FaultProxy
+) -> None:
     test_id = uuid.uuid4().hex[:10]
     held = proxy.add(Rule("CopyImage", "ap-southeast-2", "delay", seconds=6.0))
     path = template(tmp_path, proxy.url, test_id)
     env = {**os.environ}
     env.pop("STEMFORGE_FAILPOINTS", None)
-    proc = subprocess.Popen([PYTHON, "-m", "stemforge.cli", "build", str(path)], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "stemforge.cli", "build", str(path)],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         assert held.arrived.wait(180), "the held copy request never arrived"
         deadline = time.monotonic() + 60
@@ -391,8 +459,9 @@ def test_sigint_mid_copy_removes_everything(tmp_path: Path, moto_endpoint: str, 
     assert leftovers(clients, name, test_id, proxy) == []
 
 
-def test_abort_leaves_copies_and_says_where(tmp_path: Path, moto_endpoint: str, clients: dict[str, Any],
-                                            proxy: Ec2FaultProxy) -> None:
+def test_abort_leaves_copies_and_says_where(
+    tmp_path: Path, moto_endpoint: str, clients: dict[str, Any], proxy: Ec2FaultProxy
+) -> None:
     """-on-error=abort is for debugging: nothing is removed and the output lists what was left."""
     test_id = uuid.uuid4().hex[:10]
     proxy.add(Rule("CopyImage", "us-west-1", "fail", seconds=1.0))
@@ -402,13 +471,18 @@ def test_abort_leaves_copies_and_says_where(tmp_path: Path, moto_endpoint: str, 
     assert result.returncode == 1
     assert "Leaving the AMIs made so far in place (-on-error=abort): " in out
     name = ami_name_in(out, test_id)
-    left = [i["ImageId"] for i in clients["us-east-2"].describe_images(
-        Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]]
+    left = [
+        i["ImageId"]
+        for i in clients["us-east-2"].describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])[
+            "Images"
+        ]
+    ]
     assert len(left) == 1 and f"us-east-2:{left[0]}" in out
     # clean up what abort left (the test's own hygiene)
     for region in (BUILD_REGION, "us-east-2"):
-        for image in clients[region].describe_images(Owners=["self"],
-                                                     Filters=[{"Name": "name", "Values": [name]}])["Images"]:
+        for image in clients[region].describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])[
+            "Images"
+        ]:
             clients[region].deregister_image(ImageId=image["ImageId"])
     tag = [{"Name": "tag:stemforge-test", "Values": [test_id]}]
     c = clients[BUILD_REGION]
@@ -422,14 +496,21 @@ def test_abort_leaves_copies_and_says_where(tmp_path: Path, moto_endpoint: str, 
             c.delete_security_group(GroupId=group["GroupId"])
 
 
-def test_failpoint_after_create_ami_removes_the_ami_and_temporaries(tmp_path: Path, moto_endpoint: str,
-                                                                    clients: dict[str, Any],
-                                                                    proxy: Ec2FaultProxy) -> None:
+def test_failpoint_after_create_ami_removes_the_ami_and_temporaries(
+    tmp_path: Path, moto_endpoint: str, clients: dict[str, Any], proxy: Ec2FaultProxy
+) -> None:
     test_id = uuid.uuid4().hex[:10]
     path = template(tmp_path, proxy.url, test_id, regions=["eu-west-1"])
     env = {**os.environ, "STEMFORGE_FAILPOINTS": "after:create-ami"}
-    result = subprocess.run([PYTHON, "-m", "stemforge.cli", "build", str(path)], cwd=tmp_path, env=env, text=True,
-                            capture_output=True, timeout=240, check=False)
+    result = subprocess.run(
+        [PYTHON, "-m", "stemforge.cli", "build", str(path)],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=240,
+        check=False,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 1, out
     assert "failpoint after:create-ami fired" in out
@@ -440,17 +521,37 @@ def test_failpoint_after_create_ami_removes_the_ami_and_temporaries(tmp_path: Pa
 # ------------------------------------------------------------------------------------------------ validation
 
 VALIDATION_CASES = [
-    ({"region_kms_key_ids": {"us-east-2": "alias/images"}, "encrypt_boot": True, "ami_regions": ["us-east-2",
-                                                                                                  "eu-west-1"]},
-     "Region eu-west-1 is in ami_regions but not in region_kms_key_ids"),
-    ({"region_kms_key_ids": {"us-east-2": "alias/a", "eu-west-9": "alias/b"}, "encrypt_boot": True,
-      "ami_regions": ["us-east-2"]}, "Region eu-west-9 is in region_kms_key_ids but not in ami_regions"),
-    ({"region_kms_key_ids": {"us-east-2": "alias/a"}, "ami_regions": ["us-east-2"]},
-     "If you have set either region_kms_key_ids or kms_key_id, encrypt_boot must also be true."),
+    (
+        {
+            "region_kms_key_ids": {"us-east-2": "alias/images"},
+            "encrypt_boot": True,
+            "ami_regions": ["us-east-2", "eu-west-1"],
+        },
+        "Region eu-west-1 is in ami_regions but not in region_kms_key_ids",
+    ),
+    (
+        {
+            "region_kms_key_ids": {"us-east-2": "alias/a", "eu-west-9": "alias/b"},
+            "encrypt_boot": True,
+            "ami_regions": ["us-east-2"],
+        },
+        "Region eu-west-9 is in region_kms_key_ids but not in ami_regions",
+    ),
+    (
+        {"region_kms_key_ids": {"us-east-2": "alias/a"}, "ami_regions": ["us-east-2"]},
+        "If you have set either region_kms_key_ids or kms_key_id, encrypt_boot must also be true.",
+    ),
     ({"kms_key_id": "not a key!", "encrypt_boot": True}, '"not a key!" is not a valid KMS Key Id.'),
     ({"ami_users": ["111122223333"], "encrypt_boot": True}, "Cannot share AMI encrypted with default KMS key"),
-    ({"ami_users": ["111122223333"], "encrypt_boot": True, "ami_regions": ["us-east-2"],
-      "region_kms_key_ids": {"us-east-2": ""}}, "Cannot share AMI encrypted with default KMS key for other regions"),
+    (
+        {
+            "ami_users": ["111122223333"],
+            "encrypt_boot": True,
+            "ami_regions": ["us-east-2"],
+            "region_kms_key_ids": {"us-east-2": ""},
+        },
+        "Cannot share AMI encrypted with default KMS key for other regions",
+    ),
     ({"ami_regions": ["us-east-2", "mars-north-1"]}, "ami_regions[1]: Invalid region: mars-north-1"),
     ({"ami_name": "x"}, "ami_name must be between 3 and 128 characters long"),
     ({"ami_name": "bad*name"}, "AMIName should only contain alphanumeric characters"),
@@ -477,11 +578,15 @@ def test_valid_kms_rules_and_clean_resource_name_validate(tmp_path: Path) -> Non
     extra = {
         "encrypt_boot": True,
         "kms_key_id": "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
-        "region_kms_key_ids": {"us-east-2": "alias/east2", "eu-west-1": "mrk-1234abcd12ab34cd56ef1234567890ab",
-                               "us-east-1": "alias/east1"},
+        "region_kms_key_ids": {
+            "us-east-2": "alias/east2",
+            "eu-west-1": "mrk-1234abcd12ab34cd56ef1234567890ab",
+            "us-east-1": "alias/east1",
+        },
         "ami_name": "{{ `Stemforge Ubuntu: 22.04 (jammy)` | clean_resource_name }}-{{timestamp}}",
     }
-    path = template(tmp_path, "http://127.0.0.1:9", "validate", regions=["us-east-2", "eu-west-1", "us-east-1"],
-                    extra=extra)
+    path = template(
+        tmp_path, "http://127.0.0.1:9", "validate", regions=["us-east-2", "eu-west-1", "us-east-1"], extra=extra
+    )
     result = stemforge(["validate", str(path)], tmp_path, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
