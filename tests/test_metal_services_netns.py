@@ -10,6 +10,7 @@ proves that nothing (dnsmasq included) outlives the server.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import json
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from cpi.providers.baremetal.store import Bmc, MetalStore, NodeSpec
+from cpi.providers.baremetal.store import Bmc, Event, MetalStore, NodeSpec
 
 pytestmark = pytest.mark.metal
 
@@ -353,10 +354,35 @@ def test_router_advertisements_when_the_bridge_has_ipv6(lab: Lab) -> None:
     _stop(lab, proc)
 
 
-@pytest.mark.slow
-def test_a_real_pxe_boot_runs_the_ramdisk_through_every_route(lab: Lab) -> None:
-    """A QEMU guest (Debian's iPXE ROM, TCG) on a tap in the bridge network-boots: DHCP -> /boot.ipxe -> /ipxe/<mac>
-    -> the deploy ramdisk over HTTP -> instructions -> a clean job that wipes its disk and reports every stage."""
+@dataclass
+class BootRig:
+    """A QEMU guest on a tap in the lab bridge, booting from the network first (Debian's iPXE ROM, TCG)."""
+
+    lab: Lab
+    mac: str
+    disk: Path
+    console: Path
+    proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        srv = self.lab.server_ns
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", srv, "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-display", "none",
+             "-vga", "none", "-serial", f"file:{self.console}", "-monitor", "none", "-no-reboot", "-boot", "n",
+             "-netdev", "tap,id=n0,ifname=sftap0,script=no,downscript=no",
+             "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}",
+             "-drive", f"file={self.disk},format=raw,if=virtio"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.lab.procs.append(self.proc)
+
+    def console_text(self) -> str:
+        return self.console.read_text(errors="replace") if self.console.exists() else ""
+
+
+def _boot_rig(lab: Lab, disk_bytes: int) -> tuple[BootRig, subprocess.Popen[str]]:
+    """Tap + ULA on the bridge (RA: iPXE does not wait 13 s), node ``pxe1`` enrolled, ``metal serve`` with the real
+    ramdisk started and ready; returns the (not yet started) guest and the server process."""
     from cpi.providers.baremetal.ramdisk.build import ensure_ramdisk
 
     ramdisk = ensure_ramdisk()
@@ -364,54 +390,104 @@ def test_a_real_pxe_boot_runs_the_ramdisk_through_every_route(lab: Lab) -> None:
     _run("ip", "-n", srv, "tuntap", "add", "dev", "sftap0", "mode", "tap")
     _run("ip", "-n", srv, "link", "set", "sftap0", "master", "sfbr0", "up")
     prefix = f"fd5e:{lab.ident[:4]}:{lab.ident[4:]}00::"
-    _run("ip", "-n", srv, "addr", "add", f"{prefix}1/64", "dev", "sfbr0", "nodad")  # RA: iPXE does not wait 13 s
-    vm_mac = "52:54:00:5e:" + lab.client_mac[-5:]
-    _enroll(lab, "pxe1", vm_mac)
+    _run("ip", "-n", srv, "addr", "add", f"{prefix}1/64", "dev", "sfbr0", "nodad")
+    mac = "52:54:00:5e:" + lab.client_mac[-5:]
+    _enroll(lab, "pxe1", mac)
     disk = lab.work / "disk.raw"
     with open(disk, "wb") as fh:
-        fh.truncate(64 * 1024 * 1024)
+        fh.truncate(disk_bytes)
         fh.write(b"OLD-PARTITION-TABLE" * 1000)
         fh.seek(-20000, os.SEEK_END)
         fh.write(b"OLD-BACKUP-GPT" * 1000)
     proc = lab.start_serve(ramdisk=ramdisk.kernel.parent)
     lab.wait_ready(proc)
+    return BootRig(lab, mac, disk, lab.work / "console.log"), proc
+
+
+def _wait_result(store: MetalStore, rig: BootRig, timeout: float = 420) -> list[Event]:
+    """The node's events once the ramdisk reported its result (or the guest stopped); fails with the console."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if store.events("pxe1", kinds=["result"]):
+            break
+        if rig.proc is not None and rig.proc.poll() is not None:
+            break
+        time.sleep(1)
+    events = store.events("pxe1")
+    results = [e for e in events if e.kind == "result"]
+    seen = [(e.kind, e.data.get("stage")) for e in events if e.kind != "heartbeat"]
+    assert results, f"no result event; events {seen}\n{rig.console_text()[-3000:]}"
+    assert results[0].data["ok"] is True, f"{results[0].data}\n{rig.console_text()[-3000:]}"
+    assert rig.proc is not None
+    rig.proc.wait(60)  # the ramdisk powers off (clean) or reboots (deploy; -no-reboot makes QEMU exit)
+    return events
+
+
+@pytest.mark.slow
+def test_a_real_pxe_boot_cleans_through_every_route(lab: Lab) -> None:
+    """A real network boot: DHCP -> /boot.ipxe -> /ipxe/<mac> -> the deploy ramdisk over HTTP -> instructions ->
+    a clean job that wipes the guest's disk and reports every stage."""
+    rig, proc = _boot_rig(lab, 64 * 1024 * 1024)
     store = MetalStore(lab.state_dir)
     try:
         job = store.start_job("pxe1", "clean", {"mode": "clean", "heartbeat_s": 2}, timeout_s=600)
-        console = lab.work / "console.log"
-        qemu = subprocess.Popen(
-            ["ip", "netns", "exec", srv, "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-display", "none",
-             "-vga", "none", "-serial", f"file:{console}", "-monitor", "none", "-no-reboot", "-boot", "n",
-             "-netdev", "tap,id=n0,ifname=sftap0,script=no,downscript=no",
-             "-device", f"virtio-net-pci,netdev=n0,mac={vm_mac}",
-             "-drive", f"file={disk},format=raw,if=virtio"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        lab.procs.append(qemu)
-        deadline = time.monotonic() + 420
-        result = None
-        while time.monotonic() < deadline and result is None:
-            results = store.events("pxe1", kinds=["result"])
-            result = results[0] if results else None
-            if qemu.poll() is not None and result is None:
-                break
-            time.sleep(1)
-        events = store.events("pxe1")
-        tail = console.read_text(errors="replace")[-3000:] if console.exists() else ""
-        assert result is not None, f"no result event; events {[(e.kind, e.data.get('stage')) for e in events]}\n{tail}"
-        assert result.data["ok"] is True, result.data
-        stages = [e.data["stage"] for e in events if e.kind == "stage"]
-        assert stages[0] == "booted" and "disk-wiped" in stages and stages[-1] == "done", stages
-        qemu.wait(60)  # the ramdisk powers off after a clean
+        rig.start()
+        events = _wait_result(store, rig)
     finally:
         store.close()
-    data = disk.read_bytes()
+    stages = [e.data["stage"] for e in events if e.kind == "stage"]
+    assert stages[0] == "booted" and "disk-wiped" in stages and stages[-1] == "done", stages
+    data = rig.disk.read_bytes()
     assert data[: 1024 * 1024] == bytes(1024 * 1024) and data[-1024 * 1024 :] == bytes(1024 * 1024)
     _stop(lab, proc)
     log = lab.log()
-    for route in ("GET /boot.ipxe 200", f"iPXE script for node pxe1 ({vm_mac}, clean job)", "GET /ramdisk/vmlinuz 200",
-                  "GET /ramdisk/initrd.img 200", "GET /v1/nodes/pxe1/instructions 200"):  # fmt: skip
-        assert route in log, route
-    assert "node pxe1 result done ok" in log
+    for line in ("GET /boot.ipxe 200", f"iPXE script for node pxe1 ({rig.mac}, clean job)", "GET /ramdisk/vmlinuz 200",
+                 "GET /ramdisk/initrd.img 200", "GET /v1/nodes/pxe1/instructions 200",
+                 "node pxe1 result done ok"):  # fmt: skip
+        assert line in log, line
     assert job.token not in log
-    assert job.token not in console.read_text(errors="replace"), "the token reached the serial console"
+    assert job.token not in rig.console_text(), "the token reached the serial console"
+
+
+@pytest.mark.slow
+def test_a_real_pxe_boot_deploys_an_image_and_config_drive_from_serve(lab: Lab) -> None:
+    """The deploy side of the routes with the real ramdisk: /images/<name> streamed to the disk and verified,
+    /v1/nodes/<node>/configdrive written into a partition at the end of the disk."""
+    from cpi.configdrive import write_iso
+
+    rig, proc = _boot_rig(lab, 4 * 1024**3)
+    images = lab.state_dir / "images"
+    images.mkdir()
+    image = images / "sc-test.raw"
+    with open(image, "wb") as fh:
+        fh.truncate(16 * 1024 * 1024)
+    subprocess.run(["sfdisk", "--quiet", str(image)], input="label: dos\nstart=2048, type=83\n", text=True,
+                   check=True, capture_output=True, timeout=30)  # fmt: skip
+    with open(image, "r+b") as fh:
+        fh.seek(1024 * 1024)
+        fh.write(os.urandom(15 * 1024 * 1024))
+    payload = image.read_bytes()
+    (lab.state_dir / "configdrives").mkdir()
+    write_iso(lab.state_dir / "configdrives" / "pxe1.iso", {"openstack/latest/meta_data.json": b'{"uuid": "x"}'})
+    base = f"http://{lab.ip}:8080"
+    store = MetalStore(lab.state_dir)
+    try:
+        job = store.start_job("pxe1", "deploy", {
+            "mode": "deploy", "image_url": f"{base}/images/sc-test.raw",
+            "image_sha256": hashlib.sha256(payload).hexdigest(), "image_size": len(payload), "image_format": "raw",
+            "configdrive_url": f"{base}/v1/nodes/pxe1/configdrive", "root_hints": {"size": 4}, "heartbeat_s": 2,
+        }, timeout_s=600)  # fmt: skip
+        rig.start()
+        events = _wait_result(store, rig)
+    finally:
+        store.close()
+    stages = [e.data["stage"] for e in events if e.kind == "stage"]
+    assert stages == ["booted", "disk-selected", "image-written", "checksum-ok", "configdrive-written", "done"], stages
+    with open(rig.disk, "rb") as fh:
+        assert fh.read(len(payload))[1024 * 1024 :] == payload[1024 * 1024 :]
+        fh.seek(-64 * 1024 * 1024, os.SEEK_END)
+        assert b"config-2" in fh.read(64 * 1024), "no ISO config-2 volume in the last 64 MiB of the disk"
+    _stop(lab, proc)
+    log = lab.log()
+    assert "GET /images/sc-test.raw 200" in log and "GET /v1/nodes/pxe1/configdrive 200" in log
+    assert "node pxe1 result done ok" in log and job.token not in log
