@@ -7,6 +7,7 @@ no token and no query string ever reaches them.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import http.client
 import json
@@ -235,6 +236,26 @@ def test_large_sparse_image_streams_without_loading_it(env: Env, caplog: pytest.
     assert digest.hexdigest() == expected.hexdigest()
     assert peak - before < 128 * 1024, f"peak RSS grew by {(peak - before) // 1024} MiB while streaming 1 GiB"
     assert f"GET /images/sc-big/root.img: sent {size} of {size} bytes in " in _log_text(caplog)
+
+
+def test_four_servers_download_at_once(env: Env) -> None:
+    """Four ramdisks fetching the same image at the same time each get every byte (threads, no shared offsets)."""
+    images = env.state / "images"
+    images.mkdir()
+    data = os.urandom(24 * 1024 * 1024)
+    (images / "shared.raw").write_bytes(data)
+    want = hashlib.sha256(data).hexdigest()
+
+    def fetch(_: int) -> str:
+        digest = hashlib.sha256()
+        with requests.get(f"{env.url}/images/shared.raw", stream=True, timeout=60) as resp:
+            resp.raise_for_status()
+            for chunk in resp.iter_content(256 * 1024):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(fetch, range(4))) == [want] * 4
 
 
 def test_a_client_dropping_mid_stream_is_logged_and_harmless(env: Env, caplog: pytest.LogCaptureFixture) -> None:
