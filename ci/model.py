@@ -146,6 +146,8 @@ def load_yaml(text: str, *, strict: bool, what: str = "yaml") -> Any:
         raise DecodeError(f"error converting YAML to JSON: yaml: {line}{exc.problem or exc}") from None
     except yaml.YAMLError as exc:
         raise DecodeError(f"error converting YAML to JSON: yaml: {exc}") from None
+    except TypeError:  # a mapping or sequence used as a key
+        raise DecodeError("error converting YAML to JSON: yaml: invalid map key (a key must be a scalar)") from None
     finally:
         loader.dispose()
     if strict and loader.duplicates:
