@@ -13,6 +13,7 @@ import http.client
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -493,3 +494,21 @@ def test_methods_and_unknown_paths(env: Env) -> None:
         for _ in range(3):
             assert session.get(f"{env.url}/boot.ipxe", timeout=10).status_code == 200
             assert session.post(f"{env.url}/v1/nodes/n1/events", data="{}", timeout=10).status_code == 401
+
+
+def test_a_store_failure_answers_500_and_the_server_keeps_serving(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    token = env.deploy_job()
+    original = env.server.store.call
+
+    def broken(fn: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+    env.server.store.call = broken  # type: ignore[method-assign]
+    try:
+        resp = requests.get(f"{env.url}/v1/nodes/n1/instructions", headers={"X-Stemforge-Token": token}, timeout=10)
+    finally:
+        env.server.store.call = original  # type: ignore[method-assign]
+    assert resp.status_code == 500 and resp.json() == {"error": "internal error (OperationalError)"}
+    assert "GET /v1/nodes/n1/instructions failed" in _log_text(caplog) and token not in _log_text(caplog)
+    ok = requests.get(f"{env.url}/v1/nodes/n1/instructions", headers={"X-Stemforge-Token": token}, timeout=10)
+    assert ok.status_code == 200

@@ -155,6 +155,11 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self._send_error_json(HTTPStatus.INTERNAL_SERVER_ERROR, exc.strerror or str(exc))
+        except Exception as exc:  # noqa: BLE001 - e.g. the store is locked too long: answer, log, keep serving
+            log.exception("%s %s failed", self.command, self._path())
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self._send_error_json(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(exc).__name__})")
 
     def _has_unread_body(self) -> bool:
         return self.command not in ("GET", "HEAD") and not getattr(self, "_body_read", False)
