@@ -8,10 +8,8 @@ locals {
 }
 
 resource "aws_vpc" "default" {
-  cidr_block           = var.vpc_cidr
-  enable_dns_support   = true
-  enable_dns_hostnames = true
-  tags                 = { Name = var.env_name }
+  cidr_block = var.vpc_cidr
+  tags       = { Name = var.env_name }
 }
 
 resource "aws_internet_gateway" "default" {
