@@ -8,9 +8,11 @@
 Start-up is a list of Packer-style steps (``stemforge.steps.StepRunner``; one line with the elapsed time per step):
 check the network (``--listen`` must be an IPv4 address configured on ``--interface``: never 0.0.0.0; the DHCP range
 must lie in that address's subnet) → open the store → fill the TFTP root with iPXE → bind the HTTP server → start
-dnsmasq (``dnsmasq --test`` first; host entries for every enrolled MAC) → watch the inventory (host entries
-rewritten and dnsmasq sent SIGHUP when MACs change) → write the ready file (JSON: pid, url, interface, ...; only
-once DHCP, TFTP and HTTP all answer) → serve until SIGTERM/SIGINT (or until dnsmasq dies: exit status 1).
+dnsmasq (``dnsmasq --test`` first; host entries for every enrolled MAC; IPv6 router advertisements, RA only, when
+the interface has a global IPv6 address) → watch the inventory (host entries rewritten and dnsmasq sent SIGHUP
+when MACs change) → write the ready file (JSON: pid, url, interface, ...; only once dnsmasq reported its sockets
+bound and a GET of our own ``/boot.ipxe`` answered) → serve until SIGTERM/SIGINT (or until dnsmasq dies: exit
+status 1). Run it from the main thread: dnsmasq's parent-death signal is tied to the thread that started it.
 Every step's cleanup runs in reverse whether start-up failed, was interrupted or serving ended: the ready file, the
 HTTP server, dnsmasq and its pid/lease/hosts files and the boot files this run copied are removed; no child process
 outlives the server (dnsmasq also gets SIGTERM from the kernel if this process is killed).
@@ -195,7 +197,7 @@ class StepOpenStore:
     def run(self, state: dict[str, Any]) -> None:
         try:
             store = MetalStore(self.options.state_dir)
-        except (OSError, Exception) as exc:
+        except Exception as exc:  # noqa: BLE001 - any reason the store cannot open is a start-up error
             raise ServeError(f"--state-dir {self.options.state_dir}: cannot open the store: {exc}") from None
         state["store"] = SharedStore(store)
 
