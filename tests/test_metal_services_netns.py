@@ -292,7 +292,18 @@ def test_refuses_addresses_it_must_not_listen_on(lab: Lab) -> None:
     argv[argv.index("--interface") + 1] = "nosuch0"
     result = _run(*argv, check=False, timeout=60)
     assert result.returncode == 1 and "--interface nosuch0: no such interface" in result.stderr
+    argv = lab.serve_argv()
+    argv[argv.index("--ramdisk-dir") + 1] = str(lab.work / "no-ramdisk")
+    result = _run(*argv, check=False, timeout=60)
+    assert result.returncode == 1 and f"--ramdisk-dir {lab.work / 'no-ramdisk'}: not a directory" in result.stderr
+    not_a_dir = lab.work / "state-file"
+    not_a_dir.write_text("x")
+    argv = lab.serve_argv()
+    argv[argv.index("--state-dir") + 1] = str(not_a_dir)
+    result = _run(*argv, check=False, timeout=60)
+    assert result.returncode == 1 and f"--state-dir {not_a_dir}: cannot open the store" in result.stderr
     assert lab.pids_in(lab.server_ns) == []
+    assert not (lab.work / "ready.json").exists()
 
 
 def test_dnsmasq_failing_to_start_leaves_nothing_behind(lab: Lab) -> None:
