@@ -1,7 +1,7 @@
 """``stemforge metal lab``: build and remove the emulated bare-metal lab (namespace, bridge, VMs, Redfish BMCs).
 
     stemforge metal lab up --servers N [--state-dir DIR] [--name ID] [--memory MIB] [--no-serve]
-    stemforge metal lab down [--name ID | --state-dir DIR]
+    stemforge metal lab down [--name ID | --state-dir DIR | --all]
     stemforge metal lab status [--name ID | --state-dir DIR] [--json]
 
 The flags live here (cheap to import); the work is in :mod:`cpi.providers.baremetal.lab`, imported when a verb runs.
@@ -83,13 +83,25 @@ def _down(args: argparse.Namespace) -> int:
     from cpi.providers.baremetal import lab
 
     _logging(args.verbose)
-    try:
-        removed = lab.down(args.name, lab_dir=args.state_dir)
-    except (lab.LabError, ValueError) as exc:
-        print(f"stemforge metal lab down: {exc}", file=sys.stderr)
-        return 1
-    print(f"lab {args.name or args.state_dir}: " + (f"removed {len(removed)} item(s)" if removed else "nothing left"))
-    return 0
+    if args.all:
+        if args.name or args.state_dir:
+            print("stemforge metal lab down: --all takes no --name/--state-dir", file=sys.stderr)
+            return 2
+        targets: list[tuple[str | None, str | None]] = [(i, None) for i in lab.list_labs()]
+    else:
+        targets = [(args.name, args.state_dir)]
+    status = 0
+    for name, state_dir in targets:
+        try:
+            removed = lab.down(name, lab_dir=state_dir)
+        except (lab.LabError, ValueError) as exc:
+            print(f"stemforge metal lab down: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"lab {name or state_dir}: " + (f"removed {len(removed)} item(s)" if removed else "nothing left"))
+    if args.all and not targets:
+        print("no labs")
+    return status
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -181,5 +193,6 @@ def register(metal_subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         if verb == "status":
             p.add_argument("--json", action="store_true", help="machine-readable output")
         else:
+            p.add_argument("--all", action="store_true", help="remove every lab under the labs root")
             p.add_argument("-v", "--verbose", action="store_true")
         p.set_defaults(handler=handler)

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Bare-metal deploy time of 1, 2 and 4 servers at once through the CPI: does it stay flat in N?
+
+For each N, a fresh emulated lab of N servers (``tests/metal_harness.metal_lab``: libvirt VMs with blank disks,
+the sushy-tools Redfish emulator, ``metal serve`` with dnsmasq + iPXE + HTTP in the lab's namespace, RAMDISK's
+deploy ramdisk), the servers enrolled, managed and provided (``stemforge metal enroll|manage|provide
+--skip-cleaning``: the lab's disks are blank), the test stemcell registered with ``create_stemcell``, then N
+``create_vm`` calls started at the same moment, each through a real director-style ``bin/cpi`` process. A call
+returns once its server was PXE-booted into the ramdisk, the image streamed to its disk and verified, the config
+drive written, the server rebooted from disk and the installed OS phoned home.
+
+Reported per N: the wall time until the last call returned, each call's time, and where the time goes, from the
+ramdisk's and the OS's own reports in the state store (median over the N servers, seconds since the deploy job was
+created): ``booted`` (PXE + iPXE + ramdisk kernel up), ``image-written``, ``done`` (config drive written) and
+``phone-home`` (installed OS up). The ratio of each N's mean call time to N=1's is the flatness: the target is
+<= 1.5x (the spec: "flat in N while bandwidth allows").
+
+Read it with the machine in mind: the servers are TCG-emulated guests (no KVM here), so every booting server
+needs a host core; with 2 cores, 4 servers booting at once are CPU-bound and the ratio shows the CPU, not the
+provisioning services (the summary prints the core count and load average). The image write itself is streamed
+over the lab's bridge; its share is the ``image-written`` - ``booted`` column.
+
+Run: ``.venv/bin/python benchmarks/bench_metal_deploy.py [--servers 1,2,4] [--strict]`` (root, libvirtd, vde2).
+``--servers 1`` is the smoke-test size. Exit status 0 unless a deploy failed (2) or, with ``--strict``, the
+target was missed (1). Each lab is removed at the end of its round, whatever happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from libvirt_harness import CpiResult, LibvirtCpi  # noqa: E402
+from metal_harness import Lab, metal_lab, metal_unavailable_reason  # noqa: E402
+
+TARGET_RATIO = 1.5
+STEMFORGE = [sys.executable, "-m", "stemforge.cli"]
+NETWORKS = {"default": {"type": "dynamic", "default": ["dns", "gateway"], "dns": ["10.0.0.2"], "cloud_properties": {}}}
+STAGES = ("booted", "image-written", "done", "phone-home")
+STEMCELL_DIR = Path("/var/lib/stemforge/tests/stemcells")
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def stemcell_image(work: Path) -> tuple[Path, dict[str, Any]]:
+    from stemcells.tarball import extract_stemcell
+    from stemcells.testimage.stemcell import build_test_stemcell
+
+    STEMCELL_DIR.mkdir(parents=True, exist_ok=True)
+    extracted = extract_stemcell(build_test_stemcell(STEMCELL_DIR), work / "stemcell")
+    return extracted.image_path, dict(extracted.manifest.cloud_properties)
+
+
+def make_cpi(lab: Lab, root: Path, phone_home: bool) -> LibvirtCpi:
+    from cpi.wrapper import write_wrapper
+
+    config = json.loads(lab.cpi_config_path.read_text())
+    section = config["cloud"]["properties"]["baremetal"]
+    section["timeouts"] = {"power": 120, "deploy": 900, "phone_home": 900, "clean": 600}
+    section["phone_home"] = phone_home
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "cpi.json"
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return LibvirtCpi(root=root, pool_name="", config_path=path, wrapper=write_wrapper(path, root / "job"))
+
+
+def metal(lab: Lab, *args: str) -> None:
+    proc = subprocess.run([*STEMFORGE, "metal", *args, "--state-dir", str(lab.state_dir)], capture_output=True,
+                          text=True, timeout=900, check=False)  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"stemforge metal {args[0]} failed: {proc.stderr.strip()[-2000:]}")
+
+
+def stage_times(lab: Lab, node: str) -> dict[str, float]:
+    """Seconds from the node entering ``deploying`` to each stage (the store's transitions and events)."""
+    events = lab.store().events(node)
+    created = _deploy_started(lab, node)
+    if created is None:
+        return {}
+    out: dict[str, float] = {}
+    for ev in events:
+        stage = "phone-home" if ev.kind == "phone-home" else ev.data.get("stage")
+        if stage in STAGES and stage not in out and ev.ts >= created:
+            out[stage] = ev.ts - created
+    return out
+
+
+def _deploy_started(lab: Lab, node: str) -> float | None:
+    """When the node entered ``deploying`` (its transitions log)."""
+    for t in lab.store().transitions(node):
+        if t.to_state == "deploying":
+            return float(t.ts)
+    return None
+
+
+def one_round(n: int, image: tuple[Path, dict[str, Any]], work: Path, phone_home: bool) -> dict[str, Any]:
+    say(f"N={n}: building a lab of {n} server(s)")
+    t0 = time.monotonic()
+    with metal_lab(n) as lab:
+        names = [s.name for s in lab.servers]
+        metal(lab, "enroll", str(lab.inventory_path))
+        metal(lab, "manage", *names)
+        metal(lab, "provide", "--skip-cleaning", *names)
+        cpi = make_cpi(lab, work / f"cpi-{n}-{uuid.uuid4().hex[:6]}", phone_home)
+        stemcell_cid = cpi.ok("create_stemcell", str(image[0]), image[1], {"tags": {"bench": "metal"}},
+                              api_version=3)  # fmt: skip
+        say(f"N={n}: lab ready in {time.monotonic() - t0:.1f}s; {n} create_vm call(s) at once")
+        results: list[CpiResult | BaseException] = [RuntimeError("not run")] * n
+        barrier = threading.Barrier(n)
+
+        def deploy(i: int) -> None:
+            try:
+                barrier.wait()
+                req = cpi.request("create_vm", f"agent-bench-{i}", stemcell_cid, {}, NETWORKS, [], {}, api_version=2)
+                results[i] = cpi.run(req, timeout=1800)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                results[i] = exc
+
+        threads = [threading.Thread(target=deploy, args=(i,)) for i in range(n)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.monotonic() - started
+        calls, errors = [], []
+        for r in results:
+            if isinstance(r, CpiResult) and r.response["error"] is None:
+                calls.append(r.seconds)
+            else:
+                errors.append(str(r.response["error"]) if isinstance(r, CpiResult) else repr(r))
+        stages = {name: stage_times(lab, name) for name in names}
+        if errors:
+            say(f"N={n}: {len(errors)} deploy(s) failed: {errors[0][:500]}")
+            say(lab.diagnostics()[-3000:])
+    return {"n": n, "wall": wall, "calls": calls, "errors": errors, "stages": stages}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--servers", default="1,2,4", help="comma-separated N values (default 1,2,4)")
+    parser.add_argument("--no-phone-home", action="store_true", help="create_vm returns once the server boots "
+                        "from disk (does not wait for the installed OS's phone-home)")  # fmt: skip
+    parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
+    args = parser.parse_args()
+    ns = [int(x) for x in args.servers.split(",") if x.strip()]
+    if not ns or any(not 1 <= x <= 8 for x in ns):
+        parser.error("--servers: numbers from 1 to 8")
+    reason = metal_unavailable_reason()
+    if reason:
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 2
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="bench-metal-") as tmp:
+        image = stemcell_image(Path(tmp))
+        say(f"stemcell image: {image[0].stat().st_size / 2**20:.0f} MiB")
+        for n in ns:
+            rounds.append(one_round(n, image, Path(tmp), not args.no_phone_home))
+    load = os.getloadavg()
+    print(
+        f"\n=== bench_metal_deploy summary ({os.cpu_count()} cores, load {load[0]:.2f} {load[1]:.2f}; TCG guests; "
+        f"create_vm {'until phone-home' if not args.no_phone_home else 'until booted from disk'}) ==="
+    )
+    header = f"{'N':>3} {'wall s':>8} {'call mean s':>12} {'call max s':>11} {'x N=1':>7}   " + "  ".join(
+        f"{s:>14}" for s in STAGES
+    )
+    print(header)
+    base = None
+    failed = False
+    worst = 0.0
+    for r in rounds:
+        if r["errors"] or not r["calls"]:
+            failed = True
+            print(f"{r['n']:>3} FAILED: {len(r['errors'])} deploy(s) failed: {r['errors'][0][:300]}")
+            continue
+        mean = statistics.mean(r["calls"])
+        base = base or (mean if r["n"] == min(ns) else None)
+        ratio = mean / base if base else float("nan")
+        if r["n"] != min(ns):
+            worst = max(worst, ratio)
+        med = []
+        for stage in STAGES:
+            values = [t[stage] for t in r["stages"].values() if stage in t]
+            med.append(f"{statistics.median(values):14.1f}" if values else f"{'-':>14}")
+        print(f"{r['n']:>3} {r['wall']:8.1f} {mean:12.1f} {max(r['calls']):11.1f} {ratio:7.2f}   " + "  ".join(med))
+    if failed:
+        return 2
+    if len(ns) > 1:
+        verdict = "PASS" if worst <= TARGET_RATIO else "MISS"
+        print(f"flat in N: worst mean-call ratio vs N={min(ns)} is {worst:.2f}x (target <= {TARGET_RATIO}x): {verdict}")
+        if verdict == "MISS" and (os.cpu_count() or 1) < max(ns):
+            print(
+                f"  note: {max(ns)} TCG guests booting at once on {os.cpu_count()} cores are CPU-bound; the stage "
+                "columns show which part stretches"
+            )
+        if args.strict and verdict == "MISS":
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
