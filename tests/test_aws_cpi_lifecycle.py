@@ -300,7 +300,7 @@ def test_bad_input_is_named_and_creates_nothing(
 
 
 def test_bad_disk_cloud_properties(cpi: AwsCpi) -> None:
-    error = cpi.error("create_disk", 1024, {"type": "io2"}, None)
+    error = cpi.error("create_disk", 8192, {"type": "io2"}, None)
     assert "iops" in error["message"]
     error = cpi.error("create_disk", 1024, {"typ": "gp3"}, None)
     assert "unknown key(s) 'typ'" in error["message"]
@@ -342,8 +342,8 @@ def test_v1_shapes_unknown_cids_and_calculated_properties(cpi: AwsCpi, env: dict
         cpi.error("attach_disk", "i-0123456789abcdef0", "vol-0123456789abcdef0")["type"] == "Bosh::Clouds::VMNotFound"
     )
     assert cpi.error("set_disk_metadata", "vol-0123456789abcdef0", {"a": "b"})["type"] == "Bosh::Clouds::DiskNotFound"
-    assert cpi.ok("current_vm_id", api_version=2) is None or True
-    error = cpi.error("calculate_vm_cloud_properties", {"cpu": 500, "ram": 1024, "ephemeral_disk_size": 0})
+    assert cpi.error("current_vm_id")["type"] == "Bosh::Clouds::NotImplemented"
+    error = cpi.error("calculate_vm_cloud_properties", {"cpu": 500, "ram": 1024, "ephemeral_disk_size": 1})
     assert "500 vCPU" in error["message"]
 
 

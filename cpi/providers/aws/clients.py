@@ -166,6 +166,8 @@ class AwsApi:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             code, status, _ = error_code(exc) if exc else ("", None, "")
+            if code.isdigit():  # a bare HTTP error page: botocore uses the status as the code
+                code = ""
             what = code or (f"HTTP {status}" if status else type(exc).__name__)
             delay = state.next_action.sleep if state.next_action else 0.0
             self.log.warning(
