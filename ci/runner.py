@@ -146,8 +146,13 @@ class Build:
         for old in numbers[: max(0, len(numbers) - KEEP_BUILDS + 1)]:
             shutil.rmtree(jobs_dir / str(old), ignore_errors=True)
         self.number = (numbers[-1] + 1) if numbers else 1
-        self.dir = jobs_dir / str(self.number)
-        self.dir.mkdir()
+        while True:  # another run of the same job may take a number first
+            self.dir = jobs_dir / str(self.number)
+            try:
+                self.dir.mkdir()
+                break
+            except FileExistsError:
+                self.number += 1
 
     # output
     def say(self, message: str) -> None:
