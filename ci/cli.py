@@ -58,13 +58,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _var_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--var", "-v", action="append", default=[], metavar="K=V", help="a ((var)) value (string)")
     parser.add_argument(
+        "--yaml-var", "-y", action="append", default=[], metavar="K=V", help="a ((var)) value parsed as YAML"
+    )
+    parser.add_argument(
         "--vars-file", "-l", action="append", default=[], type=Path, metavar="F", help="YAML file of ((var)) values"
     )
 
 
-def load_variables(pairs: list[str], files: list[Path]) -> dict[str, Any]:
-    """Vars from files (later files win) then ``K=V`` pairs (which win over files), as fly orders them.
-    Raises ValueError naming the bad pair or file."""
+def load_variables(pairs: list[str], files: list[Path], yaml_pairs: list[str] | None = None) -> dict[str, Any]:
+    """Vars from files (later files win) then ``K=V`` pairs (strings) and ``yaml_pairs`` (values parsed as YAML),
+    which win over files, as fly orders them. Raises ValueError naming the bad pair or file."""
     from ci.model import DecodeError, load_yaml
 
     values: dict[str, Any] = {}
@@ -85,6 +88,14 @@ def load_variables(pairs: list[str], files: list[Path]) -> dict[str, Any]:
         if not sep or not name:
             raise ValueError(f"invalid --var {pair!r}: expected NAME=VALUE")
         values[name] = value
+    for pair in yaml_pairs or []:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"invalid --yaml-var {pair!r}: expected NAME=VALUE")
+        try:
+            values[name] = load_yaml(text, strict=True)
+        except DecodeError as exc:
+            raise ValueError(f"invalid --yaml-var {name}: {exc}") from None
     return values
 
 
@@ -92,7 +103,7 @@ def run_validate(args: argparse.Namespace) -> int:
     from ci.validate import validate_file
 
     try:
-        variables = load_variables(args.var, args.vars_file)
+        variables = load_variables(args.var, args.vars_file, args.yaml_var)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -111,7 +122,7 @@ def run_job(args: argparse.Namespace) -> int:
     from ci.runner import RunOptions, run_pipeline_job
 
     try:
-        variables = load_variables(args.var, args.vars_file)
+        variables = load_variables(args.var, args.vars_file, args.yaml_var)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -543,18 +543,22 @@ class Runner:
 # -- entry point -------------------------------------------------------------------------------------------------------
 
 
-def _job_vars(pipeline_text: str, job_name: str) -> tuple[Pipeline, set[str]]:
-    """Decode without vars to learn which ((vars)) the job itself needs (its plan, the resources it touches and the
-    resource types), so a run never asks for another job's secrets."""
-    pipeline = decode(pipeline_text, strict=False)
-    found = pipeline.job(job_name)
-    if found is None:
-        return pipeline, set()
-    job, plan = found
-    touched = {s.resource for s in plan.walk() if s.kind in ("get", "put")}
-    scope: list[Any] = [job, pipeline.resource_types]
-    scope += [r for r in pipeline.resources if r.get("name") in touched]
-    return pipeline, {name for name in var_names(scope) if not is_local(name)}
+def _job_vars(pipeline_text: str, job_name: str) -> set[str]:
+    """The ((vars)) the job itself needs: its plan, the resources it touches and the resource types, so a run never
+    asks for another job's secrets. When the document only decodes once its vars are known (``attempts: ((n))``),
+    every var it names is needed."""
+    try:
+        pipeline = decode(pipeline_text, strict=False)
+    except DecodeError:
+        scope: Any = load_yaml(pipeline_text, strict=False)
+    else:
+        found = pipeline.job(job_name)
+        if found is None:
+            return set()
+        job, plan = found
+        touched = {s.resource for s in plan.walk() if s.kind in ("get", "put")}
+        scope = [job, pipeline.resource_types, *(r for r in pipeline.resources if r.get("name") in touched)]
+    return {name for name in var_names(scope) if not is_local(name)}
 
 
 @contextmanager
@@ -585,7 +589,7 @@ def run_pipeline_job(options: RunOptions) -> int:
 
     try:
         text = options.pipeline.read_text(encoding="utf-8")
-        _, needed = _job_vars(text, options.job)
+        needed = _job_vars(text, options.job)
     except OSError as exc:
         return fail(f"could not read file: {exc.strerror or exc}")
     except DecodeError as exc:
