@@ -12,6 +12,12 @@ Options: ``name`` (default ``bosh-libvirt-kvm-<os>-go_agent``), ``version`` (req
 ``output_directory`` (default ``.``, created if missing), ``light``, ``image_id_key``, ``image_ref``, ``source``
 (which artifact file is the image when there are several), ``api_version``. The tarball is written atomically;
 an existing one is an error unless ``-force``.
+
+AWS (the artifact of ``amazon-ebs`` / ``amazon-import``, whose ``state["amis"]`` maps region -> AMI id): a light
+AWS stemcell as bosh-aws-cpi reads it -- ``cloud_properties: {ami: {region: ami-id, ...}, name, version,
+infrastructure: aws, architecture, root_device_name, virtualization_type}`` (every default overridable through
+``cloud_properties``), ``stemcell_formats: [aws-light]``, the name defaulting to ``bosh-aws-xen-hvm-<os>-go_agent``.
+The input artifact is kept (the stemcell refers to those AMIs: destroying it would deregister them).
 """
 
 from __future__ import annotations
@@ -24,6 +30,18 @@ from builders.core import Artifact, BuildError, PostProcessor
 from builders.postprocessors import render_output, validated_options
 
 BUILDER_ID: Final = "stemforge.post-processor.stemcell"
+#: Artifacts whose ``state["amis"]`` are AMIs (Packer's amazon builder ids and our amazon-import).
+AMAZON_BUILDER_IDS: Final = frozenset({"mitchellh.amazonebs", "mitchellh.amazon.ebssurrogate",
+                                       "mitchellh.amazon.instance", "packer.post-processor.amazon-import"})
+#: bosh-aws-cpi's light stemcell cloud properties besides the AMI map (the CPI reads ``ami``; the rest is what
+#: BOSH's own light AWS stemcells carry).
+AWS_DEFAULTS: Final = {"architecture": "x86_64", "root_device_name": "/dev/sda1", "virtualization_type": "hvm"}
+
+
+def is_amazon(artifact: Artifact) -> bool:
+    """True for an artifact made of AMIs."""
+    return artifact.builder_id in AMAZON_BUILDER_IDS or (
+        artifact.state.get("infrastructure") == "aws" and bool(artifact.state.get("amis")))
 
 
 class StemcellPostProcessor(PostProcessor):
@@ -59,11 +77,15 @@ class StemcellPostProcessor(PostProcessor):
             self.prepare()
         options = self.options
         self.ctx.check_cancelled()
-        regions: dict[str, str] = dict(artifact.state.get("regions") or {})
+        aws = is_amazon(artifact)
+        regions: dict[str, str] = dict(artifact.state.get("amis" if aws else "regions") or {})
         light = bool(options.get("light", bool(regions)))
+        if aws and not light:
+            raise BuildError("stemcell: the input is AMIs (an amazon artifact): only a light stemcell can be made "
+                             "from it (remove \"light\": false)")
         os_name = render_output(self.ctx, str(options["os"]), {}, key="os")
-        name = render_output(self.ctx, str(options.get("name") or f"bosh-libvirt-kvm-{os_name}-go_agent"), {},
-                             key="name")
+        default_name = f"bosh-aws-xen-hvm-{os_name}-go_agent" if aws else f"bosh-libvirt-kvm-{os_name}-go_agent"
+        name = render_output(self.ctx, str(options.get("name") or default_name), {}, key="name")
         version = render_output(self.ctx, str(options["version"]), {}, key="version")
         out_dir = Path(render_output(self.ctx, str(options.get("output_directory") or "."), {},
                                      key="output_directory"))
@@ -73,22 +95,26 @@ class StemcellPostProcessor(PostProcessor):
             if not regions:
                 raise BuildError("stemcell: a light stemcell needs the per-region ids of a fan-out; put the stemcell "
                                  "post-processor after 'fanout' in the same chain")
-            key = str(options.get("image_id_key") or "image_id")
-            if options.get("image_ref") == "name":
+            key = str(options.get("image_id_key") or ("ami" if aws else "image_id"))
+            if aws:
+                cloud_properties = {**AWS_DEFAULTS, "name": name, "version": version, "infrastructure": "aws",
+                                    **cloud_properties}
+            if options.get("image_ref") == "name" and not aws:
                 image_name = str(artifact.state.get("image_name") or "")
                 if not image_name:
                     raise BuildError("stemcell: image_ref 'name' needs the fan-out's image_name")
                 cloud_properties[key] = {region: image_name for region in sorted(regions)}
             else:
                 cloud_properties[key] = dict(sorted(regions.items()))
-            fmt = str(artifact.state.get("format") or _format_from_name(str(artifact.state.get("image_name", ""))))
+            fmt = "light" if aws else str(artifact.state.get("format")
+                                          or _format_from_name(str(artifact.state.get("image_name", ""))))
         else:
             root_image = self._image(artifact)
             try:
                 fmt = detect_image_format(root_image)
             except StemcellError as exc:
                 raise BuildError(f"stemcell: {exc}") from exc
-        formats = list(options.get("stemcell_formats") or [f"libvirt-{fmt}"])
+        formats = list(options.get("stemcell_formats") or (["aws-light"] if aws else [f"libvirt-{fmt}"]))
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             path = write_stemcell(
@@ -103,7 +129,10 @@ class StemcellPostProcessor(PostProcessor):
                                  "stemcell_formats": formats}
         if regions:
             state["regions"] = regions
-        return Artifact(BUILDER_ID, artifact.build_name, artifact.builder_type, [path], str(path), state), False
+        if aws:
+            state["amis"] = regions
+        # an AWS light stemcell refers to the AMIs: the input artifact must survive (destroying it deregisters them)
+        return Artifact(BUILDER_ID, artifact.build_name, artifact.builder_type, [path], str(path), state), aws
 
     def _image(self, artifact: Artifact) -> Path:
         files = [Path(f) for f in artifact.files if Path(f).is_file()]
