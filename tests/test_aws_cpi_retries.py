@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_aws_cpi_harness import AwsCpi, FaultProxy, aws_env, ec2_client, make_cpi, register_ami
+from test_aws_cpi_harness import AwsCpi, FaultProxy, ec2_client, local_environment, make_cpi, register_ami
 
 pytestmark = [pytest.mark.aws]
 
@@ -24,8 +24,8 @@ def proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture(scope="module")
-def env(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    with aws_env(moto_endpoint, tmp_path_factory.mktemp("aws-env"), f"sr{uuid.uuid4().hex[:6]}") as metadata:
+def env(moto_endpoint: str) -> Iterator[dict[str, Any]]:
+    with local_environment(moto_endpoint, f"sr{uuid.uuid4().hex[:6]}") as metadata:
         yield metadata
 
 
