@@ -192,6 +192,11 @@ class AwsAccess:
                 self._clients[key] = client
         return client
 
+    def use_client(self, service: str, region: str, client: Any) -> None:
+        """Use ``client`` for ``service`` in ``region`` (tests route calls moto lacks to botocore's Stubber)."""
+        with _SESSION_LOCK:
+            self._clients[(service, region)] = client
+
     # -- calls --------------------------------------------------------------------------------------------
     def _sleep(self, seconds: float) -> None:
         if self.cancel.wait(seconds):
