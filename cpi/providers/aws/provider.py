@@ -410,7 +410,7 @@ class AWSProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
         if "kms_key_arn" in props and props["kms_key_arn"] != volume.get("KmsKeyId"):
             raise NotSupported(f"update_disk: disk {disk_cid}: the KMS key cannot be changed in place")
         kind = str(props.get("type") or volume.get("VolumeType") or volumes.DEFAULT_TYPE)
-        spec = {"type": kind, **{k: props[k] for k in ("iops", "throughput") if k in props}}
+        spec: dict[str, Any] = {"type": kind, **{k: props[k] for k in ("iops", "throughput") if k in props}}
         if "type" not in props:
             spec = {**_iops_of(volume), **spec}
         target = volumes.ebs_params(
