@@ -347,3 +347,86 @@ def test_deploy_and_clean_through_redfish(tmp_path: Path, emulator: Emulator) ->
     hw.deploy.clean(task, timeout_s=60)
     player.join(10)
     assert store.job(name) is None and hw.power.get_power_state(task) == "off"
+
+
+# -- IPMI through pyghmi, against virtualbmc's libvirt driver on 127.0.0.1 --------------------------------------
+IPMI_DOMAIN_XML = """<domain type='qemu'>
+  <name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <devices><serial type='pty'/></devices>
+</domain>"""
+
+
+@pytest.fixture
+def vbmc(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A diskless, NIC-less libvirt domain behind a virtualbmc IPMI endpoint on 127.0.0.1 (both removed after)."""
+    import uuid
+
+    libvirt = pytest.importorskip("libvirt")
+    pytest.importorskip("virtualbmc", reason="pip install virtualbmc (in the local mirror)")
+    from libvirt_harness import libvirt_unavailable_reason
+
+    reason = libvirt_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    name = f"sf-ipmi-test-{uuid.uuid4().hex[:8]}"
+    conn = libvirt.open("qemu:///system")
+    dom = conn.defineXML(IPMI_DOMAIN_XML.format(name=name))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = (
+        "import sys\nfrom virtualbmc.vbmc import VirtualBMC\n"
+        "VirtualBMC(username='admin', password=sys.argv[1], port=int(sys.argv[2]), address='127.0.0.1',"
+        " domain_name=sys.argv[3], libvirt_uri='qemu:///system').listen(timeout=0.5)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, PASSWORD, str(port), name], stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "vbmc.log", "wb"))  # fmt: skip
+    try:
+        time.sleep(1.0)
+        assert proc.poll() is None, (tmp_path / "vbmc.log").read_text()
+        yield name, f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        with contextlib.suppress(libvirt.libvirtError):
+            if dom.isActive():
+                dom.destroy()
+        dom.undefine()
+        conn.close()
+
+
+@pytest.mark.libvirt
+def test_ipmi_power_and_boot_device_through_virtualbmc(tmp_path: Path, vbmc: tuple[str, str]) -> None:
+    _, address = vbmc
+    store = MetalStore(tmp_path / "metal")
+    store.enroll([NodeSpec("ipmi-node", Bmc("ipmi", address, "", "admin", PASSWORD), ("52:54:00:10:01:01",), {})],
+                 who="test")  # fmt: skip
+    config = MetalConfig(state_dir=tmp_path / "metal", timeouts=Timeouts(power=60),
+                         bmc=BmcPolicy(attempts=3, backoff_s=0.1, min_interval_s=0.0))  # fmt: skip
+    task = Task(store, store.get_node("ipmi-node"), config, log)
+    hw = hardware_for(task.node)
+    assert hw.power.get_power_state(task) == "off"
+    hw.management.set_boot_device(task, "pxe", persistent=False)
+    assert hw.management.get_boot_device(task)["device"] == "pxe"
+    hw.management.set_boot_device(task, "disk", persistent=True)
+    assert hw.management.get_boot_device(task)["device"] == "disk"
+    hw.power.set_power_state(task, "on")
+    assert hw.power.get_power_state(task) == "on"
+    hw.power.reboot(task)
+    hw.power.set_power_state(task, "off")
+    assert hw.power.get_power_state(task) == "off"
+
+
+def test_ipmi_wrong_password_and_no_bmc(tmp_path: Path) -> None:
+    store = MetalStore(tmp_path / "metal")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store.enroll([NodeSpec("ipmi-node", Bmc("ipmi", f"127.0.0.1:{port}", "", "admin", PASSWORD),
+                           ("52:54:00:10:01:02",), {})], who="test")  # fmt: skip
+    config = MetalConfig(state_dir=tmp_path / "metal", bmc=BmcPolicy(attempts=2, backoff_s=0.1, min_interval_s=0.0))
+    task = Task(store, store.get_node("ipmi-node"), config, log)
+    with pytest.raises(BmcUnreachable, match=f"node ipmi-node: BMC 127.0.0.1:{port} unreachable") as info:
+        hardware_for(task.node).power.get_power_state(task)
+    assert PASSWORD not in info.value.message
