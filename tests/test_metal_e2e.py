@@ -79,8 +79,13 @@ def stemcell_cid(cpi: LibvirtCpi, stemcell_image: tuple[Path, dict[str, Any]]) -
 
 
 def metal(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*STEMFORGE, "metal", *args, "--state-dir", str(lab.state_dir)], capture_output=True,
-                          text=True, timeout=900, check=False)  # fmt: skip
+    return subprocess.run(
+        [*STEMFORGE, "metal", *args, "--state-dir", str(lab.state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
 
 
 def enroll(lab: Lab, names: list[str], tmp: Path) -> None:
@@ -100,8 +105,9 @@ def available(store: MetalStore) -> list[str]:
 
 
 def create_vm(cpi: LibvirtCpi, agent_id: str, stemcell: str, props: dict[str, Any] | None = None) -> CpiResult:
-    return cpi.run(cpi.request("create_vm", agent_id, stemcell, props or {}, NETWORKS, [], ENV, api_version=2),
-                   timeout=1500)  # fmt: skip
+    return cpi.run(
+        cpi.request("create_vm", agent_id, stemcell, props or {}, NETWORKS, [], ENV, api_version=2), timeout=1500
+    )
 
 
 def assert_no_secrets(lab: Lab, *texts: str | bytes) -> None:
@@ -169,8 +175,11 @@ def test_deploy_phone_home_reboot_delete_and_reuse(
     # reboot_vm: a BMC reset; the OS boots again and phones home again
     last = store.last_event_id(node.name)
     cpi.ok("reboot_vm", vm_cid)
-    wait_until(lambda: phone_homes(store, node.name, last), 420, lambda: f"no phone-home after reboot_vm\n"
-               f"{lab.diagnostics(node.name)}")  # fmt: skip
+    wait_until(
+        lambda: phone_homes(store, node.name, last),
+        420,
+        lambda: f"no phone-home after reboot_vm\n{lab.diagnostics(node.name)}",
+    )
 
     # delete_vm: powered off, cleaned (disks wiped), available again
     res = cpi.call("delete_vm", vm_cid)
@@ -240,8 +249,13 @@ def post_in_namespace(lab: Lab, url: str, body: dict[str, Any], token: str) -> i
         "try:\n r=urllib.request.urlopen(req,timeout=10);print(r.status)\n"
         "except urllib.error.HTTPError as e:\n print(e.code)\n"
     )
-    proc = subprocess.run(["ip", "netns", "exec", lab.namespace, sys.executable, "-I", "-S", "-c", code, url,
-                           json.dumps(body), token], capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    proc = subprocess.run(
+        ["ip", "netns", "exec", lab.namespace, sys.executable, "-I", "-S", "-c", code, url, json.dumps(body), token],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     return int(proc.stdout.strip())
 
@@ -295,8 +309,9 @@ def test_power_cycle_mid_deploy_recovers(lab: Lab, cpi: LibvirtCpi, stemcell_cid
     node = available(store)[0]
     after = store.last_event_id(node)
     result: dict[str, CpiResult] = {}
-    thread = threading.Thread(target=lambda: result.update(r=create_vm(cpi, "agent-cycle", stemcell_cid,
-                                                                        {"node": node})))  # fmt: skip
+    thread = threading.Thread(
+        target=lambda: result.update(r=create_vm(cpi, "agent-cycle", stemcell_cid, {"node": node}))
+    )
     thread.start()
     lab.wait_for_event(node, "disk-selected", timeout=300, after_id=after)
     lab.reset(lab.server(node), "ForceRestart")

@@ -380,8 +380,10 @@ def vbmc(tmp_path: Path) -> Iterator[tuple[str, str]]:
         "VirtualBMC(username='admin', password=sys.argv[1], port=int(sys.argv[2]), address='127.0.0.1',"
         " domain_name=sys.argv[3], libvirt_uri='qemu:///system').listen(timeout=0.5)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, PASSWORD, str(port), name], stdout=subprocess.DEVNULL,
-                            stderr=open(tmp_path / "vbmc.log", "wb"))  # fmt: skip
+    with open(tmp_path / "vbmc.log", "wb") as vbmc_log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, PASSWORD, str(port), name], stdout=subprocess.DEVNULL, stderr=vbmc_log
+        )
     try:
         time.sleep(1.0)
         assert proc.poll() is None, (tmp_path / "vbmc.log").read_text()
@@ -400,10 +402,14 @@ def vbmc(tmp_path: Path) -> Iterator[tuple[str, str]]:
 def test_ipmi_power_and_boot_device_through_virtualbmc(tmp_path: Path, vbmc: tuple[str, str]) -> None:
     _, address = vbmc
     store = MetalStore(tmp_path / "metal")
-    store.enroll([NodeSpec("ipmi-node", Bmc("ipmi", address, "", "admin", PASSWORD), ("52:54:00:10:01:01",), {})],
-                 who="test")  # fmt: skip
-    config = MetalConfig(state_dir=tmp_path / "metal", timeouts=Timeouts(power=60),
-                         bmc=BmcPolicy(attempts=3, backoff_s=0.1, min_interval_s=0.0))  # fmt: skip
+    store.enroll(
+        [NodeSpec("ipmi-node", Bmc("ipmi", address, "", "admin", PASSWORD), ("52:54:00:10:01:01",), {})], who="test"
+    )
+    config = MetalConfig(
+        state_dir=tmp_path / "metal",
+        timeouts=Timeouts(power=60),
+        bmc=BmcPolicy(attempts=3, backoff_s=0.1, min_interval_s=0.0),
+    )
     task = Task(store, store.get_node("ipmi-node"), config, log)
     hw = hardware_for(task.node)
     assert hw.power.get_power_state(task) == "off"
@@ -423,8 +429,10 @@ def test_ipmi_wrong_password_and_no_bmc(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    store.enroll([NodeSpec("ipmi-node", Bmc("ipmi", f"127.0.0.1:{port}", "", "admin", PASSWORD),
-                           ("52:54:00:10:01:02",), {})], who="test")  # fmt: skip
+    store.enroll(
+        [NodeSpec("ipmi-node", Bmc("ipmi", f"127.0.0.1:{port}", "", "admin", PASSWORD), ("52:54:00:10:01:02",), {})],
+        who="test",
+    )
     config = MetalConfig(state_dir=tmp_path / "metal", bmc=BmcPolicy(attempts=2, backoff_s=0.1, min_interval_s=0.0))
     task = Task(store, store.get_node("ipmi-node"), config, log)
     with pytest.raises(BmcUnreachable, match=f"node ipmi-node: BMC 127.0.0.1:{port} unreachable") as info:
