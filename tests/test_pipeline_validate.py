@@ -497,3 +497,34 @@ def test_project_pipelines_secrets_are_vars() -> None:
     for name in ("pipeline.yml", "images.yml"):
         document = load_yaml((ROOT / "ci" / name).read_text(), strict=True)
         assert walk(document, name) == []
+
+
+@pytest.mark.parametrize("name", ["pipeline.yml", "images.yml"])
+def test_project_task_files_load_and_their_scripts_exist(name: str) -> None:
+    """Every task file a pipeline names loads as fly would load it (strict keys, valid config), its run.path is an
+    executable script of the tree, and every template a task is given exists."""
+    import os
+
+    from ci.validate import decode, load_task_config
+
+    pipeline = decode((ROOT / "ci" / name).read_text(), strict=True)
+    seen = 0
+    for plan in pipeline.plans:
+        for step in plan.walk():
+            if step.kind != "task":
+                continue
+            path = str(step.config["file"])
+            assert path.startswith("stemforge-src/"), path
+            relative = path.removeprefix("stemforge-src/")
+            config = load_task_config((ROOT / relative).read_text(), where=relative)
+            script = ROOT / str(config["run"]["path"]).removeprefix("stemforge-src/")
+            assert script.is_file() and os.access(script, os.X_OK), script
+            inputs = {item["name"] for item in config.get("inputs") or []}
+            assert "stemforge-src" in inputs
+            for key, value in (step.config.get("params") or {}).items():
+                assert key in (config.get("params") or {}), f"{name}: task {step.name} sets {key}, {relative} lacks it"
+                if key == "TEMPLATE":
+                    template = str(value).replace("((.:plan))", "small")
+                    assert (ROOT / template).is_file(), template
+            seen += 1
+    assert seen >= 4
