@@ -17,6 +17,7 @@
 #   applied       end of processing one settings document: seq, settings_sha256.
 #   ready         end of the boot pass: uptime_s, boot, settings_sha256.
 #   error         step, message (never secret values).
+#   phone-home    ok, attempts, url, status: the POST to meta.phone_home_url (see below).
 #
 # Flow: find the config drive (filesystem label config-2 / CONFIG-2 on any block device, in
 # practice the SATA CD-ROM /dev/sr0), mount it read-only, read ec2/latest/user-data
@@ -26,7 +27,11 @@
 # /var/vcap/store-<n>), then every POLL seconds re-read the drive: when the sha256 of
 # user-data changes, apply the new disks.persistent (mount new ones, unmount removed ones).
 # Settings are cached in /var/vcap/bosh/settings.json and used when no drive is found.
-# Everything it sends on the network is DHCP for dynamic networks; nothing else.
+# Everything it sends on the network is DHCP for dynamic networks and, only when the config drive's
+# openstack/latest/meta_data.json has meta.phone_home_url and meta.phone_home_token (bare metal), one phone-home
+# per boot after "ready": POST {"agent_id","hostname","networks" (the network events),"macs","configdrive_sha256"
+# (of the ISO 9660 volume as it sits on the device: volume space size x block size bytes),"settings_sha256",
+# "boot"} with header X-Stemforge-Token, retried every 2 s for at most PHONE_HOME_TRIES attempts.
 
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 umask 022
@@ -38,6 +43,7 @@ FLAT=$RUN/settings.flat
 CACHE=/var/vcap/bosh/settings.json
 STATE=/var/lib/stemforge
 POLL=${STEMFORGE_POLL:-2}
+PHONE_HOME_TRIES=${STEMFORGE_PHONE_HOME_TRIES:-30}
 DRIVE_WAIT=${STEMFORGE_DRIVE_WAIT:-40}
 
 mkdir -p "$RUN" "$CDMNT" "$RUN/disks/persistent" "$RUN/disks/ephemeral" "$RUN/pending" "$RUN/failed" "$STATE"
@@ -188,6 +194,11 @@ read_config_drive() {
         SRC_PATH=$rel
         HAS_KEY=false
         grep -q openssh-key "$CDMNT/ec2/latest/meta-data.json" 2>/dev/null && HAS_KEY=true
+        if cp "$CDMNT/openstack/latest/meta_data.json" "$RUN/meta_data.json.new" 2>/dev/null; then
+            mv "$RUN/meta_data.json.new" "$RUN/meta_data.json"
+        else
+            rm -f "$RUN/meta_data.json"
+        fi
     fi
     umount "$CDMNT" 2>/dev/null
     return $rc
@@ -304,9 +315,11 @@ configure_network() {
     line="{$head,\"iface\":\"$iface\",\"ip\":\"$nip\",\"prefix\":$nprefix,\"gateway\":\"$ngw\",\"default_route\":$defgw,\"dhcp\":$dhcp,\"configured\":$ok"
     [ -n "$reason" ] && line="$line,\"reason\":\"$reason\""
     emit "$line}"
+    echo "$line}" >>"$RUN/networks.json"
 }
 
 configure_networks() {
+    : >"$RUN/networks.json"
     jkeys networks >"$RUN/networks.list"
     while read -r net; do
         configure_network "$net"
@@ -625,6 +638,49 @@ poll_once() {
     [ -n "$CUR_SHA" ] && sync_persistent
 }
 
+# ---------------------------------------------------------------- phone-home (bare metal)
+# iso_sha256 DEV: sha256 of the ISO 9660 volume on DEV (volume space size x logical block size bytes).
+iso_sha256() {
+    local blocks bsz
+    blocks=$(dd if="$1" bs=2048 skip=16 count=1 2>/dev/null | dd bs=1 skip=80 count=4 2>/dev/null | od -An -tu4 | tr -d ' ')
+    bsz=$(dd if="$1" bs=2048 skip=16 count=1 2>/dev/null | dd bs=1 skip=128 count=2 2>/dev/null | od -An -tu2 | tr -d ' ')
+    case "$blocks$bsz" in '' | *[!0-9]*) return 1 ;; esac
+    [ "$bsz" -gt 0 ] || return 1
+    dd if="$1" bs="$bsz" count="$blocks" 2>/dev/null | sha256sum | cut -d' ' -f1
+}
+
+phone_home() {
+    local url token macs nets cdsha body i status
+    [ -s "$RUN/meta_data.json" ] || return 0
+    awk -f "$SF/json.awk" "$RUN/meta_data.json" >"$RUN/meta.flat" 2>/dev/null || return 0
+    url=$(FLAT=$RUN/meta.flat; jget meta/phone_home_url) || return 0
+    token=$(FLAT=$RUN/meta.flat; jget meta/phone_home_token) || return 0
+    [ -n "$url" ] && [ -n "$token" ] || return 0
+    macs=$(for a in /sys/class/net/*/address; do
+        n=${a%/address}
+        [ "${n##*/}" = lo ] || cat "$a"
+    done | json_list)
+    nets=$(awk 'BEGIN { printf "[" } { printf "%s%s", (NR > 1 ? "," : ""), $0 } END { printf "]" }' "$RUN/networks.json" 2>/dev/null)
+    [ -n "$nets" ] || nets="[]"
+    cdsha=
+    [ -n "$SRC_DEV" ] && cdsha=$(iso_sha256 "$SRC_DEV")
+    body="{\"agent_id\":\"$(jget agent_id)\",\"hostname\":\"$(jesc "$(hostname)")\",\"networks\":$nets,\"macs\":$macs,\"configdrive_sha256\":\"$cdsha\",\"settings_sha256\":\"$CUR_SHA\",\"boot\":$BOOT}"
+    i=1
+    status=
+    while [ "$i" -le "$PHONE_HOME_TRIES" ]; do
+        if timeout 10 wget -q -O /dev/null --header "X-Stemforge-Token: $token" \
+            --header "Content-Type: application/json" --post-data "$body" "$url" 2>"$RUN/phone-home.err"; then
+            emit "{\"event\":\"phone-home\",\"ok\":true,\"attempts\":$i,\"url\":\"$(jesc "$url")\"}"
+            return 0
+        fi
+        status=$(tr '\n' ' ' <"$RUN/phone-home.err")
+        sleep 2
+        i=$((i + 1))
+    done
+    emit "{\"event\":\"phone-home\",\"ok\":false,\"attempts\":$PHONE_HOME_TRIES,\"url\":\"$(jesc "$url")\",\"status\":\"$(jesc "$status")\"}"
+    return 1
+}
+
 # ---------------------------------------------------------------- main
 main() {
     if [ ! -f "$RUN/boot-counted" ]; then
@@ -654,6 +710,7 @@ main() {
         err "config-drive" "no config drive labelled config-2 found and no cached settings"
     fi
     emit "{\"event\":\"ready\",\"uptime_s\":$(uptime_s),\"boot\":$BOOT,\"settings_sha256\":\"$CUR_SHA\"}"
+    [ -n "$CUR_SHA" ] && phone_home &
     while :; do
         sleep "$POLL"
         poll_once

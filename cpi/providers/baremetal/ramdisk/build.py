@@ -5,7 +5,8 @@ as the test stemcell (:mod:`stemcells.testimage.build`, whose package resolution
 cpio writer this module reuses) and an initramfs holding
 
 * busybox-static (sh, wget with POST, udhcpc, sha256sum, dd, gunzip, tee, blockdev, ...);
-* ``sfdisk`` (package ``fdisk``), ``wipefs`` and ``partx`` (``util-linux``) with the shared libraries they need,
+* ``sfdisk`` (package ``fdisk``), ``wipefs`` and ``partx`` (``util-linux``), ``tee`` and ``sha256sum``
+  (``coreutils``; they shadow busybox's slower applets in ``/usr/sbin``) with the shared libraries they need,
   found by reading each binary's ``DT_NEEDED`` entries and copied from the Debian library packages (``libc6``,
   ``libfdisk1``, ...); a library that no listed package provides fails the build naming it;
 * the kernel modules for virtio/SATA/SCSI/NVMe disks and virtio/e1000 NICs (with their dependencies), loaded by
@@ -47,6 +48,9 @@ FORMAT_VERSION = "1"
 TOOL_PACKAGES: dict[str, tuple[str, ...]] = {
     "fdisk": ("sbin/sfdisk",),
     "util-linux": ("sbin/wipefs", "usr/bin/partx"),
+    # busybox's tee (tiny reads) and sha256sum are 2-4x slower than coreutils' under emulation: the stream's
+    # checksum must keep up with the disk
+    "coreutils": ("usr/bin/tee", "usr/bin/sha256sum"),
 }
 #: Packages that provide the tools' shared libraries (and the dynamic loader).
 LIB_PACKAGES = ("libc6", "libfdisk1", "libsmartcols1", "libblkid1", "libuuid1", "libreadline8", "libtinfo6")

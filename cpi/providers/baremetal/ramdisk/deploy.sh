@@ -136,9 +136,16 @@ sniff() {
     return 1
 }
 
-# writer DEV: stdin -> DEV from offset 0 in 1 MiB blocks, after sniffing the first MiB.  Results in $R/writer.*.
+# records FILE: the "A+B records in" counts of a busybox dd's stderr as "A B" (busybox prints no byte count).
+records() {
+    sed -n 's/^\([0-9][0-9]*\)+\([0-9][0-9]*\) records in.*/\1 \2/p' "$1" | head -n 1
+}
+
+# writer DEV: stdin -> DEV from offset 0 in 1 MiB blocks, after sniffing the first MiB; exactly SF_IMAGE_SIZE
+# bytes must arrive (the count is checked block by block: full 1 MiB records, then the last partial one, then
+# EOF).  Results in $R/writer.{rc,err,bytes}; rc 2 = refused before writing, 3 = longer than announced.
 writer() {
-    local what hb rest rc
+    local what hb full rec a b tb extra
     if ! dd of="$R/head" bs=$MIB count=1 iflag=fullblock 2>"$R/head.err"; then
         echo "reading the image stream failed: $(cat "$R/head.err")" >"$R/writer.err"
         echo 1 >"$R/writer.rc"
@@ -157,16 +164,49 @@ writer() {
         return
     fi
     rm -f "$R/head"
-    dd of="$1" bs=$MIB seek=1 iflag=fullblock conv=notrunc 2>"$R/dd.err"
-    rc=$?
-    rest=$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "$R/dd.err")
-    echo $((hb + ${rest:-0})) >"$R/writer.bytes"
-    [ "$rc" -eq 0 ] || echo "writing $1: $(grep -v records "$R/dd.err" | tail -n 1)" >"$R/writer.err"
-    echo "$rc" >"$R/writer.rc"
+    full=0
+    [ "$hb" -eq $MIB ] && full=$(((SF_IMAGE_SIZE - MIB) / MIB))
+    [ "$full" -lt 0 ] && full=0
+    if [ "$full" -gt 0 ]; then
+        if ! dd of="$1" bs=$MIB seek=1 count="$full" iflag=fullblock conv=notrunc 2>"$R/dd.err"; then
+            echo "writing $1: $(grep -v records "$R/dd.err" | tail -n 1)" >"$R/writer.err"
+            echo 1 >"$R/writer.rc"
+            return
+        fi
+        rec=$(records "$R/dd.err")
+        a=${rec% *}
+        b=${rec#* }
+        if [ "$a" != "$full" ] || [ "$b" != 0 ]; then
+            echo $((hb + ${a:-0} * MIB)) >"$R/writer.bytes"
+            echo "short read: the image stream ended after $((1 + ${a:-0}))+${b:-0} MiB blocks, SF_IMAGE_SIZE is $SF_IMAGE_SIZE bytes" >"$R/writer.err"
+            echo 1 >"$R/writer.rc"
+            return
+        fi
+    fi
+    tb=0
+    if [ "$hb" -eq $MIB ]; then
+        dd of="$R/tail" bs=$MIB count=1 iflag=fullblock 2>/dev/null
+        tb=$(wc -c <"$R/tail")
+        if [ "$tb" -gt 0 ] && ! dd if="$R/tail" of="$1" bs=$MIB seek=$((1 + full)) conv=notrunc 2>"$R/dd.err"; then
+            echo "writing $1: $(grep -v records "$R/dd.err" | tail -n 1)" >"$R/writer.err"
+            echo 1 >"$R/writer.rc"
+            return
+        fi
+        rm -f "$R/tail"
+    fi
+    echo $((hb + full * MIB + tb)) >"$R/writer.bytes"
+    extra=$(dd bs=4096 count=1 2>/dev/null | wc -c)
+    if [ "$extra" -gt 0 ]; then
+        echo "the image stream is longer than SF_IMAGE_SIZE ($SF_IMAGE_SIZE bytes)" >"$R/writer.err"
+        echo 3 >"$R/writer.rc"
+        return
+    fi
+    echo 0 >"$R/writer.rc"
 }
 
+# The download is bounded at 1 MiB/s on average plus 5 minutes (busybox wget has no usable stall timeout).
 fetch_image() {
-    wget -q -T 60 -O- --header "X-Stemforge-Token: $SF_TOKEN" "$SF_IMAGE_URL" 2>"$R/wget.err"
+    timeout $((SF_IMAGE_SIZE / MIB + 300)) wget -q -O- --header "X-Stemforge-Token: $SF_TOKEN" "$SF_IMAGE_URL" 2>"$R/wget.err"
     echo $? >"$R/wget.rc"
 }
 
@@ -196,12 +236,13 @@ stream_once() {
     rm -f "$R/sha.fifo"
     RETRY=false
     wrc=$(cat "$R/writer.rc" 2>/dev/null || echo 1)
-    if [ "$wrc" = 2 ]; then
+    if [ "$wrc" = 2 ] || [ "$wrc" = 3 ]; then
         ERR=$(cat "$R/writer.err")
         return 1
     fi
     if [ "$(cat "$R/wget.rc" 2>/dev/null)" != 0 ]; then
         ERR="download of $SF_IMAGE_URL failed: $(tr '\n' ' ' <"$R/wget.err" | sed 's/ *$//')"
+        [ "$(cat "$R/wget.rc")" = 143 ] && ERR="download of $SF_IMAGE_URL timed out after $((SF_IMAGE_SIZE / MIB + 300))s"
         case "$ERR" in
             *"server returned error: HTTP/"*" 4"[0-9][0-9]*) ;;
             *) RETRY=true ;;
@@ -221,7 +262,7 @@ stream_once() {
         ERR="checksumming the stream failed: $(cat "$R/tee.err")"
         return 1
     fi
-    BYTES=$(cat "$R/writer.bytes")
+    BYTES=$(cat "$R/writer.bytes" 2>/dev/null)
     if [ "$BYTES" != "$SF_IMAGE_SIZE" ]; then
         ERR="size mismatch: wrote $BYTES bytes, SF_IMAGE_SIZE is $SF_IMAGE_SIZE"
         return 1
@@ -325,7 +366,7 @@ write_configdrive() {
 
 # ---------------------------------------------------------------- benchmark mode
 plain_dd() {
-    wget -q -T 60 -O- --header "X-Stemforge-Token: $SF_TOKEN" "$SF_IMAGE_URL" 2>"$R/plain.wget.err" |
+    wget -q -O- --header "X-Stemforge-Token: $SF_TOKEN" "$SF_IMAGE_URL" 2>"$R/plain.wget.err" |
         dd of="$1" bs=$MIB iflag=fullblock conv=notrunc 2>"$R/plain.dd.err"
 }
 
@@ -389,8 +430,9 @@ deploy_main() {
     echo image >"$R/stage"
     t0=$(now)
     if ! stream_image "$dev"; then
-        wipe_disk "$ROOT"
-        fail image "$ERR"
+        msg=$ERR
+        wipe_disk "$ROOT" && msg="$msg (disk wiped)"
+        fail image "$msg"
     fi
     sync
     blockdev --flushbufs "$dev" 2>/dev/null

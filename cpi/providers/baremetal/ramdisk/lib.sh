@@ -5,6 +5,9 @@
 
 R=/run/sf
 mkdir -p "$R"
+NOJSON='{}'  # the empty data object (a literal {} inside ${x:-...} would need escapes that survive "")
+
+# Debian's static busybox wget crashes (SIGSEGV) with -T: every wget here is bounded by `timeout` instead.
 
 # log MESSAGE: one line on the console.
 log() {
@@ -24,11 +27,11 @@ jesc() {
 # post_event KIND STAGE OK MESSAGE [DATA_JSON] [TRIES]: POST one event; status 1 when every try failed.
 post_event() {
     local body i tries
-    body="{\"kind\":\"$1\",\"stage\":\"$(jesc "$2")\",\"ok\":$3,\"message\":\"$(jesc "$4")\",\"data\":${5:-\{\}}}"
+    body="{\"kind\":\"$1\",\"stage\":\"$(jesc "$2")\",\"ok\":$3,\"message\":\"$(jesc "$4")\",\"data\":${5:-$NOJSON}}"
     tries=${6:-3}
     i=0
     while [ "$i" -lt "$tries" ]; do
-        if wget -q -T 10 -O /dev/null --header "X-Stemforge-Token: $SF_TOKEN" \
+        if timeout 15 wget -q -O /dev/null --header "X-Stemforge-Token: $SF_TOKEN" \
             --header "Content-Type: application/json" --post-data "$body" "$SF_API/events" 2>"$R/post.err"; then
             return 0
         fi
@@ -43,7 +46,7 @@ post_event() {
 stage() {
     echo "$1" >"$R/stage"
     log "stage $1: $2"
-    post_event stage "$1" true "$2" "${3:-\{\}}"
+    post_event stage "$1" true "$2" "${3:-$NOJSON}"
 }
 
 # stay_up: never return (the provider powers the server off).  Heartbeats continue.
@@ -56,17 +59,18 @@ stay_up() {
 fail() {
     echo "failed:$1" >"$R/stage"
     log "FAILED at $1: $2"
-    post_event result "$1" false "$2" "${3:-\{\}}" 5
+    post_event result "$1" false "$2" "${3:-$NOJSON}" 5
     stay_up
 }
 
 # fetch URL OUT: GET URL (job token header) into OUT; on failure ERR holds wget's message.
 fetch() {
     ERR=
-    if wget -q -T 30 -O "$2" --header "X-Stemforge-Token: $SF_TOKEN" "$1" 2>"$R/fetch.err"; then
+    if timeout 60 wget -q -O "$2" --header "X-Stemforge-Token: $SF_TOKEN" "$1" 2>"$R/fetch.err"; then
         return 0
     fi
     ERR="GET $1: $(tr '\n' ' ' <"$R/fetch.err" | sed 's/ *$//')"
+    [ -s "$R/fetch.err" ] || ERR="GET $1: timed out after 60s"
     rm -f "$2"
     return 1
 }

@@ -1,0 +1,338 @@
+"""A rig that runs the deploy ramdisk in plain QEMU (TCG), for its tests and benchmark -- no libvirt, no lab.
+
+* :class:`ProvisioningStub` plays the provisioning API of ONE node on ``127.0.0.1:<free port>`` (the routes of
+  ``metal serve`` the ramdisk and the booted OS use: instructions, images, config drive, events, phone-home), with
+  token checks, and records what it was sent.  Faults for tests: serve only the first N bytes of an image (the
+  connection closes early, Content-Length still announces the whole file).
+* :func:`boot` starts ``qemu-system-x86_64 -accel tcg`` with ``-kernel/-initrd/-append`` (or from its first disk),
+  raw sparse disk files and one user-mode NIC.  Guest traffic reaches the stub only through slirp's host address
+  ``10.0.2.2`` (= 127.0.0.1 on the host); the guest is given only that address, and QEMU's ``-no-reboot`` makes the
+  ramdisk's ``reboot -f``/``poweroff -f`` end the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GUEST_HOST = "10.0.2.2"  # slirp's address of the host (its loopback)
+CHUNK = 1024 * 1024
+
+
+def render_instructions(values: Mapping[str, Any]) -> str:
+    """Instructions as ``metal serve`` renders them: ``SF_<KEY>='value'`` lines, ``'`` written as ``'\\''``."""
+    lines = []
+    for key, value in values.items():
+        text = str(value).replace("'", "'\\''")
+        lines.append(f"SF_{key.upper()}='{text}'\n")
+    return "".join(lines)
+
+
+@dataclass
+class ProvisioningStub:
+    """The provisioning API for one node (see the module docstring).  Use as a context manager."""
+
+    node: str = "node-1"
+    instructions: dict[str, Any] = field(default_factory=dict)
+    instructions_text: str | None = None  # served verbatim instead of ``instructions`` (malformed-input tests)
+    images: dict[str, Path] = field(default_factory=dict)
+    configdrive: Path | None = None
+    truncate_images_at: int | None = None
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    phone_home_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    events: list[dict[str, Any]] = field(default_factory=list)
+    phone_homes: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._server: http.server.ThreadingHTTPServer | None = None
+
+    # ------------------------------------------------------------ addresses
+    @property
+    def guest_base(self) -> str:
+        return f"http://{GUEST_HOST}:{self.port}"
+
+    @property
+    def api(self) -> str:
+        """What the ramdisk gets as ``sf.api``."""
+        return f"{self.guest_base}/v1/nodes/{self.node}"
+
+    def image_url(self, name: str) -> str:
+        return f"{self.guest_base}/images/{name}"
+
+    @property
+    def configdrive_url(self) -> str:
+        return f"{self.api}/configdrive"
+
+    @property
+    def phone_home_url(self) -> str:
+        return f"{self.api}/phone-home"
+
+    def kernel_args(self, *extra: str) -> str:
+        return " ".join(
+            ["console=ttyS0", "quiet", "loglevel=3", f"sf.api={self.api}", f"sf.token={self.token}", *extra]
+        )
+
+    # ------------------------------------------------------------ lifecycle
+    def __enter__(self) -> ProvisioningStub:
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - stdlib name
+                stub._get(self)
+
+            def do_POST(self) -> None:  # noqa: N802 - stdlib name
+                stub._post(self)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    # ------------------------------------------------------------ routes
+    def _authorised(self, h: http.server.BaseHTTPRequestHandler, token: str) -> bool:
+        got = h.headers.get("X-Stemforge-Token", "")
+        if secrets.compare_digest(got.encode(), token.encode()):
+            return True
+        with self._lock:
+            self.rejected.append(f"{h.command} {h.path}")
+        self._reply(h, 401, b"bad token\n")
+        return False
+
+    def _reply(
+        self, h: http.server.BaseHTTPRequestHandler, code: int, body: bytes = b"", ctype: str = "text/plain"
+    ) -> None:
+        h.send_response(code)
+        if code != 204:
+            h.send_header("Content-Type", ctype)
+            h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if body:
+            h.wfile.write(body)
+
+    def _get(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.requests.append(f"GET {h.path}")
+        prefix = f"/v1/nodes/{self.node}/"
+        if h.path == prefix + "instructions":
+            if self._authorised(h, self.token):
+                text = self.instructions_text
+                if text is None:
+                    text = render_instructions(self.instructions)
+                self._reply(h, 200, text.encode())
+        elif h.path == prefix + "configdrive":
+            if self._authorised(h, self.token):
+                if self.configdrive is None:
+                    self._reply(h, 404, b"no config drive\n")
+                else:
+                    self._reply(h, 200, self.configdrive.read_bytes(), "application/octet-stream")
+        elif h.path.startswith("/images/") and h.path[len("/images/") :] in self.images:
+            self._send_file(h, self.images[h.path[len("/images/") :]])
+        else:
+            self._reply(h, 404, b"not found\n")
+
+    def _send_file(self, h: http.server.BaseHTTPRequestHandler, path: Path) -> None:
+        size = path.stat().st_size
+        limit = size if self.truncate_images_at is None else min(size, self.truncate_images_at)
+        h.send_response(200)
+        h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Content-Length", str(size))
+        h.end_headers()
+        sent = 0
+        with open(path, "rb") as fh, contextlib.suppress(OSError):
+            while sent < limit:
+                chunk = fh.read(min(CHUNK, limit - sent))
+                if not chunk:
+                    break
+                h.wfile.write(chunk)
+                sent += len(chunk)
+        if sent < size:
+            h.close_connection = True
+            with contextlib.suppress(OSError):
+                h.wfile.flush()
+                h.connection.shutdown(2)
+
+    def _post(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.requests.append(f"POST {h.path}")
+        length = int(h.headers.get("Content-Length", "0") or 0)
+        body = h.rfile.read(length) if length else b""
+        prefix = f"/v1/nodes/{self.node}/"
+        if h.path == prefix + "events":
+            if not self._authorised(h, self.token):
+                return
+            target = self.events
+        elif h.path == prefix + "phone-home":
+            if not self._authorised(h, self.phone_home_token):
+                return
+            target = self.phone_homes
+        else:
+            self._reply(h, 404, b"not found\n")
+            return
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:
+            self._reply(h, 400, f"bad JSON: {exc}\n".encode())
+            return
+        if not isinstance(doc, dict):
+            self._reply(h, 400, b"bad JSON: not an object\n")
+            return
+        doc["_received"] = time.monotonic()
+        with self._lock:
+            target.append(doc)
+        self._reply(h, 204)
+
+    # ------------------------------------------------------------ waiting
+    def stages(self) -> list[str]:
+        with self._lock:
+            return [e["stage"] for e in self.events if e.get("kind") == "stage"]
+
+    def result(self) -> dict[str, Any] | None:
+        with self._lock:
+            return next((e for e in self.events if e.get("kind") == "result"), None)
+
+    def wait(
+        self, predicate: Callable[[ProvisioningStub], Any], timeout: float, vm: Vm | None = None, what: str = "event"
+    ) -> Any:
+        """Poll ``predicate(self)`` until it returns something truthy; raise TimeoutError (with the console tail)
+        after ``timeout`` s or, when ``vm`` is given and ``predicate`` is still false, once QEMU has exited."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = predicate(self)
+            if got:
+                return got
+            exited = vm is not None and vm.proc.poll() is not None
+            if exited or time.monotonic() > deadline:
+                if exited:
+                    time.sleep(0.5)
+                    got = predicate(self)
+                    if got:
+                        return got
+                why = "QEMU exited" if exited else f"timed out after {timeout:.0f}s"
+                tail = vm.console()[-3000:] if vm is not None else ""
+                raise TimeoutError(f"{why} waiting for {what}; events {self.events[-6:]}\nconsole:\n{tail}")
+            time.sleep(0.2)
+
+
+@dataclass
+class Disk:
+    """A disk of the guest: a raw (sparse) file, optionally with a serial; ``bus`` virtio or sata."""
+
+    path: Path
+    serial: str = ""
+    bus: str = "virtio"
+
+
+@dataclass
+class Vm:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    started: float
+
+    def console(self) -> str:
+        try:
+            return self.log.read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_exit(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+
+def sparse_disk(path: Path, size: int) -> Path:
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+    return path
+
+
+@contextlib.contextmanager
+def boot(
+    workdir: Path,
+    tag: str,
+    disks: list[Disk],
+    *,
+    kernel: Path | None = None,
+    initrd: Path | None = None,
+    append: str = "",
+    mac: str = "52:54:00:5f:aa:01",
+    memory_mib: int = 384,
+    smp: int = 1,
+    cpu: str = "max",
+) -> Iterator[Vm]:
+    """Run one QEMU guest (TCG, q35); kill it on exit of the block.  Direct kernel boot when ``kernel`` is given,
+    else from the first disk (BIOS)."""
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        raise FileNotFoundError("qemu-system-x86_64 is not installed")
+    log = workdir / f"console-{tag}.log"
+    cmd = [
+        qemu,
+        "-accel",
+        "tcg",
+        "-machine",
+        "q35",
+        "-m",
+        str(memory_mib),
+        "-smp",
+        str(smp),
+        "-cpu",
+        cpu,
+        "-nographic",
+        "-nodefaults",
+        "-no-reboot",
+        "-serial",
+        f"file:{log}",
+        "-netdev",
+        "user,id=n0,ipv6=off",
+        "-device",
+        f"virtio-net-pci,netdev=n0,mac={mac},romfile=",
+    ]
+    if kernel is not None:
+        cmd += ["-kernel", str(kernel), "-append", append]
+        if initrd is not None:
+            cmd += ["-initrd", str(initrd)]
+    sata = 0
+    for i, d in enumerate(disks):
+        cmd += ["-drive", f"if=none,id=d{i},file={d.path},format=raw,cache=unsafe"]
+        if d.bus == "sata":
+            cmd += ["-device", f"ide-hd,drive=d{i},bus=ide.{sata}" + (f",serial={d.serial}" if d.serial else "")]
+            sata += 1
+        else:
+            dev = f"virtio-blk-pci,drive=d{i}" + (f",serial={d.serial}" if d.serial else "")
+            if i == 0 and kernel is None:
+                dev += ",bootindex=1"
+            cmd += ["-device", dev]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    vm = Vm(proc=proc, log=log, started=time.monotonic())
+    try:
+        yield vm
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
