@@ -590,3 +590,24 @@ def test_valid_kms_rules_and_clean_resource_name_validate(tmp_path: Path) -> Non
     )
     result = stemforge(["validate", str(path)], tmp_path, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_name_taken_in_a_copy_region_fails_before_any_ami(
+    tmp_path: Path, moto_endpoint: str, clients: dict[str, Any], proxy: Ec2FaultProxy
+) -> None:
+    """Packer checks the name only in the build region; stemforge checks every ami_region too (in the background
+    while the instance runs) and stops before creating any AMI."""
+    test_id = uuid.uuid4().hex[:10]
+    name = f"stemforge-{test_id}-taken"
+    taken = clients["eu-west-2"].register_image(Name=name, RootDeviceName="/dev/sda1", VirtualizationType="hvm")
+    try:
+        path = template(tmp_path, proxy.url, test_id, regions=["us-east-2", "eu-west-2"], extra={"ami_name": name})
+        result = stemforge(["build", str(path)], tmp_path)
+        out = result.stdout + result.stderr
+        assert result.returncode == 1, out
+        assert f"Error: AMI Name: '{name}' is used by an existing AMI: {taken['ImageId']} (eu-west-2)" in out
+        assert proxy.count("CreateImage") == 0 and proxy.count("CopyImage") == 0
+        left = leftovers(clients, name, test_id, proxy)
+        assert left == [f"eu-west-2: AMI {taken['ImageId']}"], left
+    finally:
+        clients["eu-west-2"].deregister_image(ImageId=taken["ImageId"])

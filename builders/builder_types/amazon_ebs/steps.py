@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -112,11 +113,53 @@ def build_data(state: Mapping[str, Any], region: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- source
 
 
+class RegionNameCheck:
+    """The AMI-name check of the copy regions, run in the background from ``pre-validate`` (it also sets up the
+    per-region clients) while the instance is launched and provisioned; ``create-ami`` waits for it before any AMI
+    is made. ``wait`` raises BuildError naming the region where the name is taken."""
+
+    def __init__(self, access: AwsAccess, name: str, regions: list[str], parallel: int) -> None:
+        self.error: str | None = None
+        self.thread = threading.Thread(
+            target=self._run, args=(access, name, regions, parallel), daemon=True, name="ami-name-check"
+        )
+
+    def _run(self, access: AwsAccess, name: str, regions: list[str], parallel: int) -> None:
+        def check(region: str, _abort: Any) -> None:
+            found = access.find_images(name, region)
+            if found:
+                raise BuildError(
+                    f"Error: AMI Name: '{found[0]['Name']}' is used by an existing AMI: "
+                    f"{found[0]['ImageId']} ({region})"
+                )
+
+        try:
+            run_in_regions(access, regions, check, parallel=parallel, what="prevalidating the AMI name")
+        except RegionsFailed as exc:
+            self.error = "\n".join(exc.errors.values())
+        except BaseException as exc:  # noqa: BLE001 - reported by wait()
+            self.error = str(exc) or type(exc).__name__
+
+    def start(self) -> RegionNameCheck:
+        self.thread.start()
+        return self
+
+    def wait(self, cancel: threading.Event) -> None:
+        while self.thread.is_alive():
+            self.thread.join(0.1)
+            if cancel.is_set():
+                break
+        if self.error:
+            raise BuildError(self.error)
+
+
 class StepPreValidate(AwsStep):
-    """Fail before anything is created: the AMI name must be free in the build region and every ami_region
-    (unless ``force_deregister``); the VPC/subnet, when given, must exist."""
+    """Fail before anything is created: the AMI name must be free in the build region (Packer's check) -- and,
+    beyond Packer, in every ami_region, checked in the background until ``create-ami``; the VPC/subnet, when
+    given, must exist."""
 
     name = "pre-validate"
+    temporary = True
 
     def run(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -134,22 +177,18 @@ class StepPreValidate(AwsStep):
         if cfg.skip_create_ami:
             return
         self.ui.say(f"Prevalidating AMI Name: {cfg.ami_name}")
-        regions = [cfg.region, *cfg.ami_regions]
+        if cfg.ami_regions:
+            state["region_name_check"] = RegionNameCheck(
+                self.access, cfg.ami_name, list(cfg.ami_regions), cfg.ami_copy_parallelism
+            ).start()
+        found = self.access.find_images(cfg.ami_name, cfg.region)
+        if found:
+            raise BuildError(f"Error: AMI Name: '{found[0]['Name']}' is used by an existing AMI: {found[0]['ImageId']}")
 
-        def check(region: str, _abort: Any) -> None:
-            found = self.access.find_images(cfg.ami_name, region)
-            if found:
-                raise BuildError(
-                    f"Error: AMI Name: '{found[0]['Name']}' is used by an existing AMI: "
-                    f"{found[0]['ImageId']} ({region})"
-                )
-
-        try:
-            run_in_regions(
-                self.access, regions, check, parallel=cfg.ami_copy_parallelism, what="prevalidating the AMI name"
-            )
-        except RegionsFailed as exc:
-            raise BuildError("\n".join(exc.errors.values())) from None
+    def cleanup(self, state: dict[str, Any]) -> None:
+        check: RegionNameCheck | None = state.pop("region_name_check", None)
+        if check is not None:
+            check.thread.join(120)  # bounded by the calls' own timeouts; no thread outlives the build
 
 
 class StepSourceAMIInfo(AwsStep):
@@ -606,6 +645,10 @@ class StepCreateAMI(AwsStep):
         if cfg.skip_create_ami:
             self.ui.say("Skipping AMI creation...")
             return
+        check: RegionNameCheck | None = state.get("region_name_check")
+        if check is not None:
+            check.wait(self.ctx.cancel)
+            self.ctx.check_cancelled()
         name = f"packer-intermediary-{uuid.uuid4().hex[:16]}" if cfg.intermediary else cfg.ami_name
         self.ui.say(f"Creating AMI {name} from instance {state['instance_id']}")
         params: dict[str, Any] = {"InstanceId": state["instance_id"], "Name": name}

@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""AMI fan-out: a whole ``amazon-ebs`` build copying the AMI to 16 regions versus to 1, against a moto server on
+127.0.0.1 (target <= 2x: the copies, their waits and the per-region tagging run in parallel).
+
+moto copies an AMI instantly, so this measures orchestration: the builder's steps (source AMI, temporary key pair
+and security group, instance, create_image, copies, attributes, tags in every region, cleanup of the temporaries)
+with a client per region, the bounded pool, the polling and the retries wrapper -- plus moto's own per-request
+work, which grows with the number of regions (every region costs a CopyImage, DescribeImages polls, CreateTags
+and ModifyImageAttribute calls: 16x the requests). moto runs as a separate ``moto_server`` process (as a real
+endpoint would be: not sharing this process's interpreter lock) and every region's moto backend is warmed up before
+timing (moto loads its default AMIs per region on first use; that is moto's start-up, not ours).
+
+Each round runs both variants, the order alternating, each with a fresh AMI name; the AMIs (and snapshots) are
+destroyed between runs, untimed. Reported: median and best whole-build seconds, the ratio of medians, and the
+fan-out steps alone (ami-region-copy + modify-ami-attributes + create-tags) from the step runner's records.
+
+Run: ``.venv/bin/python benchmarks/bench_ami_fanout.py [--rounds 5] [--regions 16]``; ``--quick`` for the smoke
+test (2 rounds, 4 regions). Exit status 0 unless a build failed (2) or, with ``--strict``, the target was missed
+(1). The moto process is stopped at the end whatever happens. All traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from builders.builder_types.amazon_ebs import AmazonEbsBuilder  # noqa: E402
+from builders.core import BuildContext  # noqa: E402
+from builders.registry import validate_options  # noqa: E402
+from stemforge.steps import StepRunner  # noqa: E402
+
+TARGET_RATIO = 2.0
+BUILD_REGION = "us-east-1"
+REGIONS = [
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "ca-central-1",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "eu-central-1",
+    "eu-north-1",
+    "ap-south-1",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "sa-east-1",
+    "ap-east-1",
+    "me-south-1",
+    "af-south-1",
+    "eu-south-1",
+]
+FANOUT_STEPS = ("ami-region-copy", "modify-ami-attributes", "create-tags")
+
+
+class QuietUi:
+    def say(self, message: str) -> None:
+        pass
+
+    def message(self, message: str) -> None:
+        pass
+
+    def error(self, message: str) -> None:
+        print(f"  error: {message}", file=sys.stderr)
+
+    def progress(self, label: str, done: int, total: int | None) -> None:
+        pass
+
+
+class NoProvisioners:
+    def run(self, communicator: Any) -> None:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MotoProcess:
+    """``moto_server`` on 127.0.0.1 in its own process; stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        binary = Path(sys.executable).with_name("moto_server")
+        args = [str(binary)] if binary.exists() else [sys.executable, "-m", "moto.server"]
+        self.proc = subprocess.Popen(
+            [*args, "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def __enter__(self) -> MotoProcess:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("moto_server exited") from None
+                time.sleep(0.1)
+        raise RuntimeError("moto_server did not start")
+
+    def __exit__(self, *_exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def warm(endpoint: str, regions: list[str]) -> float:
+    import boto3
+
+    started = time.monotonic()
+    session = boto3.session.Session()
+    clients = {
+        r: session.client(
+            "ec2", region_name=r, endpoint_url=endpoint, aws_access_key_id="bench", aws_secret_access_key="bench-secret"
+        )
+        for r in regions
+    }
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda r: clients[r].describe_vpcs(), regions))
+    return time.monotonic() - started
+
+
+def build(endpoint: str, regions: list[str], work: Path) -> tuple[float, float, dict[str, str]]:
+    """One whole amazon-ebs build; (seconds, fan-out steps seconds, amis)."""
+    ctx = BuildContext("bench", "amazon-ebs", QuietUi(), threading.Event(), work, str(uuid.uuid4()))
+    config = {
+        "region": BUILD_REGION,
+        "custom_endpoint_ec2": endpoint,
+        "access_key": "bench",
+        "secret_key": "bench-secret",
+        "source_ami_filter": {"filters": {"name": "ubuntu/images/*"}, "owners": ["099720109477"], "most_recent": True},
+        "instance_type": "t3.micro",
+        "communicator": "none",
+        "ami_name": f"bench-{uuid.uuid4().hex[:12]}",
+        "ami_regions": regions,
+        "tags": {"Name": "bench", "Region": "{{ .BuildRegion }}"},
+        "snapshot_tags": {"kind": "root"},
+        "ami_users": ["111122223333"],
+        "aws_polling": {"delay_seconds": 1},
+    }
+    builder = AmazonEbsBuilder(validate_options(AmazonEbsBuilder, config, "amazon-ebs"), ctx)
+    builder.prepare()
+    runner = StepRunner(log=logging.getLogger("bench"), cancel=ctx.cancel)
+    state: dict[str, Any] = {}
+    started = time.monotonic()
+    runner.run(builder.steps(NoProvisioners()), state)
+    seconds = time.monotonic() - started
+    artifact = builder.artifact(state)
+    if artifact is None:
+        raise RuntimeError("the build made no AMI")
+    fanout = sum(r.seconds for r in runner.records if r.name in FANOUT_STEPS)
+    amis = dict(artifact.state["amis"])
+    artifact.destroy()
+    return seconds, fanout, amis
+
+
+def run(args: argparse.Namespace) -> int:
+    regions = REGIONS[: args.regions]
+    work = Path(os.environ.get("TMPDIR", "/tmp"))
+    with MotoProcess() as moto:
+        warmed = warm(moto.url, [BUILD_REGION, *regions])
+        print(
+            f"moto_server on {moto.url}; {len(regions) + 1} region backends warmed in {warmed:.1f}s; "
+            f"cores: {os.cpu_count()}; load: {os.getloadavg()[0]:.2f}"
+        )
+        one: list[tuple[float, float]] = []
+        many: list[tuple[float, float]] = []
+        build(moto.url, regions[:1], work)  # warm-up: client creation paths, moto's first instance/AMI
+        for i in range(args.rounds):
+            order = [(1, one), (len(regions), many)]
+            for count, sink in order if i % 2 == 0 else reversed(order):
+                seconds, fanout, amis = build(moto.url, regions[:count], work)
+                if len(amis) != count + 1:
+                    raise RuntimeError(f"expected {count + 1} AMIs, got {len(amis)}")
+                sink.append((seconds, fanout))
+            print(
+                f"round {i + 1}: 1 region {one[-1][0]:.2f}s (fan-out {one[-1][1]:.2f}s), {len(regions)} regions "
+                f"{many[-1][0]:.2f}s (fan-out {many[-1][1]:.2f}s)"
+            )
+    t1, tn = statistics.median(s for s, _f in one), statistics.median(s for s, _f in many)
+    f1, fn = statistics.median(f for _s, f in one), statistics.median(f for _s, f in many)
+    ratio = tn / t1
+    verdict = "PASS" if ratio <= TARGET_RATIO else "MISS"
+    print(
+        f"\n=== bench_ami_fanout summary ({len(regions)} regions vs 1, {args.rounds} rounds, medians; target <= "
+        f"{TARGET_RATIO:.0f}x; load {os.getloadavg()[0]:.2f}) ==="
+    )
+    print(f"{'what':<38}{'1 region':>10}{f'{len(regions)} regions':>12}{'ratio':>8}  verdict")
+    print(f"{'whole amazon-ebs build':<38}{t1:>9.2f}s{tn:>11.2f}s{ratio:>7.2f}x  {verdict}")
+    print(
+        f"{'fan-out steps (copy, attributes, tags)':<38}{f1:>9.2f}s{fn:>11.2f}s{fn / f1:>7.2f}x  "
+        f"(serial would be ~{len(regions) * f1:.1f}s)"
+    )
+    print(f"{'best whole build':<38}{min(s for s, _f in one):>9.2f}s{min(s for s, _f in many):>11.2f}s")
+    return 1 if verdict == "MISS" and args.strict else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--regions", type=int, default=16, choices=range(1, len(REGIONS) + 1), metavar="N")
+    parser.add_argument("--quick", action="store_true", help="2 rounds, 4 regions (smoke test)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.regions = 2, 4
+    try:
+        return run(args)
+    except Exception as exc:  # noqa: BLE001 - a failed build is a benchmark failure, reported plainly
+        print(f"bench_ami_fanout: build failed: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
