@@ -297,6 +297,7 @@ class Fault:
     count: int
     status: int = 503
     code: str = "RequestLimitExceeded"
+    message: str = "injected by the test proxy"
 
 
 class FaultProxy:
@@ -329,7 +330,7 @@ class FaultProxy:
                     if fault.code:
                         payload = (
                             f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{fault.code}'
-                            f"</Code><Message>injected by the test proxy</Message></Error></Errors>"
+                            f"</Code><Message>{fault.message}</Message></Error></Errors>"
                             f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
                         ).encode()
                     self.send_response(fault.status)
@@ -377,11 +378,18 @@ class FaultProxy:
                 return None
             fault.count -= 1
             self.injected[action] += 1
-            return Fault(1, fault.status, fault.code)
+            return Fault(1, fault.status, fault.code, fault.message)
 
-    def inject(self, action: str, count: int, status: int = 503, code: str = "RequestLimitExceeded") -> None:
+    def inject(
+        self,
+        action: str,
+        count: int,
+        status: int = 503,
+        code: str = "RequestLimitExceeded",
+        message: str = "injected by the test proxy",
+    ) -> None:
         with self.lock:
-            self.faults[action] = Fault(count, status, code)
+            self.faults[action] = Fault(count, status, code, message)
 
     def reset(self) -> None:
         with self.lock:

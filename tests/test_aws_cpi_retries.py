@@ -136,3 +136,27 @@ def test_errors_that_are_not_transient_are_not_retried(
     error = cpi.error("create_vm", *_vm_args(env, ami, run))
     assert error["ok_to_retry"] is True, "the director retries create_vm when capacity may come back"
     assert _instances(moto_endpoint, run) == []
+
+
+def test_a_device_name_taken_meanwhile_moves_to_the_next(
+    cpi: AwsCpi, proxy: FaultProxy, env: dict[str, Any], ami: str, moto_endpoint: str
+) -> None:
+    """A concurrent attach_disk took /dev/sdf between our look and our AttachVolume: the next name is used."""
+    run = uuid.uuid4().hex[:8]
+    vm_cid, _ = cpi.ok("create_vm", *_vm_args(env, ami, run))
+    try:
+        disk = cpi.ok("create_disk", 1024, {}, vm_cid)
+        proxy.inject(
+            "AttachVolume",
+            1,
+            400,
+            "InvalidParameterValue",
+            "Invalid value '/dev/sdf' for unixDevice. Attachment point /dev/sdf is already in use",
+        )
+        cpi.ok("attach_disk", vm_cid, disk)
+        attachment = ec2_client(moto_endpoint).describe_volumes(VolumeIds=[disk])["Volumes"][0]["Attachments"][0]
+        assert attachment["Device"] == "/dev/sdg" and proxy.seen["AttachVolume"] == 2
+        cpi.ok("detach_disk", vm_cid, disk)
+        cpi.ok("delete_disk", disk)
+    finally:
+        cpi.ok("delete_vm", vm_cid)

@@ -418,3 +418,26 @@ def test_heavy_stemcell_needs_a_raw_image_and_a_bucket(moto_endpoint: str, env: 
     with pytest.raises(CloudError, match="aws.images_bucket"):
         provider.create_stemcell(str(qcow2), MF, {})
     assert _bucket_keys(moto_endpoint, env["images_bucket"]) == []
+
+
+def test_create_vm_refuses_disks_in_another_zone(moto_endpoint: str, env: dict[str, Any]) -> None:
+    """disk_cids are a placement hint: a VM whose subnet is in another zone than its disks cannot use them."""
+    provider = _provider(moto_endpoint, env, default_availability_zone=env["backup_az"])
+    ami = register_ami(moto_endpoint, env["az"], f"loc {uuid.uuid4().hex[:6]}")
+    disk = provider.create_disk(1024, {}, None)
+    run = uuid.uuid4().hex[:8]
+    try:
+        networks = {"n": {"type": "dynamic", "cloud_properties": {"subnet": env["subnet_id"]}}}
+        with pytest.raises(CloudError, match=f"disk {disk} is in {env['backup_az']}"):
+            provider.create_vm(
+                f"agent-{run}",
+                ami,
+                {"instance_type": "t3.nano"},
+                networks,
+                [disk],
+                {"bosh": {"tags": {"test_run": run}}},
+            )
+        found = ec2_client(moto_endpoint).describe_instances(Filters=[{"Name": "tag:test_run", "Values": [run]}])
+        assert found["Reservations"] == []
+    finally:
+        provider.delete_disk(disk)

@@ -300,33 +300,40 @@ class AWSProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
             if others:
                 holder = others[0].get("InstanceId")
                 raise CloudError(f"attach_disk: disk {disk_cid} is attached to another VM ({holder})", ok_to_retry=True)
-            used = {m.get("DeviceName") for m in instance.get("BlockDeviceMappings", [])}
-            free = [d for d in PERSISTENT_DEVICES if d not in used]
-            if not free:
-                raise CloudError(f"attach_disk: VM {vm_cid} has no free device name (/dev/sdf-/dev/sdp all in use)")
-            device = free[0]
-            self._attach(vm_cid, disk_cid, device)
+            device = self._attach(vm_cid, disk_cid, instance)
         self._wait_attachment(disk_cid, vm_cid, attached=True)
         hint = instance_types.device_hint(device, instance.get("InstanceType"), disk_cid)
         self.log.info("attach_disk: %s attached to %s as %s (hint %s)", disk_cid, vm_cid, device, hint)
         return hint
 
-    def _attach(self, vm_cid: str, disk_cid: str, device: str) -> None:
-        """AttachVolume; IncorrectState/VolumeInUse (AWS's eventual consistency, a VM just deleted) retried within
-        the wait bound."""
+    def _attach(self, vm_cid: str, disk_cid: str, instance: Mapping[str, Any]) -> str:
+        """AttachVolume at the first free device name (/dev/sdf../dev/sdp, as bosh-aws-cpi) and return it.
+        IncorrectState/VolumeInUse (AWS's eventual consistency, a VM just deleted) are retried within the wait bound;
+        a device name taken meanwhile (a concurrent attach_disk on the same VM) moves on to the next free one."""
         import time
 
         deadline = time.monotonic() + self.config.wait_timeout
         delay = self.config.poll_interval / 5
+        taken: set[str] = set()
         while True:
+            used = {m.get("DeviceName") for m in instance.get("BlockDeviceMappings", [])} | taken
+            free = [d for d in PERSISTENT_DEVICES if d not in used]
+            if not free:
+                raise CloudError(f"attach_disk: VM {vm_cid} has no free device name (/dev/sdf-/dev/sdp all in use)")
+            device = free[0]
             try:
                 self.api.ec2_call("attach_volume", VolumeId=disk_cid, InstanceId=vm_cid, Device=device)
-                return
+                return device
             except AwsCallError as exc:
-                if exc.code not in ("IncorrectState", "VolumeInUse") or time.monotonic() > deadline:
-                    raise CloudError(
-                        f"attach_disk: {exc.message}", ok_to_retry=exc.code in ("IncorrectState", "VolumeInUse")
-                    ) from None
+                in_use = exc.code == "InvalidParameterValue" and "in use" in exc.message
+                transient = exc.code in ("IncorrectState", "VolumeInUse")
+                if not (in_use or transient) or time.monotonic() > deadline:
+                    raise CloudError(f"attach_disk: {exc.message}", ok_to_retry=transient or in_use) from None
+                if in_use:
+                    self.log.info("attach_disk: %s on %s was taken meanwhile; trying the next one", device, vm_cid)
+                    taken.add(device)
+                    instance = self._live_instance(vm_cid)
+                    continue
                 self.log.info("attach_disk: %s not attachable yet (%s); retrying", disk_cid, exc.code)
             time.sleep(delay)
             delay = min(self.config.poll_interval, delay * 1.5)
@@ -344,7 +351,7 @@ class AWSProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
             describe,
             lambda s: s,
             want={"attached"} if attached else {"detached"},
-            failed={"detached"} if attached else set(),
+            failed=set(),
             what=f"disk {disk_cid} on VM {vm_cid}",
             timeout=self.config.wait_timeout,
             interval=self.config.poll_interval,
