@@ -441,3 +441,21 @@ def test_create_vm_refuses_disks_in_another_zone(moto_endpoint: str, env: dict[s
         assert found["Reservations"] == []
     finally:
         provider.delete_disk(disk)
+
+
+def test_encrypted_light_stemcell_is_copied_and_deleted(
+    moto_endpoint: str, env: dict[str, Any], tmp_path: Path
+) -> None:
+    """``encrypted: true`` copies the region's AMI encrypted (as bosh-aws-cpi); the copy is the CPI's to delete."""
+    ec2 = ec2_client(moto_endpoint)
+    ami = register_ami(moto_endpoint, env["az"], f"enc {uuid.uuid4().hex[:6]}")
+    provider = _provider(moto_endpoint, env)
+    image = tmp_path / "image"
+    image.write_bytes(b"")
+    cid = provider.create_stemcell(str(image), {"ami": {"us-east-1": ami}, "encrypted": True}, {"owner": "t"})
+    assert cid.startswith("ami-") and cid != ami and not cid.endswith(" light")
+    copy = ec2.describe_images(ImageIds=[cid])["Images"][0]
+    assert copy["State"] == "available" and {"Key": "owner", "Value": "t"} in copy.get("Tags", [])
+    provider.delete_stemcell(cid)
+    assert ec2.describe_images(Filters=[{"Name": "image-id", "Values": [cid]}])["Images"] == []
+    assert ec2.describe_images(ImageIds=[ami])["Images"], "the published AMI stays"
