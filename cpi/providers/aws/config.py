@@ -168,7 +168,7 @@ class AwsConfig:
     images_bucket: str | None = None
     images_prefix: str = "stemcells/"
     import_role_name: str | None = None
-    import_timeout: float = 7200.0
+    import_timeout: float = 3300.0  # below the CPI's default call_timeout (3600 s): raise both for big images
 
     @classmethod
     def from_properties(cls, section: Mapping[str, Any] | None) -> AwsConfig:
