@@ -180,6 +180,23 @@ def test_up_failing_on_a_taken_name_touches_nothing_of_the_running_lab(lab_host:
         assert lab.status(env.id)["vde_switch"] == "running"
 
 
+@pytest.mark.slow
+def test_a_lab_whose_owner_died_is_reaped(lab_host: None) -> None:
+    """A test process killed before its teardown leaves its lab; the next ``metal_lab`` removes it (labs made by
+    ``stemforge metal lab up`` have no owner and are never reaped)."""
+    code = ("import os, sys; from cpi.providers.baremetal import lab; "
+            "rec = lab.up(1, with_serve=False, with_ramdisk=False, owner_pid=os.getpid()); "
+            "print(rec.id, flush=True); os._exit(0)")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    orphan = proc.stdout.split()[-1]
+    rec = lab.load(orphan)
+    assert rec.owner is not None
+    assert leftovers(rec)  # the dead process left its lab behind
+    reaped = lab.reap_orphans()
+    assert orphan in reaped
+    assert leftovers(rec) == {}
+
+
 @pytest.fixture
 def cli_lab() -> Iterator[str]:
     lab_id = _free_id()

@@ -106,6 +106,9 @@ class LabRecord:
     inventory: str = ""
     cpi_config: str = ""
     phase: str = "creating"  # creating | ready
+    #: the process the lab belongs to ({"pid", "starttime"}), for labs that must not outlive it (test harness);
+    #: None for labs made by ``stemforge metal lab up``, which outlive the command by design
+    owner: dict[str, Any] | None = None
     created: float = field(default_factory=time.time)
 
     def __repr__(self) -> str:
@@ -693,10 +696,15 @@ def up(
     vcpus: int = 1,
     with_serve: bool = True,
     with_ramdisk: bool = True,
+    owner_pid: int | None = None,
     runner: StepRunner | None = None,
 ) -> LabRecord:
-    """Build a lab of ``servers`` emulated servers; on any failure (or interrupt) nothing is left behind."""
+    """Build a lab of ``servers`` emulated servers; on any failure (or interrupt) nothing is left behind.
+
+    ``owner_pid``: the lab belongs to that process; once it is gone, :func:`reap_orphans` removes the lab."""
     rec = plan(servers, lab_id=lab_id, lab_dir=lab_dir, memory_mib=memory_mib, vcpus=vcpus)
+    if owner_pid is not None:
+        rec.owner = lab_proc.identity(owner_pid)
     if lab_net.namespace_exists(rec.namespace):
         raise LabError(f"name: lab {rec.id} already exists (namespace {rec.namespace})")
     runner = runner or StepRunner(log=log)
@@ -762,6 +770,26 @@ def down(lab_id: str | None = None, *, lab_dir: str | os.PathLike[str] | None = 
     for line in removed:
         log.info("removed %s", line)
     return removed
+
+
+def reap_orphans() -> list[str]:
+    """Remove every lab whose owner process is gone (a test run that was killed before its teardown). Labs
+    without an owner are never touched. Returns the ids removed."""
+    reaped = []
+    for lab_id in list_labs():
+        try:
+            rec = load(lab_id)
+        except (LabError, OSError, ValueError, TypeError):
+            continue
+        if rec.owner and not lab_proc.alive(rec.owner):
+            log.info("lab %s: its owner (pid %s) is gone; removing it", lab_id, rec.owner.get("pid"))
+            try:
+                down(lab_id, lab_dir=rec.dir)
+            except Exception as exc:  # noqa: BLE001 - another process may be reaping it too; never fail the caller
+                log.warning("lab %s: removing it failed: %s", lab_id, exc)
+                continue
+            reaped.append(lab_id)
+    return reaped
 
 
 def status(lab_id: str | None = None, *, lab_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
