@@ -24,6 +24,9 @@ NOT_USED = {
     "release_bucket": "stemforge-releases",
     "terraform_state_bucket": "stemforge-tfstate",
     "aws_region": "us-east-1",
+    "s3_endpoint": "http://127.0.0.1:9",
+    "aws_access_key_id": "unused",
+    "aws_secret_access_key": "unused",
 }
 
 
@@ -112,6 +115,7 @@ def test_build_candidate_makes_versioned_artifacts(work: Path, candidate: Path) 
 @pytest.mark.terraform
 @pytest.mark.libvirt
 @pytest.mark.metal
+@pytest.mark.timeout(2700)
 def test_integration_job(work: Path, candidate: Path, moto_endpoint: str) -> None:
     status, out = run(
         work,
@@ -125,7 +129,7 @@ def test_integration_job(work: Path, candidate: Path, moto_endpoint: str) -> Non
             "integration_libvirt_pytest_args": "-k test_calculate_vm_cloud_properties",
             "integration_metal_pytest_args": "-k test_render_instructions_rules",
         },
-        timeout=1500,
+        timeout=2400,
     )
     assert status == 0, out
     assert "put environment: environment stemforge-integration up; metadata: " in out
@@ -143,6 +147,7 @@ def test_integration_job(work: Path, candidate: Path, moto_endpoint: str) -> Non
 
 @pytest.mark.libvirt
 @pytest.mark.metal
+@pytest.mark.timeout(2700)
 def test_acceptance_job(work: Path, candidate: Path) -> None:
     # the candidate is given as an input (acceptance's passed: [integration] is exercised by the integration test)
     inputs = work / "acceptance-inputs"
