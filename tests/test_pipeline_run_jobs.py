@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -60,8 +61,19 @@ def run(
     ]
     for key, value in {**NOT_USED, **variables}.items():
         argv += ["--var", f"{key}={value}"]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    return proc.returncode, proc.stdout + proc.stderr
+    child = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGINT)  # abort: running tasks end, ensure hooks (env down) still run
+        try:
+            out, _ = child.communicate(timeout=600)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        pytest.fail(f"{job} did not finish within {timeout:g}s; aborted:\n{out}")
+    return child.returncode, out
 
 
 def test_unit_job(work: Path) -> None:
