@@ -87,6 +87,8 @@ class Ec2FaultProxy:
         self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
         self.rules: list[Rule] = []
         self.forwarded: list[tuple[str, str]] = []
+        #: (action, region, form parameters) of every request forwarded
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
         #: (region, AMI id) of every image a CreateImage/CopyImage answer named: what the build made
         self.images: list[tuple[str, str]] = []
         self.lock = threading.Lock()
@@ -166,6 +168,8 @@ class Ec2FaultProxy:
             conn.close()
         with self.lock:
             self.forwarded.append((action, region))
+            form = urllib.parse.parse_qs(body.decode(errors="replace"))
+            self.requests.append((action, region, {k: v[0] for k, v in form.items()}))
             if action in ("CreateImage", "CopyImage") and response.status == 200:
                 match = re.search(rb"<imageId>(ami-[0-9a-f]+)</imageId>", data)
                 if match:
@@ -610,4 +614,107 @@ def test_name_taken_in_a_copy_region_fails_before_any_ami(
         left = leftovers(clients, name, test_id, proxy)
         assert left == [f"eu-west-2: AMI {taken['ImageId']}"], left
     finally:
+        image = clients["eu-west-2"].describe_images(ImageIds=[taken["ImageId"]])["Images"][0]
         clients["eu-west-2"].deregister_image(ImageId=taken["ImageId"])
+        for mapping in image["BlockDeviceMappings"]:
+            clients["eu-west-2"].delete_snapshot(SnapshotId=mapping["Ebs"]["SnapshotId"])
+
+
+def test_encrypt_boot_with_region_kms_key_ids(
+    tmp_path: Path, moto_endpoint: str, clients: dict[str, Any], proxy: Ec2FaultProxy
+) -> None:
+    """Packer's encryption flow: the AMI made from the instance is an intermediary; it is copied encrypted into the
+    build region (kms_key_id) and every ami_region (its region_kms_key_ids entry, "" = the region's default key),
+    then removed with its snapshots."""
+    test_id = uuid.uuid4().hex[:10]
+    keys = {"us-east-2": "alias/east-2-images", "eu-west-1": ""}
+    extra = {
+        "encrypt_boot": True,
+        "kms_key_id": "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "region_kms_key_ids": keys,
+    }
+    path = template(tmp_path, proxy.url, test_id, regions=list(keys), extra=extra)
+    result = stemforge(["build", str(path)], tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    copies = {region: params for action, region, params in proxy.requests if action == "CopyImage"}
+    assert sorted(copies) == sorted([BUILD_REGION, *keys])
+    assert all(p["Encrypted"] == "true" for p in copies.values())
+    assert copies[BUILD_REGION]["KmsKeyId"] == extra["kms_key_id"]
+    assert copies["us-east-2"]["KmsKeyId"] == "alias/east-2-images"
+    assert "KmsKeyId" not in copies["eu-west-1"]
+    intermediary = [i for r, i in proxy.images if r == BUILD_REGION][0]
+    assert all(p["SourceImageId"] == intermediary for p in copies.values())
+    assert "Deregistering the intermediary AMI" in out
+    name = ami_name_in(out, test_id)
+    left = leftovers(clients, name, test_id, proxy)
+    amis = [line for line in left if ": AMI ami-" in line]
+    assert len(amis) == 3 and not any(intermediary in line for line in left), left
+    for line in amis:
+        region, _, ami = line.replace(": AMI ", " ").partition(" ")
+        clients[region].deregister_image(ImageId=ami)
+
+
+def test_skip_save_build_region_keeps_only_the_copies(
+    tmp_path: Path, moto_endpoint: str, clients: dict[str, Any], proxy: Ec2FaultProxy
+) -> None:
+    test_id = uuid.uuid4().hex[:10]
+    manifest = tmp_path / "m.json"
+    path = template(
+        tmp_path,
+        proxy.url,
+        test_id,
+        regions=["eu-west-1", "ap-south-1"],
+        extra={"skip_save_build_region": True},
+        post=[{"type": "manifest", "output": str(manifest)}],
+    )
+    result = stemforge(["build", str(path)], tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    artifact_id = json.loads(manifest.read_text())["builds"][0]["artifact_id"]
+    assert [p.split(":")[0] for p in artifact_id.split(",")] == ["ap-south-1", "eu-west-1"]
+    name = ami_name_in(out, test_id)
+    assert (
+        clients[BUILD_REGION].describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
+        == []
+    )
+    for pair in artifact_id.split(","):
+        region, ami = pair.split(":")
+        clients[region].deregister_image(ImageId=ami)
+
+
+def test_force_deregister_replaces_existing_amis_and_snapshots(
+    tmp_path: Path, moto_endpoint: str, clients: dict[str, Any], proxy: Ec2FaultProxy
+) -> None:
+    test_id = uuid.uuid4().hex[:10]
+    name = f"stemforge-{test_id}-fixed"
+    old: dict[str, tuple[str, str]] = {}
+    for region in (BUILD_REGION, "us-west-2"):
+        c = clients[region]
+        zone = c.describe_availability_zones()["AvailabilityZones"][0]["ZoneName"]
+        volume = c.create_volume(Size=1, AvailabilityZone=zone)["VolumeId"]
+        snap = c.create_snapshot(VolumeId=volume)["SnapshotId"]
+        c.delete_volume(VolumeId=volume)
+        image = c.register_image(
+            Name=name,
+            RootDeviceName="/dev/sda1",
+            VirtualizationType="hvm",
+            BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": snap}}],
+        )["ImageId"]
+        c.delete_snapshot(SnapshotId=snap)
+        # (moto gives every registered image a snapshot of its own and reports that one)
+        described = c.describe_images(ImageIds=[image])["Images"][0]
+        old[region] = (image, described["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"])
+    extra = {"ami_name": name, "force_deregister": True, "force_delete_snapshot": True}
+    path = template(tmp_path, proxy.url, test_id, regions=["us-west-2"], extra=extra)
+    result = stemforge(["build", str(path)], tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    for region, (image, snap) in old.items():
+        c = clients[region]
+        assert f"Deregistered AMI id: {image} ({region})" in out and f"Deleted snapshot: {snap} ({region})" in out
+        assert c.describe_images(Filters=[{"Name": "image-id", "Values": [image]}])["Images"] == []
+        assert c.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": [snap]}])["Snapshots"] == []
+        new = c.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
+        assert len(new) == 1
+        c.deregister_image(ImageId=new[0]["ImageId"])
