@@ -136,6 +136,46 @@ def _list_of_maps(document: Mapping[str, Any], key: str, go_type: str) -> list[d
     return value
 
 
+#: Job fields with a fixed Go type (atc.JobConfig); a value of another type stops decoding, as in fly.
+_JOB_FIELD_TYPES: dict[str, tuple[str, Any]] = {
+    "name": ("string", str),
+    "old_name": ("string", str),
+    "serial": ("bool", bool),
+    "serial_groups": ("[]string", list),
+    "max_in_flight": ("int", int),
+    "public": ("bool", bool),
+    "disable_manual_trigger": ("bool", bool),
+    "interruptible": ("bool", bool),
+    "build_logs_to_retain": ("int", int),
+    "build_log_retention": ("atc.BuildLogRetention", dict),
+}
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), "null")
+
+
+def _job_types(job: Mapping[str, Any]) -> None:
+    for key, (go_type, python_type) in _JOB_FIELD_TYPES.items():
+        value = job.get(key)
+        if value is None:
+            continue
+        ok = isinstance(value, python_type) and not (python_type is int and isinstance(value, bool))
+        if ok and key == "serial_groups":
+            bad = [group for group in value if not isinstance(group, str)]
+            if bad:
+                ok, value, go_type = False, bad[0], "string"
+        if not ok:
+            raise DecodeError(
+                f"error unmarshaling JSON: while decoding JSON: json: cannot unmarshal {_json_type(value)} into Go "
+                f"struct field JobConfig.{key} of type {go_type}"
+            )
+
+
 def _strict_task_config(config: Any) -> None:
     if not isinstance(config, dict):
         return
@@ -206,6 +246,8 @@ def decode(text: str, *, strict: bool, variables: Mapping[str, Any] | None = Non
             _unknown(var_source, VAR_SOURCE_FIELDS)
         if isinstance(document.get("display"), dict):
             _unknown(document["display"], DISPLAY_FIELDS)
+    for job in jobs:
+        _job_types(job)
     plans = [job_plan(job) for job in jobs]
     if strict:
         for plan in plans:

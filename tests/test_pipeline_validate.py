@@ -318,6 +318,24 @@ CASES: list[tuple[str, str, bool, str]] = [
         False,
         "jobs.a.plan.ensure.put(nope): unknown resource 'nope'",
     ),
+    (
+        "serial-groups-not-a-list",
+        pipeline("- name: a\n  serial_groups: shared\n  plan: [{get: src}]\n"),
+        False,
+        "cannot unmarshal string into Go struct field JobConfig.serial_groups of type []string",
+    ),
+    (
+        "serial-group-not-a-string",
+        pipeline("- name: a\n  serial_groups: [env, 3]\n  plan: [{get: src}]\n"),
+        False,
+        "cannot unmarshal number into Go struct field JobConfig.serial_groups of type string",
+    ),
+    (
+        "serial-not-a-bool",
+        pipeline("- name: a\n  serial: sometimes\n  plan: [{get: src}]\n"),
+        False,
+        "cannot unmarshal string into Go struct field JobConfig.serial of type bool",
+    ),
     # warnings: fine without --strict, an error with it
     (
         "identifier-uppercase-strict",
