@@ -209,3 +209,13 @@ def test_a_missing_var_is_named(work: Path) -> None:
         "undefined vars: " in proc.stderr and "aws_endpoint" in proc.stderr and "aws_secret_access_key" in proc.stderr
     )
     assert "unit_pytest_args" not in proc.stderr  # only what this job uses
+
+
+@pytest.mark.terraform
+def test_cleanup_leftover_environments_job(work: Path) -> None:
+    status, out = run(work, "cleanup-leftover-environments", {"aws_endpoint": "http://127.0.0.1:9"}, timeout=600)
+    assert status == 0, out
+    assert "get daily: time " in out
+    for env in ("stemforge-integration", "stemforge-e2e"):
+        assert f"environment {env} destroyed" in out
+    assert out.rstrip().endswith("succeeded")
