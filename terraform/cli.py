@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     commands = parser.add_subparsers(dest="env_command", metavar="SUBCOMMAND")
 
     def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("name", help="environment name: prefixes everything it makes (2-40 of a-z, 0-9, '-')")
+        sub.add_argument("name", help="environment name: prefixes everything it makes (2-28 of a-z, 0-9, '-')")
         sub.add_argument(
             "--root",
             type=Path,
@@ -44,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--endpoint", default=None, help="one endpoint URL for every AWS service (a moto server); default: real AWS"
     )
     up.add_argument("--availability-zone", default=None, help="zone of the subnets (default: the region's first)")
+    up.add_argument(
+        "--no-load-balancers",
+        dest="load_balancers",
+        action="store_false",
+        help="skip the application load balancer (against moto its creation waits about a minute)",
+    )
     up.add_argument("--terraform", default=None, help="terraform binary (default: PATH, then the usual places)")
     up.add_argument(
         "--keep-on-failure",

@@ -49,7 +49,7 @@ METADATA = Path("environment") / "metadata"
 PRIVATE_KEY = Path("environment") / "default_key.pem"
 #: A closed loopback port: the proxy of a loopback-only run (nothing listens on the discard port here).
 TRAP_PROXY = "http://127.0.0.1:9"
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,26}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _SIGV4 = re.compile(r"(Signature=)[0-9a-f]{64}|(X-Amz-Security-Token[\"':= ]+)[^\s\"',]+", re.IGNORECASE)
 _ENV_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -89,13 +89,14 @@ class EnvironmentSpec:
     access_key: str | None = None
     secret_key: str | None = None
     availability_zone: str | None = None
+    load_balancers: bool = True
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise ValueError(
-                f"name: {self.name!r} must be 2-40 characters of lowercase letters, digits and '-', "
-                "not starting or ending with '-' (it names S3 buckets)"
+                f"name: {self.name!r} must be 2-28 characters of lowercase letters, digits and '-', "
+                "not starting or ending with '-' (it names S3 buckets and load balancers)"
             )
         if not isinstance(self.region, str) or not _REGION.match(self.region):
             raise ValueError(f"region: {self.region!r} is not an AWS region name (like us-east-1)")
@@ -460,6 +461,7 @@ class _PrepareDirectory:
             "secret_key": self.secret_key,
             "public_key": public_key,
             "availability_zone": self.spec.availability_zone or "",
+            "load_balancers": self.spec.load_balancers,
         }
         state["tfvars"] = values
         _write_private(env.workdir / "terraform.tfvars.json", json.dumps(values, indent=2, sort_keys=True))

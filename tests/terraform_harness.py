@@ -34,13 +34,15 @@ def aws_environment(
     prefix: str,
     *,
     region: str = "us-east-1",
+    load_balancers: bool = False,
     sink: Callable[[str], None] | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 600.0,
 ) -> Iterator[dict[str, Any]]:
     """Make the environment ``prefix`` against ``endpoint`` (a loopback moto URL) in ``workdir/prefix``, yield its
     metadata, destroy it afterwards (also when ``up`` or the body failed). ``env`` is the environment Terraform runs
-    with (default: this process's); ``sink`` receives progress lines (default: stderr)."""
+    with (default: this process's); ``sink`` receives progress lines (default: stderr). ``load_balancers``: also make
+    the application load balancer (off by default: against moto its creation waits about a minute)."""
     base = dict(os.environ if env is None else env)
     spec = EnvironmentSpec(
         name=prefix,
@@ -48,6 +50,7 @@ def aws_environment(
         endpoint=endpoint,
         access_key=base.get("AWS_ACCESS_KEY_ID") or DUMMY_ACCESS_KEY,
         secret_key=base.get("AWS_SECRET_ACCESS_KEY") or DUMMY_SECRET_KEY,
+        load_balancers=load_balancers,
     )
     environment = Environment(Path(workdir) / prefix, sink=sink or _stderr, env=base, timeout=timeout)
     try:

@@ -59,8 +59,16 @@ def clients(endpoint: str) -> tuple[Any, Any]:
 
 
 def leftovers(endpoint: str, prefix: str) -> list[str]:
-    """Everything in moto that the environment ``prefix`` makes (by its tag or its name)."""
+    """Everything in moto that the environment ``prefix`` makes (by its tag or its name); KMS keys count until they
+    are scheduled for deletion and VPC endpoints until they are deleted (AWS lists both for a while)."""
     ec2, s3 = clients(endpoint)
+    kw = {
+        "endpoint_url": endpoint,
+        "region_name": REGION,
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing-secret",
+    }
+    iam, kms, elbv2 = (boto3.client(name, **kw) for name in ("iam", "kms", "elbv2"))
     tag = [{"Name": "tag:stemforge-env", "Values": [prefix]}]
     found = [v["VpcId"] for v in ec2.describe_vpcs(Filters=tag)["Vpcs"]]
     found += [s["SubnetId"] for s in ec2.describe_subnets(Filters=tag)["Subnets"]]
@@ -73,9 +81,43 @@ def leftovers(endpoint: str, prefix: str) -> list[str]:
     found += [g["InternetGatewayId"] for g in ec2.describe_internet_gateways(Filters=tag)["InternetGateways"]]
     found += [r["RouteTableId"] for r in ec2.describe_route_tables(Filters=tag)["RouteTables"]]
     found += [a["AllocationId"] for a in ec2.describe_addresses(Filters=tag)["Addresses"]]
+    found += [
+        e["VpcEndpointId"]
+        for e in ec2.describe_vpc_endpoints(Filters=tag)["VpcEndpoints"]
+        if e["State"].lower() != "deleted"
+    ]  # AWS (and moto) list deleted endpoints for a while
     found += [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"] if k["KeyName"] == prefix]
     found += [b["Name"] for b in s3.list_buckets()["Buckets"] if b["Name"].startswith(prefix + "-")]
+    found += [r["RoleName"] for r in iam.list_roles()["Roles"] if r["RoleName"].startswith(prefix)]
+    found += [
+        p["InstanceProfileName"]
+        for p in iam.list_instance_profiles()["InstanceProfiles"]
+        if p["InstanceProfileName"].startswith(prefix)
+    ]
+    for key in kms.list_keys()["Keys"]:
+        meta = kms.describe_key(KeyId=key["KeyId"])["KeyMetadata"]
+        if meta.get("Description") == f"{prefix}-kms-key" and meta["KeyState"] != "PendingDeletion":
+            found.append(meta["Arn"])
+    found += [
+        lb["LoadBalancerArn"]
+        for lb in elbv2.describe_load_balancers()["LoadBalancers"]
+        if lb["LoadBalancerName"].startswith(prefix + "-")
+    ]
+    found += [
+        tg["TargetGroupArn"]
+        for tg in elbv2.describe_target_groups()["TargetGroups"]
+        if tg["TargetGroupName"].startswith(prefix + "-")
+    ]
     return found
+
+
+def resource_counts(lines: list[str]) -> tuple[int, int]:
+    """(resources added by the last apply, resources destroyed by the last destroy) from progress lines."""
+    added = [int(m.group(1)) for line in lines if (m := re.search(r"Apply complete! Resources: (\d+) added", line))]
+    gone = [
+        int(m.group(1)) for line in lines if (m := re.search(r"Destroy complete! Resources: (\d+) destroyed", line))
+    ]
+    return (added[-1] if added else -1), (gone[-1] if gone else -1)
 
 
 def first_last(iprange: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
@@ -119,6 +161,16 @@ def check_against_moto(endpoint: str, prefix: str, md: dict[str, Any]) -> None:
     for bucket in (md["images_bucket"], md["blobstore_bucket"]):
         s3.head_bucket(Bucket=bucket)
         assert bucket.startswith(prefix + "-")
+    kw = {
+        "endpoint_url": endpoint,
+        "region_name": REGION,
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing-secret",
+    }
+    iam, kms = boto3.client("iam", **kw), boto3.client("kms", **kw)
+    profile = iam.get_instance_profile(InstanceProfileName=md["iam_instance_profile"])["InstanceProfile"]
+    assert [r["RoleName"] for r in profile["Roles"]] and profile["Roles"][0]["RoleName"].startswith(prefix)
+    assert kms.describe_key(KeyId=md["aws_kms_key_arn"])["KeyMetadata"]["KeyState"] == "Enabled"
 
 
 def request_hosts(log: str) -> list[str]:
@@ -131,8 +183,12 @@ def test_environment_up_converge_metadata_down_against_moto(moto_endpoint: str, 
     tf_log = tmp_path / "terraform-debug.log"
     env = {**os.environ, "TF_LOG": "DEBUG", "TF_LOG_PATH": str(tf_log)}
     lines: list[str] = []
-    with aws_environment(moto_endpoint, tmp_path, prefix, env=env, sink=lines.append) as md:
+    with aws_environment(moto_endpoint, tmp_path, prefix, env=env, sink=lines.append, load_balancers=True) as md:
         check_against_moto(moto_endpoint, prefix, md)
+        elbv2 = boto3.client("elbv2", endpoint_url=moto_endpoint, region_name=REGION)
+        alb = elbv2.describe_load_balancers(LoadBalancerArns=[md["alb"]])["LoadBalancers"][0]
+        assert alb["VpcId"] == md["vpc_id"] and alb["Type"] == "application"
+        assert elbv2.describe_target_groups(Names=[md["alb_target_group"]])["TargetGroups"][0]["VpcId"] == md["vpc_id"]
         directory = tmp_path / prefix
         assert json.loads((directory / "environment" / "metadata").read_text()) == md
         assert (directory / "environment" / "default_key.pem").stat().st_mode & 0o077 == 0
@@ -141,7 +197,7 @@ def test_environment_up_converge_metadata_down_against_moto(moto_endpoint: str, 
         assert sorted(leftovers(moto_endpoint, prefix))  # the environment is there...
         # a second up over the live environment converges: nothing changes, same metadata
         again: list[str] = []
-        spec = EnvironmentSpec(name=prefix, endpoint=moto_endpoint)
+        spec = EnvironmentSpec(name=prefix, endpoint=moto_endpoint, load_balancers=True)
         assert Environment(directory, env=env, sink=again.append).up(spec) == md
         assert any("Apply complete! Resources: 0 added, 0 changed, 0 destroyed" in line for line in again)
         out = subprocess.run(
@@ -155,7 +211,8 @@ def test_environment_up_converge_metadata_down_against_moto(moto_endpoint: str, 
         assert json.loads(out.stdout) == md
     assert leftovers(moto_endpoint, prefix) == []  # ...and gone afterwards
     assert not (tmp_path / prefix).exists()
-    assert any("Apply complete!" in line for line in lines) and any("Destroy complete!" in line for line in lines)
+    added, destroyed = resource_counts(lines)
+    assert added >= 20 and destroyed == added
     assert all(re.match(r"env sf-tf-life: \[ *\d+\.\d+s\] ", line) for line in lines)
 
     log = tf_log.read_text()
@@ -172,11 +229,11 @@ def test_failed_up_destroys_what_it_made(moto_endpoint: str, tmp_path: Path, mon
     monkeypatch.setenv("STEMFORGE_FAILPOINTS", "after:apply")  # everything is made, then the run fails
     lines: list[str] = []
     environment = Environment(tmp_path / prefix, sink=lines.append)
-    spec = EnvironmentSpec(name=prefix, endpoint=moto_endpoint)
+    spec = EnvironmentSpec(name=prefix, endpoint=moto_endpoint, load_balancers=False)
     with pytest.raises(EnvironmentError, match="what it made was destroyed"):
         environment.up(spec)
-    assert any("Apply complete! Resources: 15 added" in line for line in lines)
-    assert any("Destroy complete! Resources: 15 destroyed" in line for line in lines)
+    added, destroyed = resource_counts(lines)
+    assert added > 0 and destroyed == added
     assert leftovers(moto_endpoint, prefix) == []
     assert not (tmp_path / prefix).exists()
 
@@ -207,7 +264,7 @@ def test_stemforge_env_cli_keep_on_failure_down_is_idempotent_and_logs_are_redac
             stdin=subprocess.DEVNULL,
         )
 
-    up = stemforge("up", prefix, "--endpoint", moto_endpoint, "--keep-on-failure")
+    up = stemforge("up", prefix, "--endpoint", moto_endpoint, "--keep-on-failure", "--no-load-balancers")
     assert up.returncode == 1, up.stderr[-3000:]
     assert f"kept in {tmp_path / 'envs' / prefix}" in up.stderr and f"stemforge env down {prefix}" in up.stderr
     # TF_LOG=DEBUG on stderr holds the SigV4 credential scope (the access key) of every request: all redacted
@@ -220,7 +277,8 @@ def test_stemforge_env_cli_keep_on_failure_down_is_idempotent_and_logs_are_redac
 
     down = stemforge("down", prefix, extra={"TF_LOG": ""})
     assert down.returncode == 0, down.stderr[-3000:]
-    assert "Destroy complete! Resources: 15 destroyed" in down.stderr
+    added, _ = resource_counts(up.stderr.splitlines())
+    assert resource_counts(down.stderr.splitlines())[1] == added > 0
     assert leftovers(moto_endpoint, prefix) == []
     assert not (tmp_path / "envs" / prefix).exists()
     again = stemforge("down", prefix)

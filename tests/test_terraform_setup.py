@@ -96,7 +96,7 @@ def test_missing_provider_names_what_was_searched_and_makes_nothing(tmp_path: Pa
     [
         (EnvironmentSpec(name="Bad_Name"), "name:"),
         (EnvironmentSpec(name="-x-"), "name:"),
-        (EnvironmentSpec(name="x" * 41), "name:"),
+        (EnvironmentSpec(name="x" * 29), "name:"),
         (EnvironmentSpec(name="ok-name", region="mars"), "region:"),
         (EnvironmentSpec(name="ok-name", endpoint="ftp://127.0.0.1"), "endpoint:"),
         (EnvironmentSpec(name="ok-name", endpoint="http://127.0.0.1:99999"), "endpoint:"),

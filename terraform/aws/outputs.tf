@@ -99,3 +99,19 @@ output "images_bucket" {
 output "blobstore_bucket" {
   value = aws_s3_bucket.blobstore.id
 }
+
+output "iam_instance_profile" {
+  value = aws_iam_instance_profile.e2e.name
+}
+
+output "alb" {
+  value = var.load_balancers ? aws_lb.default[0].id : null
+}
+
+output "alb_target_group" {
+  value = var.load_balancers ? aws_lb_target_group.default[0].name : null
+}
+
+output "aws_kms_key_arn" {
+  value = aws_kms_key.key.arn
+}

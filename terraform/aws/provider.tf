@@ -1,5 +1,5 @@
 locals {
-  services = ["ec2", "s3", "sts", "iam", "kms"]
+  services = ["ec2", "s3", "sts", "iam", "kms", "elb", "elbv2"]
   endpoints = merge(
     var.endpoint == "" ? {} : { for s in local.services : s => var.endpoint },
     var.endpoints,
@@ -22,11 +22,13 @@ provider "aws" {
   dynamic "endpoints" {
     for_each = local.custom ? [local.endpoints] : []
     content {
-      ec2 = lookup(endpoints.value, "ec2", null)
-      s3  = lookup(endpoints.value, "s3", null)
-      sts = lookup(endpoints.value, "sts", null)
-      iam = lookup(endpoints.value, "iam", null)
-      kms = lookup(endpoints.value, "kms", null)
+      ec2   = lookup(endpoints.value, "ec2", null)
+      s3    = lookup(endpoints.value, "s3", null)
+      sts   = lookup(endpoints.value, "sts", null)
+      iam   = lookup(endpoints.value, "iam", null)
+      kms   = lookup(endpoints.value, "kms", null)
+      elb   = lookup(endpoints.value, "elb", null)
+      elbv2 = lookup(endpoints.value, "elbv2", null)
     }
   }
 

@@ -1,9 +1,9 @@
 variable "env_name" {
-  description = "Name prefix of everything this environment makes (tags, key pair, security group, buckets)."
+  description = "Name prefix of everything this environment makes (tags, key pair, security group, buckets, load balancer)."
   type        = string
   validation {
-    condition     = can(regex("^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$", var.env_name))
-    error_message = "env_name: 2-40 characters of lowercase letters, digits and '-', not starting or ending with '-' (it names S3 buckets)."
+    condition     = can(regex("^[a-z0-9][a-z0-9-]{0,26}[a-z0-9]$", var.env_name))
+    error_message = "env_name: 2-28 characters of lowercase letters, digits and '-', not starting or ending with '-' (it names S3 buckets and load balancers)."
   }
 }
 
@@ -33,7 +33,7 @@ variable "endpoint" {
 }
 
 variable "endpoints" {
-  description = "Per-service endpoint URLs (ec2, s3, sts, iam, kms); they override var.endpoint."
+  description = "Per-service endpoint URLs (ec2, s3, sts, iam, kms, elb, elbv2); they override var.endpoint."
   type        = map(string)
   default     = {}
 }
@@ -53,4 +53,10 @@ variable "vpc_cidr" {
   description = "IPv4 CIDR of the VPC; the subnets are its /24s 0 (dynamic), 1 (backup) and 4 (manual)."
   type        = string
   default     = "10.0.0.0/16"
+}
+
+variable "load_balancers" {
+  description = "Make the application load balancer, its target group and listener (outputs alb, alb_target_group)."
+  type        = bool
+  default     = true
 }
