@@ -12,6 +12,7 @@ wrong token, a deploy timeout, a wrong checksum, a server power-cycled mid-deplo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -171,11 +172,19 @@ def test_deploy_phone_home_reboot_delete_and_reuse(
     # the OS phoned home with what it read from its config drive
     report = phone_homes(store, node.name)[-1].data
     assert report["agent_id"] == "agent-e2e-1"
+    iso = lab.state_dir / "configdrives" / f"{node.name}.iso"
+    assert report["configdrive_sha256"] == hashlib.sha256(iso.read_bytes()).hexdigest()
     assert node.macs[0] in [m.lower() for m in report["macs"]]
     # the image is on the root disk, the config drive in a partition over its last 64 MiB
     root = lab.server(node.name).root_disk
     image = Path(stemcell["path"])
-    assert disk_region(root.path, 0, MIB) == disk_region(image, 0, MIB)
+    size = image.stat().st_size
+    written, original = disk_region(root.path, 0, 446), disk_region(image, 0, 446)
+    assert written == original  # the boot code; the partition table gained the config-drive partition
+    assert (
+        hashlib.sha256(disk_region(root.path, 512, size - 512)).digest()
+        == hashlib.sha256(disk_region(image, 512, size - 512)).digest()
+    )
     assert disk_region(root.path, root.size_bytes - 64 * MIB + 32769, 5) == b"CD001"
     assert cpi.ok("has_vm", vm_cid) is True
     cpi.ok("set_vm_metadata", vm_cid, {"deployment": "e2e", "job": "j", "index": "0"})

@@ -238,3 +238,36 @@ def test_bmc_down_goes_to_maintenance_and_the_next_server_is_used(tmp_path: Path
         with pytest.raises(VMCreationFailed, match=r"no server available matching any server: node-a \(deploy failed, "
                            r"maintenance\), node-b \(active, claimed\)"):  # fmt: skip
             provider.create_vm("agent-2", stemcell, {}, NETWORKS, [], AGENT_ENV)
+
+
+def test_matching_smallest_plan_and_root_disk(tmp_path: Path) -> None:
+    from cpi.providers.baremetal.provider import _root_disk
+
+    state = tmp_path / "metal"
+    store = MetalStore(state)
+    plans = {
+        "big": {"arch": "x86_64", "cpus": 8, "memory_mib": 8192, "disks": [{"size_gib": 100, "serial": "b0"}],
+                "labels": {"rack": "r1", "gpu": "yes"}},
+        "small": {"arch": "x86_64", "cpus": 2, "memory_mib": 2048,
+                  "disks": [{"size_gib": 2, "serial": "s-tiny"}, {"size_gib": 8, "serial": "s-root"},
+                            {"size_gib": 16, "serial": "s-data"}], "labels": {"rack": "r1"}},
+        "arm": {"arch": "aarch64", "cpus": 4, "memory_mib": 4096, "disks": [{"size_gib": 50, "serial": "a0"}]},
+    }  # fmt: skip
+    store.enroll(
+        [NodeSpec(n, Bmc("redfish", "http://127.0.0.1:9", n, "u", "p"), (f"52:54:00:20:00:0{i}",), p)
+         for i, (n, p) in enumerate(plans.items())],
+        who="test",
+    )  # fmt: skip
+    provider = BareMetalProvider({"baremetal": {"state_dir": str(state)}}, log)
+    assert _root_disk(store.get_node("small"))["serial"] == "s-root"  # smallest >= 4 GiB
+    assert provider.calculate_vm_cloud_properties({"cpu": 1, "ram": 1024, "ephemeral_disk_size": 4096}) == {
+        "cpu": 2, "ram": 2048, "arch": "x86_64", "ephemeral_disk_size": 4096}  # fmt: skip
+    assert provider.calculate_vm_cloud_properties({"cpu": 3, "ram": 1024, "ephemeral_disk_size": 0})["cpu"] == 4
+    with pytest.raises(CloudError, match="no enrolled server has cpu >= 64"):
+        provider.calculate_vm_cloud_properties({"cpu": 64, "ram": 1, "ephemeral_disk_size": 0})
+    names = [n.name for n in provider._candidates({"labels": {"rack": "r1"}})]
+    assert names == ["small", "big"]
+    assert [n.name for n in provider._candidates({"labels": {"gpu": "yes"}})] == ["big"]
+    assert [n.name for n in provider._candidates({"arch": "aarch64"})] == ["arm"]
+    assert [n.name for n in provider._candidates({"node": "big"})] == ["big"]
+    assert provider._candidates({"ephemeral_disk_size": 200 * 1024}) == []
