@@ -292,10 +292,14 @@ def env_command(action: str, env_name: str, root: Path, variables: Mapping[str, 
     argv = [sys.executable, "-m", "stemforge.cli", "env", action, env_name, "--root", str(root)]
     if action == "up":
         for key, value in sorted(variables.items()):
-            if key in ENV_UP_VARS and value not in (None, ""):
+            if key == "load_balancers":  # the module's ALB (the e2e extras); on unless turned off
+                if str(value).lower() in ("false", "0", "no"):
+                    argv.append("--no-load-balancers")
+            elif key in ENV_UP_VARS and value not in (None, ""):
                 argv += [ENV_UP_VARS[key], str(value)]
             elif key not in ENV_UP_VARS and key != "env_name":
-                raise _errored(f"terraform var '{key}' is not one stemforge env up takes ({', '.join(ENV_UP_VARS)})")
+                known = ", ".join([*ENV_UP_VARS, "load_balancers"])
+                raise _errored(f"terraform var '{key}' is not one stemforge env up takes ({known})")
     return argv
 
 
