@@ -23,4 +23,4 @@ def test_bench_ami_fanout_quick() -> None:
     out = proc.stdout
     assert "=== bench_ami_fanout summary (4 regions vs 1" in out
     assert "whole amazon-ebs build" in out and ("PASS" in out or "MISS" in out)
-    assert "fan-out steps (copy, attributes, tags)" in out
+    assert "loopback" in out and "api latency 100 ms" in out and "fan-out steps" in out
