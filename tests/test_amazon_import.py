@@ -335,3 +335,40 @@ def test_options_errors_name_the_key(setup: dict[str, Any], options: dict[str, A
     with pytest.raises(ConfigError) as caught:
         AmazonImportPostProcessor(config, setup["ctx"]).prepare()
     assert message in str(caught.value)
+
+
+def test_template_validation_names_the_key(tmp_path: Path) -> None:
+    """The post-processor's option errors through ``stemforge validate``, in a template as users write it."""
+    import json
+    import subprocess
+    import sys
+
+    image = tmp_path / "disk.raw"
+    doc = {
+        "builders": [{"type": "file", "target": str(image), "content": "x"}],
+        "post-processors": [
+            {
+                "type": "amazon-import",
+                "region": REGION,
+                "s3_bucket_name": "b",
+                "format": "qcow2",
+                "s3_bucket": "typo",
+                "secret_key": "IMPORT-SECRET-9",
+                "access_key": "AKIAIMPORT",
+            }
+        ],
+    }
+    path = tmp_path / "import.json"
+    path.write_text(json.dumps(doc))
+    result = subprocess.run(
+        [sys.executable, "-m", "stemforge.cli", "validate", str(path)],
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "unknown configuration key: 's3_bucket'" in out
+    assert "IMPORT-SECRET-9" not in out
