@@ -2,8 +2,9 @@
 
 The task's working directory is fresh per run: each input is a symlink (at the input's ``path``) to the artifact it
 maps to, each output a new empty directory that becomes an artifact under its (mapped) name when the task ends.
-The environment is what a container image would give (``PATH``, ``HOME``, ``LANG``, a private ``TMPDIR``) plus the
-params: the task config's, overridden by the step's; non-string values are written as JSON like Concourse does.
+The environment is what a container image would give (``PATH``, ``HOME``, ``LANG``, a short private ``TMPDIR``
+removed afterwards) plus the params: the task config's, overridden by the step's; non-string values are written as
+JSON like Concourse does.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,8 +107,8 @@ def run_task(runner: Runner, step: Step, config: dict[str, Any], ctx: Context) -
         link.symlink_to(directory, target_is_directory=True)
         outputs.append((target, directory))
 
-    tmp = workdir / ".tmp"
-    tmp.mkdir()
+    # a short private TMPDIR: unix sockets made under it (terraform's provider plugins) must fit in 108 bytes
+    tmp = Path(tempfile.mkdtemp(prefix="sf-task-"))
     env = {key: os.environ[key] for key in INHERITED if key in os.environ}
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     env.setdefault("LANG", "C.UTF-8")
