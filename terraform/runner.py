@@ -19,7 +19,9 @@ and state reading, and handles its known problems:
   turned into a ``-synchronous=false`` flag (#58, #81); it takes no environment; it decodes output as strict UTF-8
   and logs stderr unredacted at warning level. Here every command runs with an explicit environment, a timeout
   (SIGINT first so Terraform can stop cleanly, then SIGKILL), stdout and stderr both captured *and* streamed line by
-  line, redacted, to a callback; undecodable bytes are replaced.
+  line, redacted, to a callback; undecodable bytes are replaced. Terraform runs in its own session: on the first
+  Ctrl-C the running command is left to finish (stopping it cancels the provider's requests in flight, and what AWS
+  made for them would be in no state), then KeyboardInterrupt is raised; a second Ctrl-C stops it.
 * ``output(NAME)`` expects the pre-0.14 ``{"value": ...}`` shape: here :meth:`Terraform.output` reads
   ``output -json`` and answers plain values.
 """
@@ -81,6 +83,8 @@ class Terraform(python_terraform.Terraform):
         self.redactor = redactor or Redactor()
         self.on_line = on_line
         self.timeout = timeout
+        #: On the first Ctrl-C let the running command finish (then raise KeyboardInterrupt); stop it on the second.
+        self.finish_on_interrupt = True
 
     # -- variables ---------------------------------------------------------------------------------------------------
 
@@ -199,14 +203,33 @@ class Terraform(python_terraform.Terraform):
         ]
         for reader in readers:
             reader.start()
-        timed_out = False
+        timed_out = interrupted = False
+        deadline = time.monotonic() + timeout
         try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            self._stop(proc)
+            while True:
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    break
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                    self._stop(proc)
+                    break
+                except KeyboardInterrupt:
+                    # The child runs in its own session: Ctrl-C reached only us. Stopping Terraform now cancels the
+                    # provider's requests in flight, and what AWS made for them is then in no state (leaked): the
+                    # first Ctrl-C lets the command finish, the second stops it.
+                    if interrupted or not self.finish_on_interrupt:
+                        self._stop(proc)
+                        raise
+                    interrupted = True
+                    if self.on_line is not None:
+                        self.on_line(
+                            "stderr",
+                            f"interrupted: letting terraform {name} finish what it has started "
+                            "(Ctrl-C again stops it now, which can leave resources outside the state)",
+                        )
         except BaseException:
-            self._stop(proc)  # Ctrl-C: the child runs in its own session, so stop it here
+            self._stop(proc)
             raise
         finally:
             for reader in readers:
@@ -218,6 +241,8 @@ class Terraform(python_terraform.Terraform):
                 None,
                 f"no result after {timeout:.0f}s; " + self.redactor.scrub("".join(err.splitlines(True)[-10:])).strip(),
             )
+        if interrupted:
+            raise KeyboardInterrupt(f"terraform {name} finished after an interrupt")
         return proc.returncode, out, err
 
     @staticmethod

@@ -8,8 +8,10 @@ import ipaddress
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -283,3 +285,49 @@ def test_stemforge_env_cli_keep_on_failure_down_is_idempotent_and_logs_are_redac
     assert not (tmp_path / "envs" / prefix).exists()
     again = stemforge("down", prefix)
     assert again.returncode == 0 and "nothing to destroy" in again.stderr
+
+
+def test_ctrl_c_during_apply_destroys_what_was_made(moto_endpoint: str, tmp_path: Path) -> None:
+    """SIGINT to ``stemforge env up`` while resources are being created: terraform is stopped cleanly (state
+    saved), what it made is destroyed, the directory removed, exit status 130."""
+    prefix = "sf-tf-int"
+    env = {**os.environ, "STEMFORGE_ENV_ROOT": str(tmp_path / "envs")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stemforge.cli",
+            "env",
+            "up",
+            prefix,
+            "--endpoint",
+            moto_endpoint,
+            "--no-load-balancers",
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 300
+        for line in proc.stderr:
+            seen.append(line)
+            if "Creation complete" in line or time.monotonic() > deadline:
+                break
+        assert any("Creation complete" in line for line in seen), "".join(seen)[-2000:]
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=300)
+        seen.append(rest)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(seen)
+    assert proc.returncode == 130, err[-3000:]
+    assert "what it made was destroyed" in err and "Interrupted." in err
+    assert leftovers(moto_endpoint, prefix) == [], err
+    assert not (tmp_path / "envs" / prefix).exists()

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -145,3 +147,53 @@ resource "terraform_data" "slow" {
     with pytest.raises(TerraformCommandFailed, match=r"(?s)apply timed out.*no result after 4s"):
         tf.apply()
     assert time.monotonic() - started < 40  # SIGINT stopped it well before the sleep ended
+
+
+SLOW_CONFIG = """
+variable "seconds" { type = number }
+resource "terraform_data" "slow" {
+  provisioner "local-exec" { command = "sleep ${var.seconds}" }
+}
+"""
+
+
+def interrupt_main_thread_after(*delays: float) -> threading.Thread:
+    """SIGINT to this process's main thread (a Ctrl-C) after each of ``delays`` seconds."""
+
+    def fire() -> None:
+        for delay in delays:
+            time.sleep(delay)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    thread = threading.Thread(target=fire, daemon=True)
+    thread.start()
+    return thread
+
+
+def state_resources(tmp_path: Path) -> list[object]:
+    return json.loads((tmp_path / "work" / "terraform.tfstate").read_text()).get("resources", [])
+
+
+def test_first_ctrl_c_lets_the_command_finish_then_raises(tmp_path: Path) -> None:
+    lines: list[tuple[str, str]] = []
+    tf = make(tmp_path, SLOW_CONFIG, lines)
+    tf.write_variables({"seconds": 4})
+    tf.init()
+    interrupt_main_thread_after(1.5)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt, match="finished after an interrupt"):
+        tf.apply()
+    assert time.monotonic() - started >= 3.5  # the provisioner ran to its end
+    assert state_resources(tmp_path)  # and the resource is in the state: nothing made outside it
+    assert any("interrupted: letting terraform apply finish" in line for _, line in lines)
+
+
+def test_second_ctrl_c_stops_terraform(tmp_path: Path) -> None:
+    tf = make(tmp_path, SLOW_CONFIG)
+    tf.write_variables({"seconds": 60})
+    tf.init()
+    interrupt_main_thread_after(1.5, 1.0)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        tf.apply()
+    assert time.monotonic() - started < 40
