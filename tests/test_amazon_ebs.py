@@ -665,12 +665,16 @@ def test_skip_save_build_region_keeps_only_the_copies(
         proxy.url,
         test_id,
         regions=["eu-west-1", "ap-south-1"],
-        extra={"skip_save_build_region": True},
+        extra={"skip_save_build_region": True, "ena_support": True, "sriov_support": True},
         post=[{"type": "manifest", "output": str(manifest)}],
     )
     result = stemforge(["build", str(path)], tmp_path)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
+    modify = [params for action, _r, params in proxy.requests if action == "ModifyInstanceAttribute"]
+    assert {"EnaSupport.Value": "true"}.items() <= modify[-1].items(), modify
+    assert any(p.get("SriovNetSupport.Value") == "simple" for p in modify), modify
+    assert "Enabling Enhanced Networking (ENA)..." in out
     artifact_id = json.loads(manifest.read_text())["builds"][0]["artifact_id"]
     assert [p.split(":")[0] for p in artifact_id.split(",")] == ["ap-south-1", "eu-west-1"]
     name = ami_name_in(out, test_id)

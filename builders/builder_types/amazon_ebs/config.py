@@ -349,6 +349,31 @@ class EbsConfig:
         return bool(self.encrypt_boot) or self.skip_save_build_region
 
 
+def polling_config(raw: Mapping[str, Any], errors: list[str]) -> Polling:
+    """Packer's ``aws_polling`` block; ``AWS_POLL_DELAY_SECONDS`` / ``AWS_MAX_ATTEMPTS`` in the environment are
+    used when the template sets no value (as Packer does)."""
+    import os
+
+    polling = Polling()
+    for key, env, kind in (
+        ("delay_seconds", "AWS_POLL_DELAY_SECONDS", float),
+        ("max_attempts", "AWS_MAX_ATTEMPTS", int),
+    ):
+        value = raw.get(key) or os.environ.get(env) or None
+        if value is None:
+            continue
+        try:
+            number = kind(value)
+        except ValueError:
+            errors.append(f"aws_polling.{key}: {value!r} is not a number (from {env})")
+            continue
+        if number <= 0:
+            errors.append(f"aws_polling.{key} must be positive")
+            continue
+        setattr(polling, key, number)
+    return polling
+
+
 def _kv(raw: Mapping[str, Any], singular: str, plural: str, errors: list[str]) -> dict[str, str]:
     """Packer's ``KeyValues.CopyOn``: ``tag`` blocks merged into ``tags``; both set is an error."""
     out = {str(k): str(v) for k, v in (raw.get(plural) or {}).items()}
@@ -384,12 +409,7 @@ def prepare_config(
         return [str(v) for v in raw.get(key) or []]
 
     # --- access (Packer's AccessConfig.Prepare)
-    polling_raw = raw.get("aws_polling") or {}
-    polling = Polling()
-    if polling_raw.get("delay_seconds"):
-        polling.delay_seconds = float(polling_raw["delay_seconds"])
-    if polling_raw.get("max_attempts"):
-        polling.max_attempts = int(polling_raw["max_attempts"])
+    polling = polling_config(raw.get("aws_polling") or {}, errors)
     access = AwsAccess(
         region=s("region"),
         access_key=s("access_key"),
@@ -426,6 +446,8 @@ def prepare_config(
     cfg.ami_name = s("ami_name")
     cfg.ami_description = s("ami_description")
     cfg.ami_virtualization_type = s("ami_virtualization_type")
+    if cfg.ami_virtualization_type not in ("", "hvm", "paravirtual"):
+        errors.append(f"ami_virtualization_type: {cfg.ami_virtualization_type!r} must be 'hvm' or 'paravirtual'")
     cfg.ami_users, cfg.ami_groups = lst("ami_users"), lst("ami_groups")
     cfg.ami_org_arns, cfg.ami_ou_arns = lst("ami_org_arns"), lst("ami_ou_arns")
     cfg.ami_product_codes = lst("ami_product_codes")

@@ -124,6 +124,8 @@ class AmiCopies:
             self.ui.message(f"Copying to: {target.region}")
         self.ui.say("Waiting for all copies to complete...")
 
+        finished: list[str] = []
+
         def one(region: str, abort: threading.Event) -> str:
             target = by_region[region]
             params: dict[str, Any] = {
@@ -153,7 +155,10 @@ class AmiCopies:
             image = self.access.wait_image_available(image_id, region, cancel=_Either(abort, self.access.cancel))
             with self.lock:
                 self.snapshots[region] = image_snapshots(image)
+                finished.append(region)
+                count = len(finished)
             self.ui.message(f"{region}: {image_id} available after {time.monotonic() - t0:.1f}s")
+            self.ui.progress("AMI copies", count, len(todo))
             return image_id
 
         results = run_in_regions(

@@ -600,6 +600,23 @@ class StepStopInstance(AwsStep):
         wait_instance_state(self.access, instance_id, "stopped")
 
 
+class StepModifyInstance(AwsStep):
+    """``ena_support`` / ``sriov_support`` on the stopped instance (Packer's ``StepModifyEBSBackedInstance``), so
+    the AMI made from it has enhanced networking."""
+
+    name = "modify-instance"
+
+    def run(self, state: dict[str, Any]) -> None:
+        cfg = self.cfg
+        instance_id = state["instance_id"]
+        if cfg.sriov_support:
+            self.ui.say("Enabling Enhanced Networking (SR-IOV)...")
+            self.access.call("modify_instance_attribute", InstanceId=instance_id, SriovNetSupport={"Value": "simple"})
+        if cfg.ena_support is not None:
+            self.ui.say(f"{'Enabling' if cfg.ena_support else 'Disabling'} Enhanced Networking (ENA)...")
+            self.access.call("modify_instance_attribute", InstanceId=instance_id, EnaSupport={"Value": cfg.ena_support})
+
+
 # ------------------------------------------------------------------------------------------------------ AMIs
 
 

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 
 from builders.builder_types.amazon_ebs import AmazonArtifact, multi_region_id
-from builders.builder_types.amazon_ebs.config import known_regions, valid_kms_key
-from builders.builder_types.amazon_ebs.ec2 import AwsAccess, Ec2Error, Polling, image_snapshots
+from builders.builder_types.amazon_ebs.config import known_regions, polling_config, valid_kms_key
+from builders.builder_types.amazon_ebs.ec2 import AwsAccess, Ec2Error, image_snapshots
 from builders.builder_types.amazon_ebs.regions import AmiCopies, CopyTarget, RegionsFailed, run_in_regions, uncancelled
 from builders.builder_types.amazon_ebs.steps import render_text
 from builders.core import Artifact, BuildError, ConfigError, PostProcessor
@@ -143,12 +143,9 @@ class AmazonImportPostProcessor(PostProcessor):
         if errors:
             where = f"{self.ctx.build_name}: post-processor {self.type_name}"
             raise ConfigError("\n".join(f"{where}: {e}" for e in errors))
-        polling = Polling()
-        raw_polling = options.get("aws_polling") or {}
-        if raw_polling.get("delay_seconds"):
-            polling.delay_seconds = float(raw_polling["delay_seconds"])
-        if raw_polling.get("max_attempts"):
-            polling.max_attempts = int(raw_polling["max_attempts"])
+        polling = polling_config(options.get("aws_polling") or {}, errors)
+        if errors:
+            raise ConfigError("\n".join(f"{self.ctx.build_name}: post-processor {self.type_name}: {e}" for e in errors))
         self.access = AwsAccess(
             region=region,
             access_key=str(options.get("access_key") or ""),
