@@ -176,7 +176,7 @@ def test_build_is_cached_and_complete(ramdisk: rdb.RamdiskArtifacts, tmp_path: P
     subprocess.run(["cpio", "-id", "--quiet"], input=gzip.decompress(ramdisk.initrd.read_bytes()), cwd=root, check=True)
     for rel in ("init", "sf/lib.sh", "sf/deploy.sh", "sf/clean.sh", "sf/udhcpc.sh", "bin/busybox", "etc/modules.load"):
         assert (root / rel).is_file(), rel
-    for tool in ("sfdisk", "wipefs", "partx", "tee", "sha256sum"):
+    for tool in ("sfdisk", "wipefs", "partx", "sfwrite"):
         binary = root / "usr/sbin" / tool
         assert binary.is_file(), tool
         for soname in rdb.elf_needed(binary.read_bytes()):
@@ -283,6 +283,34 @@ def test_deploy_gzip_image_and_root_hints_pick_the_named_disk(
     assert event(stub, "disk-selected")["data"]["serial"] == "sf-b"
     assert same_prefix(b, small_image, skip=(446 + 16, 446 + 32))  # but for the new config-drive entry
     assert read_at(a, 0, 7) == b"KEEP-ME"  # the smaller disk was not chosen and not touched
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_deploy_gpt_image_relocates_the_backup_header(ramdisk: rdb.RamdiskArtifacts, tmp_path: Path) -> None:
+    image = tmp_path / "gpt.raw"
+    with open(image, "wb") as fh:
+        fh.write(os.urandom(16 * MIB))
+    script = b"label: gpt\nunit: sectors\n\nstart=2048, size=20480, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n"
+    subprocess.run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(image)], input=script, check=True)
+    disk = rig.sparse_disk(tmp_path / "d.raw", 4 * GIB)
+    with rig.ProvisioningStub(images={"gpt.raw": image}) as stub:
+        iso = make_configdrive(tmp_path / "cd.iso", "agent-gpt")
+        stub.configdrive = iso
+        stub.instructions = deploy_instructions(stub, image)
+        result = run_ramdisk(tmp_path, "gpt", stub, ramdisk, [rig.Disk(disk, "sf-gpt")])
+    assert result["ok"] is True, result
+    assert event(stub, "configdrive-written")["data"]["table"] == "gpt"
+    verify = subprocess.run(["sfdisk", "--verify", str(disk)], capture_output=True, text=True, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr  # both GPT copies valid, backup at the disk's end
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, check=True).stdout)
+    pt = table["partitiontable"]
+    assert pt["label"] == "gpt" and pt["lastlba"] == 4 * GIB // 512 - 34
+    cd = pt["partitions"][1]
+    assert cd["name"] == "config-2" and cd["start"] + cd["size"] - 1 == pt["lastlba"]
+    assert read_at(disk, cd["start"] * 512, iso.stat().st_size) == iso.read_bytes()
+    # the image's partition data is intact (the GPT headers themselves were rewritten)
+    assert read_at(disk, 2048 * 512, 20480 * 512) == read_at(image, 2048 * 512, 20480 * 512)
 
 
 # ---------------------------------------------------------------- failures

@@ -5,8 +5,9 @@ as the test stemcell (:mod:`stemcells.testimage.build`, whose package resolution
 cpio writer this module reuses) and an initramfs holding
 
 * busybox-static (sh, wget with POST, udhcpc, sha256sum, dd, gunzip, tee, blockdev, ...);
-* ``sfdisk`` (package ``fdisk``), ``wipefs`` and ``partx`` (``util-linux``), ``tee`` and ``sha256sum``
-  (``coreutils``; they shadow busybox's slower applets in ``/usr/sbin``) with the shared libraries they need,
+* ``sfwrite`` (``sfwrite.c``, our image writer: stdin -> disk in 1 MiB blocks with SHA-256 on the stream and
+  in-process gzip; compiled at build time with the host's ``gcc`` against ``libssl-dev``/``zlib1g-dev``);
+* ``sfdisk`` (package ``fdisk``), ``wipefs`` and ``partx`` (``util-linux``); all with the shared libraries they need,
   found by reading each binary's ``DT_NEEDED`` entries and copied from the Debian library packages (``libc6``,
   ``libfdisk1``, ...); a library that no listed package provides fails the build naming it;
 * the kernel modules for virtio/SATA/SCSI/NVMe disks and virtio/e1000 NICs (with their dependencies), loaded by
@@ -48,12 +49,23 @@ FORMAT_VERSION = "1"
 TOOL_PACKAGES: dict[str, tuple[str, ...]] = {
     "fdisk": ("sbin/sfdisk",),
     "util-linux": ("sbin/wipefs", "usr/bin/partx"),
-    # busybox's tee (tiny reads) and sha256sum are 2-4x slower than coreutils' under emulation: the stream's
-    # checksum must keep up with the disk
-    "coreutils": ("usr/bin/tee", "usr/bin/sha256sum"),
 }
 #: Packages that provide the tools' shared libraries (and the dynamic loader).
-LIB_PACKAGES = ("libc6", "libfdisk1", "libsmartcols1", "libblkid1", "libuuid1", "libreadline8", "libtinfo6")
+LIB_PACKAGES = (
+    "libc6",
+    "libfdisk1",
+    "libsmartcols1",
+    "libblkid1",
+    "libuuid1",
+    "libreadline8",
+    "libtinfo6",
+    "libssl3",  # libcrypto.so.3 (SHA-256) for sfwrite
+    "zlib1g",  # libz.so.1 (gzip images) for sfwrite
+)
+#: Our image writer (C, compiled at build time with the host's gcc against libssl-dev/zlib1g-dev headers).
+WRITER_SOURCE = "sfwrite.c"
+WRITER_CFLAGS = ("-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11")
+WRITER_LIBS = ("-lcrypto", "-lz")
 #: Where shared libraries live inside Debian packages (and where the initramfs gets them).
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64")
 LOADER = "lib64/ld-linux-x86-64.so.2"
@@ -178,6 +190,7 @@ def _key(inputs: _Inputs) -> str:
         "packages": [[p.name, p.version, p.arch] for p in inputs.packages],
         "scripts": {f: hashlib.sha256((_HERE / f).read_bytes()).hexdigest() for f in SCRIPTS},
         "udhcpc": hashlib.sha256(UDHCPC_SCRIPT.read_bytes()).hexdigest(),
+        "writer": [hashlib.sha256((_HERE / WRITER_SOURCE).read_bytes()).hexdigest(), WRITER_CFLAGS, WRITER_LIBS],
         "build_py": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
         "testimage_build_py": hashlib.sha256(Path(tib.__file__).read_bytes()).hexdigest(),
         "modules": list(RAMDISK_MODULES),
@@ -291,6 +304,14 @@ def _build(ti_root: Path, inputs: _Inputs, work: Path, steps: tib._Steps) -> Pat
                     dest.unlink()  # a busybox applet of the same name: the real tool wins
                 _copy(src, dest, 0o755)
                 pending.append(dest)
+        writer = ird / "usr/sbin/sfwrite"
+        cc = shutil.which("gcc") or shutil.which("cc")
+        if cc is None:
+            raise RamdiskBuildError("initramfs", "no C compiler (gcc) to build sfwrite; install gcc, libssl-dev, zlib1g-dev")
+        tib._run("initramfs", [cc, *WRITER_CFLAGS, "-o", str(writer), str(_HERE / WRITER_SOURCE), *WRITER_LIBS])
+        if shutil.which("strip"):
+            tib._run("initramfs", ["strip", str(writer)])
+        pending.append(writer)
         loader = _in_tree(x / "libc6", LOADER)
         if loader is None:
             raise RamdiskBuildError("initramfs", f"libc6 has no {LOADER}")

@@ -8,9 +8,10 @@
 #   model; every hint must match), the smallest match; without hints the smallest disk of at least 4 GiB.
 # * The disk is wiped first (signatures of its partitions and of the disk: both GPT copies, the MBR; zeros over
 #   the first and last MiB).
-# * The image is streamed: wget -O- | tee (a FIFO read by sha256sum) [| gunzip] | writer.  The writer reads the
-#   first MiB, sniffs it (qcow2/gzip/xz/zstd/bzip2/vmdk/vhdx magic where raw data was promised is an error; nothing
-#   is written then) and dd-s the stream to the disk in 1 MiB blocks.  Nothing is staged in RAM beyond that MiB.
+# * The image is streamed: wget -O- | sfwrite (sfwrite.c: one process computing SHA-256 on the stream, inflating
+#   gzip in-process, sniffing the first MiB -- qcow2/gzip/xz/zstd/bzip2/vmdk/vhdx magic where raw data was
+#   promised is an error and nothing is written then -- and writing the disk in 1 MiB blocks; exactly
+#   SF_IMAGE_SIZE bytes or it fails).  Nothing is staged in RAM beyond one MiB.
 #   SF_IMAGE_SHA256 is the sha256 of the bytes served at SF_IMAGE_URL (the compressed file for gzip);
 #   SF_IMAGE_SIZE the number of bytes written to the disk (the raw image's size).  A short read (wget: connection
 #   closed prematurely), a size mismatch or a checksum mismatch fails the deploy; after a failed write or checksum
@@ -118,128 +119,27 @@ select_disk() {
 }
 
 # ---------------------------------------------------------------- the image stream
-# sniff FILE: print what the data is when it is not raw disk data (status 1), nothing otherwise.
-sniff() {
-    local m
-    [ -s "$1" ] || { echo "the image stream is empty"; return 1; }
-    m=$(dd if="$1" bs=8 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')
-    case "$m" in
-        514649fb*) echo "qcow2 (magic QFI\\xfb)" ;;
-        1f8b*) echo "gzip (magic 1f8b)" ;;
-        fd377a585a00*) echo "xz (magic fd377a585a00)" ;;
-        28b52ffd*) echo "zstd (magic 28b52ffd)" ;;
-        425a68*) echo "bzip2 (magic BZh)" ;;
-        4b444d56*) echo "vmdk (magic KDMV)" ;;
-        7668647866696c65*) echo "vhdx (magic vhdxfile)" ;;
-        *) return 0 ;;
-    esac
-    return 1
-}
-
-# records FILE: the "A+B records in" counts of a busybox dd's stderr as "A B" (busybox prints no byte count).
-records() {
-    sed -n 's/^\([0-9][0-9]*\)+\([0-9][0-9]*\) records in.*/\1 \2/p' "$1" | head -n 1
-}
-
-# writer DEV: stdin -> DEV from offset 0 in 1 MiB blocks, after sniffing the first MiB; exactly SF_IMAGE_SIZE
-# bytes must arrive (the count is checked block by block: full 1 MiB records, then the last partial one, then
-# EOF).  Results in $R/writer.{rc,err,bytes}; rc 2 = refused before writing, 3 = longer than announced.
-writer() {
-    local what hb full rec a b tb extra
-    if ! dd of="$R/head" bs=$MIB count=1 iflag=fullblock 2>"$R/head.err"; then
-        echo "reading the image stream failed: $(cat "$R/head.err")" >"$R/writer.err"
-        echo 1 >"$R/writer.rc"
-        return
-    fi
-    if ! what=$(sniff "$R/head"); then
-        echo "the image is $what, but SF_IMAGE_FORMAT=$SF_IMAGE_FORMAT promised raw disk data; nothing written" \
-            >"$R/writer.err"
-        echo 2 >"$R/writer.rc"
-        return
-    fi
-    hb=$(wc -c <"$R/head")
-    if ! dd if="$R/head" of="$1" bs=$MIB conv=notrunc 2>"$R/dd.err"; then
-        echo "writing $1: $(tail -n 1 "$R/dd.err")" >"$R/writer.err"
-        echo 1 >"$R/writer.rc"
-        return
-    fi
-    rm -f "$R/head"
-    full=0
-    [ "$hb" -eq $MIB ] && full=$(((SF_IMAGE_SIZE - MIB) / MIB))
-    [ "$full" -lt 0 ] && full=0
-    if [ "$full" -gt 0 ]; then
-        if ! dd of="$1" bs=$MIB seek=1 count="$full" iflag=fullblock conv=notrunc 2>"$R/dd.err"; then
-            echo "writing $1: $(grep -v records "$R/dd.err" | tail -n 1)" >"$R/writer.err"
-            echo 1 >"$R/writer.rc"
-            return
-        fi
-        rec=$(records "$R/dd.err")
-        a=${rec% *}
-        b=${rec#* }
-        if [ "$a" != "$full" ] || [ "$b" != 0 ]; then
-            echo $((hb + ${a:-0} * MIB)) >"$R/writer.bytes"
-            echo "short read: the image stream ended after $((1 + ${a:-0}))+${b:-0} MiB blocks, SF_IMAGE_SIZE is $SF_IMAGE_SIZE bytes" >"$R/writer.err"
-            echo 1 >"$R/writer.rc"
-            return
-        fi
-    fi
-    tb=0
-    if [ "$hb" -eq $MIB ]; then
-        dd of="$R/tail" bs=$MIB count=1 iflag=fullblock 2>/dev/null
-        tb=$(wc -c <"$R/tail")
-        if [ "$tb" -gt 0 ] && ! dd if="$R/tail" of="$1" bs=$MIB seek=$((1 + full)) conv=notrunc 2>"$R/dd.err"; then
-            echo "writing $1: $(grep -v records "$R/dd.err" | tail -n 1)" >"$R/writer.err"
-            echo 1 >"$R/writer.rc"
-            return
-        fi
-        rm -f "$R/tail"
-    fi
-    echo $((hb + full * MIB + tb)) >"$R/writer.bytes"
-    extra=$(dd bs=4096 count=1 2>/dev/null | wc -c)
-    if [ "$extra" -gt 0 ]; then
-        echo "the image stream is longer than SF_IMAGE_SIZE ($SF_IMAGE_SIZE bytes)" >"$R/writer.err"
-        echo 3 >"$R/writer.rc"
-        return
-    fi
-    echo 0 >"$R/writer.rc"
-}
-
 # The download is bounded at 1 MiB/s on average plus 5 minutes (busybox wget has no usable stall timeout).
 fetch_image() {
     timeout $((SF_IMAGE_SIZE / MIB + 300)) wget -q -O- --header "X-Stemforge-Token: $SF_TOKEN" "$SF_IMAGE_URL" 2>"$R/wget.err"
     echo $? >"$R/wget.rc"
 }
 
-tee_sha() {
-    tee "$R/sha.fifo" 2>"$R/tee.err"
-    echo $? >"$R/tee.rc"
-}
-
-gunzip_stage() {
-    gunzip -c 2>"$R/gunzip.err"
-    echo $? >"$R/gunzip.rc"
-}
-
-# stream_once DEV: one attempt.  Sets ERR and RETRY (true for transient download errors) on failure.
+# stream_once DEV: one attempt: wget | sfwrite.  Sets BYTES, GOT_SHA; on failure ERR and RETRY (true for
+# transient download errors).
 stream_once() {
-    local shapid wrc
-    rm -f "$R"/*.rc "$R"/*.err "$R/writer.bytes" "$R/sha.out" "$R/sha.fifo"
-    mkfifo "$R/sha.fifo"
-    sha256sum <"$R/sha.fifo" >"$R/sha.out" 2>&1 &
-    shapid=$!
-    if [ "$SF_IMAGE_FORMAT" = gzip ]; then
-        fetch_image | tee_sha | gunzip_stage | writer "$1"
-    else
-        fetch_image | tee_sha | writer "$1"
-    fi
-    wait "$shapid"
-    rm -f "$R/sha.fifo"
+    local wrc
+    rm -f "$R/wget.rc" "$R/wget.err" "$R/writer.rc" "$R/writer.err" "$R/writer.out"
+    fetch_image | {
+        sfwrite "$SF_IMAGE_FORMAT" "$SF_IMAGE_SIZE" "$1" >"$R/writer.out" 2>"$R/writer.err"
+        echo $? >"$R/writer.rc"
+    }
     RETRY=false
     wrc=$(cat "$R/writer.rc" 2>/dev/null || echo 1)
-    if [ "$wrc" = 2 ] || [ "$wrc" = 3 ]; then
-        ERR=$(cat "$R/writer.err")
-        return 1
-    fi
+    ERR=$(head -n 1 "$R/writer.err" 2>/dev/null)
+    case "$wrc" in
+        2 | 3) return 1 ;;  # refused / longer than announced: the download's own status is SIGPIPE then
+    esac
     if [ "$(cat "$R/wget.rc" 2>/dev/null)" != 0 ]; then
         ERR="download of $SF_IMAGE_URL failed: $(tr '\n' ' ' <"$R/wget.err" | sed 's/ *$//')"
         [ "$(cat "$R/wget.rc")" = 143 ] && ERR="download of $SF_IMAGE_URL timed out after $((SF_IMAGE_SIZE / MIB + 300))s"
@@ -249,25 +149,16 @@ stream_once() {
         esac
         return 1
     fi
-    if [ "$SF_IMAGE_FORMAT" = gzip ] && [ "$(cat "$R/gunzip.rc" 2>/dev/null)" != 0 ]; then
-        ERR="SF_IMAGE_FORMAT=gzip but the download is not a valid gzip stream: $(tr '\n' ' ' <"$R/gunzip.err")"
-        return 1
-    fi
     if [ "$wrc" != 0 ]; then
-        ERR=$(cat "$R/writer.err" 2>/dev/null)
-        [ -n "$ERR" ] || ERR="the disk writer failed (status $wrc)"
+        [ -n "$ERR" ] || ERR="the image writer failed (status $wrc)"
         return 1
     fi
-    if [ "$(cat "$R/tee.rc" 2>/dev/null)" != 0 ]; then
-        ERR="checksumming the stream failed: $(cat "$R/tee.err")"
+    BYTES=$(sed -n 's/^bytes=\([0-9]*\) .*/\1/p' "$R/writer.out")
+    GOT_SHA=$(sed -n 's/.* sha256=\([0-9a-f]*\)$/\1/p' "$R/writer.out")
+    if [ "$BYTES" != "$SF_IMAGE_SIZE" ] || [ ${#GOT_SHA} -ne 64 ]; then
+        ERR="the image writer reported '$(cat "$R/writer.out")' for SF_IMAGE_SIZE $SF_IMAGE_SIZE"
         return 1
     fi
-    BYTES=$(cat "$R/writer.bytes" 2>/dev/null)
-    if [ "$BYTES" != "$SF_IMAGE_SIZE" ]; then
-        ERR="size mismatch: wrote $BYTES bytes, SF_IMAGE_SIZE is $SF_IMAGE_SIZE"
-        return 1
-    fi
-    GOT_SHA=$(cut -d' ' -f1 "$R/sha.out")
     return 0
 }
 
@@ -321,7 +212,7 @@ write_configdrive() {
             out=$(sfdisk --relocate gpt-bak-std --no-reread --no-tell-kernel "$dev" 2>&1) ||
                 fail configdrive "moving the backup GPT header to the end of $dev: $out"
             start=$(((sectors - 34 - CD_SECTORS) / 2048 * 2048))
-            size=$((sectors - 34 - start))
+            size=$((sectors - 33 - start))  # up to the last usable LBA (sectors - 34)
             spec="start=$start, size=$size, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=config-2"
             ;;
         dos)

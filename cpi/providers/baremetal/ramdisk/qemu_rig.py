@@ -240,11 +240,13 @@ class ProvisioningStub:
 
 @dataclass
 class Disk:
-    """A disk of the guest: a raw (sparse) file, optionally with a serial; ``bus`` virtio or sata."""
+    """A disk of the guest: a raw (sparse) file, optionally with a serial; ``bus`` virtio or sata;
+    ``write_mib_s`` > 0 limits its write bandwidth (QEMU block throttling), to emulate a disk of that speed."""
 
     path: Path
     serial: str = ""
     bus: str = "virtio"
+    write_mib_s: float = 0
 
 
 @dataclass
@@ -317,7 +319,8 @@ def boot(
             cmd += ["-initrd", str(initrd)]
     sata = 0
     for i, d in enumerate(disks):
-        cmd += ["-drive", f"if=none,id=d{i},file={d.path},format=raw,cache=unsafe"]
+        throttle = f",throttling.bps-write={int(d.write_mib_s * 1024 * 1024)}" if d.write_mib_s > 0 else ""
+        cmd += ["-drive", f"if=none,id=d{i},file={d.path},format=raw,cache=unsafe{throttle}"]
         if d.bus == "sata":
             cmd += ["-device", f"ide-hd,drive=d{i},bus=ide.{sata}" + (f",serial={d.serial}" if d.serial else "")]
             sata += 1
