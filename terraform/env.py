@@ -378,9 +378,8 @@ class Environment:
         mirror = self._mirror()
         try:
             tf = self._terraform(progress, mirror, loopback)
-            if not (self.workdir / ".terraform").is_dir():
-                progress("terraform init")
-                tf.init()
+            progress("terraform init")  # again: the mirror found now may not be the one up installed from
+            tf.init()
             progress("terraform destroy")
             tf.destroy()
         except TerraformCommandFailed as exc:
