@@ -113,19 +113,27 @@ def run(args: argparse.Namespace) -> int:
         work = Path(tmp)
         image = work / "image.raw"
         sha = make_image(image, args.size_mib * MIB)
-        print(f"image: {args.size_mib} MiB random behind an MBR; {args.rounds} rounds per scenario; guest vCPUs "
-              f"{args.smp}; host cores: {os.cpu_count()}; ramdisk {ensure_ramdisk().key}")
+        print(
+            f"image: {args.size_mib} MiB random behind an MBR; {args.rounds} rounds per scenario; guest vCPUs "
+            f"{args.smp}; host cores: {os.cpu_count()}; ramdisk {ensure_ramdisk().key}"
+        )
         results = [
             scenario(work, "disk-bound", image, sha, args, args.disk_mib),
             scenario(work, "cpu-bound", image, sha, args, 0),
         ]
     load = os.getloadavg()
-    print(f"\n=== bench_metal_write summary (image {args.size_mib} MiB, median of {args.rounds} rounds; target: ours >= "
-          f"{TARGET:.0%} of dd's throughput when the disk bounds; load average {load[0]:.2f} {load[1]:.2f}) ===")
+    print(
+        f"\n=== bench_metal_write summary (image {args.size_mib} MiB, median of {args.rounds} rounds; target: ours >= "
+        f"{TARGET:.0%} of dd's throughput when the disk bounds; load average {load[0]:.2f} {load[1]:.2f}) ==="
+    )
     print(f"{'scenario':<34}{'dd MiB/s':>10}{'ours MiB/s':>12}{'ours/dd':>9}  verdict")
     missed = False
     for r in results:
-        label = f"disk-bound ({args.disk_mib:g} MiB/s disk)" if r["name"] == "disk-bound" else "cpu-bound (TCG, unthrottled)"
+        label = (
+            f"disk-bound ({args.disk_mib:g} MiB/s disk)"
+            if r["name"] == "disk-bound"
+            else "cpu-bound (TCG, unthrottled)"
+        )
         if r["name"] == "disk-bound":
             verdict = "PASS" if r["ratio"] >= TARGET else "MISS"
             missed |= verdict == "MISS"

@@ -219,7 +219,14 @@ def test_deploy_test_stemcell_then_it_boots_and_phones_home(
         disks = [rig.Disk(extra, "sf-extra-0001"), rig.Disk(root, "sf-root-0001")]
         result = run_ramdisk(tmp_path, "deploy", stub, ramdisk, disks)
         assert result["ok"] is True, result
-        assert stages(stub) == ["booted", "disk-selected", "image-written", "checksum-ok", "configdrive-written", "done"]
+        assert stages(stub) == [
+            "booted",
+            "disk-selected",
+            "image-written",
+            "checksum-ok",
+            "configdrive-written",
+            "done",
+        ]
         assert event(stub, "booted")["data"]["mac"] == MAC
         sel = event(stub, "disk-selected")["data"]
         assert sel["serial"] == "sf-root-0001" and sel["size"] == 4 * GIB
@@ -276,9 +283,7 @@ def test_deploy_gzip_image_and_root_hints_pick_the_named_disk(
         stub.instructions = deploy_instructions(
             stub, gz, image_size=small_image.stat().st_size, image_format="gzip", root_hints="serial=sf-b size=>=5"
         )
-        result = run_ramdisk(
-            tmp_path, "gzip-hints", stub, ramdisk, [rig.Disk(a, "sf-a"), rig.Disk(b, "sf-b")]
-        )
+        result = run_ramdisk(tmp_path, "gzip-hints", stub, ramdisk, [rig.Disk(a, "sf-a"), rig.Disk(b, "sf-b")])
     assert result["ok"] is True, result
     assert event(stub, "disk-selected")["data"]["serial"] == "sf-b"
     assert same_prefix(b, small_image, skip=(446 + 16, 446 + 32))  # but for the new config-drive entry
@@ -350,9 +355,7 @@ def test_truncated_download_is_a_failure(ramdisk: rdb.RamdiskArtifacts, small_im
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_qcow2_where_raw_was_promised_is_refused_before_writing(
-    ramdisk: rdb.RamdiskArtifacts, tmp_path: Path
-) -> None:
+def test_qcow2_where_raw_was_promised_is_refused_before_writing(ramdisk: rdb.RamdiskArtifacts, tmp_path: Path) -> None:
     qcow = tmp_path / "img.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow), "64M"], check=True)
     disk = rig.sparse_disk(tmp_path / "d.raw", 4 * GIB)
@@ -381,7 +384,9 @@ def test_malformed_instructions_are_rejected(ramdisk: rdb.RamdiskArtifacts, tmp_
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_clean_wipes_first_and_last_mib_of_every_disk(ramdisk: rdb.RamdiskArtifacts, test_image: Path, tmp_path: Path) -> None:
+def test_clean_wipes_first_and_last_mib_of_every_disk(
+    ramdisk: rdb.RamdiskArtifacts, test_image: Path, tmp_path: Path
+) -> None:
     a = rig.sparse_disk(tmp_path / "a.raw", 4 * GIB)
     b = rig.sparse_disk(tmp_path / "b.raw", 1 * GIB)
     for disk, size in ((a, 4 * GIB), (b, GIB)):

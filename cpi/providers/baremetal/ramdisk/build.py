@@ -285,8 +285,8 @@ def _build(ti_root: Path, inputs: _Inputs, work: Path, steps: tib._Steps) -> Pat
         for d in ("proc", "sys", "dev", "run", "tmp", "etc", "sf", "usr/share/udhcpc"):
             (ird / d).mkdir(parents=True, exist_ok=True)
         os.chmod(ird / "tmp", 0o1777)
-        for src, dest in SCRIPTS.items():
-            _copy(_HERE / src, ird / dest, 0o755)
+        for script, target in SCRIPTS.items():
+            _copy(_HERE / script, ird / target, 0o755)
         _copy(UDHCPC_SCRIPT, ird / "sf/udhcpc.sh", 0o755)
         (ird / "usr/share/udhcpc/default.script").symlink_to("/sf/udhcpc.sh")
         (ird / "etc/passwd").write_text("root:x:0:0:root:/:/bin/sh\n")
@@ -307,7 +307,9 @@ def _build(ti_root: Path, inputs: _Inputs, work: Path, steps: tib._Steps) -> Pat
         writer = ird / "usr/sbin/sfwrite"
         cc = shutil.which("gcc") or shutil.which("cc")
         if cc is None:
-            raise RamdiskBuildError("initramfs", "no C compiler (gcc) to build sfwrite; install gcc, libssl-dev, zlib1g-dev")
+            raise RamdiskBuildError(
+                "initramfs", "no C compiler (gcc) to build sfwrite; install gcc, libssl-dev, zlib1g-dev"
+            )
         tib._run("initramfs", [cc, *WRITER_CFLAGS, "-o", str(writer), str(_HERE / WRITER_SOURCE), *WRITER_LIBS])
         if shutil.which("strip"):
             tib._run("initramfs", ["strip", str(writer)])
