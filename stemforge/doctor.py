@@ -619,6 +619,12 @@ def check_dnsmasq(ctx: Context) -> list[Check]:
                          timeout=ctx.options.timeout)]
 
 
+def check_vde(ctx: Context) -> list[Check]:
+    """``vde_switch`` (Debian's vde2): joins the lab servers' QEMU NICs to the lab namespace's bridge."""
+    return [check_binary("vde_switch", package="vde2", required_for=BARE_METAL, path=ctx.options.path,
+                         timeout=ctx.options.timeout)]
+
+
 def check_ipxe(ctx: Context) -> list[Check]:
     """iPXE binaries from Debian's ``ipxe`` package: ``undionly.kpxe`` (BIOS) and ``ipxe.efi`` (UEFI) needed."""
     found, missing = [], []
@@ -936,7 +942,25 @@ def check_aws_provider(ctx: Context, candidate_globs: Sequence[str] = MIRROR_CAN
         fix = (f"where the registry is reachable: terraform providers mirror -platform={plat} DIR (in a directory "
                f"whose .tf requires hashicorp/aws); copy DIR here and point provider_installation "
                f"{{ filesystem_mirror {{ path = \"DIR\" }} }} in {config.main_file} at it")
-    return [Check("terraform aws provider", False, "; ".join([detail, *other, *notes]), fix, AWS_TERRAFORM)]
+    # optional: `stemforge env` finds a mirror by itself (check_env_provider); this is about a bare terraform.
+    return [Check("terraform aws provider", False, "; ".join([detail, *other, *notes]), fix, AWS_TERRAFORM,
+                  optional=True)]
+
+
+def check_env_provider(ctx: Context) -> list[Check]:
+    """hashicorp/aws where ``stemforge env`` looks at run time (``terraform.mirror.find_aws_provider``: the CLI
+    config's mirrors, the plugin cache, the implied directories, then a bounded search); it writes a private CLI
+    config for what it finds, so this, not the bare-Terraform check above, decides whether the AWS work can run."""
+    from terraform.mirror import ProviderNotFound, find_aws_provider
+
+    opts = ctx.options
+    try:
+        found = find_aws_provider(env=opts.env, home=opts.home, cwd=opts.cwd)
+    except ProviderNotFound as exc:
+        return [Check("stemforge env provider", False, first_line(str(exc), 300), str(exc).rsplit("Fix: ", 1)[-1],
+                      AWS_TERRAFORM)]
+    detail = f"hashicorp/aws {found.version} ({found.platform}) in {found.path}, {found.source}"
+    return [Check("stemforge env provider", True, detail, None, AWS_TERRAFORM)]
 
 
 def check_aws_python(ctx: Context) -> list[Check]:
@@ -962,9 +986,9 @@ def check_aws_python(ctx: Context) -> list[Check]:
 CHECKS: tuple[Callable[[Context], list[Check]], ...] = (
     check_libvirt, check_virtlogd, check_default_network, check_qemu, check_kvm_device, check_accelerator,
     check_storage, check_python_deps,
-    check_dnsmasq, check_ipxe, check_sushy, check_netns,
+    check_dnsmasq, check_vde, check_ipxe, check_sushy, check_netns,
     check_image_tools,
-    check_terraform, check_aws_provider, check_aws_python,
+    check_terraform, check_aws_provider, check_env_provider, check_aws_python,
 )
 
 

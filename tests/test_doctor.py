@@ -25,7 +25,8 @@ EXPECTED_CHECKS = {
     "libvirt", "virtlogd", "default network", "qemu-system-x86_64", "qemu-img", "/dev/kvm", "accelerator",
     "storage", "python: libvirt-python", "python: pycdlib", "python: jsonschema", "python: PyYAML",
     "python: tenacity", "dnsmasq", "ipxe", "sushy-tools", "ip netns", "debootstrap", "mke2fs", "mtools",
-    "syslinux", "busybox-static", "test image tools", "terraform", "terraform aws provider", "moto", "boto3",
+    "syslinux", "busybox-static", "test image tools", "terraform", "terraform aws provider",
+    "stemforge env provider", "moto", "boto3", "vde_switch",
 }
 
 
