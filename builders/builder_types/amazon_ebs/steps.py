@@ -4,7 +4,8 @@ exactly what its ``run`` created and recorded in the state dict:
 ``pre-validate`` (the AMI name is free in every target region unless ``force_deregister``) -> ``source-ami``
 (``source_ami`` or ``source_ami_filter``) -> ``network-info`` (VPC/subnet) -> ``key-pair`` (temporary, deleted
 afterwards) -> ``security-group`` (temporary, deleted afterwards) -> ``run-instance`` (terminated afterwards) ->
-``connect`` (``ssh`` or ``none``) -> ``provision`` -> ``stop-instance`` -> ``deregister-ami`` (force_deregister)
+``connect`` (``ssh`` or ``none``) -> ``provision`` -> ``stop-instance`` -> ``modify-instance`` (ENA/SR-IOV)
+-> ``deregister-ami`` (force_deregister)
 -> ``create-ami`` -> ``ami-region-copy`` (all ``ami_regions`` in parallel, bounded) -> ``modify-ami-attributes``
 -> ``create-tags`` (AMIs and snapshots in every region, in parallel).
 
@@ -878,6 +879,7 @@ def build_steps(cfg: EbsConfig, ctx: BuildContext, hook: ProvisionHook) -> list[
         StepConnect(cfg, ctx),
         StepProvision(cfg, ctx, hook),
         StepStopInstance(cfg, ctx),
+        StepModifyInstance(cfg, ctx),
         StepDeregisterAMI(cfg, ctx),
         StepCreateAMI(cfg, ctx),
         StepAMIRegionCopy(cfg, ctx),
