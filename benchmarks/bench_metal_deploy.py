@@ -116,6 +116,18 @@ def _deploy_started(lab: Lab, node: str) -> float | None:
     return None
 
 
+def keep_logs(lab: Lab, n: int) -> Path:
+    """Copy the serve log, the emulator log and the consoles out of the lab (which is removed) for inspection."""
+    import shutil
+
+    dest = Path(tempfile.mkdtemp(prefix=f"bench-metal-deploy-failed-n{n}-"))
+    sources = [lab.serve_log_path, Path(lab.dir) / "redfish" / "emulator.log", *(s.console_log for s in lab.servers)]
+    for src in sources:
+        if src is not None and src.exists():
+            shutil.copy(src, dest / src.name)
+    return dest
+
+
 def one_round(n: int, image: tuple[Path, dict[str, Any]], work: Path, phone_home: bool) -> dict[str, Any]:
     say(f"N={n}: building a lab of {n} server(s)")
     t0 = time.monotonic()
@@ -155,7 +167,7 @@ def one_round(n: int, image: tuple[Path, dict[str, Any]], work: Path, phone_home
         stages = {name: stage_times(lab, name) for name in names}
         if errors:
             say(f"N={n}: {len(errors)} deploy(s) failed: {errors[0][:500]}")
-            say(lab.diagnostics()[-3000:])
+            say(f"N={n}: the lab's logs and consoles are kept in {keep_logs(lab, n)}")
     return {"n": n, "wall": wall, "calls": calls, "errors": errors, "stages": stages}
 
 
