@@ -420,9 +420,12 @@ class Environment:
         progress("destroying what this up made")
         try:
             self._terraform(progress, mirror, loopback).destroy()
-        except BaseException as exc:
+        except BaseException as exc:  # a Ctrl-C here still let the destroy finish (runner.py)
+            if not self.has_state():
+                return
             state["destroy_failed"] = exc
-            raise
+            # an Exception, so the step runner logs it and still runs the remaining cleanups
+            raise RuntimeError(f"destroy after the failed up: {self.scrub(str(exc)) or type(exc).__name__}") from None
 
 
 # -- steps of `up` -----------------------------------------------------------------------------------------------

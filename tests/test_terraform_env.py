@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -331,3 +332,32 @@ def test_ctrl_c_during_apply_destroys_what_was_made(moto_endpoint: str, tmp_path
     assert "what it made was destroyed" in err and "Interrupted." in err
     assert leftovers(moto_endpoint, prefix) == [], err
     assert not (tmp_path / "envs" / prefix).exists()
+
+
+def test_failed_up_whose_destroy_fails_keeps_the_state_for_down(
+    moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rollback's own failure (terraform destroy exiting 1, injected by a wrapper around the real binary) keeps
+    the directory and the state, says so, and a later ``down`` with the real terraform removes everything."""
+    prefix = "sf-tf-keep"
+    real = shutil.which("terraform")
+    assert real
+    wrapper = tmp_path / "bin" / "terraform"
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        f'#!/bin/sh\nif [ "$1" = destroy ]; then echo "Error: injected destroy failure" >&2; exit 1; fi\n'
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("STEMFORGE_FAILPOINTS", "after:apply")
+    directory = tmp_path / "envs" / prefix
+    environment = Environment(directory, terraform_binary=str(wrapper), sink=lambda line: None)
+    with pytest.raises(EnvironmentError) as info:
+        environment.up(EnvironmentSpec(name=prefix, endpoint=moto_endpoint, load_balancers=False))
+    message = str(info.value)
+    assert "destroying what it made failed too" in message and "injected destroy failure" in message
+    assert f"retry `stemforge env down {prefix}`" in message
+    assert environment.has_state() and leftovers(moto_endpoint, prefix)
+    monkeypatch.delenv("STEMFORGE_FAILPOINTS")
+    assert Environment(directory, sink=lambda line: None).down() is True
+    assert leftovers(moto_endpoint, prefix) == [] and not directory.exists()
