@@ -35,6 +35,7 @@ import argparse
 import http.client
 import logging
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -201,8 +202,21 @@ def warm(endpoint: str, regions: list[str]) -> float:
     return time.monotonic() - started
 
 
-def build(endpoint: str, regions: list[str], work: Path) -> tuple[float, float, dict[str, str]]:
-    """One whole amazon-ebs build; (seconds, fan-out steps seconds, amis)."""
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of this process (all threads) or of ``pid`` (from /proc)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+MOTO_PID: int | None = None
+
+
+def build(endpoint: str, regions: list[str], work: Path) -> tuple[float, float, dict[str, str], float, float]:
+    """One whole amazon-ebs build; (seconds, fan-out steps seconds, amis, this process's CPU seconds, moto's CPU
+    seconds) -- the CPU measured over the timed build only."""
     ctx = BuildContext("bench", "amazon-ebs", QuietUi(), threading.Event(), work, str(uuid.uuid4()))
     config = {
         "region": BUILD_REGION,
@@ -223,41 +237,51 @@ def build(endpoint: str, regions: list[str], work: Path) -> tuple[float, float, 
     builder.prepare()
     runner = StepRunner(log=logging.getLogger("bench"), cancel=ctx.cancel)
     state: dict[str, Any] = {}
+    cpu0, moto0 = cpu_seconds(), cpu_seconds(MOTO_PID) if MOTO_PID else 0.0
     started = time.monotonic()
     runner.run(builder.steps(NoProvisioners()), state)
     seconds = time.monotonic() - started
+    cpu, moto_cpu = cpu_seconds() - cpu0, (cpu_seconds(MOTO_PID) - moto0) if MOTO_PID else 0.0
     artifact = builder.artifact(state)
     if artifact is None:
         raise RuntimeError("the build made no AMI")
     fanout = sum(r.seconds for r in runner.records if r.name in FANOUT_STEPS)
     amis = dict(artifact.state["amis"])
     artifact.destroy()
-    return seconds, fanout, amis
+    return seconds, fanout, amis, cpu, moto_cpu
 
 
 def scenario(endpoint: str, regions: list[str], rounds: int, work: Path, label: str) -> dict[str, Any]:
-    one: list[tuple[float, float]] = []
-    many: list[tuple[float, float]] = []
+    one: list[tuple[float, float, float, float]] = []
+    many: list[tuple[float, float, float, float]] = []
     build(endpoint, regions[:1], work)  # warm-up: client creation paths, moto's first instance/AMI
     for i in range(rounds):
         order = [(1, one), (len(regions), many)]
         for count, sink in order if i % 2 == 0 else reversed(order):
-            seconds, fanout, amis = build(endpoint, regions[:count], work)
+            seconds, fanout, amis, cpu, moto_cpu = build(endpoint, regions[:count], work)
             if len(amis) != count + 1:
                 raise RuntimeError(f"expected {count + 1} AMIs, got {len(amis)}")
-            sink.append((seconds, fanout))
+            sink.append((seconds, fanout, cpu, moto_cpu))
         print(
             f"{label} round {i + 1}: 1 region {one[-1][0]:.2f}s (fan-out {one[-1][1]:.2f}s), {len(regions)} "
             f"regions {many[-1][0]:.2f}s (fan-out {many[-1][1]:.2f}s)"
         )
+
+    def med(rows: list[tuple[float, float, float, float]], i: int) -> float:
+        return statistics.median(row[i] for row in rows)
+
     return {
         "label": label,
-        "t1": statistics.median(s for s, _f in one),
-        "tn": statistics.median(s for s, _f in many),
-        "f1": statistics.median(f for _s, f in one),
-        "fn": statistics.median(f for _s, f in many),
-        "b1": min(s for s, _f in one),
-        "bn": min(s for s, _f in many),
+        "t1": med(one, 0),
+        "tn": med(many, 0),
+        "f1": med(one, 1),
+        "fn": med(many, 1),
+        "c1": med(one, 2),
+        "cn": med(many, 2),
+        "m1": med(one, 3),
+        "mn": med(many, 3),
+        "b1": min(row[0] for row in one),
+        "bn": min(row[0] for row in many),
     }
 
 
@@ -265,7 +289,9 @@ def run(args: argparse.Namespace) -> int:
     regions = REGIONS[: args.regions]
     work = Path(os.environ.get("TMPDIR", "/tmp"))
     results = []
+    global MOTO_PID
     with MotoProcess() as moto:
+        MOTO_PID = moto.proc.pid
         warmed = warm(moto.url, [BUILD_REGION, *regions])
         print(
             f"moto_server on {moto.url}; {len(regions) + 1} region backends warmed in {warmed:.1f}s; "
@@ -292,6 +318,14 @@ def run(args: argparse.Namespace) -> int:
             f"(serial would be ~{len(regions) * r['f1']:.1f}s)"
         )
         print(f"{'':<22}{'best whole build':<30}{r['b1']:>9.2f}s{r['bn']:>11.2f}s")
+        print(
+            f"{'':<22}{'CPU: this process':<30}{r['c1']:>9.2f}s{r['cn']:>11.2f}s  "
+            f"(+{(r['cn'] - r['c1']) / max(1, len(regions) - 1) * 1000:.0f} ms per extra region)"
+        )
+        print(
+            f"{'':<22}{'CPU: moto_server':<30}{r['m1']:>9.2f}s{r['mn']:>11.2f}s  "
+            f"(+{(r['mn'] - r['m1']) / max(1, len(regions) - 1) * 1000:.0f} ms per extra region)"
+        )
     return 1 if missed and args.strict else 0
 
 
