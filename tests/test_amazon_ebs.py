@@ -339,7 +339,13 @@ def test_16_regions_in_parallel_manifest_lists_all_sorted(
 ) -> None:
     test_id = uuid.uuid4().hex[:10]
     manifest = tmp_path / "packer-manifest.json"
-    path = template(tmp_path, proxy.url, test_id, post=[{"type": "manifest", "output": str(manifest)}])
+    devices = {
+        "launch_block_device_mappings": [
+            {"device_name": "/dev/sda1", "volume_size": 20, "volume_type": "gp3", "delete_on_termination": True}
+        ],
+        "ami_block_device_mappings": [{"device_name": "/dev/sdb", "virtual_name": "ephemeral0"}],
+    }
+    path = template(tmp_path, proxy.url, test_id, extra=devices, post=[{"type": "manifest", "output": str(manifest)}])
     log = tmp_path / "debug.log"
     result = stemforge(["build", str(path)], tmp_path, env={"STEMFORGE_LOG_PATH": str(log)})
     out = result.stdout + result.stderr
@@ -358,6 +364,18 @@ def test_16_regions_in_parallel_manifest_lists_all_sorted(
         "Terminating the source AWS instance...",
     ):
         assert line in out, line
+
+    # what the instance was launched with (as EC2 received it)
+    run = [params for action, _r, params in proxy.requests if action == "RunInstances"][0]
+    assert run["InstanceInitiatedShutdownBehavior"] == "stop" and run["InstanceType"] == "t3.micro"
+    assert run["KeyName"].startswith("packer_") and run["SecurityGroupId.1"].startswith("sg-")
+    assert run["BlockDeviceMapping.1.DeviceName"] == "/dev/sda1"
+    assert run["BlockDeviceMapping.1.Ebs.VolumeSize"] == "20" and run["BlockDeviceMapping.1.Ebs.VolumeType"] == "gp3"
+    assert {run["TagSpecification.1.Tag.1.Key"], run["TagSpecification.1.Tag.2.Key"]} == {"Name", "stemforge-test"}
+    create = [params for action, _r, params in proxy.requests if action == "CreateImage"][0]
+    assert create["BlockDeviceMapping.1.DeviceName"] == "/dev/sdb"
+    assert create["BlockDeviceMapping.1.VirtualName"] == "ephemeral0"
+    assert create["Description"].startswith("built from ubuntu/images/")
 
     data = json.loads(manifest.read_text())
     build = data["builds"][0]
@@ -665,7 +683,13 @@ def test_skip_save_build_region_keeps_only_the_copies(
         proxy.url,
         test_id,
         regions=["eu-west-1", "ap-south-1"],
-        extra={"skip_save_build_region": True, "ena_support": True, "sriov_support": True},
+        extra={
+            "skip_save_build_region": True,
+            "ena_support": True,
+            "sriov_support": True,
+            "ami_users": ["111122223333"],
+            "ami_groups": ["all"],
+        },
         post=[{"type": "manifest", "output": str(manifest)}],
     )
     result = stemforge(["build", str(path)], tmp_path)
@@ -684,6 +708,9 @@ def test_skip_save_build_region_keeps_only_the_copies(
     )
     for pair in artifact_id.split(","):
         region, ami = pair.split(":")
+        permissions = clients[region].describe_image_attribute(ImageId=ami, Attribute="launchPermission")
+        assert {"UserId": "111122223333"} in permissions["LaunchPermissions"]
+        assert {"Group": "all"} in permissions["LaunchPermissions"]
         clients[region].deregister_image(ImageId=ami)
 
 
@@ -722,3 +749,39 @@ def test_force_deregister_replaces_existing_amis_and_snapshots(
         new = c.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
         assert len(new) == 1
         c.deregister_image(ImageId=new[0]["ImageId"])
+
+
+def test_given_vpc_subnet_and_security_groups_are_used(
+    tmp_path: Path, moto_endpoint: str, clients: dict[str, Any], proxy: Ec2FaultProxy
+) -> None:
+    """With subnet_id and security_group_ids no temporary security group is made; the instance runs there."""
+    test_id = uuid.uuid4().hex[:10]
+    c = clients[BUILD_REGION]
+    vpc = c.create_vpc(CidrBlock="10.77.0.0/16")["Vpc"]["VpcId"]
+    subnet = c.create_subnet(VpcId=vpc, CidrBlock="10.77.1.0/24")["Subnet"]["SubnetId"]
+    group = c.create_security_group(GroupName=f"build-{test_id}", Description="builds", VpcId=vpc)["GroupId"]
+    try:
+        extra = {"vpc_id": vpc, "subnet_id": subnet, "security_group_ids": [group]}
+        path = template(tmp_path, proxy.url, test_id, regions=[], extra=extra)
+        result = stemforge(["build", str(path)], tmp_path)
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out
+        assert f"Using specified security groups: {group}" in out
+        assert "Creating temporary security group" not in out
+        run = [params for action, _r, params in proxy.requests if action == "RunInstances"][0]
+        assert run["SubnetId"] == subnet and run["SecurityGroupId.1"] == group
+        assert c.describe_security_groups(GroupIds=[group])["SecurityGroups"], "a given group is never deleted"
+        name = ami_name_in(out, test_id)
+        for image in c.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]:
+            c.deregister_image(ImageId=image["ImageId"])
+        # a subnet that is not in vpc_id is refused before anything is made
+        other = c.create_vpc(CidrBlock="10.78.0.0/16")["Vpc"]["VpcId"]
+        path = template(tmp_path, proxy.url, test_id, regions=[], extra={**extra, "vpc_id": other})
+        result = stemforge(["build", str(path)], tmp_path)
+        assert result.returncode == 1
+        assert f"subnet_id {subnet} is in {vpc}, not in vpc_id {other}" in result.stdout + result.stderr
+        c.delete_vpc(VpcId=other)
+    finally:
+        c.delete_security_group(GroupId=group)
+        c.delete_subnet(SubnetId=subnet)
+        c.delete_vpc(VpcId=vpc)
