@@ -518,12 +518,32 @@ def test_abort_leaves_copies_and_says_where(
             c.delete_security_group(GroupId=group["GroupId"])
 
 
-def test_failpoint_after_create_ami_removes_the_ami_and_temporaries(
-    tmp_path: Path, moto_endpoint: str, clients: dict[str, Any], proxy: Ec2FaultProxy
+FAILPOINT_STEPS = [
+    "pre-validate",
+    "key-pair",
+    "security-group",
+    "run-instance",
+    "provision",
+    "stop-instance",
+    "modify-instance",
+    "create-ami",
+    "ami-region-copy",
+    "modify-ami-attributes",
+    "create-tags",
+]
+
+
+@pytest.mark.parametrize("step", FAILPOINT_STEPS)
+def test_failpoint_after_each_step_leaves_nothing(
+    step: str, tmp_path: Path, moto_endpoint: str, clients: dict[str, Any], proxy: Ec2FaultProxy
 ) -> None:
+    """A failure right after any step (the runner's failpoint) unwinds every cleanup: no AMI or snapshot in any
+    region, no key pair, security group or running instance -- even after the last step."""
     test_id = uuid.uuid4().hex[:10]
-    path = template(tmp_path, proxy.url, test_id, regions=["eu-west-1"])
-    env = {**os.environ, "STEMFORGE_FAILPOINTS": "after:create-ami"}
+    path = template(
+        tmp_path, proxy.url, test_id, regions=["eu-west-1", "sa-east-1"], extra={"ami_users": ["111122223333"]}
+    )
+    env = {**os.environ, "STEMFORGE_FAILPOINTS": f"after:{step}"}
     result = subprocess.run(
         [PYTHON, "-m", "stemforge.cli", "build", str(path)],
         cwd=tmp_path,
@@ -535,8 +555,11 @@ def test_failpoint_after_create_ami_removes_the_ami_and_temporaries(
     )
     out = result.stdout + result.stderr
     assert result.returncode == 1, out
-    assert "failpoint after:create-ami fired" in out
-    assert "Deregistering the AMI ami-" in out
+    assert f"failpoint after:{step} fired" in out
+    if FAILPOINT_STEPS.index(step) >= FAILPOINT_STEPS.index("create-ami"):
+        assert "Deregistering the AMI ami-" in out
+    if FAILPOINT_STEPS.index(step) >= FAILPOINT_STEPS.index("ami-region-copy"):
+        assert "Deregistering the AMI copies and deleting their snapshots in 2 region(s)" in out
     assert leftovers(clients, ami_name_in(out, test_id), test_id, proxy) == []
 
 
