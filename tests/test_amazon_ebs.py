@@ -91,6 +91,9 @@ class Ec2FaultProxy:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         #: (region, AMI id) of every image a CreateImage/CopyImage answer named: what the build made
         self.images: list[tuple[str, str]] = []
+        #: requests of each action being handled right now, and the most seen at once
+        self.inflight: dict[str, int] = {}
+        self.max_inflight: dict[str, int] = {}
         self.lock = threading.Lock()
         proxy = self
 
@@ -134,6 +137,16 @@ class Ec2FaultProxy:
 
     def handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
         action = (urllib.parse.parse_qs(body.decode(errors="replace")).get("Action") or [""])[0]
+        with self.lock:
+            self.inflight[action] = self.inflight.get(action, 0) + 1
+            self.max_inflight[action] = max(self.max_inflight.get(action, 0), self.inflight[action])
+        try:
+            self._handle(handler, body, action)
+        finally:
+            with self.lock:
+                self.inflight[action] -= 1
+
+    def _handle(self, handler: BaseHTTPRequestHandler, body: bytes, action: str) -> None:
         auth = handler.headers.get("Authorization", "")
         region = auth.split("Credential=", 1)[1].split("/")[2] if "Credential=" in auth else ""
         for rule in self.rules:
@@ -345,6 +358,8 @@ def test_16_regions_in_parallel_manifest_lists_all_sorted(
         ],
         "ami_block_device_mappings": [{"device_name": "/dev/sdb", "virtual_name": "ephemeral0"}],
     }
+    for region in REGIONS_16:  # each copy answered after 0.5 s: in parallel they overlap, in series they would not
+        proxy.add(Rule("CopyImage", region, "delay", seconds=0.5))
     path = template(tmp_path, proxy.url, test_id, extra=devices, post=[{"type": "manifest", "output": str(manifest)}])
     log = tmp_path / "debug.log"
     result = stemforge(["build", str(path)], tmp_path, env={"STEMFORGE_LOG_PATH": str(log)})
@@ -356,6 +371,7 @@ def test_16_regions_in_parallel_manifest_lists_all_sorted(
     assert name.startswith(f"stemforge-{test_id} ") and name.split()[-1].isdigit(), "{{timestamp}} rendered"
     assert "provisioned by amazon-ebs" in out
     assert "Copying/Encrypting AMI" in out and "Copied ami-" in out and "to 16 region(s)" in out
+    assert proxy.max_inflight["CopyImage"] >= 8, proxy.max_inflight  # 16 at once unless this machine is swamped
     for line in (
         "Creating temporary keypair: packer_",
         "Deleting temporary keypair...",
@@ -437,13 +453,22 @@ def test_throttled_copies_are_retried(
     for region in ("ap-south-1", "sa-east-1"):
         proxy.add(Rule("CopyImage", region, "throttle", count=2))
     proxy.add(Rule("CreateTags", "eu-north-1", "throttle", count=1))
-    path = template(tmp_path, proxy.url, test_id, regions=REGIONS_16[:4] + ["ap-south-1", "sa-east-1", "eu-north-1"])
+    for region in REGIONS_16[:4]:
+        proxy.add(Rule("CopyImage", region, "delay", seconds=0.3))
+    path = template(
+        tmp_path,
+        proxy.url,
+        test_id,
+        regions=REGIONS_16[:4] + ["ap-south-1", "sa-east-1", "eu-north-1"],
+        extra={"ami_copy_parallelism": 3},
+    )
     result = stemforge(["build", str(path)], tmp_path)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert out.count("copy_image attempt") == 4 and "RequestLimitExceeded" in out
     assert "eu-north-1: create_tags attempt 1 failed" in out
     assert proxy.count("CopyImage") == 7
+    assert 2 <= proxy.max_inflight["CopyImage"] <= 3, proxy.max_inflight  # the pool is bounded
 
 
 def test_sigint_mid_copy_removes_everything(
