@@ -450,9 +450,11 @@ def test_a_real_pxe_boot_deploys_an_image_and_config_drive_from_serve(lab: Lab) 
         fh.truncate(16 * 1024 * 1024)
     subprocess.run(["sfdisk", "--quiet", str(image)], input="label: dos\nstart=2048, type=83\n", text=True,
                    check=True, capture_output=True, timeout=30)  # fmt: skip
-    with open(image, "r+b") as fh:
+    with open(image, "r+b") as fh:  # mostly holes, like a real image: data at 1 MiB and in the last MiB
         fh.seek(1024 * 1024)
-        fh.write(os.urandom(15 * 1024 * 1024))
+        fh.write(b"STEMFORGE-ROOT-FS" * 4096)
+        fh.seek(-1024 * 1024, os.SEEK_END)
+        fh.write(os.urandom(1024 * 1024 - 4096))
     payload = image.read_bytes()
     (lab.state_dir / "configdrives").mkdir()
     write_iso(lab.state_dir / "configdrives" / "pxe1.iso", {"openstack/latest/meta_data.json": b'{"uuid": "x"}'})
