@@ -24,5 +24,5 @@ def test_bench_metal_write_quick() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "=== bench_metal_write summary" in out
-    assert "disk-bound (8 MiB/s disk)" in out and "cpu-bound (TCG, unthrottled)" in out
+    assert "disk-bound (4 MiB/s disk)" in out and "cpu-bound (TCG, unthrottled)" in out
     assert "PASS" in out or "MISS" in out
