@@ -157,6 +157,7 @@ def make_pp(setup: dict[str, Any], endpoint: str, **options: Any) -> tuple[Amazo
     config = {
         "region": REGION,
         "custom_endpoint_ec2": endpoint,
+        "custom_endpoint_s3": endpoint,
         "access_key": "testing",
         "secret_key": "testing-secret",
         "s3_bucket_name": setup["bucket"],

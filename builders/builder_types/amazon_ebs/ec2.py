@@ -171,7 +171,7 @@ class AwsAccess:
         session = self.session()
         from botocore.config import Config
 
-        endpoint = {"ec2": self.custom_endpoint_ec2, "s3": self.custom_endpoint_s3 or self.custom_endpoint_ec2}
+        endpoint = {"ec2": self.custom_endpoint_ec2, "s3": self.custom_endpoint_s3}
         config = Config(
             retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=10,

@@ -14,7 +14,8 @@ Options (Packer's names): the access options of ``amazon-ebs`` (``region``, ``ac
 ``ami_users``, ``ami_groups``, ``ami_org_arns``, ``ami_ou_arns``, ``ami_encrypt``, ``ami_kms_key``,
 ``imds_support``, ``license_type``, ``role_name``, ``format`` (``ova`` default, ``raw``, ``vmdk``, ``vhd``,
 ``vhdx``), ``architecture``, ``boot_mode``, ``platform``. stemforge adds ``ami_regions`` /
-``ami_copy_parallelism`` (copies with the builder's all-or-nothing engine) and ``custom_endpoint_s3``.
+``ami_copy_parallelism`` (copies with the builder's all-or-nothing engine) and ``custom_endpoint_s3`` (the S3
+endpoint; ``custom_endpoint_ec2`` is only for EC2, as in Packer).
 
 Beyond Packer, a failure or an interrupt at any point removes what was made: the import task is cancelled, every
 AMI (imported, renamed, copied) is deregistered and its snapshots deleted, and the uploaded object is deleted
@@ -134,6 +135,10 @@ class AmazonImportPostProcessor(PostProcessor):
             errors.append(f'"{kms}" is not a valid KMS Key Id.')
         if bool(options.get("access_key")) != bool(options.get("secret_key")):
             errors.append("`access_key` and `secret_key` must both be either set or not set.")
+        for key in ("custom_endpoint_ec2", "custom_endpoint_s3"):
+            value = str(options.get(key) or "")
+            if value and not value.startswith(("http://", "https://")):
+                errors.append(f"{key}: {value!r} must be an http:// or https:// URL")
         regions = [str(r) for r in options.get("ami_regions") or []]
         if not options.get("skip_region_validation"):
             known = known_regions()
