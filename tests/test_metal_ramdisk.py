@@ -398,9 +398,12 @@ def test_clean_wipes_first_and_last_mib_of_every_disk(
         shutil.copyfileobj(src, dst)
     with rig.ProvisioningStub() as stub:
         stub.instructions = {"mode": "clean", "heartbeat_s": 2}
-        result = run_ramdisk(tmp_path, "clean", stub, ramdisk, [rig.Disk(a, "sf-a"), rig.Disk(b, "sf-b")])
+        # b on SATA (AHCI): its serial comes from SCSI VPD page 0x80
+        result = run_ramdisk(tmp_path, "clean", stub, ramdisk, [rig.Disk(a, "sf-a"), rig.Disk(b, "sf-b", bus="sata")])
     assert result["ok"] is True
-    wiped = {e["data"]["serial"]: e["data"] for e in stub.events if e.get("stage") == "disk-wiped"}
+    wiped = {
+        e["data"]["serial"]: e["data"] for e in stub.events if e.get("kind") == "stage" and e["stage"] == "disk-wiped"
+    }
     assert wiped["sf-a"]["size"] == 4 * GIB and wiped["sf-b"]["size"] == GIB
     assert stages(stub) == ["booted", "disk-wiped", "disk-wiped", "done"]
     for disk, size in ((a, 4 * GIB), (b, GIB)):

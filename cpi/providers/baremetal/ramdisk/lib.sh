@@ -101,7 +101,13 @@ disk_list() {
 
 disk_sectors() { cat "/sys/block/$1/size"; }
 disk_bytes() { echo $(($(cat "/sys/block/$1/size") * 512)); }
-disk_serial() { { cat "/sys/block/$1/serial" || cat "/sys/block/$1/device/serial"; } 2>/dev/null | head -n 1 | sed 's/^ *//; s/ *$//'; }
+# serial: virtio-blk and NVMe have a sysfs attribute; SCSI/SATA disks answer VPD page 0x80 (4-byte header).
+disk_serial() {
+    {
+        cat "/sys/block/$1/serial" || cat "/sys/block/$1/device/serial" ||
+            dd if="/sys/block/$1/device/vpd_pg80" bs=1 skip=4 | tr -d '\000'
+    } 2>/dev/null | head -n 1 | sed 's/^ *//; s/ *$//'
+}
 disk_wwn() { { cat "/sys/block/$1/wwid" || cat "/sys/block/$1/device/wwid"; } 2>/dev/null | head -n 1 | sed 's/^ *//; s/ *$//'; }
 disk_model() { cat "/sys/block/$1/device/model" 2>/dev/null | head -n 1 | sed 's/^ *//; s/ *$//'; }
 
