@@ -168,6 +168,7 @@ IGNORED: dict[str, str] = {
     "enable_unlimited_credits": "unlimited credits are not requested",
     "ssh_keep_alive_interval": "the SSH communicator uses its own keep-alive interval",
     "snapshot_copy_duration_minutes": "copies use the standard copy duration",
+    "temporary_key_pair_bits": "EC2's CreateKeyPair makes 2048-bit RSA keys (or ed25519: temporary_key_pair_type)",
 }
 
 #: Valid Packer options refused, with the reason.
@@ -594,7 +595,12 @@ def prepare_config(
     if cfg.tenancy and cfg.tenancy not in ("default", "dedicated", "host"):
         errors.append(f"tenancy: {cfg.tenancy!r} must be one of default, dedicated, host")
     cfg.ssh_interface = s("ssh_interface")
-    if cfg.ssh_interface and cfg.ssh_interface not in _SSH_INTERFACES:
+    if cfg.ssh_interface == "session_manager":
+        errors.append(
+            "ssh_interface: session_manager is not supported by stemforge (the Session Manager tunnel "
+            "needs the AWS session-manager-plugin)"
+        )
+    elif cfg.ssh_interface and cfg.ssh_interface not in _SSH_INTERFACES:
         errors.append(f"Unknown interface type: {cfg.ssh_interface}")
 
     # --- communicator
