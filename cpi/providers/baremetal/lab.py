@@ -647,7 +647,6 @@ def plan(
     directory = Path(lab_dir) if lab_dir is not None else labs_root() / lab_id
     if not directory.is_absolute():
         directory = directory.absolute()
-    a, b = lab_domain.subnet(lab_id)
     rec = LabRecord(
         id=lab_id,
         dir=str(directory),
@@ -683,7 +682,6 @@ def plan(
                 "system_id": "",
             }
         )
-    _ = (a, b)
     return rec
 
 
