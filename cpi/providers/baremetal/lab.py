@@ -8,7 +8,8 @@ the completed steps made, in reverse):
    QEMU user) and ``lab.json`` (0600), rewritten after every change, which describes everything the lab made
    (names, pids with their start times, ports, paths). ``down`` is driven by it, so it works after a crash too.
 2. ``lab-namespace``: network namespace ``sf-lab-<id>`` with ``lo`` and the bridge ``sfbr0`` = ``10.a.b.1/24``
-   (``a``, ``b``: the first two bytes of the 6-hex-digit id).
+   (``a``, ``b``: the first two bytes of the 6-hex-digit id) plus an IPv6 ULA, so that ``metal serve`` sends
+   router advertisements (iPXE otherwise waits ~13 s for IPv6 autoconfiguration on every network boot).
 3. ``lab-vde-switch``: ``vde_switch`` inside the namespace, its tap ``sfvde0`` enslaved to the bridge
    (see :mod:`lab_net`).
 4. ``lab-ramdisk``: RAMDISK's deploy ramdisk (``ensure_ramdisk()``, built once and cached).
@@ -37,8 +38,10 @@ the emulator listens on loopback only.
 
 ``down`` removes, in reverse and idempotently: ``metal serve``, the emulator, the domains (destroy + undefine, found
 by name prefix), the volumes and the pool, the VDE switch, every process still in the namespace, the namespace
-(with the bridge and tap), the lab directory and its index entry. Secrets (the BMC password) live only in
-``lab.json`` and ``inventory.yml`` (both 0600); nothing logs them.
+(with the bridge and tap), the lab directory and its index entry. A lab built for a process (``up(owner_pid=...)``,
+as the test harness does) is removed by :func:`reap_orphans` once that process is gone, so a killed test run does
+not leak VMs and namespaces; labs from ``stemforge metal lab up`` have no owner and stay until ``down``.
+Secrets (the BMC password) live only in ``lab.json`` and ``inventory.yml`` (both 0600); nothing logs them.
 """
 
 from __future__ import annotations
