@@ -100,7 +100,9 @@ def local_environment(endpoint: str, prefix: str, region: str = REGION) -> Itera
     ec2.create_key_pair(KeyName=key_name)
     eips = [ec2.allocate_address(Domain="vpc") for _ in range(2)]
     bucket = f"{prefix}-images"
-    s3.create_bucket(Bucket=bucket)
+    # outside us-east-1 S3 wants the location constraint (moto enforces it like AWS)
+    location = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+    s3.create_bucket(Bucket=bucket, **location)
     metadata = {
         "vpc_id": vpc,
         "region": region,

@@ -149,6 +149,14 @@ def test_clean_resource_name() -> None:
     assert clean_resource_name("My Image_v1.2/Final") == "my-image-v1-2-final"
 
 
+def test_clean_resource_name_in_amazon_builds_keeps_case_and_ami_name_characters() -> None:
+    """The amazon plugins register their own clean_resource_name: only what an AMI name may not hold changes."""
+    text = "{{ clean_resource_name (user `n`) }}"
+    assert render_string(text, ctx(build_type="amazon-ebs", user_variables={"n": "My Image (v1.2)/x:y*z"})) == \
+        "My Image (v1.2)/x-y-z"
+    assert render_string(text, ctx(user_variables={"n": "My Image (v1.2)/x:y*z"})) == "my-image--v1-2--x-y-z"
+
+
 def test_go_durations() -> None:
     assert parse_go_duration("1h2m3.5s") == 3723.5
     assert parse_go_duration("300ms") == 0.3 and parse_go_duration("0") == 0.0 and parse_go_duration("-1m") == -60

@@ -757,6 +757,12 @@ def clean_resource_name(s: str) -> str:
     return "".join(chr(b) if (0x30 <= b <= 0x39 or 0x61 <= b <= 0x7A) else "-" for b in s.lower().encode())
 
 
+def _amazon_clean_name(s: str) -> str:
+    from builders.builder_types.amazon_ebs.config import clean_ami_name
+
+    return clean_ami_name(s)
+
+
 def _fn_user(ctx: RenderContext, key: str) -> str:
     if key in ctx.user_variables:
         return ctx.user_variables[key]
@@ -913,7 +919,9 @@ FUNCTIONS: dict[str, _Func] = {
     "replace_all": _Func(["str", "str", "str"], lambda ctx, old, new, s: _go_replace(s, old, new, -1)),
     "upper": _Func(["str"], lambda ctx, s: _go_upper(s)),
     "lower": _Func(["str"], lambda ctx, s: _go_lower(s)),
-    "clean_resource_name": _Func(["str"], lambda ctx, s: clean_resource_name(s)),
+    # the amazon plugins keep case and replace only what an AMI name may not hold (their own function)
+    "clean_resource_name": _Func(["str"], lambda ctx, s: _amazon_clean_name(s) if ctx.build_type.startswith(
+        "amazon-") else clean_resource_name(s)),
     # text/template builtins commonly seen in templates
     "print": _Func([], _fn_print, variadic="any"),
     "println": _Func([], lambda ctx, *a: " ".join(go_sprint(x) for x in a) + "\n", variadic="any"),
