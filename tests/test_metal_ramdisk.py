@@ -232,7 +232,8 @@ def test_deploy_test_stemcell_then_it_boots_and_phones_home(
         assert sel["serial"] == "sf-root-0001" and sel["size"] == 4 * GIB
         written = event(stub, "image-written")["data"]
         assert written["bytes"] == test_image.stat().st_size and written["sha256"] == sha256(test_image)
-        print(f"image write in the ramdisk: {written['mib_per_s']} MiB/s")
+        print(f"image write in the ramdisk: {written['mib_per_s']} MiB/s, {written['zeroed'] // MIB} MiB zeroed")
+        assert written["zeroed"] >= 64 * MIB  # the image is mostly empty: its zero blocks went out as BLKZEROOUT
         assert any(e["kind"] == "heartbeat" for e in stub.events)
 
         # the disk, read back on the host: the image byte for byte, but for the MBR's new third partition entry

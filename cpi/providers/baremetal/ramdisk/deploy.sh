@@ -11,7 +11,8 @@
 # * The image is streamed: wget -O- | sfwrite (sfwrite.c: one process computing SHA-256 on the stream, inflating
 #   gzip in-process, sniffing the first MiB -- qcow2/gzip/xz/zstd/bzip2/vmdk/vhdx magic where raw data was
 #   promised is an error and nothing is written then -- and writing the disk in 1 MiB blocks; exactly
-#   SF_IMAGE_SIZE bytes or it fails).  Nothing is staged in RAM beyond one MiB.
+#   SF_IMAGE_SIZE bytes or it fails; all-zero blocks are zeroed with BLKZEROOUT instead of written).  Nothing is
+#   staged in RAM beyond one MiB.
 #   SF_IMAGE_SHA256 is the sha256 of the bytes served at SF_IMAGE_URL (the compressed file for gzip);
 #   SF_IMAGE_SIZE the number of bytes written to the disk (the raw image's size).  A short read (wget: connection
 #   closed prematurely), a size mismatch or a checksum mismatch fails the deploy; after a failed write or checksum
@@ -154,7 +155,8 @@ stream_once() {
         return 1
     fi
     BYTES=$(sed -n 's/^bytes=\([0-9]*\) .*/\1/p' "$R/writer.out")
-    GOT_SHA=$(sed -n 's/.* sha256=\([0-9a-f]*\)$/\1/p' "$R/writer.out")
+    GOT_SHA=$(sed -n 's/.* sha256=\([0-9a-f]*\).*/\1/p' "$R/writer.out")
+    ZEROED=$(sed -n 's/.* zeroed=\([0-9]*\).*/\1/p' "$R/writer.out")
     if [ "$BYTES" != "$SF_IMAGE_SIZE" ] || [ ${#GOT_SHA} -ne 64 ]; then
         ERR="the image writer reported '$(cat "$R/writer.out")' for SF_IMAGE_SIZE $SF_IMAGE_SIZE"
         return 1
@@ -330,7 +332,7 @@ deploy_main() {
     t1=$(now)
     secs=$(elapsed "$t0" "$t1")
     stage image-written "$BYTES bytes in ${secs}s ($(mibps "$BYTES" "$secs") MiB/s)" \
-        "{\"bytes\":$BYTES,\"seconds\":$secs,\"mib_per_s\":$(mibps "$BYTES" "$secs"),\"format\":\"$SF_IMAGE_FORMAT\",\"sha256\":\"$GOT_SHA\"}"
+        "{\"bytes\":$BYTES,\"seconds\":$secs,\"mib_per_s\":$(mibps "$BYTES" "$secs"),\"format\":\"$SF_IMAGE_FORMAT\",\"sha256\":\"$GOT_SHA\",\"zeroed\":${ZEROED:-0}}"
 
     echo checksum >"$R/stage"
     if [ "$GOT_SHA" != "$SF_IMAGE_SHA256" ]; then

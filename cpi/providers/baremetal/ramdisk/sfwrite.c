@@ -12,15 +12,22 @@
  * once (sync_file_range), so the disk works while the next block is read and hashed instead of everything being
  * flushed at the end; fsync()s DEVICE at the end.
  *
- * stdout on success: "bytes=<n> sha256=<hex>".  Exit status: 0 ok, 1 usage or I/O error, 2 refused (nothing
+ * All-zero blocks are not written but zeroed with BLKZEROOUT (coalesced into ranges): devices with a write-zeroes
+ * command (NVMe, SCSI WRITE SAME, virtio-blk) do that without moving the bytes, and a sparse stemcell image then
+ * costs little more than its data; where the ioctl fails the zeros are written.
+ *
+ * stdout on success: "bytes=<n> sha256=<hex> zeroed=<bytes zeroed by BLKZEROOUT>".  Exit status: 0 ok, 1 usage or I/O error, 2 refused (nothing
  * written), 3 longer than SIZE, 4 shorter than SIZE, 5 invalid gzip stream; the reason on stderr (one line).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -34,6 +41,37 @@ static unsigned char *wbuf;
 static size_t wlen;
 static long long written, limit;
 static int sniffed;
+static void die(int code, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
+static const unsigned char zeros[BLK];
+static long long zstart = -1, zend = -1, zeroed; /* pending all-zero range [zstart, zend) */
+
+static void pwrite_all(const unsigned char *p, size_t n, long long at) {
+    size_t off = 0;
+    while (off < n) {
+        ssize_t w = pwrite(dev, p + off, n - off, (off_t)(at + (long long)off));
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            die(1, "writing %s at byte %lld: %s", devname, at + (long long)off, strerror(errno));
+        }
+        off += (size_t)w;
+    }
+    (void)sync_file_range(dev, (off_t)at, (off_t)n, SYNC_FILE_RANGE_WRITE); /* a hint: errors surface at fsync */
+}
+
+/* Zero the pending range: BLKZEROOUT, or plain zero writes where the device cannot. */
+static void flush_zeros(void) {
+    if (zstart < 0) return;
+    uint64_t range[2] = {(uint64_t)zstart, (uint64_t)(zend - zstart)};
+    if (ioctl(dev, BLKZEROOUT, range) == 0) {
+        zeroed += zend - zstart;
+    } else {
+        for (long long at = zstart; at < zend; at += BLK) {
+            long long n = zend - at < BLK ? zend - at : BLK;
+            pwrite_all(zeros, (size_t)n, at);
+        }
+    }
+    zstart = zend = -1;
+}
 
 static void die(int code, const char *fmt, ...) {
     va_list ap;
@@ -77,16 +115,14 @@ static void flush_block(void) {
         if (what) die(2, "the image is %s, but raw disk data was promised; nothing written", what);
         sniffed = 1;
     }
-    size_t off = 0;
-    while (off < wlen) {
-        ssize_t w = pwrite(dev, wbuf + off, wlen - off, (off_t)(written + (long long)off));
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            die(1, "writing %s at byte %lld: %s", devname, written + (long long)off, strerror(errno));
-        }
-        off += (size_t)w;
+    /* whole 512-byte sectors of zeros go to the zero range (BLKZEROOUT needs sector alignment) */
+    if (wlen % 512 == 0 && !memcmp(wbuf, zeros, wlen)) {
+        if (zstart < 0) zstart = written;
+        zend = written + (long long)wlen;
+    } else {
+        flush_zeros();
+        pwrite_all(wbuf, wlen, written);
     }
-    (void)sync_file_range(dev, (off_t)written, (off_t)wlen, SYNC_FILE_RANGE_WRITE); /* a hint: errors surface at fsync */
     written += (long long)wlen;
     wlen = 0;
 }
@@ -170,6 +206,7 @@ int main(int argc, char **argv) {
     }
     if (got_in == 0) die(4, "the image stream is empty");
     flush_block();
+    flush_zeros();
     if (written != limit) die(4, "short read: the stream ended after %lld of %lld bytes", written, limit);
     if (fsync(dev) != 0) die(1, "fsync %s: %s", devname, strerror(errno));
     unsigned char digest[32];
@@ -177,6 +214,6 @@ int main(int argc, char **argv) {
     EVP_DigestFinal_ex(md, digest, &dlen);
     printf("bytes=%lld sha256=", written);
     for (unsigned int i = 0; i < dlen; i++) printf("%02x", digest[i]);
-    printf("\n");
+    printf(" zeroed=%lld\n", zeroed);
     return 0;
 }
