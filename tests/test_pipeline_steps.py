@@ -394,11 +394,27 @@ def test_sigint_aborts_runs_hooks_and_ends_the_task(tmp_path: Path) -> None:
 
 def test_yaml_var_for_a_typed_field(tmp_path: Path) -> None:
     """``attempts: ((n))`` decodes only once n is known: the run names n, and a YAML var (``-y``) fills it."""
-    p = Pipeline(tmp_path, "- name: a\n  plan:\n  - get: src\n  - task: t\n    attempts: ((n))\n"
-                           "    config: {platform: linux, run: {path: /bin/echo, args: [ran]}}\n")
+    p = Pipeline(
+        tmp_path,
+        "- name: a\n  plan:\n  - get: src\n  - task: t\n    attempts: ((n))\n"
+        "    config: {platform: linux, run: {path: /bin/echo, args: [ran]}}\n",
+    )
     status, out = p.run("a")
     assert status == 2 and "undefined vars: n" in out
-    argv = [sys.executable, "-m", "stemforge.cli", "pipeline", "run", str(p.path), "a", "--work-dir", str(p.work),
-            "--git-dir", str(p.repo), "-y", "n=2"]
+    argv = [
+        sys.executable,
+        "-m",
+        "stemforge.cli",
+        "pipeline",
+        "run",
+        str(p.path),
+        "a",
+        "--work-dir",
+        str(p.work),
+        "--git-dir",
+        str(p.repo),
+        "-y",
+        "n=2",
+    ]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "ran\n" in proc.stdout, proc.stdout + proc.stderr
