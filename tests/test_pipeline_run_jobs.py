@@ -219,3 +219,35 @@ def test_cleanup_leftover_environments_job(work: Path) -> None:
     for env in ("stemforge-integration", "stemforge-e2e"):
         assert f"environment {env} destroyed" in out
     assert out.rstrip().endswith("succeeded")
+
+
+@pytest.mark.aws
+@pytest.mark.terraform
+@pytest.mark.timeout(2700)
+def test_e2e_job(work: Path, candidate: Path, moto_endpoint: str) -> None:
+    inputs = work / "e2e-inputs"
+    inputs.mkdir(exist_ok=True)
+    for name, target in (("stemforge-src", ROOT), ("cpi-release", candidate)):
+        if not (inputs / name).exists():
+            (inputs / name).symlink_to(target, target_is_directory=True)
+    status, out = run(
+        work,
+        "e2e",
+        {
+            "aws_endpoint": moto_endpoint,
+            "s3_endpoint": moto_endpoint,
+            "aws_access_key_id": os.environ["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"],
+            "e2e_regions": "us-west-2,eu-west-1",
+        },
+        timeout=2400,
+        inputs=inputs,
+    )
+    assert status == 0, out
+    assert "put environment: environment stemforge-e2e up" in out
+    assert "aws info: " in out  # the candidate release answered for aws
+    assert "to 2 region(s)" in out and "e2e VM: passed" in out
+    assert "task e2e: succeeded" in out
+    assert "environment stemforge-e2e destroyed" in out
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in out
+    assert out.rstrip().endswith("succeeded")
