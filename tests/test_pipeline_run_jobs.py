@@ -1,6 +1,7 @@
 """The release pipeline's jobs run end to end through ``stemforge pipeline run`` (the CLI, a real process): unit,
-build-candidate, integration (Terraform environment against moto, each provider's lifecycle, ``ensure:`` down) and
-acceptance (libvirt demo and a bare-metal deploy). Each job is narrowed to a representative subset with its
+build-candidate, integration (Terraform environment against moto, each provider's lifecycle, ``ensure:`` down),
+acceptance (libvirt demo and a bare-metal deploy), e2e (AMI in three regions, light stemcell, VM) and the daily
+cleanup. Each job is narrowed to a representative subset with its
 PYTEST_ARGS vars so the suite stays bounded; none runs the whole test suite (the unit task leaves these out)."""
 
 from __future__ import annotations
