@@ -181,6 +181,28 @@ def test_up_failing_on_a_taken_name_touches_nothing_of_the_running_lab(lab_host:
 
 
 @pytest.mark.slow
+def test_each_labs_bmc_sees_only_its_own_servers(lab_host: None) -> None:
+    import requests
+
+    with metal_lab(1, with_serve=False) as a, metal_lab(1, with_serve=False) as b:
+        mine, other = a.servers[0], b.servers[0]
+        session = a.redfish(mine)
+        members = session.get(f"{mine.bmc_address}/redfish/v1/Systems", timeout=30).json()["Members"]
+        assert [m["@odata.id"] for m in members] == [f"/redfish/v1/Systems/{mine.system_id}"]
+        assert session.get(mine.system_url, timeout=30).status_code == 200
+        # another lab's server is refused. (sushy-tools 2.2.0 answers 500, not its intended 404: in api_utils.py
+        # the module ``error`` is shadowed by a logging helper of the same name, so ``error.NotFound()`` fails.)
+        for identity in (other.system_id, other.name):
+            r = session.get(f"{mine.bmc_address}/redfish/v1/Systems/{identity}", timeout=30)
+            assert r.status_code in (404, 500) and other.system_id not in r.text
+        r = session.post(f"{mine.bmc_address}/redfish/v1/Systems/{other.system_id}/Actions/ComputerSystem.Reset",
+                         json={"ResetType": "On"}, timeout=30)  # fmt: skip
+        assert r.status_code in (404, 500)
+        assert b.power_state(other) == "Off"
+        assert requests.get(mine.system_url, timeout=30).status_code == 401  # no credentials
+
+
+@pytest.mark.slow
 def test_a_lab_whose_owner_died_is_reaped(lab_host: None) -> None:
     """A test process killed before its teardown leaves its lab; the next ``metal_lab`` removes it (labs made by
     ``stemforge metal lab up`` have no owner and are never reaped)."""
