@@ -42,3 +42,24 @@ def test_bench_create_vm_smoke() -> None:
     assert "2 VMs use " in out and "x one stemcell image" in out
     assert "root overlays backed by the stemcell volume: 2/2" in out
     assert "left after cleanup: domains [], volumes []; session pool dir removed: True" in out
+
+
+@pytest.mark.aws
+def test_bench_aws_cpi_smoke() -> None:
+    proc = run("bench_aws_cpi.py", "--quick", timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "=== bench_aws_cpi summary" in proc.stdout
+    assert "PASS" in proc.stdout or "MISS" in proc.stdout
+
+
+@pytest.mark.metal
+@pytest.mark.slow
+def test_bench_metal_deploy_smoke() -> None:
+    from metal_harness import metal_unavailable_reason
+
+    reason = metal_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    proc = run("bench_metal_deploy.py", "--servers", "1", timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "=== bench_metal_deploy summary" in proc.stdout
