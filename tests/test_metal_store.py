@@ -238,3 +238,22 @@ def test_reap_times_out_waits_and_orphaned_work(tmp_path: Path) -> None:
     # a restart: nobody holds n2's lock any more -> its "-ing" state is failed
     moved = states.reap(store, "reaper")
     assert [n.name for n in moved] == ["n2"] and store.get_node("n2").provision_state == "clean failed"
+
+
+def _posix_locks_on(path: Path) -> int:
+    inode = os.stat(path).st_ino
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines() if f":{inode} " in line and "POSIX" in line)
+
+
+def test_opening_another_store_keeps_this_process_sqlite_locks(tmp_path: Path) -> None:
+    """Opening and closing a raw descriptor of a database file drops every POSIX lock the process holds on it
+    (SQLite's "how to corrupt" list): a second MetalStore in the same process must not do that."""
+    first = MetalStore(tmp_path)
+    first._db.execute("BEGIN IMMEDIATE")  # a write lock on metal.db held by `first`
+    try:
+        held = _posix_locks_on(tmp_path / "metal.db")
+        assert held >= 1
+        MetalStore(tmp_path)  # e.g. a second store in a test process or a CLI helper
+        assert _posix_locks_on(tmp_path / "metal.db") == held
+    finally:
+        first._db.execute("ROLLBACK")
