@@ -279,10 +279,8 @@ class MetalStore:
         # Create the file 0600 before SQLite does (SQLite gives -wal/-shm the main file's mode). Only when it does
         # not exist yet: opening and closing a descriptor of a database file that a connection of this process
         # holds would drop that connection's POSIX locks (a documented way to corrupt SQLite files).
-        try:
+        with contextlib.suppress(FileExistsError):
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            pass
         if self.path.stat().st_mode & 0o077:
             os.chmod(self.path, 0o600)
         self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
