@@ -44,7 +44,26 @@ def lab() -> Iterator[Lab]:
     if reason:
         pytest.skip(reason)
     with metal_lab(4) as running:
-        yield running
+        try:
+            yield running
+        finally:
+            # keep the services' log: the lab directory goes with `down`
+            keep = Path(f"/tmp/core-e2e-serve-{running.id}.log")
+            keep.write_text(running.serve_log())
+            print(f"\nmetal serve log kept in {keep}")
+
+
+@pytest.fixture(autouse=True)
+def serve_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test starts (and ends) with ``metal serve`` running, or says so with its log instead of timing out."""
+    from cpi.providers.baremetal import lab_proc
+
+    lab = request.getfixturevalue("lab")
+    if lab.record.serve and not lab_proc.alive(lab.record.serve):
+        pytest.fail(f"metal serve of lab {lab.id} is not running\n{lab.serve_log()[-4000:]}")
+    yield
+    if lab.record.serve and not lab_proc.alive(lab.record.serve):
+        pytest.fail(f"metal serve of lab {lab.id} died during the test\n{lab.serve_log()[-4000:]}")
 
 
 def make_cpi(lab: Lab, root: Path, **overrides: Any) -> LibvirtCpi:
