@@ -172,15 +172,18 @@ def phone_homes(store: MetalStore, node: str, after: int = 0) -> list[Any]:
 def test_deploy_phone_home_reboot_delete_and_reuse(
     lab: Lab, cpi: LibvirtCpi, stemcell_cid: str, stemcell_image: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
+    # all 4 are enrolled up front (enrolling more while `metal serve` runs makes its dnsmasq reload crash, see the
+    # report); this flow is confined to 2 of them by cloud_properties
+    ensure_enrolled(lab, [s.name for s in lab.servers], tmp_path)
     names = [s.name for s in lab.servers[:2]]
-    ensure_enrolled(lab, names, tmp_path)
+    pair = {"nodes": names}
     store = lab.store()
     assert set(names) <= set(available(store))
     stemcell = store.stemcell(stemcell_cid)
     assert stemcell is not None and stemcell["size"] > 0
 
     started = time.monotonic()
-    res = create_vm(cpi, "agent-e2e-1", stemcell_cid)
+    res = create_vm(cpi, "agent-e2e-1", stemcell_cid, pair)
     vm_cid, networks = res.result
     deploy_s = time.monotonic() - started
     node = store.node_for_vm(vm_cid)
@@ -295,7 +298,7 @@ def post_in_namespace(lab: Lab, url: str, body: dict[str, Any], token: str) -> i
 
 
 def test_callback_with_a_wrong_token_is_rejected_and_logged(lab: Lab, tmp_path: Path) -> None:
-    ensure_enrolled(lab, [s.name for s in lab.servers[:2]], tmp_path)
+    ensure_enrolled(lab, [s.name for s in lab.servers], tmp_path)
     store = lab.store()
     node = lab.servers[0].name
     before = store.last_event_id(node)
@@ -309,7 +312,7 @@ def test_callback_with_a_wrong_token_is_rejected_and_logged(lab: Lab, tmp_path: 
 
 
 def test_deploy_timeout_names_the_node_and_cleans(lab: Lab, stemcell_cid: str, tmp_path: Path, cpi: LibvirtCpi) -> None:
-    ensure_enrolled(lab, [s.name for s in lab.servers[:2]], tmp_path)
+    ensure_enrolled(lab, [s.name for s in lab.servers], tmp_path)
     store = lab.store()
     node = available(store)[0]
     impatient = make_cpi(lab, tmp_path / "cpi", timeouts={"deploy": 5})
@@ -323,7 +326,7 @@ def test_deploy_timeout_names_the_node_and_cleans(lab: Lab, stemcell_cid: str, t
 
 
 def test_wrong_checksum_fails_cleans_and_releases(lab: Lab, cpi: LibvirtCpi, stemcell_cid: str, tmp_path: Path) -> None:
-    ensure_enrolled(lab, [s.name for s in lab.servers[:2]], tmp_path)
+    ensure_enrolled(lab, [s.name for s in lab.servers], tmp_path)
     store = lab.store()
     node = available(store)[0]
     good = store.stemcell(stemcell_cid)
@@ -342,7 +345,7 @@ def test_wrong_checksum_fails_cleans_and_releases(lab: Lab, cpi: LibvirtCpi, ste
 
 
 def test_power_cycle_mid_deploy_recovers(lab: Lab, cpi: LibvirtCpi, stemcell_cid: str, tmp_path: Path) -> None:
-    ensure_enrolled(lab, [s.name for s in lab.servers[:2]], tmp_path)
+    ensure_enrolled(lab, [s.name for s in lab.servers], tmp_path)
     store = lab.store()
     node = available(store)[0]
     after = store.last_event_id(node)
@@ -364,7 +367,7 @@ def test_power_cycle_mid_deploy_recovers(lab: Lab, cpi: LibvirtCpi, stemcell_cid
 def test_bmc_down_retries_then_maintenance(lab: Lab, cpi: LibvirtCpi, stemcell_cid: str, tmp_path: Path) -> None:
     import socket
 
-    ensure_enrolled(lab, [s.name for s in lab.servers[:2]], tmp_path)
+    ensure_enrolled(lab, [s.name for s in lab.servers], tmp_path)
     store = lab.store()
     node = available(store)[0]
     real = store.get_node(node).bmc.address
