@@ -12,7 +12,8 @@ DHCP server of the provisioning network) and serves TFTP from a directory holdin
   waits ~13 s per boot for one.
 
 Enrolled servers get per-MAC host entries (``--dhcp-hostsfile``, tag ``enrolled``; with ``enrolled_only`` every other
-MAC is ignored). :meth:`DnsmasqProcess.update_hosts` rewrites the file atomically and sends SIGHUP when it changed.
+MAC is ignored). :meth:`DnsmasqProcess.update_hosts` rewrites the file atomically; a change is applied with
+:meth:`DnsmasqProcess.restart` (not SIGHUP: see there).
 dnsmasq stays in the foreground with ``--no-daemon``: it then keeps the credentials of ``metal serve`` (no user or
 capability change; the state dir is private to that user anyway), which keeps ``PR_SET_PDEATHSIG`` in force (a
 credential change would clear it), so the child gets SIGTERM if ``metal serve`` dies and a killed server never
@@ -291,19 +292,26 @@ class DnsmasqProcess:
             log.info("%s: %s", name, text)
 
     def update_hosts(self, entries: Iterable[tuple[str, str]]) -> bool:
-        """Rewrite the host entries for ``(mac, node)`` pairs; SIGHUP dnsmasq if they changed. True if changed."""
+        """Rewrite the host entries for ``(mac, node)`` pairs; True if they changed. A running dnsmasq is not
+        signalled: the caller applies the change with :meth:`restart` (dnsmasq 2.90 died with SIGSEGV on a SIGHUP
+        reload in a lab whose servers held leases; a restart with the lease file kept has no such risk)."""
         text = hosts_text(entries)
         if text == self._hosts and self.config.hosts_file.exists():
             return False
         self.config.work_dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.config.hosts_file, text)
         self._hosts = text
-        if self.running() and self.proc is not None:
-            self.proc.send_signal(signal.SIGHUP)
         return True
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (then SIGKILL after ``timeout``), reap, remove the pid, lease and hosts files. Idempotent."""
+    def restart(self, timeout: float = 15.0, cancel: threading.Event | None = None) -> None:
+        """Stop the running dnsmasq, keeping its lease and hosts files (``--dhcp-authoritative`` lets it rebuild
+        leases from renewals), and start it again. Call from the thread that started it (PR_SET_PDEATHSIG)."""
+        self._terminate(10.0)
+        self._started.clear()
+        self._tail = []
+        self.start(timeout, cancel)
+
+    def _terminate(self, timeout: float) -> None:
         proc = self.proc
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -320,9 +328,13 @@ class DnsmasqProcess:
             self._pump = None
         if proc is not None and proc.stdout is not None:
             proc.stdout.close()
+        self.proc = None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (then SIGKILL after ``timeout``), reap, remove the pid, lease and hosts files. Idempotent."""
+        self._terminate(timeout)
         for path in (self.config.pid_file, self.config.lease_file, self.config.hosts_file):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         with contextlib.suppress(OSError):  # only when empty: it may be a directory someone else uses too
             self.config.work_dir.rmdir()
-        self.proc = None

@@ -318,13 +318,14 @@ class StepDnsmasq:
 
 
 class StepWatchInventory:
-    """Keep dnsmasq's host entries equal to the enrolled MACs (polls the store; SIGHUP on change)."""
+    """Keep dnsmasq's host entries equal to the enrolled MACs (polls the store; the serve step restarts dnsmasq)."""
 
     name = "watch-inventory"
     temporary = True
 
     def run(self, state: dict[str, Any]) -> None:
         stop = threading.Event()
+        changed: threading.Event = state.setdefault("hosts_changed", threading.Event())
         store: SharedStore = state["store"]
         proc: DnsmasqProcess = state["dnsmasq"]
 
@@ -333,7 +334,8 @@ class StepWatchInventory:
                 try:
                     entries = _enrolled_macs(store)
                     if proc.update_hosts(entries):
-                        log.info("inventory changed: %d enrolled MAC(s); dnsmasq reloaded", len(entries))
+                        log.info("inventory changed: %d enrolled MAC(s); restarting dnsmasq", len(entries))
+                        changed.set()
                 except Exception as exc:  # noqa: BLE001 - keep watching; the next poll retries
                     log.warning("cannot refresh dnsmasq host entries: %s", exc)
 
@@ -422,7 +424,15 @@ class StepServe:
         proc: DnsmasqProcess = state["dnsmasq"]
         log.info("ready in %.2fs: %s (dnsmasq pid %s, DHCP and TFTP on %s)", time.monotonic() - self.started,
                  info["url"], info["dnsmasq_pid"], info["interface"])  # fmt: skip
+        changed: threading.Event = state.setdefault("hosts_changed", threading.Event())
         while not self.stop.wait(0.5):
+            if changed.is_set():  # the inventory watch rewrote the host entries: apply them (main thread)
+                changed.clear()
+                try:
+                    proc.restart(cancel=self.stop)
+                except DnsmasqError as exc:
+                    raise ServeError(f"dnsmasq did not come back after the host entries changed: {exc}") from None
+                log.info("dnsmasq (pid %s) restarted with the new host entries", proc.pid)
             if not proc.running():
                 code = proc.proc.returncode if proc.proc else None
                 raise ServeError(f"dnsmasq exited unexpectedly (exit status {code}); stopping")
