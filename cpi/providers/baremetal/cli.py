@@ -123,9 +123,10 @@ def _logger() -> Any:
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        # the level on the handler, not the logger, and records still propagate: a CLI call made in-process (tests,
+        # other tools) must not change what the rest of the process logs or captures
+        handler.setLevel(logging.WARNING)
         log.addHandler(handler)
-        log.setLevel(logging.WARNING)
-        log.propagate = False
     return log
 
 

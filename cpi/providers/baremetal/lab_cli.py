@@ -38,7 +38,6 @@ def _logging(verbose: bool) -> None:
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-        logger.propagate = False
 
 
 def _up(args: argparse.Namespace) -> int:
