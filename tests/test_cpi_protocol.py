@@ -427,7 +427,8 @@ def test_missing_config_file(tmp_path: Path) -> None:
         ('{"cloud": []}', "'cloud': expected an object, got array"),
         ('{"cloud": {}}', "'cloud.plugin' is required"),
         ('{"cloud": {"plugin": 3}}', "'cloud.plugin': expected a string, got integer"),
-        ('{"cloud": {"plugin": "vsphere"}}', "'cloud.plugin': is not a known provider plugin (known: aws, baremetal, libvirt)"),
+        ('{"cloud": {"plugin": "vsphere"}}',
+         "'cloud.plugin': is not a known provider plugin (known: aws, baremetal, libvirt)"),
         ('{"cloud": {"plugin": "libvirt", "propertes": {}}}', "'cloud': unexpected key 'propertes'"),
         ('{"cloud": {"plugin": "libvirt", "properties": []}}', "'cloud.properties': expected an object or null"),
         (
