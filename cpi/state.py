@@ -94,14 +94,8 @@ class StateStore:
     @contextlib.contextmanager
     def lock(self, kind: str, cid: str) -> Iterator[None]:
         """An exclusive advisory lock on one resource, held across IaaS calls (released on process exit too)."""
-        path = self.dir / "locks" / f"{kind}-{_safe_name(cid)}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with flock_file(self.dir / "locks" / f"{kind}-{_safe_name(cid)}.lock"):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     def forget_lock(self, kind: str, cid: str) -> None:
         """Remove a deleted resource's lock file (harmless if another process still holds it)."""
@@ -179,6 +173,18 @@ def _decode(row: sqlite3.Row) -> dict[str, Any]:
     for key in _JSON_COLUMNS & out.keys():
         out[key] = json.loads(out[key])
     return out
+
+
+@contextlib.contextmanager
+def flock_file(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created 0600 when missing) for the block; released on exit."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _safe_name(cid: str) -> str:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpi.state import _safe_name
+from cpi.state import _safe_name, flock_file
 
 SCHEMA_VERSION = 1
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
@@ -316,14 +316,8 @@ class MetalStore:
     @contextlib.contextmanager
     def lock(self, kind: str, name: str) -> Iterator[None]:
         """An exclusive advisory lock on one resource (e.g. ``lock("node", "n1")``), held across BMC calls."""
-        path = self.dir / "locks" / f"{kind}-{_safe_name(name)}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with flock_file(self.dir / "locks" / f"{kind}-{_safe_name(name)}.lock"):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     @contextlib.contextmanager
     def try_lock(self, kind: str, name: str) -> Iterator[bool]:
