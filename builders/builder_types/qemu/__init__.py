@@ -141,6 +141,7 @@ def measure_convert(image: Path, *, fmt: str = "qcow2", compress: bool = False, 
             step.run(state)
             step_times.append(time.perf_counter() - t0)
             step.cleanup(state)
+            disk.wait_for_frees()  # the replaced input's freeing must not overlap the next timed run
 
         for i in range(max(1, rounds)):
             # both convert the same freshly copied, flushed input; the order alternates between rounds

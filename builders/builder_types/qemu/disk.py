@@ -133,6 +133,40 @@ def convert(source: Path, target: Path, fmt: str, *, compress: bool = False, ext
         progress(total, total or None)
 
 
+_pending_frees: list[threading.Thread] = []
+_pending_lock = threading.Lock()
+
+
+def replace_freeing_later(source: Path, target: Path) -> None:
+    """``os.replace(source, target)`` without waiting for the kernel to free the replaced ``target``'s blocks
+    and page cache (about 0.2-0.5 s per GiB here): the old file is held open across the rename, so the rename
+    only drops its name, and the last close, which does the freeing, runs on a background thread. The old
+    name is gone when this returns; nothing can leak (the process's exit closes the descriptor at the latest).
+    :func:`wait_for_frees` joins the pending closes."""
+    try:
+        fd: int | None = os.open(target, os.O_RDONLY)
+    except FileNotFoundError:
+        fd = None
+    os.replace(source, target)
+    if fd is None:
+        return
+    thread = threading.Thread(target=os.close, args=(fd,), name="stemforge-free-replaced", daemon=True)
+    with _pending_lock:
+        _pending_frees[:] = [t for t in _pending_frees if t.is_alive()]
+        _pending_frees.append(thread)
+    thread.start()
+
+
+def wait_for_frees(timeout: float = 60.0) -> None:
+    """Wait (bounded) until every file replaced by :func:`replace_freeing_later` has been freed."""
+    deadline = time.monotonic() + timeout
+    with _pending_lock:
+        pending = list(_pending_frees)
+        _pending_frees.clear()
+    for thread in pending:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
 def sha256_file(path: Path, progress: Callable[[int, int | None], None] | None = None,
                 cancel: threading.Event | None = None) -> str:
     """sha256 of a file, reading holes of sparse files as zeros (the digest of the full byte stream)."""

@@ -718,7 +718,8 @@ class StepConvertDisk(QemuStep):
                     self.sleep(1 + attempt)
                     continue
                 raise BuildError(f"Error converting hard drive: {exc}") from None
-        os.replace(target, source)
+        # the old disk's blocks are freed off the critical path (post-processors run meanwhile)
+        disk.replace_freeing_later(target, source)
         state.pop("convert_tmp", None)
         state["convert_seconds"] = time.monotonic() - started
 
