@@ -109,6 +109,7 @@ def run_task(runner: Runner, step: Step, config: dict[str, Any], ctx: Context) -
 
     # a short private TMPDIR: unix sockets made under it (terraform's provider plugins) must fit in 108 bytes
     tmp = Path(tempfile.mkdtemp(prefix="sf-task-"))
+    tmp.chmod(0o711)  # traversable (not listable) by libvirt's QEMU user: tasks keep VM disks under their TMPDIR
     env = {key: os.environ[key] for key in INHERITED if key in os.environ}
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     env.setdefault("LANG", "C.UTF-8")

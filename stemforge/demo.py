@@ -156,6 +156,11 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.workdir.chmod(0o755)
+    closed = [str(d) for d in args.workdir.resolve().parents if not d.stat().st_mode & 0o001]
+    if closed:  # libvirt's QEMU runs as its own user: it must be able to reach the demo's pool
+        print(f"stemforge demo: --workdir {args.workdir}: libvirt's QEMU user cannot traverse {closed[0]} "
+              "(no search permission for others); use a workdir whose parents are mode o+x", file=sys.stderr)
+        return 2
     demo = Demo(args.workdir, args.agent_timeout)
     status = 0
     try:

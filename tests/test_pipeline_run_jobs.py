@@ -240,6 +240,7 @@ def test_e2e_job(work: Path, candidate: Path, moto_endpoint: str) -> None:
             "aws_access_key_id": os.environ["AWS_ACCESS_KEY_ID"],
             "aws_secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"],
             "e2e_regions": "us-west-2,eu-west-1",
+            "e2e_load_balancers": "false",  # the ALB's minute-long wait is covered by test_terraform_env
         },
         timeout=2400,
         inputs=inputs,
