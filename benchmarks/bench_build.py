@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,10 +40,15 @@ def bench_convert(rounds: int, size_mib: int) -> tuple[str, bool]:
     finally:
         if size_mib > 0:
             image.unlink(missing_ok=True)
-    ratio = float(result["ratio"])
-    details = json.dumps({k: v for k, v in result.items() if k != "ratio"})
-    line = (f"convert step vs bare qemu-img convert ({image}, {details}): "
-            f"throughput ratio {ratio:.2f} (target >= 0.90): {verdict(ratio >= 0.9)}")
+    # judged on the medians of the interleaved rounds: on a shared VM's disk one lucky or unlucky round moves the
+    # best-of figure by 30 %; both are printed
+    best = float(result["ratio"])
+    ratio = statistics.median(result["bare_all"]) / statistics.median(result["step_all"])
+    details = json.dumps({k: (round(v, 3) if isinstance(v, float) else
+                              [round(x, 3) for x in v] if isinstance(v, list) else v)
+                          for k, v in result.items() if k != "ratio"})
+    line = (f"convert step vs bare qemu-img convert ({image}, {details}): throughput ratio of medians "
+            f"{ratio:.2f}, of best runs {best:.2f} (target >= 0.90): {verdict(ratio >= 0.9)}")
     return line, ratio >= 0.9
 
 
@@ -84,6 +90,8 @@ def bench_debian() -> tuple[list[str], bool]:
         f"(target <= 2x): {verdict(ok_cold)}",
         f"debian warm rebuild {warm:.1f} s vs cold {cold:.1f} s: {100 * result['warm_over_cold']:.1f}% "
         f"(target <= 10%): {verdict(ok_warm)}",
+        f"  bare debootstrap runs (before and after the builds): {result['bare_runs_s']}",
+        f"  cold bootstrap parts: {json.dumps(result['cold_bootstrap_parts'])}",
         f"  cold steps: {json.dumps(result['cold_steps'])}",
         f"  warm steps: {json.dumps(result['warm_steps'])}",
     ]

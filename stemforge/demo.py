@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_WORKDIR = Path("/var/lib/stemforge/demo")
+#: The libvirt storage pool the demo's CPI defines (in ``<workdir>/pool``) and the demo removes at the end.
+POOL = "stemforge-demo"
 DIRECTOR_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
@@ -125,6 +127,33 @@ class Demo:
                 self.call(method, *args)
             except Exception as exc:  # noqa: BLE001 - keep deleting the rest
                 self.say(f"cleanup {method} {args[0]} failed: {exc}")
+        self.remove_pool()
+
+    def remove_pool(self) -> None:
+        """Stop and undefine the demo's storage pool once it holds no volume (the CPI defined it; a workdir removed
+        later must not leave libvirt a pool pointing at nothing)."""
+        try:
+            import libvirt
+
+            conn = libvirt.open("qemu:///system")
+        except Exception as exc:  # noqa: BLE001 - reported, the demo's result stands
+            self.say(f"cleanup: cannot reach libvirt to remove pool {POOL}: {exc}")
+            return
+        try:
+            pool = conn.storagePoolLookupByName(POOL)
+            if pool.isActive():
+                pool.refresh(0)
+                if pool.numOfVolumes():
+                    self.say(f"cleanup: pool {POOL} still holds volumes {pool.listVolumes()}; kept")
+                    return
+                pool.destroy()
+            pool.undefine()
+            self.say(f"removed storage pool {POOL}")
+        except Exception as exc:  # noqa: BLE001
+            if "no storage pool" not in str(exc).lower():
+                self.say(f"cleanup: removing pool {POOL} failed: {exc}")
+        finally:
+            conn.close()
 
     # -- config --------------------------------------------------------------------------------------------
     @property
@@ -134,7 +163,7 @@ class Demo:
     def write_config(self) -> Path:
         config = {"cloud": {"plugin": "libvirt", "properties": {
             "state_dir": str(self.state_dir),
-            "libvirt": {"uri": "qemu:///system", "storage_pool": "stemforge-demo",
+            "libvirt": {"uri": "qemu:///system", "storage_pool": POOL,
                         "pool_path": str(self.workdir / "pool"), "accelerator": "auto"},
             "agent": {"mbus": "nats://nats:nats-password@127.0.0.1:4222", "ntp": ["127.0.0.1"],
                       "blobstore": {"provider": "local",

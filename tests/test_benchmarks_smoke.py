@@ -63,3 +63,12 @@ def test_bench_metal_deploy_smoke() -> None:
     proc = run("bench_metal_deploy.py", "--servers", "1", timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "=== bench_metal_deploy summary" in proc.stdout
+
+
+def test_bench_build_convert_smoke() -> None:
+    # the debian timings are minutes of debootstrap: their code path is measured by test_debian_builder's builds
+    proc = run("bench_build.py", "--skip-debian", "--rounds", "2", "--convert-mib", "16", timeout=300)
+    out = proc.stdout
+    assert "=== bench_build summary" in out, out + proc.stderr
+    assert "convert step vs bare qemu-img convert" in out and "throughput ratio of medians" in out, out
+    assert ("PASS" in out or "MISS" in out) and not list(Path("/tmp").glob("stemforge-measure-convert-*"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,32 @@ class Pool:
         if not pool.isActive():
             with contextlib.suppress(libvirt.libvirtError):  # a concurrent process may have started it
                 pool.create(0)
+        if not pool.isActive():
+            pool = self._restart_stale(pool, config)
+        return pool
+
+    def _restart_stale(self, pool: libvirt.virStoragePool, config: LibvirtConfig) -> libvirt.virStoragePool:
+        """A defined pool that cannot start: when its directory is gone and the config names another
+        ``pool_path`` (a pool left by a run whose directory was removed), it is redefined there (with
+        ``create_pool``); otherwise a CloudError names the pool and libvirt's reason."""
+        current = _pool_path(pool)
+        wanted = str(config.pool_path) if config.pool_path else None
+        if (config.create_pool and wanted and current != wanted and current is not None
+                and not Path(current).exists()):
+            self.log.info("storage pool %s points at the missing %s: redefining it at %s",
+                          config.storage_pool, current, wanted)
+            with contextlib.suppress(libvirt.libvirtError):
+                pool.undefine()
+            pool = self._define(config)
+            with contextlib.suppress(libvirt.libvirtError):
+                pool.create(0)
+            if pool.isActive():
+                return pool
+        try:
+            pool.create(0)
+        except libvirt.libvirtError as exc:
+            raise CloudError(f"storage pool {config.storage_pool!r} (at {current}) is defined but cannot be "
+                             f"started: {exc.get_error_message()}") from None
         return pool
 
     def _define(self, config: LibvirtConfig) -> libvirt.virStoragePool:
@@ -159,3 +186,12 @@ def _storage_error(action: str, exc: libvirt.libvirtError) -> Exception:
     if "space" in message.lower():
         return NoDiskSpace(f"{action}: {message}")
     return CloudError(f"{action}: {message}", ok_to_retry=True)
+
+
+def _pool_path(pool: libvirt.virStoragePool) -> str | None:
+    """The ``<target><path>`` of a pool's XML (None when it has none)."""
+    try:
+        node = ET.fromstring(pool.XMLDesc(0)).find("./target/path")
+    except (libvirt.libvirtError, ET.ParseError):
+        return None
+    return node.text if node is not None and node.text else None
