@@ -43,16 +43,23 @@ def _remove(conn: object, name: str) -> None:
     pool.undefine()
 
 
-def test_a_pool_whose_directory_is_gone_is_redefined_at_the_configured_path(conn: object, tmp_path: Path) -> None:
-    from cpi.providers.libvirt.config import LibvirtConfig
+def _pool_without_its_directory(conn: object, tmp_path: Path, kind: str) -> tuple[str, Path]:
+    """Define a dir pool at ``tmp_path/gone``, then remove that directory (what a removed workdir leaves)."""
     from cpi.providers.libvirt.domain_xml import dir_pool
-    from cpi.providers.libvirt.storage import Pool, _pool_path
 
-    name = f"sf-test-stale-{uuid.uuid4().hex[:8]}"
+    name = f"sf-test-{kind}-{uuid.uuid4().hex[:8]}"
     gone = tmp_path / "gone"
     gone.mkdir()
     conn.storagePoolDefineXML(dir_pool(name, str(gone)), 0)  # type: ignore[attr-defined]
     gone.rmdir()
+    return name, gone
+
+
+def test_a_pool_whose_directory_is_gone_is_redefined_at_the_configured_path(conn: object, tmp_path: Path) -> None:
+    from cpi.providers.libvirt.config import LibvirtConfig
+    from cpi.providers.libvirt.storage import Pool, _pool_path
+
+    name, _gone = _pool_without_its_directory(conn, tmp_path, "stale")
     try:
         config = LibvirtConfig.from_properties({"storage_pool": name, "pool_path": str(tmp_path / "pool")})
         pool = Pool(conn, config, logging.getLogger("test.pool")).pool  # type: ignore[arg-type]
@@ -63,14 +70,9 @@ def test_a_pool_whose_directory_is_gone_is_redefined_at_the_configured_path(conn
 
 def test_a_pool_that_cannot_start_is_a_cloud_error_naming_it(conn: object, tmp_path: Path) -> None:
     from cpi.providers.libvirt.config import LibvirtConfig
-    from cpi.providers.libvirt.domain_xml import dir_pool
     from cpi.providers.libvirt.storage import Pool
 
-    name = f"sf-test-broken-{uuid.uuid4().hex[:8]}"
-    path = tmp_path / "gone"
-    path.mkdir()
-    conn.storagePoolDefineXML(dir_pool(name, str(path)), 0)  # type: ignore[attr-defined]
-    path.rmdir()
+    name, path = _pool_without_its_directory(conn, tmp_path, "broken")
     try:
         # the configured path is the pool's own: nothing to move it to, so the failure is reported
         config = LibvirtConfig.from_properties({"storage_pool": name, "pool_path": str(path)})
