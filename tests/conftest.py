@@ -18,6 +18,41 @@ from libvirt_harness import LibvirtCpi, libvirt_unavailable_reason, session_cpi 
 
 STEMCELL_DIR = Path("/var/lib/stemforge/tests/stemcells")
 
+# ``scripts/test.sh`` runs the suite on two pytest-xdist workers with ``--dist loadgroup``. Every module is one
+# scheduling unit (its module-scoped fixtures, e.g. a metal lab or a moto server, are made once), and modules
+# that share host-global state run in one unit, one after the other:
+# - "debian": debian builds share the bootstrap cache, whose ``.*.tmp`` temporaries, chroot mounts, loop devices
+#   and ``sleep 300`` provisioners those tests assert are gone;
+# - "metal": every module that boots emulated servers (TCG guests PXE-booting the ramdisk); their deploy
+#   deadlines are sized for one lab's guests on the machine's cores, not two labs'.
+# Units start longest first (the order below, then the rest as collected) so the last one to finish is short.
+XDIST_GROUPS: dict[str, tuple[str, ...]] = {
+    "metal": ("test_metal_e2e.py", "test_metal_ramdisk.py", "test_benchmarks_smoke.py", "test_metal_ramdisk_bench.py",
+              "test_metal_provider.py", "test_metal_interfaces.py", "test_metal_services_netns.py",
+              "test_metal_inventory.py", "test_metal_lab.py", "test_metal_services_http.py"),
+    "debian": ("test_cpi_test_pp.py", "test_debian_builder.py", "test_qemu_builder_ssh.py",
+               "test_debian_builder_failpoints.py", "test_debian_builder_template.py"),
+}
+LONGEST_FIRST = ("metal", "debian", "test_pipeline_run_jobs.py", "test_terraform_env.py",
+                 "test_libvirt_lifecycle.py", "test_aws_cpi_lifecycle.py", "test_amazon_ebs.py",
+                 "test_release_pp_flow.py", "test_testimage.py", "test_libvirt_failures.py", "test_qemu_builder.py")
+
+
+def _unit_of(item: pytest.Item) -> str:
+    module = item.path.name
+    return next((group for group, modules in XDIST_GROUPS.items() if module in modules), module)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its scheduling unit and put the longest units first (a stable, deterministic order:
+    every xdist worker must collect the same list)."""
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(_unit_of(item)))
+    rank = {unit: index for index, unit in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_unit_of(item), len(rank)))
+
 
 @pytest.fixture(scope="session")
 def test_stemcell() -> Path:
