@@ -18,14 +18,15 @@ from libvirt_harness import LibvirtCpi, libvirt_unavailable_reason, session_cpi 
 
 STEMCELL_DIR = Path("/var/lib/stemforge/tests/stemcells")
 
-# ``scripts/test.sh`` runs the suite on two pytest-xdist workers with ``--dist loadgroup``. Every module is one
-# scheduling unit (its module-scoped fixtures, e.g. a metal lab or a moto server, are made once), and modules
-# that share host-global state run in one unit, one after the other:
+# ``scripts/test.sh`` runs the suite on two pytest-xdist workers with ``--dist loadscope`` and the scheduler below:
+# every module is one scheduling unit (its module-scoped fixtures, e.g. a metal lab or a moto server, are made once),
+# and modules that share host-global state run in one unit, one after the other:
 # - "debian": debian builds share the bootstrap cache, whose ``.*.tmp`` temporaries, chroot mounts, loop devices
 #   and ``sleep 300`` provisioners those tests assert are gone;
 # - "metal": every module that boots emulated servers (TCG guests PXE-booting the ramdisk); their deploy
 #   deadlines are sized for one lab's guests on the machine's cores, not two labs'.
 # Units start longest first (the order below, then the rest as collected) so the last one to finish is short.
+# (xdist's own ``loadgroup`` does not group under pytest 9: it renames ``item._nodeid``, which pytest 9 ignores.)
 XDIST_GROUPS: dict[str, tuple[str, ...]] = {
     "metal": ("test_metal_e2e.py", "test_metal_ramdisk.py", "test_benchmarks_smoke.py", "test_metal_ramdisk_bench.py",
               "test_metal_provider.py", "test_metal_interfaces.py", "test_metal_services_netns.py",
@@ -38,20 +39,30 @@ LONGEST_FIRST = ("metal", "debian", "test_pipeline_run_jobs.py", "test_terraform
                  "test_release_pp_flow.py", "test_testimage.py", "test_libvirt_failures.py", "test_qemu_builder.py")
 
 
-def _unit_of(item: pytest.Item) -> str:
-    module = item.path.name
+def unit_of(nodeid: str) -> str:
+    """The scheduling unit of a test: its module's group, else its module (``tests/x.py::t[p]`` -> ``x.py``)."""
+    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
     return next((group for group, modules in XDIST_GROUPS.items() if module in modules), module)
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With ``--dist loadscope``: xdist's scope scheduler, with our units as the scopes."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(nodeid)
+
+    return UnitScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its scheduling unit and put the longest units first (a stable, deterministic order:
-    every xdist worker must collect the same list)."""
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(_unit_of(item)))
+    """Put the longest units first, in a stable, deterministic order (every xdist worker collects the same list)."""
     rank = {unit: index for index, unit in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(_unit_of(item), len(rank)))
+    items.sort(key=lambda item: rank.get(unit_of(item.nodeid), len(rank)))
 
 
 @pytest.fixture(scope="session")
