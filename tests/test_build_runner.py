@@ -305,7 +305,7 @@ def test_unknown_options_and_types_are_named_and_all_reported(tmp_path: Path, tm
                 in out)
         assert "Did you mean 'qemu'?" in out
         assert "The post-processor manifestt is unknown by Packer" in out
-    assert not Path("/tmp/x").exists() or Path("/tmp/x").read_text() != "typo"
+    assert not Path("/tmp/x").is_file() or Path("/tmp/x").read_text() != "typo"
 
 
 def _processes_with(token: str) -> list[int]:

@@ -459,3 +459,24 @@ def test_output_directory_is_removed_on_failure(tmp_path: Path, test_image: Path
         run_build({"iso_url": str(test_image), "iso_checksum": "none", "disk_image": True, "disk_size": "64M",
                    "communicator": "none", "output_directory": str(out), "cd_content": {"a": "b"}}, ctx)
     assert not out.exists() and list(private_tmp.iterdir()) == []
+
+
+def test_a_long_tmpdir_still_gets_a_qmp_socket(tmp_path: Path, test_image: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """AF_UNIX paths stop at 107 bytes: under a long TMPDIR (CI workers, nested build dirs) QMP's socket gets a
+    short private directory of its own, removed with the VM."""
+    import tempfile
+
+    deep = tmp_path / ("t" * 60) / ("m" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setenv("TMPDIR", str(deep))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    before = set(Path("/tmp").glob("sf-qmp-*"))
+    ctx = make_ctx(tmp_path, name="long")
+    _, _, artifact, _ = run_build({
+        "iso_url": test_image.as_uri(), "iso_checksum": "none", "disk_image": True, "communicator": "none",
+        "output_directory": str(tmp_path / "out"), "boot_wait": "0s", "shutdown_timeout": "150s", "memory": "256",
+        "accelerator": "tcg", "boot_command": ["<wait0.2s>x"],
+    }, ctx)
+    assert artifact is not None
+    assert set(Path("/tmp").glob("sf-qmp-*")) == before and list(deep.iterdir()) == []

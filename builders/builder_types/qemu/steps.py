@@ -431,6 +431,11 @@ class StepRun(QemuStep):
         accel = choose_accelerator(cfg.accelerator, self.ui)
         tmp = Path(tempfile.mkdtemp(prefix="stemforge-qemu-"))
         state["vm_tmp"] = tmp
+        qmp_dir = tmp
+        if len(str(tmp / "qmp.sock")) > UNIX_PATH_MAX:
+            # a long TMPDIR: the socket gets a short private directory of its own (AF_UNIX paths are <= 107 bytes)
+            qmp_dir = Path(tempfile.mkdtemp(prefix="sf-qmp-", dir="/tmp"))
+            state["vm_qmp_tmp"] = qmp_dir
         if not cfg.headless:
             self.ui.message("headless is false, but no GUI is opened: QEMU runs with -display none and the "
                             "serial console is logged")
@@ -451,7 +456,7 @@ class StepRun(QemuStep):
             self.ctx.check_cancelled()
             port = free_loopback_port(cfg.host_port_min, cfg.host_port_max) if cfg.communicator == "ssh" else None
             plan = LaunchPlan(accel=accel, disks=list(state["disk_paths"]), cd_paths=cds,
-                              qmp_path=Path(cfg.qmp_socket_path) if cfg.qmp_socket_path else tmp / "qmp.sock",
+                              qmp_path=Path(cfg.qmp_socket_path) if cfg.qmp_socket_path else qmp_dir / "qmp.sock",
                               serial_path=tmp / "console.log", ssh_host_port=port,
                               http_port=http.port if http else None, http_relay=relay)
             argv = command_line(cfg, plan, binary, render=self.ctx.render)
@@ -487,9 +492,14 @@ class StepRun(QemuStep):
             vm.stop()
         elif vm is not None:
             vm.kill()
-        tmp = state.pop("vm_tmp", None)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        for key in ("vm_tmp", "vm_qmp_tmp"):
+            tmp = state.pop(key, None)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+UNIX_PATH_MAX = 107
+"""The longest path an AF_UNIX socket can bind on Linux (``sun_path`` is 108 bytes with its NUL)."""
 
 
 def choose_accelerator(mode: str, ui: Any) -> str:
