@@ -60,7 +60,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Put the longest units first, in a stable, deterministic order (every xdist worker collects the same list)."""
+    """Put the longest units first, in a stable, deterministic order (every xdist worker collects the same list).
+    A module named above that no longer exists is an error: a renamed module would silently leave its group."""
+    here = Path(__file__).parent
+    named = [m for modules in XDIST_GROUPS.values() for m in modules] + [u for u in LONGEST_FIRST if u.endswith(".py")]
+    missing = sorted(m for m in named if not (here / m).is_file())
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py schedules modules that do not exist: {', '.join(missing)}")
     rank = {unit: index for index, unit in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(unit_of(item.nodeid), len(rank)))
 

@@ -470,7 +470,7 @@ def test_a_long_tmpdir_still_gets_a_qmp_socket(tmp_path: Path, test_image: Path,
     deep = tmp_path / ("t" * 60) / ("m" * 60)
     deep.mkdir(parents=True)
     monkeypatch.setenv("TMPDIR", str(deep))
-    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
     before = set(Path("/tmp").glob("sf-qmp-*"))
     ctx = make_ctx(tmp_path, name="long")
     _, _, artifact, _ = run_build({
