@@ -289,7 +289,8 @@ def respond(
 
 def _interrupted(call: Call, signame: str) -> dict[str, Any]:
     what = call.method or "request"
-    error = CloudError(f"{what}: interrupted by {signame} before completing (the operation may be partly done)")
+    error = CloudError(f"{what}: interrupted by {signame} before completing (the operation may be partly done)",
+                       ok_to_retry=True)
     try:  # noqa: SIM105 - contextlib stays off the info fast path
         call.logger().error("%s", error.message)
     except BaseException:
@@ -500,7 +501,16 @@ class _StdoutGuard:
         self.fd = None
 
 
+#: ``armed``: signals raise Terminated; before that (while the response plumbing is being set up) the first signal
+#: is only recorded in ``pending`` and raised by :func:`_arm_signals`.
+_SIGNALS: dict[str, int] = {"armed": 0, "pending": 0}
+_HANDLED_SIGNALS = (15, 2, 1)  # SIGTERM, SIGINT, SIGHUP
+
+
 def _install_signal_handlers() -> dict[int, Any]:
+    """Install the SIGTERM/SIGINT/SIGHUP handler (the first thing ``main`` does), then unblock those signals: the
+    generated ``bin/cpi`` starts Python with them blocked (``env --block-signal``), so one sent during interpreter
+    start-up stays pending and is delivered here instead of killing the process without a response."""
     import _signal as signal  # the C module: ``signal`` would import enum (~5 ms on info's path)
 
     def on_signal(signum: int, frame: types.FrameType | None) -> None:
@@ -509,15 +519,31 @@ def _install_signal_handlers() -> dict[int, Any]:
                 signal.signal(other, signal.SIG_IGN)
             except (OSError, ValueError):
                 pass
+        if not _SIGNALS["armed"]:
+            _SIGNALS["pending"] = _SIGNALS["pending"] or signum
+            return
         raise Terminated(signum)
 
+    _SIGNALS.update(armed=0, pending=0)
     previous: dict[int, Any] = {}
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in _HANDLED_SIGNALS:
         try:  # noqa: SIM105
             previous[signum] = signal.signal(signum, on_signal)
         except (OSError, ValueError):  # not the main thread
             pass
+    if previous:
+        try:  # noqa: SIM105
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED_SIGNALS)
+        except (OSError, ValueError):
+            pass
     return previous
+
+
+def _arm_signals() -> None:
+    """From now on a signal raises Terminated; one that arrived earlier is raised now."""
+    _SIGNALS["armed"] = 1
+    if _SIGNALS["pending"]:
+        raise Terminated(_SIGNALS["pending"])
 
 
 def _restore_signal_handlers(previous: dict[int, Any]) -> None:
@@ -544,9 +570,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``stemforge-cpi`` console script (see the module docstring). Always returns 0, having written exactly one
     response (the fallback error response if everything else failed)."""
     global _GUARD
+    previous_handlers = _install_signal_handlers()  # before anything else: a signal from here on gets an answer
     guard = _GUARD = _StdoutGuard()
     try:  # noqa: SIM105
-        _main(argv, guard)
+        _main(argv, guard, previous_handlers)
     except BaseException:  # a signal landing in the plumbing itself: the response below still goes out
         pass
     if not guard.written:
@@ -555,17 +582,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _main(argv: Sequence[str] | None, guard: _StdoutGuard) -> None:
+def _main(argv: Sequence[str] | None, guard: _StdoutGuard, previous_handlers: dict[int, Any]) -> None:
     start = time.monotonic()
     real_stdout, real_stderr = sys.stdout, sys.stderr
-    previous_handlers: dict[int, Any] = {}
     call: Call | None = None
     payload = FALLBACK_RESPONSE
     try:
-        previous_handlers = _install_signal_handlers()
         call = Call(start, stderr=real_stderr)
         scrubbed = _ScrubbingStream(real_stderr, call.redactor) if real_stderr is not None else None
         sys.stdout = sys.stderr = scrubbed
+        _arm_signals()
         try:
             data = read_stdin()
         except OSError as exc:

@@ -31,6 +31,9 @@ _STRONG_PARTS = (
     "password",
     "passwd",
     "passphrase",
+    "pass_phrase",
+    "passcode",
+    "bearer",
     "secret",
     "token",
     "credential",
@@ -85,9 +88,13 @@ def _words(key: str) -> list[str]:
 
 
 def is_secret_key(key: object) -> bool:
-    """True when a mapping key names a secret: it contains password/secret/token/credential/private_key/access_key/
-    api_key, or its last word is key/cert/certificate/ca/pem/auth/... (``ssh_key``, ``ca_cert``, ``auth``).
-    ``key_name``, ``auth_url`` or a network called ``private`` are not secrets."""
+    """True when a mapping key names a secret: it contains password/passphrase/pass_phrase/passcode/bearer/secret/
+    token/credential/private_key/access_key/api_key, or its last word is key/cert/certificate/ca/pem/auth/...
+    (``ssh_key``, ``ca_cert``, ``json_key``, ``auth``). ``key_name``, ``auth_url`` or a network called ``private``
+    are not secrets. The list covers the secret-bearing keys of BOSH manifests and CPI configs (the director's and
+    CPIs' ``password``, ``secret_access_key``, ``session_token``, ``json_key``, ``client_secret``, TLS ``ca`` /
+    ``certificate`` / ``private_key``, vault-style ``pass_phrase`` and ``bearer`` tokens); see
+    tests/test_cpi_hardening.py for the table."""
     if not isinstance(key, str) or not key:
         return False
     words = _words(key)

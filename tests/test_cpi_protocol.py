@@ -556,7 +556,7 @@ def test_wrapper_in_stripped_environment(cpi_config: Path, tmp_path: Path) -> No
     assert args.handler(args) == 0
     script = tmp_path / "job" / "bin" / "cpi"
     text = script.read_text()
-    assert text.startswith("#!/bin/sh\n")
+    assert text.startswith(("#!/bin/sh\n", "#!/usr/bin/env -S --block-signal=TERM,INT,HUP /bin/sh\n"))
     assert os.access(script, os.X_OK)
     assert os.path.abspath(sys.executable) in text and str(cpi_config) in text and " -I " in text
     env = {"PATH": DIRECTOR_PATH}
