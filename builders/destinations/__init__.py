@@ -18,8 +18,9 @@ Every destination speaks the same two-phase protocol so that a fan-out can promi
 
 Destinations are found by type: ``local`` -> ``builders.destinations.local``, ``http`` ->
 ``builders.destinations.http_repo``, ``s3`` -> ``builders.destinations.s3``, any other ``T`` ->
-``builders.destinations.<T>``; each module exposes ``PLUGIN``. Configs never carry secrets (S3 credentials come from
-the standard AWS environment and files), and ``describe`` must never print one.
+``builders.destinations.<T>``; each module exposes ``PLUGIN``. Configs carry no secrets except the http type's
+optional ``token`` (S3 credentials come from the standard AWS environment and files), and ``describe`` must never
+print one.
 """
 
 from __future__ import annotations

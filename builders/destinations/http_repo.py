@@ -5,6 +5,13 @@ Staging PUTs the image as ``.stemforge-staging-<id>-<name>`` with ``X-Checksum-S
 body whose hash differs and keeps nothing of a broken upload), then proves the copy twice: the repository's own
 ``X-Checksum-Sha256`` from HEAD must equal the source's, and a streamed GET is re-hashed on this side. Commit is a
 WebDAV ``MOVE`` with ``Overwrite: F`` (an atomic rename on the server). The copy's id is its URL.
+
+Authentication: a repository served with ``--token-file`` wants ``Authorization: Bearer <token>`` on every write.
+The token comes from, first match wins: ``"token"`` in the config (put a sensitive user variable there, e.g.
+``"{{user `repo_token`}}"`` with ``repo_token`` in ``sensitive-variables``, so build output masks it),
+``"token_file"`` (a file whose first non-comment line is the token), or the environment variable named by
+``"token_env"`` (default ``STEMFORGE_IMAGE_REPO_TOKEN``). It is sent on every request (reads ignore it) and never
+appears in ``describe``, errors or logs. Without one, requests go out unauthenticated.
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ import contextlib
 import hashlib
 import http.client
 import json
+import os
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any, ClassVar, Final
 from urllib.parse import quote, urlsplit
 
@@ -33,6 +42,8 @@ from builders.destinations import (
 )
 
 CHECKSUM_HEADER: Final = "X-Checksum-Sha256"
+#: The environment variable a token is read from when the config names none.
+TOKEN_ENV: Final = "STEMFORGE_IMAGE_REPO_TOKEN"
 _NETWORK_ERRORS: Final = (OSError, http.client.HTTPException)
 
 
@@ -48,6 +59,10 @@ class HttpRepoDestination(Destination):
             "url": {"type": "string", "pattern": "^https?://[^/?#]+(/[^?#]*)?$"},
             #: Seconds a connect or a single read/write may take before the attempt fails (transient).
             "timeout": {"type": "number", "exclusiveMinimum": 0},
+            #: Bearer token for writes (use a sensitive variable); or ``token_file``; or env ``token_env``.
+            "token": {"type": "string"},
+            "token_file": {"type": "string", "minLength": 1},
+            "token_env": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
         },
     }
 
@@ -61,6 +76,7 @@ class HttpRepoDestination(Destination):
         self._port = parts.port
         self._path = parts.path or "/"
         self._timeout = float(self.config.get("timeout", 60))
+        self._auth = _auth_headers(name, self.config)
 
     def describe(self) -> str:
         return f"http {self._base}"
@@ -83,7 +99,7 @@ class HttpRepoDestination(Destination):
         path = self._target(image_name) if image_name is not None else self._path
         conn = self._connection()
         try:
-            conn.request(method, path, headers=headers or {})
+            conn.request(method, path, headers={**(headers or {}), **self._auth})
             response = conn.getresponse()
             body = response.read(1 << 20)
             return response.status, {k.lower(): v for k, v in response.getheaders()}, body
@@ -134,6 +150,8 @@ class HttpRepoDestination(Destination):
             conn.putheader("Content-Type", "application/octet-stream")
             conn.putheader(CHECKSUM_HEADER, source.sha256)
             conn.putheader("If-None-Match", "*")
+            for key, value in self._auth.items():
+                conn.putheader(key, value)
             conn.endheaders()
             with open(source.path, "rb", buffering=0) as fh:
                 while sent < source.size:
@@ -250,7 +268,7 @@ class HttpRepoDestination(Destination):
         digest = hashlib.sha256()
         done = 0
         try:
-            conn.request("GET", self._target(name))
+            conn.request("GET", self._target(name), headers=self._auth)
             response = conn.getresponse()
             if response.status != 200:
                 raise self._fail(f"GET {self.image_id(name)}", response.status, response.read(1 << 20))
@@ -283,6 +301,28 @@ class HttpRepoDestination(Destination):
         names = sorted(str(image["name"]) for image in listing.get("images", []))
         names += [f"(upload in progress: {entry.get('name')})" for entry in listing.get("incoming") or []]
         return names
+
+
+def _auth_headers(name: str, config: Any) -> dict[str, str]:
+    """The ``Authorization`` header for the configured token (see the module docstring), or none. A token file that
+    cannot be read is a configuration error (ValueError, which ``load_destinations`` reports) naming the file, never
+    the token."""
+    token = str(config.get("token") or "").strip()
+    if not token and config.get("token_file"):
+        path = Path(str(config["token_file"])).expanduser()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"destination {name}: token_file {path}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+        token = next((line.strip() for line in lines if line.strip() and not line.strip().startswith("#")), "")
+        if not token:
+            raise ValueError(f"destination {name}: token_file {path} holds no token")
+    if not token:
+        token = os.environ.get(str(config.get("token_env") or TOKEN_ENV), "").strip()
+    if any(ch.isspace() or ord(ch) < 32 for ch in token):
+        raise ValueError(f"destination {name}: the image repository token contains whitespace or control characters")
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _reason(exc: BaseException) -> str:
