@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from stemcells.errors import StemcellError
+from stemcells.errors import StemcellError, printable
 from stemcells.manifest import DEFAULT_API_VERSION, DEFAULT_BOSH_PROTOCOL
 from stemcells.tarball import ROOT_IMAGE_NAMES, human_size, read_stemcell, verify_stemcell, write_stemcell
 
@@ -126,22 +126,23 @@ def _inspect(args: argparse.Namespace) -> int:
     if stemcell.path.name != manifest.filename:
         rows.append(("Conventional name", manifest.filename))
     for label, value in rows:
-        print(f"{label + ':':<19}{value}")
+        print(f"{label + ':':<19}{printable(value)}")
     print("Cloud properties:")
     for line in yaml.safe_dump(manifest.cloud_properties, sort_keys=False).splitlines():
-        print(f"  {line}")
+        print(f"  {printable(line)}")
     print("Members:")
-    width = max((len(m.name) for m in stemcell.members), default=0)
-    for member in stemcell.members:
+    names = [printable(m.name) for m in stemcell.members]  # raw bytes and escape sequences never reach the terminal
+    width = max((len(name) for name in names), default=0)
+    for name, member in zip(names, stemcell.members, strict=True):
         kind = "" if member.kind == "file" else f"  ({member.kind})"
-        print(f"  {member.name:<{width}}  {human_size(member.size):>10}{kind}")
+        print(f"  {name:<{width}}  {human_size(member.size):>10}{kind}")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
     report = verify_stemcell(args.path, progress=_StepReporter())
     for check in report.checks:
-        print(f"{'ok' if check.ok else 'FAIL':<5} {check.name}: {check.detail}")
+        print(f"{'ok' if check.ok else 'FAIL':<5} {check.name}: {printable(check.detail)}")
     if report.ok:
         print(f"{args.path}: stemcell OK")
         return 0
@@ -244,7 +245,7 @@ def _user_errors(handler: Handler) -> Handler:
         try:
             return handler(args)
         except StemcellError as exc:
-            print(f"Error: {exc.message}", file=sys.stderr)
+            print(f"Error: {printable(exc.message)}", file=sys.stderr)
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             print(f"Error: {where}{exc.strerror or exc}", file=sys.stderr)

@@ -35,6 +35,8 @@ LIGHT_FORMAT_SUFFIX: Final = "-light"
 REGION_IMAGE_KEYS: Final = ("ami", "image_id", "image_ids")
 #: A manifest is a few hundred bytes; refuse to parse anything absurdly large.
 MAX_MANIFEST_BYTES: Final = 1024 * 1024
+#: Deepest nesting of mappings/lists accepted (real manifests stay below 5; PyYAML recurses per level).
+MAX_NESTING: Final = 32
 
 _FIELD_ORDER: Final = (
     "name",
@@ -330,6 +332,8 @@ def _load_yaml_mapping(text: str | bytes, source: str) -> Any:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         raise StemcellError(f"{source}: not valid YAML: {_one_line(exc)}") from exc
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise StemcellError(f"{source}: nested more than {MAX_NESTING} levels deep") from None
     if node is None:
         raise StemcellError(f"{source}: is empty; expected a mapping of fields")
     if not isinstance(node, yaml.MappingNode):
@@ -354,9 +358,11 @@ def _load_yaml_mapping(text: str | bytes, source: str) -> Any:
         loader.dispose()
 
 
-def _check_keys(node: yaml.Node, prefix: str, seen_nodes: set[int], source: str) -> None:
-    """Refuse duplicate mapping keys and YAML aliases (a manifest never needs them; aliases allow
-    exponential "billion laughs" documents and cycles)."""
+def _check_keys(node: yaml.Node, prefix: str, seen_nodes: set[int], source: str, depth: int = 1) -> None:
+    """Refuse duplicate mapping keys, YAML aliases (a manifest never needs them; aliases allow
+    exponential "billion laughs" documents and cycles) and nesting deeper than ``MAX_NESTING``."""
+    if depth > MAX_NESTING:
+        raise StemcellError(f"{source}: field {prefix!r} is nested more than {MAX_NESTING} levels deep")
     if id(node) in seen_nodes:
         where = prefix or "(document)"
         raise StemcellError(f"{source}: field {where!r} uses a YAML alias; aliases are not allowed")
@@ -369,10 +375,10 @@ def _check_keys(node: yaml.Node, prefix: str, seen_nodes: set[int], source: str)
             if key in keys:
                 raise StemcellError(f"{source}: field {path!r} appears more than once")
             keys.add(key)
-            _check_keys(value_node, path, seen_nodes, source)
+            _check_keys(value_node, path, seen_nodes, source, depth + 1)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _check_keys(item, f"{prefix}[{index}]", seen_nodes, source)
+            _check_keys(item, f"{prefix}[{index}]", seen_nodes, source, depth + 1)
 
 
 def _one_line(exc: BaseException) -> str:

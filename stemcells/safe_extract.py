@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final, NoReturn, cast
+from typing import IO, Final, NoReturn, Self, cast
 
 from stemcells.errors import StemcellError, UnsafeArchiveError
 
@@ -70,7 +70,70 @@ def open_tar_stream(source: Path | IO[bytes]) -> Iterator[tarfile.TarFile]:
         head = raw.read(6)
         stream = cast(IO[bytes], _Prefixed(head, raw))
         decompressed = stack.enter_context(_decompressing(head, stream))
-        yield stack.enter_context(tarfile.open(fileobj=decompressed, mode="r|", bufsize=_STREAM_BUFSIZE))
+        yield stack.enter_context(
+            tarfile.open(fileobj=decompressed, mode="r|", bufsize=_STREAM_BUFSIZE, tarinfo=_bounded_tarinfo())
+        )
+
+
+#: Extended headers (PAX ``x``/``g``, Solaris ``X``) and GNU long names/links (``L``/``K``) are read whole into
+#: memory by ``tarfile`` and, before Python 3.11.10/3.12.6, parsed with a regex that is quadratic in their size
+#: (CVE-2024-6232: a few hundred compressed bytes kept a process busy for minutes). Real archives need a few hundred
+#: bytes per member (a path of up to PATH_MAX plus times); these bounds refuse anything bigger before tarfile reads it.
+MAX_EXTENDED_HEADER_BYTES: Final = 8 * 1024
+#: ... and all extended headers of one archive together (bounds the total parsing work to well under a second).
+MAX_EXTENDED_TOTAL_BYTES: Final = 64 * 1024
+_EXTENDED_TYPES: Final = {b"x": "PAX header", b"g": "PAX global header", b"X": "Solaris extended header",
+                          b"L": "GNU long name", b"K": "GNU long link name"}
+
+
+def raw_header_size(block: bytes) -> int:
+    """The size field (bytes 124-135) of a raw 512-byte tar header: octal digits, or GNU base-256 when the first
+    byte has its high bit set (the encoding ``tarfile.nti`` reads). Raises ``tarfile.HeaderError`` when malformed."""
+    field = block[124:136]
+    if field[:1] in (b"\x80", b"\xff"):
+        value = int.from_bytes(field[1:], "big")
+        return value - (256 ** 11) if field[:1] == b"\xff" else value
+    digits = field.split(b"\0", 1)[0].strip(b" ")
+    try:
+        return int(digits or b"0", 8)
+    except ValueError:
+        raise tarfile.HeaderError("invalid size field in tar header") from None
+
+
+def check_raw_header(block: bytes, spent: int) -> int:
+    """Refuse an extended header whose size (read from the raw 512-byte ``block``) is over
+    ``MAX_EXTENDED_HEADER_BYTES``, or which would bring the archive's ``spent`` extended-header bytes over
+    ``MAX_EXTENDED_TOTAL_BYTES``; return the new total. Other members pass unchanged (their data is streamed)."""
+    kind = _EXTENDED_TYPES.get(block[156:157])
+    if kind is None or len(block) < 512:
+        return spent
+    size = raw_header_size(block)
+    if size < 0 or size > MAX_EXTENDED_HEADER_BYTES:
+        raise ExtendedHeaderError(f"{kind} of {size} bytes exceeds the limit of {MAX_EXTENDED_HEADER_BYTES} bytes")
+    if spent + size > MAX_EXTENDED_TOTAL_BYTES:
+        raise ExtendedHeaderError(
+            f"extended headers add up to more than {MAX_EXTENDED_TOTAL_BYTES} bytes (at a {kind} of {size} bytes)"
+        )
+    return spent + size
+
+
+class ExtendedHeaderError(tarfile.HeaderError):
+    """An extended tar header over the limits above (raised while reading, before tarfile parses it)."""
+
+
+def _bounded_tarinfo() -> type[tarfile.TarInfo]:
+    """A ``TarInfo`` subclass for one archive whose ``frombuf`` (the documented hook every header goes through,
+    including those read after a PAX or GNU long-name header) checks the raw header with ``check_raw_header``."""
+    spent = 0
+
+    class BoundedTarInfo(tarfile.TarInfo):
+        @classmethod
+        def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+            nonlocal spent
+            spent = check_raw_header(bytes(buf), spent)
+            return super().frombuf(buf, encoding, errors)
+
+    return BoundedTarInfo
 
 
 def _decompressing(head: bytes, stream: IO[bytes]) -> contextlib.AbstractContextManager[IO[bytes]]:
@@ -188,6 +251,83 @@ def safe_extract(
 # -- internals -------------------------------------------------------------------------------------
 
 
+#: Symlinks followed while resolving one path before it counts as a loop (Linux's ELOOP limit).
+MAX_SYMLINK_HOPS: Final = 40
+
+
+def symlink_parent(path: str, links: Collection[str]) -> str | None:
+    """The first proper prefix of ``path`` that is a symlink in ``links`` (a member would be written through it),
+    or None."""
+    parts = path.split("/")
+    for end in range(1, len(parts)):
+        prefix = "/".join(parts[:end])
+        if prefix in links:
+            return prefix
+    return None
+
+
+class SymlinkJudge:
+    """The one judgement of an archive's symlinks, for extraction and for ``verify``/``inspect`` alike.
+
+    Each symlink is resolved as the kernel would, following the archive's other links (chains such as ``a -> .``
+    and ``b -> a/..``): one that ends outside the archive root, or needs more than ``MAX_SYMLINK_HOPS`` links (a
+    loop), is refused with ``UnsafeArchiveError`` naming it. ``add`` judges a new link against the links seen so
+    far (what an extractor has on disk at that moment); ``finish`` judges every link against all of them (a later
+    link can make an earlier one escape).
+    """
+
+    def __init__(self, archive: str) -> None:
+        self.archive = archive
+        self.links: dict[str, tuple[str, str]] = {}  # normalised path -> (member name as stored, target)
+        self._targets: dict[str, str] = {}
+
+    def add(self, path: str, name: str, target: str) -> None:
+        self.links[path] = (name, target)
+        self._targets[path] = target
+        self._judge(path)
+
+    def parent_link(self, path: str) -> str | None:
+        """The symlink a member at ``path`` would be written through, or None."""
+        return symlink_parent(path, self._targets)
+
+    def finish(self) -> None:
+        for path in self.links:
+            self._judge(path)
+
+    def _judge(self, path: str) -> None:
+        verdict = _resolve(path, self._targets)
+        if verdict:
+            raise UnsafeArchiveError(self.archive, self.links[path][0], verdict)
+
+
+def _resolve(path: str, targets: dict[str, str]) -> str | None:
+    """Why ``path`` cannot be resolved inside the root following ``targets``, or None when it can."""
+    stack = list(reversed(path.split("/")))
+    resolved: list[str] = []
+    hops = 0
+    while stack:
+        part = stack.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                return "symlink resolves outside the destination"
+            resolved.pop()
+            continue
+        resolved.append(part)
+        target = targets.get("/".join(resolved))
+        if target is None:
+            continue
+        hops += 1
+        if hops > MAX_SYMLINK_HOPS:
+            return f"symlink chain longer than {MAX_SYMLINK_HOPS} links (a loop)"
+        if target.startswith("/"):
+            return f"symlink target {target!r} is absolute"
+        resolved.pop()
+        stack.extend(reversed(target.split("/")))
+    return None
+
+
 def _check_destination(dest: Path) -> None:
     if not dest.parent.is_dir():
         raise StemcellError(f"{dest}: parent directory {dest.parent} does not exist")
@@ -230,7 +370,7 @@ class _Extractor:
         self.total = 0
         self.files: list[str] = []
         self._file_set: set[str] = set()
-        self.symlinks: list[tuple[str, str]] = []
+        self.symlinks = SymlinkJudge(archive)
         self.dirs: dict[str, int] = {}
 
     def add(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
@@ -247,6 +387,8 @@ class _Extractor:
             if self.total > self.limits.max_total_bytes:
                 limit = self.limits.max_total_bytes
                 self._reject(info, f"archive contents exceed the limit of {limit} bytes")
+        if info.issym():
+            self._check_symlink_chain(info, path)
         self._second_opinion(info)
         target = self._prepare_parent(info, path)
         if info.isdir():
@@ -254,7 +396,6 @@ class _Extractor:
         elif info.issym():
             self._exists_check(info, target)
             os.symlink(info.linkname, target)
-            self.symlinks.append((info.name, path))
         elif info.islnk():
             self._make_hardlink(info, target)
         else:
@@ -262,8 +403,9 @@ class _Extractor:
 
     def finish(self) -> None:
         """Final-state checks (symlink chains) and directory modes, applied deepest first."""
+        self.symlinks.finish()  # the judgement verify and inspect make too
         real_root = os.path.realpath(self.root)
-        for name, path in self.symlinks:
+        for path, (name, _target) in self.symlinks.links.items():  # second opinion: the kernel's view
             resolved = os.path.realpath(self.root / path)
             if os.path.commonpath([real_root, resolved]) != real_root:
                 raise UnsafeArchiveError(self.archive, name, "symlink resolves outside the destination")
@@ -327,6 +469,12 @@ class _Extractor:
     def _exists_check(self, info: tarfile.TarInfo, target: Path) -> None:
         if os.path.lexists(target):
             self._reject(info, "duplicate member: a file of that name was already extracted")
+
+    def _check_symlink_chain(self, info: tarfile.TarInfo, path: str) -> None:
+        through = self.symlinks.parent_link(path)
+        if through is not None:
+            self._reject(info, f"its parent {through!r} is a symlink; writing through symlinks is refused")
+        self.symlinks.add(path, info.name, info.linkname)
 
     def _second_opinion(self, info: tarfile.TarInfo) -> None:
         data_filter = getattr(tarfile, "data_filter", None)

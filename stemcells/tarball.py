@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, Literal, cast
 
-from stemcells.errors import StemcellError, UnsafeArchiveError
+from stemcells.errors import StemcellError, UnsafeArchiveError, printable
+from stemcells.image_check import DEFAULT_MAX_VIRTUAL_SIZE, ImageRejected, check_image
 from stemcells.manifest import (
     DEFAULT_API_VERSION,
     DEFAULT_BOSH_PROTOCOL,
@@ -43,6 +44,8 @@ from stemcells.safe_extract import (
     ARCHIVE_ERRORS,
     DEFAULT_LIMITS,
     ExtractLimits,
+    SymlinkJudge,
+    _copy_sparse,
     check_member,
     open_tar_stream,
     safe_extract,
@@ -62,6 +65,8 @@ ImageFormat = Literal["qcow2", "raw"]
 Progress = Callable[[str], None]
 
 _CHUNK: Final = 1024 * 1024
+#: Extraction's reason for a member below a symlink (``safe_extract`` refuses to write through one).
+_THROUGH_SYMLINK: Final = "its parent {!r} is a symlink; writing through symlinks is refused"
 _INNER_GZIP_LEVEL: Final = 6  # the root image compresses well; gzip's own default
 _OUTER_GZIP_LEVEL: Final = 0  # store only: the one large member, image, is already compressed
 
@@ -182,6 +187,7 @@ def write_stemcell(
     overwrite: bool = False,
     mtime: int | None = None,
     progress: Progress | None = None,
+    max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE,
 ) -> Path:
     """Write a stemcell tarball and return its path.
 
@@ -193,8 +199,10 @@ def write_stemcell(
     base names. ``mtime`` (default ``$SOURCE_DATE_EPOCH``, else now) stamps every member and gzip header, so
     equal inputs give byte-identical tarballs.
 
-    The manifest is validated before any work; the tarball is written beside the target and renamed into place,
-    so on any failure nothing is left behind. An existing target is an error unless ``overwrite``.
+    The root image is judged by ``image_check.check_image`` first (no backing or data file, not encrypted, qcow2
+    or raw, virtual size at most ``max_virtual_size``). The manifest is validated before any work; the tarball is
+    written beside the target and renamed into place, so on any failure nothing is left behind. An existing target
+    is an error unless ``overwrite``.
     Raises ``StemcellError``.
     """
     report = progress or _quiet
@@ -212,7 +220,7 @@ def write_stemcell(
     )
     light = root_image is None
     if root_image is not None:
-        _check_root_image_input(root_image, root_image_name, manifest)
+        _check_root_image_input(root_image, root_image_name, manifest, max_virtual_size)
     extras = _extra_members(packages_txt, dev_tools_file_list, sbom_files)
     final = _output_path(out, stemcell_filename(name, version, light=light))
     if not overwrite and os.path.lexists(final):
@@ -246,7 +254,9 @@ def write_stemcell(
     return final
 
 
-def _check_root_image_input(root_image: Path, root_image_name: str, manifest: StemcellManifest) -> None:
+def _check_root_image_input(
+    root_image: Path, root_image_name: str, manifest: StemcellManifest, max_virtual_size: int
+) -> None:
     if root_image_name not in ROOT_IMAGE_NAMES:
         raise StemcellError(f"root image name {root_image_name!r} must be one of {', '.join(ROOT_IMAGE_NAMES)}")
     if not root_image.is_file():
@@ -256,7 +266,8 @@ def _check_root_image_input(root_image: Path, root_image_name: str, manifest: St
         raise StemcellError(
             f"stemcell_formats {', '.join(light_formats)} are for light stemcells, but a root image was given"
         )
-    mismatch = _format_mismatch(manifest, detect_image_format(root_image))
+    checked = check_image(root_image, max_virtual_size=max_virtual_size)  # backing files, encryption, sizes...
+    mismatch = _format_mismatch(manifest, cast(ImageFormat, checked.format))
     if mismatch:
         raise StemcellError(f"{root_image}: {mismatch}")
 
@@ -379,6 +390,7 @@ def read_stemcell(path: Path, *, limits: ExtractLimits = DEFAULT_LIMITS) -> Stem
     """
     members: list[StemcellMember] = []
     names: set[str] = set()
+    links = SymlinkJudge(path.name)
     manifest_bytes: bytes | None = None
     with _open_stream(path) as tar:
         for info in tar:
@@ -389,10 +401,16 @@ def read_stemcell(path: Path, *, limits: ExtractLimits = DEFAULT_LIMITS) -> Stem
                 continue
             if name in names:
                 raise UnsafeArchiveError(path.name, info.name, "duplicate member")
+            through = links.parent_link(name)
+            if through is not None:
+                raise UnsafeArchiveError(path.name, info.name, _THROUGH_SYMLINK.format(through))
             names.add(name)
+            if info.issym():
+                links.add(name, info.name, info.linkname)
             members.append(StemcellMember(name, info.size, _kind(info)))
             if name == MANIFEST_NAME and info.isreg():
                 manifest_bytes = _read_small(tar, info, path)
+    links.finish()
     if manifest_bytes is None:
         raise StemcellError(f"{path}: has no {MANIFEST_NAME}; not a stemcell tarball")
     manifest = StemcellManifest.from_yaml(manifest_bytes, f"{MANIFEST_NAME} in {path}")
@@ -455,7 +473,11 @@ class _ArchiveScan:
 
 
 def verify_stemcell(
-    path: Path, *, limits: ExtractLimits = DEFAULT_LIMITS, progress: Progress | None = None
+    path: Path,
+    *,
+    limits: ExtractLimits = DEFAULT_LIMITS,
+    progress: Progress | None = None,
+    max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE,
 ) -> VerifyReport:
     """Check the stemcell at ``path`` in one streaming pass, extracting nothing to disk.
 
@@ -463,11 +485,12 @@ def verify_stemcell(
     ``members`` (``stemcell.MF`` and ``image`` present as regular files), ``manifest`` (valid ``stemcell.MF``),
     ``image sha1`` (sha1 of ``image`` equals the MF's), ``root image`` (light: ``image`` is empty; heavy: a
     gzipped tar holding exactly one ``root.img`` or ``disk.raw``, whose qcow2/raw format, found by magic,
-    agrees with ``stemcell_formats`` and ``cloud_properties.disk_format``).
+    agrees with ``stemcell_formats`` and ``cloud_properties.disk_format``, and which ``image_check.check_image``
+    accepts: the root image is copied, sparse, to a temporary file for that and removed again).
     """
     report = progress or _quiet
     report(f"Reading {path}")
-    scan = _scan_archive(path, limits, report)
+    scan = _scan_archive(path, limits, report, max_virtual_size)
     checks: list[Check] = []
     if scan.read_error:
         checks.append(Check("archive", False, scan.read_error))
@@ -502,9 +525,10 @@ def verify_stemcell(
     )
 
 
-def _scan_archive(path: Path, limits: ExtractLimits, report: Progress) -> _ArchiveScan:
+def _scan_archive(path: Path, limits: ExtractLimits, report: Progress, max_virtual_size: int) -> _ArchiveScan:
     scan = _ArchiveScan()
     count = 0
+    links = SymlinkJudge(path.name)
     try:
         with _open_stream(path) as tar:
             for info in tar:
@@ -522,6 +546,17 @@ def _scan_archive(path: Path, limits: ExtractLimits, report: Progress) -> _Archi
                 if name in scan.members:
                     scan.problems.append(f"{path.name}: member {info.name!r} rejected: duplicate member")
                     continue
+                through = links.parent_link(name)
+                if through is not None:
+                    error = UnsafeArchiveError(path.name, info.name, _THROUGH_SYMLINK.format(through))
+                    scan.problems.append(error.message)
+                    continue
+                if info.issym():
+                    try:
+                        links.add(name, info.name, info.linkname)
+                    except UnsafeArchiveError as exc:
+                        scan.problems.append(exc.message)
+                        continue
                 scan.members[name] = StemcellMember(name, info.size, _kind(info))
                 if name == MANIFEST_NAME and info.isreg() and info.size <= MAX_MANIFEST_BYTES:
                     source = tar.extractfile(info)
@@ -530,10 +565,15 @@ def _scan_archive(path: Path, limits: ExtractLimits, report: Progress) -> _Archi
                     report(f"Hashing image ({human_size(info.size)}) and checking its root image")
                     started = time.monotonic()
                     source = tar.extractfile(info)
-                    scan.image = _scan_image(cast(IO[bytes], source), info.size, limits)
+                    scan.image = _scan_image(cast(IO[bytes], source), info.size, limits, max_virtual_size)
                     report(f"Hashed image in {time.monotonic() - started:.1f}s")
     except StemcellError as exc:
         scan.read_error = exc.message
+    try:
+        links.finish()  # the same judgement extraction makes
+    except UnsafeArchiveError as exc:
+        if exc.message not in scan.problems:
+            scan.problems.append(exc.message)
     return scan
 
 
@@ -546,7 +586,7 @@ def _check_members(scan: _ArchiveScan) -> Check:
         return Check("members", False, f"not regular files: {', '.join(not_files)}")
     if scan.members[MANIFEST_NAME].size > MAX_MANIFEST_BYTES:
         return Check("members", False, f"{MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes")
-    present = ", ".join(scan.members)
+    present = ", ".join(printable(name) for name in scan.members)
     return Check("members", True, f"present: {present}")
 
 
@@ -593,8 +633,35 @@ def _format_mismatch(manifest: StemcellManifest, found: ImageFormat) -> str | No
     return None
 
 
-def _scan_image(source: IO[bytes], size: int, limits: ExtractLimits) -> _ImageScan:
-    """Hash ``image`` while reading it as a tar; note its root image's name, format and virtual size."""
+def _check_streamed_image(
+    data: IO[bytes], size: int, name: str, scan: _ImageScan, max_virtual_size: int
+) -> None:
+    """Copy the root image streaming out of ``image`` to a sparse temporary file and judge it with
+    ``image_check.check_image``, the check the CPI and ``stemcell create`` make; record format, virtual size or
+    the reason for refusing it in ``scan``."""
+    with tempfile.TemporaryDirectory(prefix="stemforge-verify-") as tmp:
+        copy = Path(tmp) / name
+        with open(copy, "xb") as out:
+            missing = _copy_sparse(data, out, size)
+        if missing:
+            scan.problem = f"image: {name} ends {missing} bytes early"
+            return
+        scan.image_format, scan.virtual_size = _sniff(copy.open("rb").read(512))
+        try:
+            checked = check_image(copy, max_virtual_size=max_virtual_size)
+        except StemcellError as exc:
+            reason = exc.reason if isinstance(exc, ImageRejected) else exc.message
+            scan.problem = f"{name}: {reason}"
+            return
+        scan.image_format = cast(ImageFormat, checked.format)
+        scan.virtual_size = checked.virtual_size
+
+
+def _scan_image(
+    source: IO[bytes], size: int, limits: ExtractLimits, max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE
+) -> _ImageScan:
+    """Hash ``image`` while reading it as a tar; note its root image's name, format and virtual size, and refuse
+    a root image that ``image_check.check_image`` refuses."""
     reader = _HashingReader(source)
     scan = _ImageScan()
     if size == 0:
@@ -614,11 +681,9 @@ def _scan_image(source: IO[bytes], size: int, limits: ExtractLimits) -> _ImageSc
                     scan.problem = f"image holds more than one root image ({scan.root_name}, {name})"
                     break
                 data = inner.extractfile(info)
-                head = data.read(512) if data else b""
                 scan.root_name = name
-                scan.image_format, scan.virtual_size = _sniff(head)
-                while data and data.read(_CHUNK):  # skip the rest in large reads, not tarfile's small ones
-                    pass
+                if data is not None:
+                    _check_streamed_image(data, info.size, name, scan, max_virtual_size)
     except UnsafeArchiveError as exc:
         scan.problem = exc.message
     except (*ARCHIVE_ERRORS, OSError) as exc:
@@ -693,11 +758,13 @@ def open_root_image(image_path: Path, dest_dir: Path, *, limits: ExtractLimits =
             found = ", ".join(names) or "nothing"
             raise StemcellError(f"{image_path}: must hold exactly one root image, found {found}")
 
+    created = not dest_dir.exists()
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".root-image-", dir=dest_dir))
     except OSError as exc:
         raise StemcellError(f"{dest_dir}: cannot create directory for the root image: {exc}") from exc
+    done = False
     try:
         files = safe_extract(
             image_path, staging, limits=limits, allowed_names=ROOT_IMAGE_NAMES, before_commit=exactly_one
@@ -707,10 +774,14 @@ def open_root_image(image_path: Path, dest_dir: Path, *, limits: ExtractLimits =
             os.link(files[0], target)  # refuses to replace an existing file
         except FileExistsError as exc:
             raise StemcellError(f"{target}: already exists; not overwriting it") from exc
+        done = True
     except OSError as exc:
         raise StemcellError(f"{image_path}: cannot extract root image into {dest_dir}: {exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not done:
+            with contextlib.suppress(OSError):
+                dest_dir.rmdir()  # the directory this call made; a failure leaves nothing behind
     return target
 
 

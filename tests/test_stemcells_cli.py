@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -21,8 +22,8 @@ PROGRESS_LINE = re.compile(r"^\[\s*\d+\.\ds\] ", re.M)
 
 @pytest.fixture
 def root_img(tmp_path: Path) -> Path:
-    path = tmp_path / "root.img"
-    path.write_bytes(b"QFI\xfb" + bytes(60) + b"rest of a tiny qcow2-looking file")
+    path = tmp_path / "root.img"  # a real (tiny) qcow2: create and verify run qemu-img info on it
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "1M"], check=True)
     return path
 
 
