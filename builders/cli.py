@@ -18,6 +18,9 @@ from typing import Any
 
 from builders.runner import ON_ERROR_CHOICES, BuildRunner, PrepareError, RunOptions, multi_error
 from builders.template import Template, TemplateError, merge_cli_variables, parse_template
+from builders.template.hcl2 import HCL2Template, HCLError, is_hcl2, load_hcl2
+from builders.template.hcl2.diagnostics import render_all
+from builders.template.hcl2.inspect import inspect_hcl2
 from builders.ui import Output
 
 
@@ -92,6 +95,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "post-processor option of the selected builds.")
     validate.add_argument("-syntax-only", "--syntax-only", action="store_true",
                           help="only check the document and its structure")
+    validate.add_argument("-evaluate-datasources", "--evaluate-datasources", action="store_true",
+                          help="HCL2: evaluate data sources (stemforge always does, outside -syntax-only)")
     _add_selection_flags(validate)
     _add_var_flags(validate)
     _add_output_flags(validate)
@@ -102,6 +107,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "inspect", allow_abbrev=False, help="show the components of a template",
         description="Show a template's variables (sensitive ones masked), builders, provisioners and "
                     "post-processors.")
+    _add_var_flags(inspect)
     _add_output_flags(inspect)
     inspect.add_argument("template", type=Path, metavar="TEMPLATE")
     inspect.set_defaults(handler=cmd_inspect)
@@ -113,7 +119,18 @@ def _output(args: argparse.Namespace, **extra: Any) -> Output:
 
 
 def _parse(args: argparse.Namespace, out: Output, *, syntax_only: bool = False) -> Template | None:
-    """Parse the template with the command line's variables; print Packer's error and return None if invalid."""
+    """Parse the template with the command line's variables; print Packer's error and return None if invalid.
+    An HCL2 file or directory goes to :mod:`builders.template.hcl2` (errors printed as HCL diagnostics)."""
+    if is_hcl2(args.template):
+        try:
+            template = load_hcl2(args.template, var_sources=list(getattr(args, "var_sources", []) or []),
+                                 syntax_only=syntax_only)
+        except HCLError as exc:
+            out.error(render_all(exc.diagnostics))
+            return None
+        for warning in template.diagnostics:
+            out.error(template.mask(warning.render().rstrip("\n")))
+        return template
     try:
         overrides = merge_cli_variables(list(getattr(args, "var_sources", []) or []))
         return parse_template(args.template, var_overrides=overrides, syntax_only=syntax_only)
@@ -197,8 +214,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.syntax_only:
         out.say("Syntax-only check passed. Everything looks okay.")
         return 0
-    for warning in template.warnings:
-        out.say(f"Warning: {warning}")
+    if not isinstance(template, HCL2Template):
+        for warning in template.warnings:
+            out.say(f"Warning: {warning}")
     runner = BuildRunner(template, out, RunOptions(only=args.only, except_=args.except_))
     try:
         builds = runner.prepare()
@@ -214,10 +232,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     out = _output(args)
-    template = _parse(args, out, syntax_only=True)
+    template = _parse(args, out, syntax_only=not is_hcl2(args.template))
     if template is None:
         return 1
     out.mask = template.mask
+    if isinstance(template, HCL2Template):
+        inspect_hcl2(template, out)
+        return 0
     inspect_template(template, out, set(template.required_variables))
     return 0
 
