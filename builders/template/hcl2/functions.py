@@ -599,16 +599,31 @@ def f_tostring(v: Any) -> Any:
     return to_string(v)
 
 
+def _unify(items: list[Any], index: int = 0) -> list[Any]:
+    """cty's element-type unification for a collection conversion: mixed primitives become strings."""
+    kinds = {type_name(x) for x in items if x is not None}
+    if len(kinds) <= 1:
+        return list(items)
+    if kinds <= {"string", "number", "bool"}:
+        return [None if x is None else to_string(x) for x in items]
+    raise FunctionArgumentError("cannot convert to a collection: all elements must have the same type", index)
+
+
 def f_tolist(v: Any) -> Any:
-    return list(_list(v))
+    return _unify(_list(v))
 
 
 def f_toset(v: Any) -> Any:
-    return sorted(f_distinct(v), key=lambda x: json.dumps(x, sort_keys=True))
+    items = f_distinct(_unify(_list(v)))
+    if all(isinstance(x, str) for x in items):
+        return sorted(items)
+    return sorted(items, key=lambda x: json.dumps(x, sort_keys=True))
 
 
 def f_tomap(v: Any) -> Any:
-    return dict(_map(v))
+    d = _map(v)
+    keys = list(d)
+    return dict(zip(keys, _unify([d[k] for k in keys]), strict=True))
 
 
 # ---------------------------------------------------------------------------------------------------- encoding
@@ -687,8 +702,17 @@ def f_yamldecode(s: Any) -> Any:
             from None
 
 
+class _QuotedDumper(yaml.SafeDumper):
+    """Strings always double-quoted, as go-yaml's encoder in Terraform's ``yamlencode`` writes them."""
+
+
+_QuotedDumper.add_representer(str, lambda dumper, data: dumper.represent_scalar("tag:yaml.org,2002:str", data,
+                                                                               style='"'))
+
+
 def f_yamlencode(v: Any) -> Any:
-    return yaml.safe_dump(v, default_flow_style=False, sort_keys=True, allow_unicode=True)
+    return yaml.dump(v, Dumper=_QuotedDumper, default_flow_style=False, sort_keys=True, allow_unicode=True,
+                     width=2**31)
 
 
 # -------------------------------------------------------------------------------------------------------- crypto
@@ -946,8 +970,11 @@ def make_functions(*, base_dir: Path, now: _dt.datetime, env_allowed: bool = Fal
         return str(Path(os.path.abspath(_str(p))))
 
     def f_basename(p: Any) -> Any:
-        text = _str(p).rstrip("/")
-        return (os.path.basename(text) or "/") if text else "."
+        raw = _str(p)
+        text = raw.rstrip("/")
+        if not text:
+            return "/" if raw else "."
+        return os.path.basename(text)
 
     def f_dirname(p: Any) -> Any:
         text = _str(p)
