@@ -1,8 +1,15 @@
 """Logging for one CPI call.
 
-A :class:`CallLog` attaches two handlers to the root logger for the duration of the call: one writes human lines to
-stderr (which the director appends to the task's CPI log), the other collects the same lines for the response's
-``log`` string (without tracebacks: those go to stderr only, never to stdout). Each line reads::
+A :class:`CallLog` attaches one handler to the root logger for the duration of the call. Each line is written
+ONCE: into the response's ``log`` string. The director appends both the response's ``log`` and the CPI's stderr to
+the task's CPI log (``bosh task N --cpi``), so writing every line to both (as this CPI did) printed it twice. We
+follow the Ruby CPIs (bosh-aws-cpi, bosh-openstack-cpi fill ``log``) rather than bosh-cpi-go (stderr, ``log``
+empty) because every director version saves ``log`` (stderr only since later releases), the ``cpi-test``
+post-processor and our harnesses read ``log`` from the response, and the call's watchdog answers with the log so
+far. stderr carries what cannot or must not be in the response, each also once: tracebacks and stack dumps (never
+on stdout; the ``log`` line says "(traceback on stderr)"), records past the ``log`` size cap, and anything written
+outside the call's logging (C libraries, a failure before the request is read: ``cpi.main`` logs those through
+this handler too, so they land in ``log``). Each line reads::
 
     [stemforge-cpi] [<request_id or pid>] <LEVEL> <elapsed>s <message>
 
@@ -31,7 +38,7 @@ from cpi.redaction import Redactor
 LOGGER_NAME = "stemforge.cpi"
 ENV_LEVEL = "STEMFORGE_CPI_LOG_LEVEL"
 DEFAULT_LEVEL = logging.INFO
-#: Bound on the response's ``log`` string; later records still go to stderr.
+#: Bound on the response's ``log`` string; later records go to stderr instead.
 MAX_LOG_CHARS = 4 * 1024 * 1024
 
 LEVELS: dict[str, int] = {
@@ -98,37 +105,41 @@ class _QuietHandler(logging.Handler):
         return
 
 
-class _StreamHandler(_QuietHandler):
-    def __init__(self, stream: TextIO) -> None:
+class _CallHandler(_QuietHandler):
+    """Collects each record's line for ``log``; writes to ``stream`` (stderr) only its traceback/stack, or the whole
+    record (with its traceback) once ``log`` has reached :data:`MAX_LOG_CHARS`: every line goes to one place."""
+
+    def __init__(self, call: CallLog, stream: TextIO) -> None:
         super().__init__()
         self.stream = stream
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.stream.write(self.format(record) + "\n")
-            self.stream.flush()
-        except Exception:
-            self.handleError(record)
-
-
-class _CaptureHandler(_QuietHandler):
-    def __init__(self) -> None:
-        super().__init__()
         self.lines: list[str] = []
         self.size = 0
         self.truncated = False
+        self._line = _Formatter(call, tracebacks=False)
+        self._full = _Formatter(call, tracebacks=True)
+        self._call = call
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record)
+            line = self._line.format(record)
+            if self.size + len(line) + 1 > MAX_LOG_CHARS:
+                self.truncated = True
+                self._write(self._full.format(record) + "\n")
+                return
+            self.lines.append(line)
+            self.size += len(line) + 1
+            if record.exc_info or record.exc_text or record.stack_info:
+                full = self._full.format(record)
+                detail = full.split("\n", 1)[1] if "\n" in full else ""
+                if detail:
+                    head = f"[stemforge-cpi] [{self._call.tag}] traceback of the {record.levelname} in the log:"
+                    self._write(head + "\n" + detail + "\n")
         except Exception:
             self.handleError(record)
-            return
-        if self.size + len(line) + 1 > MAX_LOG_CHARS:
-            self.truncated = True
-            return
-        self.lines.append(line)
-        self.size += len(line) + 1
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
 
 
 class CallLog:
@@ -151,13 +162,9 @@ class CallLog:
         self.start = time.monotonic() if start is None else start
         self.tag = tag or str(os.getpid())
         self.logger = logging.getLogger(LOGGER_NAME)
-        self._stderr = _StreamHandler(stream if stream is not None else sys.stderr)
-        self._stderr.setFormatter(_Formatter(self, tracebacks=True))
-        self._capture = _CaptureHandler()
-        self._capture.setFormatter(_Formatter(self, tracebacks=False))
+        self._capture = _CallHandler(self, stream if stream is not None else sys.stderr)
         self._root = logging.getLogger()
         self._saved_root_level = self._root.level
-        self._root.addHandler(self._stderr)
         self._root.addHandler(self._capture)
         self.set_level(level)
         logging.captureWarnings(True)
@@ -175,7 +182,8 @@ class CallLog:
             return ""
         text = "\n".join(lines) + "\n"
         if self._capture.truncated:
-            text += f"[stemforge-cpi] [{self.tag}] WARNING log truncated at {MAX_LOG_CHARS} characters\n"
+            text += (f"[stemforge-cpi] [{self.tag}] WARNING log truncated at {MAX_LOG_CHARS} characters "
+                     "(the rest is on stderr)\n")
         return text
 
     def close(self) -> None:
@@ -183,7 +191,6 @@ class CallLog:
         if self._closed:
             return
         self._closed = True
-        self._root.removeHandler(self._stderr)
         self._root.removeHandler(self._capture)
         self._root.setLevel(self._saved_root_level)
         self.logger.setLevel(logging.NOTSET)

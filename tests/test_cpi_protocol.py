@@ -519,6 +519,42 @@ def test_internal_bug_still_answers(cpi_config: Path) -> None:
     assert b"Traceback" in proc.stderr and b"Traceback" not in proc.stdout
 
 
+def _lines(text: str) -> set[str]:
+    """Log lines without their elapsed-time field (the same record formatted twice would differ only there)."""
+    import re
+
+    return {re.sub(r" \d+\.\d{3}s ", " ", line) for line in text.splitlines() if line.startswith("[stemforge-cpi]")}
+
+
+@pytest.mark.parametrize(
+    "stdin",
+    [b'{"method": "info",', req("no_such_method"), req("has_vm", ["vm-x"])],
+    ids=["before-parse", "rejected", "debug-call"],
+)
+def test_each_log_line_is_written_once(cpi_config: Path, stdin: bytes) -> None:
+    """The director appends the response's ``log`` and then stderr to the task's CPI log: a line in both showed
+    twice in ``bosh task N --cpi``. Every record goes to ``log`` only; stderr carries tracebacks and raw writes."""
+    proc, response = run_cpi(stdin, [str(cpi_config)], env={**os.environ, "STEMFORGE_CPI_LOG_LEVEL": "debug"})
+    log_lines = _lines(response["log"])
+    assert log_lines, "the call logged something (at debug level at least its request)"
+    assert log_lines.isdisjoint(_lines(proc.stderr.decode())), proc.stderr.decode()[-2000:]
+
+
+def test_traceback_goes_to_stderr_once_and_its_line_to_log_once(cpi_config: Path) -> None:
+    code = (
+        "import sys, cpi.main as m\n"
+        "def boom(data):\n"
+        "    raise ZeroDivisionError('internal oops')\n"
+        "m.parse_request = boom\n"
+        "sys.exit(m.main())\n"
+    )
+    proc, response = run_cpi(req(), [str(cpi_config)], command=[sys.executable, "-c", code])
+    stderr = proc.stderr.decode()
+    assert stderr.count("Traceback (most recent call last)") == 1
+    assert response["log"].count("internal error: ZeroDivisionError: internal oops") == 1
+    assert "internal error: ZeroDivisionError" not in "\n".join(_lines(stderr))
+
+
 def test_stdout_is_reserved_for_the_response(cpi_config: Path) -> None:
     """Stray writes to stdout (Python-level and fd 1) land on stderr."""
     code = (

@@ -277,9 +277,12 @@ def test_no_secret_reaches_any_output(fake_cpi: tuple[list[str], Path], mode: st
     response = assert_clean(proc)
     stderr = proc.stderr.decode()
     # the provider really did write all of it, redacted
-    assert "stdout print" in stderr and "stderr print" in stderr and "library saw" in stderr
-    assert "warning with" in stderr and "Traceback" in stderr and "inner failure" in stderr
-    assert REDACTED in stderr and REDACTED in response["log"]
+    assert "stdout print" in stderr and "stderr print" in stderr  # raw writes: stderr
+    log = response["log"]
+    assert "library saw" in log and "warning with" in log  # log records: the response's log only (once)
+    assert "library saw" not in stderr and "warning with" not in stderr
+    assert "Traceback" in stderr and "inner failure" in stderr
+    assert REDACTED in stderr and REDACTED in log
     assert "Traceback" not in response["log"]
     error = response["error"]
     if mode == "raise":

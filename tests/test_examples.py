@@ -19,3 +19,18 @@ def test_cpi_libvirt_example_is_valid() -> None:
     data = yaml.safe_load(path.read_text())
     libvirt = LibvirtConfig.from_properties(data["cloud"]["properties"]["libvirt"])
     assert libvirt.accelerator == "auto" and libvirt.storage_pool == "stemforge"
+
+
+def test_cpi_aws_example_is_valid() -> None:
+    """examples/cpi-aws.yml loads, its `aws` section validates, and every AWS config key (set or commented out) is
+    documented in it: a user starting from the example sees each field."""
+    from cpi.providers.aws.config import CONFIG_SCHEMA, AwsConfig
+
+    path = EXAMPLES / "cpi-aws.yml"
+    loaded = config.load(str(path), PROVIDERS)
+    assert loaded.plugin == "aws"
+    aws = AwsConfig.from_properties(yaml.safe_load(path.read_text())["cloud"]["properties"]["aws"])
+    assert aws.region == "us-east-1" and aws.credentials_source == "static"
+    text = path.read_text()
+    undocumented = [key for key in CONFIG_SCHEMA["properties"] if f"{key}:" not in text]
+    assert undocumented == []
