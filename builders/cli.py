@@ -112,6 +112,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     inspect.add_argument("template", type=Path, metavar="TEMPLATE")
     inspect.set_defaults(handler=cmd_inspect)
 
+    upgrade = subparsers.add_parser(
+        "hcl2_upgrade", allow_abbrev=False, help="write the HCL2 twin of a JSON template",
+        description="Translate a legacy JSON (or YAML) template into HCL2 (TEMPLATE.pkr.hcl by default).")
+    upgrade.add_argument("-output-file", "--output-file", type=Path, default=None, metavar="PATH",
+                         help="where to write the HCL2 file (default: TEMPLATE.pkr.hcl)")
+    upgrade.add_argument("template", type=Path, metavar="TEMPLATE")
+    upgrade.set_defaults(handler=cmd_hcl2_upgrade)
+
 
 def _output(args: argparse.Namespace, **extra: Any) -> Output:
     return Output(sys.stdout, machine_readable=bool(getattr(args, "machine_readable", False)),
@@ -240,6 +248,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         inspect_hcl2(template, out)
         return 0
     inspect_template(template, out, set(template.required_variables))
+    return 0
+
+
+def cmd_hcl2_upgrade(args: argparse.Namespace) -> int:
+    from builders.template.hcl2.upgrade import upgrade
+
+    out = _output(args)
+    target = args.output_file or Path(f"{args.template}.pkr.hcl")
+    try:
+        text = upgrade(args.template)
+    except TemplateError as exc:
+        out.error(f"Failed to parse template: {exc}")
+        return 1
+    target.write_text(text, encoding="utf-8")
+    out.say(f"Successfully created {target}. Exit 0")
     return 0
 
 

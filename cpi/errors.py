@@ -6,6 +6,23 @@ dispatcher turns any other exception into ``CloudError`` so the director never s
 
 from __future__ import annotations
 
+#: Longest ``error.message`` a response carries (characters); longer ones are cut with ``TRUNCATED_NOTE``.
+MAX_MESSAGE_CHARS = 4096
+#: What an error keeps of its message at construction: bounds memory long before the response's own cut (which runs
+#: after secrets are scrubbed, so a secret split by this first cut is far beyond the part that is shown).
+MAX_KEPT_CHARS = 64 * 1024
+TRUNCATED_NOTE = " [... message cut: {} more characters]"
+
+
+def cap_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` if it has at most ``limit`` characters, else its start and a note saying how much was cut (the
+    result has at most ``limit`` characters)."""
+    if len(message) <= limit:
+        return message
+    note = TRUNCATED_NOTE.format(len(message) - limit)
+    keep = limit - len(note)
+    return message[:keep] + TRUNCATED_NOTE.format(len(message) - keep)
+
 
 class CpiError(Exception):
     """Base class; ``bosh_type`` is the director's name for the error, ``ok_to_retry`` its retry hint."""
@@ -13,12 +30,14 @@ class CpiError(Exception):
     bosh_type = "Bosh::Clouds::CpiError"
 
     def __init__(self, message: str, ok_to_retry: bool = False) -> None:
+        if isinstance(message, str) and len(message) > MAX_KEPT_CHARS:
+            message = cap_message(message, MAX_KEPT_CHARS)
         super().__init__(message)
         self.message = message
         self.ok_to_retry = ok_to_retry
 
     def to_response(self) -> dict[str, object]:
-        return {"type": self.bosh_type, "message": self.message, "ok_to_retry": bool(self.ok_to_retry)}
+        return {"type": self.bosh_type, "message": cap_message(self.message), "ok_to_retry": bool(self.ok_to_retry)}
 
 
 class NotSupported(CpiError):

@@ -252,7 +252,7 @@ def error_response(call: Call, error: CpiError) -> dict[str, Any]:
         "result": None,
         "error": {
             "type": error.bosh_type,
-            "message": call.redactor.scrub(message),
+            "message": errors.cap_message(call.redactor.scrub(message[: errors.MAX_KEPT_CHARS])),
             "ok_to_retry": bool(error.ok_to_retry),
         },
         "log": call.log_text(),
@@ -375,9 +375,20 @@ def _arm_watchdog(call: Call, method: str, seconds: float) -> None:
         except BaseException:
             payload = FALLBACK_RESPONSE + b"\n"
         if guard.write(payload):  # the main thread did not answer in the meantime
+            from cpi.deadline import abandon
+
+            abandon(log=_stderr_line)  # kill its children, remove its half-made volume and temporaries
             os._exit(0)
 
     _thread.start_new_thread(watch, ())
+
+
+def _stderr_line(text: str) -> None:
+    try:  # noqa: SIM105 - contextlib stays off the info fast path
+        if sys.__stderr__ is not None:
+            sys.__stderr__.write(f"[stemforge-cpi] {text}\n")
+    except Exception:
+        pass
 
 
 def _check_encodable(result: object, method: str) -> None:

@@ -18,11 +18,14 @@ is also an attribute so callers (the CPI, the builder) can wrap it in their own 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
-from collections.abc import Collection
+import sys
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -149,3 +152,95 @@ def _short(value: object, limit: int = 200) -> str:
     text = repr(value) if not isinstance(value, str) else value
     text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- the director's image file, prepared where it can be killed ------------------------------------------------------
+
+
+def prepare_root_image(
+    image: Path, work_dir: Path, *, max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE
+) -> ImageInfo:
+    """The root disk image of the director's ``image`` file, extracted into ``work_dir`` when ``image`` is a gzipped
+    tar (``stemcells.tarball.open_root_image``) or ``image`` itself when it is already a disk, then judged by
+    ``check_image`` (formats qcow2/raw). Raises ``StemcellError``."""
+    try:
+        with open(image, "rb") as fh:
+            magic = fh.read(2)
+    except OSError as exc:
+        raise StemcellError(f"{image}: cannot read stemcell image: {exc.strerror or exc}") from None
+    root = image
+    if magic == b"\x1f\x8b":
+        from stemcells.tarball import open_root_image
+
+        root = open_root_image(image, work_dir)
+    return check_image(root, max_virtual_size=max_virtual_size)
+
+
+def prepare_root_image_isolated(
+    image: Path,
+    work_dir: Path,
+    *,
+    max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE,
+    timeout: float = 3600.0,
+    on_start: Callable[[subprocess.Popen[bytes]], object] | None = None,
+) -> ImageInfo:
+    """``prepare_root_image`` in a child process (``python -m stemcells.image_check``, its own session) that is
+    killed, with everything it started, when ``timeout`` passes or the caller is interrupted: a CPU-bound step in
+    C code (decompression, a regex over a hostile header) can never hold the caller past its deadline.
+    ``on_start(proc)`` sees the child first (to register a kill with the caller's own deadline). Same results and
+    errors as ``prepare_root_image``."""
+    cmd = [sys.executable, "-m", "stemcells.image_check", str(image), str(work_dir), str(max_virtual_size)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        if on_start is not None:
+            on_start(proc)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise StemcellError(f"{image}: preparing the root image took longer than {timeout:g}s") from None
+    finally:
+        kill_group(proc)
+    try:
+        answer = json.loads(out[:_MAX_OUTPUT])
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        why = err[-1000:].decode("utf-8", "replace").strip() or f"exit status {proc.returncode}"
+        raise StemcellError(f"{image}: preparing the root image failed: {why}")
+    if "error" in answer:
+        reason = answer.get("reason")
+        if isinstance(reason, str):
+            raise ImageRejected(Path(str(answer.get("path", image))), reason)
+        raise StemcellError(str(answer["error"]))
+    return ImageInfo(path=Path(answer["path"]), format=str(answer["format"]),
+                     virtual_size=int(answer["virtual_size"]), actual_size=answer.get("actual_size"))
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill ``proc``'s process group (it leads its own session) and reap it; harmless when it has exited."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m stemcells.image_check IMAGE WORK_DIR MAX_VIRTUAL_SIZE``: one JSON object on stdout."""
+    image, work_dir, limit = Path(argv[0]), Path(argv[1]), int(argv[2])
+    try:
+        info = prepare_root_image(image, work_dir, max_virtual_size=limit)
+    except ImageRejected as exc:
+        answer: dict[str, Any] = {"error": exc.message[:4096], "reason": exc.reason[:4096], "path": str(exc.path)}
+    except StemcellError as exc:
+        answer = {"error": exc.message[:4096]}
+    else:
+        answer = {"path": str(info.path), "format": info.format, "virtual_size": info.virtual_size,
+                  "actual_size": info.actual_size}
+    sys.stdout.write(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

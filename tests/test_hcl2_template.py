@@ -38,7 +38,9 @@ def test_directory_becomes_the_build_model() -> None:
     t = load()
     assert t.format == "hcl2"
     assert t.description == "two flavours of one source"
-    assert [(b.name, b.type) for b in t.builders] == [("images.qemu.small", "qemu"), ("images.qemu.large", "qemu")]
+    # builds are named as plugins see them in Packer's HCL2 mode (the source's name); the full name stays
+    assert [(b.name, b.raw_name, b.type) for b in t.builders] == [("small", "images.qemu.small", "qemu"),
+                                                                  ("large", "images.qemu.large", "qemu")]
     small, large = (b.config for b in t.builders)
     assert small["vm_name"] == "img-4096-fixed-small.qcow2"
     assert small["memory"] == 1024 and large["memory"] == 4096  # optional() default, lookup by source.name
@@ -47,15 +49,15 @@ def test_directory_becomes_the_build_model() -> None:
     assert small["qemuargs"] == [["-serial", "stdio"]]
     assert small["ssh_password"] == "hunter2-root"
     # provisioners run per build: the first for both, the second only for large, the file one except large
-    small_provs = t.provisioners_for("images.qemu.small")
-    large_provs = t.provisioners_for("images.qemu.large")
+    small_provs = t.provisioners_for("small")
+    large_provs = t.provisioners_for("large")
     assert [p.type for p in small_provs] == ["shell", "file"]
     assert [p.type for p in large_provs] == ["shell", "shell"]
     assert small_provs[0].config["inline"][0] == "echo building small (qemu) on {{ build `Host` }}"
     assert small_provs[0].config["environment_vars"] == ["TAG_BUILDER=stemforge"]
     assert small_provs[1].config["content"] == "flavour small\nflavour large\nauto=from-auto-file\n"
     assert (large_provs[1].pause_before, large_provs[1].max_retries, large_provs[1].timeout) == (2.0, 3, 300.0)
-    chains = t.post_processor_chains_for("images.qemu.large")
+    chains = t.post_processor_chains_for("large")
     assert [[pp.type for pp in c] for c in chains] == [["checksum", "manifest"]]
     assert chains[0][1].config == {"output": "manifest-large.json", "strip_path": True}
 
@@ -94,11 +96,11 @@ def test_variable_precedence(tmp_path: Path) -> None:
 def test_only_except_name_forms() -> None:
     t = load()
     names = lambda only, except_=(): [b.name for b in t.select_builders(only, except_)]  # noqa: E731
-    assert names(["qemu.small"]) == ["images.qemu.small"]
-    assert names(["images.qemu.large"]) == ["images.qemu.large"]
-    assert names(["qemu.*"]) == ["images.qemu.small", "images.qemu.large"]
-    assert names(["*.qemu.l*"]) == ["images.qemu.large"]
-    assert names([], ["qemu.small"]) == ["images.qemu.large"]
+    assert names(["qemu.small"]) == ["small"]
+    assert names(["images.qemu.large"]) == ["large"]
+    assert names(["qemu.*"]) == ["small", "large"]
+    assert names(["*.qemu.l*"]) == ["large"]
+    assert names([], ["qemu.small"]) == ["large"]
     assert names(["amazon-ebs.*"]) == []
 
 
@@ -186,7 +188,7 @@ build {
     assert cfg["ami_name"] == "hello 10"
     assert cfg["launch_block_device_mappings"] == [{"device_name": "/dev/sdd", "volume_size": 10},
                                                    {"device_name": "/dev/sdl", "volume_size": 20}]
-    assert t.builders[0].name == "amazon-ebs.x"
+    assert (t.builders[0].name, t.builders[0].raw_name) == ("x", "amazon-ebs.x")
 
 
 @pytest.fixture
@@ -313,7 +315,7 @@ build {{
     assert "tok-very-secret" not in b.stdout + b.stderr
     assert "token=<sensitive> for b" in b.stdout
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert [x["name"] for x in manifest["builds"]] == ["files.file.b"]
+    assert [x["name"] for x in manifest["builds"]] == ["b"]  # packer_build_name is the source name
     bad = stemforge(["validate", "-var", "nosuch=1", "."], tmp_path)
     assert bad.returncode == 1
     assert "Error: Undefined -var variable" in bad.stdout + bad.stderr

@@ -163,8 +163,8 @@ class HCL2Template(Template):
         """Packer's HCL2 ``-only``/``-except``: globs over ``<type>.<name>`` or ``<build>.<type>.<name>``."""
 
         def matches(pattern: str, b: BuilderSpec) -> bool:
-            short = b.config_source if isinstance(b, HCL2BuilderSpec) else b.name
-            return fnmatch.fnmatchcase(b.name, pattern) or fnmatch.fnmatchcase(short, pattern)
+            names = (b.name, b.raw_name, b.config_source if isinstance(b, HCL2BuilderSpec) else b.name)
+            return any(fnmatch.fnmatchcase(n, pattern) for n in names if n)
 
         return [b for b in self.builders
                 if (not only or any(matches(p, b) for p in only)) and not any(matches(p, b) for p in except_)]
@@ -176,7 +176,9 @@ class HCL2Template(Template):
 
 @dataclass
 class HCL2BuilderSpec(BuilderSpec):
-    """A build of an HCL2 template: ``config_source`` is ``<type>.<name>`` (what ``only``/``except`` match)."""
+    """A build of an HCL2 template: ``config_source`` is ``<type>.<name>`` (what ``only``/``except`` match),
+    ``raw_name`` the full ``[<build>.]<type>.<name>``, ``name`` the build name plugins see (see
+    :func:`_packer_build_names`)."""
 
     config_source: str = ""
     build_block: int = 0
@@ -769,11 +771,35 @@ def _assemble(ld: _Loader, path: Path, blocks: list[Block], syntax_only: bool) -
         required_variables=sorted(n for n, i in ld.variables.items() if not i.has_default),
         hcl_variables=ld.variables, hcl_locals=ld.local_values, diagnostics=ld.warnings)
     _builds(ld, template, by_type.get("build", []), syntax_only)
+    _packer_build_names(template)
     template.secrets = ld.secrets
     template.warnings = [d.render() for d in ld.warnings]
     if ld.errors:
         raise HCLError(_unique(ld.errors))
     return template
+
+
+def _packer_build_names(t: HCL2Template) -> None:
+    """Name each build as plugins see it in Packer's HCL2 mode (``packer_build_name`` is the source's name, so
+    ``{{ build_name }}`` and the manifest's ``name`` read ``small`` for ``source.qemu.small``). A source name
+    used by more than one build keeps the full ``[<build>.]<type>.<name>`` so builds stay distinct."""
+    counts: dict[str, int] = {}
+    for b in t.builders:
+        short = b.config_source.split(".", 1)[1] if isinstance(b, HCL2BuilderSpec) else b.name
+        counts[short] = counts.get(short, 0) + 1
+    renamed: dict[str, str] = {}
+    for b in t.builders:
+        short = b.config_source.split(".", 1)[1] if isinstance(b, HCL2BuilderSpec) else b.name
+        if counts[short] == 1:
+            renamed[b.name] = short
+            b.name = short
+    provisioners = list(t.provisioners) + ([t.error_cleanup_provisioner] if t.error_cleanup_provisioner else [])
+    for p in provisioners:
+        p.only = [renamed.get(n, n) for n in p.only]
+        p.override = {renamed.get(k, k): v for k, v in p.override.items()}
+    for chain in t.post_processors:
+        for pp in chain:
+            pp.only = [renamed.get(n, n) for n in pp.only]
 
 
 def _unique(diags: list[Diagnostic]) -> list[Diagnostic]:
@@ -888,7 +914,7 @@ def _builds(ld: _Loader, t: HCL2Template, blocks: list[Block], syntax_only: bool
                 refs = []
             for ref in refs or []:
                 text = str(ref)
-                parts = text.split(".")
+                parts = text.split(".", 2)
                 if len(parts) != 3 or parts[0] != "source":
                     ld.errors.append(ld.diag("Invalid sources reference", f'"{text}" is not a valid source '
                                              'reference; use "source.<type>.<name>".', attr, ctx))
@@ -898,7 +924,7 @@ def _builds(ld: _Loader, t: HCL2Template, blocks: list[Block], syntax_only: bool
             if sb.type != "source":
                 continue
             ref = sb.labels[0] if sb.labels else ""
-            parts = ref.removeprefix("source.").split(".")
+            parts = ref.removeprefix("source.").split(".", 1)
             if len(parts) != 2:
                 ld.errors.append(ld.diag("Invalid source reference", f'"{ref}" is not a valid source reference; use '
                                          '"<type>.<name>".', sb, ctx))
@@ -1012,7 +1038,7 @@ def _filter(ld: _Loader, block: Block, spec: HCL2BuilderSpec) -> bool:
             ld.errors.extend(e.diagnostics)
             return False
         names = [str(n) for n in names or []]
-        hit = any(fnmatch.fnmatchcase(spec.config_source, n) or fnmatch.fnmatchcase(spec.name, n) for n in names)
+        hit = any(fnmatch.fnmatchcase(spec.config_source, n) or fnmatch.fnmatchcase(spec.raw_name, n) for n in names)
         if hit != want:
             return False
     return True
@@ -1045,7 +1071,7 @@ def _provisioner(ld: _Loader, pb: Block, spec: HCL2BuilderSpec, plugin: Any, syn
             config = ld.eval_body(pb.body, scope, pb.context(), plugin, skip=_PROV_META)
             if "override" in pb.body.attrs:
                 overrides, _ = ld.eval_attr(pb.body.attrs["override"], scope, pb.context())
-                for key in (spec.config_source.split(".", 1)[1], spec.config_source, spec.name):
+                for key in (spec.config_source.split(".", 1)[1], spec.config_source, spec.raw_name):
                     if isinstance(overrides, dict) and isinstance(overrides.get(key), dict):
                         config.update(json_compatible(overrides[key]))
             if "max_retries" in pb.body.attrs:
@@ -1061,7 +1087,7 @@ def _provisioner(ld: _Loader, pb: Block, spec: HCL2BuilderSpec, plugin: Any, syn
 
 
 def t_build_name(spec: HCL2BuilderSpec) -> str:
-    return spec.name[:-len(spec.config_source) - 1] if spec.name != spec.config_source else ""
+    return spec.raw_name[:-len(spec.config_source) - 1] if spec.raw_name != spec.config_source else ""
 
 
 def _post_processor(ld: _Loader, ppb: Block, spec: HCL2BuilderSpec, syntax_only: bool,

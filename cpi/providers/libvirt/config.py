@@ -30,6 +30,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "detach_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
         "region": {"type": "string", "minLength": 1},
         "spare_pcie_ports": {"type": "integer", "minimum": 1, "maximum": 28},
+        "max_stemcell_virtual_gib": {"type": "integer", "minimum": 1, "maximum": 65536},
     },
     "$defs": {
         "network": {
@@ -114,6 +115,8 @@ class LibvirtConfig:
     detach_timeout: float = 60.0
     region: str | None = None
     spare_pcie_ports: int = 8
+    #: Largest virtual size of a stemcell root image create_stemcell accepts (stemcells.image_check).
+    max_stemcell_virtual_gib: int = 2048
 
     @classmethod
     def from_properties(cls, section: Mapping[str, Any] | None) -> LibvirtConfig:

@@ -9,6 +9,7 @@ source of truth for existence; ``cpi.state`` keeps settings, attachments and met
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import shutil
@@ -18,11 +19,11 @@ import uuid as uuidlib
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import libvirt
 
-from cpi import agent_settings, configdrive
+from cpi import agent_settings, configdrive, deadline
 from cpi.errors import (
     CloudError,
     CpiError,
@@ -43,12 +44,17 @@ from cpi.providers.libvirt.config import (
     LibvirtConfig,
     validate,
 )
-from cpi.providers.libvirt.storage import MIB, Pool, image_format, virtual_size
+from cpi.providers.libvirt.storage import MIB, Pool
 from cpi.state import StateStore
 from stemforge.steps import StepRunner
 
+if TYPE_CHECKING:
+    from stemcells.image_check import ImageInfo
+
 DEFAULT_STATE_DIR = "/var/lib/stemforge/cpi"
 DETACH_RETRY_SECONDS = 10.0
+#: Temporary directories of create_stemcell in the state dir (swept when a killed call left one).
+STEMCELL_TMP_PREFIX = "stemforge-stemcell-"
 PERSISTENT_TARGETS = [f"vd{c}" for c in "cdefghijklmnopqrstuvwxyz"]
 
 
@@ -142,13 +148,20 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
         if path.stat().st_size == 0:
             return self._create_light_stemcell(cloud_properties, tags)
         cid = f"sc-{uuidlib.uuid4()}"
-        with tempfile.TemporaryDirectory(prefix="stemforge-stemcell-", dir=self.state_dir) as tmp:
-            root = self._root_image(path, Path(tmp))
-            fmt = image_format(root)
-            volume = f"{cid}.{fmt}"
-            self.log.info("create_stemcell: importing %s image (%d MiB virtual) as %s",
-                          fmt, virtual_size(root) // MIB, volume)
-            self.pool.upload(volume, root, fmt, virtual_size(root) if fmt == "raw" else root.stat().st_size)
+        self._sweep_stemcell_orphans()
+        with deadline.undo_scope() as undo:  # what call_timeout's watchdog removes if it abandons this call
+            tmp = Path(tempfile.mkdtemp(prefix=STEMCELL_TMP_PREFIX, dir=self.state_dir))
+            undo.add(f"temporary directory {tmp}", functools.partial(shutil.rmtree, tmp, ignore_errors=True))
+            try:
+                root = self._root_image(path, tmp, undo)
+                fmt = root.format
+                volume = f"{cid}.{fmt}"
+                self.log.info("create_stemcell: importing %s image (%d MiB virtual) as %s",
+                              fmt, root.virtual_size // MIB, volume)
+                capacity = root.virtual_size if fmt == "raw" else root.path.stat().st_size
+                self.pool.upload(volume, root.path, fmt, capacity, undo=undo)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         try:
             with self.state.transaction() as tx:
                 tx.insert("stemcells", cid=cid, volume=volume, format=fmt, tags=dict(tags))
@@ -157,20 +170,37 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
             raise
         return cid
 
-    def _root_image(self, image: Path, tmp: Path) -> Path:
+    def _root_image(self, image: Path, tmp: Path, undo: deadline.UndoScope) -> ImageInfo:
         """The disk image inside the director's ``image`` file (a gzipped tar), or the file itself if it is
-        already a qcow2/raw disk."""
-        with open(image, "rb") as fh:
-            magic = fh.read(4)
-        if magic[:2] != b"\x1f\x8b":
-            return image
+        already a disk, judged by ``stemcells.image_check`` (qcow2/raw, no backing or data file, not encrypted,
+        virtual size within ``max_stemcell_virtual_gib``). Extraction and inspection run in a child process that
+        the call's deadline kills."""
         from stemcells.errors import StemcellError
-        from stemcells.tarball import open_root_image
+        from stemcells.image_check import ImageRejected, kill_group, prepare_root_image_isolated
 
+        timeout = float(self.properties.get("call_timeout") or 3600)
         try:
-            return Path(open_root_image(image, tmp))
+            return prepare_root_image_isolated(
+                image, tmp, max_virtual_size=self.config.max_stemcell_virtual_gib * 1024**3, timeout=timeout,
+                on_start=lambda proc: undo.add(f"child process {proc.pid}", functools.partial(kill_group, proc)))
+        except ImageRejected as exc:
+            raise CloudError(f"create_stemcell: root image {exc.path.name} of {image} refused: {exc.reason}") from None
         except StemcellError as exc:
-            raise CloudError(f"create_stemcell: {exc}") from None
+            raise CloudError(f"create_stemcell: {exc.message}") from None
+
+    def _sweep_stemcell_orphans(self) -> None:
+        """Remove what killed create_stemcell calls left behind: ``sc-*`` volumes the state DB does not know and
+        temporary directories in the state dir, once older than twice ``call_timeout`` (at least an hour)."""
+        min_age = max(3600.0, 2 * float(self.properties.get("call_timeout") or 3600))
+        known = {str(row["volume"]) for row in self.state.all("stemcells")}
+        for name in self.pool.sweep_orphans(known, "sc-", min_age):
+            self.log.warning("create_stemcell: removed orphaned stemcell volume %s (not in the state DB)", name)
+        now = time.time()
+        for entry in self.state_dir.glob(f"{STEMCELL_TMP_PREFIX}*"):
+            with contextlib.suppress(OSError):
+                if entry.is_dir() and not entry.is_symlink() and now - entry.stat().st_mtime > min_age:
+                    shutil.rmtree(entry)
+                    self.log.warning("create_stemcell: removed orphaned temporary directory %s", entry)
 
     def _create_light_stemcell(self, cloud_properties: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         validate("create_stemcell: light stemcell cloud_properties", LIGHT_STEMCELL_SCHEMA, dict(cloud_properties))

@@ -7,15 +7,19 @@ and cleanup can find it without state. Image uploads go through libvirt streams,
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import logging
 import os
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import libvirt
 
-from cpi.errors import CloudError, NoDiskSpace
+from cpi.deadline import UndoScope
+from cpi.errors import CloudError, CpiError, NoDiskSpace
 from cpi.providers.libvirt import domain_xml
 from cpi.providers.libvirt.config import LibvirtConfig
 
@@ -125,23 +129,77 @@ class Pool:
         except libvirt.libvirtError as exc:
             raise _storage_error(f"copying volume {source.name()} to {name}", exc) from None
 
-    def upload(self, name: str, local_file: Path, fmt: str, capacity_bytes: int) -> libvirt.virStorageVol:
-        """Create ``name`` and stream ``local_file`` into it (the volume is removed again on failure)."""
+    def upload(self, name: str, local_file: Path, fmt: str, capacity_bytes: int,
+               undo: UndoScope | None = None) -> libvirt.virStorageVol:
+        """Create ``name`` and stream ``local_file`` into it as a sparse stream: holes of the file (runs of zeros
+        extracted from a stemcell are holes) stay holes in the volume. On failure the volume is removed again;
+        with ``undo`` (see ``cpi.deadline``) an abandoned call aborts the stream and removes the volume too."""
         size = local_file.stat().st_size
-        self._check_space(size)
+        self._check_space(_allocated(local_file))
+        keys: list[int] = []
+        if undo is not None:  # registered before the volume exists: no window in which it could leak
+            keys.append(undo.add(f"volume {name}", lambda: self.delete_when_free(name)))
         vol = self.pool.createXML(domain_xml.volume(name, max(capacity_bytes, size), fmt), 0)
+        stream: libvirt.virStream | None = None
         try:
             stream = self.conn.newStream(0)
-            vol.upload(stream, 0, size, 0)
-            with open(local_file, "rb") as fh:
-                def _read(_stream: Any, nbytes: int, _opaque: Any) -> bytes:
-                    return fh.read(nbytes)
-                stream.sendAll(_read, None)
+            if undo is not None:
+                keys.append(undo.add(f"upload stream of {name}", functools.partial(_abort, stream)))
+            vol.upload(stream, 0, size, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+            fd = os.open(local_file, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                stream.sparseSendAll(_read_handler, _hole_handler, _skip_handler, fd)
+            finally:
+                os.close(fd)
             stream.finish()
-            return vol
         except BaseException:
-            self.delete(name)
+            if undo is not None and keys:
+                undo.discard(keys[-1])  # the stream is over either way
+            if stream is not None:
+                _abort(stream)
+            self.delete_when_free(name)
             raise
+        if undo is not None:
+            for key in keys:
+                undo.discard(key)
+        return vol
+
+    def delete_when_free(self, name: str, timeout: float = 20.0) -> bool:
+        """``delete``, retried while libvirt still counts the volume as in use (an aborted upload's stream is
+        released asynchronously); False when it did not exist."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.delete(name)
+            except CpiError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def sweep_orphans(self, known_volumes: set[str], prefix: str, min_age: float) -> list[str]:
+        """Delete volumes named ``<prefix>*`` that are not in ``known_volumes`` and were last modified more than
+        ``min_age`` seconds ago (left by a process that was killed mid-call); return their names."""
+        removed: list[str] = []
+        with contextlib.suppress(libvirt.libvirtError):
+            self.pool.refresh(0)
+        try:
+            names = self.pool.listVolumes()
+        except libvirt.libvirtError:
+            return removed
+        now = time.time()
+        for name in names:
+            if not name.startswith(prefix) or name in known_volumes:
+                continue
+            try:
+                age = now - (self.path / name).stat().st_mtime
+            except OSError:
+                continue
+            if age < min_age:
+                continue
+            with contextlib.suppress(CpiError, libvirt.libvirtError):
+                if self.delete(name):
+                    removed.append(name)
+        return removed
 
     def delete(self, name: str) -> bool:
         """Delete a volume by name; False when it did not exist."""
@@ -165,6 +223,48 @@ class Pool:
         if available < needed:
             raise NoDiskSpace(
                 f"storage pool {self.pool.name()} has {available // MIB} MiB free, {needed // MIB} MiB needed")
+
+
+def _allocated(path: Path) -> int:
+    """Bytes the file occupies on disk (a sparse image needs only that much of the pool)."""
+    st = path.stat()
+    return min(st.st_size, st.st_blocks * 512)
+
+
+def _abort(stream: libvirt.virStream) -> None:
+    with contextlib.suppress(libvirt.libvirtError):
+        stream.abort()
+
+
+# Sparse-stream callbacks after libvirt-python's examples/sparsestream.py: data sections are read, holes are sent as
+# hole lengths (SEEK_DATA/SEEK_HOLE), so libvirtd punches holes instead of writing zeros.
+def _read_handler(_stream: libvirt.virStream, nbytes: int, fd: int) -> bytes:
+    return os.read(fd, nbytes)
+
+
+def _skip_handler(_stream: libvirt.virStream, length: int, fd: int) -> int:
+    return os.lseek(fd, length, os.SEEK_CUR)
+
+
+def _hole_handler(_stream: libvirt.virStream, fd: int) -> list[Any]:
+    """``[in_data, section_length]`` at the current offset of ``fd``."""
+    cur = os.lseek(fd, 0, os.SEEK_CUR)
+    try:
+        data = os.lseek(fd, cur, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise
+        data = -1
+    if data < 0:  # in the trailing hole (or at EOF)
+        end = os.lseek(fd, 0, os.SEEK_END)
+        os.lseek(fd, cur, os.SEEK_SET)
+        return [False, end - cur]
+    if data > cur:  # in a hole that ends where data starts
+        os.lseek(fd, cur, os.SEEK_SET)
+        return [False, data - cur]
+    hole = os.lseek(fd, data, os.SEEK_HOLE)  # in data: up to the next hole (EOF is one)
+    os.lseek(fd, cur, os.SEEK_SET)
+    return [True, hole - data]
 
 
 def image_format(path: Path) -> str:
