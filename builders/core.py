@@ -64,6 +64,9 @@ class BuildContext:
     generated: dict[str, Any] = field(default_factory=dict)
     #: Renders template strings in provisioner configs once ``generated`` is known (set by the runner).
     render: Callable[[Any], Any] = field(default=lambda value: value)
+    #: Hides sensitive values (and values derived from them) in text a plugin writes to a file, e.g. a manifest
+    #: (set by the runner to the template's mask; terminal output is masked by the UI already).
+    mask: Callable[[str], str] = field(default=lambda text: text)
 
     def check_cancelled(self) -> None:
         """Raise ``stemforge.steps.Cancelled`` if the run was cancelled; long waits call this while polling."""

@@ -53,6 +53,7 @@ from builders.registry import (
     validate_options,
 )
 from builders.template import BuilderSpec, PostProcessorSpec, ProvisionerSpec, Template, TemplateError
+from builders.template.sensitive import sensitive_name_keys
 from builders.ui import BuildUi, Output, durafmt, go_duration
 from stemforge.steps import Cancelled, StepRunner
 
@@ -221,7 +222,7 @@ class BuildRunner:
         ctx = BuildContext(
             build_name=spec.name, build_type=spec.type, ui=ui, cancel=self.cancel,
             template_dir=self.template.path.parent, run_uuid=self.template.run_uuid,
-            on_error=self.options.on_error, force=self.options.force,
+            on_error=self.options.on_error, force=self.options.force, mask=self.template.mask,
         )
         ctx.render = self._renderer(ctx, f"builder '{spec.name}'")
         label = self._label(spec)
@@ -239,6 +240,7 @@ class BuildRunner:
         try:
             rendered = self.template.render(spec.config, build_name=spec.name, build_type=spec.type,
                                             where=f"builder '{spec.name}'")
+            self._refuse_sensitive_names(rendered, label)
             config = validate_options(builder_cls, rendered, label)
             builder = builder_cls(config, ctx)
             warnings += builder.prepare() or []
@@ -292,6 +294,15 @@ class BuildRunner:
         rendered.update({k: v for k, v in config.items() if k in runtime})
         return dict(rendered)
 
+    def _refuse_sensitive_names(self, config: Mapping[str, Any], where: str) -> None:
+        """A file, image or artifact name derived from a sensitive value is refused, not masked (see
+        ``builders.template.sensitive``); the error names the keys and shows their values only masked."""
+        found = sensitive_name_keys(config, self.template.mask)
+        if found:
+            keys = ", ".join(f"{key} ({shown!r})" for key, shown in found)
+            raise ConfigError(f"{where}: {keys}: derived from a sensitive variable; a file, image or artifact name "
+                              f"would reveal it, so stemforge refuses it (use a non-sensitive value)")
+
     def _make_provisioner(self, spec: ProvisionerSpec, ctx: BuildContext, where: str,
                           generated: Mapping[str, Any] | None) -> Provisioner:
         cls = load_provisioner(spec.type)
@@ -305,6 +316,7 @@ class BuildRunner:
                              generated: Mapping[str, Any] | None) -> PostProcessor:
         cls = load_post_processor(spec.type)
         config = self._render_plugin_config(cls, spec.config, ctx, where, generated)
+        self._refuse_sensitive_names(config, where)
         config = validate_options(cls, config, where)
         plugin = cls(config, ctx)
         plugin.prepare()

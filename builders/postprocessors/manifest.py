@@ -32,7 +32,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
@@ -80,6 +80,16 @@ def render_manifest(builds: list[dict[str, Any]], last_run_uuid: str) -> str:
     return go_json({"builds": builds or None, "last_run_uuid": last_run_uuid})
 
 
+def _masked(value: Any, mask: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, Mapping):
+        return {k: _masked(v, mask) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v, mask) for v in value]
+    return value
+
+
 class ManifestPostProcessor(PostProcessor):
     """Record the artifact in a Packer manifest."""
 
@@ -124,6 +134,7 @@ class ManifestPostProcessor(PostProcessor):
             "packer_run_uuid": self.ctx.run_uuid,
             "custom_data": custom_data,
         })
+        entry = _masked(entry, self.ctx.mask)  # values derived from sensitive variables never reach the file
         self._append(output, entry)
         self.ctx.ui.message(f"Adding build '{self.ctx.build_name}' artifact to {output}")
         return artifact, True

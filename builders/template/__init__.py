@@ -92,7 +92,8 @@ def parse_template(path: Path, *, var_overrides: Mapping[str, str] = {}, var_fil
     variables_ok = not any(e.startswith("variable ") for e in s.errors)
     if variables_ok:
         try:
-            template.variables = resolve_variables(s.variables, given, template_path=str(path), init_time=run_time)
+            template.variables = resolve_variables(s.variables, given, template_path=str(path), init_time=run_time,
+                                                   sensitive=s.sensitive_variables)
         except TemplateError as e:
             errors += e.errors
             variables_ok = False

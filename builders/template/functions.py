@@ -13,6 +13,12 @@ Dot fields and the ``build`` function read the *data* (Packer's generated data).
 field is absent, an action that reads a dot field is left in the output verbatim (so ``{{ .HTTPIP }}`` in a
 ``boot_command`` survives for the builder to render later), and ``build `Key``` renders as the placeholder
 ``{{.Key}}`` exactly as Packer's first interpolation pass does.
+
+Sensitive values (``builders.template.sensitive``): ``user`` returns a sensitive variable's value as ``Tainted``;
+every function called with a tainted argument taints its result, and an action whose evaluation touched a tainted
+value renders as a tainted string (whatever its type: ``len`` of a secret is tainted too). ``render_string`` then
+returns ``Tainted`` and records the tainted action outputs in ``RenderContext.sensitive`` so that output masking
+hides them (an output shorter than ``MIN_DERIVED_LENGTH`` is recorded as the whole rendered string instead).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from builders.template.sensitive import MIN_DERIVED_LENGTH, SensitiveValues, Tainted, derive, is_tainted
 
 #: Packer's ``packerbuilderdata.PlaceholderMsg``: generated-data values containing it render as ``{{.Key}}``.
 BUILD_PLACEHOLDER = "To set this dynamically in the Packer template, you must use the `build` function"
@@ -58,6 +66,10 @@ class RenderContext:
     init_time: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.UTC))
     #: Names of user variables read while undefined (Packer renders them as empty strings).
     missing_user_variables: set[str] = field(default_factory=set)
+    #: Names of sensitive user variables: ``user`` returns their values tainted.
+    sensitive_variables: frozenset[str] = frozenset()
+    #: Where tainted action outputs are recorded for masking (None: not recorded, still returned tainted).
+    sensitive: SensitiveValues | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -765,7 +777,8 @@ def _amazon_clean_name(s: str) -> str:
 
 def _fn_user(ctx: RenderContext, key: str) -> str:
     if key in ctx.user_variables:
-        return ctx.user_variables[key]
+        value = ctx.user_variables[key]
+        return Tainted(value) if key in ctx.sensitive_variables else value
     if ctx.enable_env:
         raise GoTemplateError(f"{ERR_VARIABLE_NOT_SET} {key}")
     ctx.missing_user_variables.add(key)
@@ -946,6 +959,8 @@ class _Exec:
         self.text = text
         self.ctx = ctx
         self.functions = functions
+        #: Set when a function saw a tainted argument or produced a tainted value in the current action.
+        self.touched_taint = False
 
     def error(self, node: _Node, msg: str) -> GoTemplateError:
         before = self.text[:node.pos]
@@ -958,14 +973,24 @@ class _Exec:
 
     def run(self, items: list[Any]) -> str:
         out: list[str] = []
+        short_taint = False
         for item in items:
             if isinstance(item, _Text):
                 out.append(item.text)
             elif isinstance(item, _Action):
+                self.touched_taint = False
                 try:
-                    out.append(go_sprint(self.pipe(item.pipe)))
+                    result = self.pipe(item.pipe)
                 except _Passthrough:
                     out.append(item.source)
+                    continue
+                text = go_sprint(result)
+                if self.touched_taint or is_tainted(result):
+                    text = Tainted(text)
+                    short_taint = short_taint or len(text) < MIN_DERIVED_LENGTH
+                    if self.ctx.sensitive is not None:
+                        self.ctx.sensitive.record(text)
+                out.append(text)
             else:
                 try:
                     cond = _truth(self.pipe(item.pipe))
@@ -973,7 +998,12 @@ class _Exec:
                     out.append(item.source)
                     continue
                 out.append(self.run(item.body if cond else item.orelse))
-        return "".join(out)
+        joined = "".join(out)
+        if not any(isinstance(piece, Tainted) for piece in out):
+            return joined
+        if short_taint and self.ctx.sensitive is not None:
+            self.ctx.sensitive.record(Tainted(joined))
+        return Tainted(joined)
 
     def pipe(self, pipe: _Pipe) -> Any:
         final: Any = _MISSING
@@ -1050,9 +1080,13 @@ class _Exec:
             typ = fn.params[k] if k < fixed else (fn.variadic or "any")
             values.append(self.check_type(node, final, typ))
         try:
-            return fn.call(self.ctx, *values)
+            result = fn.call(self.ctx, *values)
         except GoTemplateError as e:
             raise self.error(node, f"error calling {ident.name}: {e}") from None
+        result = derive(result, *values)
+        if is_tainted(result) or any(is_tainted(v) for v in values):
+            self.touched_taint = True
+        return result
 
 
 class _Missing:
@@ -1092,6 +1126,7 @@ def render_keep_dot_fields(text: str, ctx: RenderContext) -> str:
 
     hidden = _DOT_ACTION.sub(hide, text)
     rendered = render_string(hidden, ctx)
+    restored = rendered
     for key, value in excluded.items():
-        rendered = rendered.replace(key, value)
-    return rendered
+        restored = restored.replace(key, value)
+    return Tainted(restored) if isinstance(rendered, Tainted) else restored

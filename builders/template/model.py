@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from builders.template.functions import GoTemplateError, RenderContext, render_string
+from builders.template.sensitive import SensitiveValues
 
 
 class TemplateError(Exception):
@@ -113,6 +114,9 @@ class Template:
     #: Variables declared with a ``null`` default (must be set with -var/-var-file), sorted.
     required_variables: list[str] = field(default_factory=list)
     run_time: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.UTC))
+    #: Sensitive strings: the sensitive variables' values and every value rendered from them (grows while builds
+    #: render their configs; see ``builders.template.sensitive``).
+    sensitive: SensitiveValues = field(default_factory=SensitiveValues)
 
     # -- rendering ---------------------------------------------------------------------------------------------
 
@@ -121,7 +125,8 @@ class Template:
         """The function context Packer gives plugin configs (``env`` disabled)."""
         return RenderContext(user_variables=self.variables, enable_env=False, build_name=build_name,
                              build_type=build_type, template_path=str(self.path), data=generated,
-                             init_time=self.run_time)
+                             init_time=self.run_time, sensitive_variables=frozenset(self.sensitive_variables),
+                             sensitive=self.sensitive)
 
     def render(self, value: Any, *, build_name: str, build_type: str, generated: Mapping[str, Any] | None = None,
                where: str = "") -> Any:
@@ -159,12 +164,12 @@ class Template:
         return value
 
     def mask(self, text: str) -> str:
-        """Replace each sensitive variable's (non-empty) value in ``text`` with ``<sensitive>``."""
-        secrets = sorted({self.variables.get(n, "") for n in self.sensitive_variables} - {""}, key=len,
-                         reverse=True)
-        for s in secrets:
-            text = text.replace(s, "<sensitive>")
-        return text
+        """Replace in ``text`` each sensitive variable's (non-empty) value, each variable value derived from one,
+        and every value rendered from them so far, with ``<sensitive>``."""
+        for name in self.sensitive_variables:
+            self.sensitive.add_literal(self.variables.get(name, ""))
+        self.sensitive.record(self.variables)
+        return self.sensitive.mask(text)
 
     # -- selection ---------------------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from builders.template.functions import ERR_VARIABLE_NOT_SET, GoTemplateError, RenderContext, render_keep_dot_fields
@@ -74,10 +74,13 @@ def merge_cli_variables(items: Sequence[tuple[str, str]]) -> dict[str, str]:
 
 
 def resolve_variables(declared: Mapping[str, str | None], given: Mapping[str, str], *, template_path: str,
-                      init_time: _dt.datetime) -> dict[str, str]:
+                      init_time: _dt.datetime, sensitive: Collection[str] = ()) -> dict[str, str]:
     """Resolve every variable: required ones must be given, unknown given ones are errors, then defaults and
     given values are rendered (``env`` and ``user`` allowed; ``{{ .Field }}`` actions kept) until each variable
-    that references another is settled. Raises TemplateError listing every problem."""
+    that references another is settled. Raises TemplateError listing every problem.
+
+    ``sensitive`` names the sensitive variables: a variable whose value is rendered from one of them comes back as
+    a ``Tainted`` string (``builders.template.sensitive``), so it is masked and taints what is rendered from it."""
     errors = [f"required variable not set: {n}" for n in sorted(declared) if declared[n] is None and n not in given]
     errors += [f"Unknown user variables: {n}" for n in sorted(given) if n not in declared]
     if errors:
@@ -96,7 +99,7 @@ def resolve_variables(declared: Mapping[str, str | None], given: Mapping[str, st
         failed = ""
         done: list[str] = []
         ctx = RenderContext(user_variables=resolved, enable_env=True, template_path=template_path,
-                            init_time=init_time)
+                            init_time=init_time, sensitive_variables=frozenset(sensitive))
         for key, raw in pending:
             try:
                 rendered = render_keep_dot_fields(raw, ctx)
