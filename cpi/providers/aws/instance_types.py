@@ -1,6 +1,22 @@
 """EC2 instance types: the smallest that meets ``vm_resources`` (calculate_vm_cloud_properties) and which families
 expose EBS volumes as NVMe devices (the disk hint).
 
+Disk hints follow bosh-aws-cpi (``src/bosh_aws_cpi/lib/cloud/aws/block_device_manager.rb`` ``device_path``, with
+``static_instance_type_info.rb`` / ``instance_type_info.rb`` deciding "NVMe"): a persistent disk attached at
+``/dev/sdX`` is hinted as ``/dev/sdX`` on Xen types and as ``/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_<volume
+id without its dash>`` on Nitro types. How the stock AWS stemcell's agent resolves that (bosh-agent
+``infrastructure/devicepathresolver/virtio_device_path_resolver.go``: the ID resolver first, on the disk CID
+transformed by ``agent.json``'s ``DiskIDTransformPattern "^vol-(.+)$"`` -> ``nvme-Amazon_Elastic_Block_Store_vol${1}``,
+then ``mapped_device_path_resolver.go`` on the hint's path, ``/dev/sdX`` -> ``/dev/xvdX``/``/dev/vdX``/``/dev/sdX``):
+on Nitro the CID's by-id link (or, with an agent.json without the transform, the hinted by-id path), on Xen
+``/dev/xvdX``. tests/test_aws_cpi_units.py replays both against recorded ``/dev`` layouts.
+
+One deliberate difference: bosh-aws-cpi's static list names the Nitro families it knew (and answers ``/dev/sdX``
+for any other), while the Xen generation is closed (no Xen family has been released since 2017), so this module
+lists the Xen families and treats every other family as Nitro. For every family on bosh-aws-cpi's list both give
+the same hint; for a newer Nitro family (``m8g``, ``c8i``, ...) ours still resolves with an agent.json that has no
+ID transform, where ``/dev/sdX`` would not exist.
+
 The table is static, as in bosh-aws-cpi's ``InstanceTypeMapper`` (the director calls calculate_vm_cloud_properties
 without any deployment context; asking the region's ``DescribeInstanceTypes`` would make a cheap call slow). It
 lists current general-purpose (burstable, then fixed-performance) families; among the types that have at least the
@@ -102,19 +118,23 @@ _XEN_FAMILIES = frozenset(
         "d2",
         "g2",
         "g3",
+        "g3s",
         "p2",
         "p3",
         "x1",
         "x1e",
         "h1",
         "f1",
+        "cc1",
         "cc2",
+        "cg1",
         "cr1",
+        "hi1",
         "hs1",
     }
 )
 _NVME_EXCEPTIONS = frozenset({"p3dn.24xlarge", "i3.metal"})
-_FAMILY = re.compile(r"^([a-z]+)(\d+)([a-z-]*)\.")
+_FAMILY = re.compile(r"^(?:u-\d+tb\d+|([a-z]+)(\d+)([a-z0-9-]*))\.")
 
 
 def smallest_for(vm_resources: Mapping[str, int]) -> InstanceType:
@@ -141,11 +161,14 @@ def uses_nvme(instance_type: str | None) -> bool:
     match = _FAMILY.match(instance_type)
     if match is None:
         return False
+    if match.group(1) is None:  # u-<n>tb1: the high-memory families are Nitro
+        return True
     return f"{match.group(1)}{match.group(2)}{match.group(3)}" not in _XEN_FAMILIES
 
 
 def device_hint(device_name: str, instance_type: str | None, volume_id: str) -> str:
-    """The disk hint bosh-aws-cpi returns from attach_disk: the device name, or the NVMe by-id path on Nitro."""
+    """The disk hint bosh-aws-cpi returns from attach_disk (``BlockDeviceManager.device_path``): the device name,
+    or the NVMe by-id path on Nitro (the volume id without its first dash: ``vol-0abc`` -> ``vol0abc``)."""
     if uses_nvme(instance_type):
         return "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + volume_id.replace("-", "", 1)
     return device_name

@@ -133,7 +133,7 @@ class VmPlanner:
             raise CloudError("create_vm: no key pair: set cloud_properties.key_name or aws.default_key_name")
         root_device, block_devices = self._block_devices(image, props)
         vm_name = f"vm-{uuid.uuid4()}"
-        user_data = self._user_data(agent_id, vm_name, networks, env, root_device)
+        user_data = self._user_data(agent_id, vm_name, networks, env, system_disk_hint(image))
         bosh_env = env.get("bosh") if isinstance(env, Mapping) else None
         env_tags = bosh_env.get("tags") if isinstance(bosh_env, Mapping) else None
         if env_tags is not None and not isinstance(env_tags, Mapping):
@@ -303,15 +303,18 @@ class VmPlanner:
 
     # -- agent settings ------------------------------------------------------------------------------------------
     def _user_data(
-        self, agent_id: str, vm_name: str, networks: Mapping[str, Any], env: Mapping[str, Any], root_device: str
+        self, agent_id: str, vm_name: str, networks: Mapping[str, Any], env: Mapping[str, Any], system_disk: str
     ) -> str:
+        """The settings document as user-data. Disk hints as bosh-aws-cpi's ``AgentSettings``: ``system`` the AMI's
+        root device name, ``ephemeral`` the string ``/dev/sdb`` (the agent maps it to ``/dev/xvdb`` on Xen types),
+        ``persistent`` empty (attach_disk answers its hint to the director; user-data is immutable)."""
         settings = agent_settings.build(
             agent_id=agent_id,
             vm_name=vm_name,
             networks=networks,
             env=env,
             agent_config=self.p.agent_config,
-            system_disk=root_device,
+            system_disk=system_disk,
             ephemeral_disk=EPHEMERAL_DEVICE,
         )
         for name, net in settings["networks"].items():
@@ -335,6 +338,13 @@ class VmPlanner:
                 f"most {MAX_USER_DATA} (env is too large)"
             )
         return text
+
+
+def system_disk_hint(image: Mapping[str, Any]) -> str:
+    """``disks.system`` of the agent settings: the AMI's root device name (``/dev/sda1``, ``/dev/xvda``) as
+    bosh-aws-cpi writes it (``cloud_core.rb``: ``settings.root_device_name = stemcell.root_device_name``), not the
+    block-device mapping :func:`root_device_name` overrides (``/dev/sda`` for a ``/dev/sda1`` root)."""
+    return str(image.get("RootDeviceName") or root_device_name(image))
 
 
 def root_device_name(image: Mapping[str, Any]) -> str:
