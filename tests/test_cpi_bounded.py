@@ -257,3 +257,19 @@ def test_error_messages_are_capped_with_a_note(tmp_path: Path) -> None:
     assert "[... message cut:" in message and "more characters]" in message
     assert len(huge.message) <= 64 * 1024  # the error itself keeps a bounded copy
     assert json.dumps(huge.to_response()).count("n") < MAX_MESSAGE_CHARS
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bare_metal_create_stemcell_refuses_hostile_root_images(
+    hostile_images: dict[str, tuple[Path, str]], kind: str, tmp_path: Path
+) -> None:
+    from cpi.errors import CloudError
+    from cpi.providers.baremetal.provider import BareMetalProvider
+
+    provider = BareMetalProvider({"baremetal": {"state_dir": str(tmp_path / "metal")}}, logging.getLogger("test"))
+    image, reason = hostile_images[kind]
+    with pytest.raises(CloudError) as info:
+        provider.create_stemcell(str(image), {}, {})
+    assert reason in info.value.message and "root image root.img" in info.value.message
+    assert list((tmp_path / "metal" / "images").iterdir()) == []
+    assert not list((tmp_path / "metal").glob("stemforge-stemcell-*"))

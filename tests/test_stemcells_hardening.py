@@ -3,8 +3,7 @@ its reason at every entry point of the ``stemcells`` package and the ``stemforge
 
 The hostile root images are real qcow2/vmdk files made with ``qemu-img`` (a backing file on a host secret, an external
 data file, LUKS encryption, a header claiming 8 EiB, an unknown format); the hostile tarballs are built header by
-header. The CPI's and the builder's entry points are tested with the same images in ``test_cpi_bounded.py`` and
-``test_qemu_builder_support.py``.
+header. The CPI's entry points are tested with the same images in ``test_cpi_bounded.py``.
 """
 
 from __future__ import annotations
@@ -67,14 +66,14 @@ def make_hostile_images(directory: Path) -> dict[str, tuple[Path, str]]:
     with open(huge, "r+b") as fh:  # a corrupt header claiming 8 EiB
         fh.seek(24)
         fh.write(struct.pack(">Q", 8 * 1024**6 - 512))
-    vmdk = directory / "disk.vmdk"
-    _qemu_img("create", "-q", "-f", "vmdk", str(vmdk), "16M")
+    qed = directory / "disk.qed"
+    _qemu_img("create", "-q", "-f", "qed", str(qed), "16M")
     return {
         "backing file": (backing, "has a backing file (/etc/shadow)"),
         "external data file": (data_file, "uses an external data file"),
         "encryption": (encrypted, "is encrypted (luks)"),
         "8 EiB header": (huge, "Image is too big"),
-        "unknown format": (vmdk, "unsupported image format 'vmdk'"),
+        "unknown format": (qed, "unsupported image format 'qed'"),
     }
 
 
@@ -348,3 +347,23 @@ def test_safe_symlinks_still_pass_verify_and_extraction(tmp_path: Path) -> None:
     assert verify_stemcell(tgz).ok
     extracted = extract_stemcell(tgz, tmp_path / "dest")
     assert (extracted.root / "top").read_bytes() == b"x"
+
+
+# -- the qemu builder's disk_image input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_qemu_builder_refuses_hostile_disk_image_sources(
+    hostile: dict[str, tuple[Path, str]], kind: str, tmp_path: Path
+) -> None:
+    from test_qemu_builder_support import make_ctx, qemu_pids, run_build
+
+    from builders.core import BuildError
+
+    image, reason = hostile[kind]
+    out = tmp_path / "out"
+    with pytest.raises(BuildError) as info:
+        run_build({"iso_url": str(image), "iso_checksum": "none", "disk_image": True, "communicator": "none",
+                   "output_directory": str(out)}, make_ctx(tmp_path))
+    assert f"disk_image source {image} refused" in str(info.value) and reason in str(info.value)
+    assert not out.exists() and qemu_pids(str(out)) == []

@@ -43,6 +43,26 @@ def image_info(path: Path, timeout: float = 60.0) -> dict[str, Any]:
     return info
 
 
+#: Formats a ``disk_image`` source may have: what ``qemu-img convert`` reads and QEMU boots here. Anything else
+#: (qed, luks, dmg, parallels...) is refused by ``check_source_image``.
+SOURCE_FORMATS = frozenset({"qcow2", "raw", "vmdk", "vdi", "vhdx", "vpc"})
+
+
+def check_source_image(path: Path) -> None:
+    """Refuse a ``disk_image`` source that ``stemcells.image_check`` refuses (bounded ``qemu-img info``): a backing
+    file (the build would read a host file), an external data file, encryption, a format outside
+    ``SOURCE_FORMATS`` or an absurd virtual size. Raises ``BuildError`` naming the image and the reason."""
+    from stemcells.errors import StemcellError
+    from stemcells.image_check import ImageRejected, check_image
+
+    try:
+        check_image(path, allowed_formats=SOURCE_FORMATS)
+    except ImageRejected as exc:
+        raise BuildError(f"disk_image source {path} refused: {exc.reason}") from None
+    except StemcellError as exc:
+        raise BuildError(f"disk_image source {path}: {exc.message}") from None
+
+
 def virtual_size(path: Path, fmt: str | None = None) -> int:
     """The disk's virtual size: read from the qcow2 header or the raw file's size without spawning a process
     (``qemu-img info`` costs tens of milliseconds); other formats ask ``qemu-img info``."""

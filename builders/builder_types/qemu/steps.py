@@ -87,6 +87,8 @@ class StepDownload(QemuStep):
             self.ctx.check_cancelled()
             try:
                 state["iso_path"] = self._fetch(url, checksum, state)
+                if self.cfg.disk_image:  # judged before QEMU or qemu-img ever open it as a disk
+                    disk.check_source_image(Path(state["iso_path"]))
                 return
             except (iso.SourceError, iso.ChecksumError, OSError) as exc:
                 failures.append(f"{url}: {exc}")

@@ -698,18 +698,17 @@ def _root_disk(node: Node) -> dict[str, Any]:
 
 
 def _root_image(image: Path, work: Path) -> Path:
-    """The disk image inside the director's ``image`` file (a gzipped tar), or the file itself."""
-    with open(image, "rb") as fh:
-        magic = fh.read(4)
-    if magic[:2] != b"\x1f\x8b":
-        return image
+    """The disk image inside the director's ``image`` file (a gzipped tar), or the file itself, judged by
+    ``stemcells.image_check`` (qcow2/raw, no backing or data file, not encrypted, bounded virtual size)."""
     from stemcells.errors import StemcellError
-    from stemcells.tarball import open_root_image
+    from stemcells.image_check import ImageRejected, prepare_root_image
 
     try:
-        return Path(open_root_image(image, work))
+        return prepare_root_image(image, work).path
+    except ImageRejected as exc:
+        raise CloudError(f"create_stemcell: root image {exc.path.name} of {image} refused: {exc.reason}") from None
     except StemcellError as exc:
-        raise CloudError(f"create_stemcell: {exc}") from None
+        raise CloudError(f"create_stemcell: {exc.message}") from None
 
 
 def _to_raw(source: Path, target: Path) -> None:
