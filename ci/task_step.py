@@ -1,10 +1,13 @@
 """A ``task`` step run locally: config, directories, environment, process (see :mod:`ci.runner`).
 
-The task's working directory is fresh per run: each input is a symlink (at the input's ``path``) to the artifact it
-maps to, each output a new empty directory that becomes an artifact under its (mapped) name when the task ends.
-The environment is what a container image would give (``PATH``, ``HOME``, ``LANG``, a short private ``TMPDIR``
-removed afterwards) plus the params: the task config's, overridden by the step's; non-string values are written as
-JSON like Concourse does.
+Every task runs in a bubblewrap sandbox (:mod:`ci.sandbox`): a fresh working directory where each input is a
+writable copy of the artifact it maps to (at the input's ``path``), each output a new empty directory that becomes an
+artifact under its (mapped) name when the task ends, each cache a directory kept per job and step; an unprivileged
+user unless the step is ``privileged``; no network unless the step is privileged or tagged ``network``. Paths are
+checked (relative, no ``..``) after ((vars)) are filled and before anything is made. The environment is what a
+container image would give (``PATH``, ``LANG``, a private ``HOME`` and a short private ``TMPDIR``, both removed
+afterwards) plus the params: the task config's, overridden by the step's; non-string values are written as JSON like
+Concourse does.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import os
 import shutil
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from ci.model import DecodeError, VarLookup, interpolate
-from ci.validate import load_task_config, task_config_errors
+from ci.sandbox import TASK_UID, Sandbox, SandboxError, needs_network
+from ci.validate import load_task_config, task_config_errors, task_path_errors
 
 if TYPE_CHECKING:
     from ci.model import Step
@@ -67,54 +71,145 @@ def load_config(runner: Runner, step: Step, config: dict[str, Any]) -> dict[str,
     task = interpolate(task, VarLookup(values), missing=missing)
     if missing:
         raise StepErrored(f"{label}: undefined vars: {', '.join(sorted(set(missing)))}")
+    errors = task_path_errors(task)  # again: a ((var)) may have made a path leave the working directory
+    if errors:
+        raise StepErrored(f"{label}: invalid task configuration:\n" + "\n".join(errors))
     return dict(task)
 
 
+def _task_path(item: dict[str, Any]) -> str:
+    return str(PurePosixPath(str(item.get("path") or item.get("name") or "")))
+
+
+def _nested(child: str, parent: str) -> bool:
+    return child != parent and (parent == "." or child.startswith(parent + "/"))
+
+
+def nesting_errors(inputs: list[str], outputs: list[str], caches: list[str]) -> list[str]:
+    """Paths nested in an input (or an input nested in an output), in the words of Concourse's former
+    ``validateOverlappingPaths``: an input is an overlay, so nothing may be mounted inside it (an output at the same
+    path as an input is fine: it starts from the input)."""
+    errors: list[str] = []
+    for kind, paths in (("inputs", inputs), ("outputs within inputs", outputs), ("caches within inputs", caches)):
+        for path in paths:
+            for parent in inputs:
+                if _nested(path, parent):
+                    errors.append(f"cannot nest {kind}: '{path}' is nested under input directory '{parent}'")
+    for path in inputs:
+        for parent in outputs:
+            if _nested(path, parent):
+                errors.append(
+                    f"cannot nest inputs within outputs: '{path}' is nested under output directory '{parent}'"
+                )
+    return errors
+
+
 def run_task(runner: Runner, step: Step, config: dict[str, Any], ctx: Context) -> bool:
-    """Run one task step; True when the process exited 0. Raises StepErrored for anything that stops it running."""
+    """Run one task step in its sandbox; True when the process exited 0. Raises StepErrored for anything that stops
+    it running (nothing outside the build is touched before the paths are checked)."""
     from ci.runner import StepErrored
 
     build = runner.build
     name = step.name
     task = load_config(runner, step, config)
-    workdir = build.new_dir("tasks", name)
     input_mapping = dict(config.get("input_mapping") or {})
     output_mapping = dict(config.get("output_mapping") or {})
 
     missing: list[str] = []
+    inputs: list[tuple[Path, str]] = []
     for item in task.get("inputs") or []:
-        source = input_mapping.get(item["name"], item["name"])
-        artifact = build.artifact(source)
+        artifact = build.artifact(str(input_mapping.get(item["name"], item["name"])))
         if artifact is None:
             if not item.get("optional"):
                 missing.append(item["name"])
             continue
-        link = workdir / str(item.get("path") or item["name"])
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(artifact, target_is_directory=True)
+        inputs.append((artifact.resolve(), _task_path(item)))
     if missing:
         raise StepErrored(f"task {name}: missing inputs: {', '.join(missing)}")
+
+    output_paths = [_task_path(item) for item in task.get("outputs") or []]
+    errors = nesting_errors(
+        [relative for _, relative in inputs],
+        output_paths,
+        [str(PurePosixPath(str(item.get("path")))) for item in task.get("caches") or []],
+    )
+    if errors:
+        raise StepErrored(f"task {name}: " + "; ".join(errors))
+
+    privileged = bool(config.get("privileged"))
+    workdir = build.new_dir("tasks", name)
+    # a short private scratch (TMPDIR, HOME): unix sockets made under it (terraform's provider plugins) must fit
+    scratch = Path(tempfile.mkdtemp(prefix="sf-task-"))
+    box = Sandbox(
+        workdir=workdir,
+        scratch=scratch,
+        privileged=privileged,
+        network=needs_network(privileged, config.get("tags") or []),
+        artifacts=[artifact for artifact, _ in inputs],
+    )
+    try:
+        status, elapsed, outputs = _run_sandboxed(runner, step, task, config, ctx, box, inputs, output_mapping)
+    except SandboxError as exc:
+        raise StepErrored(f"task {name}: {exc}") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(box.layers_dir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    for target, directory in outputs:
+        build.register(target, directory)
+    if status != 0:
+        build.say(f"task {name}: failed with exit status {status} in {elapsed:.1f}s")
+        return False
+    build.say(f"task {name}: succeeded in {elapsed:.1f}s")
+    return True
+
+
+def _run_sandboxed(
+    runner: Runner,
+    step: Step,
+    task: dict[str, Any],
+    config: dict[str, Any],
+    ctx: Context,
+    box: Sandbox,
+    inputs: list[tuple[Path, str]],
+    output_mapping: dict[str, Any],
+) -> tuple[int, float, list[tuple[str, Path]]]:
+    from ci.runner import StepErrored
+
+    build = runner.build
+    name = step.name
+    box.prepare()
+    outputs_at = {_task_path(item) for item in task.get("outputs") or []}
+    for artifact, relative in inputs:  # each input: a copy-on-write overlay at its path
+        if relative in outputs_at:  # an output at an input's path starts from that input
+            box.copy_in(artifact, box.inside(relative))
+        else:
+            box.add_input(artifact, relative)
     outputs: list[tuple[str, Path]] = []
     for item in task.get("outputs") or []:
-        target = output_mapping.get(item["name"], item["name"])
+        target = str(output_mapping.get(item["name"], item["name"]))
+        relative = _task_path(item)
+        mount = box.inside(relative)
         directory = build.new_dir("artifacts", target)
-        link = workdir / str(item.get("path") or item["name"])
-        if link.is_symlink() or link.exists():  # an output at an input's path starts from that input
-            source = link.resolve()
-            link.unlink()
-            shutil.copytree(source, directory, symlinks=True, dirs_exist_ok=True)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(directory, target_is_directory=True)
+        if mount.is_dir():  # an output at an input's path starts from that input
+            box.copy_in(mount, directory)
+        box.own(directory)
+        mount.mkdir(parents=True, exist_ok=True)
+        box.binds.append((directory, relative))
         outputs.append((target, directory))
+    for item in task.get("caches") or []:
+        relative = str(item.get("path") or "")
+        mount = box.inside(relative)
+        cache = build.work_dir / "caches" / build.job_name / name / relative
+        cache.mkdir(parents=True, exist_ok=True)
+        box.own(cache)
+        mount.mkdir(parents=True, exist_ok=True)
+        box.binds.append((cache, relative))
 
-    # a short private TMPDIR: unix sockets made under it (terraform's provider plugins) must fit in 108 bytes
-    tmp = Path(tempfile.mkdtemp(prefix="sf-task-"))
-    tmp.chmod(0o711)  # traversable (not listable) by libvirt's QEMU user: tasks keep VM disks under their TMPDIR
     env = {key: os.environ[key] for key in INHERITED if key in os.environ}
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     env.setdefault("LANG", "C.UTF-8")
-    env["HOME"] = os.environ.get("HOME", str(tmp))
-    env["TMPDIR"] = str(tmp)
+    env = box.environment(env)
     params = dict(task.get("params") or {})
     params.update(config.get("params") or {})
     for key, value in params.items():
@@ -123,24 +218,20 @@ def run_task(runner: Runner, step: Step, config: dict[str, Any], ctx: Context) -
 
     run = task.get("run") or {}
     path = str(run.get("path", ""))
-    cwd = workdir / str(run.get("dir") or "")
-    if not cwd.is_dir():
+    run_dir = str(PurePosixPath(str(run.get("dir") or ".")))
+    cwd = box.workdir / run_dir
+    in_input = [(a, r) for a, r in inputs if run_dir == r or _nested(run_dir, r)]
+    if in_input:  # a directory of an input: look in the artifact
+        artifact, relative = in_input[0]
+        exists = (artifact / PurePosixPath(run_dir).relative_to(relative)).is_dir()
+    else:
+        exists = box.inside(run_dir).is_dir()
+    if not exists:
         raise StepErrored(f"task {name}: run.dir '{run.get('dir')}' is not a directory of the task")
-    executable = path
-    if "/" in path and not os.path.isabs(path):
-        executable = str(cwd / path)
-    argv = [executable, *[str(arg) for arg in run.get("args") or []]]
-    build.say(f"task {name}: running {path} {' '.join(argv[1:])}".rstrip())
+    argv = [path, *[str(arg) for arg in run.get("args") or []]]
+    mode = "privileged" if box.privileged else f"as uid {TASK_UID}"
+    network = "host network" if box.network else "no network"
+    build.say(f"task {name}: running {' '.join(argv)} ({mode}, {network})")
     started = time.monotonic()
-    try:
-        status = build.run_process(argv, cwd=cwd, env=env, ctx=ctx, label=f"task {name}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    elapsed = time.monotonic() - started
-    for target, directory in outputs:
-        build.register(target, directory)
-    if status != 0:
-        build.say(f"task {name}: failed with exit status {status} in {elapsed:.1f}s")
-        return False
-    build.say(f"task {name}: succeeded in {elapsed:.1f}s")
-    return True
+    status = build.run_process(box.argv(argv, cwd), cwd=box.workdir, env=env, ctx=ctx, label=f"task {name}")
+    return status, time.monotonic() - started, outputs

@@ -37,6 +37,7 @@ from ci.model import (
     job_plan,
     load_yaml,
 )
+from ci.sandbox import bad_task_path
 
 _JUST_NUMBERS = re.compile(r"^\d+$")
 _DURATION = re.compile(r"^[-+]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+)$")
@@ -620,6 +621,29 @@ def task_config_errors(config: Mapping[str, Any]) -> list[str]:
         for index, item in enumerate(config.get(f"{kind}s") or []):
             if not isinstance(item, dict) or not item.get("name"):
                 errors.append(f"  {kind} in position {index} is missing a name")
+    return errors + task_path_errors(config)
+
+
+def task_path_errors(config: Mapping[str, Any]) -> list[str]:
+    """Input, output and cache paths and ``run.dir`` that would leave the task's working directory (absolute, or
+    with a ``..`` part), in the style of atc.TaskConfig.Validate's messages. fly itself has no such check: Concourse
+    places absolute paths inside the container and, since v7.13 (concourse/concourse#9078), ignores ``..``; here a
+    task runs on the host, so both are refused (see ci/README.md)."""
+    errors: list[str] = []
+    rule = "must be relative to the task's working directory and must not contain '..'"
+    for kind, key in (("input", "inputs"), ("output", "outputs"), ("cache", "caches")):
+        items = config.get(key)
+        for index, item in enumerate(items if isinstance(items, list) else []):
+            if not isinstance(item, dict):
+                continue
+            path = item.get("path") if kind == "cache" else item.get("path") or item.get("name")
+            if kind == "cache" and not path:
+                errors.append(f"  cache in position {index} is missing a path")
+            elif isinstance(path, str) and bad_task_path(path):
+                errors.append(f"  {kind} in position {index} has path '{path}': task paths {rule}")
+    run = config.get("run")
+    if isinstance(run, dict) and isinstance(run.get("dir"), str) and bad_task_path(run["dir"]):
+        errors.append(f"  run.dir '{run['dir']}' {rule}")
     return errors
 
 

@@ -1,6 +1,7 @@
 """``stemforge pipeline run`` semantics on small pipelines of shell tasks: artifacts, params, hooks, try, attempts,
 timeout, in_parallel (limit, fail_fast), across, load_var, vars, recorded versions with ``passed:``, abort, and
-fly execute's exit statuses. Every task is a real process."""
+fly execute's exit statuses. Every task is a real process in its sandbox (ci.sandbox): it reports through its
+output, its outputs and caches, never through files of the host."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ import textwrap
 import time
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from ci.runner import RunOptions, run_pipeline_job
 
@@ -121,17 +120,35 @@ def test_artifacts_params_and_mappings(tmp_path: Path) -> None:
     assert out.rstrip().endswith("succeeded")
 
 
+def marks(out: str) -> list[str]:
+    """The ``mark-NAME`` lines tasks printed, in order."""
+    return [line[len("mark-") :] for line in out.splitlines() if line.startswith("mark-")]
+
+
+def procs_with(arg: str) -> list[int]:
+    """Host pids of the processes whose command line has ``arg``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    words = handle.read().split(b"\0")
+            except OSError:
+                continue
+            if arg.encode() in words and b"-ec" not in words:
+                found.append(int(entry))
+    return found
+
+
 def test_failure_runs_on_failure_and_ensure_not_on_success(tmp_path: Path) -> None:
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    hook = lambda name: T(name, f"touch {marks}/{name}")  # noqa: E731
+    hook = lambda name: T(name, f"echo mark-{name}")  # noqa: E731
     p = Pipeline(
         tmp_path,
         yaml_jobs(
             J(
                 "a",
                 {**T("boom", "exit 7"), "on_failure": hook("on-failure"), "on_success": hook("on-success")},
-                T("never", f"touch {marks}/never"),
+                T("never", "echo mark-never"),
                 ensure=hook("job-ensure"),
             )
         ),
@@ -139,26 +156,24 @@ def test_failure_runs_on_failure_and_ensure_not_on_success(tmp_path: Path) -> No
     status, out = p.run("a")
     assert status == 1, out
     assert "task boom: failed with exit status 7" in out
-    assert sorted(os.listdir(marks)) == ["job-ensure", "on-failure"]
+    assert marks(out) == ["on-failure", "job-ensure"]
     assert out.rstrip().endswith("failed")
 
 
 def test_missing_input_errors_and_runs_on_error(tmp_path: Path) -> None:
-    marks = tmp_path / "marks"
-    marks.mkdir()
     p = Pipeline(
         tmp_path,
         yaml_jobs(
             J(
                 "a",
-                {**T("needs", "true", ("absent",)), "on_error": T("hook", f"touch {marks}/on-error")},
+                {**T("needs", "true", ("absent",)), "on_error": T("hook", "echo mark-on-error")},
             )
         ),
     )
     status, out = p.run("a")
     assert status == 2, out
     assert "task needs: missing inputs: absent" in out
-    assert os.listdir(marks) == ["on-error"]
+    assert marks(out) == ["on-error"]
 
 
 def test_try_ignores_failure_and_error(tmp_path: Path) -> None:
@@ -179,44 +194,42 @@ def test_try_ignores_failure_and_error(tmp_path: Path) -> None:
 
 
 def test_attempts_retry_until_success(tmp_path: Path) -> None:
-    counter = tmp_path / "count"
-    script = f'n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}; [ "$n" -ge 3 ]'
-    p = Pipeline(tmp_path, yaml_jobs(J("a", {**T("flaky", script), "attempts": 5})))
+    # the count lives in the step's cache, which outlives each attempt (and build), as in Concourse
+    script = 'n=$(cat c/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > c/count; [ "$n" -ge 3 ]'
+    flaky = {"task": "flaky", "config": {**sh(script), "caches": [{"path": "c"}]}}
+    p = Pipeline(tmp_path, yaml_jobs(J("a", {**flaky, "attempts": 5})))
     status, out = p.run("a")
     assert status == 0, out
+    counter = p.work / "caches" / "a" / "flaky" / "c" / "count"
     assert counter.read_text().strip() == "3"
     assert "attempt 1/5 failed; retrying" in out and "attempt 2/5 failed; retrying" in out
     counter.unlink()
-    p = Pipeline(tmp_path, yaml_jobs(J("a", {**T("flaky", script), "attempts": 2})))
+    p = Pipeline(tmp_path, yaml_jobs(J("a", {**flaky, "attempts": 2})))
     assert p.run("a")[0] == 1
 
 
 def test_timeout_ends_the_process(tmp_path: Path) -> None:
-    pid_file = tmp_path / "pid"
-    p = Pipeline(tmp_path, yaml_jobs(J("a", {**T("slow", f"echo $$ > {pid_file}; sleep 60"), "timeout": "1s"})))
+    seconds = f"{60 + os.getpid() % 1000 / 1000:.3f}"  # a sleep this test can find among the host's processes
+    p = Pipeline(tmp_path, yaml_jobs(J("a", {**T("slow", f"sleep {seconds}"), "timeout": "1s"})))
     started = time.monotonic()
     status, out = p.run("a")
     assert status == 2, out
     assert "timeout exceeded (1s)" in out
     assert time.monotonic() - started < 20
-    with pytest.raises(ProcessLookupError):
-        os.kill(int(pid_file.read_text()), 0)
+    assert procs_with(seconds) == []
 
 
 def test_in_parallel_runs_together_and_limit_serialises(tmp_path: Path) -> None:
-    flag = tmp_path / "b-started"
-    wait_for_b = f"for i in $(seq 100); do [ -e {flag} ] && exit 0; sleep 0.1; done; exit 1"
-    steps = [T("a", wait_for_b), T("b", f"touch {flag}; sleep 0.5")]
-    p = Pipeline(tmp_path, yaml_jobs(J("par", {"in_parallel": steps})))
+    both = [T(n, f"echo mark-start-{n}; sleep 2; echo mark-end-{n}") for n in ("a", "b")]
+    p = Pipeline(tmp_path, yaml_jobs(J("par", {"in_parallel": both})))
     status, out = p.run("par")
-    assert status == 0, out  # a can only finish if b ran at the same time
-    flag.unlink()
-    log = tmp_path / "log"
-    serial = [T(n, f"echo start-{n} >> {log}; sleep 0.3; echo end-{n} >> {log}") for n in ("x", "y", "z")]
+    assert status == 0, out
+    assert sorted(marks(out)[:2]) == ["start-a", "start-b"]  # each started before the other ended
+    serial = [T(n, f"echo mark-start-{n}; sleep 0.3; echo mark-end-{n}") for n in ("x", "y", "z")]
     p = Pipeline(tmp_path, yaml_jobs(J("lim", {"in_parallel": {"limit": 1, "steps": serial}})))
-    assert p.run("lim")[0] == 0
-    lines = log.read_text().split()
-    assert [line.split("-")[0] for line in lines] == ["start", "end"] * 3
+    status, out = p.run("lim")
+    assert status == 0, out
+    assert [mark.split("-")[0] for mark in marks(out)] == ["start", "end"] * 3
 
 
 def test_in_parallel_fail_fast_stops_the_others(tmp_path: Path) -> None:
@@ -230,7 +243,6 @@ def test_in_parallel_fail_fast_stops_the_others(tmp_path: Path) -> None:
 
 
 def test_across_runs_every_combination(tmp_path: Path) -> None:
-    log = tmp_path / "log"
     p = Pipeline(
         tmp_path,
         yaml_jobs(
@@ -241,14 +253,14 @@ def test_across_runs_every_combination(tmp_path: Path) -> None:
                         {"var": "os", "values": ["debian", "ubuntu"]},
                         {"var": "plan", "values": ["s", "l"], "max_in_flight": "all"},
                     ],
-                    **T("t", f'echo "$OS-$PLAN" >> {log}', params={"OS": "((.:os))", "PLAN": "((.:plan))"}),
+                    **T("t", 'echo "mark-$OS-$PLAN"', params={"OS": "((.:os))", "PLAN": "((.:plan))"}),
                 },
             )
         ),
     )
     status, out = p.run("a")
     assert status == 0, out
-    assert sorted(log.read_text().split()) == ["debian-l", "debian-s", "ubuntu-l", "ubuntu-s"]
+    assert sorted(marks(out)) == ["debian-l", "debian-s", "ubuntu-l", "ubuntu-s"]
     assert "4 combination(s)" in out
 
 
@@ -342,16 +354,14 @@ def test_invalid_pipeline_and_unknown_job_are_errors(tmp_path: Path) -> None:
 
 
 def test_sigint_aborts_runs_hooks_and_ends_the_task(tmp_path: Path) -> None:
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    pid_file = tmp_path / "pid"
+    seconds = f"{120 + os.getpid() % 1000 / 1000:.3f}"
     p = Pipeline(
         tmp_path,
         yaml_jobs(
             J(
                 "a",
-                {**T("long", f"echo $$ > {pid_file}; sleep 120"), "on_abort": T("h", f"touch {marks}/on-abort")},
-                ensure=T("e", f"touch {marks}/ensure"),
+                {**T("long", f"sleep {seconds}"), "on_abort": T("h", "echo mark-on-abort")},
+                ensure=T("e", "echo mark-ensure"),
             )
         ),
     )
@@ -376,9 +386,9 @@ def test_sigint_aborts_runs_hooks_and_ends_the_task(tmp_path: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 60
-        while not pid_file.exists() and time.monotonic() < deadline:
+        while not procs_with(seconds) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert pid_file.exists()
+        assert procs_with(seconds)
         child.send_signal(signal.SIGINT)
         out, _ = child.communicate(timeout=60)
     finally:
@@ -386,10 +396,9 @@ def test_sigint_aborts_runs_hooks_and_ends_the_task(tmp_path: Path) -> None:
             child.kill()
             child.wait()
     assert child.returncode == 3, out
-    assert sorted(os.listdir(marks)) == ["ensure", "on-abort"]
+    assert marks(out) == ["on-abort", "ensure"]
     assert out.rstrip().endswith("aborted")
-    with pytest.raises(ProcessLookupError):
-        os.kill(int(pid_file.read_text()), 0)
+    assert procs_with(seconds) == []
 
 
 def test_yaml_var_for_a_typed_field(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@
 
 if [ "${LINT:-true}" = true ]; then
   say "ruff check"; (cd "$SRC" && "$BIN/ruff" check .)
-  say "mypy"; (cd "$SRC" && "$BIN/mypy")
+  say "mypy"; (cd "$SRC" && "$PY" -m mypy)
 fi
 pytest_extra
 say "pytest -m '$MARKERS' ${PYTEST_EXTRA[*]:-tests}"
