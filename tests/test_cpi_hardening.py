@@ -19,9 +19,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from libvirt_harness import LibvirtCpi, libvirt_unavailable_reason, session_cpi
 
 from cpi import wrapper
 from cpi.cpilog import CallLog
@@ -236,6 +238,45 @@ def test_flock_file_retries_when_the_file_was_replaced(tmp_path: Path) -> None:
         held.remove = True
     waiter.join(10)
     assert seen == [True]
+
+
+@pytest.fixture(scope="module")
+def libvirt_session() -> Iterator[LibvirtCpi]:
+    reason = libvirt_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with session_cpi("hard") as cpi:
+        yield cpi
+
+
+def test_32_cpi_processes_on_unknown_ids_leave_no_lock_files(libvirt_session: LibvirtCpi) -> None:
+    """The review's 32-way run: real CPI processes (libvirt provider) calling methods that lock a VM and/or a
+    disk, all on ids that do not exist. Each answers its not-found error; afterwards ``locks/`` is empty and the
+    state files are private."""
+    cpi = libvirt_session
+    calls = [("delete_vm", [f"vm-nope-{i}"]) for i in range(8)]
+    calls += [("reboot_vm", [f"vm-nope-r{i}"]) for i in range(6)]
+    calls += [("delete_disk", [f"disk-nope-{i}"]) for i in range(6)]
+    calls += [("attach_disk", [f"vm-nope-a{i}", f"disk-nope-a{i}"]) for i in range(6)]
+    calls += [("set_disk_metadata", [f"disk-nope-m{i}", {"k": "v"}]) for i in range(6)]
+    procs = [subprocess.Popen([str(cpi.wrapper)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env={"PATH": wrapper.DIRECTOR_PATH}, cwd="/")
+             for _ in calls]
+    for proc, (method, arguments) in zip(procs, calls, strict=True):
+        proc.stdin.write(json.dumps(cpi.request(method, *arguments)).encode())  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]  # all 32 hold the request; communicate() closes stdin
+    answers = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr.decode(errors="replace")[-2000:]
+        answers.append(json.loads(stdout))
+    assert len(answers) == 32
+    kinds = {a["error"]["type"] for a in answers if a["error"]} | {"ok" for a in answers if not a["error"]}
+    assert kinds <= {"ok", "Bosh::Clouds::VMNotFound", "Bosh::Clouds::DiskNotFound"}, answers
+    assert list((cpi.state_dir / "locks").iterdir()) == []
+    assert _mode(cpi.state_dir) == 0o711 and _mode(cpi.state_dir / "locks") == 0o700
+    assert {p.name: _mode(p) for p in cpi.state_dir.glob("state.db*")} == {
+        p.name: 0o600 for p in cpi.state_dir.glob("state.db*")}
 
 
 # -- signals ---------------------------------------------------------------------------------------------------------
