@@ -319,3 +319,96 @@ build {{
     bad = stemforge(["validate", "-var", "nosuch=1", "."], tmp_path)
     assert bad.returncode == 1
     assert "Error: Undefined -var variable" in bad.stdout + bad.stderr
+
+
+def test_patterns_real_templates_use(tmp_path: Path) -> None:
+    """Interpolated and traversal ``sources``, one source in two build blocks, an unused source of a type
+    stemforge lacks, ``hcp_packer_registry`` (a warning), nested blocks (object or list by the plugin's schema)."""
+    path = tmp_path / "t.pkr.hcl"
+    path.write_text('''
+variable "builder" {
+  type    = string
+  default = "amazon-ebs"
+}
+locals {
+  timestamp = regex_replace("2024-01-02T03:04:05Z", "[- TZ:]", "")
+}
+source "alicloud-ecs" "img" {
+  image_name = "never used"
+}
+source "amazon-ebs" "img" {
+  region        = "us-east-1"
+  ami_name      = "runner-${local.timestamp}"
+  instance_type = "t2.micro"
+  ssh_username  = "runner"
+  source_ami_filter {
+    filters = {
+      name = "ubuntu/images/*"
+    }
+    most_recent = true
+    owners      = ["099720109477"]
+  }
+  launch_block_device_mappings {
+    device_name = "/dev/sda1"
+    volume_size = 30
+  }
+}
+build {
+  name    = "first"
+  sources = ["source.${var.builder}.img"]
+  hcp_packer_registry {
+    bucket_name = "x"
+  }
+}
+build {
+  sources = [source.amazon-ebs.img]
+  provisioner "shell" {
+    inline = ["echo second"]
+  }
+}
+''')
+    t = load(path)
+    assert [(b.name, b.raw_name) for b in t.builders] == [("first.amazon-ebs.img", "first.amazon-ebs.img"),
+                                                          ("amazon-ebs.img", "amazon-ebs.img")]
+    cfg = t.builders[0].config
+    assert cfg["ami_name"] == "runner-20240102030405"
+    assert cfg["source_ami_filter"] == {"filters": {"name": "ubuntu/images/*"}, "most_recent": True,
+                                        "owners": ["099720109477"]}
+    assert cfg["launch_block_device_mappings"] == [{"device_name": "/dev/sda1", "volume_size": 30}]
+    assert [p.type for p in t.provisioners_for("amazon-ebs.img")] == ["shell"]
+    assert t.provisioners_for("first.amazon-ebs.img") == []
+    assert any("Warning: HCP Packer registry not supported" in w for w in t.warnings)
+    path.write_text(path.read_text().replace('default = "amazon-ebs"', 'default = "alicloud-ecs"'))
+    with pytest.raises(HCLError) as e:
+        load(path)
+    assert 'Error: Unknown source type "alicloud-ecs"' in str(e.value)
+
+
+def test_syntax_only_and_hcp_data_sources(tmp_path: Path) -> None:
+    path = tmp_path / "t.pkr.hcl"
+    path.write_text('''
+data "hcp-packer-image" "base" {
+  bucket_name = "golden"
+}
+variable "needed" {
+  type = string
+}
+source "file" "x" {
+  content = data.hcp-packer-image.base.id
+  target  = "t"
+}
+build { sources = ["source.file.x"] }
+''')
+    ok = stemforge(["validate", "-syntax-only", str(path)], tmp_path)
+    assert ok.returncode == 0 and "Syntax-only check passed." in ok.stdout
+    bad = stemforge(["validate", "-var", "needed=1", str(path)], tmp_path)
+    assert bad.returncode == 1
+    assert "Error: HCP Packer data source not supported" in bad.stdout + bad.stderr
+    unset = stemforge(["validate", str(path)], tmp_path)
+    assert 'Error: Unset variable' in unset.stdout + unset.stderr and "line 5" in unset.stdout + unset.stderr
+    broken = tmp_path / "broken.pkr.hcl"
+    broken.write_text('source "file" "x" {\n  content = \n}\n')
+    syntax = stemforge(["validate", "-syntax-only", str(broken)], tmp_path)
+    assert syntax.returncode == 1
+    assert "Error: Invalid HCL syntax" in syntax.stdout + syntax.stderr
+    assert "line 2" in syntax.stdout and "Unexpected end of line at column 13" in syntax.stdout

@@ -118,8 +118,12 @@ def parse_file(path: Path, display: str, sources: dict[str, str]) -> Body:
         line = getattr(e, "line", 1) or 1
         column = getattr(e, "column", 1) or 1
         token = getattr(e, "token", None)
-        detail = (f"Unexpected {json.dumps(str(token))} at column {column}." if token is not None
-                  else "An argument or block definition is required here.")
+        if token is None:
+            detail = "An argument or block definition is required here."
+        elif not str(token).strip() or str(token)[:1] in "\r\n":
+            detail = f"Unexpected end of line at column {column}: an expression or a closing bracket was expected."
+        else:
+            detail = f"Unexpected {json.dumps(str(token).strip())} at column {column}."
         raise HCLError(Diagnostic("Invalid HCL syntax", detail, Range(display, line, column),
                                   sources=sources)) from None
     return _body(tree.children[0], display, sources)
@@ -329,6 +333,11 @@ class _Loader:
         if block is None:
             raise KeyError(name)
         impl = DATA_SOURCES.get(type_name)
+        if impl is None and type_name.startswith("hcp-packer-"):
+            raise HCLError(self.diag("HCP Packer data source not supported",
+                                     f'The data source "{type_name}" reads the HCP Packer registry, which stemforge '
+                                     "does not support; set the value it provides with a variable instead.", block,
+                                     block.context()))
         if impl is None:
             raise HCLError(self.diag("Unknown data source type",
                                      f'The data source "{type_name}" is not supported by stemforge (it has: '
@@ -908,7 +917,7 @@ def _builds(ld: _Loader, t: HCL2Template, blocks: list[Block], syntax_only: bool
         if "sources" in block.body.attrs:
             attr = block.body.attrs["sources"]
             try:
-                refs, _ = ld.eval_attr(attr, {"source": _SourceRefs()}, ctx)
+                refs, _ = ld.eval_attr(attr, {**scope0, "source": _SourceRefs()}, ctx)
             except HCLError as e:
                 ld.errors.extend(e.diagnostics)
                 refs = []
@@ -1006,7 +1015,11 @@ def _builds(ld: _Loader, t: HCL2Template, blocks: list[Block], syntax_only: bool
                             chain.append(pp)
                     if chain:
                         t.post_processors.append(chain)
-            elif pb.type not in ("source", "hcp_packer_registry"):
+            elif pb.type == "hcp_packer_registry":
+                ld.warnings.append(ld.diag("HCP Packer registry not supported", "stemforge does not publish to HCP "
+                                           "Packer; the hcp_packer_registry block is ignored.", pb, ctx,
+                                           severity="warning"))
+            elif pb.type != "source":
                 ld.errors.append(ld.diag("Unsupported block type", f'Blocks of type "{pb.type}" are not expected '
                                                                    "here.", pb, ctx))
         for name in block.body.attrs:
