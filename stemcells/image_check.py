@@ -189,7 +189,8 @@ def prepare_root_image_isolated(
     C code (decompression, a regex over a hostile header) can never hold the caller past its deadline.
     ``on_start(proc)`` sees the child first (to register a kill with the caller's own deadline). Same results and
     errors as ``prepare_root_image``."""
-    cmd = [sys.executable, "-m", "stemcells.image_check", str(image), str(work_dir), str(max_virtual_size)]
+    # -I: the child imports only the installed package, never a "stemcells" in the working directory
+    cmd = [sys.executable, "-I", "-m", "stemcells.image_check", str(image), str(work_dir), str(max_virtual_size)]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
