@@ -21,10 +21,12 @@ from typing import Any
 import yaml
 
 from stemcells.errors import StemcellError, printable
+from stemcells.image_check import DEFAULT_MAX_VIRTUAL_SIZE, GiB
 from stemcells.manifest import DEFAULT_API_VERSION, DEFAULT_BOSH_PROTOCOL
 from stemcells.tarball import ROOT_IMAGE_NAMES, human_size, read_stemcell, verify_stemcell, write_stemcell
 
 Handler = Callable[[argparse.Namespace], int]
+_DEFAULT_MAX_GIB = DEFAULT_MAX_VIRTUAL_SIZE // GiB
 
 _CLOUD_PROPERTY_HELP = (
     "a cloud_properties entry (repeatable). Dotted keys nest: 'ami.us-east-1=ami-0abc' gives "
@@ -52,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "verify", help="check a stemcell's manifest, members, image sha1 and root image; exit 1 on failure"
     )
     verify.add_argument("path", type=Path, metavar="PATH", help="stemcell tarball (.tgz)")
+    verify.add_argument("--max-virtual-gib", type=_positive_int, default=_DEFAULT_MAX_GIB, metavar="GIB",
+                        help="largest virtual size of the root image (default: %(default)s)")
     verify.set_defaults(handler=_user_errors(_verify))
 
     create = actions.add_parser("create", help="write a heavy or light stemcell tarball")
@@ -100,6 +104,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="directory for the conventionally named tarball, or a .tgz path (default: current directory)",
     )
     create.add_argument("--force", action="store_true", help="replace an existing tarball")
+    create.add_argument("--max-virtual-gib", type=_positive_int, default=_DEFAULT_MAX_GIB, metavar="GIB",
+                        help="largest virtual size of the root image (default: %(default)s)")
     create.set_defaults(handler=_user_errors(_create))
 
 
@@ -140,7 +146,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    report = verify_stemcell(args.path, progress=_StepReporter())
+    report = verify_stemcell(args.path, progress=_StepReporter(), max_virtual_size=args.max_virtual_gib * GiB)
     for check in report.checks:
         print(f"{'ok' if check.ok else 'FAIL':<5} {check.name}: {printable(check.detail)}")
     if report.ok:
@@ -171,12 +177,19 @@ def _create(args: argparse.Namespace) -> int:
         sbom_files=args.sbom,
         overwrite=args.force,
         progress=_StepReporter(),
+        max_virtual_size=args.max_virtual_gib * GiB,
     )
     print(path)
     return 0
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    if not re.fullmatch(r"[1-9][0-9]{0,5}", text):
+        raise argparse.ArgumentTypeError(f"expected a whole number of GiB from 1 to 999999, got {text!r}")
+    return int(text)
 
 
 def parse_cloud_properties(pairs: Sequence[str], base: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -367,3 +367,17 @@ def test_qemu_builder_refuses_hostile_disk_image_sources(
                    "output_directory": str(out)}, make_ctx(tmp_path))
     assert f"disk_image source {image} refused" in str(info.value) and reason in str(info.value)
     assert not out.exists() and qemu_pids(str(out)) == []
+
+
+def test_cli_virtual_size_limit_is_configurable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "root.qcow2"
+    _qemu_img("create", "-q", "-f", "qcow2", str(image), "3G")
+    create = ["stemcell", "create", "--name", MF_FIELDS["name"], "--version", "1.50", "--os", "ubuntu-jammy",
+              "--format", "openstack-qcow2", "--image", str(image), "-o", str(tmp_path)]
+    assert main([*create, "--max-virtual-gib", "2"]) == 1
+    assert "virtual size 3221225472 bytes exceeds the limit of 2147483648 bytes" in capsys.readouterr().err
+    assert main(create) == 0
+    tgz = Path(capsys.readouterr().out.strip())
+    assert main(["stemcell", "verify", str(tgz)]) == 0
+    assert main(["stemcell", "verify", "--max-virtual-gib", "2", str(tgz)]) == 1
+    assert "exceeds the limit of 2147483648 bytes" in capsys.readouterr().out

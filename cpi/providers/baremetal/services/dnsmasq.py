@@ -49,6 +49,8 @@ _STARTED_RE: Final = re.compile(r"\bstarted, version\b")
 _LINE_RE: Final = re.compile(r"^(?:[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d:\d\d )?(dnsmasq(?:-[a-z]+)?)(?:\[\d+\])?: ?(.*)$")
 _HOSTNAME_RE: Final = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _PR_SET_PDEATHSIG: Final = 1
+#: The lease file's name in the work directory (``metal serve`` binds per-MAC iPXE scripts to its leases).
+LEASE_FILE: Final = "dnsmasq.leases"
 
 
 class DnsmasqError(RuntimeError):
@@ -77,7 +79,7 @@ class DnsmasqConfig:
 
     @property
     def lease_file(self) -> Path:
-        return self.work_dir / "dnsmasq.leases"
+        return self.work_dir / LEASE_FILE
 
     @property
     def hosts_file(self) -> Path:

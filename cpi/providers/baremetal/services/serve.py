@@ -250,6 +250,7 @@ class StepHTTPServer:
                 state_dir=options.state_dir,
                 ramdisk_dir=options.ramdisk_dir,
                 ramdisk_debug=options.ramdisk_debug,
+                lease_file=_dnsmasq_work_dir(options) / dnsmasq_mod.LEASE_FILE,
             )
         except OSError as exc:
             raise ServeError(
@@ -274,6 +275,11 @@ class StepHTTPServer:
         log.info("HTTP server stopped")
 
 
+def _dnsmasq_work_dir(options: ServeOptions) -> Path:
+    """dnsmasq's pid, lease and hosts files live here."""
+    return options.state_dir / "dnsmasq"
+
+
 def _enrolled_macs(store: SharedStore) -> list[tuple[str, str]]:
     return store.call(lambda s: [(mac, node.name) for node in s.nodes() for mac in node.macs])
 
@@ -294,7 +300,7 @@ class StepDnsmasq:
             dhcp_range=options.dhcp_range,
             boot_url=f"{server.base_url}/boot.ipxe",
             tftp_root=options.tftp_root,
-            work_dir=options.state_dir / "dnsmasq",
+            work_dir=_dnsmasq_work_dir(options),
             lease_time=options.lease_time,
             enrolled_only=options.enrolled_only,
             log_dhcp=options.log_dhcp,
