@@ -72,8 +72,8 @@ class StateStore:
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(state_dir)
-        _private_dir(self.dir, parents=True)
-        _private_dir(self.dir / "locks")
+        _private_dir(self.dir, parents=True, keep_traverse=True)
+        _private_dir(self.dir / "locks", keep_traverse=False)
         self.path = self.dir / "state.db"
         _private_file(self.path)
         for suffix in ("-wal", "-shm"):  # SQLite gives these the database's mode; tighten older ones
@@ -254,12 +254,13 @@ def flock_file(path: Path, *, create: bool = True) -> Iterator[HeldLock]:
     raise OSError(f"lock file {path} kept being replaced ({_MAX_LOCK_RETRIES} attempts)")
 
 
-def _private_dir(path: Path, *, parents: bool = False) -> None:
-    """Create ``path`` 0700 (an existing directory is tightened to 0700 unless it grants only traverse, 0711)."""
+def _private_dir(path: Path, *, parents: bool = False, keep_traverse: bool) -> None:
+    """Create ``path`` 0700; an existing directory readable or writable by others is tightened to 0700, or to 0711
+    with ``keep_traverse`` when others could traverse it (a provider's hypervisor may need that)."""
     path.mkdir(mode=0o700, parents=parents, exist_ok=True)
     mode = path.stat().st_mode & 0o777
-    if mode & 0o066:  # readable or writable by others: keep at most their traverse bit
-        path.chmod(0o711 if mode & 0o011 else 0o700)
+    if mode & 0o066 or (mode & 0o011 and not keep_traverse):
+        path.chmod(0o711 if keep_traverse and mode & 0o011 else 0o700)
 
 
 def _private_file(path: Path) -> None:

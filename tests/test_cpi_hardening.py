@@ -76,7 +76,7 @@ def test_existing_state_files_are_tightened(tmp_path: Path) -> None:
     store.close()
     db.close()
     assert _mode(state_dir) == 0o711  # traverse bit kept (a provider may need it), listing and writing gone
-    assert _mode(state_dir / "locks") == 0o711
+    assert _mode(state_dir / "locks") == 0o700
     assert all(_mode(p) == 0o600 for p in state_dir.glob("state.db*")), sorted(
         (p.name, oct(_mode(p))) for p in state_dir.glob("state.db*"))
 
