@@ -32,7 +32,7 @@ from typing import Any
 
 from cpi.state import _safe_name, flock_file
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: phone_home_uses
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS nodes (
@@ -83,6 +83,10 @@ CREATE TABLE IF NOT EXISTS tokens (
     node TEXT PRIMARY KEY,
     phone_home TEXT NOT NULL,
     created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS phone_home_uses (
+    node TEXT PRIMARY KEY,
+    last_boot INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -383,6 +387,7 @@ class MetalStore:
             db.execute("DELETE FROM nodes WHERE name = ?", (name,))
             db.execute("DELETE FROM jobs WHERE node = ?", (name,))
             db.execute("DELETE FROM tokens WHERE node = ?", (name,))
+            db.execute("DELETE FROM phone_home_uses WHERE node = ?", (name,))
             self._log(db, name, "delete", row["provision_state"], "", who, why)
 
     def node(self, name: str) -> Node | None:
@@ -578,16 +583,36 @@ class MetalStore:
             db.execute(
                 "INSERT OR REPLACE INTO tokens (node, phone_home, created) VALUES (?,?,?)", (node, token, time.time())
             )
+            db.execute("DELETE FROM phone_home_uses WHERE node = ?", (node,))
         return token
 
     def revoke_phone_home_token(self, node: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM tokens WHERE node = ?", (node,))
+            db.execute("DELETE FROM phone_home_uses WHERE node = ?", (node,))
+
+    def use_phone_home_token(self, node: str, token: str, boot: int) -> str:
+        """Spend the node's phone-home token for the report of boot number ``boot`` (the booted OS's boot count,
+        0 when it sends none), atomically: ``"ok"`` (recorded), ``"bad"`` (not the current token) or
+        ``"replayed"`` (a report for this boot or a later one was already accepted with this token). So a token
+        is single-use per boot: a captured report cannot be sent again, and a report without a boot count is
+        accepted once."""
+        with self._tx() as db:
+            row = db.execute("SELECT phone_home FROM tokens WHERE node = ?", (node,)).fetchone()
+            if row is None or not token or not hmac.compare_digest(str(row[0]).encode(), token.encode()):
+                return "bad"
+            used = db.execute("SELECT last_boot FROM phone_home_uses WHERE node = ?", (node,)).fetchone()
+            if used is not None and boot <= int(used[0]):
+                return "replayed"
+            db.execute("INSERT OR REPLACE INTO phone_home_uses (node, last_boot) VALUES (?,?)", (node, boot))
+        return "ok"
 
     def check_token(self, node: str, token: str, purpose: str) -> bool:
-        """True when ``token`` is the node's current ``purpose`` token ("job" | "phone-home"); constant-time."""
+        """True when ``token`` is the node's current ``purpose`` token ("job" | "phone-home"); constant-time. A job
+        token stops working at its job's deadline."""
         if purpose == "job":
-            row = self._db.execute("SELECT token FROM jobs WHERE node = ?", (node,)).fetchone()
+            row = self._db.execute("SELECT token FROM jobs WHERE node = ? AND deadline >= ?",
+                                   (node, time.time())).fetchone()  # fmt: skip
         elif purpose == "phone-home":
             row = self._db.execute("SELECT phone_home FROM tokens WHERE node = ?", (node,)).fetchone()
         else:

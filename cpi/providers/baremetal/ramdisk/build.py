@@ -7,7 +7,8 @@ cpio writer this module reuses) and an initramfs holding
 * busybox-static (sh, wget with POST, udhcpc, sha256sum, dd, gunzip, tee, blockdev, ...);
 * ``sfwrite`` (``sfwrite.c``, our image writer: stdin -> disk in 1 MiB blocks with SHA-256 on the stream and
   in-process gzip; compiled at build time with the host's ``gcc`` against ``libssl-dev``/``zlib1g-dev``);
-* ``sfdisk`` (package ``fdisk``), ``wipefs`` and ``partx`` (``util-linux``); all with the shared libraries they need,
+* ``sfdisk`` (package ``fdisk``), ``wipefs``, ``partx`` and ``blkdiscard`` (``util-linux``; cleaning's zeroing
+  and discard); all with the shared libraries they need,
   found by reading each binary's ``DT_NEEDED`` entries and copied from the Debian library packages (``libc6``,
   ``libfdisk1``, ...); a library that no listed package provides fails the build naming it;
 * the kernel modules for virtio/SATA/SCSI/NVMe disks and virtio/e1000 NICs (with their dependencies), loaded by
@@ -48,7 +49,7 @@ FORMAT_VERSION = "1"
 #: Packages whose binaries go into the initramfs: package -> paths inside the package.
 TOOL_PACKAGES: dict[str, tuple[str, ...]] = {
     "fdisk": ("sbin/sfdisk",),
-    "util-linux": ("sbin/wipefs", "usr/bin/partx"),
+    "util-linux": ("sbin/wipefs", "usr/bin/partx", "sbin/blkdiscard"),
 }
 #: Packages that provide the tools' shared libraries (and the dynamic loader).
 LIB_PACKAGES = (

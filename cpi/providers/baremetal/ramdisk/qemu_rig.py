@@ -241,12 +241,16 @@ class ProvisioningStub:
 @dataclass
 class Disk:
     """A disk of the guest: a raw (sparse) file, optionally with a serial; ``bus`` virtio or sata;
-    ``write_mib_s`` > 0 limits its write bandwidth (QEMU block throttling), to emulate a disk of that speed."""
+    ``write_mib_s`` > 0 limits its write bandwidth (QEMU block throttling), to emulate a disk of that speed;
+    ``discard``: the guest's discards and write-zeroes punch holes in the file (``discard=unmap``), as a thin
+    provisioned or SSD-backed disk; otherwise QEMU ignores discards (the data stays: a disk that announces discard
+    and does not honour it)."""
 
     path: Path
     serial: str = ""
     bus: str = "virtio"
     write_mib_s: float = 0
+    discard: bool = False
 
 
 @dataclass
@@ -320,7 +324,8 @@ def boot(
     sata = 0
     for i, d in enumerate(disks):
         throttle = f",throttling.bps-write={int(d.write_mib_s * 1024 * 1024)}" if d.write_mib_s > 0 else ""
-        cmd += ["-drive", f"if=none,id=d{i},file={d.path},format=raw,cache=unsafe{throttle}"]
+        unmap = ",discard=unmap,detect-zeroes=unmap" if d.discard else ""
+        cmd += ["-drive", f"if=none,id=d{i},file={d.path},format=raw,cache=unsafe{throttle}{unmap}"]
         if d.bus == "sata":
             cmd += ["-device", f"ide-hd,drive=d{i},bus=ide.{sata}" + (f",serial={d.serial}" if d.serial else "")]
             sata += 1

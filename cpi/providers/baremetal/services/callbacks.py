@@ -10,15 +10,19 @@ Routes (all under ``/v1/nodes/<node>/``, token in the ``X-Stemforge-Token`` head
   as event kind ``phone-home``; answers 204.
 
 Answers: unknown node 404; missing or wrong token (or no job) 401, logged as ``rejected callback for node X from
-IP (bad token)``; a body that is not what the route takes 400 naming the problem. Tokens are compared in constant
-time by ``MetalStore.check_token`` and never appear in a log line, an error or an answer.
+IP (bad token)``; a job token past its job's deadline 401 (logged ``job expired``); a phone-home report replayed
+(its token already spent on this boot, see ``MetalStore.use_phone_home_token``) 409; a body that is not what the
+route takes 400 naming the problem (also JSON nested deeper than :data:`MAX_JSON_DEPTH`). Tokens are compared in
+constant time by ``MetalStore.check_token`` and never appear in a log line, an error or an answer.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -37,6 +41,10 @@ EVENT_FIELDS: Final = ("kind", "stage", "ok", "message", "data")
 STAGES: Final = ("booted", "disk-selected", "image-written", "checksum-ok", "configdrive-written", "disk-wiped", "done")
 MAX_EVENT_BYTES: Final = 64 * 1024
 MAX_PHONE_HOME_BYTES: Final = 1024 * 1024
+#: Deepest nesting of arrays/objects a body may have (the ramdisk and the test agent send 2-3 levels).
+MAX_JSON_DEPTH: Final = 32
+#: The largest boot count a phone-home report may carry (an SQLite INTEGER holds it; no OS boots that often).
+MAX_BOOT: Final = 2**31 - 1
 _NODE_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -64,6 +72,8 @@ def parse_json_object(body: bytes, what: str) -> dict[str, Any]:
     """``body`` as a JSON object, or CallbackError 400 saying what is wrong with it."""
     try:
         value = json.loads(body.decode("utf-8"))
+    except RecursionError:
+        raise CallbackError(HTTPStatus.BAD_REQUEST, f"{what}: body is JSON nested too deeply") from None
     except UnicodeDecodeError as exc:
         raise CallbackError(HTTPStatus.BAD_REQUEST, f"{what}: body is not UTF-8 ({exc.reason})") from None
     except json.JSONDecodeError as exc:
@@ -72,7 +82,28 @@ def parse_json_object(body: bytes, what: str) -> dict[str, Any]:
         ) from None
     if not isinstance(value, dict):
         raise CallbackError(HTTPStatus.BAD_REQUEST, f"{what}: body must be a JSON object, not {type(value).__name__}")
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise CallbackError(HTTPStatus.BAD_REQUEST, f"{what}: body nests deeper than {MAX_JSON_DEPTH} levels")
     return value
+
+
+def json_depth(value: Any) -> int:
+    """How deep arrays and objects nest in ``value`` (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def parse_event(body: bytes) -> dict[str, Any]:
@@ -120,10 +151,21 @@ class Callbacks:
             reason = "no token"
         elif self.store.call(lambda s: s.check_token(caller.node, caller.token, purpose)):
             return
+        elif purpose == "job" and self._expired(caller):
+            reason = "job expired"
         else:
             reason = "bad token"
         log.warning("rejected callback for node %s from %s (%s)", caller.node, caller.client_ip, reason)
         raise CallbackError(HTTPStatus.UNAUTHORIZED, f"{purpose} token missing or not valid for node {caller.node!r}")
+
+    def _expired(self, caller: Caller) -> bool:
+        """``caller`` holds the node's job token, but the job's deadline has passed."""
+        job = self.store.call(lambda s: s.job(caller.node))
+        return (
+            job is not None
+            and hmac.compare_digest(job.token.encode(), caller.token.encode())
+            and time.time() > job.deadline
+        )
 
     def instructions(self, caller: Caller) -> str:
         """The job of ``caller.node`` as ``SF_*`` shell assignments."""
@@ -159,9 +201,23 @@ class Callbacks:
         return event_id, str(event["kind"])
 
     def record_phone_home(self, caller: Caller, body: bytes) -> int:
-        """Store what the booted OS reported as event ``phone-home``; return its id."""
+        """Store what the booted OS reported as event ``phone-home``; return its id. The token is spent on the
+        report's ``boot`` (a non-negative integer, 0 when absent): the same report sent again is refused (409)."""
         self.authenticate(caller, "phone-home")
         report = parse_json_object(body, "phone-home")
+        boot = report.get("boot", 0)
+        if isinstance(boot, bool) or not isinstance(boot, int) or not 0 <= boot <= MAX_BOOT:
+            raise CallbackError(HTTPStatus.BAD_REQUEST, f"phone-home: boot must be an integer 0-{MAX_BOOT}")
+        used = self.store.call(lambda s: s.use_phone_home_token(caller.node, caller.token, boot))
+        if used == "bad":  # rotated or revoked since authenticate
+            log.warning("rejected callback for node %s from %s (bad token)", caller.node, caller.client_ip)
+            raise CallbackError(HTTPStatus.UNAUTHORIZED, f"phone-home token not valid for node {caller.node!r}")
+        if used == "replayed":
+            log.warning("rejected phone-home of node %s from %s (replayed: boot %d already reported)", caller.node,
+                        caller.client_ip, boot)  # fmt: skip
+            raise CallbackError(
+                HTTPStatus.CONFLICT, f"phone-home of node {caller.node!r}: boot {boot} was already reported"
+            )
         event_id = self.store.call(lambda s: s.add_event(caller.node, "phone-home", report))
         log.info("node %s phoned home from %s", caller.node, caller.client_ip)
         return event_id

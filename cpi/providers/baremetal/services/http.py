@@ -4,9 +4,10 @@ Routes (base ``http://<provisioning address>:<port>``; see /work/coord/METAL.md 
 
 =====================================  ============  ==============================================================
 ``GET /boot.ipxe``                     none          chains ``/ipxe/${netX/mac}`` (dnsmasq hands this URL to iPXE)
-``GET /ipxe/<mac>``                    none          boots the deploy ramdisk if the MAC's node has a job (not past
+``GET /ipxe/<mac>``                    DHCP lease    boots the deploy ramdisk if the MAC's node has a job (not past
                                                      its deadline), else ``exit 1`` (the firmware boots the disk);
-                                                     the body (it holds the token) is never logged
+                                                     only to the address dnsmasq leased that MAC (else 403); the
+                                                     body (it holds the token) is never logged
 ``GET|HEAD /ramdisk/<file>``           none          files of the ramdisk directory
 ``GET|HEAD /images/<path>``            none          files under ``<state_dir>/images/``
 ``GET /v1/nodes/<node>/instructions``  job token     ``SF_*`` shell assignments (``text/plain``)
@@ -14,6 +15,13 @@ Routes (base ``http://<provisioning address>:<port>``; see /work/coord/METAL.md 
 ``POST /v1/nodes/<node>/events``       job token     ramdisk heartbeat/stage/result → 204
 ``POST /v1/nodes/<node>/phone-home``   phone-home    the booted OS's report → 204
 =====================================  ============  ==============================================================
+
+Trust: the routes marked "none" serve nothing secret. The job token reaches a server only in its per-MAC iPXE
+script, which is bound to the DHCP lease: with ``lease_file`` (dnsmasq's lease file; ``metal serve`` always passes
+it) the script goes only to the address dnsmasq's current lease for that MAC names, so another machine asking for
+it by MAC gets 403. What remains trusted is the provisioning network itself: plain HTTP, and a machine there that
+spoofs both the MAC and the address it was leased can still take the token (see README's security section).
+Job tokens stop working at their job's deadline; phone-home tokens are spent per boot (``callbacks.py``).
 
 Files are streamed with ``Content-Length`` in 1 MiB ``sendfile`` chunks (never read whole); a single ``Range``
 (``bytes=N-`` / ``bytes=N-M``) is answered 206 so a ramdisk can resume. Paths are resolved and must stay inside
@@ -38,7 +46,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final
 from urllib.parse import unquote, urlsplit
 
-from cpi.providers.baremetal.services import ipxe
+from cpi.providers.baremetal.services import ipxe, leases
 from cpi.providers.baremetal.services.callbacks import (
     MAX_EVENT_BYTES,
     MAX_PHONE_HOME_BYTES,
@@ -75,8 +83,12 @@ class MetalHTTPServer(ThreadingHTTPServer):
         ramdisk_dir: Path,
         base_url: str | None = None,
         ramdisk_debug: bool = False,
+        lease_file: Path | None = None,
     ) -> None:
+        """``lease_file``: dnsmasq's lease file; the per-MAC iPXE script goes only to the address leased to that MAC.
+        None (a server without a DHCP server of ours, e.g. in tests) sends it to whoever asks."""
         self.store = store
+        self.lease_file = lease_file
         self.state_dir = Path(state_dir)
         self.images_dir = self.state_dir / "images"
         self.ramdisk_dir = Path(ramdisk_dir)
@@ -243,6 +255,15 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
                         job.kind, time.time() - job.deadline)  # fmt: skip
             self._send_text(ipxe.exit_script(f"the {job.kind} job of node {node} expired"))
             return
+        client = self.client_address[0]
+        if self.server.lease_file is not None:
+            leased = leases.wait_for_lease(self.server.lease_file, norm, client)
+            if leased != client:
+                log.warning("iPXE script for node %s (%s) refused to %s: dnsmasq leased that MAC %s", node, norm,
+                            client, f"to {leased}" if leased else "no address")  # fmt: skip
+                raise CallbackError(
+                    HTTPStatus.FORBIDDEN, f"{norm}: the boot script goes only to the address leased to that MAC"
+                )
         try:
             script = ipxe.ramdisk_script(
                 self.server.base_url, job.node, job.kind, job.token, debug=self.server.ramdisk_debug
@@ -303,11 +324,13 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
         if not match or match.groups() == ("", ""):
             raise CallbackError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, f"unsupported Range {header[:60]!r}")
         first, last = match.groups()
+        # (RFC 9110 14.1.2: a last position at or past the end means the end; a number of any length is valid
+        # syntax, so the digits are capped before int() -- Python refuses to convert more than 4300 of them)
         if first == "":  # suffix: the last N bytes
-            start, end = max(0, size - int(last)), size
+            start, end = max(0, size - _capped(last, size)), size
         else:
-            start = int(first)
-            end = min(size, int(last) + 1) if last else size
+            start = _capped(first, size)
+            end = min(size, _capped(last, size) + 1) if last else size
         if start >= size or start >= end:
             raise CallbackError(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, f"Range {header[:60]!r} outside 0-{size}")
         return start, end
@@ -337,6 +360,14 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise CallbackError(HTTPStatus.BAD_REQUEST, f"body ended after {len(body)} of {length} bytes")
         return body
+
+
+def _capped(digits: str, cap: int) -> int:
+    """The decimal number ``digits`` or ``cap``, whichever is smaller, for numbers of any length."""
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > len(str(cap)):
+        return cap
+    return min(int(digits), cap)
 
 
 def resolve_inside(root: Path, segments: list[str]) -> Path:

@@ -11,6 +11,7 @@ per line, every value single-quoted with ``'`` written as ``'\\''``, so busybox 
     SF_CONFIGDRIVE_URL='http://10.1.2.1:8080/v1/nodes/n1/configdrive'
     SF_ROOT_HINTS='size=>=4 serial=QM0001'
     SF_HEARTBEAT_S='10'
+    SF_ERASE='full'            (clean jobs: metadata | full)
 
 Contract of :func:`render_instructions`: an unknown key, a missing required key (deploy: image_url, image_sha256,
 image_size) or a value of the wrong type raises :class:`InstructionsError` naming the node and the key; nothing is
@@ -35,11 +36,15 @@ KEYS: Final = (
     "configdrive_url",
     "root_hints",
     "heartbeat_s",
+    "erase",
 )
 REQUIRED_FOR_DEPLOY: Final = ("image_url", "image_sha256", "image_size")
 ROOT_HINT_KEYS: Final = ("size", "name", "serial", "wwn", "model")
 IMAGE_FORMATS: Final = ("raw", "gzip")
 MODES: Final = ("deploy", "clean")
+#: Cleaning depth (``erase``, clean jobs only): ``metadata`` (default: config drives, every filesystem/RAID/LVM
+#: signature and ext superblock copy, first MiB, last 66 MiB) or ``full`` (also the whole disk: discard + zeroing).
+ERASE_MODES: Final = ("metadata", "full")
 
 _SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
 _SIZE_HINT_RE: Final = re.compile(r"^(>=|<=|>|<)?\s*([0-9]+)$")
@@ -84,6 +89,8 @@ def validate_instructions(node: str, kind: str, instructions: Mapping[str, Any])
         if "\n" in text or "\r" in text or "\x00" in text:
             raise fail(key, "must not contain newlines or NUL bytes")
         out[key] = text
+    if mode != "clean" and "erase" in out:
+        raise fail("erase", "only a clean job erases disks")
     if mode == "deploy" and "image_format" not in out:
         out["image_format"] = "raw"
     return {k: out[k] for k in KEYS if k in out}
@@ -118,6 +125,10 @@ def _render_value(key: str, value: Any, fail: Any) -> str:
         return str(math.ceil(value))  # the ramdisk counts whole seconds
     if key == "root_hints":
         return _render_root_hints(value, fail)
+    if key == "erase":
+        if value not in ERASE_MODES:
+            raise fail(key, f"must be one of {', '.join(ERASE_MODES)}, not {value!r}")
+        return str(value)
     raise fail(key, "unknown key")  # unreachable: keys are checked first
 
 
