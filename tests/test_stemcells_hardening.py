@@ -203,7 +203,7 @@ def test_huge_extended_headers_are_refused_before_tarfile_parses_them(
     started = time.monotonic()
     with pytest.raises(StemcellError) as info:
         READERS[reader](tgz, tmp_path)
-    assert time.monotonic() - started < 2  # ...that used to take minutes (PAX) or gigabytes (long name)
+    assert time.monotonic() - started < 5  # ...that used to take minutes (PAX) or gigabytes (long name)
     assert what in info.value.message
     assert f"exceeds the limit of {MAX_EXTENDED_HEADER_BYTES} bytes" in info.value.message
     assert len(info.value.message) < 500
@@ -214,7 +214,7 @@ def test_verify_reports_the_huge_pax_header_quickly(tmp_path: Path) -> None:
     tgz = hostile_header_tgz(tmp_path / "evil.tgz", tarfile.XHDTYPE, 4 * 1024 * 1024)
     started = time.monotonic()
     report = verify_stemcell(tgz)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5
     assert not report.ok
     assert "PAX header of 4194304 bytes exceeds the limit" in report.checks[0].detail
 
