@@ -55,6 +55,8 @@ def leftovers(cpi: LibvirtCpi) -> dict[str, list[str]]:
     """Everything a create_stemcell call could leave behind: pool volumes, temporary directories in the state dir
     (and their extracted files), state rows, and child processes still running from the state dir."""
     temps = sorted(p.name for p in cpi.state_dir.glob("stemforge-stemcell-*")) if cpi.state_dir.exists() else []
+    pending = cpi.state_dir / "pending-stemcells"
+    temps += sorted(p.name for p in pending.iterdir()) if pending.exists() else []
     rows = [row["cid"] for row in cpi.state_rows("stemcells")] if (cpi.state_dir / "state.db").exists() else []
     procs = subprocess.run(["pgrep", "-f", f"stemcells.image_check .*{cpi.root}"], capture_output=True, text=True)
     return {"volumes": cpi.volumes(), "temps": temps, "rows": rows, "children": procs.stdout.split()}
@@ -184,41 +186,50 @@ def test_abandoned_upload_removes_the_half_uploaded_volume(
 
 
 def test_startup_sweep_removes_old_orphans_the_state_db_does_not_know(
-    cpi: LibvirtCpi, tmp_path: Path, stemcell_of_zeros: tuple[Path, str]
+    cpi: LibvirtCpi, stemcell_of_zeros: tuple[Path, str]
 ) -> None:
+    """What a SIGKILLed create_stemcell leaves (a volume with its pending marker, a temporary directory) is swept
+    by the next create_stemcell once old enough; a young one, and a volume of another CPI sharing the pool (no
+    marker in this state dir), stay."""
     import libvirt
 
+    names = {kind: f"sc-{uuid.uuid4()}.raw" for kind in ("orphan", "young", "foreign")}
     conn = libvirt.open("qemu:///system")
     try:
         pool = conn.storagePoolLookupByName(cpi.pool_name)
-        xml = ("<volume><name>{}</name><capacity unit='bytes'>{}</capacity>"
-               "<target><format type='raw'/></target></volume>")
-        orphan, young = f"sc-{uuid.uuid4()}.raw", f"sc-{uuid.uuid4()}.raw"
-        for name in (orphan, young):
-            pool.createXML(xml.format(name, MIB), 0)
+        for name in names.values():
+            pool.createXML(f"<volume><name>{name}</name><capacity unit='bytes'>{MIB}</capacity>"
+                           "<target><format type='raw'/></target></volume>", 0)
     finally:
         conn.close()
+    pending = cpi.state_dir / "pending-stemcells"
+    pending.mkdir(exist_ok=True)
+    (pending / names["orphan"]).touch()
+    (pending / names["young"]).touch()
     old_temp = cpi.state_dir / "stemforge-stemcell-killed"
     (old_temp / "deep").mkdir(parents=True)
     (old_temp / "deep" / "root.img").write_bytes(b"x" * 4096)
-    two_hours_ago = time.time() - 3 * 3600
-    for path in (cpi.pool_path / orphan, old_temp):
-        os.utime(path, (two_hours_ago, two_hours_ago))
+    long_ago = time.time() - 3 * 3600
+    for path in (pending / names["orphan"], cpi.pool_path / names["foreign"], old_temp):
+        os.utime(path, (long_ago, long_ago))
     image, _ = stemcell_of_zeros
     result = cpi.call("create_stemcell", str(image), {}, {}, api_version=3)
     cid = result.result
-    assert orphan not in cpi.volumes() and not old_temp.exists()
-    assert young in cpi.volumes()  # too recent: it may belong to a call still running
-    assert f"removed orphaned stemcell volume {orphan}" in result.response["log"]
+    volumes = cpi.volumes()
+    assert names["orphan"] not in volumes and not old_temp.exists()
+    assert names["young"] in volumes and names["foreign"] in volumes
+    assert sorted(p.name for p in pending.iterdir()) == [names["young"]]
+    assert f"removed orphaned stemcell volume {names['orphan']}" in result.response["log"]
     assert "removed orphaned temporary directory" in result.response["log"]
     cpi.ok("delete_stemcell", cid)
-    import libvirt as lv
-
-    conn = lv.open("qemu:///system")
+    conn = libvirt.open("qemu:///system")
     try:
-        conn.storagePoolLookupByName(cpi.pool_name).storageVolLookupByName(young).delete(0)
+        pool = conn.storagePoolLookupByName(cpi.pool_name)
+        for kind in ("young", "foreign"):
+            pool.storageVolLookupByName(names[kind]).delete(0)
     finally:
         conn.close()
+    (pending / names["young"]).unlink()
     assert leftovers(cpi) == NOTHING
 
 

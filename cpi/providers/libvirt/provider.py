@@ -159,7 +159,13 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
                 self.log.info("create_stemcell: importing %s image (%d MiB virtual) as %s",
                               fmt, root.virtual_size // MIB, volume)
                 capacity = root.virtual_size if fmt == "raw" else root.path.stat().st_size
-                self.pool.upload(volume, root.path, fmt, capacity, undo=undo)
+                marker = self._pending_stemcells / volume  # until the state DB knows it (see the sweep)
+                marker.touch()
+                try:
+                    self.pool.upload(volume, root.path, fmt, capacity, undo=undo)
+                except BaseException:
+                    marker.unlink(missing_ok=True)
+                    raise
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -168,6 +174,8 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
         except BaseException:
             self.pool.delete(volume)
             raise
+        finally:
+            marker.unlink(missing_ok=True)
         return cid
 
     def _root_image(self, image: Path, tmp: Path, undo: deadline.UndoScope) -> ImageInfo:
@@ -188,14 +196,29 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
         except StemcellError as exc:
             raise CloudError(f"create_stemcell: {exc.message}") from None
 
+    @property
+    def _pending_stemcells(self) -> Path:
+        """Markers of stemcell volumes being made (``<state_dir>/pending-stemcells/<volume>``): a volume becomes
+        known to the state DB only after its upload, so a killed call leaves a marker next to its orphan. Only
+        marked volumes are ever swept: another CPI (another state dir) sharing the pool keeps its own."""
+        directory = self.state_dir / "pending-stemcells"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        return directory
+
     def _sweep_stemcell_orphans(self) -> None:
-        """Remove what killed create_stemcell calls left behind: ``sc-*`` volumes the state DB does not know and
-        temporary directories in the state dir, once older than twice ``call_timeout`` (at least an hour)."""
+        """Remove what killed create_stemcell calls left behind, once older than twice ``call_timeout`` (at least
+        an hour): volumes with a pending marker that the state DB does not know, and temporary directories."""
         min_age = max(3600.0, 2 * float(self.properties.get("call_timeout") or 3600))
-        known = {str(row["volume"]) for row in self.state.all("stemcells")}
-        for name in self.pool.sweep_orphans(known, "sc-", min_age):
-            self.log.warning("create_stemcell: removed orphaned stemcell volume %s (not in the state DB)", name)
         now = time.time()
+        markers = [m for m in self._pending_stemcells.iterdir() if _older(m, now, min_age)]
+        known = {str(row["volume"]) for row in self.state.all("stemcells")} if markers else set()
+        for marker in markers:
+            if marker.name not in known:
+                with contextlib.suppress(CpiError, libvirt.libvirtError):
+                    if self.pool.delete(marker.name):
+                        self.log.warning("create_stemcell: removed orphaned stemcell volume %s (left by a killed "
+                                         "call; not in the state DB)", marker.name)
+            marker.unlink(missing_ok=True)
         for entry in self.state_dir.glob(f"{STEMCELL_TMP_PREFIX}*"):
             with contextlib.suppress(OSError):
                 if entry.is_dir() and not entry.is_symlink() and now - entry.stat().st_mtime > min_age:
@@ -661,6 +684,13 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
         self.pool.delete(record["volume"] if record else f"{snapshot_cid}.qcow2")
         with self.state.transaction() as tx:
             tx.delete("snapshots", snapshot_cid)
+
+
+def _older(path: Path, now: float, seconds: float) -> bool:
+    try:
+        return now - path.lstat().st_mtime > seconds
+    except OSError:
+        return False
 
 
 def disk_serial(disk_cid: str) -> str:

@@ -176,31 +176,6 @@ class Pool:
                     raise
                 time.sleep(0.2)
 
-    def sweep_orphans(self, known_volumes: set[str], prefix: str, min_age: float) -> list[str]:
-        """Delete volumes named ``<prefix>*`` that are not in ``known_volumes`` and were last modified more than
-        ``min_age`` seconds ago (left by a process that was killed mid-call); return their names."""
-        removed: list[str] = []
-        with contextlib.suppress(libvirt.libvirtError):
-            self.pool.refresh(0)
-        try:
-            names = self.pool.listVolumes()
-        except libvirt.libvirtError:
-            return removed
-        now = time.time()
-        for name in names:
-            if not name.startswith(prefix) or name in known_volumes:
-                continue
-            try:
-                age = now - (self.path / name).stat().st_mtime
-            except OSError:
-                continue
-            if age < min_age:
-                continue
-            with contextlib.suppress(CpiError, libvirt.libvirtError):
-                if self.delete(name):
-                    removed.append(name)
-        return removed
-
     def delete(self, name: str) -> bool:
         """Delete a volume by name; False when it did not exist."""
         vol = self.lookup(name)
