@@ -2,7 +2,9 @@
 
 Modules: ``manifest`` (``StemcellManifest``), ``tarball`` (``write_stemcell``, ``read_stemcell``,
 ``verify_stemcell``, ``extract_stemcell``, ``open_root_image``), ``safe_extract`` (all-or-nothing tar
-extraction), ``errors`` (``StemcellError``) and ``cli`` (``stemforge stemcell ...``).
+extraction, bounded extended headers, one symlink judgement), ``image_check`` (bounded ``qemu-img info`` judgement of
+a disk image before any use: the CPI providers, ``stemcell create``/``verify`` and the qemu builder's
+``disk_image``), ``errors`` (``StemcellError``) and ``cli`` (``stemforge stemcell ...``).
 
 The names below are re-exported lazily, so importing ``stemcells`` (or a subpackage such as
 ``stemcells.testimage``) does not pull in jsonschema and PyYAML until they are used.
