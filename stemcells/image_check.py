@@ -75,9 +75,9 @@ def check_image(
 ) -> ImageInfo:
     """Inspect ``path`` with bounded ``qemu-img info`` and return its format and sizes, or raise ``ImageRejected``
     naming the reason (see the module docstring for what is refused)."""
-    if not path.is_file() or path.is_symlink():
+    if not path.is_file():  # a FIFO or device would make qemu-img block or read a host disk
         raise ImageRejected(path, "is not a regular file")
-    info = _qemu_img_info(path, timeout, memory_limit)
+    info = _qemu_img_info(path.resolve(), timeout, memory_limit)
     return judge(path, info, allowed_formats=allowed_formats, max_virtual_size=max_virtual_size)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import struct
 import subprocess
 import tarfile
@@ -381,3 +382,16 @@ def test_cli_virtual_size_limit_is_configurable(tmp_path: Path, capsys: pytest.C
     assert main(["stemcell", "verify", str(tgz)]) == 0
     assert main(["stemcell", "verify", "--max-virtual-gib", "2", str(tgz)]) == 1
     assert "exceeds the limit of 2147483648 bytes" in capsys.readouterr().out
+
+
+def test_check_image_follows_a_symlink_to_a_file_but_refuses_fifos(tmp_path: Path) -> None:
+    image = tmp_path / "root.qcow2"
+    _qemu_img("create", "-q", "-f", "qcow2", str(image), "16M")
+    (tmp_path / "link.qcow2").symlink_to(image)
+    assert check_image(tmp_path / "link.qcow2").format == "qcow2"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with pytest.raises(ImageRejected, match="is not a regular file"):
+        check_image(fifo)
+    assert time.monotonic() - started < 5  # never blocks opening it
