@@ -181,8 +181,9 @@ clean_disk() {
     [ "$bytes" -lt "$head" ] && head=$bytes
     tail=$CD_TAIL
     [ "$bytes" -lt "$tail" ] && tail=$bytes
-    zero "$dev" 0 $((head / 512)) || { ERR="zeroing the first MiB of $dev: $(cat "$R/zero.err")"; return 1; }
-    zero "$dev" $(((bytes - tail) / 512)) $((tail / 512)) ||
+    "$BLKDISCARD" -z -o 0 -l "$head" "$dev" 2>"$R/zero.err" ||
+        { ERR="zeroing the first MiB of $dev: $(cat "$R/zero.err")"; return 1; }
+    "$BLKDISCARD" -z -o $((bytes - tail)) -l "$tail" "$dev" 2>"$R/zero.err" ||
         { ERR="zeroing the last $((tail / MIB)) MiB of $dev: $(cat "$R/zero.err")"; return 1; }
     echo "$dev 0:$head" >>"$R/zeroed"
     echo "$dev $((bytes - tail)):$tail" >>"$R/zeroed"
