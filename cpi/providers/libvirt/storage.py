@@ -24,7 +24,6 @@ from cpi.providers.libvirt import domain_xml
 from cpi.providers.libvirt.config import LibvirtConfig
 
 MIB = 1024 * 1024
-QCOW2_MAGIC = b"QFI\xfb"
 
 
 class Pool:
@@ -240,20 +239,6 @@ def _hole_handler(_stream: libvirt.virStream, fd: int) -> list[Any]:
     hole = os.lseek(fd, data, os.SEEK_HOLE)  # in data: up to the next hole (EOF is one)
     os.lseek(fd, cur, os.SEEK_SET)
     return [True, hole - data]
-
-
-def image_format(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return "qcow2" if fh.read(4) == QCOW2_MAGIC else "raw"
-
-
-def virtual_size(path: Path) -> int:
-    """The guest-visible size of a qcow2 (from its header) or raw image."""
-    with open(path, "rb") as fh:
-        header = fh.read(32)
-    if header[:4] == QCOW2_MAGIC:
-        return int.from_bytes(header[24:32], "big")
-    return path.stat().st_size
 
 
 def _storage_error(action: str, exc: libvirt.libvirtError) -> Exception:
