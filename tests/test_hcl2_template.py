@@ -412,3 +412,12 @@ build { sources = ["source.file.x"] }
     assert syntax.returncode == 1
     assert "Error: Invalid HCL syntax" in syntax.stdout + syntax.stderr
     assert "line 2" in syntax.stdout and "Unexpected end of line at column 13" in syntax.stdout
+
+
+def test_bench_templates_quick(tmp_path: Path) -> None:
+    """The benchmark keeps working (its smallest size; the numbers are in benchmarks/README.md)."""
+    bench = HERE.parent / "benchmarks" / "bench_templates.py"
+    proc = subprocess.run([sys.executable, str(bench), "--quick"], cwd=tmp_path, text=True, capture_output=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "=== bench_templates summary" in proc.stdout and "HCL2 / JSON" in proc.stdout

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hcl2
 from lark import Token, Tree
 
 from builders.template.functions import PACKER_COMPAT_VERSION, time_ordered_uuid
@@ -29,6 +28,8 @@ from builders.template.hcl2.datasources import DATA_SOURCES, DataSourceError
 from builders.template.hcl2.diagnostics import Diagnostic, HCLError, Range
 from builders.template.hcl2.evaluator import Evaluator, Namespace, parse_expression
 from builders.template.hcl2.functions import make_functions
+from builders.template.hcl2.parser import first_line as _first_line
+from builders.template.hcl2.parser import parse_text
 from builders.template.hcl2.types import ANY, STRING, HclType, TypeError_, convert, infer, parse_type
 from builders.template.hcl2.values import json_compatible, to_string
 from builders.template.model import BuilderSpec, PostProcessorSpec, ProvisionerSpec, Template, TemplateError
@@ -88,7 +89,7 @@ def _body(node: Tree, filename: str, sources: Mapping[str, str]) -> Body:
         if child.data == "attribute":
             kids = _meaningful(child.children)
             name = _label(kids[0])
-            line = child.meta.line
+            line = _first_line(child) or 1
             if name in body.attrs:
                 raise HCLError(Diagnostic("Attribute redefined",
                                           f'The argument "{name}" was already set at {filename}:'
@@ -100,7 +101,7 @@ def _body(node: Tree, filename: str, sources: Mapping[str, str]) -> Body:
             inner = next(c for c in kids if isinstance(c, Tree) and c.data == "body")
             heads = [c for c in kids if isinstance(c, Tree) and c is not inner]
             body.blocks.append(Block(_label(heads[0]), [_label(h) for h in heads[1:]],
-                                     _body(inner, filename, sources), child.meta.line, filename))
+                                     _body(inner, filename, sources), _first_line(child) or 1, filename))
     return body
 
 
@@ -113,7 +114,7 @@ def parse_file(path: Path, display: str, sources: dict[str, str]) -> Body:
                                                          f"{e.strerror or e}.")) from None
     sources[display] = text
     try:
-        tree = hcl2.parses_to_tree(text)
+        tree = parse_text(text)
     except Exception as e:  # noqa: BLE001 - Lark's UnexpectedInput family and friends
         line = getattr(e, "line", 1) or 1
         column = getattr(e, "column", 1) or 1
@@ -217,6 +218,9 @@ class _Loader:
         self.functions = make_functions(base_dir=root, now=self.run_time)
         self.default_functions = make_functions(base_dir=root, now=self.run_time, env_allowed=True)
         self.reported_unknown: set[str] = set()
+        self.filter_cache: dict[tuple[int, str], tuple[set[str], list[str]] | None] = {}
+        self._base_scope: dict[str, Any] | None = None
+        self.context_cache: dict[int, bool] = {}
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def diag(self, summary: str, detail: str, where: Attr | Block | None, context: str = "",
@@ -273,27 +277,31 @@ class _Loader:
 
     # -- scope -----------------------------------------------------------------------------------------------
     def scope(self, *, source: tuple[str, str] | None = None, build_name: str = "") -> dict[str, Any]:
-        variables = self.variables
+        """The references an expression can read; ``source`` (type, name) and the build block's name inside a
+        build. ``build.<Key>`` is Packer's generated data: the ``{{ build `Key` }}`` placeholder until run time."""
+        if self._base_scope is None:
+            variables = self.variables
 
-        def var(name: str) -> Any:
-            if name not in variables:
-                raise KeyError(name)
-            return variables[name].value
+            def var(name: str) -> Any:
+                if name not in variables:
+                    raise KeyError(name)
+                return variables[name].value
+
+            self._base_scope = {
+                "var": Namespace("var", var, lambda n: n in variables and variables[n].sensitive),
+                "local": Namespace("local", self.local, lambda n: n in self.local_sensitive),
+                "data": Namespace("data", self.data_type),
+                "path": {"root": str(self.root), "cwd": str(Path.cwd())},
+                "packer": {"version": PACKER_COMPAT_VERSION},
+            }
 
         def build(name: str) -> Any:
             if name == "name":
                 return build_name
             return f"{{{{ build `{name}` }}}}"
 
-        data_ns = Namespace("data", self.data_type)
-        scope: dict[str, Any] = {
-            "var": Namespace("var", var, lambda n: n in variables and variables[n].sensitive),
-            "local": Namespace("local", self.local, lambda n: n in self.local_sensitive),
-            "data": data_ns,
-            "path": {"root": str(self.root), "cwd": str(Path.cwd())},
-            "packer": {"version": PACKER_COMPAT_VERSION},
-            "build": Namespace("build", build),
-        }
+        scope = dict(self._base_scope)
+        scope["build"] = Namespace("build", build)
         if source is not None:
             scope["source"] = {"type": source[0], "name": source[1]}
         return scope
@@ -988,18 +996,17 @@ def _builds(ld: _Loader, t: HCL2Template, blocks: list[Block], syntax_only: bool
                 if plugin is None:
                     _unknown_type(ld, "provisioner", type_name, pb)
                     continue
-                for spec in specs:
-                    p = _provisioner(ld, pb, spec, plugin, syntax_only, prov_index)
-                    if p is None:
-                        continue
-                    if pb.type == "error-cleanup-provisioner":
-                        if t.error_cleanup_provisioner is None:
-                            t.error_cleanup_provisioner = p
-                        else:
-                            t.error_cleanup_provisioner.only.append(spec.name)
-                            t.error_cleanup_provisioner.override[spec.name] = p.config
-                    else:
+                applicable = [spec for spec in specs if _filter(ld, pb, spec)]
+                if applicable:
+                    p = _provisioner_for(ld, pb, applicable, plugin, syntax_only, prov_index)
+                    if pb.type == "provisioner":
                         t.provisioners.append(p)
+                    elif t.error_cleanup_provisioner is None:
+                        t.error_cleanup_provisioner = p
+                    else:
+                        first = t.error_cleanup_provisioner
+                        first.only += p.only
+                        first.override.update({name: p.override.get(name, p.config) for name in p.only})
                 if pb.type == "provisioner":
                     prov_index += 1
             elif pb.type in ("post-processor", "post-processors"):
@@ -1007,10 +1014,24 @@ def _builds(ld: _Loader, t: HCL2Template, blocks: list[Block], syntax_only: bool
                                                                           if b.type == "post-processor"]
                 info["post_processors"].append([b.labels[0] if b.labels else "" for b in chain_blocks])
                 chain_index = len(info["post_processors"]) - 1
+                if not any(_uses_build_context(ld, b) for b in chain_blocks):
+                    # evaluated once: each post-processor lists the builds its only/except select
+                    shared: list[PostProcessorSpec] = []
+                    for j, ppb in enumerate(chain_blocks):
+                        applicable = [spec for spec in specs if _filter(ld, ppb, spec)]
+                        pp = _post_processor(ld, ppb, applicable[0], syntax_only, (chain_index, j)) \
+                            if applicable else None
+                        if pp is not None:
+                            pp.only = [spec.name for spec in applicable]
+                            shared.append(pp)
+                    if shared:
+                        t.post_processors.append(shared)
+                    continue
                 for spec in specs:
                     chain: list[PostProcessorSpec] = []
                     for j, ppb in enumerate(chain_blocks):
-                        pp = _post_processor(ld, ppb, spec, syntax_only, (chain_index, j))
+                        pp = _post_processor(ld, ppb, spec, syntax_only, (chain_index, j)) \
+                            if _filter(ld, ppb, spec) else None
                         if pp is not None:
                             chain.append(pp)
                     if chain:
@@ -1039,19 +1060,51 @@ class _SourceRefs(Namespace):
         return self.path
 
 
+_GLOB = re.compile(r"[*?\[]")
+
+
+def _uses_build_context(ld: _Loader, block: Block) -> bool:
+    """Whether anything in ``block`` reads ``source.*`` or ``build.*`` (then it is evaluated per build)."""
+    key = id(block)
+    if key not in ld.context_cache:
+        def body_uses(body: Body) -> bool:
+            for attr in body.attrs.values():
+                expr = attr.expr
+                if isinstance(expr, Tree) and any(
+                        tok.type == "NAME" and str(tok) in ("source", "build")
+                        for tok in expr.scan_values(lambda v: isinstance(v, Token))):
+                    return True
+            return any(body_uses(b.body) for b in body.blocks)
+
+        ld.context_cache[key] = body_uses(block.body) or "override" in block.body.attrs
+    return ld.context_cache[key]
+
+
 def _filter(ld: _Loader, block: Block, spec: HCL2BuilderSpec) -> bool:
     """Whether ``block`` (provisioner / post-processor) applies to ``spec`` by its ``only``/``except``."""
     for key, want in (("only", True), ("except", False)):
         attr = block.body.attrs.get(key)
         if attr is None:
             continue
-        try:
-            names, _ = ld.eval_attr(attr, {}, block.context())
-        except HCLError as e:
-            ld.errors.extend(e.diagnostics)
+        cache_key = (id(block), key)
+        if cache_key not in ld.filter_cache:
+            try:
+                raw, _ = ld.eval_attr(attr, {}, block.context())
+            except HCLError as e:
+                ld.errors.extend(e.diagnostics)
+                raw = None
+            if raw is None:
+                ld.filter_cache[cache_key] = None
+            else:
+                names = [str(n) for n in raw or []]
+                ld.filter_cache[cache_key] = ({n for n in names if not _GLOB.search(n)},
+                                              [n for n in names if _GLOB.search(n)])
+        cached = ld.filter_cache[cache_key]
+        if cached is None:
             return False
-        names = [str(n) for n in names or []]
-        hit = any(fnmatch.fnmatchcase(spec.config_source, n) or fnmatch.fnmatchcase(spec.raw_name, n) for n in names)
+        literal, globs = cached
+        hit = spec.config_source in literal or spec.raw_name in literal or any(
+            fnmatch.fnmatchcase(spec.config_source, n) or fnmatch.fnmatchcase(spec.raw_name, n) for n in globs)
         if hit != want:
             return False
     return True
@@ -1071,10 +1124,21 @@ def _duration(ld: _Loader, block: Block, key: str, scope: Mapping[str, Any]) -> 
     return None
 
 
+def _provisioner_for(ld: _Loader, pb: Block, specs: list[HCL2BuilderSpec], plugin: Any, syntax_only: bool,
+                     index: int) -> ProvisionerSpec:
+    """One provisioner spec for the builds ``specs`` (its ``only``): evaluated once, or per build (into
+    ``override``) when the block reads ``source.*``/``build.*``."""
+    first = _provisioner(ld, pb, specs[0], plugin, syntax_only, index)
+    if _uses_build_context(ld, pb):
+        first.override = {specs[0].name: dict(first.config)}
+        for spec in specs[1:]:
+            first.override[spec.name] = _provisioner(ld, pb, spec, plugin, syntax_only, index).config
+    first.only = [spec.name for spec in specs]
+    return first
+
+
 def _provisioner(ld: _Loader, pb: Block, spec: HCL2BuilderSpec, plugin: Any, syntax_only: bool,
-                 index: int) -> ProvisionerSpec | None:
-    if not _filter(ld, pb, spec):
-        return None
+                 index: int) -> ProvisionerSpec:
     scope = ld.scope(source=(spec.type, spec.config_source.split(".", 1)[1]),
                      build_name=t_build_name(spec))
     config: dict[str, Any] = {}
@@ -1109,8 +1173,6 @@ def _post_processor(ld: _Loader, ppb: Block, spec: HCL2BuilderSpec, syntax_only:
     plugin = _plugin("post-processor", type_name)
     if plugin is None:
         _unknown_type(ld, "post-processor", type_name, ppb)
-        return None
-    if not _filter(ld, ppb, spec):
         return None
     scope = ld.scope(source=(spec.type, spec.config_source.split(".", 1)[1]), build_name=t_build_name(spec))
     config: dict[str, Any] = {}

@@ -18,10 +18,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import hcl2
 from lark import Token, Tree
 
 from builders.template.hcl2.diagnostics import Diagnostic, HCLError, Range
+from builders.template.hcl2.parser import first_line, parse_text
 from builders.template.hcl2.values import (
     ConversionError,
     hcl_equal,
@@ -61,10 +61,7 @@ def _meaningful(children: list[Any]) -> list[Any]:
 
 
 def _line(node: Any) -> int:
-    if isinstance(node, Token):
-        return node.line or 1
-    meta = getattr(node, "meta", None)
-    return getattr(meta, "line", 1) if meta is not None and not getattr(meta, "empty", True) else 1
+    return first_line(node) or 1
 
 
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
@@ -108,7 +105,7 @@ Part = tuple[Any, ...]
 def parse_expression(text: str, filename: str = "<expression>", line: int = 1) -> Any:
     """Parse one HCL expression (for heredoc/template interpolations, -var values)."""
     try:
-        tree = hcl2.parses_to_tree(f"x = {text}\n")
+        tree = parse_text(f"x = {text}\n")
     except Exception as e:  # noqa: BLE001 - Lark raises many types
         raise HCLError(Diagnostic("Invalid expression", _parse_detail(e), Range(filename, line))) from None
     body = tree.children[0]
@@ -273,15 +270,19 @@ class Evaluator:
     def evaluate(self, node: Any, scope: Mapping[str, Any]) -> Any:
         if isinstance(node, Token):
             raise self.error(node, "Invalid expression", f"Unexpected token {node!s}.")
-        method = getattr(self, "_e_" + node.data, None)
+        method = _METHODS.get(node.data)
         if method is None:
             raise self.error(node, "Unsupported expression", f"Expressions of kind {node.data} are not supported.")
-        return method(node, scope)
+        return method(self, node, scope)
 
     # -- terms -----------------------------------------------------------------------------------------------
     def _e_expr_term(self, node: Tree, scope: Mapping[str, Any]) -> Any:
-        inner = [c for c in _meaningful(node.children) if not (isinstance(c, Token) and c.type in ("LPAR", "RPAR"))]
-        return self.evaluate(inner[0], scope)
+        inner = getattr(node, "_sf_inner", None)
+        if inner is None:
+            inner = [c for c in _meaningful(node.children)
+                     if not (isinstance(c, Token) and c.type in ("LPAR", "RPAR"))][0]
+            node._sf_inner = inner  # type: ignore[attr-defined]  # parse trees are reused: compile once
+        return self.evaluate(inner, scope)
 
     def _e_int_lit(self, node: Tree, scope: Mapping[str, Any]) -> Any:
         return int(str(node.children[0]))
@@ -331,6 +332,16 @@ class Evaluator:
 
     # -- strings ---------------------------------------------------------------------------------------------
     def _e_string(self, node: Tree, scope: Mapping[str, Any]) -> Any:
+        compiled = getattr(node, "_sf_parts", None)
+        if compiled is None:
+            compiled = self._compile_string(node)
+            node._sf_parts = compiled  # type: ignore[attr-defined]
+        if isinstance(compiled, str):
+            return compiled
+        return self.render_parts(compiled, scope, node)
+
+    def _compile_string(self, node: Tree) -> str | list[Part]:
+        """A quoted template's parts, or its text when it is a constant."""
         parts: list[Part] = []
         for sp in node.children:
             if not isinstance(sp, Tree):
@@ -347,7 +358,9 @@ class Evaluator:
                     parts.append(("lit", text))
             else:
                 parts.append(self._string_directive(item))
-        return self.render_parts(parts, scope, node)
+        if all(p[0] == "lit" for p in parts):
+            return "".join(p[1] for p in parts)
+        return parts
 
     def _string_directive(self, item: Tree) -> Part:
         kids = _meaningful(item.children)
@@ -373,7 +386,11 @@ class Evaluator:
             return self.evaluate(parts[0][1], scope)
         if all(p[0] == "lit" for p in parts):
             return "".join(p[1] for p in parts)
-        nodes = structure_template(parts, self.filename)
+        nodes = getattr(node, "_sf_struct", None) if node is not None else None
+        if nodes is None:
+            nodes = structure_template(parts, self.filename)
+            if node is not None:
+                node._sf_struct = nodes
         out: list[str] = []
         self._render(nodes, scope, out)
         return "".join(out)
@@ -430,6 +447,13 @@ class Evaluator:
         return self._heredoc(node, scope, flush=True)
 
     def _heredoc(self, node: Tree, scope: Mapping[str, Any], *, flush: bool) -> Any:
+        parts = getattr(node, "_sf_heredoc", None)
+        if parts is None:
+            parts = self._heredoc_parts(node, flush=flush)
+            node._sf_heredoc = parts  # type: ignore[attr-defined]
+        return self.render_parts(parts, scope, node) if parts else ""
+
+    def _heredoc_parts(self, node: Tree, *, flush: bool) -> list[Part]:
         raw = str(node.children[0]).replace("\r\n", "\n")
         lines = raw.rstrip("\n").split("\n")
         body_lines = lines[1:-1]
@@ -441,7 +465,7 @@ class Evaluator:
         parts = parse_template_text(body, self.filename, _line(node) + 1)
         if len(parts) == 1 and parts[0][0] == "interp":
             parts = [parts[0], ("lit", "")]  # a heredoc is always a string
-        return self.render_parts(parts, scope, node) if parts else ""
+        return parts
 
     def _e_template_string(self, node: Tree, scope: Mapping[str, Any]) -> Any:
         text = str(node.children[0])
@@ -716,3 +740,9 @@ class Evaluator:
             return self.error(node, "Error in function call", f'Call to function "{name}" failed: {e}.')
         return self.error(node, "Invalid function argument", f"Invalid value for argument {e.index + 1} of "
                                                              f'"{name}": {e}.')
+
+
+#: Expression kind -> evaluator method (looked up once, not per call).
+_METHODS: dict[str, Callable[[Evaluator, Any, Mapping[str, Any]], Any]] = {
+    name[3:]: getattr(Evaluator, name) for name in dir(Evaluator) if name.startswith("_e_")
+}
