@@ -421,3 +421,33 @@ def test_bench_templates_quick(tmp_path: Path) -> None:
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "=== bench_templates summary" in proc.stdout and "HCL2 / JSON" in proc.stdout
+
+
+def test_hcl_json_syntax_files(tmp_path: Path) -> None:
+    """``*.pkr.json`` (HCL's JSON syntax) in a directory beside ``*.pkr.hcl``: labels as nested keys, arrays of
+    blocks keeping order, strings as templates."""
+    (tmp_path / "vars.pkr.hcl").write_text('variable "who" {\n  type    = string\n  default = "world"\n}\n')
+    (tmp_path / "main.pkr.json").write_text(json.dumps({
+        "//": "a comment",
+        "locals": {"greeting": "hello ${var.who}"},
+        "source": {"file": {"a": {"content": "${local.greeting} from ${source.name}", "target": "out.txt"}}},
+        "build": {
+            "name": "j",
+            "sources": ["source.file.a"],
+            "provisioner": [
+                {"shell-local": {"inline": ["echo first %{ if var.who == \"world\" }W%{ endif }"]}},
+                {"shell-local": {"inline": ["echo second"], "only": ["file.a"]}},
+            ],
+            "post-processors": [{"post-processor": [{"manifest": {"output": "m.json"}},
+                                                    {"checksum": {"checksum_types": ["md5"]}}]}],
+        },
+    }, indent=2))
+    t = load(tmp_path)
+    assert [(b.name, b.raw_name) for b in t.builders] == [("a", "j.file.a")]
+    assert t.builders[0].config == {"content": "hello world from a", "target": "out.txt"}
+    assert [p.config["inline"] for p in t.provisioners_for("a")] == [["echo first W"], ["echo second"]]
+    assert [[pp.type for pp in c] for c in t.post_processor_chains_for("a")] == [["manifest", "checksum"]]
+    (tmp_path / "main.pkr.json").write_text('{"source": {')
+    with pytest.raises(HCLError) as e:
+        load(tmp_path)
+    assert "Error: Invalid JSON" in str(e.value) and "main.pkr.json line 1" in str(e.value)

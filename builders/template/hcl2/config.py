@@ -113,6 +113,10 @@ def parse_file(path: Path, display: str, sources: dict[str, str]) -> Body:
         raise HCLError(Diagnostic("Failed to read file", f"The configuration file {display} could not be read: "
                                                          f"{e.strerror or e}.")) from None
     sources[display] = text
+    if path.name.endswith(".json"):
+        from builders.template.hcl2.json_syntax import parse_json_file
+
+        return parse_json_file(display, text)
     try:
         tree = parse_text(text)
     except Exception as e:  # noqa: BLE001 - Lark's UnexpectedInput family and friends
@@ -693,10 +697,6 @@ def load_hcl2(path: Path, *, var_sources: Sequence[tuple[str, str]] = (), enviro
     blocks: list[Block] = []
     for f in files:
         display = os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(f)
-        if f.name.endswith(".json"):
-            ld.errors.append(Diagnostic("Unsupported configuration file", f"{display}: HCL's JSON syntax "
-                                        "(*.pkr.json) is not supported yet; write it as .pkr.hcl."))
-            continue
         try:
             body = parse_file(f, display, ld.sources)
         except HCLError as e:
