@@ -248,7 +248,8 @@ class Build:
             if process.poll() is None:
                 self._end(process)
             reader.join(timeout=5)
-            stream.close()
+            if not reader.is_alive():  # closing under a blocked reader would wait for its writers
+                stream.close()
             with self.lock:
                 self.processes.discard(process)
         if ended is not None:
@@ -257,16 +258,21 @@ class Build:
 
     @staticmethod
     def _end(process: subprocess.Popen[bytes]) -> None:
+        """SIGTERM to the process group, then SIGKILL after :data:`KILL_GRACE`: done when no process of the group is
+        left, not when the first one exits (a task's sandbox, ended while bwrap sets it up, can outlive bwrap)."""
         for sig, grace in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(process.pid, sig)
             except ProcessLookupError:
                 return
-            try:
-                process.wait(timeout=grace)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                process.poll()  # reap it: a zombie still counts as a member of the group
+                try:
+                    os.killpg(process.pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.1)
 
 
 # -- running steps -----------------------------------------------------------------------------------------------------

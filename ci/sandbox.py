@@ -3,11 +3,11 @@
 Built with bubblewrap (``bwrap``, run as root so it can bind any artifact; the task then drops to its user):
 
 * **Image** — Concourse would fetch the task's ``image_resource``; here every task's image is this machine's OS,
-  read-only: ``/usr`` (and the ``/bin``, ``/lib*`` links), ``/etc``, ``/opt`` and the Python installation the
-  runner runs on (a virtualenv names its interpreter by absolute path, e.g. under pyenv's root). Every entry of
-  ``/etc`` that is not world-readable (``shadow``, ``gshadow``, ssh host keys, ``ssl/private``, ``sudoers``...) is
-  left out. ``/root``, ``/home``, ``/var``
-  and ``/srv`` of the host are not there at all; the task's ``/etc/passwd`` and ``/etc/group`` add its user.
+  read-only: ``/usr`` (and the ``/bin``, ``/lib*`` links), ``/etc``, ``/opt``, apt's and dpkg's state under ``/var``
+  and the Python installation the runner runs on (a virtualenv names its interpreter by absolute path, e.g. under
+  pyenv's root). Every entry of ``/etc`` that is not world-readable (``shadow``, ``gshadow``, ssh host keys,
+  ``ssl/private``, ``sudoers``...) is left out. The rest of the host's ``/root``, ``/home``, ``/var`` and ``/srv``
+  is not there at all; the task's ``/etc/passwd`` and ``/etc/group`` add its user.
 * **Working directory** — at the same path as on the host, writable, owned by the task's user. Each input is an
   overlay at the input's path: the artifact is its read-only lower layer and the task's changes go to an upper layer
   removed afterwards (Concourse's copy-on-write input volumes; see :meth:`Sandbox.add_input`); each output and cache
@@ -18,8 +18,9 @@ Built with bubblewrap (``bwrap``, run as root so it can bind any artifact; the t
   private directories removed afterwards, new PID, IPC, UTS and cgroup namespaces (every process the task started
   ends with it), no new privileges (setuid binaries do not elevate).
 * **User** — :data:`TASK_UID` (no host account uses it; no capabilities) unless the step says ``privileged: true``:
-  then root with the host's devices (``/dev``), ``/run`` (libvirt's socket), ``/sys`` and :data:`PRIVILEGED_HOST_DIRS`
-  writable, like a privileged Concourse container, which is trusted with the host.
+  then root with the host's devices (``/dev``), ``/run`` (libvirt's socket), ``/sys``, :data:`PRIVILEGED_HOST_DIRS`
+  and stemforge's build cache (:func:`build_cache`, as ``$STEMFORGE_CACHE``) writable, like a privileged Concourse
+  container, which is trusted with the host.
 * **Network** — a new network namespace holding only ``lo`` unless the step is ``privileged`` or carries the worker
   tag :data:`NETWORK_TAG` (``tags: [network]``: the step needs a worker with network access); those share the
   host's network, as every Concourse container does.
@@ -49,7 +50,7 @@ NETWORK_TAG = "network"
 #: the images the libvirt and bare-metal tests keep there.
 PRIVILEGED_HOST_DIRS: tuple[str, ...] = ("/var/lib/stemforge",)
 #: Read-only parts of the host that make up every task's image.
-IMAGE_DIRS: tuple[str, ...] = ("/usr", "/etc", "/opt")
+IMAGE_DIRS: tuple[str, ...] = ("/usr", "/etc", "/opt", "/var/lib/dpkg", "/var/lib/apt", "/var/cache/apt")
 #: Top-level entries that are links into /usr on a merged-/usr system (or directories on an older one).
 IMAGE_LINKS: tuple[str, ...] = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
@@ -174,14 +175,16 @@ class Sandbox:
         bwrap = shutil.which("bwrap")
         if bwrap is None:
             raise SandboxError("bubblewrap is not installed (apt-get install bubblewrap): tasks only run sandboxed")
-        args = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        # No --die-with-parent: ended early (abort, timeout), bwrap 0.8 then leaves the sandbox running. The runner
+        # ends the task's process group; in a PID namespace, everything else ends with the task's first process.
+        args = [bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
         args += ["--hostname", "task"]
         if not (self.network or self.privileged):
             args.append("--unshare-net")
         args += _image_args()
         args += ["--ro-bind", str(self.scratch / "etc" / "passwd"), "/etc/passwd"]
         args += ["--ro-bind", str(self.scratch / "etc" / "group"), "/etc/group"]
-        args += ["--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp", "--dir", "/var"]
+        args += ["--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]
         args += ["--perms", "1777", "--tmpfs", "/var/tmp"]
         args += ["--symlink", "../run", "/var/run"]
         if self.privileged:
@@ -190,7 +193,7 @@ class Sandbox:
         else:
             args += ["--dev", "/dev", "--tmpfs", "/run", "--ro-bind", "/sys", "/sys"]
             args += ["--perms", "0755", "--dir", "/root"]
-        made = {"/tmp", "/var", "/var/tmp", "/run", "/root", "/dev", "/sys", "/proc"}  # already there
+        made = {"/tmp", "/var", "/var/lib", "/var/cache", "/var/tmp", "/run", "/root", "/dev", "/sys", "/proc"}
 
         def bind(flag: str, source: str | Path, dest: str | Path) -> None:
             # bwrap makes missing parents 0700 (root only): make them 0755 so the task user can traverse them
@@ -201,7 +204,7 @@ class Sandbox:
             args.extend([flag, str(source), str(dest)])
 
         if self.privileged:
-            for directory in PRIVILEGED_HOST_DIRS:
+            for directory in [*PRIVILEGED_HOST_DIRS, str(build_cache())]:
                 if os.path.isdir(directory):
                     bind("--bind", directory, directory)
         prefix = os.path.realpath(sys.base_prefix)  # the interpreter a task's virtualenv (like the runner's) runs on
@@ -235,6 +238,8 @@ class Sandbox:
         env = dict(base)
         user = "root" if self.privileged else TASK_USER
         env.update(HOME=str(self.home), TMPDIR=str(self.tmpdir), USER=user, LOGNAME=user)
+        if self.privileged:
+            env["STEMFORGE_CACHE"] = str(build_cache())
         return env
 
 
@@ -270,6 +275,13 @@ os.execvp(sys.argv[2], sys.argv[2:])
 """
 
 
+def build_cache() -> Path:
+    """stemforge's build cache of this machine (``$STEMFORGE_CACHE`` or ``~/.cache/stemforge`` of the runner: the
+    test image, the deploy ramdisk): privileged tasks share it, as the tests run outside a pipeline do."""
+    env = os.environ.get("STEMFORGE_CACHE")
+    return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "stemforge"
+
+
 def _image_args() -> list[str]:
     args: list[str] = []
     for name in IMAGE_LINKS:
@@ -278,6 +290,8 @@ def _image_args() -> list[str]:
             args += ["--symlink", os.readlink(link), str(link)]
         elif link.is_dir():
             args += ["--ro-bind", str(link), str(link)]
+    args += ["--perms", "0755", "--dir", "/var", "--perms", "0755", "--dir", "/var/lib"]
+    args += ["--perms", "0755", "--dir", "/var/cache"]
     for directory in IMAGE_DIRS:
         if directory == "/etc":
             args += etc_args(directory)

@@ -11,6 +11,7 @@ import os
 import socket
 import textwrap
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,6 +206,31 @@ def test_no_network_unless_privileged_or_tagged(tmp_path: Path, loopback_server:
     assert tagged == root == host
     assert "(as uid 65533, no network)" in out and "(as uid 65533, host network)" in out
     assert "(privileged, host network)" in out
+
+
+def test_a_task_ended_at_once_leaves_no_process(tmp_path: Path) -> None:
+    """A timeout that ends the task while bwrap is still setting up ends every process of the sandbox too."""
+    seconds = f"{90 + uuid.uuid4().int % 1000 / 1000:.3f}"
+    for timeout in ("1ms", "100ms"):
+        status, out = run(tmp_path, {**task("t", f"sleep {seconds}"), "timeout": timeout})
+        assert status == 2 and "timeout exceeded" in out, out
+    deadline = time.monotonic() + 10
+    while sleeping(seconds) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sleeping(seconds) == []
+
+
+def sleeping(seconds: str) -> list[str]:
+    """Host pids of ``sleep SECONDS`` processes."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            words = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if words[:2] == [b"sleep", seconds.encode()]:
+            found.append(entry)
+    return found
 
 
 # -- paths that leave the working directory ---------------------------------------------------------------------------
