@@ -460,3 +460,17 @@ def test_cleaning_leaves_nothing_of_the_previous_tenant(ramdisk: Any, test_image
     assert len(by_disk["/dev/vda"]) == 4  # 1 GiB in chunks of 256 MiB (at least 256 MiB, at most 1/8 of the disk)
     for disk in (root, extra):
         assert nonzero_bytes(disk) == 0, f"{disk.name}: not all zeros after a full erase"
+
+
+def test_clean_instructions_carry_the_erase_depth() -> None:
+    from cpi.providers.baremetal.services.instructions import InstructionsError, render_instructions
+
+    assert (
+        render_instructions("n1", "clean", {"mode": "clean", "erase": "full"}) == "SF_MODE='clean'\nSF_ERASE='full'\n"
+    )
+    assert "SF_ERASE='metadata'" in render_instructions("n1", "clean", {"erase": "metadata"})
+    with pytest.raises(InstructionsError, match="erase: must be one of metadata, full, not 'secure'"):
+        render_instructions("n1", "clean", {"erase": "secure"})
+    with pytest.raises(InstructionsError, match="erase: only a clean job erases disks"):
+        render_instructions("n1", "deploy", {"image_url": "http://h/i", "image_sha256": "a" * 64, "image_size": 1,
+                                             "erase": "full"})  # fmt: skip
