@@ -33,6 +33,7 @@ from builders.template.hcl2.parser import parse_text
 from builders.template.hcl2.types import ANY, STRING, HclType, TypeError_, convert, infer, parse_type
 from builders.template.hcl2.values import json_compatible, to_string
 from builders.template.model import BuilderSpec, PostProcessorSpec, ProvisionerSpec, Template, TemplateError
+from builders.template.sensitive import taint
 from builders.template.validate import parse_go_duration
 
 #: Plugins whose components stemforge has built in (``required_plugins`` sources naming them are satisfied).
@@ -151,22 +152,16 @@ class VariableInfo:
 
 @dataclass
 class HCL2Template(Template):
-    """A :class:`Template` read from HCL2: the same build model, plus what ``inspect`` shows in HCL2 mode and the
-    sensitive values to mask (sensitive variables, sensitive locals and every value derived from them)."""
+    """A :class:`Template` read from HCL2: the same build model, plus what ``inspect`` shows in HCL2 mode. Its
+    ``sensitive`` (``builders.template.sensitive``) holds the sensitive variables' and locals' values and every
+    value derived from them (config strings derived from one are ``Tainted``), so output, logs and manifests mask
+    them and a file or image name derived from one is refused, exactly as for JSON templates."""
 
     hcl_variables: dict[str, VariableInfo] = field(default_factory=dict)
     hcl_locals: dict[str, Any] = field(default_factory=dict)
     build_blocks: list[dict[str, Any]] = field(default_factory=list)
-    secrets: set[str] = field(default_factory=set)
     #: Diagnostics that are warnings (printed by validate/build).
     diagnostics: list[Diagnostic] = field(default_factory=list)
-
-    def mask(self, text: str) -> str:
-        text = super().mask(text)
-        for s in sorted(self.secrets, key=len, reverse=True):
-            if s:
-                text = text.replace(s, "<sensitive>")
-        return text
 
     def select_builders(self, only: Sequence[str], except_: Sequence[str]) -> list[BuilderSpec]:
         """Packer's HCL2 ``-only``/``-except``: globs over ``<type>.<name>`` or ``<build>.<type>.<name>``."""
@@ -210,7 +205,9 @@ class _Loader:
         self.errors: list[Diagnostic] = []
         self.warnings: list[Diagnostic] = []
         self.run_time = _dt.datetime.now(_dt.UTC)
+        #: Literal sensitive values (variables and locals declared sensitive) and values derived from them.
         self.secrets: set[str] = set()
+        self.derived: list[Any] = []
         self.variables: dict[str, VariableInfo] = {}
         self.local_defs: dict[str, tuple[Attr, bool]] = {}
         self.local_values: dict[str, Any] = {}
@@ -259,12 +256,15 @@ class _Loader:
             ev.tainted = False
             value = ev.evaluate(node, scope)
             if ev.tainted:
-                self.remember_secret(value)
+                value = taint(value)
+                self.derived.append(value)
             return value
 
         return walk(attr.expr)
 
     def remember_secret(self, value: Any) -> None:
+        """A sensitive variable's or sensitive local's own value: every string (and number) in it is masked at
+        any length (``SensitiveValues.add_literal``)."""
         if isinstance(value, str):
             if value:
                 self.secrets.add(value)
@@ -325,9 +325,13 @@ class _Loader:
             value, tainted = self.eval_attr(attr, self.scope(), "locals")
         finally:
             self.local_busy.discard(name)
-        if sensitive or tainted:
+        if sensitive:
             self.local_sensitive.add(name)
             self.remember_secret(value)
+        elif tainted:  # derived from a sensitive value: masked as derived values are (see sensitive.py)
+            self.local_sensitive.add(name)
+            value = taint(value)
+            self.derived.append(value)
         self.local_values[name] = value
         return value
 
@@ -789,7 +793,10 @@ def _assemble(ld: _Loader, path: Path, blocks: list[Block], syntax_only: bool) -
         hcl_variables=ld.variables, hcl_locals=ld.local_values, diagnostics=ld.warnings)
     _builds(ld, template, by_type.get("build", []), syntax_only)
     _packer_build_names(template)
-    template.secrets = ld.secrets
+    for secret in ld.secrets:
+        template.sensitive.add_literal(secret)
+    for value in ld.derived:
+        template.sensitive.record(value)
     template.warnings = [d.render() for d in ld.warnings]
     if ld.errors:
         raise HCLError(_unique(ld.errors))
