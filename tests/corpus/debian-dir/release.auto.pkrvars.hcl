@@ -1,0 +1,1 @@
+debian_version = "11"
