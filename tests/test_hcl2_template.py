@@ -473,3 +473,38 @@ build { sources = ["source.file.x"] }
     text = result.stdout + result.stderr
     assert "target" in text and "derived from a sensitive variable" in text
     assert "tok-12345678" not in text
+
+
+_FILE_SOURCE = 'source "file" "x" {\n  content = "a"\n  target  = "t"\n}\n'
+
+
+@pytest.mark.parametrize(("text", "summary"), [
+    ('variable {\n}\nbuild {}\n', "Missing name for variable"),
+    ('local "a" {\n}\nbuild {}\n', "Missing required argument"),
+    ('variable "x" {\n  type = foo\n}\nbuild {}\n', "Invalid type specification"),
+    ('variable "v" {\n  type    = number\n  default = "x"\n}\nbuild {}\n', "Invalid default value for variable"),
+    ('locals {\n  a = local.b\n  b = local.a\n}\nbuild {}\n', "Cyclic dependency"),
+    (_FILE_SOURCE + 'build {\n  sources = "source.file.x"\n}\n', "Incorrect attribute value type"),
+    (_FILE_SOURCE + 'build {\n  name    = [1]\n  sources = ["source.file.x"]\n}\n', "Incorrect attribute value type"),
+    (_FILE_SOURCE + 'build {\n  sources = ["source.file.x"]\n  provisioner "shell-local" {\n    only   = "x"\n'
+     '    inline = ["a"]\n  }\n}\n', "Incorrect attribute value type"),
+    (_FILE_SOURCE + 'build {\n  sources = ["source.file.x"]\n  provisioner {\n  }\n}\n',
+     "Missing name for provisioner"),
+    (_FILE_SOURCE + 'build {\n  sources = ["source.file.x"]\n  provisioner "shell-local" {\n    pause_before = 5\n'
+     '    inline = ["a"]\n  }\n}\n', "Invalid duration"),
+    ('source "file" "x" {\n  content = 1 / 0\n  target  = "t"\n}\nbuild { sources = ["source.file.x"] }\n',
+     "Operation failed"),
+    ('source "file" "x" {\n  content = "${var}"\n  target  = "t"\n}\nbuild { sources = ["source.file.x"] }\n',
+     "Invalid reference"),
+    ('source "file" "x" {\n  content = "%{ if true }x"\n  target  = "t"\n}\nbuild { sources = ["source.file.x"] }\n',
+     "Unterminated template directive"),
+    ('source "file" "x" {\n  dynamic "d" {\n    for_each = 3\n    content {}\n  }\n  target = "t"\n}\n'
+     'build { sources = ["source.file.x"] }\n', "Invalid dynamic for_each value"),
+    ('packer {\n  required_version = ">= 99.0"\n}\nbuild {}\n', "Unsupported Packer Core version"),
+])
+def test_malformed_configurations_are_diagnosed(tmp_path: Path, text: str, summary: str) -> None:
+    path = tmp_path / "t.pkr.hcl"
+    path.write_text(text)
+    with pytest.raises(HCLError) as e:
+        load(path)
+    assert str(e.value).startswith(f"Error: {summary}\n"), str(e.value)

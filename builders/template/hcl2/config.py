@@ -32,6 +32,7 @@ from builders.template.hcl2.parser import first_line as _first_line
 from builders.template.hcl2.parser import parse_text
 from builders.template.hcl2.types import ANY, STRING, HclType, TypeError_, convert, infer, parse_type
 from builders.template.hcl2.values import json_compatible, to_string
+from builders.template.hcl2.values import type_name as value_type_name
 from builders.template.model import BuilderSpec, PostProcessorSpec, ProvisionerSpec, Template, TemplateError
 from builders.template.sensitive import taint
 from builders.template.validate import parse_go_duration
@@ -238,7 +239,7 @@ class _Loader:
                   functions: Mapping[str, Any] | None = None) -> tuple[Any, bool]:
         """Evaluate one attribute; (value, tainted)."""
         ev = self.evaluator(attr.filename, context, functions)
-        value = ev.evaluate(attr.expr, scope)
+        value = _no_namespace(ev.evaluate(attr.expr, scope), attr, context, self)
         return value, ev.tainted
 
     def eval_marking(self, attr: Attr, scope: Mapping[str, Any], context: str) -> Any:
@@ -254,7 +255,7 @@ class _Loader:
             if isinstance(inner, Tree) and inner.data == "tuple":
                 return [walk(c) for c in _meaningful(inner.children) if isinstance(c, Tree)]
             ev.tainted = False
-            value = ev.evaluate(node, scope)
+            value = _no_namespace(ev.evaluate(node, scope), attr, context, self)
             if ev.tainted:
                 value = taint(value)
                 self.derived.append(value)
@@ -446,7 +447,7 @@ class _Loader:
                 if isinstance(coll, dict) else None
             if items is None:
                 errors.append(self.diag("Invalid dynamic for_each value", "Cannot use a "
-                                        f"{type(coll).__name__} value in for_each. An iterable collection is "
+                                        f"{value_type_name(coll)} value in for_each. An iterable collection is "
                                         "required.", for_each, context))
                 continue
             for key, value in items:
@@ -635,6 +636,14 @@ class _Loader:
                                                  f"{cond.filename}:{cond.line}.", cond, info.block.context()))
 
 
+def _no_namespace(value: Any, attr: Attr, context: str, ld: _Loader) -> Any:
+    """A bare ``var``/``local``/``data``/``source.x`` reference is not a value (HCL: ``Invalid reference``)."""
+    if isinstance(value, Namespace) and not isinstance(value, _SourceRefs):
+        raise HCLError(ld.diag("Invalid reference", f'A reference to "{value.label}" must be followed by an '
+                               "attribute access naming what to read.", attr, context))
+    return value
+
+
 class _Bound(Block):
     """A block produced by ``dynamic``: evaluated in its iteration's scope."""
 
@@ -729,6 +738,12 @@ def _assemble(ld: _Loader, path: Path, blocks: list[Block], syntax_only: bool) -
     for b in by_type.get("hcp_packer_registry", []):
         ld.warnings.append(ld.diag("HCP Packer registry not supported", "stemforge does not publish to HCP Packer; "
                                    "the hcp_packer_registry block is ignored.", b, severity="warning"))
+    for b in by_type.get("variable", []) + by_type.get("local", []):
+        if len(b.labels) != 1:
+            ld.errors.append(ld.diag("Missing name for " + b.type, f"All {b.type} blocks must have 1 label (the "
+                                                                     "name).", b))
+    by_type["variable"] = [b for b in by_type.get("variable", []) if len(b.labels) == 1]
+    by_type["local"] = [b for b in by_type.get("local", []) if len(b.labels) == 1]
     for b in by_type.get("source", []) + by_type.get("data", []):
         if len(b.labels) != 2:
             ld.errors.append(ld.diag("Missing name for " + b.type, f"All {b.type} blocks must have 2 labels (type, "
@@ -921,8 +936,11 @@ def _builds(ld: _Loader, t: HCL2Template, blocks: list[Block], syntax_only: bool
         if "name" in block.body.attrs:
             try:
                 build_name = to_string(ld.eval_attr(block.body.attrs["name"], scope0, ctx)[0])
-            except (HCLError, ValueError) as e:
-                ld.errors.extend(e.diagnostics if isinstance(e, HCLError) else [])
+            except HCLError as e:
+                ld.errors.extend(e.diagnostics)
+            except ValueError as e:
+                ld.errors.append(ld.diag("Incorrect attribute value type", f'Inappropriate value for attribute '
+                                         f'"name": {e}.', block.body.attrs["name"], ctx))
         description = ""
         if "description" in block.body.attrs and not syntax_only:
             description = str(ld.eval_attr(block.body.attrs["description"], scope0, ctx)[0] or "")
@@ -936,7 +954,11 @@ def _builds(ld: _Loader, t: HCL2Template, blocks: list[Block], syntax_only: bool
             except HCLError as e:
                 ld.errors.extend(e.diagnostics)
                 refs = []
-            for ref in refs or []:
+            if not isinstance(refs, list):
+                ld.errors.append(ld.diag("Incorrect attribute value type", 'Inappropriate value for attribute '
+                                         '"sources": list of string required.', attr, ctx))
+                refs = []
+            for ref in refs:
                 text = str(ref)
                 parts = text.split(".", 2)
                 if len(parts) != 3 or parts[0] != "source":
@@ -996,6 +1018,10 @@ def _builds(ld: _Loader, t: HCL2Template, blocks: list[Block], syntax_only: bool
                                 "post_processors": []}
         t.build_blocks.append(info)
         for pb in block.body.blocks:
+            if pb.type in ("provisioner", "error-cleanup-provisioner", "post-processor") and len(pb.labels) != 1:
+                ld.errors.append(ld.diag("Missing name for " + pb.type, f"All {pb.type} blocks must have 1 label "
+                                                                         "(the type).", pb, ctx))
+                continue
             if pb.type in ("provisioner", "error-cleanup-provisioner"):
                 type_name = pb.labels[0] if pb.labels else ""
                 info["provisioners"].append(type_name)
@@ -1103,7 +1129,12 @@ def _filter(ld: _Loader, block: Block, spec: HCL2BuilderSpec) -> bool:
             if raw is None:
                 ld.filter_cache[cache_key] = None
             else:
-                names = [str(n) for n in raw or []]
+                if not isinstance(raw, list):
+                    ld.errors.append(ld.diag("Incorrect attribute value type", f'Inappropriate value for attribute '
+                                             f'"{key}": list of string required.', attr, block.context()))
+                    ld.filter_cache[cache_key] = None
+                    return False
+                names = [str(n) for n in raw]
                 ld.filter_cache[cache_key] = ({n for n in names if not _GLOB.search(n)},
                                               [n for n in names if _GLOB.search(n)])
         cached = ld.filter_cache[cache_key]

@@ -508,9 +508,7 @@ class Evaluator:
             return normalize_number(a * b)
         if op == "/":
             if b == 0:
-                if a == 0:
-                    raise self.error(node, "Operation failed", "Error during operation: can't divide zero by zero.")
-                return math.inf if a > 0 else -math.inf
+                raise self.error(node, "Operation failed", "Error during operation: can't divide by zero.")
             return normalize_number(a / b)
         if op == "%":
             if b == 0:
