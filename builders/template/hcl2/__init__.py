@@ -1,7 +1,28 @@
 """HCL2 templates (``*.pkr.hcl`` files and directories): python-hcl2 parses, this package evaluates and decodes
-into the same build model the JSON loader produces (:class:`builders.template.model.Template`)."""
+into the same build model the JSON loader produces (:class:`builders.template.model.Template`).
 
-from builders.template.hcl2.config import HCL2Template, is_hcl2, load_hcl2, load_or_template_error
-from builders.template.hcl2.diagnostics import Diagnostic, HCLError
+The names below load the front end (python-hcl2, Lark) on first use, so importing the package is cheap."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from builders.template.hcl2.paths import is_hcl2
+
+if TYPE_CHECKING:
+    from builders.template.hcl2.config import HCL2Template, load_hcl2, load_or_template_error
+    from builders.template.hcl2.diagnostics import Diagnostic, HCLError
 
 __all__ = ["Diagnostic", "HCL2Template", "HCLError", "is_hcl2", "load_hcl2", "load_or_template_error"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("HCL2Template", "load_hcl2", "load_or_template_error"):
+        from builders.template.hcl2 import config
+
+        return getattr(config, name)
+    if name in ("Diagnostic", "HCLError"):
+        from builders.template.hcl2 import diagnostics
+
+        return getattr(diagnostics, name)
+    raise AttributeError(name)

@@ -30,6 +30,7 @@ from builders.template.hcl2.evaluator import Evaluator, Namespace, parse_express
 from builders.template.hcl2.functions import make_functions
 from builders.template.hcl2.parser import first_line as _first_line
 from builders.template.hcl2.parser import parse_text
+from builders.template.hcl2.paths import is_hcl2
 from builders.template.hcl2.types import ANY, STRING, HclType, TypeError_, convert, infer, parse_type
 from builders.template.hcl2.values import json_compatible, to_string
 from builders.template.hcl2.values import type_name as value_type_name
@@ -688,11 +689,6 @@ def discover(path: Path) -> tuple[Path, list[Path], list[Path]]:
         auto = sorted(p for p in path.iterdir() if p.name.endswith((".auto.pkrvars.hcl", ".auto.pkrvars.json")))
         return path, files + json_files, auto
     return path.parent, [path], []
-
-
-def is_hcl2(path: Path) -> bool:
-    """Whether ``path`` is an HCL2 configuration: a directory or a ``.pkr.hcl``/``.pkr.json`` file."""
-    return path.is_dir() or path.name.endswith((".pkr.hcl", ".pkr.json", ".hcl"))
 
 
 def load_hcl2(path: Path, *, var_sources: Sequence[tuple[str, str]] = (), environ: Mapping[str, str] | None = None,

@@ -9,8 +9,6 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import requests
-
 
 class DataSourceError(Exception):
     """The data source failed; the message is the diagnostic detail."""
@@ -23,6 +21,8 @@ def _null(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _http(config: Mapping[str, Any]) -> dict[str, Any]:
+    import requests
+
     url = config.get("url")
     if not url:
         raise DataSourceError("the `url` must be specified")
