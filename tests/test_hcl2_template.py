@@ -508,3 +508,41 @@ def test_malformed_configurations_are_diagnosed(tmp_path: Path, text: str, summa
     with pytest.raises(HCLError) as e:
         load(path)
     assert str(e.value).startswith(f"Error: {summary}\n"), str(e.value)
+
+
+def test_error_cleanup_provisioner_and_post_processor_meta(tmp_path: Path) -> None:
+    path = tmp_path / "t.pkr.hcl"
+    path.write_text('''
+source "file" "a" {
+  content = "a"
+  target  = "a.txt"
+}
+build {
+  sources = ["source.file.a"]
+  source "file.a" {
+    name = "b"
+  }
+  error-cleanup-provisioner "shell-local" {
+    inline = ["echo cleaning ${source.name}"]
+  }
+  post-processor "manifest" {
+    name                = "m"
+    only                = ["file.b"]
+    keep_input_artifact = true
+    output              = "m.json"
+  }
+}
+''')
+    t = load(path)
+    cleanup = t.error_cleanup_provisioner
+    assert cleanup is not None and cleanup.type == "shell-local"
+    assert sorted(cleanup.only) == ["a", "b"]
+    assert cleanup.config_for("b")["inline"] == ["echo cleaning b"]
+    assert cleanup.config_for("a")["inline"] == ["echo cleaning a"]
+    assert t.post_processor_chains_for("a") == []
+    (pp,) = t.post_processor_chains_for("b")[0]
+    assert (pp.name, pp.keep_input_artifact, pp.config) == ("m", True, {"output": "m.json"})
+    assert t.post_processor_chains_for("b", except_=["m"]) == []
+    with pytest.raises(HCLError) as e:
+        load(path, var_sources=[("var-file", str(tmp_path / "missing.pkrvars.hcl"))])
+    assert "Failed to read file" in str(e.value) and "missing.pkrvars.hcl" in str(e.value)
