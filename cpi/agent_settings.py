@@ -50,6 +50,21 @@ def with_persistent(settings: Mapping[str, Any], disk_cid: str, hint: Any) -> di
     return out
 
 
+def with_persistent_paths(settings: Mapping[str, Any], paths: Mapping[str, str]) -> dict[str, Any]:
+    """A copy of ``settings`` whose persistent disk hints (those listed in ``paths``, by CID) carry the given
+    device ``path``; a string hint becomes that string."""
+    out = copy.deepcopy(dict(settings))
+    persistent = out.setdefault("disks", {}).setdefault("persistent", {})
+    for cid, path in paths.items():
+        if cid not in persistent:
+            continue
+        if isinstance(persistent[cid], dict):
+            persistent[cid]["path"] = path
+        else:
+            persistent[cid] = path
+    return out
+
+
 def without_persistent(settings: Mapping[str, Any], disk_cid: str) -> dict[str, Any]:
     """A copy of ``settings`` without ``disk_cid`` under ``disks.persistent``."""
     out = copy.deepcopy(dict(settings))

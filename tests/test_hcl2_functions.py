@@ -148,6 +148,11 @@ OK: list[tuple[str, Any]] = [
     ('uuidv5("url", "https://www.terraform.io/")', "9db6f67c-dd95-5ea0-aa5b-e70e5c5f7cf5"),
     ('uuidv5("6ba7b810-9dad-11d1-80b4-00c04fd430c8", "www.terraform.io")', "a5008fae-b28c-5ba5-96cd-82b4c53552d6"),
     ("length(uuidv4())", 36),
+    ('base64sha256("hello world")', "uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek="),
+    ('base64sha512("hello world")',
+     "MJ7MSJwS1utMxA9QyQLytNDtd+5RGnx6m808qG1M2G+YndNbxf9JlnDaNCVbRbDP2DDoH2Bdz33FVC6TrpzXbw=="),
+    ('startswith(base64gzip("hello"), "H4sI")', True),  # the gzip magic, base64
+    ('matchkeys(["i-123", "i-abc", "i-def"], ["us-west", "us-east", "us-east"], ["us-east"])', ["i-abc", "i-def"]),
     # network
     ('cidrhost("10.12.112.0/20", 16)', "10.12.112.16"), ('cidrhost("10.12.112.0/20", 268)', "10.12.113.12"),
     ('cidrhost("10.12.112.0/20", -1)', "10.12.127.255"),
@@ -230,6 +235,9 @@ def test_files_and_templatefile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert call('file("files/a.txt")') == "A"
     assert call('fileexists("files/a.txt")') is True and call('fileexists("files/z.txt")') is False
     assert call('fileset("files", "*.txt")') == ["a.txt", "b.txt"]
+    assert call('filemd5("files/a.txt")') == "7fc56270e7a70fa81a5935b72eacbe29"
+    assert call('filesha256("files/a.txt")') == call('sha256("A")')
+    assert call('filebase64sha256("files/a.txt")') == call('base64sha256("A")')
     assert call('templatefile("t.pkrtpl.hcl", { name = "world", items = ["a", "b"] })') == "hello world\n- A\n- B\n"
     with pytest.raises(HCLError) as e:
         call('fileexists("files")')

@@ -66,7 +66,8 @@ def test_lifecycle_in_the_openstack_order(libvirt_cpi: LibvirtCpi, stemcell_cid:
         net = next(e for e in events if e.get("event") == "network")
         assert (net["mac"], net["ip"], net["configured"]) == (mac, "10.0.2.15", True)
         eph = next(e for e in events if e.get("event") == "disk" and e.get("kind") == "ephemeral")
-        assert eph["resolved_by"] == "id" and eph["size_mib"] == 64
+        # bosh-agent gives the ephemeral disk no ID: its hint path decides (the mapped resolver)
+        assert eph["resolved_by"] == "mapped" and eph["device"] == "/dev/vdb" and eph["size_mib"] == 64
 
         ok("set_vm_metadata", vm_cid, {"director": "d", "deployment": "dep", "job": "web", "index": "0",
                                        "name": "web/7d3a", "created_at": "2026-11-23T00:00:00Z"})

@@ -501,7 +501,10 @@ def test_agent_boot_settings_disks_hotplug_and_reboot(image: Path, tmp_path: Pat
     pd1, pd2, eph = tmp_path / "pd1.qcow2", tmp_path / "pd2.qcow2", tmp_path / "eph.qcow2"
     for p, size in ((pd1, "64M"), (pd2, "48M"), (eph, "32M")):
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(p), size], check=True)
-    s1, s2, se = serial20("disk-1"), serial20("disk-2"), serial20("ephemeral")
+    # the libvirt CPI's disk CIDs: virtio-<13-character serial>, the by-id link udev makes for the disk, which
+    # bosh-agent's ID resolver globs for (the image carries the stock OpenStack agent.json)
+    s1, s2, se = serial20("disk-1")[:13], serial20("disk-2")[:13], serial20("ephemeral")
+    c1, c2 = f"virtio-{s1}", f"virtio-{s2}"
     agent_id = "agent-7e57"
     hint1 = {"id": s1, "path": "/dev/sdc"}
     hint2 = {"id": s2, "path": "/dev/sdd"}
@@ -509,16 +512,16 @@ def test_agent_boot_settings_disks_hotplug_and_reboot(image: Path, tmp_path: Pat
     iso1, iso2, iso3 = tmp_path / "cd1.iso", tmp_path / "cd2.iso", tmp_path / "cd3.iso"
     ud1 = make_config_drive(
         iso1,
-        settings_doc(agent_id, {"disk-1": hint1}, se),
+        settings_doc(agent_id, {c1: hint1}, se),
         {"public-keys": {"0": {"openssh-key": "ssh-ed25519 AAAA test"}}},
     )
-    ud2 = make_config_drive(iso2, settings_doc(agent_id, {"disk-1": hint1, "disk-2": hint2}, se))
-    ud3 = make_config_drive(iso3, settings_doc(agent_id, {"disk-2": hint2}, se))
+    ud2 = make_config_drive(iso2, settings_doc(agent_id, {c1: hint1, c2: hint2}, se))
+    ud3 = make_config_drive(iso3, settings_doc(agent_id, {c2: hint2}, se))
     sha1, sha2, sha3 = (hashlib.sha256(u).hexdigest() for u in (ud1, ud2, ud3))
     nics = [("52:54:00:5f:00:01", "10.0.2.0/24"), ("52:54:00:5f:00:02", "10.0.3.0/24")]
 
     # ---- first boot
-    with run_vm(tmp_path, "boot1", root, iso1, [("pd1", pd1, s1), ("eph", eph, se)], nics) as (proc, serial, qmp, t0):
+    with run_vm(tmp_path, "boot1", root, iso1, [("eph", eph, se), ("pd1", pd1, s1)], nics) as (proc, serial, qmp, t0):
         ready = serial.wait(lambda e: e.get("event") == "ready", BOOT_TIMEOUT, "ready")
         boot_s = time.monotonic() - t0
         print(f"\nboot-to-ready under TCG: {boot_s:.1f}s (guest uptime {ready['uptime_s']}s)")
@@ -534,9 +537,10 @@ def test_agent_boot_settings_disks_hotplug_and_reboot(image: Path, tmp_path: Pat
         assert settings["ntp_count"] == 2
         assert settings["blobstore_provider"] == "dav"
         assert settings["env_keys"] == ["bosh", "persistent_disk_fs"]
-        assert settings["persistent_disks"] == ["disk-1"]
+        assert settings["persistent_disks"] == [c1]
         assert settings["has_public_key"] is True
         assert ready["settings_sha256"] == sha1 and ready["boot"] == 1
+        assert ready["device_path_resolution"] == "virtio"
 
         nets = {e["name"]: e for e in events if e["event"] == "network"}
         assert nets["default"]["mac"] == "52:54:00:5f:00:01"
@@ -549,11 +553,13 @@ def test_agent_boot_settings_disks_hotplug_and_reboot(image: Path, tmp_path: Pat
 
         disks = {(e["kind"], e["cid"]): e for e in events if e["event"] == "disk"}
         system = disks[("system", None)]
-        assert system["device"] == "/dev/vda" and system["resolved_by"] == "path"
+        assert system["device"] == "/dev/vda" and system["resolved_by"] == "mapped"
         ephemeral = disks[("ephemeral", None)]
-        assert ephemeral["mounted"] == "/var/vcap/data" and ephemeral["resolved_by"] == "id"
-        d1 = disks[("persistent", "disk-1")]
-        assert d1["resolved_by"] == "id" and d1["hint"] == hint1
+        # bosh-agent gives the ephemeral disk no ID: the mapped resolver maps /dev/sdb to /dev/vdb
+        assert ephemeral["mounted"] == "/var/vcap/data" and ephemeral["resolved_by"] == "mapped"
+        assert ephemeral["device"] == "/dev/vdb" and ephemeral["serial"] == se
+        d1 = disks[("persistent", c1)]
+        assert d1["resolved_by"] == "id" and d1["hint"] == hint1 and d1["serial"] == s1
         assert d1["mounted"] == "/var/vcap/store"
         assert d1["formatted"] is True and d1["marker_existed"] is False
         assert d1["size_mib"] == 64
@@ -568,18 +574,19 @@ def test_agent_boot_settings_disks_hotplug_and_reboot(image: Path, tmp_path: Pat
         t1 = time.monotonic()
         swap_cd(qmp, iso2)
         d2 = serial.wait(
-            lambda e: e.get("event") == "disk" and e.get("cid") == "disk-2", EVENT_TIMEOUT, "disk-2 mounted"
+            lambda e: e.get("event") == "disk" and e.get("cid") == c2, EVENT_TIMEOUT, "disk-2 mounted"
         )
         print(f"hot-plugged disk reported {time.monotonic() - t1:.1f}s after the media swap")
         assert d2["resolved_by"] == "id" and d2["mounted"] == "/var/vcap/store-2" and d2["size_mib"] == 48
+        assert d2["serial"] == s2
         assert d2["device"] != d1["device"]
         s_2 = [e for e in serial.events() if e["event"] == "settings" and e["settings_sha256"] == sha2]
-        assert s_2 and s_2[0]["seq"] == 2 and s_2[0]["persistent_disks"] == ["disk-1", "disk-2"]
+        assert s_2 and s_2[0]["seq"] == 2 and s_2[0]["persistent_disks"] == [c1, c2]
 
         # ---- live: the first disk leaves the settings
         swap_cd(qmp, iso3)
         gone = serial.wait(
-            lambda e: e.get("event") == "disk-removed" and e.get("cid") == "disk-1", EVENT_TIMEOUT, "disk-1 removed"
+            lambda e: e.get("event") == "disk-removed" and e.get("cid") == c1, EVENT_TIMEOUT, "disk-1 removed"
         )
         assert gone["reason"] == "settings" and gone["unmounted"] is True
         assert gone["mounted"] == "/var/vcap/store"
@@ -594,15 +601,16 @@ def test_agent_boot_settings_disks_hotplug_and_reboot(image: Path, tmp_path: Pat
         assert len([e for e in events if e["event"] == "ready"]) == 1  # the agent never restarted
 
     # ---- reboot: same root disk and disks, settings 3 (only disk-2, now attached at boot)
-    with run_vm(tmp_path, "boot2", root, iso3, [("pd2", pd2, s2), ("eph", eph, se)], nics) as (proc, serial, qmp, t0):
+    with run_vm(tmp_path, "boot2", root, iso3, [("eph", eph, se), ("pd2", pd2, s2)], nics) as (proc, serial, qmp, t0):
         ready = serial.wait(lambda e: e.get("event") == "ready", BOOT_TIMEOUT, "ready after reboot")
         print(f"second boot-to-ready under TCG: {time.monotonic() - t0:.1f}s")
         events = serial.events()
         assert ready["boot"] == 2 and ready["settings_sha256"] == sha3
         settings = next(e for e in events if e["event"] == "settings")
-        assert settings["hostname"] == agent_id and settings["persistent_disks"] == ["disk-2"]
+        assert settings["hostname"] == agent_id and settings["persistent_disks"] == [c2]
         disks = {(e["kind"], e["cid"]): e for e in events if e["event"] == "disk"}
-        d2 = disks[("persistent", "disk-2")]
+        d2 = disks[("persistent", c2)]
+        assert d2["resolved_by"] == "id" and d2["serial"] == s2
         assert d2["mounted"] == "/var/vcap/store"
         assert d2["formatted"] is False and d2["marker_existed"] is True
         assert disks[("ephemeral", None)]["formatted"] is False
@@ -662,7 +670,7 @@ def test_agent_fallbacks_and_bad_settings(image: Path, tmp_path: Path) -> None:
         assert net["configured"] is True and net["ip"] == "10.0.2.20" and net["default_route"] is True
         assert net["iface"] == "eth0" and net["mac"] == ""
         disk = next(e for e in events if e["event"] == "disk" and e["kind"] == "persistent")
-        assert disk["hint"] == "/dev/sdb" and disk["device"] == "/dev/vdb" and disk["resolved_by"] == "path"
+        assert disk["hint"] == "/dev/sdb" and disk["device"] == "/dev/vdb" and disk["resolved_by"] == "mapped"
         assert disk["mounted"] == "/var/vcap/store"
 
         swap_cd(qmp, iso2)

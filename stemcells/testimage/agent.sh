@@ -10,12 +10,16 @@
 #                 persistent_disks, has_public_key.  Never a secret value.
 #   network       one per settings network (at boot only): name, type, iface, mac, ip,
 #                 prefix, gateway, default_route, dhcp, configured [, reason].
-#   disk          kind (system|ephemeral|persistent), cid, hint, device, resolved_by
-#                 (id|path), mounted, formatted, marker_existed, size_mib.
-#   disk-pending  a listed disk whose device is not there (yet); retried on every poll.
+#   disk          kind (system|ephemeral|persistent), cid, hint, device, serial (the device's
+#                 virtio serial), marker (first line of stemforge-marker in the disk's filesystem,
+#                 written by tests when they create a disk), resolved_by (id|mapped|identity), id_error
+#                 (why the ID resolver gave way to the mapped one),
+#                 mounted, formatted, marker_existed, size_mib.
+#   disk-pending  a listed disk that does not resolve (yet), reason = the resolver's error; retried
+#                 on every poll.
 #   disk-removed  kind, cid, device, mounted, reason (settings|device-gone).
 #   applied       end of processing one settings document: seq, settings_sha256.
-#   ready         end of the boot pass: uptime_s, boot, settings_sha256.
+#   ready         end of the boot pass: uptime_s, boot, device_path_resolution, settings_sha256.
 #   error         step, message (never secret values).
 #   phone-home    ok, attempts, url, status: the POST to meta.phone_home_url (see below).
 #
@@ -23,8 +27,9 @@
 # practice the SATA CD-ROM /dev/sr0), mount it read-only, read ec2/latest/user-data
 # (fallback openstack/latest/user_data), flatten it with json.awk, set the hostname to
 # agent_id, configure the networks whose MAC is present, resolve and mount the disks
-# (persistent disks: formatted when blank, the first at /var/vcap/store, others at
-# /var/vcap/store-<n>), then every POLL seconds re-read the drive: when the sha256 of
+# (exactly as bosh-agent resolves them for the DevicePathResolutionType and DiskIDTransform* of
+# /var/vcap/bosh/agent.json - see diskresolve.sh and README.md; persistent disks: formatted when
+# blank, the first at /var/vcap/store, others at /var/vcap/store-<n>), then every POLL seconds re-read the drive: when the sha256 of
 # user-data changes, apply the new disks.persistent (mount new ones, unmount removed ones).
 # Settings are cached in /var/vcap/bosh/settings.json and used when no drive is found.
 # Everything it sends on the network is DHCP for dynamic networks and, only when the config drive's
@@ -45,6 +50,10 @@ STATE=/var/lib/stemforge
 POLL=${STEMFORGE_POLL:-2}
 PHONE_HOME_TRIES=${STEMFORGE_PHONE_HOME_TRIES:-30}
 DRIVE_WAIT=${STEMFORGE_DRIVE_WAIT:-40}
+AGENT_JSON=/var/vcap/bosh/agent.json
+
+# bosh-agent's device path resolution (ID resolver, mapped resolver), shared with the host-side tests.
+. "$SF/diskresolve.sh"
 
 mkdir -p "$RUN" "$CDMNT" "$RUN/disks/persistent" "$RUN/disks/ephemeral" "$RUN/pending" "$RUN/failed" "$STATE"
 exec </dev/null >>"$RUN/agent.log" 2>&1
@@ -339,91 +348,52 @@ root_disk() {
     fi
 }
 
-dev_by_serial() {
-    local id pass s ser n
-    id=$1
-    for pass in exact fuzzy; do
-        for s in /sys/block/*/serial; do
-            [ -f "$s" ] || continue
-            ser=$(cat "$s" 2>/dev/null)
-            [ -n "$ser" ] || continue
-            n=${s%/serial}
-            n=${n##*/}
-            if [ $pass = exact ]; then
-                [ "$ser" = "$id" ] && { echo "/dev/$n"; return 0; }
-            else
-                if [ ${#ser} -ge 20 ] && [ "${id#"$ser"}" != "$id" ]; then
-                    echo "/dev/$n"
-                    return 0
-                fi
-                case "$ser" in
-                    *"$id") echo "/dev/$n"; return 0 ;;
-                esac
-            fi
-        done
-    done
-    return 1
-}
-
-map_path() {
-    local d
-    case "$1" in
-        /dev/sd*) set -- "/dev/vd${1#/dev/sd}" "/dev/xvd${1#/dev/sd}" "$1" ;;
-        /dev/xvd*) set -- "/dev/vd${1#/dev/xvd}" "$1" ;;
-        /dev/hd*) set -- "/dev/vd${1#/dev/hd}" "$1" ;;
-    esac
-    for d in "$@"; do
-        [ -b "$d" ] && { echo "$d"; return 0; }
-    done
-    return 1
-}
-
-serial_of() {
-    cat "/sys/class/block/${1#/dev/}/serial" 2>/dev/null
-}
-
-# resolve_hint PATH: resolve the disk hint at settings PATH.  Sets HINT (JSON), DEV, HOW.
+# resolve_hint PATH ID: resolve the disk hint at settings PATH the way bosh-agent does (diskresolve.sh),
+# ID being what bosh-agent takes as the disk's ID (the CID for a persistent disk, "" otherwise).
+# Sets HINT (the hint as JSON), DEV, HOW (id|mapped|identity) and, on failure, DR_ERR.
 resolve_hint() {
-    local hp d
+    local hp hpath k v
     hp=$1
-    HID=
-    HPATH=
-    HVOL=
     DEV=
     HOW=
+    hpath=
     case "$(jtype "$hp")" in
         s)
-            HPATH=$(jget "$hp")
-            HINT="\"$HPATH\""
+            hpath=$(jget "$hp")
+            HINT="\"$hpath\""
             ;;
         o)
-            HID=$(jget "$hp/id")
-            HPATH=$(jget "$hp/path")
-            HVOL=$(jget "$hp/volume_id")
+            hpath=$(jget "$hp/path")
             HINT="{"
-            [ -n "$HPATH" ] && HINT="$HINT\"path\":\"$HPATH\","
-            [ -n "$HID" ] && HINT="$HINT\"id\":\"$HID\","
-            [ -n "$HVOL" ] && HINT="$HINT\"volume_id\":\"$HVOL\","
+            for k in path id volume_id lun host_device_id; do
+                v=$(jget "$hp/$k") && [ -n "$v" ] && HINT="$HINT\"$k\":\"$v\","
+            done
             HINT="${HINT%,}}"
             ;;
         *)
             HINT=null
+            DR_ERR="no hint"
             return 1
             ;;
     esac
-    if [ -n "$HID" ] && DEV=$(dev_by_serial "$HID"); then
-        HOW=id
-        return 0
-    fi
-    if [ -n "$HPATH" ] && d=$(map_path "$HPATH"); then
-        if [ -z "$HID" ] || [ -z "$(serial_of "$d")" ]; then
-            DEV=$d
-            HOW=path
-            return 0
-        fi
-    fi
-    DEV=
-    return 1
+    dr_resolve "$2" "$hpath" || return 1
+    DEV=$DR_DEV
+    HOW=$DR_HOW
+    return 0
+}
+
+serial_of() {
+    local n
+    n=$(readlink -f "$1" 2>/dev/null) || n=$1
+    n=${n#/dev/}
+    cat "/sys/class/block/$n/serial" 2>/dev/null
+}
+
+# marker_of MOUNTPOINT: first line of the "stemforge-marker" file a disk was created with (tests write it
+# into the filesystem before the disk is first attached), JSON-escaped; empty when there is none.
+marker_of() {
+    [ -f "$1/stemforge-marker" ] || return 0
+    jesc "$(head -n 1 "$1/stemforge-marker")"
 }
 
 is_blank() {
@@ -451,7 +421,7 @@ keyhash() {
 
 # mount_disk KIND CID: resolve, format when blank, mount and report one disk.
 mount_disk() {
-    local kind cid h hp ecid head name target part formatted mp i marker sectors
+    local kind cid h hp ecid head name target part formatted mp i marker sectors idarg serial
     kind=$1
     cid=$2
     h=$(keyhash "$kind/$cid")
@@ -467,15 +437,18 @@ mount_disk() {
     else
         head="\"kind\":\"$kind\",\"cid\":null"
     fi
-    if ! resolve_hint "$hp"; then
+    idarg=
+    [ "$kind" = persistent ] && idarg=$(printf '%s' "$cid" | keydec)
+    if ! resolve_hint "$hp" "$idarg"; then
         if [ ! -f "$RUN/pending/$h" ]; then
             : >"$RUN/pending/$h"
-            emit "{\"event\":\"disk-pending\",$head,\"hint\":$HINT,\"reason\":\"no block device matches the hint\"}"
+            emit "{\"event\":\"disk-pending\",$head,\"hint\":$HINT,\"reason\":\"$(jesc "$DR_ERR")\"}"
         fi
         return 1
     fi
-    name=${DEV#/dev/}
-    if [ "$name" = "$ROOT_DISK" ] || device_in_use "$DEV"; then
+    name=$(readlink -f "$DEV" 2>/dev/null) || name=$DEV
+    name=${name#/dev/}
+    if [ "$name" = "$ROOT_DISK" ] || device_in_use "/dev/$name"; then
         if [ ! -f "$RUN/pending/$h" ]; then
             : >"$RUN/pending/$h"
             emit "{\"event\":\"disk-pending\",$head,\"hint\":$HINT,\"device\":\"$DEV\",\"reason\":\"device is the root disk or already in use\"}"
@@ -483,7 +456,7 @@ mount_disk() {
         return 1
     fi
     rm -f "$RUN/pending/$h"
-    target=$DEV
+    target=/dev/$name
     for part in "/sys/class/block/$name/${name}1" "/sys/class/block/$name/${name}p1"; do
         [ -d "$part" ] && target=/dev/${part##*/}
     done
@@ -524,7 +497,8 @@ mount_disk() {
     sync
     printf '%s\n%s\n%s\n' "$cid" "$target" "$mp" >"$RUN/disks/$kind/$h"
     sectors=$(cat "/sys/class/block/${target#/dev/}/size" 2>/dev/null || echo 0)
-    emit "{\"event\":\"disk\",$head,\"hint\":$HINT,\"device\":\"$target\",\"resolved_by\":\"$HOW\",\"mounted\":\"$mp\",\"formatted\":$formatted,\"marker_existed\":$marker,\"size_mib\":$((sectors / 2048))}"
+    serial=$(jesc "$(serial_of "$DEV")")
+    emit "{\"event\":\"disk\",$head,\"hint\":$HINT,\"device\":\"$target\",\"serial\":\"$serial\",\"marker\":\"$(marker_of "$mp")\",\"resolved_by\":\"$HOW\",\"id_error\":\"$(jesc "$DR_ID_ERR")\",\"mounted\":\"$mp\",\"formatted\":$formatted,\"marker_existed\":$marker,\"size_mib\":$((sectors / 2048))}"
     return 0
 }
 
@@ -543,7 +517,7 @@ unmount_disk() {
 
 report_system_disk() {
     jtype disks/system >/dev/null || return 0
-    if resolve_hint disks/system; then
+    if resolve_hint disks/system ""; then
         emit "{\"event\":\"disk\",\"kind\":\"system\",\"cid\":null,\"hint\":$HINT,\"device\":\"$DEV\",\"resolved_by\":\"$HOW\",\"mounted\":\"/\"}"
     else
         emit "{\"event\":\"disk\",\"kind\":\"system\",\"cid\":null,\"hint\":$HINT,\"device\":null,\"mounted\":\"/\"}"
@@ -696,6 +670,9 @@ main() {
     while :; do
         if read_config_drive; then
             found=true
+    if ! dr_load_config "$AGENT_JSON" "$SF/json.awk"; then
+        err "agent-config" "$AGENT_JSON is not valid JSON; using bosh-agent's defaults"
+    fi
             break
         fi
         [ "$(cut -d. -f1 /proc/uptime)" -ge "$deadline" ] && break
@@ -709,7 +686,7 @@ main() {
     else
         err "config-drive" "no config drive labelled config-2 found and no cached settings"
     fi
-    emit "{\"event\":\"ready\",\"uptime_s\":$(uptime_s),\"boot\":$BOOT,\"settings_sha256\":\"$CUR_SHA\"}"
+    emit "{\"event\":\"ready\",\"uptime_s\":$(uptime_s),\"boot\":$BOOT,\"device_path_resolution\":\"$(jesc "$DR_TYPE")\",\"settings_sha256\":\"$CUR_SHA\"}"
     [ -n "$CUR_SHA" ] && phone_home &
     while :; do
         sleep "$POLL"

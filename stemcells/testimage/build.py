@@ -113,7 +113,8 @@ ROOT_MODULES = INITRAMFS_MODULES + (
 )
 
 #: Guest files shipped in this package directory (all part of the cache key).
-GUEST_FILES = ("init.sh", "rcS.sh", "agent.sh", "json.awk", "udhcpc.sh", "inittab.cfg", "syslinux.cfg")
+GUEST_FILES = ("init.sh", "rcS.sh", "agent.sh", "diskresolve.sh", "agent.json", "json.awk", "udhcpc.sh", "inittab.cfg",
+               "syslinux.cfg")
 
 HOST_TOOLS = (
     "apt-get",
@@ -700,6 +701,9 @@ def _build(root: Path, inputs: Inputs, work: Path, steps: _Steps) -> Path:
         _guest_file("agent.sh", rootfs / "stemforge/agent.sh")
         _guest_file("json.awk", rootfs / "stemforge/json.awk", 0o644)
         _guest_file("udhcpc.sh", rootfs / "stemforge/udhcpc.sh")
+        _guest_file("diskresolve.sh", rootfs / "stemforge/diskresolve.sh", 0o644)
+        # the stock OpenStack stemcell's agent.json: the test agent resolves disks by its Platform.Linux keys
+        _guest_file("agent.json", rootfs / "var/vcap/bosh/agent.json", 0o644)
         for link in ("usr/share/udhcpc/default.script", "etc/udhcpc/default.script"):
             (rootfs / link).symlink_to("/stemforge/udhcpc.sh")
         power = rootfs / "etc/acpi/PWRF/00000080"  # busybox acpid: power button pressed

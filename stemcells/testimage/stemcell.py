@@ -22,11 +22,15 @@ def build_test_stemcell(
     progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Build (cached) the test image and package it as ``out_dir/bosh-stemcell-<version>-libvirt-kvm-busybox-
-    go_agent.tgz``; an existing tarball of the same image is returned as it is."""
+    go_agent.tgz``; an existing tarball of the same image (recorded next to it in ``<tarball>.image``) is
+    returned as it is."""
     image = build.build_test_image(cache_dir, fmt="qcow2", progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / stemcell_filename(NAME, version, light=False)
-    if target.exists() and target.stat().st_mtime >= image.stat().st_mtime:
+    # which image the tarball holds: the image's cache path names its key (a hash of every guest file), so a
+    # tarball packaged from another build of the image (other agent files) is never taken for this one
+    source = target.with_name(target.name + ".image")
+    if target.exists() and source.exists() and source.read_text() == str(image):
         return target
     with open(image, "rb") as fh:
         header = fh.read(32)
@@ -50,4 +54,5 @@ def build_test_stemcell(
         overwrite=True,
         progress=progress,
     )
+    source.write_text(str(image))
     return path

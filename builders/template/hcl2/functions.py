@@ -715,6 +715,27 @@ def f_yamlencode(v: Any) -> Any:
                      width=2**31)
 
 
+def f_base64gzip(s: Any) -> Any:
+    import gzip
+
+    return base64.b64encode(gzip.compress(_str(s).encode(), mtime=0)).decode()
+
+
+def f_base64sha256(s: Any) -> Any:
+    return base64.b64encode(hashlib.sha256(_str(s).encode()).digest()).decode()
+
+
+def f_base64sha512(s: Any) -> Any:
+    return base64.b64encode(hashlib.sha512(_str(s).encode()).digest()).decode()
+
+
+def f_matchkeys(values: Any, keys: Any, searchset: Any) -> Any:
+    vals, ks, search = _list(values), _list(keys, 1), _list(searchset, 2)
+    if len(vals) != len(ks):
+        raise FunctionArgumentError("length of keys and values should be equal")
+    return [v for v, k in zip(vals, ks, strict=True) if f_contains(search, k)]
+
+
 # -------------------------------------------------------------------------------------------------------- crypto
 def f_md5(s: Any) -> Any:
     return hashlib.md5(_str(s).encode()).hexdigest()  # noqa: S324 - the documented function
@@ -954,6 +975,21 @@ def make_functions(*, base_dir: Path, now: _dt.datetime, env_allowed: bool = Fal
         except OSError:
             raise FunctionArgumentError(f"no file exists at {p}", 0) from None
 
+    def file_digest(algorithm: str, encode: Callable[[bytes], str]) -> Function:
+        def digest(p: Any) -> Any:
+            try:
+                data = resolve(_str(p)).read_bytes()
+            except OSError:
+                raise FunctionArgumentError(f"no file exists at {p}", 0) from None
+            return encode(hashlib.new(algorithm, data).digest())
+        return digest
+
+    def hexdigest(raw: bytes) -> str:
+        return raw.hex()
+
+    def b64digest(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
     def f_fileexists(p: Any) -> Any:
         path = resolve(_str(p))
         if path.exists() and not path.is_file():
@@ -1088,6 +1124,9 @@ def make_functions(*, base_dir: Path, now: _dt.datetime, env_allowed: bool = Fal
         "templatefile": f_templatefile, "try": f_try, "can": f_can, "convert": f_convert, "vault": f_vault,
         "consul_key": f_consul_key, "aws_secretsmanager": f_aws_secretsmanager,
         "aws_secretsmanager_raw": f_aws_secretsmanager_raw,
+        "filemd5": file_digest("md5", hexdigest), "filesha1": file_digest("sha1", hexdigest),
+        "filesha256": file_digest("sha256", hexdigest), "filesha512": file_digest("sha512", hexdigest),
+        "filebase64sha256": file_digest("sha256", b64digest), "filebase64sha512": file_digest("sha512", b64digest),
     })
     return table
 

@@ -238,3 +238,36 @@ def attached_disks(domain_xml: str) -> list[AttachedDisk]:
 
 def macs(domain_xml: str) -> list[str]:
     return [m.get("address", "") for m in ET.fromstring(domain_xml).iterfind("./devices/interface/mac")]
+
+
+def virtio_boot_names(domain_xml: str) -> dict[str, str]:
+    """What a Linux guest will call each virtio-blk disk (by serial) after its next boot: ``/dev/vda``,
+    ``/dev/vdb``, ... in PCI order (virtio_blk takes the lowest free index as it probes the devices, which the
+    PCI bus enumerates by domain/bus/slot/function). Disks without a PCI address or serial are ranked but not
+    returned (they still take a name)."""
+    ranked: list[tuple[tuple[int, int, int, int], int, str | None]] = []
+    for position, el in enumerate(ET.fromstring(domain_xml).iterfind("./devices/disk")):
+        target = el.find("target")
+        if el.get("device", "disk") != "disk" or target is None or target.get("bus") != "virtio":
+            continue
+        address = el.find("address")
+        key = (1 << 30, 0, 0, 0)
+        if address is not None and address.get("type") == "pci":
+            key = tuple(int(address.get(k, "0"), 0) for k in ("domain", "bus", "slot", "function"))  # type: ignore[assignment]
+        serial_el = el.find("serial")
+        ranked.append((key, position, serial_el.text if serial_el is not None else None))
+    names: dict[str, str] = {}
+    for index, (_key, _pos, serial) in enumerate(sorted(ranked, key=lambda r: (r[0], r[1]))):
+        if serial:
+            names[serial] = f"/dev/{virtio_name(index)}"
+    return names
+
+
+def virtio_name(index: int) -> str:
+    """The kernel's name for virtio_blk index ``index`` (virtblk_name_format: vda..vdz, vdaa..)."""
+    letters = ""
+    index += 1
+    while index > 0:
+        index, rem = divmod(index - 1, 26)
+        letters = chr(ord("a") + rem) + letters
+    return f"vd{letters}"

@@ -393,6 +393,7 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
     def reboot_vm(self, vm_cid: str) -> None:
         with self.state.lock("vm", vm_cid):
             dom = self._domain(vm_cid)
+            self._refresh_boot_paths(vm_cid, dom)
             try:
                 if dom.isActive():
                     dom.reset(0)
@@ -434,12 +435,12 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
     def create_disk(self, size_mib: int, cloud_properties: Mapping[str, Any], vm_locality: str | None) -> str:
         validate("create_disk: cloud_properties", DISK_CLOUD_PROPERTIES_SCHEMA, dict(cloud_properties))
         fmt = str(cloud_properties.get("format", "qcow2"))
-        cid = f"disk-{uuidlib.uuid4()}"
+        cid, serial = new_disk_cid()
         volume = f"{cid}.{fmt}"
         self.pool.create(volume, size_mib * MIB, fmt)
         try:
             with self.state.transaction() as tx:
-                tx.insert("disks", cid=cid, volume=volume, size_mib=size_mib, serial=disk_serial(cid),
+                tx.insert("disks", cid=cid, volume=volume, size_mib=size_mib, serial=serial,
                           cloud_properties=dict(cloud_properties))
         except BaseException:
             self.pool.delete(volume)
@@ -494,9 +495,15 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
                 except libvirt.libvirtError as exc:
                     raise CloudError(f"attach_disk {disk_cid} to {vm_cid}: {exc.get_error_message()}",
                                      ok_to_retry=True) from None
-            hint: dict[str, Any] = {"id": record["serial"], "path": f"/dev/{target}"}
+            hint: dict[str, Any] = {"id": record["serial"], "path": self._guest_path(vm_cid, dom, disk_cid,
+                                                                                   record["serial"])}
+
+            def change(settings: Mapping[str, Any]) -> dict[str, Any]:
+                updated = agent_settings.with_persistent(settings, disk_cid, hint)
+                return updated if dom.isActive() else self._with_boot_paths(updated, dom)
+
             try:
-                self._update_settings(vm_cid, dom, lambda s: agent_settings.with_persistent(s, disk_cid, hint))
+                self._update_settings(vm_cid, dom, change)
                 with self.state.transaction() as tx:
                     tx.update("disks", disk_cid, vm_cid=vm_cid, target=target)
             except BaseException:
@@ -504,6 +511,42 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
                     dom.detachDeviceFlags(domain_xml.disk(spec), self._live_flags(dom))
                 raise
             return hint
+
+    # -- the device names persistent disk hints carry ------------------------------------------------------
+    def _guest_path(self, vm_cid: str, dom: libvirt.virDomain, disk_cid: str, serial: str) -> str:
+        """The name the guest gives the disk with ``serial`` (just attached to ``dom``). A running guest's
+        virtio_blk gives a hot-plugged disk the lowest free index, so: the first ``/dev/vdX`` that no other disk
+        in the VM's settings holds (the system disk, the ephemeral disk, the other persistent disks, whose paths
+        are kept true by ``_refresh_boot_paths``). A stopped VM names its disks at boot, in PCI order."""
+        if not dom.isActive():
+            return domain_xml.virtio_boot_names(dom.XMLDesc(0)).get(serial, "")
+        vm = self.state.get("vms", vm_cid) or {}
+        disks = (vm.get("settings") or {}).get("disks") or {}
+        if disk_cid in (disks.get("persistent") or {}):
+            kept = _hint_path(disks["persistent"][disk_cid])
+            if kept:
+                return kept
+        used = {_hint_path(disks.get("system")), _hint_path(disks.get("ephemeral"))}
+        used |= {_hint_path(h) for c, h in (disks.get("persistent") or {}).items() if c != disk_cid}
+        return next(p for p in (f"/dev/{domain_xml.virtio_name(i)}" for i in range(1, 702)) if p not in used)
+
+    def _with_boot_paths(self, settings: Mapping[str, Any], dom: libvirt.virDomain) -> dict[str, Any]:
+        """``settings`` with every persistent disk's hint path set to what the guest calls it after a boot."""
+        names = domain_xml.virtio_boot_names(dom.XMLDesc(0))
+        serials = {d["cid"]: d["serial"] for d in self.state.all("disks")}
+        paths = {cid: names[serials[cid]] for cid in (settings.get("disks") or {}).get("persistent") or {}
+                 if serials.get(cid) in names}
+        return agent_settings.with_persistent_paths(settings, paths)
+
+    def _refresh_boot_paths(self, vm_cid: str, dom: libvirt.virDomain) -> None:
+        """Before a (re)boot: rewrite the config drive when a persistent disk's name will change (a disk
+        detached from the middle leaves a gap that the guest closes when it boots)."""
+        vm = self.state.get("vms", vm_cid)
+        if vm is None:
+            return
+        if self._with_boot_paths(vm["settings"], dom) != vm["settings"]:
+            self.log.info("reboot_vm: %s: persistent disk names change at boot; rewriting its settings", vm_cid)
+            self._update_settings(vm_cid, dom, lambda s: self._with_boot_paths(s, dom))
 
     def detach_disk(self, vm_cid: str, disk_cid: str) -> None:
         with self.state.lock("vm", vm_cid), self.state.lock("disk", disk_cid):
@@ -626,7 +669,7 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
             raise NotSupported(f"update_disk: shrinking disk {disk_cid} is not supported")
         if record["vm_cid"] and self.has_vm(record["vm_cid"]):
             raise CloudError(f"update_disk: disk {disk_cid} is attached to {record['vm_cid']}; detach it first")
-        new_cid = f"disk-{uuidlib.uuid4()}"
+        new_cid, new_serial = new_disk_cid()
         new_volume = f"{new_cid}.{fmt}"
         source = self.pool.lookup(record["volume"])
         assert source is not None
@@ -636,7 +679,7 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
                 vol.resize(new_size_mib * MIB, 0)
             with self.state.transaction() as tx:
                 tx.insert("disks", cid=new_cid, volume=new_volume, size_mib=new_size_mib,
-                          serial=disk_serial(new_cid), cloud_properties=dict(cloud_properties),
+                          serial=new_serial, cloud_properties=dict(cloud_properties),
                           metadata=record["metadata"])
         except BaseException:
             self.pool.delete(new_volume)
@@ -686,6 +729,20 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
             tx.delete("snapshots", snapshot_cid)
 
 
+def new_disk_cid() -> tuple[str, str]:
+    """A new persistent disk's CID and serial: the serial is 13 random base32 characters and the CID is
+    ``virtio-<serial>``, exactly the ``/dev/disk/by-id`` link udev makes for the disk in the guest
+    (60-persistent-storage.rules: ``virtio-$attr{serial}``). So bosh-agent's ID resolver finds the disk by
+    its CID whatever the guest named it: with the stock OpenStack agent.json the CID does not match
+    DiskIDTransformPattern and is globbed as it is; without a pattern the glob is ``*<CID>``; agents that
+    glob ``*<first 20 characters of the CID>`` see all 20. See examples/cpi-libvirt.yml."""
+    import base64
+    import secrets
+
+    serial = base64.b32encode(secrets.token_bytes(8)).decode().rstrip("=").lower()
+    return f"virtio-{serial}", serial
+
+
 def _older(path: Path, now: float, seconds: float) -> bool:
     try:
         return now - path.lstat().st_mtime > seconds
@@ -694,8 +751,18 @@ def _older(path: Path, now: float, seconds: float) -> bool:
 
 
 def disk_serial(disk_cid: str) -> str:
-    """The 20-character serial the guest sees for a persistent disk (unique per CID)."""
+    """The serial of a disk created before ``new_disk_cid`` (CID ``disk-<uuid>``): 20 characters of a hash.
+    Such disks keep it; the agent finds them by the hint's path."""
     return ("p" + hashlib.sha256(disk_cid.encode()).hexdigest())[:20]
+
+
+def _hint_path(hint: Any) -> str:
+    """The device path of a disk hint (a string hint is the path)."""
+    if isinstance(hint, str):
+        return hint
+    if isinstance(hint, Mapping):
+        return str(hint.get("path") or "")
+    return ""
 
 
 def _volume_format(vol: libvirt.virStorageVol) -> str:
