@@ -665,14 +665,14 @@ main() {
     fi
     BOOT=$(cat "$STATE/boot-count")
     root_disk
+    if ! dr_load_config "$AGENT_JSON" "$SF/json.awk"; then
+        err "agent-config" "$AGENT_JSON is not valid JSON; using bosh-agent's defaults"
+    fi
     deadline=$(($(cut -d. -f1 /proc/uptime) + DRIVE_WAIT))
     found=false
     while :; do
         if read_config_drive; then
             found=true
-    if ! dr_load_config "$AGENT_JSON" "$SF/json.awk"; then
-        err "agent-config" "$AGENT_JSON is not valid JSON; using bosh-agent's defaults"
-    fi
             break
         fi
         [ "$(cut -d. -f1 /proc/uptime)" -ge "$deadline" ] && break
