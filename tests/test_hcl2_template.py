@@ -90,7 +90,8 @@ def test_variable_precedence(tmp_path: Path) -> None:
     assert t.hcl_variables["from_auto"].value == "file-json"
     assert t.hcl_variables["disk_size"].value == 100
     assert t.hcl_variables["tags"].value == {"team": "x"}
-    assert any("Undefined variable" in w and '"undeclared"' in w for w in t.warnings)
+    assert any(d.summary == "Undefined variable" and '"undeclared"' in d.detail for d in t.diagnostics)
+    assert t.warnings == []  # printed once, as diagnostics, by the CLI
     t = load(var_sources=[("var-file", str(tmp_path / "b.json")), ("var", "from_auto=cli")])
     assert t.hcl_variables["from_auto"].value == "cli"
 
@@ -379,7 +380,7 @@ build {
     assert cfg["launch_block_device_mappings"] == [{"device_name": "/dev/sda1", "volume_size": 30}]
     assert [p.type for p in t.provisioners_for("amazon-ebs.img")] == ["shell"]
     assert t.provisioners_for("first.amazon-ebs.img") == []
-    assert any("Warning: HCP Packer registry not supported" in w for w in t.warnings)
+    assert any(d.render().startswith("Warning: HCP Packer registry not supported") for d in t.diagnostics)
     path.write_text(path.read_text().replace('default = "amazon-ebs"', 'default = "alicloud-ecs"'))
     with pytest.raises(HCLError) as e:
         load(path)

@@ -808,7 +808,8 @@ def _assemble(ld: _Loader, path: Path, blocks: list[Block], syntax_only: bool) -
         template.sensitive.add_literal(secret)
     for value in ld.derived:
         template.sensitive.record(value)
-    template.warnings = [d.render() for d in ld.warnings]
+    # warnings are diagnostics (``template.diagnostics``), printed once by the CLI, not ``template.warnings``
+    # (which the runner prints again as "Warning: ...")
     if ld.errors:
         raise HCLError(_unique(ld.errors))
     return template
