@@ -225,7 +225,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not isinstance(template, HCL2Template):
         for warning in template.warnings:
             out.say(f"Warning: {warning}")
-    runner = BuildRunner(template, out, RunOptions(only=args.only, except_=args.except_))
+    only, except_ = list(args.only), list(args.except_)
+    if not isinstance(template, HCL2Template):
+        # Packer's validate only filters the builds by -only/-except (packer core.go BuildNames): names that match
+        # nothing are not an error, and when -only matches nothing there is nothing to check.
+        builder_names = {b.name for b in template.builders}
+        pp_names = {pp.name for chain in template.post_processors for pp in chain}
+        if only and not any(n in builder_names for n in only):
+            out.say("The configuration is valid.")
+            return 0
+        only = [n for n in only if n in builder_names]
+        except_ = [n for n in except_ if n in builder_names | pp_names]
+    runner = BuildRunner(template, out, RunOptions(only=only, except_=except_))
     try:
         builds = runner.prepare()
     except PrepareError as exc:

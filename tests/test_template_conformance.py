@@ -48,8 +48,6 @@ BAD: list[tuple[str, Any, dict[str, Any], list[str]]] = [
      ["builder 2: builder with name 'x' already exists"]),
     ("required-variable", {"variables": {"pw": None, "other": None}, "builders": [Q]}, {},
      ["required variable not set: other", "required variable not set: pw"]),
-    ("unknown-cli-variable", {"variables": {"a": "1"}, "builders": [Q]}, {"var_overrides": {"nope": "1"}},
-     ["Unknown user variables: nope"]),
     ("variable-not-a-string", {"variables": {"n": 5}, "builders": [Q]}, {},
      ["variable n: '' expected type 'string', got unconvertible type 'float64', value: '5'"]),
     ("variables-not-an-object", {"variables": ["a"], "builders": [Q]}, {},

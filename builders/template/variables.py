@@ -25,7 +25,11 @@ def parse_var_arg(raw: str) -> tuple[str, str]:
 
 
 def load_var_file(path: Path) -> dict[str, str]:
-    """Read a ``-var-file``: a JSON object (YAML for ``.yaml``/``.yml``) whose values are strings."""
+    """Read a ``-var-file``: a JSON object (YAML for ``.yaml``/``.yml``) whose values are strings.
+
+    Packer decodes the file with Go's ``encoding/json`` into a ``map[string]string`` (packer ``command/
+    flag-kv/flag_json.go``): a ``null`` value leaves the new map element at its zero value, so the variable is set to
+    the empty string; any other non-string value is an unmarshal error."""
     prefix = f"Error reading variables in '{path}': "
     try:
         data = path.read_bytes()
@@ -42,6 +46,7 @@ def load_var_file(path: Path) -> dict[str, str]:
         kind = {list: "array", str: "string", bool: "bool", type(None): "null"}.get(type(value), "number")
         raise TemplateError(f"{prefix}json: cannot unmarshal {kind} into Go value of type map[string]string")
     errors = []
+    value = {k: ("" if v is None else v) for k, v in value.items()}
     for k, v in value.items():
         if not isinstance(v, str):
             kind = {list: "array", dict: "object", bool: "bool", type(None): "null"}.get(type(v), "number")
@@ -75,14 +80,18 @@ def merge_cli_variables(items: Sequence[tuple[str, str]]) -> dict[str, str]:
 
 def resolve_variables(declared: Mapping[str, str | None], given: Mapping[str, str], *, template_path: str,
                       init_time: _dt.datetime, sensitive: Collection[str] = ()) -> dict[str, str]:
-    """Resolve every variable: required ones must be given, unknown given ones are errors, then defaults and
+    """Resolve every variable: required ones must be given, then defaults and
     given values are rendered (``env`` and ``user`` allowed; ``{{ .Field }}`` actions kept) until each variable
     that references another is settled. Raises TemplateError listing every problem.
 
     ``sensitive`` names the sensitive variables: a variable whose value is rendered from one of them comes back as
-    a ``Tainted`` string (``builders.template.sensitive``), so it is masked and taints what is rendered from it."""
+    a ``Tainted`` string (``builders.template.sensitive``), so it is masked and taints what is rendered from it.
+
+    Values given for variables the template does not declare are kept (``{{user `x`}}`` sees them) and never an
+    error: Packer's ``packer/core.go`` only checks that required variables are set, and copies every command-line
+    and var-file value into the variables it renders (the HCL2 front end is where undeclared values warn).
+    """
     errors = [f"required variable not set: {n}" for n in sorted(declared) if declared[n] is None and n not in given]
-    errors += [f"Unknown user variables: {n}" for n in sorted(given) if n not in declared]
     if errors:
         raise TemplateError(errors)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builders.builder_types import _sdk_options as sdk
+from builders.builder_types._sdk_options import IGNORED_COMMUNICATOR, REFUSED_COMMUNICATOR, zero
 from builders.builder_types.amazon_ebs.ec2 import AwsAccess, Polling
 from builders.core import ConfigError
 
@@ -133,6 +135,11 @@ SUPPORTED: dict[str, dict[str, Any]] = {
     "run_tags": _STRMAP,
     "run_tag": _KV_LIST,
     "run_volume_tags": _STRMAP,
+    "run_volume_tag": {
+        "type": "array",
+        "items": {"type": "object", "additionalProperties": False, "required": ["name", "value"],
+                  "properties": {"name": _STR, "value": _STR}},
+    },
     "user_data": _STR,
     "user_data_file": _STR,
     "shutdown_behavior": _STR,
@@ -161,37 +168,91 @@ SUPPORTED: dict[str, dict[str, Any]] = {
     "ami_copy_parallelism": _INT,
 }
 
-#: Valid Packer options accepted and ignored, with the reason (a warning).
+_SPOT = "spot instances are not supported"
+_SSM = "the Session Manager tunnel is not supported"
+
+#: Valid Packer options accepted and ignored, with the reason (a warning when set).
 IGNORED: dict[str, str] = {
+    **{k: v for k, v in IGNORED_COMMUNICATOR.items() if k not in SUPPORTED},
     "decode_authorization_messages": "authorization messages are shown as AWS returns them",
     "enable_t2_unlimited": "T2 Unlimited is not requested",
     "enable_unlimited_credits": "unlimited credits are not requested",
     "ssh_keep_alive_interval": "the SSH communicator uses its own keep-alive interval",
     "snapshot_copy_duration_minutes": "copies use the standard copy duration",
     "temporary_key_pair_bits": "EC2's CreateKeyPair makes 2048-bit RSA keys (or ed25519: temporary_key_pair_type)",
+    "skip_profile_validation": "the IAM instance profile is not looked up before launch",
+    "fleet_tags": "only used for the spot fleet request (" + _SPOT + ")",
+    "fleet_tag": "only used for the spot fleet request (" + _SPOT + ")",
+    "pause_before_ssm": "only used with ssh_interface 'session_manager' (" + _SSM + ")",
+    "no_ephemeral": "only relevant to Windows guests (ephemeral drives hidden from the console)",
 }
 
-#: Valid Packer options refused, with the reason.
+#: Valid Packer options refused when set to a non-zero value, with the reason.
 REFUSED: dict[str, str] = {
+    **REFUSED_COMMUNICATOR,
     "assume_role": "assume_role is not supported; give the role's credentials (access_key/secret_key/token)",
     "vault_aws_engine": "Vault-issued credentials are not supported",
     "mfa_code": "MFA codes are not supported",
-    "spot_price": "spot instances are not supported",
-    "spot_instance_types": "spot instances are not supported",
-    "spot_tags": "spot instances are not supported",
-    "ssh_agent_auth": "SSH agent authentication is not supported",
-    "ssh_bastion_host": "bastion hosts are not supported",
-    "ssh_proxy_host": "SSH proxies are not supported",
-    "session_manager_port": "the Session Manager tunnel is not supported",
+    "spot_price": _SPOT,
+    "spot_instance_types": _SPOT,
+    "spot_tags": _SPOT,
+    "spot_tag": _SPOT,
+    "block_duration_minutes": _SPOT,
+    "session_manager_port": _SSM,
     "temporary_iam_instance_profile_policy_document": "temporary IAM instance profiles are not supported",
     "temporary_security_group_source_public_ip": "discovering this host's public IP needs the internet",
     "windows_password_timeout": "Windows password retrieval is not supported",
-    "winrm_username": "the winrm communicator is not supported",
-    "winrm_password": "the winrm communicator is not supported",
     "subnet_filter": "give subnet_id",
     "vpc_filter": "give vpc_id",
     "security_group_filter": "give security_group_ids",
+    "enable_nitro_enclave": "Nitro Enclaves are not requested at launch",
+    "license_specifications": "license configurations are not attached at launch",
+    "placement": "placement (host resource groups) is not supported; give tenancy",
+    "metadata_options": "instance metadata options are not set at launch",
+    "capacity_reservation_preference": "capacity reservations are not supported",
+    "capacity_reservation_id": "capacity reservations are not supported",
+    "capacity_reservation_group_arn": "capacity reservations are not supported",
+    "imds_support": "the AMI's IMDS support attribute is not set",
+    "deprecate_at": "AMI deprecation times are not set",
+    "deregistration_protection": "AMI deregistration protection is not set",
+    "boot_mode": "the AMI boot mode is not set (the source AMI's applies)",
+    "uefi_data": "UEFI variable stores are not set on the AMI",
+    "tpm_support": "NitroTPM support is not set on the AMI",
+    "fast_launch": "Windows fast launch is not supported",
 }
+
+#: The keys Packer's amazon-ebs builder documents (packer-plugin-amazon ``builder/ebs/builder.go`` ``Config`` and
+#: ``builder/common``: ``AccessConfig``, ``AMIConfig``, ``SnapshotConfig``, ``RunConfig``) besides the SDK's
+#: communicator keys.
+EBS_DOCUMENTED: tuple[str, ...] = (
+    # AccessConfig
+    "access_key", "secret_key", "region", "assume_role", "custom_endpoint_ec2", "shared_credentials_file",
+    "decode_authorization_messages", "insecure_skip_tls_verify", "max_retries", "mfa_code", "profile",
+    "skip_metadata_api_check", "skip_credential_validation", "token", "vault_aws_engine", "aws_polling",
+    # AMIConfig + SnapshotConfig
+    "ami_name", "ami_description", "ami_virtualization_type", "ami_users", "ami_groups", "ami_org_arns",
+    "ami_ou_arns", "ami_product_codes", "ami_regions", "skip_region_validation", "tags", "tag", "ena_support",
+    "sriov_support", "force_deregister", "force_delete_snapshot", "encrypt_boot", "kms_key_id",
+    "region_kms_key_ids", "skip_save_build_region", "imds_support", "deprecate_at", "deregistration_protection",
+    "snapshot_copy_duration_minutes", "boot_mode", "uefi_data", "tpm_support", "snapshot_tags", "snapshot_tag",
+    "snapshot_users", "snapshot_groups",
+    # RunConfig
+    "associate_public_ip_address", "availability_zone", "block_duration_minutes", "disable_stop_instance",
+    "ebs_optimized", "enable_nitro_enclave", "enable_t2_unlimited", "enable_unlimited_credits",
+    "iam_instance_profile", "fleet_tags", "fleet_tag", "skip_profile_validation",
+    "temporary_iam_instance_profile_policy_document", "shutdown_behavior", "security_group_filter", "run_tags",
+    "run_tag", "security_group_id", "security_group_ids", "source_ami", "source_ami_filter", "instance_type",
+    "spot_instance_types", "spot_price", "spot_tags", "spot_tag", "subnet_filter", "subnet_id",
+    "license_specifications", "placement", "tenancy", "temporary_security_group_source_cidrs",
+    "temporary_security_group_source_public_ip", "user_data", "user_data_file", "vpc_filter", "vpc_id",
+    "windows_password_timeout", "metadata_options", "ssh_interface", "pause_before_ssm", "session_manager_port",
+    "capacity_reservation_preference", "capacity_reservation_id", "capacity_reservation_group_arn",
+    # ebs Config
+    "skip_create_ami", "ami_block_device_mappings", "launch_block_device_mappings", "run_volume_tags",
+    "run_volume_tag", "no_ephemeral", "fast_launch",
+)
+#: Every key Packer's amazon-ebs builder accepts (its own and the SDK communicator's).
+PACKER_KEYS: tuple[str, ...] = EBS_DOCUMENTED + sdk.COMMUNICATOR + sdk.SSH + sdk.WINRM
 
 OPTIONS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -396,10 +457,10 @@ def prepare_config(
     errors: list[str] = []
     warnings: list[str] = []
     for key, reason in REFUSED.items():
-        if raw.get(key) not in (None, "", [], {}, False):
+        if not zero(raw.get(key)):
             errors.append(f"{key}: not supported by stemforge: {reason}")
     for key, reason in IGNORED.items():
-        if key in raw:
+        if not zero(raw.get(key)):
             warnings.append(f"{key} is ignored: {reason}")
 
     def s(key: str, default: str = "") -> str:
@@ -573,6 +634,12 @@ def prepare_config(
     cfg.iam_instance_profile = s("iam_instance_profile")
     cfg.run_tags = _kv(raw, "run_tag", "run_tags", errors)
     cfg.run_volume_tags = {str(k): str(v) for k, v in (raw.get("run_volume_tags") or {}).items()}
+    # packer-plugin-amazon builder/ebs/builder.go: ``run_volume_tag`` is a NameValues list copied onto the map
+    volume_blocks = raw.get("run_volume_tag") or []
+    if volume_blocks and cfg.run_volume_tags:
+        errors.append("run_volume_tag: only one of run_volume_tags or run_volume_tag can be set")
+    for block in volume_blocks:
+        cfg.run_volume_tags[str(block["name"])] = str(block["value"])
     user_data, user_data_file = s("user_data"), s("user_data_file")
     if user_data and user_data_file:
         errors.append("Only one of user_data or user_data_file can be specified.")

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builders.builder_types import _sdk_options as sdk
+from builders.builder_types._sdk_options import IGNORED_COMMUNICATOR, REFUSED_COMMUNICATOR, zero
 from builders.core import ConfigError
 
 #: Packer's builder id for qemu artifacts (keeps post-processors that check it working).
@@ -33,13 +35,14 @@ DETECT_ZEROES = ("unmap", "on", "off")
 CDROM_INTERFACES = ("", "ide", "scsi", "virtio", "virtio-scsi")
 
 _STR = {"type": "string"}
-_INT = {"type": ["integer", "string"]}
-_BOOL = {"type": ["boolean", "string", "integer"]}
+_INT = {"type": "integer"}
+_BOOL = {"type": "boolean"}
 _DUR = {"type": ["string", "integer"]}
 _STRLIST = {"type": "array", "items": {"type": "string"}}
 _STRMAP = {"type": "object", "additionalProperties": {"type": "string"}}
 
-#: Options stemforge implements.
+#: Options stemforge implements. Values arrive weakly decoded by ``builders.registry.validate_options`` (Packer's
+#: mapstructure rules), so ``"2048"`` is already ``2048`` and ``"a,b"`` for a list is already ``["a", "b"]``.
 SUPPORTED: dict[str, dict[str, Any]] = {
     # Packer core keys some loaders pass through
     "type": _STR, "name": _STR,
@@ -66,6 +69,7 @@ SUPPORTED: dict[str, dict[str, Any]] = {
     # boot
     "boot_command": {"type": ["array", "string"], "items": {"type": "string"}}, "boot_wait": _DUR,
     "boot_key_interval": _DUR,
+    "boot_steps": {"type": "array", "items": {"type": "array", "items": {"type": "string"}}},
     # communicator
     "communicator": _STR, "ssh_host": _STR, "ssh_port": _INT, "ssh_username": _STR, "ssh_password": _STR,
     "ssh_private_key_file": _STR, "ssh_timeout": _DUR, "ssh_wait_timeout": _DUR, "ssh_handshake_attempts": _INT,
@@ -76,32 +80,67 @@ SUPPORTED: dict[str, dict[str, Any]] = {
     "shutdown_command": _STR, "shutdown_timeout": _DUR,
 }
 
-#: Valid Packer options stemforge accepts but ignores (the boot command goes through the QEMU monitor, not VNC).
+_NO_VNC = "no VNC server is started (boot_command is typed through the QEMU monitor)"
+_NO_DISPLAY = "guests always run without a display here"
+
+#: Valid Packer options stemforge accepts but ignores (a warning when set), with the reason.
 IGNORED: dict[str, str] = {
-    "vnc_bind_address": "no VNC server is started (boot_command is typed through the QEMU monitor)",
-    "vnc_port_min": "no VNC server is started (boot_command is typed through the QEMU monitor)",
-    "vnc_port_max": "no VNC server is started (boot_command is typed through the QEMU monitor)",
-    "disable_vnc": "no VNC server is started (boot_command is typed through the QEMU monitor)",
-    "display": "guests always run without a display here",
-    "use_default_display": "guests always run without a display here",
+    **{k: v for k, v in IGNORED_COMMUNICATOR.items() if k not in SUPPORTED},
+    "vnc_bind_address": _NO_VNC,
+    "vnc_port_min": _NO_VNC,
+    "vnc_port_max": _NO_VNC,
+    "vnc_password": _NO_VNC,
+    "disable_vnc": _NO_VNC,
+    "boot_keygroup_interval": "the QEMU monitor types key groups without an extra pause (boot_key_interval applies)",
+    "display": _NO_DISPLAY,
+    "use_default_display": _NO_DISPLAY,
+    "vga": _NO_DISPLAY + "; QEMU's default display adapter for the machine type is used",
     "iso_skip_cache": "local sources are always used in place and downloads are always cached",
+    "http_network_protocol": "the HTTP server always listens on TCP (on loopback)",
+    "cpu_model": "QEMU's default CPU model for the accelerator is used",
+    "sockets": "the CPU topology is QEMU's default for 'cpus' virtual CPUs",
+    "cores": "the CPU topology is QEMU's default for 'cpus' virtual CPUs",
+    "threads": "the CPU topology is QEMU's default for 'cpus' virtual CPUs",
+    "efi_drop_efivars": "no efivars.fd is produced (EFI boot through efi_boot is not supported)",
+    "ssh_keypair_name": "cloud key pairs do not apply to local VMs (give ssh_private_key_file)",
+    "temporary_key_pair_name": "the temporary key pair is local; it has no cloud name",
 }
 
-#: Valid Packer options stemforge refuses, with the reason.
+#: Valid Packer options stemforge refuses when set to a non-zero value, with the reason.
 REFUSED: dict[str, str] = {
+    **REFUSED_COMMUNICATOR,
     "net_bridge": "only user-mode networking restricted to loopback host-forwards is supported",
     "skip_nat_mapping": "the communicator always goes through a loopback host-forward",
-    "vnc_use_password": "no VNC server is started (boot_command is typed through the QEMU monitor)",
+    "vnc_use_password": _NO_VNC,
     "floppy_files": "floppy disks are not supported; use cd_files",
     "floppy_dirs": "floppy disks are not supported; use cd_files",
     "floppy_content": "floppy disks are not supported; use cd_content",
     "floppy_label": "floppy disks are not supported; use cd_label",
-    "ssh_agent_auth": "SSH agent authentication is not supported",
-    "ssh_bastion_host": "bastion hosts are not supported (the VM is reached over loopback)",
-    "ssh_proxy_host": "SSH proxies are not supported (the VM is reached over loopback)",
-    "winrm_username": "the winrm communicator is not supported",
-    "winrm_password": "the winrm communicator is not supported",
+    "efi_boot": "UEFI boot with OVMF variables is not supported; use 'firmware' for a BIOS-style firmware file",
+    "efi_firmware_code": "UEFI boot with OVMF variables is not supported",
+    "efi_firmware_vars": "UEFI boot with OVMF variables is not supported",
+    "use_pflash": "firmware is always loaded with -bios",
+    "vtpm": "emulated TPM devices (swtpm) are not supported",
+    "use_tpm1": "emulated TPM devices (swtpm) are not supported",
+    "tpm_device_type": "emulated TPM devices (swtpm) are not supported",
 }
+
+#: The keys Packer's qemu builder documents (packer-plugin-qemu ``builder/qemu/config.go`` ``Config``,
+#: ``QemuEFIBootConfig``, ``QemuSMPConfig`` and ``comm_config.go`` ``CommConfig``) besides the SDK's shared ones.
+QEMU_DOCUMENTED: tuple[str, ...] = (
+    "iso_skip_cache", "accelerator", "disk_additional_size", "firmware", "use_pflash", "disk_interface",
+    "disk_size", "skip_resize_disk", "disk_cache", "disk_discard", "disk_detect_zeroes", "skip_compaction",
+    "disk_compression", "format", "headless", "disk_image", "use_backing_file", "machine_type", "memory",
+    "net_device", "net_bridge", "output_directory", "qemuargs", "qemu_img_args", "qemu_binary", "qmp_enable",
+    "qmp_socket_path", "use_default_display", "vga", "display", "vnc_bind_address", "vnc_use_password",
+    "vnc_password", "vnc_port_min", "vnc_port_max", "vm_name", "cdrom_interface", "vtpm", "use_tpm1",
+    "tpm_device_type", "boot_steps", "cpu_model", "efi_boot", "efi_firmware_code", "efi_firmware_vars",
+    "efi_drop_efivars", "cpus", "sockets", "cores", "threads", "host_port_min", "host_port_max",
+    "skip_nat_mapping", "ssh_host_port_min", "ssh_host_port_max",
+)
+#: Every key Packer's qemu builder accepts: its own and the SDK configs it embeds.
+PACKER_KEYS: tuple[str, ...] = (QEMU_DOCUMENTED + sdk.COMMUNICATOR + sdk.SSH + sdk.WINRM + sdk.BOOT + sdk.HTTP
+                                + sdk.ISO + sdk.FLOPPY + sdk.CD + sdk.SHUTDOWN)
 
 OPTIONS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -281,6 +320,9 @@ def prepare_config(raw: Mapping[str, Any], build_name: str, template_dir: Path, 
                    prefix: str) -> tuple[QemuConfig, list[str]]:
     """Validate ``raw`` and apply Packer's defaults. Returns the config and warnings; raises ConfigError listing
     every problem (``<prefix>: <message>`` per line)."""
+    from builders.registry import coerce
+
+    raw = coerce(dict(raw), OPTIONS_SCHEMA)  # Packer's weak decoding (idempotent after validate_options)
     errors: list[str] = []
     warnings: list[str] = []
     cfg = QemuConfig(build_name=build_name)
@@ -288,9 +330,9 @@ def prepare_config(raw: Mapping[str, Any], build_name: str, template_dir: Path, 
     for key in raw:
         if key not in OPTIONS_SCHEMA["properties"]:
             errors.append(f"unknown configuration key: '{key}'")
-        elif key in REFUSED:
+        elif key in REFUSED and not zero(raw[key]):
             errors.append(f"{key}: not supported by stemforge's qemu builder: {REFUSED[key]}")
-        elif key in IGNORED:
+        elif key in IGNORED and not zero(raw[key]):
             warnings.append(f"{key} is ignored: {IGNORED[key]}")
     _check_shapes(raw, errors)
 
@@ -428,6 +470,12 @@ def prepare_config(raw: Mapping[str, Any], build_name: str, template_dir: Path, 
     # --- boot
     bc = raw.get("boot_command")
     cfg.boot_command = [bc] if isinstance(bc, str) else [str(s) for s in bc or []]
+    steps = raw.get("boot_steps") or []
+    if steps and cfg.boot_command:
+        errors.append("boot_command and boot_steps are mutually exclusive: give one of them")
+    elif steps:
+        # Packer's qemu builder types each step's command (the optional second element only describes it)
+        cfg.boot_command = [str(step[0]) for step in steps if isinstance(step, list) and step]
     cfg.boot_wait = get("boot_wait", parse_duration, 10.0)
     cfg.boot_key_interval = get("boot_key_interval", parse_duration, 0.1) or 0.1
     if cfg.boot_command:
