@@ -1,6 +1,8 @@
 """``stemforge cpi ...``: operator commands around the CPI executable.
 
-* ``stemforge cpi wrapper --config CONFIG --out DIR`` writes ``DIR/bin/cpi`` (see :mod:`cpi.wrapper`).
+* ``stemforge cpi wrapper --config CONFIG --out DIR`` writes ``DIR/bin/cpi`` (see :mod:`cpi.wrapper`); a YAML
+  CONFIG is validated once and written as ``DIR/config/cpi.json``, the file ``bin/cpi`` names (so the director's
+  calls never parse YAML). Run it again after editing the YAML.
 * ``stemforge cpi call METHOD [JSON_ARGS] --config CONFIG [--api-version N] [--director-uuid U]`` sends one request
   through a real ``stemforge-cpi`` process and prints its response; the exit status is 0 for a success response,
   1 for an error response, 2 when no valid response came back. ``JSON_ARGS`` is a JSON array (default ``[]``),
@@ -30,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     commands.required = True
 
     wrapper = commands.add_parser("wrapper", help="write DIR/bin/cpi, the executable a BOSH director runs")
-    wrapper.add_argument("--config", required=True, help="the CPI config file (JSON or YAML)")
+    wrapper.add_argument("--config", required=True,
+                         help="the CPI config file (JSON, or YAML: validated and written as DIR/config/cpi.json)")
     wrapper.add_argument("--out", required=True, metavar="DIR", help="job directory; the script goes to DIR/bin/cpi")
     wrapper.add_argument(
         "--skip-config-check", action="store_true", help="write the wrapper even if the config does not load yet"

@@ -84,15 +84,18 @@ def config_schema(plugins: Iterable[str]) -> dict[str, Any]:
 
 
 class CpiConfig:
-    """A loaded, validated config: ``plugin`` and the file's ``cloud.properties`` (``{}`` when absent)."""
+    """A loaded, validated config: ``plugin`` and the file's ``cloud.properties`` (``{}`` when absent); ``syntax``
+    is ``"json"`` or ``"yaml"``, how the file was parsed."""
 
-    __slots__ = ("path", "plugin", "properties", "document")
+    __slots__ = ("path", "plugin", "properties", "document", "syntax")
 
-    def __init__(self, path: str, plugin: str, properties: dict[str, Any], document: dict[str, Any]) -> None:
+    def __init__(self, path: str, plugin: str, properties: dict[str, Any], document: dict[str, Any],
+                 syntax: str = "json") -> None:
         self.path = path
         self.plugin = plugin
         self.properties = properties
         self.document = document
+        self.syntax = syntax
 
 
 # -- hand checks (equivalent to the schemas) -------------------------------------------------------------------------
@@ -176,7 +179,13 @@ def parse_json_strict(text: str) -> Any:
 def read_document(path: str) -> dict[str, Any]:
     """Read and parse the config file at ``path`` (JSON first, then YAML). CpiError names the file and the problem;
     parse errors give line and column only, never the offending text (it may hold a password)."""
+    return _read_document(path)[0]
+
+
+def _read_document(path: str) -> tuple[dict[str, Any], str]:
+    """:func:`read_document` and the syntax it parsed: ``"json"`` or ``"yaml"``."""
     where = f"config {path}"
+    syntax = "json"
     try:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
@@ -204,11 +213,12 @@ def read_document(path: str) -> dict[str, Any]:
         if text.lstrip().startswith(("{", "[")):
             raise CpiError(f"{where}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
         document = _parse_yaml(text, where)
+        syntax = "yaml"
     except ValueError as exc:  # duplicate key, NaN, too many digits
         raise CpiError(f"{where}: not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise CpiError(f"{where}: expected a mapping at the top level, got {_type_name(document)}")
-    return document
+    return document, syntax
 
 
 def _parse_yaml(text: str, where: str) -> Any:
@@ -247,14 +257,14 @@ def load(path: str, plugins: Iterable[str], *, inspect: Callable[[Any], None] | 
     """Read and validate the config at ``path``; ``plugins`` are the registered provider names. ``inspect`` sees
     the parsed document before validation (the CPI registers its secrets). Raises CpiError."""
     plugins = tuple(plugins)
-    document = read_document(path)
+    document, syntax = _read_document(path)
     if inspect is not None:
         inspect(document)
     if not config_ok(document, plugins):
         raise _schema_error(f"config {path}", config_schema(plugins), document, [])
     cloud = document["cloud"]
     properties = cloud.get("properties") or {}
-    return CpiConfig(path, cloud["plugin"], properties, document)
+    return CpiConfig(path, cloud["plugin"], properties, document, syntax)
 
 
 def merge_context(properties: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:

@@ -72,7 +72,8 @@ stamp=.venv/.stemforge-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   say "installing stemforge and its Python dependencies into .venv"
   # compat mode: a plain .pth path entry; the default finder costs ~20 ms on every CPI start
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,libvirt]" --config-settings editable_mode=compat
+  # every role's extra (libvirt, aws, metal, build, terraform, ci) and the test tools: a developer runs all of it
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[all,dev]" --config-settings editable_mode=compat
   touch "$stamp"
 fi
 say "ready: $ROOT/.venv/bin/stemforge"

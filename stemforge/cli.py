@@ -23,6 +23,15 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "terraform.cli",
     "ci.cli",
 )
+#: Subcommand modules of an optional role: the pip extra they need and the commands they register. When the extra
+#: is not installed, those commands are still listed and say which extra to install.
+OPTIONAL_SUBCOMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "builders.cli": ("build", ("build", "validate", "inspect", "hcl2_upgrade")),
+    "builders.image_repo": ("build", ("image-repo",)),
+    "cpi.providers.baremetal.cli": ("metal", ("metal",)),
+    "terraform.cli": ("terraform", ("env",)),
+    "ci.cli": ("ci", ("pipeline",)),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +42,35 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            from cpi.extras import missing_module
+
+            if name not in OPTIONAL_SUBCOMMANDS or missing_module(exc) is None:
+                raise
+            _register_missing(subparsers, name, exc)
+            continue
+        module.register(subparsers)
     return parser
+
+
+def _register_missing(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                      exc: ModuleNotFoundError) -> None:
+    """Register the commands of ``name`` as stand-ins that name the extra to install and exit 2."""
+    from cpi.extras import missing_extra
+
+    extra, commands = OPTIONAL_SUBCOMMANDS[name]
+    for command in commands:
+        message = str(missing_extra(f"`stemforge {command}`", exc, extra))
+        parser = subparsers.add_parser(command, help=f"(not installed: {message})", add_help=False)
+        parser.add_argument("arguments", nargs=argparse.REMAINDER)
+        parser.set_defaults(handler=lambda _args, message=message: _missing(message))
+
+
+def _missing(message: str) -> int:
+    print(f"stemforge: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,99 @@ def test_json_config_does_not_import_yaml_or_jsonschema(tmp_path: Path) -> None:
     )
     modules = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout))
     assert "yaml" not in modules and "jsonschema" not in modules
+
+
+# -- `stemforge cpi wrapper`: the YAML validated once and written as the job's JSON config ---------------------------
+
+YAML_CONFIG = """\
+# the README's kind of config: comments, an anchor, block style
+cloud:
+  plugin: libvirt
+  properties:
+    state_dir: &state /var/lib/stemforge/cpi
+    log_level: debug
+    agent:
+      mbus: nats://nats:mbus-SECRET@127.0.0.1:4222
+      ntp: [127.0.0.1]
+    libvirt:
+      uri: qemu:///system
+      console_dir: *state
+"""
+
+
+def info_modules(wrapper: Path, tmp_path: Path) -> tuple[dict[str, Any], set[str]]:
+    """``info`` through the interpreter and config ``wrapper`` names (its exec line, run as is under the director's
+    environment), and the modules loaded by then."""
+    import shlex
+
+    argv = shlex.split(wrapper.read_text().splitlines()[-1].removeprefix("exec "))
+    listing = tmp_path / "modules.json"
+    index = argv.index("-c") + 1
+    argv[index] = (f"import sys, json\ntry:\n    exec(compile({argv[index]!r}, 'cpi', 'exec'))\nfinally:\n"
+                   f"    open({str(listing)!r}, 'w').write(json.dumps(sorted(sys.modules)))\n")
+    request = json.dumps({"method": "info", "arguments": [], "context": {"director_uuid": "x"}})
+    proc = subprocess.run(argv, input=request, capture_output=True, text=True, timeout=120, check=False,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, cwd="/")
+    return json.loads(proc.stdout), set(json.loads(listing.read_text()))
+
+
+def test_wrapper_writes_a_yaml_config_as_json(tmp_path: Path) -> None:
+    import argparse
+
+    import yaml
+
+    from cpi.cli import register
+
+    source = write(tmp_path, YAML_CONFIG, "cpi.yml")
+    source.chmod(0o640)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["cpi", "wrapper", "--config", str(source), "--out", str(tmp_path / "job")])
+    assert args.handler(args) == 0
+    converted = tmp_path / "job" / "config" / "cpi.json"
+    wrapper = tmp_path / "job" / "bin" / "cpi"
+    assert wrapper.read_text().rstrip().endswith(f"--config {converted}")
+    assert json.loads(converted.read_text()) == yaml.safe_load(YAML_CONFIG)
+    assert converted.stat().st_mode & 0o777 == 0o640  # the source's bits: it holds the same secrets
+    assert sorted(p.name for p in converted.parent.iterdir()) == ["cpi.json"]  # no temporary left
+    response, modules = info_modules(wrapper, tmp_path)
+    assert response["error"] is None and response["result"]["api_version"] >= 1
+    assert "yaml" not in modules and "jsonschema" not in modules
+
+    # before: the same YAML named as it is (as --skip-config-check still does) imports PyYAML on every call
+    from cpi.wrapper import write_wrapper
+
+    raw = write_wrapper(source, tmp_path / "raw", check_config=False)
+    assert raw.read_text().rstrip().endswith(f"--config {source}") and not (tmp_path / "raw" / "config").exists()
+    assert "yaml" in info_modules(raw, tmp_path)[1]
+
+
+def test_wrapper_names_a_json_config_as_it_is(tmp_path: Path) -> None:
+    from cpi.wrapper import write_wrapper
+
+    source = write(tmp_path, json.dumps(GOOD))
+    wrapper = write_wrapper(source, tmp_path / "job")
+    assert wrapper.read_text().rstrip().endswith(f"--config {source}")
+    assert not (tmp_path / "job" / "config").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("cloud: {plugin: libvirt, properties: {libvirt: {since: 2024-01-02}}}",
+         "cloud.properties.libvirt.since: a YAML date has no JSON form"),
+        ("cloud: {plugin: libvirt, properties: {libvirt: {ports: {22: 2222}}}}",
+         "cloud.properties.libvirt.ports: key 22 is not a string (int)"),
+        ("cloud: {plugin: libvirt, properties: {libvirt: {ratio: .nan}}}",
+         "cloud.properties.libvirt.ratio: nan is not a JSON number"),
+        ("cloud: {plugin: libvirt, properties: {log_level: loud}}",
+         "cloud.properties.log_level"),
+    ],
+)
+def test_wrapper_refuses_what_json_cannot_carry(tmp_path: Path, text: str, message: str) -> None:
+    from cpi.wrapper import WrapperError, write_wrapper
+
+    source = write(tmp_path, text, "cpi.yml")
+    with pytest.raises(WrapperError, match=re.escape(message)):
+        write_wrapper(source, tmp_path / "job")
+    assert not (tmp_path / "job").exists()  # nothing half-written

@@ -140,16 +140,29 @@ def test_render_and_run_info_per_provider(tmp_path: Path, plugin: str) -> None:
     response, stderr = info(cpi)
     assert response["error"] is None
     assert response["result"]["stemcell_formats"] == list(PROVIDERS[plugin].stemcell_formats)
-    # without the log dir, stderr reaches the caller; with it, stderr goes to the job's log
+    # each log line is written once, into the response's log (cpi/cpilog.py), not to stderr
     response, stderr = info(cpi, "no_such_method")
     assert response["error"]["type"] == "Bosh::Clouds::NotImplemented"
-    assert "unknown method 'no_such_method'" in stderr
+    assert "unknown method 'no_such_method'" in response["log"] and "no_such_method" not in stderr
+    assert SECRET not in stderr + json.dumps(response) + script
+
+
+def test_bin_cpi_stderr_goes_to_the_log_dir_when_it_exists(tmp_path: Path) -> None:
+    """bin/cpi appends the interpreter's stderr (tracebacks, raw library output) to LOG_DIR/cpi.stderr.log when that
+    directory exists, else leaves it to the caller. The interpreter here is a stand-in script that writes one line
+    to stderr and one response to stdout, so that the shell redirection itself is what is tested."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "stderr line: $*" >&2\necho \'{"result":null,"error":null,"log":""}\'\n')
+    fake.chmod(0o755)
+    job_dir = tmp_path / "job"
+    render_job(JOB, properties(tmp_path, "libvirt", job_dir, stemforge_cpi={
+        "plugin": "libvirt", "python": str(fake), "job_dir": str(job_dir), "log_dir": str(job_dir / "log")}), job_dir)
+    response, stderr = info(job_dir / "bin" / "cpi")
+    assert response["error"] is None and "stderr line: -I -c" in stderr
     (job_dir / "log").mkdir()
-    response, stderr = info(cpi, "no_such_method")
-    assert response["error"]["type"] == "Bosh::Clouds::NotImplemented" and stderr == ""
-    logged = (job_dir / "log" / "cpi.stderr.log").read_text()
-    assert "unknown method 'no_such_method'" in logged
-    assert SECRET not in logged + json.dumps(response) + script
+    response, stderr = info(job_dir / "bin" / "cpi")
+    assert response["error"] is None and stderr == ""
+    assert f"--config {job_dir}/config/cpi.json" in (job_dir / "log" / "cpi.stderr.log").read_text()
 
 
 def test_spec_declares_every_provider_and_cpi_property() -> None:
@@ -185,6 +198,18 @@ def test_template_passes_every_declared_provider_key(tmp_path: Path, plugin: str
     assert config["cloud"]["properties"][plugin] == section
 
 
+@pytest.mark.parametrize("plugin", sorted(PROVIDERS))
+def test_bin_cpi_runs_the_plugins_venv_by_default(tmp_path: Path, plugin: str) -> None:
+    """Without stemforge_cpi.python, bin/cpi names the plugin's venv of the stemforge package (packaging makes one
+    per provider: the core install plus that provider's extra) and the JSON config the job renders."""
+    props = properties(tmp_path, plugin, tmp_path / "job")
+    del props["stemforge_cpi"]["python"]
+    render_job(JOB, props, tmp_path / "job")
+    script = (tmp_path / "job" / "bin" / "cpi").read_text()
+    assert f"exec '/var/vcap/packages/stemforge/{plugin}/bin/python' -I -c " in script
+    assert script.rstrip().endswith(f"--config '{tmp_path / 'job'}/config/cpi.json'")
+
+
 def test_missing_and_bad_properties_are_named(tmp_path: Path) -> None:
     with pytest.raises(ReleaseError, match=r"Can't find property 'stemforge_cpi.plugin'"):
         render_job(JOB, {}, tmp_path / "a")
@@ -198,7 +223,7 @@ def test_missing_and_bad_properties_are_named(tmp_path: Path) -> None:
 def test_defaults_and_undeclared_properties() -> None:
     spec = load_spec(JOB / "spec")
     props = job_properties(spec, {"stemforge_cpi": {"plugin": "aws"}, "undeclared": {"x": 1}, "aws.region": "r"})
-    assert props["stemforge_cpi"]["python"] == "/var/vcap/packages/stemforge/bin/python"
+    assert "python" not in props["stemforge_cpi"]  # the template picks the plugin's venv
     assert props["stemforge_cpi"]["job_dir"] == "/var/vcap/jobs/stemforge_cpi"
     assert props["aws"] == {"region": "r"}
     assert "undeclared" not in props

@@ -45,7 +45,9 @@ say "built $(basename "$SDIST") $(basename "$WHEEL")"
 BLOBS=(--blob "stemforge/$(basename "$WHEEL")=$WHEEL")
 if [ "${VENDOR_WHEELS:-true}" = true ]; then
   say "vendoring dependency wheels"
-  "$PY" -m pip wheel -q --disable-pip-version-check --wheel-dir "$WORK/wheels" "$WHEEL" 2>&1 | grep -v "^WARNING: Location" || true
+  # the core and every provider's extra: the package's packaging makes one venv per provider from these
+  "$PY" -m pip wheel -q --disable-pip-version-check --wheel-dir "$WORK/wheels" "$WHEEL[libvirt,aws,metal]" 2>&1 \
+    | grep -v "^WARNING: Location" || true
   for wheel in "$WORK"/wheels/*.whl; do
     case "$(basename "$wheel")" in stemforge-*) continue ;; esac
     BLOBS+=(--blob "stemforge/wheels/$(basename "$wheel")=$wheel")
