@@ -269,7 +269,9 @@ def test_shell_local_prepare_errors(h: Harness) -> None:
         h.provisioner("shell-local", {"command": "a", "inline": ["b"]})
     with pytest.raises(ConfigError, match="Invalid OS specified in only_on: 'plan9'"):
         h.provisioner("shell-local", {"command": "a", "only_on": ["plan9"]})
-    with pytest.raises(ConfigError, match=r"'execute_command' expected type 'array'"):
+    # mapstructure (Packer's weak decoding) wraps a single map into a one-element list, then fails on the element
+    with pytest.raises(ConfigError, match=r"'execute_command\[0\]' expected type 'string', got unconvertible type "
+                                          r"'map\[string\]interface \{\}'"):
         h.provisioner("shell-local", {"command": "a", "execute_command": {"not": "a list"}})
 
 
