@@ -96,7 +96,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     validate.add_argument("-syntax-only", "--syntax-only", action="store_true",
                           help="only check the document and its structure")
     validate.add_argument("-evaluate-datasources", "--evaluate-datasources", action="store_true",
-                          help="HCL2: evaluate data sources (stemforge always does, outside -syntax-only)")
+                          help="HCL2: evaluate data sources (default: their outputs are unknown, as in Packer)")
     _add_selection_flags(validate)
     _add_var_flags(validate)
     _add_output_flags(validate)
@@ -132,7 +132,8 @@ def _parse(args: argparse.Namespace, out: Output, *, syntax_only: bool = False) 
     if is_hcl2(args.template):
         try:
             template = load_hcl2(args.template, var_sources=list(getattr(args, "var_sources", []) or []),
-                                 syntax_only=syntax_only)
+                                 syntax_only=syntax_only,
+                                 evaluate_data=bool(getattr(args, "evaluate_datasources", True)))
         except HCLError as exc:
             out.error(render_all(exc.diagnostics))
             return None

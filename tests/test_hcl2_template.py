@@ -547,3 +547,32 @@ build {
     with pytest.raises(HCLError) as e:
         load(path, var_sources=[("var-file", str(tmp_path / "missing.pkrvars.hcl"))])
     assert "Failed to read file" in str(e.value) and "missing.pkrvars.hcl" in str(e.value)
+
+
+def test_validate_leaves_data_sources_unknown_unless_asked(tmp_path: Path) -> None:
+    """Packer's ``validate`` does not run data sources (their outputs are unknown; a plugin sees hcl2shim's
+    placeholder) unless ``-evaluate-datasources``; ``build`` runs them."""
+    (tmp_path / "t.pkr.hcl").write_text('''
+data "http" "meta" {
+  url = "http://127.0.0.1:9/meta.json"
+}
+locals {
+  version = jsondecode(data.http.meta.body).version
+  fixed   = "known"
+}
+source "file" "x" {
+  content = "v=${local.version} ${local.fixed}"
+  target  = "out.txt"
+}
+build { sources = ["source.file.x"] }
+''')
+    t = load(tmp_path, evaluate_data=False)
+    assert t.builders[0].config["content"] == "74D93920-ED26-11E3-AC10-0800200C9A66"
+    assert t.hcl_locals["fixed"] == "known"
+    ok = stemforge(["validate", str(tmp_path)], tmp_path)
+    assert ok.returncode == 0 and "The configuration is valid." in ok.stdout, ok.stdout + ok.stderr
+    evaluated = stemforge(["validate", "-evaluate-datasources", str(tmp_path)], tmp_path)
+    assert evaluated.returncode == 1
+    assert "Error: Data source failed" in evaluated.stdout + evaluated.stderr
+    built = stemforge(["build", str(tmp_path)], tmp_path)
+    assert built.returncode == 1 and "Error: Data source failed" in built.stdout + built.stderr

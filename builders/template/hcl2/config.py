@@ -32,7 +32,7 @@ from builders.template.hcl2.parser import first_line as _first_line
 from builders.template.hcl2.parser import parse_text
 from builders.template.hcl2.paths import is_hcl2
 from builders.template.hcl2.types import ANY, STRING, HclType, TypeError_, convert, infer, parse_type
-from builders.template.hcl2.values import json_compatible, to_string
+from builders.template.hcl2.values import UNKNOWN, UnknownValue, json_compatible, shim_unknown, to_string
 from builders.template.hcl2.values import type_name as value_type_name
 from builders.template.model import BuilderSpec, PostProcessorSpec, ProvisionerSpec, Template, TemplateError
 from builders.template.sensitive import taint
@@ -240,7 +240,10 @@ class _Loader:
                   functions: Mapping[str, Any] | None = None) -> tuple[Any, bool]:
         """Evaluate one attribute; (value, tainted)."""
         ev = self.evaluator(attr.filename, context, functions)
-        value = _no_namespace(ev.evaluate(attr.expr, scope), attr, context, self)
+        try:
+            value = _no_namespace(ev.evaluate(attr.expr, scope), attr, context, self)
+        except UnknownValue:
+            value = UNKNOWN
         return value, ev.tainted
 
     def eval_marking(self, attr: Attr, scope: Mapping[str, Any], context: str) -> Any:
@@ -256,7 +259,10 @@ class _Loader:
             if isinstance(inner, Tree) and inner.data == "tuple":
                 return [walk(c) for c in _meaningful(inner.children) if isinstance(c, Tree)]
             ev.tainted = False
-            value = _no_namespace(ev.evaluate(node, scope), attr, context, self)
+            try:
+                value = _no_namespace(ev.evaluate(node, scope), attr, context, self)
+            except UnknownValue:
+                return UNKNOWN
             if ev.tainted:
                 value = taint(value)
                 self.derived.append(value)
@@ -360,9 +366,9 @@ class _Loader:
             raise HCLError(self.diag("Unknown data source type",
                                      f'The data source "{type_name}" is not supported by stemforge (it has: '
                                      f'{", ".join(sorted(DATA_SOURCES))}).', block, block.context()))
-        config = self.eval_body(block.body, self.scope(), block.context(), plugin=None)
         if not self.evaluate_data:
-            return {}
+            return UNKNOWN
+        config = self.eval_body(block.body, self.scope(), block.context(), plugin=None)
         try:
             value = impl(config)
         except DataSourceError as e:
@@ -393,7 +399,7 @@ class _Loader:
                 errors.extend(e.diagnostics)
                 continue
             if value is not None:
-                out[name] = json_compatible(value)
+                out[name] = shim_unknown(json_compatible(value))
         grouped: dict[str, list[dict[str, Any]]] = {}
         for block in self.expand_dynamic(body.blocks, scope, context, errors):
             if block.type in skip:

@@ -23,7 +23,9 @@ from lark import Token, Tree
 from builders.template.hcl2.diagnostics import Diagnostic, HCLError, Range
 from builders.template.hcl2.parser import first_line, parse_text
 from builders.template.hcl2.values import (
+    UNKNOWN,
     ConversionError,
+    UnknownValue,
     hcl_equal,
     normalize_number,
     to_bool,
@@ -402,6 +404,8 @@ class Evaluator:
                 out.append(n[1])
             elif kind == "interp":
                 value = self.evaluate(n[1], scope)
+                if value is UNKNOWN:
+                    raise UnknownValue()
                 if value is None:
                     raise self.error(n[1], "Invalid template interpolation value",
                                      "The expression result is null. Cannot include a null value in a string "
@@ -413,7 +417,7 @@ class Evaluator:
                                      f"Cannot include the given value in a string template: string required, "
                                      f"but have {type_name(value)}.") from None
             elif kind == "IF":
-                cond = self.evaluate(n[1], scope)
+                cond = _known(self.evaluate(n[1], scope))
                 try:
                     truth = to_bool(cond)
                 except ConversionError as e:
@@ -421,7 +425,7 @@ class Evaluator:
                         from None
                 self._render(n[2] if truth else n[3], scope, out)
             elif kind == "FOR":
-                coll = self.evaluate(n[3], scope)
+                coll = _known(self.evaluate(n[3], scope))
                 for k, v in self._iterate(coll, n[3]):
                     inner = dict(scope)
                     if n[1]:
@@ -474,7 +478,7 @@ class Evaluator:
     # -- operators -------------------------------------------------------------------------------------------
     def _e_unary_op(self, node: Tree, scope: Mapping[str, Any]) -> Any:
         op, operand = str(node.children[0]), node.children[1]
-        value = self.evaluate(operand, scope)
+        value = _known(self.evaluate(operand, scope))
         try:
             if op == "-":
                 return -to_number(value)
@@ -488,13 +492,13 @@ class Evaluator:
         tkids = _meaningful(term.children)
         op = str(tkids[0].children[0]) if isinstance(tkids[0], Tree) else str(tkids[0])
         right_node = tkids[1]
-        left = self.evaluate(left_node, scope)
+        left = _known(self.evaluate(left_node, scope))
         if op in ("&&", "||"):
             lb = self._bool_operand(left, left_node)
-            right = self.evaluate(right_node, scope)
+            right = _known(self.evaluate(right_node, scope))
             rb = self._bool_operand(right, right_node)
             return (lb and rb) if op == "&&" else (lb or rb)
-        right = self.evaluate(right_node, scope)
+        right = _known(self.evaluate(right_node, scope))
         if op == "==":
             return hcl_equal(left, right)
         if op == "!=":
@@ -540,7 +544,7 @@ class Evaluator:
 
     def _e_conditional(self, node: Tree, scope: Mapping[str, Any]) -> Any:
         kids = [c for c in _meaningful(node.children) if isinstance(c, Tree)]
-        cond = self.evaluate(kids[0], scope)
+        cond = _known(self.evaluate(kids[0], scope))
         try:
             truth = to_bool(cond)
         except ConversionError as e:
@@ -550,6 +554,7 @@ class Evaluator:
 
     # -- traversal -------------------------------------------------------------------------------------------
     def attribute(self, value: Any, name: str, node: Any) -> Any:
+        _known(value)
         if isinstance(value, Namespace):
             try:
                 result = value.resolve(name)
@@ -572,6 +577,8 @@ class Evaluator:
                          f"Can't access attributes on a primitive-typed value ({type_name(value)}).")
 
     def index(self, value: Any, key: Any, node: Any) -> Any:
+        _known(value)
+        _known(key)
         if isinstance(value, Namespace):
             return self.attribute(value, to_string(key), node)
         if isinstance(value, list):
@@ -620,7 +627,7 @@ class Evaluator:
 
     def _splat(self, node: Tree, scope: Mapping[str, Any]) -> Any:
         base, splat = _meaningful(node.children)
-        value = self.evaluate(base, scope)
+        value = _known(self.evaluate(base, scope))
         steps = [c for c in splat.children if isinstance(c, Tree)]
         if value is None:
             return []
@@ -650,7 +657,7 @@ class Evaluator:
 
     def _for_items(self, node: Tree, scope: Mapping[str, Any]) -> list[tuple[dict[str, Any], list[Any]]]:
         key, val, coll_node, exprs, cond, _ = self._for_parts(node)
-        coll = self.evaluate(coll_node, scope)
+        coll = _known(self.evaluate(coll_node, scope))
         items = []
         for k, v in self._iterate(coll, coll_node):
             inner = dict(scope)
@@ -658,7 +665,7 @@ class Evaluator:
                 inner[key] = k
             inner[val] = v
             if cond is not None:
-                c = self.evaluate(cond, inner)
+                c = _known(self.evaluate(cond, inner))
                 try:
                     if not to_bool(c):
                         continue
@@ -710,7 +717,7 @@ class Evaluator:
                 return fn(self, scope, *arg_nodes)
             except FunctionArgumentError as e:
                 raise self._call_error(node, name, e) from None
-        args = [self.evaluate(a, scope) for a in arg_nodes]
+        args = [_known(self.evaluate(a, scope)) for a in arg_nodes]
         if expand:
             last = args.pop() if args else None
             if not isinstance(last, list):
@@ -738,6 +745,13 @@ class Evaluator:
             return self.error(node, "Error in function call", f'Call to function "{name}" failed: {e}.')
         return self.error(node, "Invalid function argument", f"Invalid value for argument {e.index + 1} of "
                                                              f'"{name}": {e}.')
+
+
+def _known(value: Any) -> Any:
+    """``value``, or UnknownValue when it is unknown (whatever uses it is unknown too)."""
+    if value is UNKNOWN:
+        raise UnknownValue()
+    return value
 
 
 #: Expression kind -> evaluator method (looked up once, not per call).

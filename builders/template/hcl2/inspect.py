@@ -8,11 +8,16 @@ import json
 from typing import Any
 
 from builders.template.hcl2.config import HCL2Template
+from builders.template.hcl2.values import UNKNOWN_PLACEHOLDER, shim_unknown
 from builders.ui import Output
 
 
 def _show(value: Any) -> str:
-    return json.dumps(value, separators=(", ", ": ")) if not isinstance(value, str) else json.dumps(value)
+    shown = shim_unknown(value)
+    if shown == UNKNOWN_PLACEHOLDER:
+        return "<unknown>"
+    text = json.dumps(shown, separators=(", ", ": "))
+    return text.replace(json.dumps(UNKNOWN_PLACEHOLDER), "<unknown>")
 
 
 def inspect_hcl2(t: HCL2Template, out: Output) -> None:

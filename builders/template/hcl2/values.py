@@ -123,3 +123,35 @@ def json_compatible(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: json_compatible(v) for k, v in value.items()}
     return value
+
+
+class _Unknown:
+    """A value not known until the build runs: a data source's outputs when ``validate`` does not evaluate data
+    sources (Packer's default; ``-evaluate-datasources`` evaluates them). Any use of it makes the whole
+    expression unknown (:class:`UnknownValue`)."""
+
+    def __repr__(self) -> str:
+        return "<unknown>"
+
+
+UNKNOWN = _Unknown()
+
+#: What an unknown value becomes in a plugin config: the placeholder Packer's hcl2shim hands plugins
+#: (``hcl2shim.UnknownVariableValue``), so option validation sees a string where the value will be.
+UNKNOWN_PLACEHOLDER = "74D93920-ED26-11E3-AC10-0800200C9A66"
+
+
+class UnknownValue(Exception):
+    """An expression used an unknown value; its result is unknown."""
+
+
+def shim_unknown(value: Any) -> Any:
+    """``value`` with every unknown replaced by :data:`UNKNOWN_PLACEHOLDER`."""
+    if value is UNKNOWN:
+        return UNKNOWN_PLACEHOLDER
+    if isinstance(value, list):
+        return [shim_unknown(v) for v in value]
+    if isinstance(value, dict):
+        return {k: shim_unknown(v) for k, v in value.items()}
+    return value
+
