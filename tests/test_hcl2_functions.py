@@ -81,6 +81,7 @@ OK: list[tuple[str, Any]] = [
     ('flatten([["a", "b"], [], ["c"]])', ["a", "b", "c"]), ('flatten([[["a", "b"], []], ["c"]])', ["a", "b", "c"]),
     ('index(["a", "b", "c"], "b")', 1),
     ("keys({a=1, c=2, d=3})", ["a", "c", "d"]), ("values({a=3, c=2, d=1})", [3, 2, 1]),
+    ('length("👾🕹️")', 2), ('strrev("e\u0301a")', "ae\u0301"), ('substr("e\u0301a", 1, 1)', "a"),
     ("length([])", 0), ('length(["a", "b"])', 2), ('length({"a" = "b"})', 1), ('length("hello")', 5),
     ('lookup({a="ay", b="bee"}, "a", "what?")', "ay"), ('lookup({a="ay", b="bee"}, "c", "what?")', "what?"),
     ('merge({a="b", c="d"}, {e="f", c="z"})', {"a": "b", "c": "z", "e": "f"}),

@@ -305,12 +305,19 @@ def f_split(sep: Any, s: Any) -> Any:
     return text.split(separator)
 
 
+def _graphemes(text: str) -> list[str]:
+    """Unicode grapheme clusters (cty counts and slices strings by them, not by code points)."""
+    import regex
+
+    return list(regex.findall(r"\X", text))
+
+
 def f_strrev(s: Any) -> Any:
-    return _str(s)[::-1]
+    return "".join(reversed(_graphemes(_str(s))))
 
 
 def f_substr(s: Any, offset: Any, length: Any) -> Any:
-    text, off, n = _str(s), _int(offset, 1), _int(length, 2)
+    text, off, n = _graphemes(_str(s)), _int(offset, 1), _int(length, 2)
     if off < 0:
         off += len(text)
         if off < 0:
@@ -318,8 +325,8 @@ def f_substr(s: Any, offset: Any, length: Any) -> Any:
     if off > len(text):
         raise FunctionArgumentError("offset is out of range", 1)
     if n < 0:
-        return text[off:]
-    return text[off:off + n]
+        return "".join(text[off:])
+    return "".join(text[off:off + n])
 
 
 def f_title(s: Any) -> Any:
@@ -437,7 +444,7 @@ def f_values(m: Any) -> Any:
 
 def f_length(v: Any) -> Any:
     if isinstance(v, str):
-        return len(v)
+        return len(_graphemes(v))
     if isinstance(v, list | dict):
         return len(v)
     raise FunctionArgumentError(f"argument must be a string, a collection type, or a structural type; got "
