@@ -88,6 +88,8 @@ def test_enroll_list_show_mask_credentials(tmp_path: Path, capsys: pytest.Captur
         (lambda d: d["nodes"][0]["plan"]["disks"][0].pop("size_gib"), "'nodes/0/plan/disks/0'"),
         (lambda d: d["nodes"][0].update(colour="red"), "unknown key(s) 'colour' at 'nodes/0'"),
         (lambda d: d["nodes"][1]["root_hints"].update(size=">= x"), "'nodes/1/root_hints/size'"),
+        (lambda d: d["nodes"][1]["root_hints"].update(rotational="maybe"), "'nodes/1/root_hints/rotational'"),
+        (lambda d: d["nodes"][1]["root_hints"].update(serial="<range-in> [ 1 2 ]"), "'nodes/1/root_hints/serial'"),
     ],
 )
 def test_enroll_rejects_bad_files_naming_the_field(

@@ -282,11 +282,19 @@ def test_deploy_gzip_image_and_root_hints_pick_the_named_disk(
     with rig.ProvisioningStub(images={"small.raw.gz": gz}) as stub:
         stub.configdrive = make_configdrive(tmp_path / "cd.iso", "agent-gz")
         stub.instructions = deploy_instructions(
-            stub, gz, image_size=small_image.stat().st_size, image_format="gzip", root_hints="serial=sf-b size=>=5"
-        )
+            stub, gz, image_size=small_image.stat().st_size, image_format="gzip",
+            root_hints={"serial": "<or> nope <or> SF-B", "size": ">= 5", "rotational": True},
+        )  # fmt: skip
         result = run_ramdisk(tmp_path, "gzip-hints", stub, ramdisk, [rig.Disk(a, "sf-a"), rig.Disk(b, "sf-b")])
     assert result["ok"] is True, result
-    assert event(stub, "disk-selected")["data"]["serial"] == "sf-b"
+    selected = event(stub, "disk-selected")["data"]
+    assert selected["serial"] == "sf-b"
+    # the ramdisk reported every disk with Ironic's device fields; metal serve's rules chose (root_hints.py)
+    (report,) = stub.disk_reports
+    seen = {d["name"]: d for d in report["disks"]}
+    assert sorted(seen) == ["vda", "vdb"] and seen["vda"]["serial"] == "sf-a" and seen["vdb"]["size"] == 5 * GIB
+    assert seen["vdb"]["by_path"].startswith("/dev/disk/by-path/pci-0000:00:") and seen["vdb"]["rotational"] is True
+    assert seen["vda"]["by_path"] != seen["vdb"]["by_path"] and seen["vdb"]["vendor"] == "0x1af4"  # virtio's
     assert same_prefix(b, small_image, skip=(446 + 16, 446 + 32))  # but for the new config-drive entry
     assert read_at(a, 0, 7) == b"KEEP-ME"  # the smaller disk was not chosen and not touched
 
@@ -378,6 +386,24 @@ def test_malformed_instructions_are_rejected(ramdisk: rdb.RamdiskArtifacts, tmp_
         result = run_ramdisk(tmp_path, "badinstr", stub, ramdisk, [rig.Disk(disk)])
     assert result["ok"] is False and result["stage"] == "instructions"
     assert "malformed instruction line" in result["message"] and "reboot -f" in result["message"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_hints_matching_no_disk_fail_disk_select_naming_hints_and_disks(
+    ramdisk: rdb.RamdiskArtifacts, small_image: Path, tmp_path: Path
+) -> None:
+    disk = rig.sparse_disk(tmp_path / "d.raw", 4 * GIB)
+    with open(disk, "r+b") as fh:
+        fh.write(b"KEEP-ME" * 100)
+    with rig.ProvisioningStub(images={"small.raw": small_image}) as stub:
+        stub.configdrive = make_configdrive(tmp_path / "cd.iso", "agent-nomatch")
+        stub.instructions = deploy_instructions(stub, small_image, root_hints={"serial": "s== nope", "size": ">= 8"})
+        result = run_ramdisk(tmp_path, "nomatch", stub, ramdisk, [rig.Disk(disk, "sf-only")])
+    assert result["ok"] is False and result["stage"] == "disk-select", result
+    assert "no disk matches the root device hints size=>=8 serial=s== nope" in result["message"]
+    assert "disks seen: vda (4.0 GiB, serial sf-only" in result["message"]
+    assert read_at(disk, 0, 7) == b"KEEP-ME"  # nothing written
 
 
 # ---------------------------------------------------------------- clean

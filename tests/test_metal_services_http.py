@@ -337,13 +337,13 @@ def test_render_instructions_rules() -> None:
         ({"mode": "deploy", "image_url": "http://x", "image_sha256": "xyz", "image_size": 1}, "image_sha256"),
         ({"mode": "deploy", "image_url": "http://x", "image_sha256": SHA, "image_size": "1"}, "image_size"),
         ({"mode": "deploy", "image_url": "http://x", "image_sha256": SHA, "image_size": True}, "image_size"),
-        ({"mode": "clean", "root_hints": {"vendor": "x"}}, "root_hints.vendor"),
-        ({"mode": "clean", "root_hints": {"serial": "a b"}}, "root_hints.serial"),
+        ({"mode": "clean", "root_hints": {"colour": "x"}}, "root_hints.colour"),
+        ({"mode": "clean", "root_hints": {"serial": ">= 4"}}, "root_hints.serial"),
         ({"mode": "clean", "root_hints": {"size": "big"}}, "root_hints.size"),
         ({"mode": "clean", "heartbeat_s": 0}, "heartbeat_s"),
         ({"mode": "clean", "heartbeat_s": float("nan")}, "heartbeat_s"),
-        ({"mode": "clean", "root_hints": {"model": "QEMU HARDDISK"}}, "root_hints.model"),
-        ({"mode": "clean", "root_hints": {"serial": "*"}}, "root_hints.serial"),
+        ({"mode": "clean", "root_hints": {"rotational": "maybe"}}, "root_hints.rotational"),
+        ({"mode": "clean", "root_hints": {"serial": ""}}, "root_hints.serial"),
         ({"mode": "clean", "image_format": "qcow2"}, "image_format"),
         ({"mode": "deploy"}, "mode"),  # kind clean below: mode must match the job kind
     ):
@@ -352,6 +352,33 @@ def test_render_instructions_rules() -> None:
             render_instructions("n", str(kind), instructions)
     with pytest.raises(InstructionsError, match="newlines"):
         render_instructions("n", "deploy", {"image_url": "http://x/\nrm", "image_sha256": SHA, "image_size": 1})
+
+
+def test_root_device_is_chosen_by_the_jobs_hints_among_the_reported_disks(env: Env, tmp_path: Path) -> None:
+    """POST root-device: Ironic's rules (root_hints.py) over the ramdisk's disks; the answer is shell the ramdisk
+    sources; no match names the hints and every disk; bad reports, clean jobs and wrong tokens are refused."""
+    gib = 1 << 30
+    disks = [{"name": "vda", "size": 4 * gib, "serial": "QM0002"}, {"name": "vdb", "size": 8 * gib, "serial": "qm0001"}]
+    token = env.deploy_job()  # hints: size >=4, serial QM0001
+    url = f"{env.url}/v1/nodes/n1/root-device"
+    resp = requests.post(url, json={"disks": disks}, headers={"X-Stemforge-Token": token}, timeout=10)
+    assert resp.status_code == 200 and resp.text == "SF_ROOT_DEVICE='vdb'\n"
+    resp = requests.post(url, json={"disks": disks[:1]}, headers={"X-Stemforge-Token": token}, timeout=10)
+    assert resp.status_code == 200 and resp.text.startswith("SF_ROOT_ERROR='node n1: no disk matches")
+    script = tmp_path / "answer"
+    script.write_text(resp.text)
+    out = subprocess.run(["busybox", "sh", "-c", f'. {script} && printf "%s" "$SF_ROOT_ERROR"'],
+                         capture_output=True, text=True, check=True, timeout=10)  # fmt: skip
+    assert "root device hints size=>=4 serial=QM0001; disks seen: vda (4.0 GiB, serial QM0002)" in out.stdout
+    for body, problem in (({"disks": [{"name": "../x", "size": 1}]}, "disks[0].name"),
+                          ({"disks": [{"name": "vda", "size": "4"}]}, "disks[0].size"), ({}, "disks")):  # fmt: skip
+        resp = requests.post(url, json=body, headers={"X-Stemforge-Token": token}, timeout=10)
+        assert resp.status_code == 400 and problem in resp.json()["error"]
+    assert requests.post(url, json={"disks": disks}, timeout=10).status_code == 401
+    env.store.end_job("n1")
+    clean = env.store.start_job("n1", "clean", {"mode": "clean"}, timeout_s=60).token
+    resp = requests.post(url, json={"disks": disks}, headers={"X-Stemforge-Token": clean}, timeout=10)
+    assert resp.status_code == 409 and "not a deploy job" in resp.json()["error"]
 
 
 # -- tokens ----------------------------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 An inventory file (YAML or JSON) is ``{"nodes": [...]}``, each node with ``name``, ``bmc`` (driver, address,
 system_id, username, password), ``macs``, ``plan`` (arch, cpus, memory_mib, disks, labels) and optional
-``root_hints``. It is validated with jsonschema (errors name the field path, e.g. ``nodes/1/bmc/address``) and
-checked for duplicate names and MACs before anything is written; enrolment is one transaction, so a bad file
-enrols nothing.
+``root_hints`` (Ironic's root-device hints, checked by :mod:`.root_hints`). It is validated with jsonschema
+(errors name the field path, e.g. ``nodes/1/bmc/address``) and checked for duplicate names and MACs before
+anything is written; enrolment is one transaction, so a bad file enrols nothing.
 
 The verbs run under the node's lock and move it through ``states``: ``manage`` first reads the power state through
 the BMC (an unreachable BMC puts the node in maintenance with the reason); ``provide`` and ``clean`` run cleaning
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cpi.errors import CpiError
-from cpi.providers.baremetal import states
+from cpi.providers.baremetal import root_hints, states
 from cpi.providers.baremetal.config import MetalConfig
 from cpi.providers.baremetal.interfaces import DRIVERS, hardware_for
 from cpi.providers.baremetal.interfaces.base import BmcUnreachable, InterfaceError, Task
@@ -27,7 +27,6 @@ from cpi.providers.baremetal.store import Bmc, MetalStore, Node, NodeSpec, norma
 
 MAX_INVENTORY_BYTES = 4 * 1024 * 1024
 _MAC = "^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$"
-_HINT_SIZE = {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": "^>=\\s*[0-9]+$"}]}
 _TEXT = {"type": "string", "minLength": 1, "maxLength": 256}
 
 DISK_SCHEMA: dict[str, Any] = {
@@ -82,11 +81,9 @@ NODE_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "minProperties": 1,
             "properties": {
-                "size": _HINT_SIZE,
-                "name": {"type": "string"},
-                "serial": _TEXT,
-                "wwn": _TEXT,
-                "model": _TEXT,
+                "size": {"oneOf": [{"type": "integer", "minimum": 1}, _TEXT]},
+                "rotational": {"oneOf": [{"type": "boolean"}, _TEXT]},
+                **{k: _TEXT for k in root_hints.HINT_ORDER if k not in ("size", "rotational")},
             },  # fmt: skip
         },
     },
@@ -146,6 +143,11 @@ def parse_inventory(text: str, source: str = "inventory") -> list[NodeSpec]:
             raise InventoryError(f"{where}/bmc' a redfish BMC needs 'system_id' (the system's path or id)")
         plan = dict(raw["plan"])
         plan.setdefault("labels", {})
+        try:
+            root_hints.parse_root_device_hints(raw.get("root_hints"))
+        except root_hints.RootHintsError as exc:
+            field = exc.field.replace(".", "/")
+            raise InventoryError(f"{where}/{field}' {str(exc).split(': ', 1)[1]}") from None
         specs.append(
             NodeSpec(
                 name=name,

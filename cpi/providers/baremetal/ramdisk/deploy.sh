@@ -4,8 +4,11 @@
 # then a "result" event with ok=true and `reboot -f`.  A failure reports a "result" event with ok=false naming the
 # failed stage (instructions, disk-select, wipe, image, checksum, configdrive, finish) and the exact error.
 #
-# * Root disk: SF_ROOT_HINTS (space-separated key=value; size in GiB exact or >=N/<=N/>N/<N, name, serial, wwn,
-#   model; every hint must match), the smallest match; without hints the smallest disk of at least 4 GiB.
+# * Root disk: the ramdisk POSTs every disk it sees (disk_json: Ironic's device fields) to $SF_API/root-device and
+#   writes to the disk the answer names (SF_ROOT_DEVICE); metal serve chooses it with Ironic's root-device hint
+#   rules (cpi/providers/baremetal/root_hints.py, the only implementation), and an SF_ROOT_ERROR answer (no disk
+#   matches the hints / none of at least 4 GiB; it names the hints and every disk) fails stage disk-select.
+#   SF_ROOT_HINTS is shown on the console only.
 # * The disk is wiped first (signatures of its partitions and of the disk: both GPT copies, the MBR; zeros over
 #   the first and last MiB).
 # * The image is streamed: wget -O- | sfwrite (sfwrite.c: one process computing SHA-256 on the stream, inflating
@@ -31,91 +34,21 @@ CD_MAX=67108864
 CD_SECTORS=131072
 
 # ---------------------------------------------------------------- disk selection
-hints_valid() {
-    local h k v
-    for h in $SF_ROOT_HINTS; do
-        k=${h%%=*}
-        v=${h#*=}
-        [ "$k" != "$h" ] || { ERR="SF_ROOT_HINTS: '$h' is not key=value"; return 1; }
-        case "$k" in
-            size)
-                case "$v" in
-                    '>='* | '<='*) v=${v#??} ;;
-                    '>'* | '<'*) v=${v#?} ;;
-                esac
-                case "$v" in '' | *[!0-9]*)
-                    ERR="SF_ROOT_HINTS: size must be GiB as N, >=N, <=N, >N or <N, not '${h#*=}'"
-                    return 1
-                    ;;
-                esac
-                ;;
-            name | serial | wwn | model) [ -n "$v" ] || { ERR="SF_ROOT_HINTS: empty $k"; return 1; } ;;
-            *)
-                ERR="SF_ROOT_HINTS: unknown hint '$k' (known: size, name, serial, wwn, model)"
-                return 1
-                ;;
-        esac
-    done
-    return 0
-}
-
-# disk_matches NAME: every hint matches disk NAME.
-disk_matches() {
-    local n h k v gib w
-    n=$1
-    gib=$(($(disk_bytes "$n") / 1073741824))
-    for h in $SF_ROOT_HINTS; do
-        k=${h%%=*}
-        v=${h#*=}
-        case "$k" in
-            size)
-                case "$v" in
-                    '>='*) [ "$gib" -ge "${v#>=}" ] ;;
-                    '<='*) [ "$gib" -le "${v#<=}" ] ;;
-                    '>'*) [ "$gib" -gt "${v#>}" ] ;;
-                    '<'*) [ "$gib" -lt "${v#<}" ] ;;
-                    *) [ "$gib" -eq "$v" ] ;;
-                esac || return 1
-                ;;
-            name) [ "$v" = "$n" ] || [ "$v" = "/dev/$n" ] || return 1 ;;
-            serial) [ "$v" = "$(disk_serial "$n")" ] || return 1 ;;
-            wwn)
-                w=$(disk_wwn "$n" | tr 'A-Z' 'a-z')
-                v=$(echo "$v" | tr 'A-Z' 'a-z')
-                [ -n "$w" ] && { [ "$w" = "$v" ] || [ "${w#*.}" = "${v#*.}" ]; } || return 1
-                ;;
-            model) [ "$v" = "$(disk_model "$n")" ] || return 1 ;;
-        esac
-    done
-    if [ -z "$SF_ROOT_HINTS" ]; then
-        [ "$gib" -ge 4 ] || return 1
-    fi
-    return 0
-}
-
 select_disk() {
-    local n best bestsize size seen
-    best=
-    bestsize=
-    seen=
-    for n in $(disk_list); do
-        size=$(disk_bytes "$n")
-        seen="$seen $n($((size / MIB)) MiB)"
-        disk_matches "$n" || continue
-        if [ -z "$best" ] || [ "$size" -lt "$bestsize" ]; then
-            best=$n
-            bestsize=$size
-        fi
-    done
-    ROOT=$best
-    if [ -z "$ROOT" ]; then
-        if [ -n "$SF_ROOT_HINTS" ]; then
-            ERR="no disk matches the root device hints '$SF_ROOT_HINTS'; disks:${seen:- none}"
-        else
-            ERR="no disk of at least 4 GiB; disks:${seen:- none}"
-        fi
+    local bad
+    ROOT=
+    post_for "$SF_API/root-device" "{\"disks\":$(disks_json)}" "$R/root-device" || return 1
+    bad=$(grep -Ev "^SF_ROOT_(DEVICE|ERROR)='([^']|'\\\\'')*'\$" "$R/root-device" | grep -v '^$' | head -n 1)
+    [ -z "$bad" ] || { ERR="malformed root-device answer: $(printf '%s' "$bad" | cut -c1-80)"; return 1; }
+    SF_ROOT_DEVICE=
+    SF_ROOT_ERROR=
+    . "$R/root-device"
+    [ -z "$SF_ROOT_ERROR" ] || { ERR=$SF_ROOT_ERROR; return 1; }
+    if ! disk_list | grep -qx "$SF_ROOT_DEVICE"; then
+        ERR="the root-device answer names '$SF_ROOT_DEVICE', which is not one of the disks: $(disk_list | tr '\n' ' ')"
         return 1
     fi
+    ROOT=$SF_ROOT_DEVICE
     return 0
 }
 
@@ -307,7 +240,7 @@ deploy_main() {
     case "$SF_IMAGE_SIZE" in '' | *[!0-9]* | 0) fail instructions "SF_IMAGE_SIZE must be a positive byte count, not '$SF_IMAGE_SIZE'" ;; esac
     SF_IMAGE_FORMAT=${SF_IMAGE_FORMAT:-raw}
     case "$SF_IMAGE_FORMAT" in raw | gzip) ;; *) fail instructions "SF_IMAGE_FORMAT must be raw or gzip, not '$SF_IMAGE_FORMAT'" ;; esac
-    hints_valid || fail instructions "$ERR"
+    [ -z "$SF_ROOT_HINTS" ] || log "root device hints: $SF_ROOT_HINTS"
 
     wait_disks 20 || fail disk-select "no disks found (modules: $(tr '\n' ' ' </etc/modules.load))"
     select_disk || fail disk-select "$ERR"

@@ -108,8 +108,61 @@ disk_serial() {
             dd if="/sys/block/$1/device/vpd_pg80" bs=1 skip=4 | tr -d '\000'
     } 2>/dev/null | head -n 1 | sed 's/^ *//; s/ *$//'
 }
-disk_wwn() { { cat "/sys/block/$1/wwid" || cat "/sys/block/$1/device/wwid"; } 2>/dev/null | head -n 1 | sed 's/^ *//; s/ *$//'; }
+# disk_wwid NAME: the WWID as sysfs shows it (naa.<hex>, eui.<hex>, t10.<text>), empty when the disk has none.
+disk_wwid() { { cat "/sys/block/$1/wwid" || cat "/sys/block/$1/device/wwid"; } 2>/dev/null | head -n 1 | sed 's/^ *//; s/ *$//'; }
+# disk_wwn NAME [with_extension|vendor_extension]: udev's ID_WWN (0x + the NAA's first 16 hex digits),
+# ID_WWN_WITH_EXTENSION (0x + all of them) or ID_WWN_VENDOR_EXTENSION (0x + the digits after 16); other WWIDs
+# (eui., t10.) as sysfs shows them.
+disk_wwn() {
+    local w hex
+    w=$(disk_wwid "$1")
+    case "$w" in
+        naa.*)
+            hex=$(echo "${w#naa.}" | tr 'A-F' 'a-f')
+            case "$2" in
+                with_extension) echo "0x$hex" ;;
+                vendor_extension) [ ${#hex} -gt 16 ] && echo "0x$(echo "$hex" | cut -c17-)" ;;
+                *) echo "0x$(echo "$hex" | cut -c1-16)" ;;
+            esac
+            ;;
+        *) [ "$2" = vendor_extension ] || echo "$w" ;;
+    esac
+}
 disk_model() { cat "/sys/block/$1/device/model" 2>/dev/null | head -n 1 | sed 's/^ *//; s/ *$//'; }
+disk_vendor() { cat "/sys/block/$1/device/vendor" 2>/dev/null | head -n 1 | sed 's/^ *//; s/ *$//'; }
+# disk_rotational NAME: true, false or null (the kernel's queue/rotational).
+disk_rotational() {
+    case "$(cat "/sys/block/$1/queue/rotational" 2>/dev/null)" in
+        1) echo true ;;
+        0) echo false ;;
+        *) echo null ;;
+    esac
+}
+# disk_hctl NAME: the SCSI address H:C:T:L (SCSI/SATA/virtio-scsi disks), else empty.
+disk_hctl() {
+    local l
+    l=$(readlink "/sys/block/$1/device" 2>/dev/null)
+    l=${l##*/}
+    case "$l" in *:*:*:*) echo "$l" ;; esac
+}
+# disk_by_path NAME: the /dev/disk/by-path link udev would make (systemd's udev-builtin-path_id.c for the buses
+# a server has: virtio-blk pci-<addr>, NVMe pci-<addr>-nvme-<nsid>, SATA pci-<addr>-ata-<port>, other SCSI
+# pci-<addr>-scsi-<hctl>), from the device's sysfs path; empty when not on PCI.
+disk_by_path() {
+    local p pci port
+    p=$(readlink -f "/sys/block/$1" 2>/dev/null)
+    pci=$(echo "$p" | tr / '\n' | grep -E '^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$' | tail -n 1)
+    [ -n "$pci" ] || return 0
+    case "$p" in
+        */ata[0-9]*/*)
+            port=$(echo "$p" | tr / '\n' | grep -E '^ata[0-9]+$' | tail -n 1)
+            echo "/dev/disk/by-path/pci-$pci-ata-${port#ata}"
+            ;;
+        */target*/*) echo "/dev/disk/by-path/pci-$pci-scsi-$(disk_hctl "$1")" ;;
+        */nvme/*) echo "/dev/disk/by-path/pci-$pci-nvme-$(cat "/sys/block/$1/nsid" 2>/dev/null || echo 1)" ;;
+        *) echo "/dev/disk/by-path/pci-$pci" ;;
+    esac
+}
 
 # disk_partitions NAME: the partition device names of disk NAME.
 disk_partitions() {
@@ -135,11 +188,48 @@ wait_disks() {
     done
 }
 
-# disk_json NAME: {"name","device","size","serial","wwn","model"} of a disk.
+# disk_json NAME: a disk as root-device hints see it (Ironic's device fields; size in bytes).
 disk_json() {
-    printf '{"name":"%s","device":"/dev/%s","size":%s,"serial":"%s","wwn":"%s","model":"%s"}' \
+    printf '{"name":"%s","device":"/dev/%s","size":%s,"serial":"%s","wwn":"%s","wwn_with_extension":"%s",' \
         "$1" "$1" "$(disk_bytes "$1")" "$(jesc "$(disk_serial "$1")")" "$(jesc "$(disk_wwn "$1")")" \
-        "$(jesc "$(disk_model "$1")")"
+        "$(jesc "$(disk_wwn "$1" with_extension)")"
+    printf '"wwn_vendor_extension":"%s","model":"%s","vendor":"%s","rotational":%s,"hctl":"%s","by_path":"%s"}' \
+        "$(jesc "$(disk_wwn "$1" vendor_extension)")" "$(jesc "$(disk_model "$1")")" \
+        "$(jesc "$(disk_vendor "$1")")" "$(disk_rotational "$1")" "$(disk_hctl "$1")" "$(jesc "$(disk_by_path "$1")")"
+}
+
+# disks_json: every disk of disk_list as a JSON array.
+disks_json() {
+    local n sep
+    sep=
+    printf '['
+    for n in $(disk_list); do
+        printf '%s' "$sep"
+        disk_json "$n"
+        sep=,
+    done
+    printf ']'
+}
+
+# post_for URL BODY OUT: POST the JSON BODY (job token header) and keep the answer in OUT; 3 tries; on failure
+# ERR holds wget's message.
+post_for() {
+    local i
+    ERR=
+    i=0
+    while [ "$i" -lt 3 ]; do
+        if timeout 30 wget -q -O "$3" --header "X-Stemforge-Token: $SF_TOKEN" \
+            --header "Content-Type: application/json" --post-data "$2" "$1" 2>"$R/post.err"; then
+            return 0
+        fi
+        ERR="POST $1: $(tr '\n' ' ' <"$R/post.err" | sed 's/ *$//')"
+        [ -s "$R/post.err" ] || ERR="POST $1: timed out after 30s"
+        case "$ERR" in *" 4"[0-9][0-9]*) break ;; esac # a 4xx answer does not change on retry
+        i=$((i + 1))
+        sleep 1
+    done
+    rm -f "$3"
+    return 1
 }
 
 # zero DEV SEEK_SECTORS COUNT_SECTORS: write zeros (MiB blocks when aligned).

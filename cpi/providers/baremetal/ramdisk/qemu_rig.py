@@ -1,8 +1,10 @@
 """A rig that runs the deploy ramdisk in plain QEMU (TCG), for its tests and benchmark -- no libvirt, no lab.
 
 * :class:`ProvisioningStub` plays the provisioning API of ONE node on ``127.0.0.1:<free port>`` (the routes of
-  ``metal serve`` the ramdisk and the booted OS use: instructions, images, config drive, events, phone-home), with
-  token checks, and records what it was sent.  Faults for tests: serve only the first N bytes of an image (the
+  ``metal serve`` the ramdisk and the booted OS use: instructions, images, config drive, events, root-device,
+  phone-home), with token checks, and records what it was sent.  ``root-device`` is answered by the same function
+  as ``metal serve`` (``services.instructions.render_root_device``: Ironic's hint rules over the reported disks).
+  Faults for tests: serve only the first N bytes of an image (the
   connection closes early, Content-Length still announces the whole file).
 * :func:`boot` starts ``qemu-system-x86_64 -accel tcg`` with ``-kernel/-initrd/-append`` (or from its first disk),
   raw sparse disk files and one user-mode NIC.  Guest traffic reaches the stub only through slirp's host address
@@ -51,6 +53,7 @@ class ProvisioningStub:
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     phone_home_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     events: list[dict[str, Any]] = field(default_factory=list)
+    disk_reports: list[dict[str, Any]] = field(default_factory=list)
     phone_homes: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
@@ -182,6 +185,10 @@ class ProvisioningStub:
         length = int(h.headers.get("Content-Length", "0") or 0)
         body = h.rfile.read(length) if length else b""
         prefix = f"/v1/nodes/{self.node}/"
+        if h.path == prefix + "root-device":
+            if self._authorised(h, self.token):
+                self._root_device(h, body)
+            return
         if h.path == prefix + "events":
             if not self._authorised(h, self.token):
                 return
@@ -205,6 +212,21 @@ class ProvisioningStub:
         with self._lock:
             target.append(doc)
         self._reply(h, 204)
+
+    def _root_device(self, h: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
+        from cpi.providers.baremetal.services.instructions import render_root_device
+
+        try:
+            report = json.loads(body)
+            if not isinstance(report, dict):
+                raise ValueError("not a JSON object")
+            text = render_root_device(self.node, self.instructions, report)
+        except ValueError as exc:
+            self._reply(h, 400, f"bad disk report: {exc}\n".encode())
+            return
+        with self._lock:
+            self.disk_reports.append(report)
+        self._reply(h, 200, text.encode())
 
     # ------------------------------------------------------------ waiting
     def stages(self) -> list[str]:

@@ -6,6 +6,8 @@ Routes (all under ``/v1/nodes/<node>/``, token in the ``X-Stemforge-Token`` head
 * ``GET configdrive`` (job token): ``<state_dir>/configdrives/<node>.iso``.
 * ``POST events`` (job token): ``{"kind": "heartbeat"|"stage"|"result"|"bench", "stage": str, "ok": bool,
   "message": str, "data": {...}}``; stored as-is with ``add_event(node, kind, body)``; answers 204.
+* ``POST root-device`` (job token of a deploy job): ``{"disks": [...]}`` as the ramdisk sees them; answers
+  ``text/plain`` ``SF_ROOT_DEVICE='vda'`` or ``SF_ROOT_ERROR='...'`` (:func:`.instructions.render_root_device`).
 * ``POST phone-home`` (phone-home token): any JSON object (what the booted OS read from its config drive); stored
   as event kind ``phone-home``; answers 204.
 
@@ -28,7 +30,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Final
 
-from cpi.providers.baremetal.services.instructions import InstructionsError, render_instructions
+from cpi.providers.baremetal.services.instructions import InstructionsError, render_instructions, render_root_device
 from cpi.providers.baremetal.services.shared_store import SharedStore
 
 log = logging.getLogger("stemforge.metal.callbacks")
@@ -179,6 +181,22 @@ class Callbacks:
             log.error("%s", exc)
             raise CallbackError(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc)) from None
         log.info("instructions (%s) sent to node %s at %s", job.kind, caller.node, caller.client_ip)
+        return text
+
+    def root_device(self, caller: Caller, body: bytes) -> str:
+        """The root disk for ``caller.node``'s deploy job among the disks its ramdisk reported (``SF_*`` lines)."""
+        self.authenticate(caller, "job")
+        job = self.store.call(lambda s: s.job(caller.node))
+        if job is None:
+            raise CallbackError(HTTPStatus.UNAUTHORIZED, f"job token not valid for node {caller.node!r}")
+        if job.kind != "deploy":
+            raise CallbackError(HTTPStatus.CONFLICT, f"node {caller.node!r} has a {job.kind} job, not a deploy job")
+        report = parse_json_object(body, "root-device")
+        try:
+            text = render_root_device(job.node, job.instructions, report)
+        except ValueError as exc:
+            raise CallbackError(HTTPStatus.BAD_REQUEST, f"root-device: {exc}") from None
+        log.info("node %s root device: %s", caller.node, text.strip())
         return text
 
     def configdrive(self, caller: Caller) -> Path:

@@ -9,13 +9,20 @@ per line, every value single-quoted with ``'`` written as ``'\\''``, so busybox 
     SF_IMAGE_SIZE='4294967296'
     SF_IMAGE_FORMAT='raw'
     SF_CONFIGDRIVE_URL='http://10.1.2.1:8080/v1/nodes/n1/configdrive'
-    SF_ROOT_HINTS='size=>=4 serial=QM0001'
+    SF_ROOT_HINTS='size=>=4 serial=QM0001'   (shown only: the ramdisk asks for its root disk, see below)
     SF_HEARTBEAT_S='10'
     SF_ERASE='full'            (clean jobs: metadata | full)
 
 Contract of :func:`render_instructions`: an unknown key, a missing required key (deploy: image_url, image_sha256,
 image_size) or a value of the wrong type raises :class:`InstructionsError` naming the node and the key; nothing is
 dropped silently. CORE may call :func:`validate_instructions` before ``start_job`` to fail early.
+
+Root disk (``POST /v1/nodes/<node>/root-device``): a deploy ramdisk reports the disks it sees
+(``{"disks": [{"name": "vda", "size": <bytes>, "serial": ..., "model": ..., "vendor": ..., "wwn": ...,
+"rotational": ..., "hctl": ..., "by_path": ...}]}``) and :func:`render_root_device` answers with the disk
+:mod:`cpi.providers.baremetal.root_hints` selects for the job's ``root_hints`` (``SF_ROOT_DEVICE='vda'``), or why
+none qualifies (``SF_ROOT_ERROR='no disk matches the root device hints ...; disks seen: ...'``). The hint rules
+exist once, in Python; the ramdisk never interprets hints.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
+
+from cpi.providers.baremetal import root_hints as rh
 
 #: Keys a job may carry, in the order they are written.
 KEYS: Final = (
@@ -39,7 +48,7 @@ KEYS: Final = (
     "erase",
 )
 REQUIRED_FOR_DEPLOY: Final = ("image_url", "image_sha256", "image_size")
-ROOT_HINT_KEYS: Final = ("size", "name", "serial", "wwn", "model")
+ROOT_HINT_KEYS: Final = rh.HINT_ORDER
 IMAGE_FORMATS: Final = ("raw", "gzip")
 MODES: Final = ("deploy", "clean")
 #: Cleaning depth (``erase``, clean jobs only): ``metadata`` (default: config drives, every filesystem/RAID/LVM
@@ -47,10 +56,9 @@ MODES: Final = ("deploy", "clean")
 ERASE_MODES: Final = ("metadata", "full")
 
 _SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
-_SIZE_HINT_RE: Final = re.compile(r"^(>=|<=|>|<)?\s*([0-9]+)$")
-#: Hint values are words of an unquoted ``for h in $SF_ROOT_HINTS`` in the ramdisk: no spaces, quotes, '=',
-#: backslashes or glob characters.
-_HINT_VALUE_RE: Final = re.compile(r"^[^\s'\"\\=*?\[\]]+$")
+#: A disk's kernel name as the ramdisk reports it (also safe in a shell word).
+_KERNEL_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9]{0,31}$")
+MAX_REPORTED_DISKS: Final = 256
 
 
 class InstructionsError(ValueError):
@@ -133,39 +141,45 @@ def _render_value(key: str, value: Any, fail: Any) -> str:
 
 
 def _render_root_hints(value: Any, fail: Any) -> str:
-    """``{"serial": "X", "size": ">=4"}`` (or ``"size=>=4 serial=X"``) → ``size=>=4 serial=X`` (fixed order)."""
-    if isinstance(value, str):
-        pairs: list[tuple[str, Any]] = []
-        for word in value.split():
-            name, sep, hint = word.partition("=")
-            if not sep:
-                raise fail("root_hints", f"{word!r} is not key=value")
-            pairs.append((name, hint))
-    elif isinstance(value, Mapping):
-        pairs = [(str(k), v) for k, v in value.items()]
-    else:
-        raise fail("root_hints", f"must be a mapping or 'key=value ...', not {type(value).__name__}")
-    words: list[tuple[int, str]] = []
-    for name, hint in pairs:
-        if name not in ROOT_HINT_KEYS:
-            raise fail(f"root_hints.{name}", f"unknown root-device hint; allowed: {', '.join(ROOT_HINT_KEYS)}")
-        if isinstance(hint, bool) or not isinstance(hint, str | int):
-            raise fail(f"root_hints.{name}", f"must be a string or an integer, not {type(hint).__name__}")
-        text = str(hint).strip()
-        if name == "size":
-            size = _SIZE_HINT_RE.match(text)
-            if not size:
-                raise fail("root_hints.size", f"must be GiB as N, >=N, <=N, >N or <N, got {text!r}")
-            text = f"{size.group(1) or ''}{size.group(2)}"
-        elif not _HINT_VALUE_RE.match(text):
-            raise fail(
-                f"root_hints.{name}", f"must be one word without spaces, quotes, '=', '\\' or '*?[]', got {text!r}"
-            )
-        words.append((ROOT_HINT_KEYS.index(name), f"{name}={text}"))
-    return " ".join(word for _, word in sorted(words))
+    """Hints (a mapping or ``"key=value ..."``) validated with Ironic's rules, shown as ``size=>=4 serial=X``."""
+    try:
+        return rh.format_hints(value)
+    except rh.RootHintsError as exc:
+        raise fail(exc.field, str(exc).split(": ", 1)[1]) from None
 
 
 def render_instructions(node: str, kind: str, instructions: Mapping[str, Any]) -> str:
     """The ``text/plain`` body of ``/v1/nodes/<node>/instructions``: ``SF_<KEY>='value'`` lines."""
     rendered = validate_instructions(node, kind, instructions)
     return "".join(f"SF_{key.upper()}={shell_quote(text)}\n" for key, text in rendered.items())
+
+
+def parse_disk_report(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``disks`` of a ramdisk's report, checked: a list of objects, each with a kernel ``name`` and a
+    positive integer ``size`` (bytes); other attributes kept as sent. Raises ValueError naming the field."""
+    disks = report.get("disks")
+    if not isinstance(disks, list) or len(disks) > MAX_REPORTED_DISKS:
+        raise ValueError(f"disks: must be a list of at most {MAX_REPORTED_DISKS} objects")
+    checked: list[dict[str, Any]] = []
+    for i, disk in enumerate(disks):
+        if not isinstance(disk, dict):
+            raise ValueError(f"disks[{i}]: must be an object")
+        name, size = disk.get("name"), disk.get("size")
+        if not isinstance(name, str) or not _KERNEL_NAME_RE.match(name):
+            raise ValueError(f"disks[{i}].name: must be a kernel disk name like vda, got {name!r}")
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ValueError(f"disks[{i}].size: must be a positive integer (bytes), got {size!r}")
+        checked.append(dict(disk))
+    return checked
+
+
+def render_root_device(node: str, instructions: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+    """The answer to a deploy ramdisk's ``POST root-device``: ``SF_ROOT_DEVICE='<kernel name>'`` for the disk the
+    job's ``root_hints`` select among the reported disks (Ironic's rules, :mod:`..root_hints`), else
+    ``SF_ROOT_ERROR='<why, naming the hints and every disk seen>'``. A malformed report raises ValueError."""
+    disks = parse_disk_report(report)
+    try:
+        chosen = rh.select_root_device(disks, instructions.get("root_hints"))
+    except (rh.NoRootDevice, rh.RootHintsError) as exc:
+        return f"SF_ROOT_ERROR={shell_quote(f'node {node}: {exc}')}\n"
+    return f"SF_ROOT_DEVICE={shell_quote(str(chosen['name']))}\n"
