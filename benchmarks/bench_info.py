@@ -139,11 +139,13 @@ def measure(variants: list[Variant], runs: int, warmup: int) -> None:
 
 
 def wrapper_argv(wrapper: Path) -> list[str]:
-    """The command ``bin/cpi`` execs (its last ``exec`` line), as an argv."""
-    for line in reversed(wrapper.read_text().splitlines()):
-        if line.startswith("exec "):
-            return shlex.split(line[len("exec "):])
-    raise BenchError(f"{wrapper}: no exec line")
+    """The command ``bin/cpi`` runs, as an argv of the form ``python [flags] -c <entry> --config <config>``."""
+    from cpi.wrapper import WrapperError, command
+
+    try:
+        return command(wrapper)
+    except WrapperError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def imported_modules(argv: list[str], stdin: bytes, out: Path) -> set[str]:

@@ -238,9 +238,9 @@ cloud:
 def info_modules(wrapper: Path, tmp_path: Path) -> tuple[dict[str, Any], set[str]]:
     """``info`` through the interpreter and config ``wrapper`` names (its exec line, run as is under the director's
     environment), and the modules loaded by then."""
-    import shlex
+    from cpi.wrapper import command
 
-    argv = shlex.split(wrapper.read_text().splitlines()[-1].removeprefix("exec "))
+    argv = command(wrapper)
     listing = tmp_path / "modules.json"
     index = argv.index("-c") + 1
     argv[index] = (f"import sys, json\ntry:\n    exec(compile({argv[index]!r}, 'cpi', 'exec'))\nfinally:\n"
@@ -257,6 +257,7 @@ def test_wrapper_writes_a_yaml_config_as_json(tmp_path: Path) -> None:
     import yaml
 
     from cpi.cli import register
+    from cpi.wrapper import command
 
     source = write(tmp_path, YAML_CONFIG, "cpi.yml")
     source.chmod(0o640)
@@ -266,7 +267,7 @@ def test_wrapper_writes_a_yaml_config_as_json(tmp_path: Path) -> None:
     assert args.handler(args) == 0
     converted = tmp_path / "job" / "config" / "cpi.json"
     wrapper = tmp_path / "job" / "bin" / "cpi"
-    assert wrapper.read_text().rstrip().endswith(f"--config {converted}")
+    assert wrapper.read_text().startswith("#!") and command(wrapper)[-2:] == ["--config", str(converted)]
     assert json.loads(converted.read_text()) == yaml.safe_load(YAML_CONFIG)
     assert converted.stat().st_mode & 0o777 == 0o640  # the source's bits: it holds the same secrets
     assert sorted(p.name for p in converted.parent.iterdir()) == ["cpi.json"]  # no temporary left
@@ -278,16 +279,16 @@ def test_wrapper_writes_a_yaml_config_as_json(tmp_path: Path) -> None:
     from cpi.wrapper import write_wrapper
 
     raw = write_wrapper(source, tmp_path / "raw", check_config=False)
-    assert raw.read_text().rstrip().endswith(f"--config {source}") and not (tmp_path / "raw" / "config").exists()
+    assert command(raw)[-1] == str(source) and not (tmp_path / "raw" / "config").exists()
     assert "yaml" in info_modules(raw, tmp_path)[1]
 
 
 def test_wrapper_names_a_json_config_as_it_is(tmp_path: Path) -> None:
-    from cpi.wrapper import write_wrapper
+    from cpi.wrapper import command, write_wrapper
 
     source = write(tmp_path, json.dumps(GOOD))
     wrapper = write_wrapper(source, tmp_path / "job")
-    assert wrapper.read_text().rstrip().endswith(f"--config {source}")
+    assert command(wrapper)[-1] == str(source)
     assert not (tmp_path / "job" / "config").exists()
 
 
@@ -311,3 +312,16 @@ def test_wrapper_refuses_what_json_cannot_carry(tmp_path: Path, text: str, messa
     with pytest.raises(WrapperError, match=re.escape(message)):
         write_wrapper(source, tmp_path / "job")
     assert not (tmp_path / "job").exists()  # nothing half-written
+
+
+def test_wrapper_is_a_python_script_unless_the_shebang_cannot_carry_the_path() -> None:
+    from cpi.wrapper import ENV, MAX_SHEBANG, render_direct
+
+    text = render_direct("/opt/venv/bin/python", "/etc/cpi 'x'.json", ["-I"], block_signals=True)
+    assert text is not None and text.startswith(f"#!{ENV} -S --block-signal=TERM,INT,HUP /opt/venv/bin/python -I\n")
+    assert "CONFIG = \"/etc/cpi 'x'.json\"\n" in text  # any config path, as a Python literal
+    assert render_direct("/opt/venv/bin/python", "/c.json", [], block_signals=False).startswith(  # type: ignore[union-attr]
+        "#!/opt/venv/bin/python\n")
+    # a blank, an '=' (env -S would take it for an assignment), quotes, or a line the kernel may cut: the shell form
+    for python in ("/opt/my venv/bin/python", "/opt/a=b/bin/python", "/opt/it's/python", "/" + "v" * MAX_SHEBANG):
+        assert render_direct(python, "/c.json", ["-I"], block_signals=True) is None

@@ -30,6 +30,8 @@ import pytest
 import yaml
 from libvirt_harness import DIRECTOR_ENV, USER_NET, libvirt_unavailable_reason, session_cpi
 
+from cpi.wrapper import command
+
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -146,9 +148,9 @@ def test_core_venv_answers_info_and_runs_the_libvirt_lifecycle(
         job = cpi.root / "job-core"
         proc = run([str(core_venv / "stemforge"), "cpi", "wrapper", "--config", str(config), "--out", str(job)])
         cpi.wrapper = Path(proc.stdout.strip())
-        exec_line = cpi.wrapper.read_text().splitlines()[-1]
-        assert exec_line.startswith(f"exec {core_venv / 'python'} -I -c ")
-        assert exec_line.endswith(f"--config {job / 'config' / 'cpi.json'}")
+        argv = command(cpi.wrapper)
+        assert argv[:2] == [str(core_venv / "python"), "-I"]
+        assert argv[-2:] == ["--config", str(job / "config" / "cpi.json")]
         assert json.loads((job / "config" / "cpi.json").read_text()) == json.loads(cpi.config_path.read_text())
 
         info = cpi.ok("info", api_version=None)
