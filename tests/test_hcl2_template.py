@@ -373,6 +373,11 @@ build {
     t = load(path)
     assert [(b.name, b.raw_name) for b in t.builders] == [("first.amazon-ebs.img", "first.amazon-ebs.img"),
                                                           ("amazon-ebs.img", "amazon-ebs.img")]
+    # Packer's lenient reference forms: "<type>.<name>" and any first part ("sources." is a common slip)
+    lenient = tmp_path / "lenient.pkr.hcl"
+    lenient.write_text(_FILE_SOURCE + 'build {\n  name = "a"\n  sources = ["file.x"]\n}\n'
+                       'build {\n  name = "b"\n  sources = ["sources.file.x"]\n}\n')
+    assert [b.raw_name for b in load(lenient).builders] == ["a.file.x", "b.file.x"]
     cfg = t.builders[0].config
     assert cfg["ami_name"] == "runner-20240102030405"
     assert cfg["source_ami_filter"] == {"filters": {"name": "ubuntu/images/*"}, "most_recent": True,

@@ -963,8 +963,12 @@ def _builds(ld: _Loader, t: HCL2Template, blocks: list[Block], syntax_only: bool
                 refs = []
             for ref in refs:
                 text = str(ref)
+                # Packer's sourceRefFromString: "<type>.<name>", or any first part (normally "source") then
+                # type and name; a name keeps any further dots here (Packer would cut it at the next one)
                 parts = text.split(".", 2)
-                if len(parts) != 3 or parts[0] != "source":
+                if len(parts) == 2:
+                    parts = ["source", *parts]
+                if len(parts) != 3 or not all(parts):
                     ld.errors.append(ld.diag("Invalid sources reference", f'"{text}" is not a valid source '
                                              'reference; use "source.<type>.<name>".', attr, ctx))
                     continue
