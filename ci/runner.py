@@ -247,6 +247,9 @@ class Build:
         finally:
             if process.poll() is None:
                 self._end(process)
+            else:  # what it left in its process group (a task's sandbox: its PID namespace's init) ends with it
+                with suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
             reader.join(timeout=5)
             if not reader.is_alive():  # closing under a blocked reader would wait for its writers
                 stream.close()

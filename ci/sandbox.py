@@ -15,8 +15,8 @@ Built with bubblewrap (``bwrap``, run as root so it can bind any artifact; the t
   Each input artifact is also visible read-only at its own host path, so a virtualenv inside it, which names itself
   by absolute path, still runs.
 * **Private /tmp** (``/tmp``, ``/var/tmp``, ``/run`` and ``/dev/shm`` are empty tmpfs), ``TMPDIR`` and ``HOME``
-  private directories removed afterwards, new PID, IPC, UTS and cgroup namespaces (every process the task started
-  ends with it), no new privileges (setuid binaries do not elevate).
+  private directories removed afterwards, new IPC, UTS and cgroup namespaces and (unprivileged) a new PID namespace:
+  every process the task started ends with it; no new privileges (setuid binaries do not elevate).
 * **User** — :data:`TASK_UID` (no host account uses it; no capabilities) unless the step says ``privileged: true``:
   then root with the host's devices (``/dev``), ``/run`` (libvirt's socket), ``/sys``, :data:`PRIVILEGED_HOST_DIRS`
   and stemforge's build cache (:func:`build_cache`, as ``$STEMFORGE_CACHE``) writable, like a privileged Concourse
@@ -176,8 +176,12 @@ class Sandbox:
         if bwrap is None:
             raise SandboxError("bubblewrap is not installed (apt-get install bubblewrap): tasks only run sandboxed")
         # No --die-with-parent: ended early (abort, timeout), bwrap 0.8 then leaves the sandbox running. The runner
-        # ends the task's process group; in a PID namespace, everything else ends with the task's first process.
-        args = [bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        # ends the task's process group, whose members include the PID namespace's init: everything the task
+        # started ends with it. A privileged task keeps the host's PIDs: the bare-metal lab and its test harness
+        # coordinate through PIDs recorded under /var/lib/stemforge (a lab whose owner PID is gone is reaped).
+        args = [bwrap, "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        if not self.privileged:
+            args.append("--unshare-pid")
         args += ["--hostname", "task"]
         if not (self.network or self.privileged):
             args.append("--unshare-net")

@@ -34,3 +34,24 @@ def test_cpi_aws_example_is_valid() -> None:
     text = path.read_text()
     undocumented = [key for key in CONFIG_SCHEMA["properties"] if f"{key}:" not in text]
     assert undocumented == []
+
+
+def test_cpi_baremetal_example_is_valid(tmp_path: Path) -> None:
+    """examples/cpi-baremetal.yml loads, its `baremetal` section validates against the provider's schema (with the
+    readiness defaults spelled out), and every config key, nested ones included, is documented in it."""
+    from cpi.providers.baremetal.config import CONFIG_SCHEMA, MetalConfig
+
+    path = EXAMPLES / "cpi-baremetal.yml"
+    loaded = config.load(str(path), PROVIDERS)
+    assert loaded.plugin == "baremetal"
+    section = yaml.safe_load(path.read_text())["cloud"]["properties"]["baremetal"]
+    metal = MetalConfig.from_properties(section)
+    defaults = MetalConfig.from_properties({"state_dir": str(tmp_path)})
+    assert (metal.boot_check, metal.phone_home) == (defaults.boot_check, defaults.phone_home) == ("auto", False)
+    assert metal.timeouts == defaults.timeouts and metal.bmc == defaults.bmc  # the example shows the defaults
+    assert metal.provisioning_url == "http://10.1.2.1:8080"
+    text = path.read_text()
+    keys = list(CONFIG_SCHEMA["properties"])
+    for nested in ("timeouts", "bmc"):
+        keys += list(CONFIG_SCHEMA["properties"][nested]["properties"])
+    assert [key for key in keys if f"{key}:" not in text] == []

@@ -4,10 +4,12 @@ namespace, RAMDISK's deploy ramdisk and the test stemcell. Every CPI call goes t
 with the director's stripped environment.
 
 One lab of 4 servers for the module. The flow: enroll 2 → create_vm deploys the test stemcell by PXE + iPXE → the
-installed OS phones home with what it read from its config drive → reboot_vm → delete_vm cleans (disks verified
-wiped) and the server is available again → a second create_vm reuses it. Then 8 concurrent create_vm on the 4
-servers (4 succeed, 4 fail with "no server available", nothing double-claimed) and the faults: a callback with a
-wrong token, a deploy timeout, a wrong checksum, a server power-cycled mid-deploy and a BMC that is down.
+installed OS phones home with what it read from its config drive (``phone_home: true``, the opt-in readiness check)
+→ reboot_vm → delete_vm cleans (disks verified wiped) and the server is available again → a second create_vm reuses
+it, through the lab's default config (readiness without the guest's help: BMC power + the OS's DHCP request) with
+the test stemcell built so its agent never phones home (a stock stemcell's behaviour). Then 8 concurrent create_vm
+on the 4 servers (4 succeed, 4 fail with "no server available", nothing double-claimed) and the faults: a callback
+with a wrong token, a deploy timeout, a wrong checksum, a server power-cycled mid-deploy and a BMC that is down.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import yaml
 from libvirt_harness import CpiResult, LibvirtCpi
 from metal_harness import Lab, metal_lab, metal_unavailable_reason, wait_until
 
+from cpi import configdrive
 from cpi.providers.baremetal.store import MetalStore
+from stemcells.testimage.agent_events import read_events, wait_for
 
 pytestmark = [pytest.mark.metal, pytest.mark.slow]
 MIB = 1024 * 1024
@@ -88,7 +92,31 @@ def make_cpi(lab: Lab, root: Path, **overrides: Any) -> LibvirtCpi:
 
 @pytest.fixture(scope="module")
 def cpi(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> LibvirtCpi:
-    return make_cpi(lab, tmp_path_factory.mktemp("metal-cpi"))
+    # the test agent phones home: these tests also wait for it (the opt-in readiness check)
+    return make_cpi(lab, tmp_path_factory.mktemp("metal-cpi"), phone_home=True)
+
+
+@pytest.fixture(scope="module")
+def default_cpi(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> LibvirtCpi:
+    """``bin/cpi`` for the lab's ``cpi.json`` exactly as ``metal lab up`` wrote it."""
+    from cpi.wrapper import write_wrapper
+
+    root = tmp_path_factory.mktemp("metal-cpi-default")
+    return LibvirtCpi(
+        root=root,
+        pool_name="",
+        config_path=lab.cpi_config_path,
+        wrapper=write_wrapper(lab.cpi_config_path, root / "job"),
+    )
+
+
+@pytest.fixture(scope="module")
+def silent_image() -> Path:
+    """The test stemcell's raw disk built with ``phone_home=False``: its agent reads and prints the config drive and
+    never calls the provisioning network (what a stock bosh-agent does)."""
+    from stemcells.testimage.build import build_test_image
+
+    return build_test_image(fmt="raw", phone_home=False)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +198,13 @@ def phone_homes(store: MetalStore, node: str, after: int = 0) -> list[Any]:
 # -- the flow ---------------------------------------------------------------------------------------------------
 @pytest.mark.timeout(2700)
 def test_deploy_phone_home_reboot_delete_and_reuse(
-    lab: Lab, cpi: LibvirtCpi, stemcell_cid: str, stemcell_image: tuple[Path, dict[str, Any]], tmp_path: Path
+    lab: Lab,
+    cpi: LibvirtCpi,
+    default_cpi: LibvirtCpi,
+    stemcell_cid: str,
+    stemcell_image: tuple[Path, dict[str, Any]],
+    silent_image: Path,
+    tmp_path: Path,
 ) -> None:
     # all 4 are enrolled up front (enrolling more while `metal serve` runs makes its dnsmasq reload crash, see the
     # report); this flow is confined to 2 of them by cloud_properties
@@ -231,13 +265,38 @@ def test_deploy_phone_home_reboot_delete_and_reuse(
     verbs = [t.verb for t in store.transitions(node.name)]
     assert verbs[-5:] == ["undeploy", "clean", "wait", "resume", "done"]
 
-    # a second create_vm reuses the cleaned server
-    res = create_vm(cpi, "agent-e2e-2", stemcell_cid, {"node": node.name})
+    # a second create_vm reuses the cleaned server: the lab's default config and a stemcell that never phones home
+    config = json.loads(lab.cpi_config_path.read_text())["cloud"]["properties"]["baremetal"]
+    assert "phone_home" not in config and "boot_check" not in config  # the provider's defaults
+    silent = default_cpi.ok("create_stemcell", str(silent_image), {}, {"tags": {"agent": "silent"}}, api_version=3)
+    console = lab.server(node.name).console_log
+    seen_before = len(read_events(console))
+    last = store.last_event_id(node.name)
+    started = time.monotonic()
+    res = create_vm(default_cpi, "agent-e2e-2", silent, {"node": node.name})
     vm2, _ = res.result
+    silent_s = time.monotonic() - started
     assert store.get_node(node.name).claimed_by == vm2
-    assert cpi.call("delete_vm", vm2).response["error"] is None
+    assert f"booted its disk: its OS asked for an address on {node.macs[0]}" in res.response["log"]
+    assert "phoned home" not in res.response["log"]
+    # the OS read config-2 and printed it (the agent's settings line: the drive's user-data, byte for byte) ...
+    user_data = configdrive.read_iso_file(iso, "ec2/latest/user-data")
+    settings, index = wait_for(console, lambda e: e.get("event") == "settings", 120, after=seen_before,
+                               what="the silent agent's settings")  # fmt: skip
+    assert settings["agent_id"] == "agent-e2e-2" and settings["source"] == "config-drive"
+    assert settings["settings_sha256"] == hashlib.sha256(user_data).hexdigest()
+    # ... and never phoned home
+    wait_for(console, lambda e: e.get("event") == "phone-home", 120, after=index, what="the disabled phone-home")
+    assert [e for e in read_events(console)[seen_before:] if e.get("event") == "phone-home"] == [
+        {"event": "phone-home", "ok": False, "disabled": True}
+    ]
+    assert phone_homes(store, node.name, last) == []
+    assert_no_secrets(lab, res.stdout, res.stderr, lab.serve_log())
+    assert default_cpi.call("delete_vm", vm2).response["error"] is None
     assert store.get_node(node.name).provision_state == "available"
+    default_cpi.ok("delete_stemcell", silent)
     print(f"\nfirst deploy (PXE + iPXE + ramdisk + boot + phone-home): {deploy_s:.0f}s")
+    print(f"deploy of the silent stemcell (PXE + iPXE + ramdisk + boot + DHCP): {silent_s:.0f}s")
 
 
 @pytest.mark.timeout(2700)

@@ -5,6 +5,7 @@ test_metal_e2e.py): claims, config drive contents, failure cleanup, BMC-down mai
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import subprocess
@@ -28,8 +29,10 @@ NETWORKS = {"default": {"type": "dynamic", "dns": ["10.0.0.2"], "default": ["dns
 
 
 class FakeRamdisk:
-    """Plays the deploy ramdisk (stage events per job) and the installed OS (phone-home read from the config drive
-    the provider wrote, with the token it holds) for every node, until stopped."""
+    """Plays the deploy ramdisk (stage events per job), ``metal serve``'s DHCP-seen signal (a ``dhcp`` event per
+    lease, as ``services/dhcp_seen.py`` records them) and the installed OS (a DHCP request after the deploy; a
+    phone-home read from the config drive the provider wrote, with the token it holds) for every node, until
+    stopped."""
 
     def __init__(self, store: MetalStore, drives: Path) -> None:
         self.store = store
@@ -37,8 +40,13 @@ class FakeRamdisk:
         self.seen: set[str] = set()
         self.deploy_result: Callable[[str], dict[str, Any]] = lambda node: {"stage": "done", "ok": True}
         self.phone_home = True
+        self.deploy_dhcp = True  # the ramdisk's NIC is on metal serve's network
+        self.os_dhcp = True  # the OS on the deployed disk asks for an address
+        self.selected_serial: str | None = None  # the root disk the ramdisk reports (default: the plan's)
         self.stop = threading.Event()
         self.pending_phone_home: dict[str, float] = {}
+        self.booting: dict[str, float] = {}
+        self.last_dhcp: dict[str, float] = {}
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
@@ -52,11 +60,21 @@ class FakeRamdisk:
                 if job is not None and job.token not in self.seen:
                     self.seen.add(job.token)
                     threading.Thread(target=self.play, args=(node.name, job.kind), daemon=True).start()
-            for node, since in list(self.pending_phone_home.items()):
-                if self.store.job(node) is None and time.time() > since + 1:
-                    del self.pending_phone_home[node]
+            for name, since in list(self.pending_phone_home.items()):
+                if self.store.job(name) is None and time.time() > since + 1:
+                    del self.pending_phone_home[name]
+                    if self.os_dhcp:
+                        self.booting[name] = time.time()
                     if self.phone_home:
-                        self.do_phone_home(node)
+                        self.do_phone_home(name)
+            # the fake cannot see the BMC reset that boots the disk: its OS asks for an address every 0.5 s while
+            # create_vm waits (at most 60 s), as a DHCP client does on each boot
+            for name, since in list(self.booting.items()):
+                if self.store.get_node(name).provision_state != "deploying" or time.time() > since + 60:
+                    del self.booting[name]
+                elif time.time() > self.last_dhcp.get(name, 0) + 0.5:
+                    self.last_dhcp[name] = time.time()
+                    self.dhcp(name)
             time.sleep(0.1)
 
     def play(self, node: str, kind: str) -> None:
@@ -67,12 +85,21 @@ class FakeRamdisk:
             self.post(node, "stage", stage="done", ok=True)
             self.post(node, "result", stage="done", ok=True)
             return
-        for stage in ("disk-selected", "image-written", "checksum-ok", "configdrive-written", "done"):
+        if self.deploy_dhcp:
+            self.dhcp(node)
+        serial = self.selected_serial or f"{node}-root"
+        disk = {"name": "vda", "device": "/dev/vda", "size": 4 << 30, "serial": serial, "wwn": "", "model": ""}
+        self.post(node, "stage", stage="disk-selected", ok=True, data=disk)
+        for stage in ("image-written", "checksum-ok", "configdrive-written", "done"):
             self.post(node, "stage", stage=stage, ok=True)
         result = self.deploy_result(node)
         if result.get("ok"):
             self.pending_phone_home[node] = time.time()
         self.post(node, "result", **result)
+
+    def dhcp(self, node: str) -> None:
+        mac = self.store.get_node(node).macs[0]
+        self.post(node, "dhcp", mac=mac, ip="10.9.9.100", interface="br0")
 
     def do_phone_home(self, node: str) -> None:
         iso = self.drives / f"{node}.iso"
@@ -161,7 +188,8 @@ def test_stemcell_raw_with_checksum(tmp_path: Path) -> None:
     assert list((tmp_path / "metal" / "images").iterdir()) == []
 
 
-def test_vm_lifecycle_with_disks(tmp_path: Path, emulator: Emulator) -> None:
+def test_vm_lifecycle_with_disks(tmp_path: Path, emulator: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=log.name)
     with lab(tmp_path, emulator) as (provider, store, ramdisk):
         stemcell = make_stemcell(provider, tmp_path)
         assert provider.calculate_vm_cloud_properties({"cpu": 2, "ram": 256, "ephemeral_disk_size": 1024}) == {
@@ -170,11 +198,16 @@ def test_vm_lifecycle_with_disks(tmp_path: Path, emulator: Emulator) -> None:
         node = store.node_for_vm(vm)
         assert node is not None and node.name == "node-a"  # the smallest plan
         assert node.provision_state == "active" and networks["default"]["mac"] == node.macs[0]
+        # the default readiness: the OS's DHCP request after the boot-to-disk reboot, no phone-home awaited
+        assert "booted its disk: its OS asked for an address on 52:54:00:10:00:0a" in caplog.text
         assert provider.has_vm(vm)
         iso = tmp_path / "metal" / "configdrives" / "node-a.iso"
         settings = json.loads(configdrive.read_iso_file(iso, "openstack/latest/user_data"))
         assert settings["agent_id"] == "agent-1" and settings["env"] == AGENT_ENV
         assert settings["networks"]["default"]["mac"] == node.macs[0]
+        # stable names: the root disk by the by-id link udev makes from its serial; no separate ephemeral disk
+        assert settings["disks"]["system"] == "/dev/disk/by-id/virtio-node-a-root"
+        assert settings["disks"]["ephemeral"] is None
         meta = json.loads(configdrive.read_iso_file(iso, "openstack/latest/meta_data.json"))["meta"]
         assert meta["phone_home_url"] == "http://127.0.0.1:1/v1/nodes/node-a/phone-home"
         job_log = [t.to_state for t in store.transitions("node-a")]
@@ -271,3 +304,100 @@ def test_matching_smallest_plan_and_root_disk(tmp_path: Path) -> None:
     assert [n.name for n in provider._candidates({"arch": "aarch64"})] == ["arm"]
     assert [n.name for n in provider._candidates({"node": "big"})] == ["big"]
     assert provider._candidates({"ephemeral_disk_size": 200 * 1024}) == []
+
+
+def _config(provider: BareMetalProvider, **changes: Any) -> None:
+    timeouts = changes.pop("timeouts", {})
+    provider.config = dataclasses.replace(
+        provider.config, timeouts=dataclasses.replace(provider.config.timeouts, **timeouts), **changes
+    )
+
+
+def test_readiness_needs_no_agent_of_ours(tmp_path: Path, emulator: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+    """Default (boot_check auto, no phone-home; the DHCP case is test_vm_lifecycle_with_disks): without the OS's
+    DHCP request create_vm fails naming the NIC and the timeout, and cleans; boot_check power needs none; auto
+    falls back to the BMC's power state when the deploy saw no lease on the VM's dynamic NIC. The deploy's
+    disk-selected report corrects a plan that names another root disk."""
+    caplog.set_level(logging.INFO, logger=log.name)
+    with lab(tmp_path, emulator, nodes=2) as (provider, store, ramdisk):
+        assert provider.config.phone_home is False and provider.config.boot_check == "auto"
+        stemcell = make_stemcell(provider, tmp_path)
+        ramdisk.phone_home = False  # a stock agent: reads the config drive, calls nothing
+        ramdisk.os_dhcp = False  # the disk does not boot (or its OS never asks)
+
+        _config(provider, timeouts={"boot_to_disk": 3})
+        with pytest.raises(VMCreationFailed, match=r"no DHCP request from 52:54:00:10:00:0a reached metal serve "
+                           r"within 3 s \(timeouts.boot_to_disk; power now on\)"):  # fmt: skip
+            provider.create_vm("agent-1", stemcell, {"node": "node-a"}, NETWORKS, [], AGENT_ENV)
+        node = store.get_node("node-a")
+        assert node.provision_state == "available" and node.claimed_by is None and store.vms() == []
+
+        _config(provider, boot_check="power")  # the operator knows the OS never asks metal serve
+        vm, _ = provider.create_vm("agent-2", stemcell, {"node": "node-a"}, NETWORKS, [], AGENT_ENV)
+        assert store.get_node("node-a").provision_state == "active"
+        assert "is on and booting its disk (boot_check: power)" in caplog.text
+
+        _config(provider, boot_check="auto")
+        ramdisk.deploy_dhcp = False  # the NIC of the dynamic network is served by another DHCP server
+        ramdisk.selected_serial = "not-in-the-plan"  # and the plan does not describe the server's disks
+        vm, _ = provider.create_vm("agent-3", stemcell, {"node": "node-b"}, NETWORKS, [], AGENT_ENV)
+        assert store.get_node("node-b").provision_state == "active"
+        assert "got no lease from metal serve during the deploy" in caplog.text
+        assert store.events("node-b", kinds=["phone-home"]) == []
+        record = store.vm(vm)
+        assert record is not None
+        assert record["settings"]["disks"]["system"] == "/dev/disk/by-id/virtio-not-in-the-plan"
+
+
+def test_system_disk_hint_is_the_stable_by_id_name() -> None:
+    from cpi.providers.baremetal.provider import by_id_path, system_disk_hint
+
+    table: list[tuple[dict[str, Any], str | None]] = [
+        ({"name": "/dev/vda", "serial": "SF0A1B2CS0D0"}, "/dev/disk/by-id/virtio-SF0A1B2CS0D0"),
+        ({"name": "vdb", "serial": " odd serial/1 "}, "/dev/disk/by-id/virtio-odd_serial_1"),
+        ({"name": "/dev/nvme0n1", "serial": "S4EWNX0R123", "model": "Samsung SSD 970 EVO 1TB"},
+         "/dev/disk/by-id/nvme-Samsung_SSD_970_EVO_1TB_S4EWNX0R123"),
+        ({"name": "/dev/sda", "serial": "Z1D2", "wwn": "0x5000C500A1B2C3D4"}, "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4"),
+        ({"name": "/dev/sdb", "wwn": "naa.5000c500a1b2c3d5"}, "/dev/disk/by-id/wwn-0x5000c500a1b2c3d5"),
+        ({"name": "/dev/sda", "serial": "Z1D2"}, None),  # ATA or SCSI: the link name needs the transport
+        ({"name": "/dev/nvme0n1", "serial": "S4EW"}, None),  # nvme-<model>_<serial> needs the model
+        ({"size_gib": 4}, None),
+    ]  # fmt: skip
+    for disk, expected in table:
+        assert by_id_path(disk) == expected, disk
+    assert system_disk_hint({"name": "/dev/sda", "serial": "Z1D2"}) == "/dev/sda"  # the kernel name as a last resort
+    assert system_disk_hint({}) == ""
+
+
+def test_dhcp_seen_turns_dnsmasq_acks_into_node_events(tmp_path: Path) -> None:
+    """``metal serve``'s DHCP-seen signal on dnsmasq's own log lines (plain and ``--log-dhcp`` forms)."""
+    from cpi.providers.baremetal.services.dhcp_seen import DhcpAck, parse_ack, recorder
+    from cpi.providers.baremetal.services.shared_store import SharedStore
+
+    assert parse_ack("DHCPACK(sfbr0) 10.95.17.100 52:54:00:5F:11:10 sf-lab-5f1100-s0") == DhcpAck(
+        "sfbr0", "10.95.17.100", "52:54:00:5f:11:10"
+    )
+    assert parse_ack("2877381571 DHCPACK(br0) 10.0.0.5 52:54:00:aa:bb:cc") == DhcpAck(
+        "br0", "10.0.0.5", "52:54:00:aa:bb:cc"
+    )
+    for other in (
+        "DHCPREQUEST(br0) 10.0.0.5 52:54:00:aa:bb:cc",
+        "DHCPOFFER(br0) 10.0.0.5 52:54:00:aa:bb:cc",
+        "DHCPNAK(br0) 10.0.0.5 52:54:00:aa:bb:cc wrong address",
+        "sent size:  1 option: 53 message-type  5",
+    ):
+        assert parse_ack(other) is None, other
+    store = MetalStore(tmp_path / "metal")
+    store.enroll(
+        [NodeSpec("n1", Bmc("redfish", "http://127.0.0.1:9", "n1", "u", "p"), ("52:54:00:aa:bb:cc",),
+                  {"arch": "x86_64", "cpus": 1, "memory_mib": 512, "disks": [{"size_gib": 4}]})],
+        who="test",
+    )  # fmt: skip
+    on_line = recorder(SharedStore(store))
+    on_line("DHCPACK(br0) 10.0.0.5 52:54:00:AA:BB:CC n1")
+    on_line("DHCPACK(br0) 10.0.0.6 52:54:00:00:00:01")  # not enrolled: ignored
+    on_line("DHCPDISCOVER(br0) 52:54:00:aa:bb:cc")
+    events = store.events("n1", kinds=["dhcp"])
+    assert [e.data for e in events] == [
+        {"kind": "dhcp", "mac": "52:54:00:aa:bb:cc", "ip": "10.0.0.5", "interface": "br0"}
+    ]

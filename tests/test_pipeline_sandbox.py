@@ -220,6 +220,22 @@ def test_a_task_ended_at_once_leaves_no_process(tmp_path: Path) -> None:
     assert sleeping(seconds) == []
 
 
+def test_what_a_task_leaves_running_ends_with_it(tmp_path: Path) -> None:
+    """A daemon (its own session, out of the task's process group) dies with an unprivileged task's PID namespace;
+    a privileged task's background process in its group is ended when the task ends."""
+    seconds = f"{80 + uuid.uuid4().int % 1000 / 1000:.3f}"
+    status, out = run(
+        tmp_path,
+        task("plain", f"setsid sleep {seconds} >/dev/null 2>&1 < /dev/null & echo started"),
+        task("root", f"sleep {seconds} >/dev/null 2>&1 & echo started", step_privileged=True),
+    )
+    assert status == 0 and lines(out, "started") == ["", ""], out
+    deadline = time.monotonic() + 10
+    while sleeping(seconds) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sleeping(seconds) == []
+
+
 def sleeping(seconds: str) -> list[str]:
     """Host pids of ``sleep SECONDS`` processes."""
     found = []

@@ -9,11 +9,29 @@ Shape::
       state_dir: /var/lib/stemforge/metal          # metal.db, images/, configdrives/ (default: properties.state_dir
                                                    #   + "/metal", else $STEMFORGE_METAL_STATE_DIR, else that path)
       provisioning_url: http://10.1.2.1:8080       # the base URL the servers reach (``metal serve``)
-      timeouts: {power: 120, deploy: 900, phone_home: 600, clean: 600}   # seconds
-      phone_home: true                             # wait for the booted OS's phone-home in create_vm
+      timeouts: {power: 120, deploy: 900, boot_to_disk: 300, phone_home: 600, clean: 600}   # seconds
+      boot_check: auto                             # how create_vm knows the server booted its deployed disk
+                                                   #   without the guest's help: auto | dhcp | power (see below)
+      phone_home: false                            # opt-in: also wait for the booted OS's phone-home
       heartbeat_s: 5                               # the ramdisk's heartbeat interval
       bmc: {attempts: 5, backoff_s: 0.5, backoff_max_s: 8, max_elapsed_s: 60, min_interval_s: 0.2,
             connect_timeout_s: 5, read_timeout_s: 20}
+
+Readiness: a BOSH director waits for its agent itself (over the message bus), so create_vm returns once the server
+runs its deployed disk, judged without any cooperation from the guest. Always: the ramdisk's final callback (image
+and config drive written, digest checked) and the BMC reporting the server powered on after the boot-to-disk
+reboot (within ``timeouts.power``). Then ``boot_check``:
+
+* ``dhcp``: a DHCP request from one of the server's NICs that ``metal serve``'s dnsmasq answers after that reboot
+  (within ``timeouts.boot_to_disk``): the OS on the disk is up and configuring its network.
+* ``power``: nothing more (for a server whose OS never asks ``metal serve`` for an address).
+* ``auto`` (default): ``dhcp`` when one of the VM's ``dynamic`` networks is on a NIC that ``metal serve`` gave a
+  lease to during this deploy (the OS will ask the same DHCP server again), ``power`` otherwise (manual networks
+  only, or dynamic networks on NICs served by another DHCP server).
+
+``phone_home: true`` adds a wait (``timeouts.phone_home``) for the booted OS's POST to the phone-home URL under
+``meta`` in the config drive's ``meta_data.json``; only an agent that knows that URL (the project's test agent)
+sends one, so a stock stemcell must leave it off.
 """
 
 from __future__ import annotations
@@ -49,6 +67,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "properties": {k: _SECONDS for k in ("power", "deploy", "phone_home", "clean", "boot_to_disk")},
         },
         "phone_home": {"type": "boolean"},
+        "boot_check": {"enum": ["auto", "dhcp", "power"]},
         "heartbeat_s": {"type": "number", "minimum": 1, "maximum": 300},
         "bmc": {
             "type": "object",
@@ -119,7 +138,8 @@ class MetalConfig:
     state_dir: Path = field(default_factory=default_state_dir)
     provisioning_url: str = ""
     timeouts: Timeouts = field(default_factory=Timeouts)
-    phone_home: bool = True
+    phone_home: bool = False
+    boot_check: str = "auto"
     heartbeat_s: float = 5.0
     bmc: BmcPolicy = field(default_factory=BmcPolicy)
 
@@ -135,7 +155,8 @@ class MetalConfig:
             state_dir=state_dir,
             provisioning_url=str(data.get("provisioning_url", "")).rstrip("/"),
             timeouts=Timeouts(**data.get("timeouts", {})),
-            phone_home=bool(data.get("phone_home", True)),
+            phone_home=bool(data.get("phone_home", False)),
+            boot_check=str(data.get("boot_check", "auto")),
             heartbeat_s=float(data.get("heartbeat_s", 5.0)),
             bmc=BmcPolicy(**data.get("bmc", {})),
         )

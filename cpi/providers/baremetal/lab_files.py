@@ -7,8 +7,9 @@ user and generated password), the NIC MACs and the hardware plan (x86_64, vCPUs,
 disk of at least 4 GiB) is the 4 GiB root disk.
 
 ``cpi.json`` is a CPI config for plugin ``baremetal`` whose ``state_dir`` is the one ``metal serve`` uses and whose
-``provisioning_url`` is the bridge address the servers reach. The agent's mbus/blobstore point at loopback.
-Both files are written atomically with mode 0600 (they hold credentials).
+``provisioning_url`` is the bridge address the servers reach; readiness is the provider's default (``boot_check:
+auto``, no phone-home), so any stemcell whose OS reads the config drive deploys. The agent's mbus/blobstore point
+at loopback. Both files are written atomically with mode 0600 (they hold credentials).
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ def cpi_config(rec: LabRecord) -> dict[str, Any]:
                 "baremetal": {
                     "state_dir": rec.state_dir,
                     "provisioning_url": rec.provisioning_url,
-                    "timeouts": {"power": 120, "deploy": 900, "phone_home": 600, "clean": 600},
-                    "phone_home": True,
+                    # the provider's defaults: create_vm ends when the server booted its disk (BMC on, its OS's
+                    # DHCP request seen by `metal serve`); no agent of ours needed (phone_home stays off)
+                    "timeouts": {"power": 120, "deploy": 900, "boot_to_disk": 300, "clean": 600},
                 },
                 "agent": {
                     "mbus": f"nats://nats:{mbus_password}@127.0.0.1:4222",

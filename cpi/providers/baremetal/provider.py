@@ -7,8 +7,10 @@ Resource naming: stemcells ``sc-<uuid>`` (``<state_dir>/images/<cid>.raw`` serve
 create_vm is a list of steps (``stemforge.steps``) whose cleanups undo exactly what ran: claim a matching
 available server atomically (its lock held for the whole call) → write the config drive (agent settings with the
 server's real MACs, phone-home URL and a new token under ``meta``) → record the VM → deploy through the ramdisk
-(one-time PXE, power on, follow its stages) → boot from disk → wait for the OS's phone-home. Every wait is bounded
-by ``timeouts``. On failure the server is powered off, cleaned and released (a server whose BMC stayed
+(one-time PXE, power on, follow its stages) → boot from disk → confirm the server booted it without the guest's
+help (the BMC reports it on; with ``boot_check`` ``dhcp``/``auto`` its OS asked ``metal serve`` for an address: see
+``config.py``) → only with ``phone_home: true``, wait for the OS's phone-home. Every wait is bounded by
+``timeouts``. On failure the server is powered off, cleaned and released (a server whose BMC stayed
 unreachable goes to maintenance instead, and create_vm moves on to the next matching server). Nothing secret
 (BMC passwords, tokens, ``env``) is ever logged.
 """
@@ -20,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -41,11 +44,13 @@ from cpi.providers.baremetal.config import (
 from cpi.providers.baremetal.interfaces import hardware_for
 from cpi.providers.baremetal.interfaces.base import (
     POWER_OFF,
+    POWER_ON,
     BmcUnreachable,
     DeployFailed,
     InterfaceError,
     Task,
 )
+from cpi.providers.baremetal.services.dhcp_seen import EVENT_KIND as DHCP_EVENT
 from cpi.providers.baremetal.store import MetalStore, Node
 from cpi.providers.libvirt.config import validate
 from stemforge.steps import StepRunner
@@ -557,7 +562,8 @@ class _WriteConfigDrive(_Step):
             networks=planned,
             env=plan.env,
             agent_config=self.p.agent_config,
-            system_disk=root.get("name") or "",
+            system_disk=system_disk_hint(root),
+            # no separate ephemeral disk: a stock agent (CreatePartitionIfNoEphemeralDisk) partitions the root disk
             ephemeral_disk=None,
         )
         state["settings"] = settings
@@ -606,15 +612,33 @@ class _Deploy(_Step):
         except InstructionsError as exc:
             raise CloudError(str(exc)) from None
         state["touched"] = True
+        state["deploy_after"] = self.store.last_event_id(self.node)
         states.apply(
             self.store, self.node, "wait", self.p.who, f"deploy job for {self.plan.vm_cid}", wait_s=timeout + 120
         )
         hw = hardware_for(self.task.node)
         try:
-            self.p._bmc_step(self.task, lambda: hw.deploy.deploy(self.task, instructions, timeout))
+            stages = self.p._bmc_step(self.task, lambda: hw.deploy.deploy(self.task, instructions, timeout))
         except DeployFailed as exc:
             raise CloudError(exc.message) from None
+        self._check_root_disk(state, stages or [])
         states.apply(self.store, self.node, "resume", self.p.who, "ramdisk reported the image and config drive written")
+
+    def _check_root_disk(self, state: dict[str, Any], stages: list[dict[str, Any]]) -> None:
+        """Compare the settings' ``disks.system`` with the disk the ramdisk saw and selected; on a mismatch (an
+        inventory whose plan does not describe the server) record what it saw, so later settings say the truth."""
+        seen = next((s.get("data") for s in reversed(stages) if s.get("stage") == "disk-selected"), None)
+        if not isinstance(seen, dict):
+            return
+        written = str(state["settings"]["disks"]["system"])
+        actual = system_disk_hint({**seen, "name": seen.get("device") or seen.get("name")})
+        if actual and actual != written:
+            self.task.say(
+                f"create_vm {self.plan.vm_cid}: the ramdisk deployed to {actual} (serial {seen.get('serial') or '-'})"
+                f", the plan's root disk is {written}: later settings name {actual} (fix the inventory's plan)"
+            )
+            state["settings"]["disks"]["system"] = actual
+            self.store.update_vm(self.plan.vm_cid, settings=state["settings"])
 
     def cleanup(self, state: dict[str, Any]) -> None:
         self.store.end_job(self.node)
@@ -627,8 +651,78 @@ class _BootToDisk(_Step):
         hw = hardware_for(self.task.node)
         state["phone_home_after"] = self.store.last_event_id(self.node)
         self.p._bmc_step(self.task, lambda: hw.boot.prepare_instance(self.task))
+        # taken just before the reset: a DHCP request after it comes from the disk's OS (firmware and iPXE after
+        # the ramdisk's own reboot need seconds to get that far, the reset follows within a BMC call)
+        state["boot_after"] = self.store.last_event_id(self.node)
         self.p._bmc_step(self.task, lambda: hw.power.reboot(self.task))
         self.task.say(f"create_vm {self.plan.vm_cid}: server {self.node} boots the installed OS from its disk")
+
+
+class _WaitBooted(_Step):
+    """The server runs its deployed disk, judged without the guest's help (``boot_check``, see ``config.py``)."""
+
+    name = "wait_booted"
+
+    def run(self, state: dict[str, Any]) -> None:
+        hw = hardware_for(self.task.node)
+        power = self.p._bmc_step(self.task, lambda: hw.power.get_power_state(self.task))
+        if power != POWER_ON:
+            raise CloudError(f"server {self.node} is {power!r}, not on, after booting from its disk (BMC)")
+        watch, why = self._dhcp_macs(state)
+        vm = self.plan.vm_cid
+        if not watch:
+            self.task.say(f"create_vm {vm}: server {self.node} is on and booting its disk ({why})")
+            return
+        timeout = self.p.config.timeouts.boot_to_disk
+        after = int(state["boot_after"])
+        started = time.monotonic()
+        deadline = started + timeout
+        while True:
+            for event in self.store.events(self.node, after_id=after, kinds=[DHCP_EVENT]):
+                after = event.id
+                mac = str(event.data.get("mac", "")).lower()
+                if mac in watch:
+                    self.task.say(
+                        f"create_vm {vm}: server {self.node} booted its disk: its OS asked for an address on "
+                        f"{mac} ({event.data.get('ip', '?')}) {time.monotonic() - started:.1f}s after the reboot"
+                    )
+                    return
+            if time.monotonic() >= deadline:
+                try:
+                    power = self.p._bmc_step(self.task, lambda: hw.power.get_power_state(self.task))
+                except InterfaceError as exc:
+                    power = f"unknown: {exc.message}"
+                raise CloudError(
+                    f"server {self.node} booted from its disk (BMC: on) but no DHCP request from "
+                    f"{', '.join(sorted(watch))} reached metal serve within {timeout:g} s (timeouts.boot_to_disk; "
+                    f"power now {power}); the disk did not boot or its OS does not use DHCP on the provisioning "
+                    f"network (boot_check: {self.p.config.boot_check}; 'power' skips this check)"
+                )
+            time.sleep(0.5)
+
+    def _dhcp_macs(self, state: dict[str, Any]) -> tuple[set[str], str]:
+        """The MACs whose DHCP request proves the boot, or none and why not."""
+        mode = self.p.config.boot_check
+        if mode == "power":
+            return set(), "boot_check: power"
+        if mode == "dhcp":
+            return {m.lower() for m in self.task.node.macs}, ""
+        dynamic = {
+            str(net["mac"]).lower()
+            for net in self.plan.networks.values()
+            if net.get("type") == "dynamic" and net.get("mac")
+        }
+        served = {
+            str(e.data.get("mac", "")).lower()
+            for e in self.store.events(self.node, after_id=int(state.get("deploy_after", 0)), kinds=[DHCP_EVENT])
+            if e.id <= int(state["boot_after"])
+        }
+        watch = dynamic & served
+        if watch:
+            return watch, ""
+        if not dynamic:
+            return set(), "no dynamic network: its OS configures static addresses, nothing to wait for"
+        return set(), "its dynamic networks' NICs got no lease from metal serve during the deploy"
 
 
 class _WaitPhoneHome(_Step):
@@ -636,7 +730,7 @@ class _WaitPhoneHome(_Step):
 
     def run(self, state: dict[str, Any]) -> None:
         if not self.p.config.phone_home:
-            states.apply(self.store, self.node, "done", self.p.who, "deployed (phone-home not awaited)")
+            states.apply(self.store, self.node, "done", self.p.who, "deployed: the server booted its disk")
             return
         timeout = self.p.config.timeouts.phone_home
         deadline = time.monotonic() + timeout
@@ -670,7 +764,7 @@ class _WaitPhoneHome(_Step):
 def _steps(provider: BareMetalProvider, task: Task, plan: _VmPlan) -> list[_Step]:
     return [
         cls(provider, task, plan)
-        for cls in (_Release, _WriteConfigDrive, _RecordVm, _Deploy, _BootToDisk, _WaitPhoneHome)
+        for cls in (_Release, _WriteConfigDrive, _RecordVm, _Deploy, _BootToDisk, _WaitBooted, _WaitPhoneHome)
     ]
 
 
@@ -678,6 +772,42 @@ def _steps(provider: BareMetalProvider, task: Task, plan: _VmPlan) -> list[_Step
 def _plan_text(node: Node) -> str:
     plan = node.plan
     return f"{plan.get('arch', '?')}, {plan.get('cpus', '?')} CPU, {plan.get('memory_mib', '?')} MiB"
+
+
+#: What udev keeps of a character in a ``/dev/disk/by-id`` link name (``udev_replace_chars``: the rest becomes ``_``).
+_UDEV_KEEP = re.compile(r"[^0-9A-Za-z#+\-.:=@_]")
+
+
+def _udev(text: str) -> str:
+    return _UDEV_KEEP.sub("_", text.strip())
+
+
+def by_id_path(disk: Mapping[str, Any]) -> str | None:
+    """The ``/dev/disk/by-id`` link udev (systemd's ``60-persistent-storage.rules``) makes in the installed OS for a
+    plan disk (``name``, ``serial``, ``wwn``, ``model``, as enrolled or as the ramdisk reports them), or None when
+    the fields do not determine one: ``virtio-<serial>`` for ``vd*``, ``nvme-<model>_<serial>`` for ``nvme*``,
+    ``wwn-0x<wwn>`` for any disk with a WWN (``0x…`` or ``naa.…`` as sysfs shows it)."""
+    name = str(disk.get("name") or "").removeprefix("/dev/")
+    serial = str(disk.get("serial") or "").strip()
+    model = str(disk.get("model") or "").strip()
+    wwn = str(disk.get("wwn") or "").strip().lower()
+    if name.startswith("vd") and serial:
+        return f"/dev/disk/by-id/virtio-{_udev(serial)}"
+    if name.startswith("nvme") and serial and model:
+        return f"/dev/disk/by-id/nvme-{_udev(model)}_{_udev(serial)}"
+    for prefix in ("0x", "naa."):
+        if wwn.startswith(prefix) and len(wwn) > len(prefix):
+            return f"/dev/disk/by-id/wwn-0x{_udev(wwn[len(prefix) :])}"
+    return None
+
+
+def system_disk_hint(root: Mapping[str, Any]) -> str:
+    """``disks.system`` of the agent settings: the root disk's stable by-id path, else its enrolled kernel name.
+
+    A stock bosh-agent finds its root disk from the ``/`` mount, not from this field; it is what operators and
+    tools read, so it names the disk the way every boot of the server resolves the same (``/dev/sdX`` kernel names
+    change with probe order on real servers; by-id names do not)."""
+    return by_id_path(root) or str(root.get("name") or "")
 
 
 def _root_disk(node: Node) -> dict[str, Any]:

@@ -222,9 +222,14 @@ def _pdeathsig_hook() -> Callable[[], None]:
 class DnsmasqProcess:
     """One dnsmasq child: start (wait until it serves), reload host entries, stop (and remove its files)."""
 
-    def __init__(self, config: DnsmasqConfig, binary: str = DNSMASQ) -> None:
+    def __init__(
+        self, config: DnsmasqConfig, binary: str = DNSMASQ, on_line: Callable[[str], None] | None = None
+    ) -> None:
+        """``on_line`` gets every line dnsmasq logs (without its ``dnsmasq-dhcp[pid]:`` prefix), on the log pump
+        thread (``metal serve`` turns DHCPACK lines into ``dhcp`` events: ``dhcp_seen.py``)."""
         self.config = config
         self.binary = binary
+        self.on_line = on_line
         self.proc: subprocess.Popen[str] | None = None
         self._pump: threading.Thread | None = None
         self._started = threading.Event()
@@ -292,6 +297,8 @@ class DnsmasqProcess:
             if not self._started.is_set():
                 self._tail.append(text.removeprefix("dnsmasq: "))
             log.info("%s: %s", name, text)
+            if self.on_line is not None:
+                self.on_line(text)
 
     def update_hosts(self, entries: Iterable[tuple[str, str]]) -> bool:
         """Rewrite the host entries for ``(mac, node)`` pairs; True if they changed. A running dnsmasq is not

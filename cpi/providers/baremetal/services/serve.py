@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from cpi.providers.baremetal.serve_cli import add_arguments
+from cpi.providers.baremetal.services import dhcp_seen
 from cpi.providers.baremetal.services import dnsmasq as dnsmasq_mod
 from cpi.providers.baremetal.services.dnsmasq import DnsmasqConfig, DnsmasqError, DnsmasqProcess
 from cpi.providers.baremetal.services.http import MetalHTTPServer
@@ -306,7 +307,7 @@ class StepDnsmasq:
             log_dhcp=options.log_dhcp,
             router_advertisements=bool(state.get("ipv6")),
         )
-        proc = DnsmasqProcess(config)
+        proc = DnsmasqProcess(config, on_line=dhcp_seen.recorder(state["store"]))  # DHCPACK -> "dhcp" events
         state["dnsmasq"] = proc
         entries = _enrolled_macs(state["store"])
         proc.update_hosts(entries)
