@@ -637,8 +637,9 @@ def _packages_txt(rows: list[tuple[str, str, str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _build(root: Path, inputs: Inputs, work: Path, steps: _Steps) -> Path:
-    """Build into ``work``; return the finished output directory (``work/image``)."""
+def _build(root: Path, inputs: Inputs, work: Path, steps: _Steps, *, phone_home: bool = True) -> Path:
+    """Build into ``work``; return the finished output directory (``work/image``). ``phone_home=False`` bakes
+    ``/etc/stemforge/no-phone-home`` into the root: the agent then reads and prints the config drive only."""
     out = work / "image"
     (out / "qcow2").mkdir(parents=True)
     (out / "raw").mkdir(parents=True)
@@ -720,6 +721,8 @@ def _build(root: Path, inputs: Inputs, work: Path, steps: _Steps) -> Path:
         (etc / "resolv.conf").write_text("")
         (etc / "fstab").write_text(f"LABEL={ROOT_LABEL} / ext4 rw 0 1\n")
         (etc / "stemforge/modules.load").write_text("".join(m + "\n" for m in root_mods))
+        if not phone_home:  # the agent.sh guard: behave like a stock agent that calls nothing of ours
+            (etc / "stemforge/no-phone-home").write_text("built with phone_home=False: the agent never phones home\n")
         (etc / "stemforge/image.json").write_text(
             json.dumps(
                 {
@@ -909,7 +912,11 @@ def _clean_stale(root: Path) -> None:
 
 
 def build_test_image(
-    cache_dir: Path | None = None, *, fmt: str = "qcow2", progress: Callable[[str], None] | None = None
+    cache_dir: Path | None = None,
+    *,
+    fmt: str = "qcow2",
+    progress: Callable[[str], None] | None = None,
+    phone_home: bool = True,
 ) -> Path:
     """Build (once) the test stemcell disk image and return the path of its ``root.img``.
 
@@ -920,7 +927,9 @@ def build_test_image(
     with an existing image returns at once.  Treat the file as read-only (boot it through a
     qcow2 overlay or a copy).  Concurrent callers are safe.  ``progress`` receives one line
     per step with the elapsed time.  Any failure removes the build's temporary files and
-    raises :class:`ImageBuildError` naming the step.
+    raises :class:`ImageBuildError` naming the step.  ``phone_home=False`` builds the variant whose
+    agent never phones home (cached under ``<key>-no-phone-home``): a stand-in for a stock stemcell
+    on bare metal, whose agent only reads the config drive.
     """
     if fmt not in ("qcow2", "raw"):
         raise ValueError(f"fmt must be 'qcow2' or 'raw', not {fmt!r}")
@@ -929,7 +938,7 @@ def build_test_image(
         root = _cache_root(cache_dir)
         inputs = _resolve_inputs(root)
         key = _cache_key(inputs)
-    final = root / "images" / key
+    final = root / "images" / (key if phone_home else f"{key}-no-phone-home")
     result = final / fmt / "root.img"
     if result.is_file():
         steps.say(f"cached: {result}")
@@ -943,7 +952,7 @@ def build_test_image(
         try:
             if final.exists():  # incomplete or damaged: move it out of the way, then rebuild
                 os.replace(final, work / "damaged")
-            built = _build(root, inputs, work, steps)
+            built = _build(root, inputs, work, steps, phone_home=phone_home)
             with steps.step("publish", str(final)):
                 os.replace(built, final)
         finally:
@@ -980,13 +989,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--format", choices=("qcow2", "raw"), default="qcow2")
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("-q", "--quiet", action="store_true")
+    ap.add_argument("--no-phone-home", action="store_true", help="the variant whose agent never phones home")
     args = ap.parse_args(argv)
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     try:
-        path = build_test_image(args.cache_dir, fmt=args.format, progress=None if args.quiet else say)
+        path = build_test_image(
+            args.cache_dir, fmt=args.format, progress=None if args.quiet else say, phone_home=not args.no_phone_home
+        )
     except ImageBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
