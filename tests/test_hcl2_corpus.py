@@ -44,8 +44,6 @@ def test_corpus_validates_as_packer_does(name: str, capsys: pytest.CaptureFixtur
         assert text.count("Error: ") <= 2, text  # each missing component reported once
 
 
-@pytest.mark.xfail(strict=True, reason="the runner's name rule refuses names that merely contain a sensitive "
-                                       "literal ('ubuntu'); Packer accepts this template (see tests/corpus/README)")
 def test_ubuntu_autoinstall_with_a_common_word_as_password(capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(CORPUS)

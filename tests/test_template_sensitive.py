@@ -54,10 +54,14 @@ def test_taint_derive_record_and_mask_contract() -> None:
     values.record(taint("HUNTER2"))
     assert values.mask("HUNTER2-SECRET-VALUE") == "<sensitive>"  # the longest match wins
     assert values.mask_value({"a": [y], y: 1}) == {"a": ["<sensitive>"], "<sensitive>": 1}
-    config = {"output": taint("out"), "vm_name": "plain", "destinations": [{"path": f"/srv/{y}"}],
+    config = {"output": taint("out"), "vm_name": "plain", "destinations": [{"path": derive(f"/srv/{y}", y)}],
               "content": y, "ssh_username": y}
     assert sensitive_name_keys(config, values.mask) == [("output", "<sensitive>"),
                                                         ("destinations[0].path", "/srv/<sensitive>")]
+    # a name that merely contains a sensitive literal as text ("ubuntu" as password, "ubuntu-22.04" as name) is
+    # not derived from it: only the taint decides (Packer accepts such templates)
+    values.add_literal("ubuntu")
+    assert sensitive_name_keys({"vm_name": "ubuntu-22.04"}, values.mask) == []
 
 
 # -- the Go template engine -----------------------------------------------------------------------------------

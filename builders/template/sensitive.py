@@ -163,9 +163,9 @@ class SensitiveValues:
 
 def sensitive_name_keys(config: Any, mask: Callable[[str], str], path: str = "") -> list[tuple[str, str]]:
     """``(key path, masked value)`` for each key in ``config`` (``destinations[1].path``) that names a file,
-    directory, image or artifact (``NAME_KEY``) and whose value is tainted or shows a sensitive string (``mask``
-    changes it; pass the template's ``mask`` so that every front end's secrets count). The value is returned only
-    masked (wholly ``<sensitive>`` when masking would leave it unchanged)."""
+    directory, image or artifact (``NAME_KEY``) and whose value is tainted (derived from a sensitive value; a name
+    that merely contains a sensitive literal as text, e.g. ``ubuntu-22.04`` beside the password ``ubuntu``, is
+    not). The value is returned only masked with ``mask`` (wholly ``<sensitive>`` when masking leaves it unchanged)."""
     found: list[tuple[str, str]] = []
     if isinstance(config, Mapping):
         for key, value in config.items():
@@ -173,7 +173,7 @@ def sensitive_name_keys(config: Any, mask: Callable[[str], str], path: str = "")
             texts = list(_strings(value))
             masked = [mask(text) for text in texts]
             if isinstance(key, str) and NAME_KEY.search(key) and isinstance(value, str | list | tuple) and (
-                    is_tainted(value) or masked != texts):
+                    is_tainted(value)):
                 shown = ", ".join(m if m != t else MASK for m, t in zip(masked, texts, strict=True))
                 found.append((sub, shown))
             elif isinstance(value, Mapping | list | tuple):
