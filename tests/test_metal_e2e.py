@@ -76,7 +76,7 @@ def make_cpi(lab: Lab, root: Path, **overrides: Any) -> LibvirtCpi:
 
     config = json.loads(lab.cpi_config_path.read_text())
     section = config["cloud"]["properties"]["baremetal"]
-    section["timeouts"] = {"power": 120, "deploy": 420, "phone_home": 420, "clean": 420}
+    section["timeouts"] = {"power": 120, "deploy": 420, "boot_to_disk": 420, "phone_home": 420, "clean": 420}
     section["bmc"] = {"min_interval_s": 0.1}
     for key, value in overrides.items():
         if isinstance(value, dict):
