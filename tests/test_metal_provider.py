@@ -401,3 +401,43 @@ def test_dhcp_seen_turns_dnsmasq_acks_into_node_events(tmp_path: Path) -> None:
     assert [e.data for e in events] == [
         {"kind": "dhcp", "mac": "52:54:00:aa:bb:cc", "ip": "10.0.0.5", "interface": "br0"}
     ]
+
+
+def test_which_dhcp_requests_prove_the_boot(tmp_path: Path) -> None:
+    """boot_check's choice of NICs: power → none; dhcp → every NIC of the server; auto → the VM's dynamic
+    networks' NICs that got a lease from metal serve during the deploy (only leases before the reboot mark count),
+    none (power state alone) for manual networks or NICs another DHCP server serves."""
+    from cpi.providers.baremetal.interfaces.base import Task
+    from cpi.providers.baremetal.provider import _VmPlan, _WaitBooted
+
+    state_dir = tmp_path / "metal"
+    store = MetalStore(state_dir)
+    macs = ("52:54:00:30:00:01", "52:54:00:30:00:02")
+    store.enroll(
+        [NodeSpec("n1", Bmc("redfish", "http://127.0.0.1:9", "n1", "u", "p"), macs,
+                  {"arch": "x86_64", "cpus": 1, "memory_mib": 512, "disks": [{"size_gib": 4}]})],
+        who="test",
+    )  # fmt: skip
+    provider = BareMetalProvider({"baremetal": {"state_dir": str(state_dir)}}, log)
+    task = Task(store, store.get_node("n1"), provider.config, log)
+    deploy_after = store.last_event_id("n1")
+    store.add_event("n1", "dhcp", {"mac": macs[0], "ip": "10.0.0.5"})  # iPXE / the ramdisk on NIC 0
+    boot_after = store.add_event("n1", "stage", {"stage": "done"})
+    store.add_event("n1", "dhcp", {"mac": macs[1], "ip": "10.0.0.6"})  # after the mark: not evidence of reach
+    state = {"deploy_after": deploy_after, "boot_after": boot_after}
+
+    def macs_for(mode: str, networks: dict[str, Any]) -> tuple[set[str], str]:
+        _config(provider, boot_check=mode)
+        plan = _VmPlan("vm-1", "agent", {}, {}, networks, {})
+        plan.networks = networks
+        return _WaitBooted(provider, task, plan)._dhcp_macs(state)
+
+    dyn0 = {"a": {"type": "dynamic", "mac": macs[0]}}
+    dyn1 = {"b": {"type": "dynamic", "mac": macs[1]}}
+    manual = {"m": {"type": "manual", "mac": macs[0], "ip": "10.0.0.9"}}
+    assert macs_for("power", dyn0) == (set(), "boot_check: power")
+    assert macs_for("dhcp", manual) == (set(macs), "")
+    assert macs_for("auto", dyn0) == ({macs[0]}, "")
+    assert macs_for("auto", {**dyn0, **dyn1}) == ({macs[0]}, "")
+    assert macs_for("auto", dyn1)[0] == set() and "no lease from metal serve" in macs_for("auto", dyn1)[1]
+    assert macs_for("auto", manual)[0] == set() and "no dynamic network" in macs_for("auto", manual)[1]
