@@ -31,12 +31,12 @@ XDIST_GROUPS: dict[str, tuple[str, ...]] = {
     "metal": ("test_metal_e2e.py", "test_metal_ramdisk.py", "test_benchmarks_smoke.py", "test_metal_ramdisk_bench.py",
               "test_metal_provider.py", "test_metal_interfaces.py", "test_metal_services_netns.py",
               "test_metal_inventory.py", "test_metal_lab.py", "test_metal_services_http.py",
-              "test_metal_hardening.py"),
+              "test_metal_hardening.py", "test_metal_inspect.py"),
     "debian": ("test_cpi_test_pp.py", "test_debian_builder.py", "test_qemu_builder_ssh.py",
                "test_debian_builder_failpoints.py", "test_debian_builder_template.py"),
 }
 LONGEST_FIRST = ("metal", "debian", "test_pipeline_run_jobs.py", "test_terraform_env.py",
-                 "test_libvirt_lifecycle.py", "test_aws_cpi_lifecycle.py", "test_amazon_ebs.py",
+                 "test_libvirt_lifecycle.py", "test_disk_hints.py", "test_aws_cpi_lifecycle.py", "test_amazon_ebs.py",
                  "test_release_pp_flow.py", "test_testimage.py", "test_libvirt_failures.py", "test_qemu_builder.py")
 
 

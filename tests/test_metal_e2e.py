@@ -142,7 +142,7 @@ def enroll(lab: Lab, names: list[str], tmp: Path) -> None:
     inventory["nodes"] = [n for n in inventory["nodes"] if n["name"] in names]
     path = tmp / f"inventory-{len(names)}-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(inventory))
-    for verb in (["enroll", str(path)], ["manage", *names], ["provide", "--skip-cleaning", *names]):
+    for verb in (["enroll", str(path)], ["manage", "--no-inspect", *names], ["provide", "--skip-cleaning", *names]):
         proc = metal(lab, *verb)
         assert proc.returncode == 0, f"metal {verb[0]}: {proc.stderr}"
         assert lab.servers[0].password not in proc.stdout + proc.stderr

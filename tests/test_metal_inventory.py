@@ -1,6 +1,7 @@
 """``stemforge metal`` inventory verbs end to end (in-process CLI) against a real sushy-emulator (fake driver):
 enroll validation naming the field with nothing half-enrolled, list/show with credentials masked, manage reading the
-BMC (unreachable -> maintenance with the reason), provide/clean through the deploy interface, maintenance."""
+BMC (unreachable -> maintenance with the reason) then inspecting (unless --no-inspect), provide/clean through the
+deploy interface, maintenance."""
 
 from __future__ import annotations
 
@@ -136,7 +137,7 @@ def test_manage_provide_clean_maintenance(
     assert run(capsys, "enroll", write(tmp_path, inventory(emulator.url)), "--state-dir", sd)[0] == 0
     status, _, err = run(capsys, "provide", "node-a", "--state-dir", sd)
     assert status == 1 and "node 'node-a' is in state 'enroll': cannot provide (allowed in this state: manage)" in err
-    status, out, err = run(capsys, "manage", "node-a", "node-b", "--state-dir", sd)
+    status, out, err = run(capsys, "manage", "node-a", "node-b", "--no-inspect", "--state-dir", sd)
     assert status == 0, err
     assert "node-a: manage: manageable" in out and "node-b: manage: manageable" in out
     store = MetalStore(sd)
@@ -170,7 +171,7 @@ def test_cleaning_failure_is_clean_failed_with_the_reason(
 ) -> None:
     sd = str(tmp_path / "sd")
     assert run(capsys, "enroll", write(tmp_path, inventory(emulator.url, nodes=1)), "--state-dir", sd)[0] == 0
-    assert run(capsys, "manage", "node-a", "--state-dir", sd)[0] == 0
+    assert run(capsys, "manage", "node-a", "--no-inspect", "--state-dir", sd)[0] == 0
     store = MetalStore(sd)
     player = ramdisk_player(
         store, "node-a",
@@ -194,3 +195,62 @@ def test_manage_with_bmc_down_goes_to_maintenance(tmp_path: Path, capsys: pytest
     assert status == 1 and "unreachable" in err and PASSWORD not in err
     node = MetalStore(sd).get_node("node-a")
     assert node.provision_state == "enroll" and node.maintenance and "unreachable" in node.maintenance_reason
+
+
+INVENTORY_REPORT: dict[str, Any] = {
+    "inventory": {
+        "disks": [
+            {"name": "vda", "device": "/dev/vda", "size": 4 << 30, "serial": "node-a-root", "model": "",
+             "vendor": "0x1af4", "wwn": "", "rotational": True, "hctl": "",
+             "by_path": "/dev/disk/by-path/pci-0000:00:04.0"},
+        ],
+        "nics": [
+            {"name": "eth0", "mac": "52:54:00:00:00:01", "link": True, "speed_mbps": None, "driver": "virtio_net"},
+        ],
+        "cpu": {"count": 1, "arch": "x86_64", "model": "QEMU Virtual CPU"},
+        "memory": {"total_bytes": 500 << 20, "physical_mib": 512},
+        "boot": {"mode": "bios"},
+        "firmware": {"bios_vendor": "SeaBIOS", "sys_vendor": "QEMU"},
+        "kernel": "6.1.0",
+    }
+}  # fmt: skip
+
+
+def test_manage_inspects_show_prints_it_and_a_bad_report_is_inspect_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], emulator: Emulator
+) -> None:
+    sd = str(tmp_path / "sd")
+    assert run(capsys, "enroll", write(tmp_path, inventory(emulator.url, nodes=1)), "--state-dir", sd)[0] == 0
+    store = MetalStore(sd)
+    player = ramdisk_player(
+        store, "node-a",
+        [("stage", {"stage": "booted", "ok": True}), ("stage", {"stage": "inspected", "ok": True}),
+         ("result", {"stage": "done", "ok": True, "data": INVENTORY_REPORT})],
+    )  # fmt: skip
+    status, out, err = run(capsys, "manage", "node-a", "--state-dir", sd)
+    player.join(10)
+    assert status == 0, err
+    assert "node-a: manage: manageable" in out and "inspected: bios, 1 x86_64 CPU(s), 512 MiB" in out
+    assert store.job("node-a") is None and store.get_node("node-a").provision_state == "manageable"
+    verbs = [(t.verb, t.to_state) for t in store.transitions("node-a")]
+    assert verbs[-5:] == [("manage", "manageable"), ("inspect", "inspecting"), ("wait", "inspect wait"),
+                          ("resume", "inspecting"), ("done", "manageable")]  # fmt: skip
+    status, out, _ = run(capsys, "show", "node-a", "--state-dir", sd)
+    shown = json.loads(out)["inspection"]
+    assert shown["disks"] == INVENTORY_REPORT["inventory"]["disks"] and shown["boot"] == {"mode": "bios"}
+    assert shown["ts"].endswith("Z") and 0 <= shown["age_s"] < 60
+    first = store.inspection("node-a")
+    assert first is not None
+    # a report that is not an inventory: inspect failed naming the field, the old inspection kept, then manage
+    bad = json.loads(json.dumps(INVENTORY_REPORT))
+    bad["inventory"]["disks"][0]["size"] = "4G"
+    player = ramdisk_player(store, "node-a", [("result", {"stage": "done", "ok": True, "data": bad})])
+    status, _, err = run(capsys, "inspect", "node-a", "--state-dir", sd)
+    player.join(10)
+    assert status == 1 and "inspecting node node-a failed" in err and "inventory/disks/0/size" in err, err
+    node = store.get_node("node-a")
+    assert node.provision_state == "inspect failed" and "inventory/disks/0/size" in node.last_error
+    assert store.inspection("node-a") == first and store.job("node-a") is None
+    status, _, err = run(capsys, "provide", "node-a", "--state-dir", sd)
+    assert status == 1 and "allowed in this state: inspect, manage" in err
+    assert run(capsys, "manage", "node-a", "--no-inspect", "--state-dir", sd)[0] == 0

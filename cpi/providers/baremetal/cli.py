@@ -1,8 +1,9 @@
 """``stemforge metal``: bare-metal servers (inventory and state verbs), the provisioning services and the lab.
 
 Inventory verbs (each takes ``--state-dir``, default ``$STEMFORGE_METAL_STATE_DIR`` or /var/lib/stemforge/metal):
-``enroll FILE``, ``list``, ``show NAME``, ``manage NAME...``, ``provide NAME... [--skip-cleaning]``,
-``clean NAME...``, ``undeploy NAME...``, ``maintenance set|unset NAME [--reason TEXT]``. The work is in
+``enroll FILE``, ``list``, ``show NAME``, ``manage NAME... [--no-inspect]``, ``inspect NAME...``,
+``provide NAME... [--skip-cleaning]``, ``clean NAME...``, ``undeploy NAME...``,
+``maintenance set|unset NAME [--reason TEXT]``. The work is in
 ``inventory.py``, imported only when a verb runs (every ``stemforge`` command builds this parser).
 Credentials are shown as ``***``.
 """
@@ -62,10 +63,22 @@ def _register_inventory(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     _state_dir_arg(p)
     p.set_defaults(handler=_show)
 
-    p = sub.add_parser("manage", help="Verify each server's BMC answers (power-state read): enroll → manageable.")
+    p = sub.add_parser(
+        "manage", help="Verify each server's BMC answers (power-state read): enroll → manageable; then inspect it."
+    )
     p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--no-inspect", action="store_true", help="skip the inspection (the ramdisk's hardware report)")
+    p.add_argument("--timeout", type=float, default=600.0, help="inspection bound in seconds (default 600)")
     _state_dir_arg(p)
     p.set_defaults(handler=_manage)
+
+    p = sub.add_parser(
+        "inspect", help="Boot the ramdisk on manageable servers and record their hardware (disks, NICs, CPU, ...)."
+    )
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--timeout", type=float, default=600.0, help="inspection bound in seconds (default 600)")
+    _state_dir_arg(p)
+    p.set_defaults(handler=_inspect)
 
     p = sub.add_parser("provide", help="Clean each server through the ramdisk and make it available.")
     p.add_argument("names", nargs="+", metavar="NAME")
@@ -182,7 +195,11 @@ def _show(args: argparse.Namespace) -> int:
     node = store.node(args.name)
     if node is None:
         return _fail(f"node {args.name!r} is not enrolled")
+    from cpi.providers.baremetal import inspection
+
     out = node.public()
+    record = store.inspection(args.name)
+    out["inspection"] = inspection.public(record) if record is not None else None
     out["transitions"] = [
         {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t.ts)),
@@ -219,7 +236,21 @@ def _manage(args: argparse.Namespace) -> int:
     from cpi.providers.baremetal import inventory
 
     store, config, log, who = _open(args), _config(args), _logger(), _who()
-    return _each(args, "manage", lambda n: inventory.manage(store, config, n, log, who))
+
+    def manage(name: str) -> Any:
+        node = inventory.manage(store, config, name, log, who)
+        if args.no_inspect:
+            return node
+        return inventory.inspect(store, config, name, log, who, progress=_progress)
+
+    return _each(args, "manage", manage)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from cpi.providers.baremetal import inventory
+
+    store, config, log, who = _open(args), _config(args), _logger(), _who()
+    return _each(args, "inspect", lambda n: inventory.inspect(store, config, n, log, who, progress=_progress))
 
 
 def _provide(args: argparse.Namespace) -> int:

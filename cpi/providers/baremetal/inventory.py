@@ -306,6 +306,79 @@ def run_cleaning(task: Task, who: str, why: str) -> Node:
         raise
 
 
+def inspect(
+    store: MetalStore,
+    config: MetalConfig,
+    name: str,
+    log: logging.Logger,
+    who: str,
+    *,
+    progress: Progress | None = None,
+) -> Node:
+    """Ironic's inspection: manageable (or inspect failed) → inspecting → inspect wait → manageable, with the
+    hardware facts the ramdisk reported recorded in the store (``store.inspection``) with their time. Bounded by
+    the cleaning timeout. A failure → ``inspect failed`` with the reason (maintenance when the BMC is
+    unreachable), the server powered off, InventoryError."""
+    with _task(store, config, name, log, who) as task:
+        task.progress = progress
+        states.apply(store, name, "inspect", who, "inspection")
+        return run_inspection(task, who)
+
+
+def run_inspection(task: Task, who: str) -> Node:
+    """With the node in ``inspecting`` (lock held): boot the ramdisk in inspect mode, record its report."""
+    from cpi.providers.baremetal import inspection
+
+    name = task.node.name
+    store = task.store
+    timeout = task.config.timeouts.clean
+    try:
+        hw = hardware_for(task.refresh())
+        states.apply(store, name, "wait", who, "inspection: ramdisk job started", wait_s=timeout + 60)
+        events = _run_ramdisk(task, hw, "inspect", {"mode": "inspect", "heartbeat_s": task.config.heartbeat_s}, timeout)
+        inventory = inspection.parse_report(events[-1].get("data") or {}, name)
+        record = store.set_inspection(name, inventory)
+        states.apply(store, name, "resume", who, "ramdisk reported the hardware")
+        task.say(f"node {name}: inspected: {inspection.summary(record.data)}")
+        return states.apply(store, name, "done", who, f"inspected: {inspection.summary(record.data)}"[:500])
+    except (InterfaceError, inspection.InspectionError) as exc:
+        message = exc.message if isinstance(exc, InterfaceError) else str(exc)
+        if isinstance(exc, BmcUnreachable):
+            store.set_maintenance(name, True, message, who)
+        else:
+            _power_off_quietly(task)
+        if store.get_node(name).provision_state in (states.INSPECTING, states.INSPECT_WAIT):
+            states.apply(store, name, "fail", who, message, last_error=message)
+        raise InventoryError(f"inspecting node {name} failed: {message}") from None
+    except BaseException:
+        if store.get_node(name).provision_state in (states.INSPECTING, states.INSPECT_WAIT):
+            states.apply(store, name, "fail", who, "inspection interrupted", last_error="inspection interrupted")
+        raise
+
+
+def _run_ramdisk(
+    task: Task, hw: Any, kind: str, instructions: dict[str, Any], timeout_s: float
+) -> list[dict[str, Any]]:
+    """One ramdisk job as ``RamdiskDeploy`` runs them (job, one-time PXE, power on or reset, follow the events
+    to the result), then the job ended and the server powered off."""
+    from cpi.providers.baremetal.interfaces.base import POWER_ON
+    from cpi.providers.baremetal.interfaces.deploy_ramdisk import follow
+
+    after = task.store.last_event_id(task.node.name)
+    job = hw.boot.prepare_ramdisk(task, kind, instructions, timeout_s)
+    try:
+        task.say(f"node {task.node.name}: {kind}: ramdisk job ready, booting the server from the network")
+        if hw.power.get_power_state(task) == POWER_ON:
+            hw.power.reboot(task)
+        else:
+            hw.power.set_power_state(task, POWER_ON)
+        events = follow(task, job, after)
+    finally:
+        hw.boot.clean_up_ramdisk(task)
+    hw.power.set_power_state(task, "off")
+    return events
+
+
 def _power_off_quietly(task: Task) -> None:
     """Best effort after a failure: a server must not keep running a ramdisk or a half-written OS."""
     try:

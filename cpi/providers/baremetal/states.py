@@ -6,9 +6,11 @@
     available --deploy (claim)--> deploying <-> wait call-back --done--> active
     active | deploy failed --undeploy--> deleting --clean--> cleaning ... --done--> available
     manageable --clean--> cleaning ... --done--> manageable          (manual cleaning)
+    manageable --inspect--> inspecting <-> inspect wait --done--> manageable   (Ironic's inspection)
     -ing/wait states --fail--> deploy failed | clean failed
     wait call-back | clean wait --abort--> deploy failed | clean failed
     deploy failed --undeploy-->;  clean failed --manage--> manageable, --provide--> cleaning (again)
+    inspecting | inspect wait --fail/abort--> inspect failed --manage--> manageable, --inspect--> inspecting
 
 "-ing" states (deploying, cleaning, deleting) are worked on by a process holding the node's lock: if that process
 dies, ``reap`` finds the state without a lock holder and fails it. Wait states (wait call-back, clean wait) carry
@@ -36,12 +38,15 @@ DELETING = "deleting"
 CLEANING = "cleaning"
 CLEAN_WAIT = "clean wait"
 CLEAN_FAILED = "clean failed"
+INSPECTING = "inspecting"
+INSPECT_WAIT = "inspect wait"
+INSPECT_FAILED = "inspect failed"
 
 ALL_STATES = (ENROLL, MANAGEABLE, AVAILABLE, DEPLOYING, WAIT_CALLBACK, ACTIVE, DEPLOY_FAILED, DELETING, CLEANING,
-              CLEAN_WAIT, CLEAN_FAILED)  # fmt: skip
-WORKING_STATES = frozenset({DEPLOYING, CLEANING, DELETING})
-WAIT_STATES = frozenset({WAIT_CALLBACK, CLEAN_WAIT})
-FAILED_STATES = frozenset({DEPLOY_FAILED, CLEAN_FAILED})
+              CLEAN_WAIT, CLEAN_FAILED, INSPECTING, INSPECT_WAIT, INSPECT_FAILED)  # fmt: skip
+WORKING_STATES = frozenset({DEPLOYING, CLEANING, DELETING, INSPECTING})
+WAIT_STATES = frozenset({WAIT_CALLBACK, CLEAN_WAIT, INSPECT_WAIT})
+FAILED_STATES = frozenset({DEPLOY_FAILED, CLEAN_FAILED, INSPECT_FAILED})
 #: Default bound of a wait state (Ironic's default is 1800 s).
 DEFAULT_WAIT_S = 1800.0
 
@@ -74,6 +79,15 @@ TABLE: dict[tuple[str, str], tuple[str, str | None]] = {
     (CLEANING, "fail"): (CLEAN_FAILED, None),
     (CLEAN_WAIT, "fail"): (CLEAN_FAILED, None),
     (CLEAN_WAIT, "abort"): (CLEAN_FAILED, None),
+    (MANAGEABLE, "inspect"): (INSPECTING, MANAGEABLE),
+    (INSPECT_FAILED, "inspect"): (INSPECTING, MANAGEABLE),
+    (INSPECT_FAILED, "manage"): (MANAGEABLE, ""),
+    (INSPECTING, "wait"): (INSPECT_WAIT, None),
+    (INSPECT_WAIT, "resume"): (INSPECTING, None),
+    (INSPECTING, "done"): (_TARGET, ""),
+    (INSPECTING, "fail"): (INSPECT_FAILED, None),
+    (INSPECT_WAIT, "fail"): (INSPECT_FAILED, None),
+    (INSPECT_WAIT, "abort"): (INSPECT_FAILED, None),
 }
 
 

@@ -2,8 +2,9 @@
 
 CPI calls (host namespace), ``stemforge metal serve`` (inside the lab namespace) and the CLI all open the same file.
 It holds the inventory (nodes with their BMC, NIC MACs, hardware plan and root-device hints), each node's
-provision state, maintenance flag and claim, a transitions log (who/why/from/to/when), the ramdisk jobs with their
-tokens, the events the ramdisk and the booted OS report, and the provider's records (VMs, stemcells, disks).
+provision state, maintenance flag and claim, its last inspection (hardware facts with their time), a transitions
+log (who/why/from/to/when), the ramdisk jobs with their tokens, the events the ramdisk and the booted OS report,
+and the provider's records (VMs, stemcells, disks).
 
 Concurrency: every write is one short ``BEGIN IMMEDIATE`` transaction. A claim is one conditional
 ``UPDATE ... WHERE provision_state = 'available' AND NOT maintenance AND claimed_by IS NULL``: two processes can
@@ -32,7 +33,7 @@ from typing import Any
 
 from cpi.state import _safe_name, flock_file
 
-SCHEMA_VERSION = 2  # 2: phone_home_uses
+SCHEMA_VERSION = 3  # 2: phone_home_uses; 3: inspections
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS nodes (
@@ -114,6 +115,11 @@ CREATE TABLE IF NOT EXISTS stemcells (
     format TEXT NOT NULL,
     tags TEXT NOT NULL DEFAULT '{{}}',
     created_at REAL NOT NULL DEFAULT {_NOW}
+);
+CREATE TABLE IF NOT EXISTS inspections (
+    node TEXT PRIMARY KEY REFERENCES nodes(name) ON DELETE CASCADE,
+    data TEXT NOT NULL,
+    ts REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS disks (
     cid TEXT PRIMARY KEY,
@@ -241,11 +247,20 @@ class Job:
     """The work a ramdisk does for one node; at most one per node. ``token`` never appears in ``repr``."""
 
     node: str
-    kind: str  # "deploy" | "clean"
+    kind: str  # "deploy" | "clean" | "inspect"
     instructions: dict[str, Any]
     token: str = field(repr=False)
     created: float = 0.0
     deadline: float = 0.0
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """A node's last inspection: the hardware facts its ramdisk reported (``inspection.py`` checks them) and when."""
+
+    node: str
+    data: dict[str, Any]
+    ts: float
 
 
 @dataclass(frozen=True)
@@ -550,8 +565,8 @@ class MetalStore:
     # -- jobs and tokens (the ramdisk's side) -------------------------------------------------------------------
     def start_job(self, node: str, kind: str, instructions: Mapping[str, Any], timeout_s: float) -> Job:
         """Create the node's job with a new random token, replacing any previous job of the node."""
-        if kind not in ("deploy", "clean"):
-            raise StoreError(f"job kind must be 'deploy' or 'clean', not {kind!r}")
+        if kind not in ("deploy", "clean", "inspect"):
+            raise StoreError(f"job kind must be 'deploy', 'clean' or 'inspect', not {kind!r}")
         now = time.time()
         job = Job(node, kind, dict(instructions), secrets.token_urlsafe(32), now, now + timeout_s)
         with self._tx() as db:
@@ -620,6 +635,24 @@ class MetalStore:
         if row is None or not token:
             return False
         return hmac.compare_digest(str(row[0]).encode(), token.encode())
+
+    # -- inspections ------------------------------------------------------------------------------------------
+    def set_inspection(self, node: str, data: Mapping[str, Any], ts: float | None = None) -> Inspection:
+        """Record ``node``'s inspection (replacing the previous one); NodeNotFound for an unknown node."""
+        record = Inspection(node, dict(data), time.time() if ts is None else ts)
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM nodes WHERE name = ?", (node,)).fetchone() is None:
+                raise NodeNotFound(f"no node {node!r}")
+            db.execute(
+                "INSERT OR REPLACE INTO inspections (node, data, ts) VALUES (?,?,?)",
+                (node, json.dumps(record.data, sort_keys=True), record.ts),
+            )
+        return record
+
+    def inspection(self, node: str) -> Inspection | None:
+        """``node``'s last inspection, or None when it was never inspected."""
+        row = self._db.execute("SELECT data, ts FROM inspections WHERE node = ?", (node,)).fetchone()
+        return None if row is None else Inspection(node, json.loads(row["data"]), float(row["ts"]))
 
     # -- events -------------------------------------------------------------------------------------------------
     def add_event(self, node: str, kind: str, data: Mapping[str, Any]) -> int:

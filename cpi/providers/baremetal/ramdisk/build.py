@@ -87,7 +87,13 @@ RAMDISK_MODULES = (
 )
 
 #: Our guest files (all part of the cache key): source name -> path in the initramfs.
-SCRIPTS = {"init.sh": "init", "lib.sh": "sf/lib.sh", "deploy.sh": "sf/deploy.sh", "clean.sh": "sf/clean.sh"}
+SCRIPTS = {
+    "init.sh": "init",
+    "lib.sh": "sf/lib.sh",
+    "deploy.sh": "sf/deploy.sh",
+    "clean.sh": "sf/clean.sh",
+    "inspect.sh": "sf/inspect.sh",
+}
 #: Shared with the test stemcell: the udhcpc event script.
 UDHCPC_SCRIPT = Path(tib.__file__).resolve().parent / "udhcpc.sh"
 

@@ -8,8 +8,9 @@
 # Mounts the kernel filesystems, loads the modules in /etc/modules.load, leases an address with udhcpc on the first
 # NIC that reaches the API, fetches the instructions (GET $sf.api/instructions: one shell assignment per line, each
 # validated before it is sourced), reports stage "booted", heartbeats every SF_HEARTBEAT_S seconds in the
-# background and runs the mode: deploy (deploy.sh) or clean (clean.sh).  Any failure is reported as a "result"
-# event with ok=false naming the stage, and the ramdisk stays up (the provider powers the server off).
+# background and runs the mode: deploy (deploy.sh), clean (clean.sh) or inspect (inspect.sh).  Any failure is
+# reported as a "result" event with ok=false naming the stage, and the ramdisk stays up (the provider powers the
+# server off).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 umask 077
 
@@ -127,6 +128,10 @@ case "$SF_MODE" in
         . /sf/clean.sh
         clean_main
         ;;
-    *) fail instructions "SF_MODE must be deploy or clean, not '$SF_MODE'" ;;
+    inspect)
+        . /sf/inspect.sh
+        inspect_main
+        ;;
+    *) fail instructions "SF_MODE must be deploy, clean or inspect, not '$SF_MODE'" ;;
 esac
 stay_up

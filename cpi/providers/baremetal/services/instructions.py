@@ -50,7 +50,7 @@ KEYS: Final = (
 REQUIRED_FOR_DEPLOY: Final = ("image_url", "image_sha256", "image_size")
 ROOT_HINT_KEYS: Final = rh.HINT_ORDER
 IMAGE_FORMATS: Final = ("raw", "gzip")
-MODES: Final = ("deploy", "clean")
+MODES: Final = ("deploy", "clean", "inspect")
 #: Cleaning depth (``erase``, clean jobs only): ``metadata`` (default: config drives, every filesystem/RAID/LVM
 #: signature and ext superblock copy, first MiB, last 66 MiB) or ``full`` (also the whole disk: discard + zeroing).
 ERASE_MODES: Final = ("metadata", "full")

@@ -63,8 +63,8 @@ def ramdisk_script(base_url: str, node: str, kind: str, token: str, *, debug: bo
     base = check_base_url(base_url)
     if not _TOKEN_RE.match(token):
         raise ScriptError(f"the job token of node {node!r} is not URL-safe base64 of a sane length")
-    if kind not in ("deploy", "clean"):
-        raise ScriptError(f"job kind of node {node!r} must be 'deploy' or 'clean', not {kind!r}")
+    if kind not in ("deploy", "clean", "inspect"):
+        raise ScriptError(f"job kind of node {node!r} must be 'deploy', 'clean' or 'inspect', not {kind!r}")
     args = [
         f"initrd={INITRD_FILE}",
         "console=ttyS0",
