@@ -375,6 +375,16 @@ def test_root_device_is_chosen_by_the_jobs_hints_among_the_reported_disks(env: E
         resp = requests.post(url, json=body, headers={"X-Stemforge-Token": token}, timeout=10)
         assert resp.status_code == 400 and problem in resp.json()["error"]
     assert requests.post(url, json={"disks": disks}, timeout=10).status_code == 401
+    # inspected with these disks: the same set passes; a replaced disk fails naming both sides
+    inventory = {"disks": disks, "nics": [], "cpu": {"count": 1, "arch": "x86_64"}, "memory": {"total_bytes": 1},
+                 "boot": {"mode": "bios"}}  # fmt: skip
+    env.store.set_inspection("n1", inventory)
+    resp = requests.post(url, json={"disks": disks}, headers={"X-Stemforge-Token": token}, timeout=10)
+    assert resp.text == "SF_ROOT_DEVICE='vdb'\n"
+    swapped = [disks[0], {**disks[1], "serial": "NEW-1"}]
+    resp = requests.post(url, json={"disks": swapped}, headers={"X-Stemforge-Token": token}, timeout=10)
+    assert resp.text.startswith("SF_ROOT_ERROR='node n1: its disks changed since the inspection of 20")
+    assert "missing qm0001 (8.0 GiB); new NEW-1 (8.0 GiB); inspect it again" in resp.text
     env.store.end_job("n1")
     clean = env.store.start_job("n1", "clean", {"mode": "clean"}, timeout_s=60).token
     resp = requests.post(url, json={"disks": disks}, headers={"X-Stemforge-Token": clean}, timeout=10)

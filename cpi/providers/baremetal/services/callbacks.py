@@ -7,7 +7,8 @@ Routes (all under ``/v1/nodes/<node>/``, token in the ``X-Stemforge-Token`` head
 * ``POST events`` (job token): ``{"kind": "heartbeat"|"stage"|"result"|"bench", "stage": str, "ok": bool,
   "message": str, "data": {...}}``; stored as-is with ``add_event(node, kind, body)``; answers 204.
 * ``POST root-device`` (job token of a deploy job): ``{"disks": [...]}`` as the ramdisk sees them; answers
-  ``text/plain`` ``SF_ROOT_DEVICE='vda'`` or ``SF_ROOT_ERROR='...'`` (:func:`.instructions.render_root_device`).
+  ``text/plain`` ``SF_ROOT_DEVICE='vda'`` or ``SF_ROOT_ERROR='...'`` (:func:`.instructions.render_root_device`;
+  also an error when the node's last inspection recorded other disks: a hardware change fails the deploy).
 * ``POST phone-home`` (phone-home token): any JSON object (what the booted OS read from its config drive); stored
   as event kind ``phone-home``; answers 204.
 
@@ -192,8 +193,10 @@ class Callbacks:
         if job.kind != "deploy":
             raise CallbackError(HTTPStatus.CONFLICT, f"node {caller.node!r} has a {job.kind} job, not a deploy job")
         report = parse_json_object(body, "root-device")
+        record = self.store.call(lambda s: s.inspection(caller.node))
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.ts)) if record is not None else ""
         try:
-            text = render_root_device(job.node, job.instructions, report)
+            text = render_root_device(job.node, job.instructions, report, record.data if record else None, when)
         except ValueError as exc:
             raise CallbackError(HTTPStatus.BAD_REQUEST, f"root-device: {exc}") from None
         log.info("node %s root device: %s", caller.node, text.strip())

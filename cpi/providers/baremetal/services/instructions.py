@@ -173,11 +173,31 @@ def parse_disk_report(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     return checked
 
 
-def render_root_device(node: str, instructions: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+def render_root_device(
+    node: str,
+    instructions: Mapping[str, Any],
+    report: Mapping[str, Any],
+    inspected: Mapping[str, Any] | None = None,
+    inspected_at: str = "",
+) -> str:
     """The answer to a deploy ramdisk's ``POST root-device``: ``SF_ROOT_DEVICE='<kernel name>'`` for the disk the
     job's ``root_hints`` select among the reported disks (Ironic's rules, :mod:`..root_hints`), else
-    ``SF_ROOT_ERROR='<why, naming the hints and every disk seen>'``. A malformed report raises ValueError."""
+    ``SF_ROOT_ERROR='<why, naming the hints and every disk seen>'``. A malformed report raises ValueError.
+
+    Hardware changes: when the node was inspected (``inspected``: its recorded inventory), the disks found now
+    must be the inspected ones (by serial, or kernel name without one, and size); otherwise the answer is an
+    ``SF_ROOT_ERROR`` naming what was added and what is missing, so the deploy fails before writing."""
+    from cpi.providers.baremetal.inspection import disk_set
+
     disks = parse_disk_report(report)
+    if inspected is not None:
+        before, now = disk_set(inspected), disk_set({"disks": disks})
+        if before != now:
+            gone = ", ".join(f"{k} ({v / rh.GIB:.1f} GiB)" for k, v in before if (k, v) not in now) or "none"
+            new = ", ".join(f"{k} ({v / rh.GIB:.1f} GiB)" for k, v in now if (k, v) not in before) or "none"
+            why = (f"node {node}: its disks changed since the inspection{' of ' + inspected_at if inspected_at else ''}"
+                   f": missing {gone}; new {new}; inspect it again (stemforge metal inspect {node})")  # fmt: skip
+            return f"SF_ROOT_ERROR={shell_quote(why)}\n"
     try:
         chosen = rh.select_root_device(disks, instructions.get("root_hints"))
     except (rh.NoRootDevice, rh.RootHintsError) as exc:
