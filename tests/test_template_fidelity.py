@@ -478,3 +478,19 @@ def test_validate_only_unknown_is_not_an_error(tmp_path: Path, source: str, flag
     result = stemforge(["validate", *flags, str(template)], tmp_path)
     assert result.returncode == code, (source, result.stdout + result.stderr)
     assert needle in result.stdout + result.stderr, source
+
+
+PROVISIONER_WEAK = [
+    (DECODE_GO + " (provisioners share the decoder)", "shell",
+     {"inline": "echo a,echo b", "expect_disconnect": "true", "valid_exit_codes": "0,2300218", "skip_clean": ""},
+     {"inline": ["echo a", "echo b"], "expect_disconnect": True, "valid_exit_codes": [0, 2300218]}),
+    (DECODE_GO + " (provisioners share the decoder)", "file",
+     {"sources": "a.txt,b.txt", "destination": "/tmp/", "generated": "1"},
+     {"sources": ["a.txt", "b.txt"], "destination": "/tmp/", "generated": True}),
+]
+
+
+@pytest.mark.parametrize(("source", "type_name", "given", "expected"), PROVISIONER_WEAK, ids=["shell", "file"])
+def test_weak_decoding_reaches_provisioners(source: str, type_name: str, given: dict[str, Any],
+                                            expected: dict[str, Any]) -> None:
+    assert validate_options(load_provisioner(type_name), given, type_name) == expected, source
