@@ -274,6 +274,8 @@ def test_wrapper_writes_a_yaml_config_as_json(tmp_path: Path) -> None:
     response, modules = info_modules(wrapper, tmp_path)
     assert response["error"] is None and response["result"]["api_version"] >= 1
     assert "yaml" not in modules and "jsonschema" not in modules
+    # -S with the sys.path site made baked into bin/cpi: site (its .pth files, directory scans) is skipped
+    assert command(wrapper)[1] == "-IS" and "site" not in modules
 
     # before: the same YAML named as it is (as --skip-config-check still does) imports PyYAML on every call
     from cpi.wrapper import write_wrapper
@@ -322,6 +324,11 @@ def test_wrapper_is_a_python_script_unless_the_shebang_cannot_carry_the_path() -
     assert "CONFIG = \"/etc/cpi 'x'.json\"\n" in text  # any config path, as a Python literal
     assert render_direct("/opt/venv/bin/python", "/c.json", [], block_signals=False).startswith(  # type: ignore[union-attr]
         "#!/opt/venv/bin/python\n")
+    # -S with the sys.path site made, baked in; the flags as one #! argument
+    text = render_direct("/opt/venv/bin/python", "/c.json", ["-I", "-S"], block_signals=False,
+                         sys_path=["/opt/venv/lib/python3.11/site-packages", "/src"])
+    assert text is not None and text.startswith("#!/opt/venv/bin/python -IS\n")
+    assert "SYS_PATH = ['/opt/venv/lib/python3.11/site-packages', '/src']\nimport sys; sys.path[:] = SYS_PATH\n" in text
     # a blank, an '=' (env -S would take it for an assignment), quotes, or a line the kernel may cut: the shell form
     for python in ("/opt/my venv/bin/python", "/opt/a=b/bin/python", "/opt/it's/python", "/" + "v" * MAX_SHEBANG):
         assert render_direct(python, "/c.json", ["-I"], block_signals=True) is None

@@ -592,8 +592,9 @@ def test_wrapper_in_stripped_environment(cpi_config: Path, tmp_path: Path) -> No
     assert args.handler(args) == 0
     script = tmp_path / "job" / "bin" / "cpi"
     text = script.read_text()
-    # a Python script started by its #! line (no shell), through env --block-signal where env has it
-    first = f"{os.path.abspath(sys.executable)} -I\n"
+    # a Python script started by its #! line (no shell), through env --block-signal where env has it; -S: the
+    # sys.path site made is baked in
+    first = f"{os.path.abspath(sys.executable)} -IS\n"
     assert text.startswith((f"#!{first}", f"#!/usr/bin/env -S --block-signal=TERM,INT,HUP {first}"))
     assert os.access(script, os.X_OK)
     assert f"CONFIG = {str(cpi_config)!r}\n" in text

@@ -149,7 +149,7 @@ def test_core_venv_answers_info_and_runs_the_libvirt_lifecycle(
         proc = run([str(core_venv / "stemforge"), "cpi", "wrapper", "--config", str(config), "--out", str(job)])
         cpi.wrapper = Path(proc.stdout.strip())
         argv = command(cpi.wrapper)
-        assert argv[:2] == [str(core_venv / "python"), "-I"]
+        assert argv[:2] == [str(core_venv / "python"), "-IS"]  # isolated, site's sys.path baked in
         assert argv[-2:] == ["--config", str(job / "config" / "cpi.json")]
         assert json.loads((job / "config" / "cpi.json").read_text()) == json.loads(cpi.config_path.read_text())
 
