@@ -12,6 +12,11 @@ The ramdisk (``ramdisk/inspect.sh``) sends ``{"inventory": {...}}`` as the data 
 * ``cpu`` (``count``, ``arch``, ``model``), ``memory`` (``total_bytes`` = MemTotal, ``physical_mib`` = online
   memory blocks), ``boot`` (``mode``: ``uefi`` | ``bios``), ``firmware`` (DMI strings: ``bios_vendor``,
   ``bios_version``, ``bios_date``, ``sys_vendor``, ``product_name``, ``board_vendor``, ``board_name``), ``kernel``.
+
+Hardware changes: every deploy ramdisk reports the disks it finds (``POST root-device``) before it writes; when
+the node has an inspection, :func:`disk_set` of both (serial, or the kernel name of a disk without one, and size)
+must be equal, else the deploy fails at ``disk-select`` naming the missing and the new disks (a replaced, added or
+removed disk); ``stemforge metal inspect NODE`` records the new hardware.
 """
 
 from __future__ import annotations
