@@ -5,7 +5,9 @@ The director runs ``bin/cpi`` once per call and calls ``info`` before almost eve
 cost little more than the interpreter's own start-up. This script measures, each in a fresh process with the
 director's environment (``PATH=/usr/sbin:/usr/bin:/sbin:/bin`` only) and the same stdin:
 
-* the floors: ``<python> -c pass`` and ``<python> -I -c pass`` with the SAME interpreter (``sys.executable``);
+* the floors: ``<python> -c pass`` and ``<python> -I -c pass`` with the SAME interpreter (``sys.executable``), and
+  ``<python> -IS -c pass`` (no ``site``), reported because ``bin/cpi`` runs ``-IS`` with ``site``'s ``sys.path``
+  baked in;
 * ``info`` through the director-style wrapper ``bin/cpi`` (``cpi.wrapper.write_wrapper``, which runs ``python -I``)
   and through the venv's ``stemforge-cpi`` console script (``python`` without ``-I``);
 * ``info`` the README's way: ``stemforge cpi wrapper --config examples/cpi-libvirt.yml --out DIR`` run as a
@@ -208,6 +210,8 @@ def build_variants(wrapper: Path, console: Path | None, config: Path, readme: tu
     variants = [
         Variant("floor", f"floor: {Path(py).name} -c pass", [py, "-c", "pass"], INFO),
         Variant("floor-I", f"floor: {Path(py).name} -I -c pass", [py, "-I", "-c", "pass"], INFO),
+        # reported only: bin/cpi runs -IS (site's sys.path baked in by the wrapper), so this shows what is left
+        Variant("floor-IS", f"floor: {Path(py).name} -IS -c pass", [py, "-IS", "-c", "pass"], INFO),
         Variant("info-wrapper", "info via bin/cpi", [str(wrapper)], INFO, check_info, "floor-I", TARGET),
     ]
     if readme is not None:
