@@ -131,6 +131,8 @@ def _flow(cpi: LibvirtCpi, guest: Guest, *, gap: bool) -> None:
     if guest.ephemeral:
         eph = next(e for e in events if e.get("event") == "disk" and e.get("kind") == "ephemeral")
         assert (eph["device"], eph["resolved_by"], eph["mounted"]) == ("/dev/vdb", "mapped", "/var/vcap/data")
+    else:  # ephemeral: null - as bosh-agent, nothing to resolve (no "pending" ephemeral disk)
+        assert not [e for e in events if e.get("kind") == "ephemeral"], events
 
     # attach 1-2-3 (each attach rewrites the config drive; the agent re-reads it, as mount_disk does)
     hints = {}

@@ -590,7 +590,8 @@ apply_settings() {
     if [ -z "$BOOT_DONE" ]; then
         configure_networks
         report_system_disk
-        if jtype disks/ephemeral >/dev/null; then
+        # bosh-agent: no ephemeral disk path (absent or null) -> no ephemeral disk to resolve
+        if [ "$(jtype disks/ephemeral)" = s ] || [ "$(jtype disks/ephemeral)" = o ]; then
             mount_disk ephemeral ""
         fi
         BOOT_DONE=1
@@ -625,11 +626,6 @@ iso_sha256() {
 
 phone_home() {
     local url token macs nets cdsha body i status
-    # image built with phone_home=False (build.py): like a stock agent, read and print the config drive only
-    if [ -e /etc/stemforge/no-phone-home ]; then
-        emit "{\"event\":\"phone-home\",\"ok\":false,\"disabled\":true}"
-        return 0
-    fi
     [ -s "$RUN/meta_data.json" ] || return 0
     awk -f "$SF/json.awk" "$RUN/meta_data.json" >"$RUN/meta.flat" 2>/dev/null || return 0
     url=$(FLAT=$RUN/meta.flat; jget meta/phone_home_url) || return 0
