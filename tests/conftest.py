@@ -31,7 +31,7 @@ XDIST_GROUPS: dict[str, tuple[str, ...]] = {
     "metal": ("test_metal_e2e.py", "test_metal_ramdisk.py", "test_benchmarks_smoke.py", "test_metal_ramdisk_bench.py",
               "test_metal_provider.py", "test_metal_interfaces.py", "test_metal_services_netns.py",
               "test_metal_inventory.py", "test_metal_lab.py", "test_metal_services_http.py",
-              "test_metal_hardening.py"),
+              "test_metal_hardening.py", "test_metal_inspect.py"),
     "debian": ("test_cpi_test_pp.py", "test_debian_builder.py", "test_qemu_builder_ssh.py",
                "test_debian_builder_failpoints.py", "test_debian_builder_template.py"),
 }

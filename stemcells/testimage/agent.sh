@@ -626,6 +626,11 @@ iso_sha256() {
 
 phone_home() {
     local url token macs nets cdsha body i status
+    # image built with phone_home=False (build.py): like a stock agent, read and print the config drive only
+    if [ -e /etc/stemforge/no-phone-home ]; then
+        emit "{\"event\":\"phone-home\",\"ok\":false,\"disabled\":true}"
+        return 0
+    fi
     [ -s "$RUN/meta_data.json" ] || return 0
     awk -f "$SF/json.awk" "$RUN/meta_data.json" >"$RUN/meta.flat" 2>/dev/null || return 0
     url=$(FLAT=$RUN/meta.flat; jget meta/phone_home_url) || return 0
