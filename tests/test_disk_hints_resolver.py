@@ -243,3 +243,54 @@ def test_with_persistent_paths() -> None:
     out = agent_settings.with_persistent_paths(settings, {"a": "/dev/vdb", "b": "/dev/vdc", "gone": "/dev/vdq"})
     assert out["disks"]["persistent"] == {"a": {"id": "x", "path": "/dev/vdb"}, "b": "/dev/vdc"}
     assert settings["disks"]["persistent"]["a"]["path"] == "/dev/vdc", "the input is not modified"
+
+
+class _FakeDomain:
+    """What ``_guest_path`` asks of a libvirt domain: running or not, and (when not) its XML."""
+
+    def __init__(self, active: bool, xml: str = "<domain><devices/></domain>") -> None:
+        self.active, self.xml = active, xml
+
+    def isActive(self) -> bool:  # noqa: N802 - libvirt's name
+        return self.active
+
+    def XMLDesc(self, _flags: int) -> str:  # noqa: N802 - libvirt's name
+        return self.xml
+
+
+@pytest.mark.parametrize(("ephemeral", "others", "expected"), [
+    (None, {}, "/dev/vdb"),  # the issue: without an ephemeral disk the first hot-plugged disk is the guest's vdb
+    ({"path": "/dev/vdb", "id": "e"}, {}, "/dev/vdc"),
+    (None, {"a": {"id": "x", "path": "/dev/vdb"}, "c": {"id": "y", "path": "/dev/vdd"}}, "/dev/vdc"),  # the gap
+    (None, {"a": "/dev/vdb", "c": {"id": "y", "path": "/dev/vdc"}}, "/dev/vdd"),
+])
+def test_hint_path_is_the_lowest_free_name_of_a_running_guest(tmp_path: Path, ephemeral: object,
+                                                             others: dict[str, object], expected: str) -> None:
+    from cpi.providers.libvirt.provider import LibvirtProvider
+    from cpi.state import StateStore
+
+    provider = LibvirtProvider.__new__(LibvirtProvider)  # no libvirt connection needed for this part
+    provider.state = StateStore(tmp_path)
+    settings = {"disks": {"system": "/dev/vda", "ephemeral": ephemeral, "persistent": dict(others)}}
+    with provider.state.transaction() as tx:
+        tx.insert("vms", cid="vm-1", agent_id="a", stemcell_cid="sc", settings=settings, config_drive="/x-1.iso")
+    assert provider._guest_path("vm-1", _FakeDomain(True), "new", "serial") == expected
+    if others:  # a disk already listed keeps its name (attach_disk repeated)
+        cid, hint = next(iter(others.items()))
+        assert provider._guest_path("vm-1", _FakeDomain(True), cid, "s") == (hint if isinstance(hint, str)
+                                                                            else hint["path"])  # type: ignore[index]
+
+
+def test_hint_path_of_a_stopped_guest_is_its_boot_name(tmp_path: Path) -> None:
+    from cpi.providers.libvirt.provider import LibvirtProvider
+    from cpi.state import StateStore
+
+    provider = LibvirtProvider.__new__(LibvirtProvider)
+    provider.state = StateStore(tmp_path)
+    xml = ("<domain><devices>"
+           "<disk device='disk'><target dev='vda' bus='virtio'/><serial>r</serial>"
+           "<address type='pci' domain='0' bus='1' slot='0' function='0'/></disk>"
+           "<disk device='disk'><target dev='vdc' bus='virtio'/><serial>new</serial>"
+           "<address type='pci' domain='0' bus='5' slot='0' function='0'/></disk>"
+           "</devices></domain>")
+    assert provider._guest_path("vm-x", _FakeDomain(False, xml), "d", "new") == "/dev/vdb"
