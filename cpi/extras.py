@@ -28,7 +28,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
 #: Modules several extras bring (tenacity: libvirt, aws, metal, build): the component's own extra is named.
 SHARED_MODULES = frozenset({"tenacity", "requests", "urllib3", "certifi", "charset_normalizer", "idna", "bcrypt"})
 #: Our own top-level packages: a missing one is a broken installation, not a missing extra.
-FIRST_PARTY = frozenset({"cpi", "builders", "stemcells", "stemforge", "terraform", "ci"})
+FIRST_PARTY = frozenset({"cpi", "builders", "stemcells", "stemforge", "stemforge_base", "terraform", "ci"})
 
 
 class MissingExtra(ImportError):

@@ -53,6 +53,18 @@ def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+def packaged() -> list[str]:
+    """The top-level packages the wheel holds: directories matching ``[tool.setuptools.packages.find] include``."""
+    import fnmatch
+    import tomllib
+
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    found = sorted(d.name for d in REPO.iterdir() if (d / "__init__.py").is_file()
+                   and any(fnmatch.fnmatchcase(d.name, pattern) for pattern in patterns))
+    assert set(FIRST_PARTY) <= set(found), found
+    return found
+
+
 @pytest.fixture(scope="module")
 def core_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``bin`` directory of the package's ``libvirt`` venv (core + libvirt extra), built as described above."""
@@ -61,7 +73,7 @@ def core_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
-    for package in FIRST_PARTY:  # a copy: building in place would write build/ and egg-info into the shared tree
+    for package in packaged():  # a copy: building in place would write build/ and egg-info into the shared tree
         shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     run([*pip, "wheel", "-q", "--no-deps", "--wheel-dir", str(work / "dist"), str(src)])
