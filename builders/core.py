@@ -110,8 +110,15 @@ class Artifact:
     builder_type: str
     files: list[Path]
     artifact_id: str
-    #: Extra data: e.g. ``{"format": "qcow2", "regions": {"site-a": "<id>"}, "sha256": "..."}``.
+    #: Extra data (Packer's ``Artifact.State(name)``): e.g. ``{"format": "qcow2", "regions": {"site-a": "<id>"},
+    #: "sha256": "...", "tests": {...}}``. It travels down a post-processor chain: a post-processor that makes a new
+    #: artifact starts from ``carried_state`` so what an earlier one recorded (``cpi-test``'s results) reaches a later
+    #: one (``release``); there is no other channel between post-processors.
     state: dict[str, Any] = field(default_factory=dict)
+
+    def carried_state(self, **updates: Any) -> dict[str, Any]:
+        """A copy of this artifact's state with ``updates`` on top: the state of an artifact made from this one."""
+        return {**self.state, **updates}
 
     def describe(self) -> str:
         listing = "\n".join(f"  {f}" for f in self.files) or "  (no files)"

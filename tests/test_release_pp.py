@@ -21,7 +21,6 @@ from recording_ui import RecordingUi
 
 from builders.core import Artifact, BuildContext, ConfigError
 from builders.image_repo import serve_in_thread
-from builders.postprocessors.cpi_test import record_tests
 from builders.postprocessors.fanout import FanoutPostProcessor
 from builders.postprocessors.release import (
     MARKER_SUFFIX,
@@ -30,7 +29,7 @@ from builders.postprocessors.release import (
     ReleasePostProcessor,
 )
 from builders.registry import validate_options
-from stemforge.steps import Cancelled
+from stemforge.steps import FAILPOINTS_ENV, Cancelled, FailpointError
 
 PASSED = {"small": {"passed": True, "seconds": 20.5, "detail": "agent ready after 14.1s"},
           "large": {"passed": True, "seconds": 22.0, "detail": "agent ready after 15.0s"}}
@@ -52,12 +51,14 @@ def make_image(tmp_path: Path) -> Path:
     return image
 
 
-def publish(ctx: BuildContext, image: Path, destinations: list[dict[str, Any]],
-            name: str = "disk-1.0.qcow2") -> Artifact:
-    """A real fan-out of ``image``; its output artifact (which carries no test results of its own)."""
-    pp = FanoutPostProcessor({"destinations": destinations, "image_name": name, "retry_initial_delay": 0.05}, ctx)
+def publish(ctx: BuildContext, image: Path | list[Path], destinations: list[dict[str, Any]],
+            name: str = "disk-1.0.qcow2", state: dict[str, Any] | None = None, **options: Any) -> Artifact:
+    """A real fan-out of ``image``; its output artifact (carrying ``state``, the input artifact's state)."""
+    pp = FanoutPostProcessor({"destinations": destinations, "image_name": name, "retry_initial_delay": 0.05,
+                              **options}, ctx)
     pp.prepare()
-    out, _keep = pp.post_process(Artifact("packer.file", "img", "file", [image], "File"))
+    files = image if isinstance(image, list) else [image]
+    out, _keep = pp.post_process(Artifact("packer.file", "img", "file", files, "File", dict(state or {})))
     return out
 
 
@@ -92,10 +93,6 @@ def markers(paths: list[Path]) -> list[Path]:
 def test_refuses_an_untested_image(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path)
     published = publish(ctx, make_image(tmp_path), local_sites(tmp_path))
-    with pytest.raises(ReleaseError, match="refusing to release an untested image"):
-        release(ctx, published)
-    # test results of another image (another sha256) in the same run do not count
-    record_tests(ctx, "0" * 64, PASSED)
     with pytest.raises(ReleaseError, match="refusing to release an untested image"):
         release(ctx, published)
     assert markers([tmp_path / "site-a", tmp_path / "site-b"]) == []
@@ -171,19 +168,59 @@ def test_release_marks_every_copy_and_is_idempotent(tmp_path: Path) -> None:
     assert second.ui.text().count("already released") == 3
 
 
-def test_results_recorded_by_cpi_test_reach_release_after_fanout(tmp_path: Path) -> None:
-    """``fanout`` starts a fresh artifact state; release finds the results cpi-test recorded for the same bytes."""
+def test_test_results_travel_through_fanout_in_the_artifact_state(tmp_path: Path) -> None:
+    """cpi-test's results reach release only in the artifact's state, which fanout carries forward: the same bytes
+    published by a chain without them (same run, same build) are refused."""
     ctx = make_ctx(tmp_path)
     image = make_image(tmp_path)
-    record_tests(ctx, sha256_of(image), PASSED)
-    published = publish(ctx, image, local_sites(tmp_path))
-    assert "tests" not in published.state
+    tested = {"tests": PASSED, "tested_sha256": sha256_of(image), "tested_file": str(image), "format": "qcow2"}
+    published = publish(ctx, image, local_sites(tmp_path), state=tested)
+    assert published.state["tests"] == PASSED and published.state["tested_sha256"] == sha256_of(image)
+    assert published.state["format"] == "qcow2" and published.state["sha256"] == sha256_of(image)
     out = release(ctx, published)
-    assert out.state["released"] is True and set(out.state["tests"]) == {"small", "large"}
-    # another build (or another run) does not see them
-    other = make_ctx(tmp_path)
-    with pytest.raises(ReleaseError, match="untested"):
-        release(other, published)
+    assert out.state["released"] is True and out.state["tests"] == PASSED
+    assert out.state["regions"] == published.state["regions"]
+    untested = publish(ctx, image, local_sites(tmp_path / "other"))
+    assert "tests" not in untested.state
+    with pytest.raises(ReleaseError, match="refusing to release an untested image"):
+        release(ctx, untested)
+    assert markers([tmp_path / "other" / "site-a", tmp_path / "other" / "site-b"]) == []
+
+
+def test_a_fanout_of_another_file_than_the_tested_one_is_refused(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    image = make_image(tmp_path)
+    other = image.with_name("other.qcow2")
+    other.write_bytes(b"QFI\xfb" + os.urandom(1024 * 1024))
+    tested = {"tests": PASSED, "tested_sha256": sha256_of(image), "tested_file": str(image)}
+    published = publish(ctx, [image, other], local_sites(tmp_path), state=tested, source="other.qcow2")
+    with pytest.raises(ReleaseError, match=f"sha256 {sha256_of(other)}.*is not the image that was tested"):
+        release(ctx, published)
+    assert markers([tmp_path / "site-a", tmp_path / "site-b"]) == []
+
+
+@pytest.mark.parametrize("failpoint", ["after:mark_released:site-a", "after:mark_released:site-b",
+                                       "after:write_release_manifest"])
+def test_the_release_steps_are_undone_by_the_step_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         failpoint: str) -> None:
+    """Every step's cleanup runs in reverse when a failpoint fires after it: markers removed, the marker and the
+    manifest a release replaced restored."""
+    ctx = make_ctx(tmp_path)
+    published = publish(ctx, make_image(tmp_path), local_sites(tmp_path))
+    old_marker = tmp_path / "site-b" / f"disk-1.0.qcow2{MARKER_SUFFIX}"
+    old_marker.write_text('{"released": true, "sha256": "old"}\n')
+    manifest = tmp_path / "release.json"
+    manifest.write_text("{}\n")
+    monkeypatch.setenv(FAILPOINTS_ENV, failpoint)
+    with pytest.raises(FailpointError):
+        release(ctx, with_tests(published), release_manifest=str(manifest))
+    assert markers([tmp_path / "site-a", tmp_path / "site-b"]) == [old_marker]
+    assert old_marker.read_text() == '{"released": true, "sha256": "old"}\n'
+    assert manifest.read_text() == "{}\n"
+    monkeypatch.delenv(FAILPOINTS_ENV)
+    release(ctx, with_tests(published), release_manifest=str(manifest))
+    assert json.loads(manifest.read_text())["destinations"][1]["name"] == "site-b"
+    assert json.loads(old_marker.read_text())["released"] is True
 
 
 def test_a_failure_midway_removes_the_markers_already_written(tmp_path: Path) -> None:

@@ -42,12 +42,13 @@ def test_image() -> Path:
     return build_test_image()
 
 
-def build(cpi: LibvirtCpi, image: Path, out: Path, tmpdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def build(cpi: LibvirtCpi, image: Path, out: Path, tmpdir: Path, *extra: str,
+          template: Path = TEMPLATE) -> subprocess.CompletedProcess[str]:
     tmpdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", "stemforge.cli", "build", "-var", f"image={image}",
-         "-var", f"cpi_config={cpi.config_path}", "-var", f"out={out}", *extra, str(TEMPLATE)],
+         "-var", f"cpi_config={cpi.config_path}", "-var", f"out={out}", *extra, str(template)],
         cwd=out.parent, env=env, text=True, capture_output=True, timeout=BUILD_TIMEOUT, check=False)
 
 
@@ -67,11 +68,24 @@ def sha256_of(path: Path) -> str:
 
 
 def test_tested_on_every_plan_then_published_and_released(cpi: LibvirtCpi, test_image: Path) -> None:
+    """...and a second chain of the same build, ``[fanout, release]`` without ``cpi-test``, publishes the same bytes
+    but may not release them: test results travel only in the chain's artifact state."""
     out = cpi.root / "out"
     tmpdir = cpi.root / "tmp"
-    result = build(cpi, test_image, out, tmpdir)
+    template = json.loads(TEMPLATE.read_text())
+    template["post-processors"][0][1]["keep_input_artifact"] = True  # the tested file stays for the second chain
+    template["post-processors"].append([
+        {"type": "fanout", "image_name": "busybox-{{user `version`}}.qcow2",
+         "destinations": [{"type": "local", "name": "site-c", "path": "{{user `out`}}/site-c"}]},
+        {"type": "release"}])
+    two_chains = cpi.root / "two-chains.json"
+    two_chains.write_text(json.dumps(template))
+    result = build(cpi, test_image, out, tmpdir, template=two_chains)
     text = result.stdout + result.stderr
-    assert result.returncode == 0, text[-6000:]
+    assert result.returncode == 1, text[-6000:]
+    assert ("1 error(s) occurred:\n\n* Post-processor failed: release: refusing to release an untested image"
+            in text), text[-6000:]
+    assert (out / "site-c" / "busybox-0.1.0.qcow2").is_file() and not list((out / "site-c").glob("*.release.json"))
     # per-target progress with elapsed time, both plans deployed with their own cloud_properties
     assert "small [" in text and "large [" in text
     assert "create_vm cpu=1, ram=128" in text and "create_vm cpu=2, ephemeral_disk_size=64, ram=256" in text

@@ -29,9 +29,11 @@ removed: nothing is left in libvirt, the storage pool or on disk. Per-target pro
 
 The result is the input artifact (same files, kept) with ``state["tests"] = {target: {"passed", "seconds",
 "detail"}}`` and ``state["tested_sha256"]`` (the sha256 of the tested file, so ``release`` can prove it releases
-exactly the tested bytes). When ANY target fails, the post-processor raises BuildError naming every failing target
-and why (``image unreleased: target 'large' failed: no console match for 'login:' within 180s``): the rest of the
-chain (fan-out, release) never runs and nothing is published.
+exactly the tested bytes); the results travel down the chain in the artifact's state only (``fanout`` carries them
+forward), so a chain without ``cpi-test`` has none. When ANY target fails, the post-processor raises CpiTestFailed
+(a BuildError carrying every target's result) naming every failing target and why (``image unreleased: target
+'large' failed: no console match for 'login:' within 180s``): the rest of the chain (fan-out, release) never runs
+and nothing is published.
 
 Options: ``targets`` (required, at least one; each ``name``, ``cpi_config``, ``cloud_properties``, optional
 ``networks``, ``env``, ``checks`` (at least one), ``smoke``, ``timeout`` for each CPI call), ``parallel`` (default
@@ -75,9 +77,6 @@ POLL_INTERVAL: Final = 0.5
 _NAME_RE: Final = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _DURATION: Final = {"type": ["string", "number"]}
 _CONTROL: Final = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
-
-_TEST_LEDGER: dict[tuple[str, str], list[dict[str, Any]]] = {}
-_LEDGER_LOCK: Final = threading.Lock()
 
 
 # -- configuration ----------------------------------------------------------------------------------------------
@@ -141,6 +140,14 @@ class TargetResult:
 
     def to_state(self) -> dict[str, Any]:
         return {"passed": self.passed, "seconds": round(self.seconds, 3), "detail": self.detail}
+
+
+class CpiTestFailed(BuildError):
+    """At least one target failed; ``tests`` holds every target's result (the same shape as ``state["tests"]``)."""
+
+    def __init__(self, message: str, tests: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.tests = dict(tests)
 
 
 class TargetFailed(Exception):
@@ -312,26 +319,6 @@ def _parse_smoke(smoke: Mapping[str, Any], at: str, networks: Mapping[str, Any])
         guest_port=int(smoke.get("guest_port", 22)), network=str(network))
 
 
-# -- test ledger --------------------------------------------------------------------------------------------------
-
-
-def record_tests(ctx: BuildContext, sha256: str, tests: Mapping[str, Any]) -> None:
-    """Remember the test results of the file with ``sha256`` for this run and build (see ``recorded_tests``)."""
-    with _LEDGER_LOCK:
-        _TEST_LEDGER.setdefault((ctx.run_uuid, ctx.build_name), []).append(
-            {"sha256": sha256, "tests": dict(tests)})
-
-
-def recorded_tests(ctx: BuildContext, sha256: str) -> dict[str, Any] | None:
-    """The latest test results ``cpi-test`` recorded in this run and build for the file with ``sha256`` (for
-    post-processors whose input artifact no longer carries ``state["tests"]``, e.g. after ``fanout``)."""
-    with _LEDGER_LOCK:
-        for entry in reversed(_TEST_LEDGER.get((ctx.run_uuid, ctx.build_name), [])):
-            if entry["sha256"] == sha256:
-                return dict(entry["tests"])
-    return None
-
-
 # -- the post-processor -------------------------------------------------------------------------------------------
 
 
@@ -390,7 +377,6 @@ class CpiTestPostProcessor(PostProcessor):
             shutil.rmtree(work, ignore_errors=True)
         self._table(results)
         tests = {r.name: r.to_state() for r in results}
-        record_tests(self.ctx, sha256, tests)
         leaked = [item for r in results for item in r.leaked]
         if leaked:
             ui.error("COULD NOT REMOVE (remove by hand): " + "; ".join(leaked))
@@ -400,9 +386,9 @@ class CpiTestPostProcessor(PostProcessor):
         failed = [r for r in results if not r.passed]
         if failed:
             reasons = "; ".join(f"target '{r.name}' failed: {r.detail}" for r in failed)
-            raise BuildError(f"image unreleased: {reasons}")
+            raise CpiTestFailed(f"image unreleased: {reasons}", tests)
         ui.say(f"Every target passed: {', '.join(r.name for r in results)}")
-        state = {**artifact.state, "tests": tests, "tested_sha256": sha256, "tested_file": str(source)}
+        state = artifact.carried_state(tests=tests, tested_sha256=sha256, tested_file=str(source))
         return dataclasses.replace(artifact, state=state), True
 
     @property

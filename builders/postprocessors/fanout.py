@@ -26,8 +26,10 @@ Only ``-on-error=abort`` leaves copies in place, and says where.
 
 The output artifact has no local files; its id is the sorted ``region:id`` pairs joined by commas (Packer's
 multi-region id, as the ``manifest`` post-processor records it) and its state carries ``regions`` (``{name: id}``),
-``sha256``, ``size``, ``image_name``, ``source_file`` and a per-destination report. ``verify_only: true`` publishes
-nothing: it re-hashes the copies an earlier fan-out made (``verify_destinations``) and fails on any difference.
+``sha256``, ``size``, ``image_name``, ``source_file`` and a per-destination report, on top of the input artifact's
+state (carried forward, so ``cpi-test``'s ``tests`` and ``tested_sha256`` reach ``release``). ``verify_only:
+true`` publishes nothing: it re-hashes the copies an earlier fan-out made (``verify_destinations``) and fails on any
+difference.
 """
 
 from __future__ import annotations
@@ -566,17 +568,15 @@ class FanoutPostProcessor(PostProcessor):
         finally:
             self._write_report({"image_name": image_name, "sha256": sha, "size": size,
                                 "destinations": [r.to_dict() for r in fanout.reports.values()]})
-        state = {
-            "regions": dict(sorted(result.regions.items())),
-            "sha256": sha,
-            "size": size,
-            "image_name": image_name,
-            "source_file": str(path),
-            "bytes_copied": result.bytes_copied,
-            "destinations": [r.to_dict() for r in result.reports],
-        }
-        if "format" in artifact.state:
-            state["format"] = artifact.state["format"]
+        state = artifact.carried_state(
+            regions=dict(sorted(result.regions.items())),
+            sha256=sha,
+            size=size,
+            image_name=image_name,
+            source_file=str(path),
+            bytes_copied=result.bytes_copied,
+            destinations=[r.to_dict() for r in result.reports],
+        )
         out = Artifact(BUILDER_ID, artifact.build_name, artifact.builder_type, [], result.artifact_id, state)
         return out, False
 
@@ -608,8 +608,8 @@ class FanoutPostProcessor(PostProcessor):
             bad = ", ".join(f"{c.destination} ({c.detail})" for c in report.mismatches)
             raise BuildError(f"fanout: copies of {image_name} are not consistent: {bad}")
         regions = {c.destination: c.id for c in report.checks}
-        state = {"regions": regions, "sha256": report.checks[0].sha256, "image_name": image_name,
-                 "consistency": report.to_dict()}
+        state = artifact.carried_state(regions=regions, sha256=report.checks[0].sha256, image_name=image_name,
+                                       consistency=report.to_dict())
         return Artifact(BUILDER_ID, artifact.build_name, artifact.builder_type, [], multi_region_id(regions), state)
 
     def _write_report(self, data: Mapping[str, Any]) -> None:

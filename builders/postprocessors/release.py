@@ -6,9 +6,9 @@ Template usage -- the end of the chain ``[cpi-test, fanout, release]``::
 
 The post-processor refuses (BuildError, nothing written) unless:
 
-* the image was tested: ``state["tests"]`` of its input, or -- because ``fanout`` starts a fresh artifact state --
-  the results ``cpi-test`` recorded in this run and build for the file whose sha256 the fan-out published
-  (``builders.postprocessors.cpi_test.recorded_tests``): ``refusing to release an untested image``;
+* the image was tested: ``state["tests"]`` of its input artifact, which ``cpi-test`` earlier in the same chain put
+  there and ``fanout`` carried forward (a chain without ``cpi-test`` has none, whatever another chain tested):
+  ``refusing to release an untested image``;
 * every tested target passed (the failing ones are named), and every ``require_targets`` entry was tested;
 * the published bytes are the tested bytes (the fan-out's ``sha256`` equals the tested file's);
 * it was published: ``state["regions"]`` maps each destination to the copy's id.
@@ -23,8 +23,10 @@ it released:
   ``<key>.release.json``.
 
 The marker JSON holds the image name, id, sha256 and size, the build name and type, the run uuid, the tested
-targets and the release time. A release is all or nothing: when a destination fails (or the run is cancelled)
-midway, every marker already written is removed again (a marker it replaced is restored). It is idempotent: a
+targets and the release time. A release is all or nothing: it runs as steps (``mark_released:<destination>`` per
+copy, then ``write_release_manifest``) on ``stemforge.steps.StepRunner``, and when a destination fails, the run is
+cancelled or a failpoint fires midway, the runner calls every step's cleanup in reverse: every marker already written
+is removed again (a marker or manifest it replaced is restored). It is idempotent: a
 copy already carrying a release marker for the same sha256 is left as it is (its first release time stays).
 ``release_manifest`` (optional) writes one JSON file listing every destination, id and marker.
 
@@ -40,6 +42,7 @@ import datetime
 import hashlib
 import http.client
 import json
+import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -50,7 +53,9 @@ from urllib.parse import urlsplit
 from builders.core import Artifact, BuildError, ConfigError, PostProcessor
 from builders.destinations import Destination
 from builders.postprocessors import render_output, validated_options
+from stemforge.steps import StepRunner
 
+LOG: Final = logging.getLogger("stemforge.build.release")
 BUILDER_ID: Final = "stemforge.post-processor.release"
 MARKER_SUFFIX: Final = ".release.json"
 RELEASE_TAG_KEY: Final = "stemforge-release"
@@ -441,62 +446,37 @@ class ReleasePostProcessor(PostProcessor):
         if not regions:
             raise ReleaseError("release: nothing to release: the artifact has no published copies (no 'regions'); "
                                "put 'release' after 'fanout' in the same chain")
-        sha256 = str(state.get("sha256") or "")
-        size = state.get("size")
         image_name = str(state.get("image_name") or "")
         markers = [self._marker(region, ident, image_name) for region, ident in sorted(regions.items())]
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         ui = self.ctx.ui
         ui.say(f"Releasing {image_name or artifact.artifact_id} (tested on {', '.join(sorted(tests))}) at "
                f"{len(markers)} destination(s)")
-        written: list[ReleaseMarker] = []
-        released: dict[str, dict[str, Any]] = {}
-        region: str | None = None
+        steps: list[_ReleaseStep] = [_MarkReleased(self, artifact, marker, tests, now) for marker in markers]
+        steps.append(_WriteManifest(self, artifact, markers, tests, now))
+        run: dict[str, Any] = {"released": {}, "region": None, "touched": False, "manifest": None}
         try:
-            for marker in markers:
-                region = marker.region
-                self.ctx.check_cancelled()
-                marker.verify(int(size) if size is not None else None, sha256)
-                current = marker.existing()
-                if current and current.get("released") is True and current.get("sha256") == sha256:
-                    written.append(marker)
-                    marker.ensure_extras()
-                    released[marker.region] = current
-                    ui.message(f"{marker.region}: already released ({marker.marker_id}, "
-                               f"{current.get('released_at', '?')})")
-                    continue
-                document = self._document(artifact, marker, tests, now)
-                written.append(marker)
-                marker.write(document)
-                released[marker.region] = document
-                ui.message(f"{marker.region}: released {marker.image_id} ({marker.marker_id})")
-            region = None
-            manifest = self._write_manifest(artifact, markers, released, tests, now)
-        except BaseException as exc:
-            self._undo(written)
-            if isinstance(exc, ReleaseError | ConfigError):
-                where = f"destination '{region}': " if region else ""
-                undone = "; removed the release markers already written" if written else ""
-                raise ReleaseError(f"release: {where}{exc}{undone}") from exc
-            raise
-        out_state = {**state, "released": True, "tests": tests,
-                     "release": {"released_at": now, "markers": {m.region: m.marker_id for m in markers},
-                                 "manifest": str(manifest) if manifest else None}}
+            StepRunner(log=LOG, cancel=self.ctx.cancel).run(steps, run)
+        except (ReleaseError, ConfigError) as exc:
+            region = run["region"]
+            where = f"destination '{region}': " if region else ""
+            undone = "; removed the release markers already written" if run["touched"] else ""
+            raise ReleaseError(f"release: {where}{exc}{undone}") from exc
+        manifest: Path | None = run["manifest"]
+        out_state = artifact.carried_state(
+            released=True, tests=tests,
+            release={"released_at": now, "markers": {m.region: m.marker_id for m in markers},
+                     "manifest": str(manifest) if manifest else None})
         ui.say(f"Released {image_name} at {', '.join(m.region for m in markers)}")
         return ReleasedArtifact(BUILDER_ID, artifact.build_name, artifact.builder_type, [], artifact.artifact_id,
                                 out_state), False
 
     # -- checks -------------------------------------------------------------------------------------------------
     def _tests(self, artifact: Artifact) -> dict[str, Any]:
-        from builders.postprocessors.cpi_test import recorded_tests
-
         state = artifact.state
         tests = state.get("tests")
         published = state.get("sha256")
         tested = state.get("tested_sha256")
-        if tests is None and published:
-            tests = recorded_tests(self.ctx, str(published))
-            tested = published if tests is not None else None
         if not tests:
             raise ReleaseError("release: refusing to release an untested image: there are no cpi-test results for "
                                "it (put 'cpi-test' before 'fanout' in the same chain)")
@@ -546,13 +526,8 @@ class ReleasePostProcessor(PostProcessor):
             "tested_targets": {name: dict(result) for name, result in sorted(tests.items())},
         }
 
-    def _write_manifest(self, artifact: Artifact, markers: list[ReleaseMarker],
-                        released: Mapping[str, Mapping[str, Any]], tests: Mapping[str, Any],
-                        now: str) -> Path | None:
-        target = self.options.get("release_manifest")
-        if not target:
-            return None
-        path = Path(render_output(self.ctx, str(target), {}, key="release_manifest"))
+    def _write_manifest(self, path: Path, artifact: Artifact, markers: list[ReleaseMarker],
+                        released: Mapping[str, Mapping[str, Any]], tests: Mapping[str, Any], now: str) -> Path:
         state = artifact.state
         document = {
             "stemforge_release": MARKER_FORMAT,
@@ -569,25 +544,122 @@ class ReleasePostProcessor(PostProcessor):
                               "released_at": released.get(m.region, {}).get("released_at", now)}
                              for m in markers],
         }
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(_encode(document))
-            os.replace(tmp, path)
+            _write_atomically(path, _encode(document))
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
             raise ReleaseError(f"cannot write the release manifest {path}: {exc.strerror or exc}") from exc
         self.ctx.ui.message(f"Wrote the release manifest {path}")
         return path
 
-    def _undo(self, written: list[ReleaseMarker]) -> None:
-        for marker in reversed(written):
-            try:
-                marker.undo()
-            except Exception as exc:  # noqa: BLE001 - every marker gets its chance
-                self.ctx.ui.error(f"{marker.region}: could not remove the release marker {marker.marker_id}: {exc} "
-                                  "-- remove it by hand")
+
+# -- the steps ----------------------------------------------------------------------------------------------------
+
+
+class _ReleaseStep:
+    """A step of one release (``stemforge.steps.Step``); the shared state holds ``region`` (the destination being
+    worked on, for the error message), ``touched`` (a marker step has started), ``released`` (region -> marker
+    document) and ``manifest`` (the path written)."""
+
+    name = ""
+    temporary = False
+
+    def __init__(self, pp: ReleasePostProcessor) -> None:
+        self.pp = pp
+
+    def run(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def cleanup(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class _MarkReleased(_ReleaseStep):
+    """Verify one published copy and mark it released (or confirm the marker already there for the same sha256);
+    cleanup removes what ``run`` wrote and restores what it replaced."""
+
+    def __init__(self, pp: ReleasePostProcessor, artifact: Artifact, marker: ReleaseMarker,
+                 tests: Mapping[str, Any], now: str) -> None:
+        super().__init__(pp)
+        self.name = f"mark_released:{marker.region}"
+        self.artifact = artifact
+        self.marker = marker
+        self.tests = tests
+        self.now = now
+
+    def run(self, state: dict[str, Any]) -> None:
+        marker, artifact_state, ui = self.marker, self.artifact.state, self.pp.ctx.ui
+        state["region"] = marker.region
+        state["touched"] = True
+        size = artifact_state.get("size")
+        sha256 = str(artifact_state.get("sha256") or "")
+        marker.verify(int(size) if size is not None else None, sha256)
+        current = marker.existing()
+        if current and current.get("released") is True and current.get("sha256") == sha256:
+            marker.ensure_extras()
+            state["released"][marker.region] = current
+            ui.message(f"{marker.region}: already released ({marker.marker_id}, {current.get('released_at', '?')})")
+            return
+        document = self.pp._document(self.artifact, marker, self.tests, self.now)
+        marker.write(document)
+        state["released"][marker.region] = document
+        ui.message(f"{marker.region}: released {marker.image_id} ({marker.marker_id})")
+
+    def cleanup(self, state: dict[str, Any]) -> None:
+        try:
+            self.marker.undo()
+        except Exception as exc:
+            self.pp.ctx.ui.error(f"{self.marker.region}: could not remove the release marker "
+                                 f"{self.marker.marker_id}: {exc} -- remove it by hand")
+            raise
+
+
+class _WriteManifest(_ReleaseStep):
+    """Write ``release_manifest`` (when set); cleanup removes it again, or restores the one it replaced."""
+
+    name = "write_release_manifest"
+
+    def __init__(self, pp: ReleasePostProcessor, artifact: Artifact, markers: list[ReleaseMarker],
+                 tests: Mapping[str, Any], now: str) -> None:
+        super().__init__(pp)
+        self.artifact = artifact
+        self.markers = markers
+        self.tests = tests
+        self.now = now
+        self.path: Path | None = None
+        self.previous: bytes | None = None
+
+    def run(self, state: dict[str, Any]) -> None:
+        state["region"] = None
+        target = self.pp.options.get("release_manifest")
+        if not target:
+            return
+        path = Path(render_output(self.pp.ctx, str(target), {}, key="release_manifest"))
+        with contextlib.suppress(OSError):
+            self.previous = path.read_bytes()
+        self.path = path
+        state["manifest"] = self.pp._write_manifest(path, self.artifact, self.markers, state["released"],
+                                                    self.tests, self.now)
+
+    def cleanup(self, state: dict[str, Any]) -> None:
+        if self.path is None or state.get("manifest") is None:
+            return
+        if self.previous is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            _write_atomically(self.path, self.previous)
+        state["manifest"] = None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 PLUGIN = ReleasePostProcessor
