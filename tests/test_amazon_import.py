@@ -319,6 +319,44 @@ def test_skip_clean_keeps_the_import_source(setup: dict[str, Any], moto_endpoint
     out.destroy()
 
 
+def test_failure_after_the_shared_import_steps_removes_the_ami_and_the_upload(
+    setup: dict[str, Any], moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload and import are the CPI's heavy-stemcell steps (cpi.providers.aws.import_steps) run through the
+    StepRunner: a failpoint right after the import step unwinds their cleanups (the imported AMI and its snapshot
+    are removed, then the S3 object)."""
+    from cpi.providers.aws import import_steps
+    from stemforge.steps import FAILPOINTS_ENV, FailpointError
+
+    raw_ami, raw_snap = registered_import(moto_endpoint, f"import-ami-{uuid.uuid4().hex[:8]}")
+    pp, stubber = make_pp(setup, moto_endpoint)
+    task = "import-ami-0bbbbccccddddeeee"
+    expect_import(stubber, task, setup["bucket"])
+    stubber.add_response(
+        "describe_import_image_tasks", task_completed(task, raw_ami, raw_snap), {"ImportTaskIds": [task]}
+    )
+    ran: list[str] = []
+    original = import_steps.ImportTask.run
+
+    def recording_run(self: import_steps.ImportTask, state: dict[str, Any]) -> None:
+        ran.append(self.name)
+        original(self, state)
+
+    monkeypatch.setattr(import_steps.ImportTask, "run", recording_run)
+    monkeypatch.setenv(FAILPOINTS_ENV, "after:import_image")
+    with pytest.raises(FailpointError):
+        pp.post_process(Artifact("x", "img", "qemu", [setup["image"]], "id"))
+    stubber.assert_no_pending_responses()
+    assert ran == ["import_image"], "the post-processor runs the shared import step"
+    ec2 = client(moto_endpoint, "ec2")
+    assert ec2.describe_images(Filters=[{"Name": "image-id", "Values": [raw_ami]}])["Images"] == []
+    assert ec2.describe_snapshots(Filters=[{"Name": "snapshot-id", "Values": [raw_snap]}])["Snapshots"] == []
+    assert object_exists(moto_endpoint, setup["bucket"]) == []
+    lines = setup["ui"].lines
+    assert any(f"Deregistering {raw_ami}" in line for line in lines)
+    assert any("Deleting import source" in line for line in lines)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

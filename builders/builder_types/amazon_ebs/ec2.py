@@ -6,9 +6,11 @@ Contract:
 * :class:`AwsAccess` holds Packer's access options (``region``, ``access_key``/``secret_key``/``token`` or
   ``profile``, ``custom_endpoint_ec2``, ``insecure_skip_tls_verify``, ``max_retries``, ``aws_polling``) and
   hands out one client per (service, region), created once under a lock (botocore clients are thread-safe to use,
-  sessions are not to create). botocore's own retries are off: :meth:`AwsAccess.call` retries with tenacity
-  (exponential backoff + jitter) on throttling (``RequestLimitExceeded``, ``Throttling``...), 5xx answers and
-  connection errors, at most ``max_retries`` + 1 attempts, and stops waiting when the build is cancelled.
+  sessions are not to create), through :mod:`stemforge_base.aws` (the session/retry/poll layer the CPI's AWS
+  provider uses too). botocore's own retries are off: :meth:`AwsAccess.call` retries with tenacity
+  (exponential backoff + jitter) on the shared :data:`RETRYABLE_CODES` (``RequestLimitExceeded``, ``Throttling``...),
+  429/5xx answers and connection errors, at most ``max_retries`` + 1 attempts, and stops waiting when the build is
+  cancelled.
 * Secrets (the secret key and the session token, and the access key id as Packer treats it) never appear in an
   error this module raises (:meth:`AwsAccess.redact`) and botocore's wire-level debug logging is kept off.
 * :meth:`AwsAccess.wait_for` polls until a condition holds (first check immediately, then every
@@ -26,34 +28,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
-
 from builders.core import BuildError
 from stemforge.steps import Cancelled
+from stemforge_base import aws as base
+from stemforge_base.aws import RETRYABLE_CODES, error_code
+
+__all__ = ["RETRYABLE_CODES", "AwsAccess", "Ec2Error", "Polling", "error_code", "image_snapshots"]
 
 T = TypeVar("T")
 LOG = logging.getLogger("stemforge.builders.amazon")
-
-#: Error codes worth retrying: throttling and the service's own transient failures.
-RETRYABLE_CODES: Final = frozenset(
-    {
-        "RequestLimitExceeded",
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "TooManyRequestsException",
-        "SlowDown",
-        "InternalError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "Unavailable",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "PriorRequestNotComplete",
-        "EC2ThrottledException",
-    }
-)
 _SESSION_LOCK: Final = threading.Lock()
 
 
@@ -64,30 +47,6 @@ class Ec2Error(BuildError):
     def __init__(self, message: str, code: str = "") -> None:
         super().__init__(message)
         self.code = code
-
-
-def error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping):
-        return str((response.get("Error") or {}).get("Code") or "")
-    return ""
-
-
-def _status(exc: BaseException) -> int:
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping):
-        return int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
-    return 0
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Throttling, 5xx and connection-level failures (never a client error such as a bad parameter)."""
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-    from botocore.exceptions import HTTPClientError, ReadTimeoutError
-
-    if isinstance(exc, BotoConnectionError | HTTPClientError | ReadTimeoutError):
-        return True
-    return error_code(exc) in RETRYABLE_CODES or _status(exc) >= 500
 
 
 @dataclass
@@ -135,28 +94,20 @@ class AwsAccess:
     def session(self) -> Any:
         with _SESSION_LOCK:
             if self._session is None:
-                import boto3
-
-                for name in ("botocore", "boto3", "urllib3", "s3transfer"):
-                    # wire-level debug output carries signed headers; never let it reach a debug log
-                    logger = logging.getLogger(name)
-                    if logger.level == logging.NOTSET or logger.level < logging.INFO:
-                        logger.setLevel(logging.INFO)
-                kwargs: dict[str, Any] = {"region_name": self.region}
-                if self.access_key or self.secret_key:
-                    kwargs.update(
-                        aws_access_key_id=self.access_key,
-                        aws_secret_access_key=self.secret_key,
-                        aws_session_token=self.token or None,
-                    )
-                elif self.profile:
-                    kwargs["profile_name"] = self.profile
+                # wire-level debug output carries signed headers; never let it reach a debug log
+                base.quiet_wire_logging(logging.INFO, force=False)
                 if self.shared_credentials_file:
                     import os
 
                     os.environ.setdefault("AWS_SHARED_CREDENTIALS_FILE", self.shared_credentials_file)
                 try:
-                    self._session = boto3.session.Session(**kwargs)
+                    self._session = base.new_session(
+                        self.region,
+                        access_key=self.access_key,
+                        secret_key=self.secret_key,
+                        token=self.token,
+                        profile=self.profile,
+                    )
                 except Exception as exc:  # noqa: BLE001 - e.g. ProfileNotFound
                     raise Ec2Error(f"cannot set up AWS credentials: {self.redact(str(exc))}") from None
             return self._session
@@ -169,25 +120,19 @@ class AwsAccess:
         if client is not None:
             return client
         session = self.session()
-        from botocore.config import Config
-
         endpoint = {"ec2": self.custom_endpoint_ec2, "s3": self.custom_endpoint_s3}
-        config = Config(
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=10,
-            read_timeout=self.call_timeout,
-            max_pool_connections=self.max_pool_connections,
-            s3={"addressing_style": "path"} if service == "s3" else None,
-        )
         with _SESSION_LOCK:
             client = self._clients.get(key)
             if client is None:
-                client = session.client(
+                client = base.new_client(
+                    session,
                     service,
-                    region_name=region,
-                    endpoint_url=endpoint.get(service) or None,
+                    region=region,
+                    endpoint=endpoint.get(service) or None,
+                    connect_timeout=10,
+                    read_timeout=self.call_timeout,
                     verify=not self.insecure_skip_tls_verify,
-                    config=config,
+                    max_pool_connections=self.max_pool_connections,
                 )
                 self._clients[key] = client
         return client
@@ -209,24 +154,21 @@ class AwsAccess:
         client = self.client(service, region)
         method = getattr(client, operation)
 
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            delay = state.next_action.sleep if state.next_action else 0.0
+        def on_retry(attempt: int, exc: BaseException | None, delay: float) -> None:
             text = (
-                f"{region}: {operation} attempt {state.attempt_number} failed "
-                f"({error_code(exc) if exc else ''} {type(exc).__name__}); retrying in {delay:.1f}s"
+                f"{region}: {operation} attempt {attempt} failed "
+                f"({error_code(exc)} {type(exc).__name__}); retrying in {delay:.1f}s"
             )
             LOG.info("%s", self.redact(text))
             if self.on_retry is not None:
                 self.on_retry(self.redact(text))
 
-        retrying = Retrying(
-            stop=stop_after_attempt(max(1, self.max_retries + 1)),
-            wait=wait_exponential(multiplier=0.2, max=15) + wait_random(0, 0.2),
-            retry=retry_if_exception(lambda e: is_retryable(e) and not self.cancel.is_set()),
+        retrying = base.retrying(
+            attempts=self.max_retries + 1,
+            wait=base.exponential_plus_jitter(0.2, 15, 0.2),
+            on_retry=on_retry,
             sleep=self._sleep,
-            before_sleep=before_sleep,
-            reraise=True,
+            keep_going=lambda: not self.cancel.is_set(),
         )
         try:
             for attempt in retrying:
@@ -251,19 +193,29 @@ class AwsAccess:
         ``polling.delay_seconds``; Cancelled when ``cancel`` (default the build's) is set; Ec2Error after
         ``polling.max_attempts`` checks."""
         stop = cancel or self.cancel
-        for _ in range(max(1, self.polling.max_attempts)):
+
+        def cancelled() -> None:
             if stop.is_set():
                 raise Cancelled(f"cancelled while waiting for {what}")
-            value = check()
-            if value is not None:
-                return value
-            if stop.wait(self.polling.delay_seconds):
+
+        def pause(seconds: float) -> None:
+            if stop.wait(seconds):
                 raise Cancelled(f"cancelled while waiting for {what}")
-        where = f" in {region}" if region else ""
-        raise Ec2Error(
-            f"timeout waiting for {what}{where} after {self.polling.max_attempts} checks "
-            f"{self.polling.delay_seconds:g}s apart"
-        )
+
+        try:
+            return base.poll(
+                check,
+                interval=self.polling.delay_seconds,
+                max_checks=max(1, self.polling.max_attempts),
+                sleep=pause,
+                before_check=cancelled,
+            )
+        except base.PollTimeout:
+            where = f" in {region}" if region else ""
+            raise Ec2Error(
+                f"timeout waiting for {what}{where} after {self.polling.max_attempts} checks "
+                f"{self.polling.delay_seconds:g}s apart"
+            ) from None
 
     # -- images -------------------------------------------------------------------------------------------
     def describe_image(self, image_id: str, region: str | None = None) -> dict[str, Any] | None:

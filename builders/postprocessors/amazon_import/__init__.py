@@ -17,9 +17,12 @@ Options (Packer's names): the access options of ``amazon-ebs`` (``region``, ``ac
 ``ami_copy_parallelism`` (copies with the builder's all-or-nothing engine) and ``custom_endpoint_s3`` (the S3
 endpoint; ``custom_endpoint_ec2`` is only for EC2, as in Packer).
 
-Beyond Packer, a failure or an interrupt at any point removes what was made: the import task is cancelled, every
-AMI (imported, renamed, copied) is deregistered and its snapshots deleted, and the uploaded object is deleted
-(kept only with ``skip_clean``).
+The upload and the import task are the steps of :mod:`cpi.providers.aws.import_steps` (the same implementation
+as the CPI's heavy-stemcell import); rename, publish (tags, description, launch permissions) and the region copies
+are this module's steps; all run through :class:`stemforge.steps.StepRunner`. Beyond Packer, a failure or an
+interrupt at any point removes what was made (each step's cleanup, in reverse): the copies are removed, the import
+task is cancelled, every AMI (imported, renamed) is deregistered and its snapshots deleted, and the uploaded
+object is deleted (kept only with ``skip_clean``). ``-on-error=abort`` leaves everything and says what.
 
 The output is an amazon artifact (``AmazonArtifact``: id ``region:ami,...``, ``state["amis"]``), which the
 ``stemcell`` post-processor turns into a light AWS stemcell.
@@ -27,8 +30,10 @@ The output is an amazon artifact (``AmazonArtifact``: id ``region:ami,...``, ``s
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
@@ -39,8 +44,10 @@ from builders.builder_types.amazon_ebs.regions import AmiCopies, CopyTarget, Reg
 from builders.builder_types.amazon_ebs.steps import render_text
 from builders.core import Artifact, BuildError, ConfigError, PostProcessor
 from builders.postprocessors import Progress, human_size, validated_options
-from stemforge.steps import Cancelled
+from cpi.providers.aws.import_steps import TASK_FAILED, ImportTask, UploadImage
+from stemforge.steps import Cancelled, Step, StepRunner
 
+LOG = logging.getLogger("stemforge.builders.amazon_import")
 BUILDER_ID: Final = "packer.post-processor.amazon-import"
 FORMATS: Final = ("ova", "raw", "vmdk", "vhd", "vhdx")
 _STR = {"type": "string"}
@@ -175,11 +182,7 @@ class AmazonImportPostProcessor(PostProcessor):
         if not hasattr(self, "access"):
             self.prepare()
         run = _ImportRun(self, artifact)
-        try:
-            amis = run.run()
-        except BaseException as exc:
-            run.undo(exc)
-            raise
+        amis = run.run()
         out = AmazonArtifact(
             BUILDER_ID,
             artifact.build_name,
@@ -200,7 +203,8 @@ class AmazonImportPostProcessor(PostProcessor):
 
 
 class _ImportRun:
-    """One import: records everything it makes so :meth:`undo` can remove exactly that."""
+    """One import: the host of the shared import steps and this post-processor's own steps; every step records
+    what it makes in the run's state (and ``amis``/``snapshots``) so its cleanup removes exactly that."""
 
     def __init__(self, pp: AmazonImportPostProcessor, artifact: Artifact) -> None:
         self.pp = pp
@@ -212,12 +216,8 @@ class _ImportRun:
         self.region = self.access.region
         self.bucket = str(self.options["s3_bucket_name"])
         self.key = ""
-        self.uploaded = False
-        self.task_id = ""
-        self.task_done = False
         self.amis: dict[str, str] = {}
         self.snapshots: dict[str, list[str]] = {}
-        self.intermediary: tuple[str, list[str]] | None = None
         self.copies: AmiCopies | None = None
         self.name = ""
 
@@ -231,20 +231,48 @@ class _ImportRun:
             raise BuildError(f"No {fmt} image file found in artifact from builder")
         key_template = str(self.options.get("s3_key_name") or f"packer-import-{{{{timestamp}}}}.{fmt}")
         self.key = render_text(self.ctx, key_template, self.data())
-        self.upload(source)
-        image_id = self.import_image()
-        if self.options.get("ami_name"):
-            image_id = self.rename(image_id, str(self.options["ami_name"]))
-        self.name = str((self.access.describe_image(image_id) or {}).get("Name") or self.options.get("ami_name") or "")
-        self.tag_and_share(self.region)
-        if self.pp.regions:
-            self.copy_to_regions(image_id)
-        if not self.options.get("skip_clean"):
-            self.delete_object()
+        state: dict[str, Any] = {"source": source}
+        steps: list[Step] = [
+            UploadImage(self, self.key, keep=bool(self.options.get("skip_clean"))),
+            ImportTask(self, "image", lambda _state: self.import_params()),
+            _Step("rename_image", self.rename, self.remove_renamed),
+            _Step("publish_image", self.publish),
+            _Step("copy_to_regions", self.copy_to_regions, self.remove_copies),
+        ]
+        runner = StepRunner(LOG, cleanup_on_failure=self.ctx.on_error != "abort")
+        try:
+            runner.run(steps, state)
+        except BaseException:
+            if self.ctx.on_error == "abort":
+                self.left_in_place(state)
+            raise
         return dict(self.amis)
 
     # -- S3 ---------------------------------------------------------------------------------------------------
-    def upload(self, source: Path) -> None:
+    # -- the import steps' host (cpi.providers.aws.import_steps.ImportHost) ----------------------------------
+    def say(self, message: str) -> None:
+        self.ui.say(message)
+
+    def call(self, operation: str, *, service: str = "ec2", **params: Any) -> Any:
+        # once the build is cancelled, a call is a cleanup's: it keeps retrying
+        access = uncancelled(self.access) if self.ctx.cancel.is_set() else self.access
+        return access.call(operation, service=service, **params)
+
+    def fail(self, message: str) -> Exception:
+        return BuildError(message)
+
+    def remove_snapshot(self, snapshot_id: str) -> None:  # pragma: no cover - ImportSnapshot only
+        uncancelled(self.access).call("delete_snapshot", SnapshotId=snapshot_id)
+
+    def remove_image(self, image_id: str, snapshot_ids: list[str]) -> None:
+        self.ui.say(f"Deregistering {image_id} in {self.region} and deleting its snapshots...")
+        try:
+            uncancelled(self.access).destroy_image(image_id, self.region, snapshot_ids)
+        except Ec2Error as exc:
+            self.ui.error(f"Could not remove {image_id} in {self.region}: {exc}")
+        self.amis.pop(self.region, None)
+
+    def upload(self, source: Path, key: str) -> None:
         from boto3.s3.transfer import TransferConfig
 
         size = source.stat().st_size
@@ -270,7 +298,6 @@ class _ImportRun:
                 progress(done)
 
         client = self.access.client("s3")
-        self.uploaded = True  # from the first byte on, the object (or a multipart upload) may exist
         started = time.monotonic()
         try:
             client.upload_file(
@@ -292,13 +319,17 @@ class _ImportRun:
             f"Completed upload of {source} to s3://{self.bucket}/{self.key} in {time.monotonic() - started:.1f}s"
         )
 
-    def delete_object(self) -> None:
-        self.ui.say(f"Deleting import source s3://{self.bucket}/{self.key}")
-        uncancelled(self.access).call("delete_object", service="s3", Bucket=self.bucket, Key=self.key)
-        self.uploaded = False
+    def delete_object(self, key: str) -> None:
+        self.ui.say(f"Deleting import source s3://{self.bucket}/{key}")
+        try:
+            uncancelled(self.access).call("delete_object", service="s3", Bucket=self.bucket, Key=key)
+        except Ec2Error as exc:
+            self.ui.error(f"Could not delete s3://{self.bucket}/{key}: {exc}")
+            raise
 
     # -- import -----------------------------------------------------------------------------------------------
-    def import_image(self) -> str:
+    def import_params(self) -> dict[str, Any]:
+        """ImportImage's parameters (Packer's options)."""
         params: dict[str, Any] = {
             "DiskContainers": [
                 {"Format": str(self.options["format"]), "UserBucket": {"S3Bucket": self.bucket, "S3Key": self.key}}
@@ -316,64 +347,68 @@ class _ImportRun:
         if self.options.get("license_type"):
             self.ui.say(f"Setting license type to '{self.options['license_type']}'")
             params["LicenseType"] = str(self.options["license_type"])
-        try:
-            answer = self.access.call("import_image", **params)
-        except Ec2Error as exc:
-            raise BuildError(f"Failed to start import from s3://{self.bucket}/{self.key}: {exc}") from None
-        self.task_id = str(answer["ImportTaskId"])
-        self.ui.say(f"Started import of s3://{self.bucket}/{self.key}, task id {self.task_id}")
-        self.ui.say(f"Waiting for task {self.task_id} to complete (may take a while)")
+        return params
+
+    def wait_task(self, task_id: str, describe: Callable[[], Mapping[str, Any]]) -> Mapping[str, Any]:
+        self.ui.say(f"Waiting for task {task_id} to complete (may take a while)")
         last = [""]
 
-        def check() -> dict[str, Any] | None:
-            tasks = self.access.call("describe_import_image_tasks", ImportTaskIds=[self.task_id])
-            task = (tasks.get("ImportImageTasks") or [{}])[0]
+        def check() -> Mapping[str, Any] | None:
+            task = describe()
             status = str(task.get("Status") or "")
             line = f"{status} {task.get('Progress', '')}% {task.get('StatusMessage', '')}".strip()
             if line != last[0]:
-                self.ui.message(f"{self.task_id}: {line}")
+                self.ui.message(f"{task_id}: {line}")
                 last[0] = line
             if status == "completed":
                 return task
-            if status in ("deleted", "deleting"):
-                raise BuildError(
-                    f"Import task {self.task_id} failed with status message: {task.get('StatusMessage', '')}"
-                )
+            if status in TASK_FAILED:
+                raise BuildError(f"Import task {task_id} failed with status message: {task.get('StatusMessage', '')}")
             return None
 
-        task = self.access.wait_for(f"import task {self.task_id}", check)
-        self.task_done = True
-        image_id = str(task["ImageId"])
-        self.amis[self.region] = image_id
-        self.snapshots[self.region] = [
-            str(d["SnapshotId"]) for d in task.get("SnapshotDetails") or [] if d.get("SnapshotId")
-        ]
-        self.ui.say(f"Import task {self.task_id} complete: {image_id}")
-        return image_id
+        task = self.access.wait_for(f"import task {task_id}", check)
+        self.ui.say(f"Import task {task_id} complete: {task.get('ImageId', '')}")
+        return task
 
-    def rename(self, image_id: str, name: str) -> str:
+    # -- this post-processor's steps ------------------------------------------------------------------------------
+    def rename(self, state: dict[str, Any]) -> None:
+        """With ``ami_name``: copy the imported AMI under that name, then destroy the intermediary (Packer's
+        "rename"). ``state["image_id"]``/``["snapshot_ids"]`` then name the renamed AMI."""
+        name = str(self.options.get("ami_name") or "")
+        if not name:
+            return
+        image_id = str(state["image_id"])
         self.ui.say(f"Starting rename of AMI ({image_id})")
         params: dict[str, Any] = {"Name": name, "SourceImageId": image_id, "SourceRegion": self.region}
         if self.options.get("ami_encrypt"):
             params["Encrypted"] = True
             if self.options.get("ami_kms_key"):
                 params["KmsKeyId"] = str(self.options["ami_kms_key"])
-        self.intermediary = (image_id, self.snapshots.pop(self.region, []))
-        self.amis.pop(self.region, None)
         try:
             new_id = str(self.access.call("copy_image", **params)["ImageId"])
         except Ec2Error as exc:
             raise BuildError(f"Error Copying AMI ({image_id}): {exc}") from None
-        self.amis[self.region] = new_id
+        state["renamed_id"] = new_id
         self.ui.say("Waiting for AMI rename to complete (may take a while)")
         image = self.access.wait_image_available(new_id)
-        self.snapshots[self.region] = image_snapshots(image)
         self.ui.say("Destroying intermediary AMI...")
-        old, snaps = self.intermediary
-        self.access.destroy_image(old, self.region, snaps)
-        self.intermediary = None
+        self.access.destroy_image(image_id, self.region, list(state.get("snapshot_ids") or []))
+        state["image_id"], state["snapshot_ids"] = new_id, image_snapshots(image)
+        del state["renamed_id"]
         self.ui.say("AMI rename completed")
-        return new_id
+
+    def remove_renamed(self, state: dict[str, Any]) -> None:
+        """A rename copy made but not yet taken over (the import's cleanup removes the AMI it records)."""
+        if "renamed_id" in state:
+            self.remove_image(str(state.pop("renamed_id")), [])
+
+    def publish(self, state: dict[str, Any]) -> None:
+        """The build region's AMI: its name, tags, description and launch permissions."""
+        image_id = str(state["image_id"])
+        self.amis[self.region] = image_id
+        self.snapshots[self.region] = list(state.get("snapshot_ids") or [])
+        self.name = str((self.access.describe_image(image_id) or {}).get("Name") or self.options.get("ami_name") or "")
+        self.tag_and_share(self.region)
 
     def tag_and_share(self, region: str) -> None:
         image_id = self.amis[region]
@@ -408,7 +443,10 @@ class _ImportRun:
             self.ui.message(f"Modifying launch permissions of {image_id} ({region})")
             self.access.call("modify_image_attribute", region, ImageId=image_id, LaunchPermission={"Add": launch})
 
-    def copy_to_regions(self, image_id: str) -> None:
+    def copy_to_regions(self, state: dict[str, Any]) -> None:
+        if not self.pp.regions:
+            return
+        image_id = str(state["image_id"])
         encrypted = True if self.options.get("ami_encrypt") else None
         self.copies = AmiCopies(
             self.access,
@@ -432,50 +470,46 @@ class _ImportRun:
         except RegionsFailed as exc:
             raise BuildError(str(exc)) from None
 
-    # -- failure ------------------------------------------------------------------------------------------------
-    def undo(self, exc: BaseException) -> None:
-        """Remove everything this import made (unless -on-error=abort, which leaves it and says where)."""
-        made = [f"{r}:{i}" for r, i in sorted(self.amis.items())]
-        if self.ctx.on_error == "abort":
-            left = made + ([f"import task {self.task_id}"] if self.task_id and not self.task_done else [])
-            left += [f"s3://{self.bucket}/{self.key}"] if self.uploaded else []
-            if left:
-                self.ui.error("Leaving in place (-on-error=abort): " + ", ".join(left))
-            return
-        access = uncancelled(self.access)
-        if self.task_id and not self.task_done:
-            self.ui.say(f"Cancelling import task {self.task_id}...")
-            try:
-                access.call(
-                    "cancel_import_task",
-                    ImportTaskId=self.task_id,
-                    CancelReason="stemforge build failed or was interrupted",
-                )
-            except Ec2Error as exc2:
-                self.ui.error(f"Could not cancel import task {self.task_id}: {exc2}")
+    def remove_copies(self, state: dict[str, Any]) -> None:
         if self.copies is not None:
             self.copies.remove_all(keep=(self.region,))
-        if self.intermediary is not None:
-            self.amis.setdefault(f"{self.region} (intermediary)", self.intermediary[0])
-        for label, image_id in sorted(self.amis.items()):
-            region = label.split(" ")[0]
-            snaps = self.snapshots.get(label) or (
-                self.intermediary[1] if self.intermediary and image_id == self.intermediary[0] else []
-            )
-            self.ui.say(f"Deregistering {image_id} in {region} and deleting its snapshots...")
-            try:
-                access.destroy_image(image_id, region, snaps)
-            except Ec2Error as exc2:
-                self.ui.error(f"Could not remove {image_id} in {region}: {exc2}")
-        self.amis.clear()
-        if self.uploaded:
-            if self.options.get("skip_clean"):
-                self.ui.say(f"Keeping s3://{self.bucket}/{self.key} (skip_clean)")
-            else:
-                try:
-                    self.delete_object()
-                except Ec2Error as exc2:
-                    self.ui.error(f"Could not delete s3://{self.bucket}/{self.key}: {exc2}")
+
+    # -- failure ------------------------------------------------------------------------------------------------
+    def left_in_place(self, state: Mapping[str, Any]) -> None:
+        """-on-error=abort: say what the failed import leaves behind."""
+        made = [f"{r}:{i}" for r, i in sorted(self.amis.items())]
+        for key in ("image_id", "renamed_id"):
+            if state.get(key) and state[key] not in self.amis.values():
+                made.append(f"{self.region}:{state[key]}")
+        if state.get("import_task_id") and not state.get("import_task_done"):
+            made.append(f"import task {state['import_task_id']}")
+        if state.get("s3_key"):
+            made.append(f"s3://{self.bucket}/{state['s3_key']}")
+        if made:
+            self.ui.error("Leaving in place (-on-error=abort): " + ", ".join(made))
+
+
+class _Step:
+    """A step of this post-processor: ``name``, a run and (optionally) a cleanup of ``state``."""
+
+    temporary = False
+
+    def __init__(
+        self,
+        name: str,
+        run: Callable[[dict[str, Any]], None],
+        cleanup: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._run = run
+        self._cleanup = cleanup
+
+    def run(self, state: dict[str, Any]) -> None:
+        self._run(state)
+
+    def cleanup(self, state: dict[str, Any]) -> None:
+        if self._cleanup is not None:
+            self._cleanup(state)
 
 
 PLUGIN = AmazonImportPostProcessor

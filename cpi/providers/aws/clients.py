@@ -1,5 +1,9 @@
 """boto3 clients with bounded, retried calls, and bounded waits for resource states.
 
+The session/client construction, the retry codes (:data:`RETRYABLE_CODES`), the retry loop and the poll loop are
+:mod:`stemforge_base.aws`'s, the layer the amazon builders use too; this module adds the CPI's configuration, its
+log lines and its error type.
+
 Contract:
 
 * Every client gets ``endpoint_url`` from the config (the moto server in tests), the configured connect/read
@@ -24,35 +28,12 @@ from typing import Any, TypeVar
 
 from cpi.errors import CloudError
 from cpi.providers.aws.config import AwsConfig
+from stemforge_base import aws as base
+from stemforge_base.aws import RETRYABLE_CODES, api_name, error_details, is_transient
+
+__all__ = ["RETRYABLE_CODES", "AwsApi", "AwsCallError", "wait_for"]
 
 T = TypeVar("T")
-
-#: Error codes that mean "slow down" or "try again" across EC2 and S3.
-TRANSIENT_CODES = frozenset(
-    {
-        "RequestLimitExceeded",
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "SlowDown",
-        "EC2ThrottledException",
-        "PriorRequestNotComplete",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "InternalError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "Unavailable",
-        "ServiceUnavailableException",
-        "BandwidthLimitExceeded",
-    }
-)
-#: Loggers that would print request bodies and signed headers at DEBUG (user-data is base64 there: the redactor
-#: could not recognise the agent's secrets in it). They stay at WARNING whatever the CPI's log level.
-_NOISY_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")
 
 
 class AwsCallError(CloudError):
@@ -64,33 +45,6 @@ class AwsCallError(CloudError):
         self.status = status
 
 
-def error_code(exc: BaseException) -> tuple[str, int | None, str]:
-    """``(code, http_status, message)`` of a botocore ClientError; ``("", None, str(exc))`` otherwise."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        error = response.get("Error") or {}
-        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-        return (
-            str(error.get("Code") or ""),
-            status if isinstance(status, int) else None,
-            str(error.get("Message") or ""),
-        )
-    return "", None, str(exc)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for throttling, HTTP 429/5xx and connection/read errors: worth another attempt."""
-    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
-    from botocore.parsers import ResponseParserError
-
-    if isinstance(exc, ClientError):
-        code, status, _ = error_code(exc)
-        return code in TRANSIENT_CODES or (status is not None and (status == 429 or status >= 500))
-    # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError are ConnectionErrors;
-    # a proxy or load balancer answering an HTML error page shows up as a ResponseParserError
-    return isinstance(exc, ConnectionError | HTTPClientError | ResponseParserError)
-
-
 class AwsApi:
     """The provider's access to EC2 and S3 (clients created lazily, once per process)."""
 
@@ -99,24 +53,21 @@ class AwsApi:
         self.log = log
         self._clients: dict[str, Any] = {}
         self._session: Any = None
-        for name in _NOISY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
+        base.quiet_wire_logging(logging.WARNING)
 
     # -- clients -----------------------------------------------------------------------------------------------------
     def session(self) -> Any:
         if self._session is None:
-            import boto3
-
             cfg = self.config
             if cfg.credentials_source == "static":
-                self._session = boto3.session.Session(
-                    aws_access_key_id=cfg.access_key_id,
-                    aws_secret_access_key=cfg.secret_access_key,
-                    aws_session_token=cfg.session_token,
-                    region_name=cfg.region,
+                self._session = base.new_session(
+                    cfg.region,
+                    access_key=cfg.access_key_id or "",
+                    secret_key=cfg.secret_access_key or "",
+                    token=cfg.session_token or "",
                 )
             else:
-                self._session = boto3.session.Session(region_name=cfg.region)
+                self._session = base.new_session(cfg.region)
         return self._session
 
     def client(self, service: str) -> Any:
@@ -124,18 +75,16 @@ class AwsApi:
         botocore retries."""
         client = self._clients.get(service)
         if client is None:
-            from botocore.config import Config
-
             endpoint = self.config.endpoint_for(service)
-            options: dict[str, Any] = {
-                "connect_timeout": self.config.connect_timeout,
-                "read_timeout": self.config.read_timeout,
-                "retries": {"total_max_attempts": 1, "mode": "standard"},
-                "user_agent_extra": "stemforge-cpi",
-            }
-            if service == "s3" and endpoint:
-                options["s3"] = {"addressing_style": "path"}
-            client = self.session().client(service, endpoint_url=endpoint, config=Config(**options))
+            client = base.new_client(
+                self.session(),
+                service,
+                endpoint=endpoint,
+                connect_timeout=self.config.connect_timeout,
+                read_timeout=self.config.read_timeout,
+                path_style_s3=bool(endpoint),
+                user_agent_extra="stemforge-cpi",
+            )
             self._clients[service] = client
         return client
 
@@ -156,42 +105,32 @@ class AwsApi:
         """``client.<operation>(**params)`` retried on transient failures (see the module docstring). Raises
         AwsCallError naming the service, the operation and the AWS error code."""
         from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
-        from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
-        from tenacity.wait import wait_random_exponential
 
         cfg = self.config
         method = getattr(self.client(service), operation)
-        pretty = f"{service} {_api_name(operation)}"
+        pretty = f"{service} {api_name(operation)}"
 
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            code, status, _ = error_code(exc) if exc else ("", None, "")
+        def on_retry(attempt: int, exc: BaseException | None, delay: float) -> None:
+            code, status, _ = error_details(exc)
             if code.isdigit():  # a bare HTTP error page: botocore uses the status as the code
                 code = ""
             what = code or (f"HTTP {status}" if status else type(exc).__name__)
-            delay = state.next_action.sleep if state.next_action else 0.0
             self.log.warning(
-                "%s: %s (attempt %d of %d), retrying in %.2fs",
-                pretty,
-                what,
-                state.attempt_number,
-                cfg.max_retries + 1,
-                delay,
+                "%s: %s (attempt %d of %d), retrying in %.2fs", pretty, what, attempt, cfg.max_retries + 1, delay
             )
 
-        retrying = Retrying(
-            stop=stop_after_attempt(cfg.max_retries + 1) | stop_before_delay(cfg.retry_total_seconds),
-            wait=wait_random_exponential(multiplier=cfg.retry_base_delay, max=cfg.retry_max_delay),
-            retry=retry_if_exception(is_transient),
-            before_sleep=before_sleep,
-            reraise=True,
+        retrying = base.retrying(
+            attempts=cfg.max_retries + 1,
+            within_seconds=cfg.retry_total_seconds,
+            wait=base.full_jitter(cfg.retry_base_delay, cfg.retry_max_delay),
+            on_retry=on_retry,
         )
         try:
             for attempt in retrying:
                 with attempt:
                     return method(**params)
         except ClientError as exc:
-            code, status, message = error_code(exc)
+            code, status, message = error_details(exc)
             transient = is_transient(exc)
             tail = f" (gave up after {retrying.statistics.get('attempt_number', 1)} attempts)" if transient else ""
             raise AwsCallError(
@@ -207,11 +146,6 @@ class AwsApi:
 
     def ec2_call(self, operation: str, **params: Any) -> Any:
         return self.call("ec2", operation, **params)
-
-
-def _api_name(operation: str) -> str:
-    """``run_instances`` -> ``RunInstances`` (the name AWS documents)."""
-    return "".join(part.capitalize() for part in operation.split("_"))
 
 
 def wait_for(
@@ -230,29 +164,31 @@ def wait_for(
     ``timeout`` seconds. The first poll is immediate; then the interval grows from a fifth of ``interval`` up to
     ``interval`` (AWS is slow to change state, moto is instant). ``describe`` may raise to stop the wait."""
     started = time.monotonic()
-    delay = max(0.05, interval / 5)
-    last = ""
-    logged = started
-    while True:
+    seen: dict[str, Any] = {"state": "", "logged": started}
+
+    def check() -> tuple[T] | None:
         result = describe()
         state = state_of(result)
         if state in want:
-            return result
+            return (result,)
         if state in failed:
             detail = reason(result) if reason else ""
             raise CloudError(
                 f"{what}: reached state '{state}' instead of {_states(want)}{': ' + detail if detail else ''}"
             )
         now = time.monotonic()
-        if state != last or now - logged > 30:
+        if state != seen["state"] or now - float(seen["logged"]) > 30:
             log.info("%s: %s, waiting for %s (%.0fs)", what, state or "unknown", _states(want), now - started)
-            last, logged = state, now
-        if now - started > timeout:
-            raise CloudError(
-                f"{what}: still '{state}' after {timeout:g}s waiting for {_states(want)}", ok_to_retry=True
-            )
-        time.sleep(min(delay, max(0.0, timeout - (now - started)) + 0.01))
-        delay = min(interval, delay * 1.5)
+            seen.update(state=state, logged=now)
+        return None
+
+    try:
+        done = base.poll(check, interval=interval, first_interval=max(0.05, interval / 5), growth=1.5, timeout=timeout)
+    except base.PollTimeout:
+        raise CloudError(
+            f"{what}: still '{seen['state']}' after {timeout:g}s waiting for {_states(want)}", ok_to_retry=True
+        ) from None
+    return done[0]
 
 
 def _states(states: set[str] | frozenset[str]) -> str:

@@ -1,228 +1,147 @@
-"""A heavy stemcell's import as Packer-style steps: extract ``root.img`` → upload to S3 → ImportSnapshot → wait for
-the task → RegisterImage → wait until available. Each step records what it made in the state dict; its cleanup
-removes exactly that. The extracted file and the S3 object are temporary (removed on success too).
+"""The heavy-image import into EC2 as Packer-style steps, one implementation for the CPI's ``create_stemcell`` and
+the builders' ``amazon-import`` post-processor, both run through :class:`stemforge.steps.StepRunner`:
 
-This path is for real AWS: moto implements neither ImportSnapshot nor DescribeImportSnapshotTasks, so the tests
-drive it with botocore's Stubber answering the recorded response shapes (the S3 upload goes to the moto server).
+* :class:`UploadImage` puts the local disk image into S3; its cleanup deletes the object. It is ``temporary`` (the
+  object is removed on success too) unless the caller keeps it (Packer's ``skip_clean``: then it is kept on
+  failure too, and said so).
+* :class:`ImportTask` starts the VM Import task (``ImportSnapshot`` for the CPI, which registers the AMI itself;
+  ``ImportImage`` for Packer's post-processor), waits for it through the host (each keeps its own wait bounds and
+  messages) and records what it made (``snapshot_id``, or ``image_id`` + ``snapshot_ids``). Its cleanup cancels a
+  task that has not completed, or removes what a completed one made (the snapshot; the AMI and its snapshots).
+
+What differs between the two callers is behind :class:`ImportHost`: how a call is made and retried (the CPI's
+``AwsApi`` or the builders' ``AwsAccess``, both on :mod:`stemforge_base.aws`), how the upload shows progress, how
+a wait is bounded and cancelled, where messages go, and the error types. Each step records in the run's ``state``
+exactly what it created, so its cleanup removes exactly that.
+
+VM Import is real-AWS only: moto implements neither ImportSnapshot/ImportImage nor their Describe calls, so the
+tests drive those with botocore's Stubber answering the recorded response shapes (the S3 upload goes to moto).
 """
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from cpi.errors import CloudError
-from cpi.providers.aws import tags as tagging
-from cpi.providers.aws.clients import AwsCallError, wait_for
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from cpi.providers.aws.stemcells import StemcellManager
-
-QCOW2_MAGIC = b"QFI\xfb"
+#: Task states after which the task will never complete (DescribeImportSnapshotTasks / DescribeImportImageTasks).
+TASK_FAILED = frozenset({"deleting", "deleted", "error"})
+CANCEL_REASON = "stemforge import failed or was interrupted"
 
 
-class _Step:
-    name = ""
+class ImportHost(Protocol):
+    """What the import steps need from the CPI or the post-processor."""
+
+    bucket: str
+
+    def say(self, message: str) -> None:
+        """Report progress (the CPI's log, the build's UI)."""
+
+    def call(self, operation: str, *, service: str = "ec2", **params: Any) -> Any:
+        """One retried AWS call; failures raise an exception with the AWS error ``code``."""
+
+    def upload(self, path: Path, key: str) -> None:
+        """Upload ``path`` to ``s3://bucket/key`` (multipart; progress and cancellation are the host's)."""
+
+    def delete_object(self, key: str) -> None:
+        """Delete ``s3://bucket/key`` (also after the run was cancelled)."""
+
+    def wait_task(self, task_id: str, describe: Callable[[], Mapping[str, Any]]) -> Mapping[str, Any]:
+        """Poll ``describe()`` (the task's detail) until its ``Status`` is ``completed`` (returned); raise when it
+        reaches one of :data:`TASK_FAILED` or the wait's bound."""
+
+    def fail(self, message: str) -> Exception:
+        """The host's error type (CloudError, BuildError) for ``message``."""
+
+    def remove_snapshot(self, snapshot_id: str) -> None:
+        """Delete a snapshot the import made (gone already is fine)."""
+
+    def remove_image(self, image_id: str, snapshot_ids: list[str]) -> None:
+        """Deregister an AMI the import made and delete its snapshots (gone already is fine)."""
+
+
+class UploadImage:
+    """``state["source"]`` → ``s3://<bucket>/<key>``; records ``state["s3_key"]`` before the first byte."""
+
+    name = "upload_image"
+
+    def __init__(self, host: ImportHost, key: str, *, keep: bool = False) -> None:
+        self.host = host
+        self.key = key
+        self.keep = keep
+        self.temporary = not keep
+
+    def run(self, state: dict[str, Any]) -> None:
+        state["s3_key"] = self.key  # from the first byte on, the object (or a multipart upload) may exist
+        self.host.upload(Path(state["source"]), self.key)
+
+    def cleanup(self, state: dict[str, Any]) -> None:
+        key = state.get("s3_key")
+        if not key:
+            return
+        if self.keep:
+            self.host.say(f"Keeping s3://{self.host.bucket}/{key} (skip_clean)")
+            return
+        self.host.delete_object(key)
+        state.pop("s3_key", None)
+
+
+class ImportTask:
+    """Start the import of ``s3://<bucket>/<state["s3_key"]>`` and wait for it.
+
+    ``kind`` is ``"snapshot"`` (ImportSnapshot: records ``state["snapshot_id"]``) or ``"image"`` (ImportImage:
+    records ``state["image_id"]`` and ``state["snapshot_ids"]``). ``params(state)`` gives the start call's
+    parameters."""
+
     temporary = False
 
-    def __init__(self, manager: StemcellManager, props: Mapping[str, Any]) -> None:
-        self.m = manager
-        self.props = props
-
-    def run(self, state: dict[str, Any]) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def cleanup(self, state: dict[str, Any]) -> None:
-        """Nothing to remove unless overridden."""
-
-
-class ExtractRootImage(_Step):
-    """The raw disk inside the director's ``image`` file (a gzipped tar), or the file itself when it is a disk."""
-
-    name = "extract_root_image"
-    temporary = True
+    def __init__(self, host: ImportHost, kind: str, params: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        if kind not in ("snapshot", "image"):
+            raise ValueError(f"import kind must be 'snapshot' or 'image', not {kind!r}")
+        self.host = host
+        self.kind = kind
+        self.params = params
+        self.name = f"import_{kind}"
 
     def run(self, state: dict[str, Any]) -> None:
-        from cpi.providers.aws.stemcells import make_tempdir
-
-        image: Path = state["image"]
-        with open(image, "rb") as fh:
-            magic = fh.read(4)
-        if magic[:2] == b"\x1f\x8b":
-            from stemcells.errors import StemcellError
-            from stemcells.tarball import open_root_image
-
-            state["tmpdir"] = tmp = make_tempdir("stemforge-aws-stemcell-")
-            try:
-                root = open_root_image(image, tmp / "root")
-            except StemcellError as exc:
-                raise CloudError(f"create_stemcell: {exc}") from None
-            with open(root, "rb") as fh:
-                magic = fh.read(4)
-        else:
-            root = image
-        if magic == QCOW2_MAGIC:
-            raise CloudError(
-                "create_stemcell: the stemcell's root image is qcow2; AWS imports raw images (aws-raw stemcells)"
-            )
-        state["root_image"] = root
-        state["root_bytes"] = Path(root).stat().st_size
-
-    def cleanup(self, state: dict[str, Any]) -> None:
-        from cpi.providers.aws.stemcells import remove_tree
-
-        if "tmpdir" in state:
-            remove_tree(state["tmpdir"])
-
-
-class UploadImage(_Step):
-    name = "upload_image"
-    temporary = True
-
-    def run(self, state: dict[str, Any]) -> None:
-        cfg = self.m.config
-        key = f"{cfg.images_prefix}{uuid.uuid4()}.raw"
-        state["s3_key"] = key
-        self.m.log.info(
-            "create_stemcell: uploading %d MiB to s3://%s/%s", state["root_bytes"] >> 20, cfg.images_bucket, key
-        )
-        from boto3.exceptions import S3UploadFailedError
-        from boto3.s3.transfer import TransferConfig
-
-        try:
-            self.m.api.s3.upload_file(
-                str(state["root_image"]),
-                cfg.images_bucket,
-                key,
-                Config=TransferConfig(multipart_chunksize=64 << 20, max_concurrency=4),
-            )
-        except S3UploadFailedError as exc:
-            raise CloudError(
-                f"create_stemcell: uploading the image to s3://{cfg.images_bucket}/{key}: {exc}", ok_to_retry=True
-            ) from None
-
-    def cleanup(self, state: dict[str, Any]) -> None:
-        if "s3_key" in state:
-            self.m.api.call("s3", "delete_object", Bucket=self.m.config.images_bucket, Key=state["s3_key"])
-
-
-class ImportSnapshot(_Step):
-    name = "import_snapshot"
-
-    def run(self, state: dict[str, Any]) -> None:
-        cfg = self.m.config
-        params: dict[str, Any] = {
-            "Description": f"stemforge stemcell {self.props.get('name', '')} {self.props.get('version', '')}".strip(),
-            "DiskContainer": {
-                "Description": "root.img",
-                "Format": "RAW",
-                "UserBucket": {"S3Bucket": cfg.images_bucket, "S3Key": state["s3_key"]},
-            },
-            "ClientToken": uuid.uuid4().hex,
-        }
-        if cfg.import_role_name:
-            params["RoleName"] = cfg.import_role_name
-        encrypted = bool(self.props.get("encrypted", cfg.encrypted))
-        if encrypted:
-            params["Encrypted"] = True
-            kms = self.props.get("kms_key_arn", cfg.kms_key_arn)
-            if kms:
-                params["KmsKeyId"] = kms
-        specs = tagging.tag_specifications(["import-snapshot-task"], state["tags"])
-        if specs:
-            params["TagSpecifications"] = specs
-        task_id = self.m.api.ec2_call("import_snapshot", **params)["ImportTaskId"]
+        answer = self.host.call(f"import_{self.kind}", **self.params(state))
+        task_id = str(answer["ImportTaskId"])
         state["import_task_id"] = task_id
-        self.m.log.info("create_stemcell: import task %s started", task_id)
+        self.host.say(f"Started import of s3://{self.host.bucket}/{state['s3_key']}, task id {task_id}")
+        task = self.host.wait_task(task_id, lambda: self.describe(task_id))
+        state["import_task_done"] = True
+        if self.kind == "snapshot":
+            snapshot_id = task.get("SnapshotId")
+            if not snapshot_id:
+                raise self.host.fail(f"import task {task_id} completed without a snapshot id")
+            state["snapshot_id"] = str(snapshot_id)
+        else:
+            state["image_id"] = str(task["ImageId"])
+            state["snapshot_ids"] = [
+                str(d["SnapshotId"]) for d in task.get("SnapshotDetails") or [] if d.get("SnapshotId")
+            ]
 
-        def describe() -> dict[str, Any]:
-            tasks = self.m.api.ec2_call("describe_import_snapshot_tasks", ImportTaskIds=[task_id])
+    def describe(self, task_id: str) -> dict[str, Any]:
+        """The task's detail: a snapshot task's ``SnapshotTaskDetail``, an image task itself."""
+        if self.kind == "snapshot":
+            tasks = self.host.call("describe_import_snapshot_tasks", ImportTaskIds=[task_id])
             found = tasks.get("ImportSnapshotTasks") or [{}]
             return dict(found[0].get("SnapshotTaskDetail") or {})
-
-        detail = wait_for(
-            describe,
-            lambda d: str(d.get("Status", "")),
-            want={"completed"},
-            failed={"deleting", "deleted", "error"},
-            reason=lambda d: str(d.get("StatusMessage", "")),
-            what=f"import task {task_id}",
-            timeout=cfg.import_timeout,
-            interval=cfg.poll_interval,
-            log=self.m.log,
-        )
-        snapshot_id = detail.get("SnapshotId")
-        if not snapshot_id:
-            raise CloudError(f"create_stemcell: import task {task_id} completed without a snapshot id")
-        state["snapshot_id"] = snapshot_id
-        listed = tagging.tag_list({**state["tags"], "Name": f"stemcell {self.props.get('name', '')}"})
-        self.m.api.ec2_call("create_tags", Resources=[snapshot_id], Tags=listed)
+        tasks = self.host.call("describe_import_image_tasks", ImportTaskIds=[task_id])
+        return dict((tasks.get("ImportImageTasks") or [{}])[0])
 
     def cleanup(self, state: dict[str, Any]) -> None:
-        from cpi.providers.aws.stemcells import delete_snapshot
-
+        task_id = state.get("import_task_id")
+        if not task_id:
+            return
+        if not state.get("import_task_done"):
+            self.host.say(f"Cancelling import task {task_id}...")
+            try:
+                self.host.call("cancel_import_task", ImportTaskId=task_id, CancelReason=CANCEL_REASON)
+            except Exception as exc:  # noqa: BLE001 - a finished task cannot be cancelled: nothing left to stop
+                self.host.say(f"import task {task_id}: not cancelled ({getattr(exc, 'code', '') or exc})")
+            return
         if "snapshot_id" in state:
-            delete_snapshot(self.m.api, state["snapshot_id"], self.m.log)
-        elif "import_task_id" in state:
-            try:
-                self.m.api.ec2_call(
-                    "cancel_import_task",
-                    ImportTaskId=state["import_task_id"],
-                    CancelReason="stemforge create_stemcell failed",
-                )
-            except AwsCallError as exc:  # a finished task cannot be cancelled: nothing left to stop
-                self.m.log.info("import task %s: not cancelled (%s)", state["import_task_id"], exc.code)
-
-
-class RegisterImage(_Step):
-    name = "register_image"
-
-    def run(self, state: dict[str, Any]) -> None:
-        from cpi.providers.aws.stemcells import ami_name, architecture
-
-        root_device = str(self.props.get("root_device_name") or "/dev/xvda")
-        disk_gib = max(1, -(-int(self.props.get("disk") or 0) // 1024), -(-int(state["root_bytes"]) // (1 << 30)))
-        params: dict[str, Any] = {
-            "Name": ami_name(self.props),
-            "Description": f"{self.props.get('name', 'stemcell')} {self.props.get('version', '')}".strip()[:255],
-            "Architecture": architecture(self.props),
-            "RootDeviceName": root_device,
-            "VirtualizationType": "hvm",
-            "EnaSupport": True,
-            "SriovNetSupport": "simple",
-            "BlockDeviceMappings": [
-                {
-                    "DeviceName": root_device,
-                    "Ebs": {
-                        "SnapshotId": state["snapshot_id"],
-                        "VolumeSize": disk_gib,
-                        "VolumeType": "gp3",
-                        "DeleteOnTermination": True,
-                    },
-                }
-            ],
-        }
-        if self.props.get("boot_mode"):
-            params["BootMode"] = self.props["boot_mode"]
-        specs = tagging.tag_specifications(["image"], state["tags"])
-        if specs:
-            params["TagSpecifications"] = specs
-        image_id = self.m.api.ec2_call("register_image", **params)["ImageId"]
-        state["image_id"] = image_id
-        self.m.wait_available(image_id)
-        self.m.log.info("create_stemcell: registered %s from snapshot %s", image_id, state["snapshot_id"])
-
-    def cleanup(self, state: dict[str, Any]) -> None:
-        if "image_id" in state:
-            try:
-                self.m.api.ec2_call("deregister_image", ImageId=state["image_id"])
-            except AwsCallError as exc:
-                if exc.code != "InvalidAMIID.NotFound":
-                    raise
-
-
-def steps(manager: StemcellManager, props: Mapping[str, Any]) -> list[_Step]:
-    return [cls(manager, props) for cls in (ExtractRootImage, UploadImage, ImportSnapshot, RegisterImage)]
+            self.host.remove_snapshot(state.pop("snapshot_id"))
+        elif "image_id" in state:
+            self.host.remove_image(state.pop("image_id"), list(state.pop("snapshot_ids", [])))
