@@ -319,6 +319,15 @@ def test_skip_clean_keeps_the_import_source(setup: dict[str, Any], moto_endpoint
     out.destroy()
 
 
+def test_refused_import_is_reported_in_packers_words_and_cleans(setup: dict[str, Any], moto_endpoint: str) -> None:
+    pp, stubber = make_pp(setup, moto_endpoint)
+    stubber.add_client_error("import_image", "InvalidParameter", "The service role vmimport does not exist")
+    with pytest.raises(BuildError, match=f"Failed to start import from s3://{setup['bucket']}/.*vmimport does not"):
+        pp.post_process(Artifact("x", "img", "qemu", [setup["image"]], "id"))
+    stubber.assert_no_pending_responses()
+    assert object_exists(moto_endpoint, setup["bucket"]) == []
+
+
 def test_failure_after_the_shared_import_steps_removes_the_ami_and_the_upload(
     setup: dict[str, Any], moto_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

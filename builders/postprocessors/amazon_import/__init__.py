@@ -256,7 +256,13 @@ class _ImportRun:
     def call(self, operation: str, *, service: str = "ec2", **params: Any) -> Any:
         # once the build is cancelled, a call is a cleanup's: it keeps retrying
         access = uncancelled(self.access) if self.ctx.cancel.is_set() else self.access
-        return access.call(operation, service=service, **params)
+        try:
+            return access.call(operation, service=service, **params)
+        except Ec2Error as exc:
+            if operation != "import_image":
+                raise
+            # Packer's wording for a refused ImportImage
+            raise BuildError(f"Failed to start import from s3://{self.bucket}/{self.key}: {exc}") from None
 
     def fail(self, message: str) -> Exception:
         return BuildError(message)
