@@ -175,3 +175,34 @@ def test_format_hints_is_what_messages_show() -> None:
     assert rh.format_hints(hints) == "size=>=4 name=/dev/sda serial=S1 wwn=0x5000c5 model=QM-1"
     assert rh.format_hints({"model": "s==  QEMU   HARDDISK"}) == "model=s== QEMU HARDDISK"
     assert rh.format_hints(None) == ""
+
+
+def test_the_providers_plan_root_disk_follows_the_same_rules(tmp_path: Any) -> None:
+    """provider._root_disk (disks.system in the agent settings, room for create_vm, extra disks) chooses among the
+    plan's disks with root_hints.py: case-insensitive serials, operators, the default; a plan that does not
+    describe the hinted field falls back to the default."""
+    from cpi.providers.baremetal.provider import _root_disk
+    from cpi.providers.baremetal.store import Bmc, MetalStore, NodeSpec
+
+    store = MetalStore(tmp_path / "sd")
+    plan = {"arch": "x86_64", "cpus": 1, "memory_mib": 512, "labels": {},
+            "disks": [{"size_gib": 20, "serial": "BIG-1"}, {"size_gib": 4, "serial": "SMALL-1"},
+                      {"size_gib": 8, "serial": "MID-1", "model": "Fast SSD"}]}  # fmt: skip
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"serial": "mid-1"}, "MID-1"),
+        ({"size": ">= 10"}, "BIG-1"),
+        ({"model": "<in> ssd"}, "MID-1"),
+        ({"size": "<range-in> [ 5 25 ]"}, "BIG-1"),  # the first in plan order, as Ironic's first match
+        ({}, "SMALL-1"),  # the smallest of at least 4 GiB
+        ({"wwn": "0x5000"}, "SMALL-1"),  # the plan names no WWNs: the default
+    ]
+    for i, (hints, serial) in enumerate(cases):
+        name = f"n{i}"
+        bmc = Bmc("redfish", "http://127.0.0.1:9", f"/redfish/v1/Systems/{name}", "u", "p")
+        store.enroll([NodeSpec(name=name, bmc=bmc, macs=(f"52:54:00:00:00:{i:02x}",), plan=plan, root_hints=hints)],
+                     who="t")  # fmt: skip
+        node = store.get_node(name)
+        chosen = _root_disk(node)
+        assert chosen["serial"] == serial, (hints, chosen)
+        assert any(chosen is d for d in node.plan["disks"])  # create_disk skips the root by identity
+    store.close()

@@ -811,20 +811,20 @@ def system_disk_hint(root: Mapping[str, Any]) -> str:
 
 
 def _root_disk(node: Node) -> dict[str, Any]:
-    """The disk the root-device hints select (default: the smallest of at least 4 GiB, as the ramdisk does)."""
+    """The plan disk the root-device hints select with Ironic's rules (``root_hints.py``, the rules ``metal serve``
+    applies to the disks the ramdisk finds); a plan that does not describe a hinted field gets the default (the
+    smallest disk of at least 4 GiB, else the smallest). The returned dict is one of ``node.plan["disks"]``."""
+    from cpi.providers.baremetal import root_hints
+
     disks: list[dict[str, Any]] = list(node.plan.get("disks", []))
-    hints = node.root_hints
-    for disk in disks:
-        if any(k in hints and k in disk and str(disk[k]) == str(hints[k]) for k in ("serial", "name", "wwn", "model")):
-            return disk
-    if "size" in hints:
-        text = str(hints["size"]).replace(" ", "")
-        for disk in sorted(disks, key=lambda d: float(d.get("size_gib", 0))):
-            size = float(disk.get("size_gib", 0))
-            if (text.startswith(">=") and size >= float(text[2:])) or (text.isdigit() and size == float(text)):
-                return disk
-    big = [d for d in disks if float(d.get("size_gib", 0)) >= 4]
-    return min(big or disks, key=lambda d: float(d.get("size_gib", 0))) if disks else {}
+    devices = [{**d, "size": int(float(d.get("size_gib", 0)) * root_hints.GIB)} for d in disks]
+    for hints in (node.root_hints, None):
+        try:
+            chosen = root_hints.select_root_device(devices, hints)
+        except (root_hints.NoRootDevice, root_hints.RootHintsError):
+            continue
+        return disks[next(i for i, d in enumerate(devices) if d is chosen)]
+    return min(disks, key=lambda d: float(d.get("size_gib", 0))) if disks else {}
 
 
 def _root_image(image: Path, work: Path) -> Path:
