@@ -335,7 +335,7 @@ def run_inspection(task: Task, who: str) -> Node:
     try:
         hw = hardware_for(task.refresh())
         states.apply(store, name, "wait", who, "inspection: ramdisk job started", wait_s=timeout + 60)
-        events = _run_ramdisk(task, hw, "inspect", {"mode": "inspect", "heartbeat_s": task.config.heartbeat_s}, timeout)
+        events = hw.deploy.inspect(task, timeout)
         inventory = inspection.parse_report(events[-1].get("data") or {}, name)
         record = store.set_inspection(name, inventory)
         states.apply(store, name, "resume", who, "ramdisk reported the hardware")
@@ -354,29 +354,6 @@ def run_inspection(task: Task, who: str) -> Node:
         if store.get_node(name).provision_state in (states.INSPECTING, states.INSPECT_WAIT):
             states.apply(store, name, "fail", who, "inspection interrupted", last_error="inspection interrupted")
         raise
-
-
-def _run_ramdisk(
-    task: Task, hw: Any, kind: str, instructions: dict[str, Any], timeout_s: float
-) -> list[dict[str, Any]]:
-    """One ramdisk job as ``RamdiskDeploy`` runs them (job, one-time PXE, power on or reset, follow the events
-    to the result), then the job ended and the server powered off."""
-    from cpi.providers.baremetal.interfaces.base import POWER_ON
-    from cpi.providers.baremetal.interfaces.deploy_ramdisk import follow
-
-    after = task.store.last_event_id(task.node.name)
-    job = hw.boot.prepare_ramdisk(task, kind, instructions, timeout_s)
-    try:
-        task.say(f"node {task.node.name}: {kind}: ramdisk job ready, booting the server from the network")
-        if hw.power.get_power_state(task) == POWER_ON:
-            hw.power.reboot(task)
-        else:
-            hw.power.set_power_state(task, POWER_ON)
-        events = follow(task, job, after)
-    finally:
-        hw.boot.clean_up_ramdisk(task)
-    hw.power.set_power_state(task, "off")
-    return events
 
 
 def _power_off_quietly(task: Task) -> None:

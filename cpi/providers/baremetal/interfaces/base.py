@@ -144,6 +144,11 @@ class DeployInterface(ABC):
         """Boot the ramdisk in clean mode (wipe signatures and the first/last MiB of every disk), wait for its
         result, power the server off. Raises DeployFailed like ``deploy``."""
 
+    @abstractmethod
+    def inspect(self, task: Task, timeout_s: float) -> list[dict[str, Any]]:
+        """Boot the ramdisk in inspect mode (nothing written), wait for its result (whose data is the hardware
+        report), power the server off. Raises DeployFailed like ``deploy``."""
+
 
 @dataclass(frozen=True)
 class Hardware:

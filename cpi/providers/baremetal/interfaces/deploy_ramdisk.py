@@ -5,7 +5,8 @@ events the ramdisk posts to ``metal serve`` (stored in the shared store): one pr
 elapsed time, until its ``result``. A failed result raises DeployFailed with the ramdisk's exact message and
 stage; no result before the job's deadline raises ``no callback from node X within N s (last stage: ...)``.
 A node that restarts mid-deploy (``booted`` again after later stages) is reported and followed again: the ramdisk
-starts over within the same deadline. ``clean`` is the same in clean mode, then powers the server off.
+starts over within the same deadline. ``clean`` and ``inspect`` are the same in their modes, then power the
+server off.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ class RamdiskDeploy(DeployInterface):
     def clean(self, task: Task, timeout_s: float) -> list[dict[str, Any]]:
         body = {"mode": "clean", "heartbeat_s": task.config.heartbeat_s}
         events = self._run(task, "clean", body, timeout_s)
+        self.boot.clean_up_ramdisk(task)
+        self.power.set_power_state(task, POWER_OFF)
+        return events
+
+    def inspect(self, task: Task, timeout_s: float) -> list[dict[str, Any]]:
+        body = {"mode": "inspect", "heartbeat_s": task.config.heartbeat_s}
+        events = self._run(task, "inspect", body, timeout_s)
         self.boot.clean_up_ramdisk(task)
         self.power.set_power_state(task, POWER_OFF)
         return events
