@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import pytest
@@ -260,13 +261,17 @@ def test_calls_to_one_bmc_are_paced(tmp_path: Path, emulator: Emulator) -> None:
 
 
 # -- deploy interface: following the ramdisk's events ----------------------------------------------------------
-def ramdisk_player(store: MetalStore, node: str, script: list[tuple[str, dict[str, object]]]) -> threading.Thread:
-    """Plays a ramdisk: waits for the node's job, then posts ``script`` events as the services would store them."""
+def ramdisk_player(store: MetalStore, node: str, script: list[tuple[str, dict[str, object]]],
+                   jobs_seen: list[Any] | None = None) -> threading.Thread:
+    """Plays a ramdisk: waits for the node's job (appended to ``jobs_seen``), then posts ``script`` events as the
+    services would store them."""
 
     def run() -> None:
         deadline = time.monotonic() + 60
         while store.job(node) is None and time.monotonic() < deadline:
             time.sleep(0.1)
+        if jobs_seen is not None:
+            jobs_seen.append(store.job(node))
         for kind, body in script:
             store.add_event(node, kind, {"kind": kind, **body})
             time.sleep(0.05)
@@ -347,6 +352,13 @@ def test_deploy_and_clean_through_redfish(tmp_path: Path, emulator: Emulator) ->
     hw.deploy.clean(task, timeout_s=60)
     player.join(10)
     assert store.job(name) is None and hw.power.get_power_state(task) == "off"
+    # a plan that asks for a full erase gets it in the clean job's instructions (the default job names none)
+    task.node.plan["erase"] = "full"
+    seen: list[Any] = []
+    player = ramdisk_player(store, name, [("result", {"stage": "done", "ok": True})], jobs_seen=seen)
+    hw.deploy.clean(task, timeout_s=60)
+    player.join(10)
+    assert seen and seen[0].instructions["mode"] == "clean" and seen[0].instructions["erase"] == "full"
 
 
 # -- IPMI through pyghmi, against virtualbmc's libvirt driver on 127.0.0.1 --------------------------------------

@@ -87,6 +87,7 @@ def test_enroll_list_show_mask_credentials(tmp_path: Path, capsys: pytest.Captur
         (lambda d: d["nodes"][1]["macs"].__setitem__(0, d["nodes"][0]["macs"][0]), "'nodes/1/macs/0'"),
         (lambda d: d["nodes"][1].update(name="node-a"), "'nodes/1/name' 'node-a' is already used by nodes/0"),
         (lambda d: d["nodes"][0]["plan"]["disks"][0].pop("size_gib"), "'nodes/0/plan/disks/0'"),
+        (lambda d: d["nodes"][0]["plan"].update(erase="shred"), "'nodes/0/plan/erase'"),
         (lambda d: d["nodes"][0].update(colour="red"), "unknown key(s) 'colour' at 'nodes/0'"),
         (lambda d: d["nodes"][1]["root_hints"].update(size=">= x"), "'nodes/1/root_hints/size'"),
         (lambda d: d["nodes"][1]["root_hints"].update(rotational="maybe"), "'nodes/1/root_hints/rotational'"),

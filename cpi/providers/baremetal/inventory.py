@@ -74,6 +74,8 @@ NODE_SCHEMA: dict[str, Any] = {
                 "memory_mib": {"type": "integer", "minimum": 1},
                 "disks": {"type": "array", "minItems": 1, "items": DISK_SCHEMA},
                 "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                # cleaning depth (services.instructions.ERASE_MODES): metadata (default) or full
+                "erase": {"enum": ["metadata", "full"]},
             },
         },
         "root_hints": {

@@ -38,7 +38,10 @@ class RamdiskDeploy(DeployInterface):
         return self._run(task, "deploy", body, timeout_s)
 
     def clean(self, task: Task, timeout_s: float) -> list[dict[str, Any]]:
-        body = {"mode": "clean", "heartbeat_s": task.config.heartbeat_s}
+        body: dict[str, Any] = {"mode": "clean", "heartbeat_s": task.config.heartbeat_s}
+        erase = (task.node.plan or {}).get("erase")
+        if erase:  # the plan asks for a cleaning depth (metadata or full erase); the ramdisk's default is metadata
+            body["erase"] = erase
         events = self._run(task, "clean", body, timeout_s)
         self.boot.clean_up_ramdisk(task)
         self.power.set_power_state(task, POWER_OFF)
