@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -298,20 +300,25 @@ def test_wrapper_blocks_signals_during_start_up(cpi_wrapper: Path, tmp_path: Pat
     pending): an interpreter stand-in prints its blocked-signal mask from /proc."""
     assert wrapper.env_blocks_signals()
     assert cpi_wrapper.read_text().startswith(f"#!{wrapper.ENV} -S {wrapper.BLOCK_SIGNALS} ")
-    fake_python = tmp_path / "python"
+    # a short directory: under xdist the #! line with tmp_path would pass MAX_SHEBANG (then no #! form is written)
+    short = Path(tempfile.mkdtemp(prefix="sf-sig-", dir="/tmp"))
+    fake_python = short / "python"
     fake_python.write_text("#!/bin/sh\nexec grep SigBlk /proc/self/status\n")
     fake_python.chmod(0o755)
     script = tmp_path / "cpi"
-    # both forms: the Python script started by its #! line and the shell script (paths #! cannot carry)
-    for text in (wrapper.render_direct(str(fake_python), "/dev/null", ["-I"], block_signals=True),
-                 wrapper.render(str(fake_python), "/dev/null", [], block_signals=True)):
-        assert text is not None
-        script.write_text(text)
-        script.chmod(0o755)
-        out = subprocess.run([str(script)], capture_output=True, text=True, timeout=60,
-                             env={"PATH": wrapper.DIRECTOR_PATH})
-        mask = int(out.stdout.split()[-1], 16)
-        assert all(mask & (1 << (signum - 1)) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)), out
+    try:
+        # both forms: the Python script started by its #! line and the shell script (paths #! cannot carry)
+        for text in (wrapper.render_direct(str(fake_python), "/dev/null", ["-I"], block_signals=True),
+                     wrapper.render(str(fake_python), "/dev/null", [], block_signals=True)):
+            assert text is not None
+            script.write_text(text)
+            script.chmod(0o755)
+            out = subprocess.run([str(script)], capture_output=True, text=True, timeout=60,
+                                 env={"PATH": wrapper.DIRECTOR_PATH})
+            mask = int(out.stdout.split()[-1], 16)
+            assert all(mask & (1 << (signum - 1)) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)), out
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def _signal_state(pid: int) -> tuple[int, int]:
