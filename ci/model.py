@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from stemforge_base.values import GO_JSON, type_name
+
 #: Step keys in the order atc parses them; the first eight wrap the step that follows.
 MODIFIERS = ("ensure", "on_error", "on_abort", "on_failure", "on_success", "across", "attempts", "timeout")
 CORE_STEPS = ("task", "put", "get", "set_pipeline", "load_var", "try", "do", "in_parallel")
@@ -317,20 +319,6 @@ class Step:
             yield from child.walk()
 
 
-def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
-
-
 def _malformed(kind: str, detail: str) -> DecodeError:
     return DecodeError(f"error unmarshaling JSON: while decoding JSON: malformed {kind} step: {detail}")
 
@@ -341,7 +329,7 @@ def _expect(kind: str, key: str, value: Any, want: type | tuple[type, ...], go_t
     ok = False if isinstance(value, bool) and want in (int, (int,)) else isinstance(value, want)
     if not ok:
         raise _malformed(
-            kind, f"json: cannot unmarshal {_type_name(value)} into Go struct field .{key} of type {go_type}"
+            kind, f"json: cannot unmarshal {type_name(value, GO_JSON)} into Go struct field .{key} of type {go_type}"
         )
 
 
@@ -349,7 +337,7 @@ def parse_step(raw: Any) -> Step:
     """Parse one step mapping (see the module docstring); raises DecodeError."""
     if not isinstance(raw, dict):
         raise DecodeError(
-            f"error unmarshaling JSON: while decoding JSON: json: cannot unmarshal {_type_name(raw)} "
+            f"error unmarshaling JSON: while decoding JSON: json: cannot unmarshal {type_name(raw, GO_JSON)} "
             "into Go value of type map[string]*json.RawMessage"
         )
     remaining = dict(raw)
@@ -395,7 +383,7 @@ def _parse_one(key: str, raw: dict[str, Any]) -> Step:
         for item in value or []:
             if not isinstance(item, dict):
                 raise _malformed(
-                    key, f"json: cannot unmarshal {_type_name(item)} into Go value of type atc.AcrossVarConfig"
+                    key, f"json: cannot unmarshal {type_name(item, GO_JSON)} into Go value of type atc.AcrossVarConfig"
                 )
             for extra in item:
                 if extra not in ACROSS_VAR_FIELDS:
@@ -444,7 +432,7 @@ def job_plan(job: Mapping[str, Any]) -> Step:
     plan = job.get("plan") or []
     if not isinstance(plan, list):
         raise DecodeError(
-            f"error unmarshaling JSON: while decoding JSON: json: cannot unmarshal {_type_name(plan)} "
+            f"error unmarshaling JSON: while decoding JSON: json: cannot unmarshal {type_name(plan, GO_JSON)} "
             "into Go struct field JobConfig.plan of type []atc.Step"
         )
     step = Step(kind="do", raw={"do": plan}, children=[parse_step(item) for item in plan])
