@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """create_vm through the CPI versus the cost of the disk work a VM needs, and the disk space VMs take.
 
-With a private storage pool and state directory (``tests/libvirt_harness.py``: the same set-up and teardown as the
+With a private storage pool and state directory (``tests/harness/libvirt.py``: the same set-up and teardown as the
 libvirt tests), the test stemcell is imported once; then ``--vms`` VMs are created from it through the
 director-style ``bin/cpi`` (``create_vm`` v2, ``{"ram": --ram}``, one QEMU user-mode NIC, no ephemeral disk). Each
 create_vm is timed from process start to response; the CPI answers once the domain is confirmed running (it
@@ -37,11 +37,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-for _path in (REPO, REPO / "tests"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-from libvirt_harness import USER_NET, LibvirtCpi, libvirt_unavailable_reason, session_cpi  # noqa: E402
+from tests.harness.libvirt import USER_NET, LibvirtCpi, libvirt_unavailable_reason, session_cpi  # noqa: E402
 
 STEMCELL_DIR = Path("/var/lib/stemforge/tests/stemcells")  # shared with the tests' cache (tests/conftest.py)
 MIB = 1024 * 1024

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bare-metal deploy time of 1, 2 and 4 servers at once through the CPI: does it stay flat in N?
 
-For each N, a fresh emulated lab of N servers (``tests/metal_harness.metal_lab``: libvirt VMs with blank disks,
+For each N, a fresh emulated lab of N servers (``tests/harness/metal.metal_lab``: libvirt VMs with blank disks,
 the sushy-tools Redfish emulator, ``metal serve`` with dnsmasq + iPXE + HTTP in the lab's namespace, RAMDISK's
 deploy ramdisk), the servers enrolled, managed and provided (``stemforge metal enroll|manage|provide
 --skip-cleaning``: the lab's disks are blank), the test stemcell registered with ``create_stemcell``, then N
@@ -45,10 +45,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from libvirt_harness import CpiResult, LibvirtCpi  # noqa: E402
-from metal_harness import Lab, metal_lab, metal_unavailable_reason  # noqa: E402
+from tests.harness.libvirt import CpiResult, LibvirtCpi  # noqa: E402
+from tests.harness.metal import Lab, metal_lab, metal_unavailable_reason  # noqa: E402
 
 TARGET_RATIO = 1.5
 STEMFORGE = [sys.executable, "-m", "stemforge.cli"]

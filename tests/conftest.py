@@ -1,10 +1,14 @@
-"""Shared fixtures. The libvirt ones build the test stemcell once per session and give each session a private
-storage pool and state directory (see ``tests/libvirt_harness.py``)."""
+"""Shared fixtures and the xdist scheduling. The libvirt fixtures build the test stemcell once per session and give
+each session a private storage pool and state directory (see ``tests/harness/libvirt.py``).
+
+Layout: one directory per area (``cpi/``, ``aws/``, ``metal/``, ``builders/``, ``stemcells/``, ``ci/``,
+``terraform/``, ``project/``), the harnesses as the package ``tests.harness``. ``tests`` and its directories are
+packages, so pytest (default ``prepend`` import mode) puts the repository root on ``sys.path`` and modules import
+``tests.harness.*`` like any package; basenames may repeat across directories."""
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,38 +16,42 @@ from typing import Any
 import pytest
 import requests
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from libvirt_harness import LibvirtCpi, libvirt_unavailable_reason, session_cpi  # noqa: E402
+from tests.harness.libvirt import LibvirtCpi, libvirt_unavailable_reason, session_cpi
 
 STEMCELL_DIR = Path("/var/lib/stemforge/tests/stemcells")
+HERE = Path(__file__).parent
 
 # ``scripts/test.sh`` runs the suite on two pytest-xdist workers with ``--dist loadscope`` and the scheduler below:
 # every module is one scheduling unit (its module-scoped fixtures, e.g. a metal lab or a moto server, are made once),
 # and modules that share host-global state run in one unit, one after the other:
 # - "debian": debian builds share the bootstrap cache, whose ``.*.tmp`` temporaries, chroot mounts, loop devices
-#   and ``sleep 300`` provisioners those tests assert are gone;
-# - "metal": every module that boots emulated servers (TCG guests PXE-booting the ramdisk); their deploy
-#   deadlines are sized for one lab's guests on the machine's cores, not two labs'.
+#   and ``sleep 300`` provisioners those tests assert are gone (the modules that run debootstrap);
+# - "metal": the ``metal/`` directory (its modules boot emulated servers: TCG guests PXE-booting the ramdisk) and
+#   the benchmarks smoke (it deploys to a lab); their deploy deadlines are sized for one lab's guests on the
+#   machine's cores, not two labs'.
+# Entries are paths under tests/; one ending in "/" is a directory (every module under it).
 # Units start longest first (the order below, then the rest as collected) so the last one to finish is short.
 # (xdist's own ``loadgroup`` does not group under pytest 9: it renames ``item._nodeid``, which pytest 9 ignores.)
 XDIST_GROUPS: dict[str, tuple[str, ...]] = {
-    "metal": ("test_metal_e2e.py", "test_metal_ramdisk.py", "test_benchmarks_smoke.py", "test_metal_ramdisk_bench.py",
-              "test_metal_provider.py", "test_metal_interfaces.py", "test_metal_services_netns.py",
-              "test_metal_inventory.py", "test_metal_lab.py", "test_metal_services_http.py",
-              "test_metal_hardening.py", "test_metal_inspect.py"),
-    "debian": ("test_cpi_test_pp.py", "test_debian_builder.py", "test_qemu_builder_ssh.py",
-               "test_debian_builder_failpoints.py", "test_debian_builder_template.py"),
+    "metal": ("metal/", "project/test_benchmarks_smoke.py"),
+    "debian": ("builders/test_cpi_test_pp.py", "builders/test_debian_builder.py", "builders/test_qemu_builder_ssh.py",
+               "builders/test_debian_builder_failpoints.py", "builders/test_debian_builder_template.py"),
 }
-LONGEST_FIRST = ("metal", "debian", "test_pipeline_run_jobs.py", "test_terraform_env.py",
-                 "test_libvirt_lifecycle.py", "test_disk_hints.py", "test_aws_cpi_lifecycle.py", "test_amazon_ebs.py",
-                 "test_release_pp_flow.py", "test_testimage.py", "test_libvirt_failures.py", "test_qemu_builder.py")
+LONGEST_FIRST = ("metal", "debian", "ci/test_pipeline_run_jobs.py", "terraform/test_terraform_env.py",
+                 "cpi/test_libvirt_lifecycle.py", "cpi/test_disk_hints.py", "aws/test_aws_cpi_lifecycle.py",
+                 "builders/test_amazon_ebs.py", "builders/test_release_pp_flow.py", "stemcells/test_testimage.py",
+                 "cpi/test_libvirt_failures.py", "builders/test_qemu_builder.py")
+
+
+def _in(module: str, entry: str) -> bool:
+    return module.startswith(entry) if entry.endswith("/") else module == entry
 
 
 def unit_of(nodeid: str) -> str:
-    """The scheduling unit of a test: its module's group, else its module (``tests/x.py::t[p]`` -> ``x.py``)."""
-    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
-    return next((group for group, modules in XDIST_GROUPS.items() if module in modules), module)
+    """The scheduling unit of a test: its module's group, else its module path under tests/
+    (``tests/cpi/x.py::t[p]`` -> ``cpi/x.py``)."""
+    module = nodeid.split("::", 1)[0].removeprefix("tests/")
+    return next((group for group, entries in XDIST_GROUPS.items() if any(_in(module, e) for e in entries)), module)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -62,10 +70,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Put the longest units first, in a stable, deterministic order (every xdist worker collects the same list).
-    A module named above that no longer exists is an error: a renamed module would silently leave its group."""
-    here = Path(__file__).parent
+    A module or directory named above that no longer exists is an error: a renamed one would silently leave its
+    group."""
     named = [m for modules in XDIST_GROUPS.values() for m in modules] + [u for u in LONGEST_FIRST if u.endswith(".py")]
-    missing = sorted(m for m in named if not (here / m).is_file())
+    missing = sorted(m for m in named if not ((HERE / m).is_dir() if m.endswith("/") else (HERE / m).is_file()))
     if missing:
         raise pytest.UsageError(f"tests/conftest.py schedules modules that do not exist: {', '.join(missing)}")
     rank = {unit: index for index, unit in enumerate(LONGEST_FIRST)}

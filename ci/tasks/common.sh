@@ -19,7 +19,7 @@ export PYTHONDONTWRITEBYTECODE=1
 
 stemforge() { (cd "$SRC" && "$PY" -m stemforge.cli "$@"); }
 
-# Words of $PYTEST_ARGS (a param: narrows a run, e.g. "-k info tests/test_cpi_config.py").
+# Words of $PYTEST_ARGS (a param: narrows a run, e.g. "-k info tests/cpi/test_cpi_config.py").
 pytest_extra() { read -r -a PYTEST_EXTRA <<< "${PYTEST_ARGS:-}"; }
 
 # run_pytest MARKERS FILE_GLOB...: pytest on the files that exist, selected by marker, plus $PYTEST_ARGS.

@@ -8,6 +8,6 @@ if [ "${LINT:-true}" = true ]; then
 fi
 pytest_extra
 say "pytest -m '$MARKERS' ${PYTEST_EXTRA[*]:-tests}"
-(cd "$SRC" && "$PY" -m pytest -p no:cacheprovider -q -rs -m "$MARKERS" --ignore-glob='tests/test_pipeline_run*.py' \
+(cd "$SRC" && "$PY" -m pytest -p no:cacheprovider -q -rs -m "$MARKERS" --ignore-glob='tests/ci/test_pipeline_run*.py' \
   ${PYTEST_EXTRA[@]+"${PYTEST_EXTRA[@]}"})
 say "unit passed"

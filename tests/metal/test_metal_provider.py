@@ -1,0 +1,443 @@
+"""BareMetalProvider's CPI methods against a real sushy-emulator (fake driver: simulated power, 1-11 s delays) with
+the ramdisk and the installed OS played by a thread working on the shared store (the full PXE path is in
+test_metal_e2e.py): claims, config drive contents, failure cleanup, BMC-down maintenance, disks."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cpi import configdrive
+from cpi.errors import CloudError, DiskNotAttached, NotSupported, VMCreationFailed, VMNotFound
+from cpi.providers.baremetal.provider import BareMetalProvider
+from cpi.providers.baremetal.store import Bmc, MetalStore, NodeSpec
+from tests.metal.test_metal_interfaces import PASSWORD, SYSTEMS, Emulator, free_port, sushy_emulator
+
+log = logging.getLogger("test.metal.provider")
+AGENT_ENV = {"bosh": {"password": "env-secret-pw", "mbus": {"cert": {"private_key": "PRIVATE"}}}}
+NETWORKS = {"default": {"type": "dynamic", "dns": ["10.0.0.2"], "default": ["dns", "gateway"]}}
+
+
+class FakeRamdisk:
+    """Plays the deploy ramdisk (stage events per job), ``metal serve``'s DHCP-seen signal (a ``dhcp`` event per
+    lease, as ``services/dhcp_seen.py`` records them) and the installed OS (a DHCP request after the deploy; a
+    phone-home read from the config drive the provider wrote, with the token it holds) for every node, until
+    stopped."""
+
+    def __init__(self, store: MetalStore, drives: Path) -> None:
+        self.store = store
+        self.drives = drives
+        self.seen: set[str] = set()
+        self.deploy_result: Callable[[str], dict[str, Any]] = lambda node: {"stage": "done", "ok": True}
+        self.phone_home = True
+        self.deploy_dhcp = True  # the ramdisk's NIC is on metal serve's network
+        self.os_dhcp = True  # the OS on the deployed disk asks for an address
+        self.selected_serial: str | None = None  # the root disk the ramdisk reports (default: the plan's)
+        self.stop = threading.Event()
+        self.pending_phone_home: dict[str, float] = {}
+        self.booting: dict[str, float] = {}
+        self.last_dhcp: dict[str, float] = {}
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def post(self, node: str, kind: str, **body: Any) -> None:
+        self.store.add_event(node, kind, {"kind": kind, **body})
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for node in self.store.nodes():
+                job = self.store.job(node.name)
+                if job is not None and job.token not in self.seen:
+                    self.seen.add(job.token)
+                    threading.Thread(target=self.play, args=(node.name, job.kind), daemon=True).start()
+            for name, since in list(self.pending_phone_home.items()):
+                if self.store.job(name) is None and time.time() > since + 1:
+                    del self.pending_phone_home[name]
+                    if self.os_dhcp:
+                        self.booting[name] = time.time()
+                    if self.phone_home:
+                        self.do_phone_home(name)
+            # the fake cannot see the BMC reset that boots the disk: its OS asks for an address every 0.5 s while
+            # create_vm waits (at most 60 s), as a DHCP client does on each boot
+            for name, since in list(self.booting.items()):
+                if self.store.get_node(name).provision_state != "deploying" or time.time() > since + 60:
+                    del self.booting[name]
+                elif time.time() > self.last_dhcp.get(name, 0) + 0.5:
+                    self.last_dhcp[name] = time.time()
+                    self.dhcp(name)
+            time.sleep(0.1)
+
+    def play(self, node: str, kind: str) -> None:
+        time.sleep(0.3)
+        self.post(node, "stage", stage="booted", ok=True)
+        if kind == "clean":
+            self.post(node, "stage", stage="disk-wiped", ok=True, message="/dev/vda")
+            self.post(node, "stage", stage="done", ok=True)
+            self.post(node, "result", stage="done", ok=True)
+            return
+        if self.deploy_dhcp:
+            self.dhcp(node)
+        serial = self.selected_serial or f"{node}-root"
+        disk = {"name": "vda", "device": "/dev/vda", "size": 4 << 30, "serial": serial, "wwn": "", "model": ""}
+        self.post(node, "stage", stage="disk-selected", ok=True, data=disk)
+        for stage in ("image-written", "checksum-ok", "configdrive-written", "done"):
+            self.post(node, "stage", stage=stage, ok=True)
+        result = self.deploy_result(node)
+        if result.get("ok"):
+            self.pending_phone_home[node] = time.time()
+        self.post(node, "result", **result)
+
+    def dhcp(self, node: str) -> None:
+        mac = self.store.get_node(node).macs[0]
+        self.post(node, "dhcp", mac=mac, ip="10.9.9.100", interface="br0")
+
+    def do_phone_home(self, node: str) -> None:
+        iso = self.drives / f"{node}.iso"
+        settings = json.loads(configdrive.read_iso_file(iso, "ec2/latest/user-data"))
+        meta = json.loads(configdrive.read_iso_file(iso, "openstack/latest/meta_data.json"))["meta"]
+        assert self.store.check_token(node, meta["phone_home_token"], "phone-home")
+        self.post(
+            node, "phone-home", agent_id=settings["agent_id"], macs=[n["mac"] for n in settings["networks"].values()]
+        )
+
+
+@contextlib.contextmanager
+def lab(tmp_path: Path, emulator: Emulator, bad_bmc: bool = False, nodes: int = 2) -> Iterator[tuple[Any, ...]]:
+    state = tmp_path / "metal"
+    store = MetalStore(state)
+    specs = []
+    for index, (uuid, name, mac) in enumerate(SYSTEMS[:nodes]):
+        address = f"http://127.0.0.1:{free_port()}" if (bad_bmc and index == 0) else emulator.url
+        specs.append(
+            NodeSpec(
+                name,
+                Bmc("redfish", address, uuid, "admin", PASSWORD),
+                (mac,),
+                {"arch": "x86_64", "cpus": 1 + index, "memory_mib": 512,
+                 "disks": [{"size_gib": 4, "serial": f"{name}-root", "name": "/dev/vda"},
+                           {"size_gib": 1, "serial": f"{name}-d1", "name": "/dev/vdb"}],
+                 "labels": {"rack": f"r{index}"}},
+                {"serial": f"{name}-root"},
+            )
+        )  # fmt: skip
+    store.enroll(specs, who="test")
+    for spec in specs:
+        for verb, to in (("manage", "manageable"), ("provide", "cleaning"), ("done", "available")):
+            store.transition(spec.name, verb, [store.get_node(spec.name).provision_state], to, "test", "test")
+    props = {
+        "baremetal": {
+            "state_dir": str(state),
+            "provisioning_url": "http://127.0.0.1:1",
+            "timeouts": {"power": 40, "deploy": 60, "phone_home": 30, "clean": 60},
+            "bmc": {"attempts": 2, "backoff_s": 0.05, "backoff_max_s": 0.1, "min_interval_s": 0},
+        },
+        "agent": {"mbus": "nats://127.0.0.1:4222"},
+    }
+    provider = BareMetalProvider(props, log)
+    ramdisk = FakeRamdisk(store, state / "configdrives")
+    try:
+        yield provider, store, ramdisk
+    finally:
+        ramdisk.stop.set()
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[Emulator]:
+    with sushy_emulator(tmp_path / "emulator") as emu:
+        yield emu
+
+
+def make_stemcell(provider: BareMetalProvider, tmp_path: Path) -> str:
+    raw = tmp_path / "root.raw"
+    raw.write_bytes(b"\xeb\x63" + b"stemcell" * 1000)
+    qcow = tmp_path / "root.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow)], check=True)
+    return provider.create_stemcell(str(qcow), {}, {"tag": "v"})
+
+
+def test_stemcell_raw_with_checksum(tmp_path: Path) -> None:
+    import hashlib
+
+    provider = BareMetalProvider({"baremetal": {"state_dir": str(tmp_path / "metal")}}, log)
+    cid = make_stemcell(provider, tmp_path)
+    record = provider.store.stemcell(cid)
+    assert record is not None
+    image = Path(record["path"])
+    assert image == tmp_path / "metal" / "images" / f"{cid}.raw"
+    data = image.read_bytes()
+    assert data.startswith(b"\xeb\x63stemcell") and record["size"] == len(data)
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    provider.delete_stemcell(cid)
+    assert not image.exists() and provider.store.stemcell(cid) is None
+    provider.delete_stemcell(cid)  # idempotent
+    with pytest.raises(CloudError, match="does not exist"):
+        provider.create_stemcell(str(tmp_path / "nope"), {}, {})
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(CloudError, match="light stemcells are not supported"):
+        provider.create_stemcell(str(tmp_path / "empty"), {}, {})
+    assert list((tmp_path / "metal" / "images").iterdir()) == []
+
+
+def test_vm_lifecycle_with_disks(tmp_path: Path, emulator: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=log.name)
+    with lab(tmp_path, emulator) as (provider, store, ramdisk):
+        stemcell = make_stemcell(provider, tmp_path)
+        assert provider.calculate_vm_cloud_properties({"cpu": 2, "ram": 256, "ephemeral_disk_size": 1024}) == {
+            "cpu": 2, "ram": 512, "arch": "x86_64", "ephemeral_disk_size": 1024}  # fmt: skip
+        vm, networks = provider.create_vm("agent-1", stemcell, {"cpu": 1}, NETWORKS, [], AGENT_ENV)
+        node = store.node_for_vm(vm)
+        assert node is not None and node.name == "node-a"  # the smallest plan
+        assert node.provision_state == "active" and networks["default"]["mac"] == node.macs[0]
+        # the default readiness: the OS's DHCP request after the boot-to-disk reboot, no phone-home awaited
+        assert "booted its disk: its OS asked for an address on 52:54:00:10:00:0a" in caplog.text
+        assert provider.has_vm(vm)
+        iso = tmp_path / "metal" / "configdrives" / "node-a.iso"
+        settings = json.loads(configdrive.read_iso_file(iso, "openstack/latest/user_data"))
+        assert settings["agent_id"] == "agent-1" and settings["env"] == AGENT_ENV
+        assert settings["networks"]["default"]["mac"] == node.macs[0]
+        # stable names: the root disk by the by-id link udev makes from its serial; no separate ephemeral disk
+        assert settings["disks"]["system"] == "/dev/disk/by-id/virtio-node-a-root"
+        assert settings["disks"]["ephemeral"] is None
+        meta = json.loads(configdrive.read_iso_file(iso, "openstack/latest/meta_data.json"))["meta"]
+        assert meta["phone_home_url"] == "http://127.0.0.1:1/v1/nodes/node-a/phone-home"
+        job_log = [t.to_state for t in store.transitions("node-a")]
+        assert job_log[-4:] == ["deploying", "wait call-back", "deploying", "active"]
+        provider.set_vm_metadata(vm, {"deployment": "d", "job": "j"})
+        assert store.vm(vm)["metadata"] == {"deployment": "d", "job": "j"}
+        with pytest.raises(NotSupported, match="needs a VM"):
+            provider.create_disk(512, {}, None)
+        disk = provider.create_disk(512, {}, vm)
+        with pytest.raises(CloudError, match="no free local disk"):
+            provider.create_disk(512, {}, vm)
+        hint = provider.attach_disk(vm, disk)
+        assert hint == {"id": "node-a-d1", "path": "/dev/vdb"}
+        assert provider.get_disks(vm) == [disk]
+        settings = json.loads(configdrive.read_iso_file(iso, "openstack/latest/user_data"))
+        assert settings["disks"]["persistent"] == {disk: hint}
+        provider.detach_disk(vm, disk)
+        with pytest.raises(DiskNotAttached):
+            provider.detach_disk(vm, disk)
+        assert provider.get_disks(vm) == []
+        provider.reboot_vm(vm)
+        provider.delete_vm(vm)
+        node = store.get_node("node-a")
+        assert node.provision_state == "available" and node.claimed_by is None
+        assert not provider.has_vm(vm) and not iso.exists() and not provider.has_disk(disk)
+        provider.delete_vm(vm)  # idempotent
+        with pytest.raises(VMNotFound):
+            provider.reboot_vm(vm)
+        logged = "\n".join(str(r) for r in store.transitions())
+        assert PASSWORD not in logged and "env-secret-pw" not in logged
+
+
+def test_failed_deploy_is_cleaned_and_released(tmp_path: Path, emulator: Emulator) -> None:
+    with lab(tmp_path, emulator, nodes=1) as (provider, store, ramdisk):
+        stemcell = make_stemcell(provider, tmp_path)
+        ramdisk.deploy_result = lambda node: {"stage": "checksum", "ok": False, "message": "sha256 mismatch: x != y"}
+        with pytest.raises(VMCreationFailed, match="deploy failed at stage checksum: sha256 mismatch") as info:
+            provider.create_vm("agent-1", stemcell, {}, NETWORKS, [], AGENT_ENV)
+        assert not info.value.ok_to_retry  # no other server
+        node = store.get_node("node-a")
+        assert node.provision_state == "available" and node.claimed_by is None and not node.maintenance
+        verbs = [t.to_state for t in store.transitions("node-a")]
+        assert verbs[-6:] == ["deploy failed", "deleting", "cleaning", "clean wait", "cleaning", "available"]
+        assert store.vms() == [] and store.job("node-a") is None
+        assert not (tmp_path / "metal" / "configdrives" / "node-a.iso").exists()
+        with pytest.raises(VMCreationFailed, match="no server available: none of 1 enrolled servers matches cpu=8"):
+            provider.create_vm("agent-2", stemcell, {"cpu": 8}, NETWORKS, [], AGENT_ENV)
+
+
+def test_bmc_down_goes_to_maintenance_and_the_next_server_is_used(tmp_path: Path, emulator: Emulator) -> None:
+    with lab(tmp_path, emulator, bad_bmc=True) as (provider, store, ramdisk):
+        stemcell = make_stemcell(provider, tmp_path)
+        ramdisk.phone_home = False
+        provider.config = type(provider.config)(**{**provider.config.__dict__, "phone_home": False})
+        vm, _ = provider.create_vm("agent-1", stemcell, {}, NETWORKS, [], AGENT_ENV)
+        bad = store.get_node("node-a")
+        assert bad.maintenance and "unreachable" in bad.maintenance_reason and bad.claimed_by is None
+        assert bad.provision_state == "deploy failed"
+        node = store.node_for_vm(vm)
+        assert node is not None and node.name == "node-b" and node.provision_state == "active"
+        with pytest.raises(VMCreationFailed, match=r"no server available matching any server: node-a \(deploy failed, "
+                           r"maintenance\), node-b \(active, claimed\)"):  # fmt: skip
+            provider.create_vm("agent-2", stemcell, {}, NETWORKS, [], AGENT_ENV)
+
+
+def test_matching_smallest_plan_and_root_disk(tmp_path: Path) -> None:
+    from cpi.providers.baremetal.provider import _root_disk
+
+    state = tmp_path / "metal"
+    store = MetalStore(state)
+    plans = {
+        "big": {"arch": "x86_64", "cpus": 8, "memory_mib": 8192, "disks": [{"size_gib": 100, "serial": "b0"}],
+                "labels": {"rack": "r1", "gpu": "yes"}},
+        "small": {"arch": "x86_64", "cpus": 2, "memory_mib": 2048,
+                  "disks": [{"size_gib": 2, "serial": "s-tiny"}, {"size_gib": 8, "serial": "s-root"},
+                            {"size_gib": 16, "serial": "s-data"}], "labels": {"rack": "r1"}},
+        "arm": {"arch": "aarch64", "cpus": 4, "memory_mib": 4096, "disks": [{"size_gib": 50, "serial": "a0"}]},
+    }  # fmt: skip
+    store.enroll(
+        [NodeSpec(n, Bmc("redfish", "http://127.0.0.1:9", n, "u", "p"), (f"52:54:00:20:00:0{i}",), p)
+         for i, (n, p) in enumerate(plans.items())],
+        who="test",
+    )  # fmt: skip
+    provider = BareMetalProvider({"baremetal": {"state_dir": str(state)}}, log)
+    assert _root_disk(store.get_node("small"))["serial"] == "s-root"  # smallest >= 4 GiB
+    assert provider.calculate_vm_cloud_properties({"cpu": 1, "ram": 1024, "ephemeral_disk_size": 4096}) == {
+        "cpu": 2, "ram": 2048, "arch": "x86_64", "ephemeral_disk_size": 4096}  # fmt: skip
+    assert provider.calculate_vm_cloud_properties({"cpu": 3, "ram": 1024, "ephemeral_disk_size": 0})["cpu"] == 4
+    with pytest.raises(CloudError, match="no enrolled server has cpu >= 64"):
+        provider.calculate_vm_cloud_properties({"cpu": 64, "ram": 1, "ephemeral_disk_size": 0})
+    names = [n.name for n in provider._candidates({"labels": {"rack": "r1"}})]
+    assert names == ["small", "big"]
+    assert [n.name for n in provider._candidates({"labels": {"gpu": "yes"}})] == ["big"]
+    assert [n.name for n in provider._candidates({"arch": "aarch64"})] == ["arm"]
+    assert [n.name for n in provider._candidates({"node": "big"})] == ["big"]
+    assert provider._candidates({"ephemeral_disk_size": 200 * 1024}) == []
+
+
+def _config(provider: BareMetalProvider, **changes: Any) -> None:
+    timeouts = changes.pop("timeouts", {})
+    provider.config = dataclasses.replace(
+        provider.config, timeouts=dataclasses.replace(provider.config.timeouts, **timeouts), **changes
+    )
+
+
+def test_readiness_needs_no_agent_of_ours(tmp_path: Path, emulator: Emulator, caplog: pytest.LogCaptureFixture) -> None:
+    """Default (boot_check auto, no phone-home; the DHCP case is test_vm_lifecycle_with_disks): without the OS's
+    DHCP request create_vm fails naming the NIC and the timeout, and cleans; boot_check power needs none; auto
+    falls back to the BMC's power state when the deploy saw no lease on the VM's dynamic NIC. The deploy's
+    disk-selected report corrects a plan that names another root disk."""
+    caplog.set_level(logging.INFO, logger=log.name)
+    with lab(tmp_path, emulator, nodes=2) as (provider, store, ramdisk):
+        assert provider.config.phone_home is False and provider.config.boot_check == "auto"
+        stemcell = make_stemcell(provider, tmp_path)
+        ramdisk.phone_home = False  # a stock agent: reads the config drive, calls nothing
+        ramdisk.os_dhcp = False  # the disk does not boot (or its OS never asks)
+
+        _config(provider, timeouts={"boot_to_disk": 3})
+        with pytest.raises(VMCreationFailed, match=r"no DHCP request from 52:54:00:10:00:0a reached metal serve "
+                           r"within 3 s \(timeouts.boot_to_disk; power now on\)"):  # fmt: skip
+            provider.create_vm("agent-1", stemcell, {"node": "node-a"}, NETWORKS, [], AGENT_ENV)
+        node = store.get_node("node-a")
+        assert node.provision_state == "available" and node.claimed_by is None and store.vms() == []
+
+        _config(provider, boot_check="power")  # the operator knows the OS never asks metal serve
+        vm, _ = provider.create_vm("agent-2", stemcell, {"node": "node-a"}, NETWORKS, [], AGENT_ENV)
+        assert store.get_node("node-a").provision_state == "active"
+        assert "is on and booting its disk (boot_check: power)" in caplog.text
+
+        _config(provider, boot_check="auto")
+        ramdisk.deploy_dhcp = False  # the NIC of the dynamic network is served by another DHCP server
+        ramdisk.selected_serial = "not-in-the-plan"  # and the plan does not describe the server's disks
+        vm, _ = provider.create_vm("agent-3", stemcell, {"node": "node-b"}, NETWORKS, [], AGENT_ENV)
+        assert store.get_node("node-b").provision_state == "active"
+        assert "got no lease from metal serve during the deploy" in caplog.text
+        assert store.events("node-b", kinds=["phone-home"]) == []
+        record = store.vm(vm)
+        assert record is not None
+        assert record["settings"]["disks"]["system"] == "/dev/disk/by-id/virtio-not-in-the-plan"
+
+
+def test_system_disk_hint_is_the_stable_by_id_name() -> None:
+    from cpi.providers.baremetal.provider import by_id_path, system_disk_hint
+
+    table: list[tuple[dict[str, Any], str | None]] = [
+        ({"name": "/dev/vda", "serial": "SF0A1B2CS0D0"}, "/dev/disk/by-id/virtio-SF0A1B2CS0D0"),
+        ({"name": "vdb", "serial": " odd serial/1 "}, "/dev/disk/by-id/virtio-odd_serial_1"),
+        ({"name": "/dev/nvme0n1", "serial": "S4EWNX0R123", "model": "Samsung SSD 970 EVO 1TB"},
+         "/dev/disk/by-id/nvme-Samsung_SSD_970_EVO_1TB_S4EWNX0R123"),
+        ({"name": "/dev/sda", "serial": "Z1D2", "wwn": "0x5000C500A1B2C3D4"}, "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4"),
+        ({"name": "/dev/sdb", "wwn": "naa.5000c500a1b2c3d5"}, "/dev/disk/by-id/wwn-0x5000c500a1b2c3d5"),
+        ({"name": "/dev/sda", "serial": "Z1D2"}, None),  # ATA or SCSI: the link name needs the transport
+        ({"name": "/dev/nvme0n1", "serial": "S4EW"}, None),  # nvme-<model>_<serial> needs the model
+        ({"size_gib": 4}, None),
+    ]  # fmt: skip
+    for disk, expected in table:
+        assert by_id_path(disk) == expected, disk
+    assert system_disk_hint({"name": "/dev/sda", "serial": "Z1D2"}) == "/dev/sda"  # the kernel name as a last resort
+    assert system_disk_hint({}) == ""
+
+
+def test_dhcp_seen_turns_dnsmasq_acks_into_node_events(tmp_path: Path) -> None:
+    """``metal serve``'s DHCP-seen signal on dnsmasq's own log lines (plain and ``--log-dhcp`` forms)."""
+    from cpi.providers.baremetal.services.dhcp_seen import DhcpAck, parse_ack, recorder
+    from cpi.providers.baremetal.services.shared_store import SharedStore
+
+    assert parse_ack("DHCPACK(sfbr0) 10.95.17.100 52:54:00:5F:11:10 sf-lab-5f1100-s0") == DhcpAck(
+        "sfbr0", "10.95.17.100", "52:54:00:5f:11:10"
+    )
+    assert parse_ack("2877381571 DHCPACK(br0) 10.0.0.5 52:54:00:aa:bb:cc") == DhcpAck(
+        "br0", "10.0.0.5", "52:54:00:aa:bb:cc"
+    )
+    for other in (
+        "DHCPREQUEST(br0) 10.0.0.5 52:54:00:aa:bb:cc",
+        "DHCPOFFER(br0) 10.0.0.5 52:54:00:aa:bb:cc",
+        "DHCPNAK(br0) 10.0.0.5 52:54:00:aa:bb:cc wrong address",
+        "sent size:  1 option: 53 message-type  5",
+    ):
+        assert parse_ack(other) is None, other
+    store = MetalStore(tmp_path / "metal")
+    store.enroll(
+        [NodeSpec("n1", Bmc("redfish", "http://127.0.0.1:9", "n1", "u", "p"), ("52:54:00:aa:bb:cc",),
+                  {"arch": "x86_64", "cpus": 1, "memory_mib": 512, "disks": [{"size_gib": 4}]})],
+        who="test",
+    )  # fmt: skip
+    on_line = recorder(SharedStore(store))
+    on_line("DHCPACK(br0) 10.0.0.5 52:54:00:AA:BB:CC n1")
+    on_line("DHCPACK(br0) 10.0.0.6 52:54:00:00:00:01")  # not enrolled: ignored
+    on_line("DHCPDISCOVER(br0) 52:54:00:aa:bb:cc")
+    events = store.events("n1", kinds=["dhcp"])
+    assert [e.data for e in events] == [
+        {"kind": "dhcp", "mac": "52:54:00:aa:bb:cc", "ip": "10.0.0.5", "interface": "br0"}
+    ]
+
+
+def test_which_dhcp_requests_prove_the_boot(tmp_path: Path) -> None:
+    """boot_check's choice of NICs: power → none; dhcp → every NIC of the server; auto → the VM's dynamic
+    networks' NICs that got a lease from metal serve during the deploy (only leases before the reboot mark count),
+    none (power state alone) for manual networks or NICs another DHCP server serves."""
+    from cpi.providers.baremetal.interfaces.base import Task
+    from cpi.providers.baremetal.provider import _VmPlan, _WaitBooted
+
+    state_dir = tmp_path / "metal"
+    store = MetalStore(state_dir)
+    macs = ("52:54:00:30:00:01", "52:54:00:30:00:02")
+    store.enroll(
+        [NodeSpec("n1", Bmc("redfish", "http://127.0.0.1:9", "n1", "u", "p"), macs,
+                  {"arch": "x86_64", "cpus": 1, "memory_mib": 512, "disks": [{"size_gib": 4}]})],
+        who="test",
+    )  # fmt: skip
+    provider = BareMetalProvider({"baremetal": {"state_dir": str(state_dir)}}, log)
+    task = Task(store, store.get_node("n1"), provider.config, log)
+    deploy_after = store.last_event_id("n1")
+    store.add_event("n1", "dhcp", {"mac": macs[0], "ip": "10.0.0.5"})  # iPXE / the ramdisk on NIC 0
+    boot_after = store.add_event("n1", "stage", {"stage": "done"})
+    store.add_event("n1", "dhcp", {"mac": macs[1], "ip": "10.0.0.6"})  # after the mark: not evidence of reach
+    state = {"deploy_after": deploy_after, "boot_after": boot_after}
+
+    def macs_for(mode: str, networks: dict[str, Any]) -> tuple[set[str], str]:
+        _config(provider, boot_check=mode)
+        plan = _VmPlan("vm-1", "agent", {}, {}, networks, {})
+        plan.networks = networks
+        return _WaitBooted(provider, task, plan)._dhcp_macs(state)
+
+    dyn0 = {"a": {"type": "dynamic", "mac": macs[0]}}
+    dyn1 = {"b": {"type": "dynamic", "mac": macs[1]}}
+    manual = {"m": {"type": "manual", "mac": macs[0], "ip": "10.0.0.9"}}
+    assert macs_for("power", dyn0) == (set(), "boot_check: power")
+    assert macs_for("dhcp", manual) == (set(macs), "")
+    assert macs_for("auto", dyn0) == ({macs[0]}, "")
+    assert macs_for("auto", {**dyn0, **dyn1}) == ({macs[0]}, "")
+    assert macs_for("auto", dyn1)[0] == set() and "no lease from metal serve" in macs_for("auto", dyn1)[1]
+    assert macs_for("auto", manual)[0] == set() and "no dynamic network" in macs_for("auto", manual)[1]
