@@ -38,6 +38,7 @@ from ci.model import (
     load_yaml,
 )
 from ci.sandbox import bad_task_path
+from stemforge_base.values import GO_JSON, type_name
 
 _JUST_NUMBERS = re.compile(r"^\d+$")
 _DURATION = re.compile(r"^[-+]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+)$")
@@ -152,18 +153,6 @@ _JOB_FIELD_TYPES: dict[str, tuple[str, Any]] = {
 }
 
 
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object" if isinstance(value, dict) else "null"
-
-
 def _job_types(job: Mapping[str, Any]) -> None:
     for key, (go_type, python_type) in _JOB_FIELD_TYPES.items():
         value = job.get(key)
@@ -176,8 +165,8 @@ def _job_types(job: Mapping[str, Any]) -> None:
                 ok, value, go_type = False, bad[0], "string"
         if not ok:
             raise DecodeError(
-                f"error unmarshaling JSON: while decoding JSON: json: cannot unmarshal {_json_type(value)} into Go "
-                f"struct field JobConfig.{key} of type {go_type}"
+                "error unmarshaling JSON: while decoding JSON: json: cannot unmarshal "
+                f"{type_name(value, GO_JSON)} into Go struct field JobConfig.{key} of type {go_type}"
             )
 
 

@@ -19,6 +19,7 @@ violation of that keyword.
 from __future__ import annotations
 
 from cpi.errors import CpiError
+from stemforge_base.values import JSON_SCHEMA, type_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -316,21 +317,7 @@ def format_path(path: Iterable[str | int]) -> str:
 
 def json_type(value: object) -> str:
     """The JSON type name of a Python value from ``json.loads`` (other types by their Python name)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
+    return type_name(value, JSON_SCHEMA)
 
 
 _ARTICLES = {"object": "an object", "array": "an array", "integer": "an integer", "null": "null"}
