@@ -53,6 +53,7 @@ def _env(run: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def env(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Overrides aws/conftest.py's: the environment Terraform makes (``aws_env``), as the director would see it."""
     with aws_env(moto_endpoint, tmp_path_factory.mktemp("aws-env"), f"sf{uuid.uuid4().hex[:6]}") as metadata:
         yield metadata
 

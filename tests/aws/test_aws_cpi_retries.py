@@ -6,28 +6,15 @@ every request), and that errors that are not transient are not retried. All thro
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.harness.aws import AwsCpi, FaultProxy, ec2_client, local_environment, make_cpi, register_ami
+from tests.harness.aws import AwsCpi, FaultProxy, ec2_client, make_cpi, register_ami
 
-pytestmark = [pytest.mark.aws]
+pytestmark = [pytest.mark.aws, pytest.mark.usefixtures("clean_proxy")]
 
 MAX_RETRIES = 4
-
-
-@pytest.fixture(scope="module")
-def proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
-    with FaultProxy(moto_endpoint) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def env(moto_endpoint: str) -> Iterator[dict[str, Any]]:
-    with local_environment(moto_endpoint, f"sr{uuid.uuid4().hex[:6]}") as metadata:
-        yield metadata
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +32,6 @@ def cpi(proxy: FaultProxy, env: dict[str, Any], tmp_path_factory: pytest.TempPat
         retry_base_delay=0.05,
         retry_max_delay=0.3,
     )
-
-
-@pytest.fixture(autouse=True)
-def clean_proxy(proxy: FaultProxy) -> Iterator[None]:
-    proxy.reset()
-    yield
-    proxy.reset()
 
 
 def _vm_args(env: dict[str, Any], ami: str, run: str) -> tuple[Any, ...]:

@@ -12,7 +12,6 @@ import io
 import logging
 import tarfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from tests.harness.aws import (
     SESSION_TOKEN,
     aws_section,
     ec2_client,
-    local_environment,
     register_ami,
     s3_client,
 )
@@ -178,12 +176,6 @@ def test_ebs_rules_name_the_field() -> None:
 
 
 # -- against moto, in-process ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def env(moto_endpoint: str) -> Iterator[dict[str, Any]]:
-    with local_environment(moto_endpoint, f"su{uuid.uuid4().hex[:6]}") as metadata:
-        yield metadata
 
 
 def _provider(endpoint: str, env: dict[str, Any], **overrides: Any) -> AWSProvider:

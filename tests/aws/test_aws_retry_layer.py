@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -20,25 +19,12 @@ from stemforge.steps import Cancelled
 from stemforge_base import aws as base
 from tests.harness.aws import FaultProxy
 
-pytestmark = [pytest.mark.aws]
+pytestmark = [pytest.mark.aws, pytest.mark.usefixtures("clean_proxy")]
 
 REGION = "us-east-1"
 #: Codes the builders' own list lacked before the layers were merged (answered with HTTP 400, so only the code can
 #: make them retryable), and one that must never be retried.
 ONCE_CPI_ONLY = ("RequestThrottledException", "BandwidthLimitExceeded", "ServiceUnavailableException")
-
-
-@pytest.fixture(scope="module")
-def proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
-    with FaultProxy(moto_endpoint) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def clean_proxy(proxy: FaultProxy) -> Iterator[None]:
-    proxy.reset()
-    yield
-    proxy.reset()
 
 
 def _cpi_api(proxy: FaultProxy) -> AwsApi:
