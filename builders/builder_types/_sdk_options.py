@@ -19,6 +19,18 @@ key below is in each builder's schema and that the documentation lists every ign
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+#: JSON-schema fragments of the option types (values arrive weakly decoded by ``validate_options``).
+STR: dict[str, Any] = {"type": "string"}
+INT: dict[str, Any] = {"type": "integer"}
+BOOL: dict[str, Any] = {"type": "boolean"}
+#: A Go duration (``"5m"``); a number only as 0 (checked when prepared).
+DUR: dict[str, Any] = {"type": ["string", "integer"]}
+STRLIST: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
+STRMAP: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "string"}}
+
 #: ``communicator.Config`` (the keys outside the SSH/WinRM structs).
 COMMUNICATOR = ("communicator", "pause_before_connecting")
 
@@ -105,3 +117,14 @@ def zero(value: object) -> bool:
     if isinstance(value, str):
         return value in ("", "0", "f", "F", "FALSE", "false", "False")
     return value in (None, [], {}, False, 0)
+
+
+def options_schema(supported: Mapping[str, Any], ignored: Mapping[str, str],
+                   refused: Mapping[str, str]) -> dict[str, Any]:
+    """A builder's ``options_schema``: the supported keys with their types; ignored and refused keys accept any
+    value (``prepare_config`` warns about or refuses them); any other key is unknown."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {**supported, **{k: {} for k in ignored}, **{k: {} for k in refused}},
+    }

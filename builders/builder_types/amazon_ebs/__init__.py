@@ -18,14 +18,14 @@ build region's AMI, unless ``-on-error=abort``; every AWS call is retried on thr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
+from builders.builder_types._sdk.builder import ComposedBuilder
 from builders.builder_types.amazon_ebs.config import BUILDER_ID, OPTIONS_SCHEMA, EbsConfig, prepare_config
 from builders.builder_types.amazon_ebs.ec2 import AwsAccess
 from builders.builder_types.amazon_ebs.regions import run_in_regions, uncancelled
 from builders.builder_types.amazon_ebs.steps import SECRET_KEYS, build_steps
-from builders.core import Artifact, BuilderType, ProvisionHook
+from builders.core import Artifact, ProvisionHook
 
 __all__ = ["PLUGIN", "AmazonArtifact", "AmazonEbsBuilder", "multi_region_id"]
 
@@ -62,30 +62,20 @@ class AmazonArtifact(Artifact):
         )
 
 
-class AmazonEbsBuilder(BuilderType):
+class AmazonEbsBuilder(ComposedBuilder[EbsConfig]):
     """The ``amazon-ebs`` builder type."""
 
     type_name: ClassVar[str] = "amazon-ebs"
     options_schema: ClassVar[dict[str, Any]] = OPTIONS_SCHEMA
 
-    def __init__(self, config: Mapping[str, Any], ctx: Any) -> None:
-        super().__init__(config, ctx)
-        self.cfg: EbsConfig | None = None
-
-    def prepare(self) -> list[str]:
-        name = self.ctx.build_name
-        label = self.type_name if name == self.type_name else f"{self.type_name}.{name}"
-        cfg, warnings = prepare_config(self.config, name, Path(self.ctx.template_dir), self.ctx.force, prefix=label)
+    def prepare_config(self, options: Mapping[str, Any]) -> tuple[EbsConfig, list[str]]:
+        cfg, warnings = prepare_config(options, *self.prepare_args(), prefix=self.label)
         cfg.access.cancel = self.ctx.cancel
         cfg.access.on_retry = self.ctx.ui.message
-        self.cfg = cfg
-        return warnings
+        return cfg, warnings
 
-    def steps(self, hook: ProvisionHook) -> Sequence[Any]:
-        if self.cfg is None:
-            self.prepare()
-        assert self.cfg is not None
-        return build_steps(self.cfg, self.ctx, hook)
+    def build_steps(self, cfg: EbsConfig, hook: ProvisionHook) -> Sequence[Any]:
+        return build_steps(cfg, self.ctx, hook)
 
     def artifact(self, state: Mapping[str, Any]) -> Artifact | None:
         amis: dict[str, str] = dict(state.get("amis") or {})

@@ -13,44 +13,42 @@ errors naming the key and the reason; harmless ones are warnings.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from builders.builder_types import _sdk_options as sdk
-from builders.builder_types._sdk_options import IGNORED_COMMUNICATOR, REFUSED_COMMUNICATOR, zero
+from builders.builder_types._sdk.communicator import CommConfig
+from builders.builder_types._sdk.options import Options
+from builders.builder_types._sdk_options import IGNORED_COMMUNICATOR, REFUSED_COMMUNICATOR
 from builders.builder_types.amazon_ebs.ec2 import AwsAccess, Polling
 from builders.core import ConfigError
 
 #: Packer's builder id for amazon-ebs artifacts.
 BUILDER_ID = "mitchellh.amazonebs"
 
-_STR = {"type": "string"}
-_INT = {"type": "integer"}
-_BOOL = {"type": "boolean"}
-_DUR = {"type": ["string", "integer"]}
-_STRLIST = {"type": "array", "items": {"type": "string"}}
-_STRMAP = {"type": "object", "additionalProperties": {"type": "string"}}
 _KV_LIST = {
     "type": "array",
     "items": {
         "type": "object",
         "additionalProperties": False,
         "required": ["key", "value"],
-        "properties": {"key": _STR, "value": _STR},
+        "properties": {"key": sdk.STR, "value": sdk.STR},
     },
 }
 _FILTER = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "filters": _STRMAP,
-        "owners": _STRLIST,
-        "most_recent": _BOOL,
-        "include_deprecated": _BOOL,
-        "random": _BOOL,
+        "filters": sdk.STRMAP,
+        "owners": sdk.STRLIST,
+        "most_recent": sdk.BOOL,
+        "include_deprecated": sdk.BOOL,
+        "random": sdk.BOOL,
         "filter": {"type": "array"},
     },
 }
@@ -58,114 +56,118 @@ _BLOCK_DEVICE = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "device_name": _STR,
-        "delete_on_termination": _BOOL,
-        "encrypted": _BOOL,
-        "iops": _INT,
-        "no_device": _BOOL,
-        "snapshot_id": _STR,
-        "throughput": _INT,
-        "virtual_name": _STR,
-        "volume_type": _STR,
-        "volume_size": _INT,
-        "kms_key_id": _STR,
+        "device_name": sdk.STR,
+        "delete_on_termination": sdk.BOOL,
+        "encrypted": sdk.BOOL,
+        "iops": sdk.INT,
+        "no_device": sdk.BOOL,
+        "snapshot_id": sdk.STR,
+        "throughput": sdk.INT,
+        "virtual_name": sdk.STR,
+        "volume_type": sdk.STR,
+        "volume_size": sdk.INT,
+        "kms_key_id": sdk.STR,
     },
 }
 _BLOCK_DEVICES = {"type": "array", "items": _BLOCK_DEVICE}
 
-#: Options stemforge implements (Packer's names).
-SUPPORTED: dict[str, dict[str, Any]] = {
-    # access
-    "access_key": _STR,
-    "secret_key": _STR,
-    "token": _STR,
-    "region": _STR,
-    "profile": _STR,
-    "shared_credentials_file": _STR,
-    "custom_endpoint_ec2": _STR,
-    "insecure_skip_tls_verify": _BOOL,
-    "skip_region_validation": _BOOL,
-    "skip_credential_validation": _BOOL,
-    "skip_metadata_api_check": _BOOL,
-    "max_retries": _INT,
+#: packer-plugin-amazon ``AccessConfig`` keys stemforge implements (also the ``amazon-import`` post-processor's).
+ACCESS_OPTIONS: dict[str, dict[str, Any]] = {
+    "access_key": sdk.STR,
+    "secret_key": sdk.STR,
+    "token": sdk.STR,
+    "region": sdk.STR,
+    "profile": sdk.STR,
+    "shared_credentials_file": sdk.STR,
+    "custom_endpoint_ec2": sdk.STR,
+    "insecure_skip_tls_verify": sdk.BOOL,
+    "skip_region_validation": sdk.BOOL,
+    "skip_credential_validation": sdk.BOOL,
+    "skip_metadata_api_check": sdk.BOOL,
+    "max_retries": sdk.INT,
     "aws_polling": {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"delay_seconds": _INT, "max_attempts": _INT},
+        "properties": {"delay_seconds": sdk.INT, "max_attempts": sdk.INT},
     },
+}
+
+#: Options stemforge implements (Packer's names).
+SUPPORTED: dict[str, dict[str, Any]] = {
+    **ACCESS_OPTIONS,
     # AMI
-    "ami_name": _STR,
-    "ami_description": _STR,
-    "ami_virtualization_type": _STR,
-    "ami_users": _STRLIST,
-    "ami_groups": _STRLIST,
-    "ami_org_arns": _STRLIST,
-    "ami_ou_arns": _STRLIST,
-    "ami_product_codes": _STRLIST,
-    "ami_regions": _STRLIST,
-    "tags": _STRMAP,
+    "ami_name": sdk.STR,
+    "ami_description": sdk.STR,
+    "ami_virtualization_type": sdk.STR,
+    "ami_users": sdk.STRLIST,
+    "ami_groups": sdk.STRLIST,
+    "ami_org_arns": sdk.STRLIST,
+    "ami_ou_arns": sdk.STRLIST,
+    "ami_product_codes": sdk.STRLIST,
+    "ami_regions": sdk.STRLIST,
+    "tags": sdk.STRMAP,
     "tag": _KV_LIST,
-    "force_deregister": _BOOL,
-    "force_delete_snapshot": _BOOL,
-    "encrypt_boot": _BOOL,
-    "kms_key_id": _STR,
-    "region_kms_key_ids": _STRMAP,
-    "skip_save_build_region": _BOOL,
-    "snapshot_tags": _STRMAP,
+    "force_deregister": sdk.BOOL,
+    "force_delete_snapshot": sdk.BOOL,
+    "encrypt_boot": sdk.BOOL,
+    "kms_key_id": sdk.STR,
+    "region_kms_key_ids": sdk.STRMAP,
+    "skip_save_build_region": sdk.BOOL,
+    "snapshot_tags": sdk.STRMAP,
     "snapshot_tag": _KV_LIST,
-    "snapshot_users": _STRLIST,
-    "snapshot_groups": _STRLIST,
-    "ena_support": _BOOL,
-    "sriov_support": _BOOL,
-    "skip_create_ami": _BOOL,
+    "snapshot_users": sdk.STRLIST,
+    "snapshot_groups": sdk.STRLIST,
+    "ena_support": sdk.BOOL,
+    "sriov_support": sdk.BOOL,
+    "skip_create_ami": sdk.BOOL,
     "ami_block_device_mappings": _BLOCK_DEVICES,
     "launch_block_device_mappings": _BLOCK_DEVICES,
     # run
-    "source_ami": _STR,
+    "source_ami": sdk.STR,
     "source_ami_filter": _FILTER,
-    "instance_type": _STR,
-    "availability_zone": _STR,
-    "subnet_id": _STR,
-    "vpc_id": _STR,
-    "security_group_id": _STR,
-    "security_group_ids": _STRLIST,
-    "temporary_security_group_source_cidrs": _STRLIST,
-    "associate_public_ip_address": _BOOL,
-    "iam_instance_profile": _STR,
-    "run_tags": _STRMAP,
+    "instance_type": sdk.STR,
+    "availability_zone": sdk.STR,
+    "subnet_id": sdk.STR,
+    "vpc_id": sdk.STR,
+    "security_group_id": sdk.STR,
+    "security_group_ids": sdk.STRLIST,
+    "temporary_security_group_source_cidrs": sdk.STRLIST,
+    "associate_public_ip_address": sdk.BOOL,
+    "iam_instance_profile": sdk.STR,
+    "run_tags": sdk.STRMAP,
     "run_tag": _KV_LIST,
-    "run_volume_tags": _STRMAP,
+    "run_volume_tags": sdk.STRMAP,
     "run_volume_tag": {
         "type": "array",
         "items": {"type": "object", "additionalProperties": False, "required": ["name", "value"],
-                  "properties": {"name": _STR, "value": _STR}},
+                  "properties": {"name": sdk.STR, "value": sdk.STR}},
     },
-    "user_data": _STR,
-    "user_data_file": _STR,
-    "shutdown_behavior": _STR,
-    "disable_stop_instance": _BOOL,
-    "ebs_optimized": _BOOL,
-    "tenancy": _STR,
-    "ssh_interface": _STR,
-    "temporary_key_pair_name": _STR,
-    "temporary_key_pair_type": _STR,
-    "temporary_key_pair_bits": _INT,
+    "user_data": sdk.STR,
+    "user_data_file": sdk.STR,
+    "shutdown_behavior": sdk.STR,
+    "disable_stop_instance": sdk.BOOL,
+    "ebs_optimized": sdk.BOOL,
+    "tenancy": sdk.STR,
+    "ssh_interface": sdk.STR,
+    "temporary_key_pair_name": sdk.STR,
+    "temporary_key_pair_type": sdk.STR,
+    "temporary_key_pair_bits": sdk.INT,
     # communicator
-    "communicator": _STR,
-    "ssh_username": _STR,
-    "ssh_password": _STR,
-    "ssh_private_key_file": _STR,
-    "ssh_keypair_name": _STR,
-    "ssh_host": _STR,
-    "ssh_port": _INT,
-    "ssh_timeout": _DUR,
-    "ssh_wait_timeout": _DUR,
-    "ssh_handshake_attempts": _INT,
-    "ssh_pty": _BOOL,
-    "pause_before_connecting": _DUR,
-    "ssh_clear_authorized_keys": _BOOL,
+    "communicator": sdk.STR,
+    "ssh_username": sdk.STR,
+    "ssh_password": sdk.STR,
+    "ssh_private_key_file": sdk.STR,
+    "ssh_keypair_name": sdk.STR,
+    "ssh_host": sdk.STR,
+    "ssh_port": sdk.INT,
+    "ssh_timeout": sdk.DUR,
+    "ssh_wait_timeout": sdk.DUR,
+    "ssh_handshake_attempts": sdk.INT,
+    "ssh_pty": sdk.BOOL,
+    "pause_before_connecting": sdk.DUR,
+    "ssh_clear_authorized_keys": sdk.BOOL,
     # stemforge: how many regions are copied/tagged at once (Packer starts them all at once)
-    "ami_copy_parallelism": _INT,
+    "ami_copy_parallelism": sdk.INT,
 }
 
 _SPOT = "spot instances are not supported"
@@ -254,11 +256,7 @@ EBS_DOCUMENTED: tuple[str, ...] = (
 #: Every key Packer's amazon-ebs builder accepts (its own and the SDK communicator's).
 PACKER_KEYS: tuple[str, ...] = EBS_DOCUMENTED + sdk.COMMUNICATOR + sdk.SSH + sdk.WINRM
 
-OPTIONS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {**SUPPORTED, **{k: {} for k in IGNORED}, **{k: {} for k in REFUSED}},
-}
+OPTIONS_SCHEMA: dict[str, Any] = sdk.options_schema(SUPPORTED, IGNORED, REFUSED)
 
 #: Packer's ``templateCleanAMIName``: characters an AMI name may not contain.
 _AMI_NAME_BAD = re.compile(r"[^a-zA-Z0-9()\[\] ./\-'@_]")
@@ -337,9 +335,10 @@ class BlockDevice:
         return mapping
 
 
-@dataclass
-class EbsConfig:
-    """The validated, defaulted options."""
+@dataclass(kw_only=True)
+class EbsConfig(CommConfig):
+    """The validated, defaulted options: the SDK's communicator part plus packer-plugin-amazon's access, AMI,
+    block device and run configs."""
 
     build_name: str
     access: AwsAccess
@@ -386,18 +385,7 @@ class EbsConfig:
     tenancy: str = ""
     ssh_interface: str = ""
     temporary_key_pair_name: str = ""
-    temporary_key_pair_type: str = "rsa"
-    communicator: str = "ssh"
-    ssh_username: str = ""
-    ssh_password: str = field(default="", repr=False)
-    ssh_private_key_file: str = ""
     ssh_keypair_name: str = ""
-    ssh_host: str = ""
-    ssh_port: int = 22
-    ssh_timeout: float = 300.0
-    ssh_handshake_attempts: int = 10
-    ssh_pty: bool = False
-    pause_before_connecting: float = 0.0
     ami_copy_parallelism: int = 16
 
     @property
@@ -414,8 +402,6 @@ class EbsConfig:
 def polling_config(raw: Mapping[str, Any], errors: list[str]) -> Polling:
     """Packer's ``aws_polling`` block; ``AWS_POLL_DELAY_SECONDS`` / ``AWS_MAX_ATTEMPTS`` in the environment are
     used when the template sets no value (as Packer does)."""
-    import os
-
     polling = Polling()
     for key, env, kind in (
         ("delay_seconds", "AWS_POLL_DELAY_SECONDS", float),
@@ -436,173 +422,193 @@ def polling_config(raw: Mapping[str, Any], errors: list[str]) -> Polling:
     return polling
 
 
-def _kv(raw: Mapping[str, Any], singular: str, plural: str, errors: list[str]) -> dict[str, str]:
+def _kv(opts: Options, singular: str, plural: str) -> dict[str, str]:
     """Packer's ``KeyValues.CopyOn``: ``tag`` blocks merged into ``tags``; both set is an error."""
-    out = {str(k): str(v) for k, v in (raw.get(plural) or {}).items()}
-    blocks = raw.get(singular) or []
+    out = opts.mapping(plural)
+    blocks = opts.raw.get(singular) or []
     if blocks and out:
-        errors.append(f"{singular}: only one of {plural} or {singular} can be set")
+        opts.errors.append(f"{singular}: only one of {plural} or {singular} can be set")
     for block in blocks:
         out[str(block["key"])] = str(block["value"])
     return out
 
 
+def _optional_bool(opts: Options, key: str) -> bool | None:
+    """A tri-state option (Packer's ``config.Trilean``): None when the template does not set it."""
+    value = opts.raw.get(key)
+    return value if isinstance(value, bool) else None
+
+
 def prepare_config(
     raw: Mapping[str, Any], build_name: str, template_dir: Path, force: bool, prefix: str
 ) -> tuple[EbsConfig, list[str]]:
-    """Validate ``raw`` (already schema-checked and weakly typed by the registry); ConfigError with every problem,
-    one per line, each prefixed with ``prefix``. Returns the config and Packer's warnings."""
-    from builders.builder_types.qemu.config import parse_duration
+    """Packer's amazon-ebs ``Config.Prepare`` on options already checked and weakly decoded by
+    ``builders.registry.validate_options``; ConfigError with every problem, one per line, each prefixed with
+    ``prefix``. Returns the config and Packer's warnings."""
+    opts = Options(raw, template_dir)
+    opts.check_unsupported(REFUSED, IGNORED, "stemforge")
+    cfg = EbsConfig(build_name=build_name, access=_prepare_access(opts))
+    regions = _RegionCheck(opts)
+    if cfg.access.region:
+        regions.check(cfg.access.region, "region")
+    _prepare_ami(cfg, opts, force, regions)
+    _check_ami_encryption(cfg, opts)
+    for key in ("ami_block_device_mappings", "launch_block_device_mappings"):
+        setattr(cfg, key, _block_devices(opts, key))
+    _prepare_run(cfg, opts)
+    _prepare_user_data(cfg, opts)
+    cfg.prepare_comm(opts)
+    _prepare_key_pair(cfg, opts)
+    if opts.errors:
+        raise ConfigError("\n".join(f"{prefix}: {e}" for e in opts.errors))
+    return cfg, opts.warnings
 
-    errors: list[str] = []
-    warnings: list[str] = []
-    for key, reason in REFUSED.items():
-        if not zero(raw.get(key)):
-            errors.append(f"{key}: not supported by stemforge: {reason}")
-    for key, reason in IGNORED.items():
-        if not zero(raw.get(key)):
-            warnings.append(f"{key} is ignored: {reason}")
 
-    def s(key: str, default: str = "") -> str:
-        value = raw.get(key)
-        return default if value is None else str(value)
-
-    def lst(key: str) -> list[str]:
-        return [str(v) for v in raw.get(key) or []]
-
-    # --- access (Packer's AccessConfig.Prepare)
-    polling = polling_config(raw.get("aws_polling") or {}, errors)
+def _prepare_access(opts: Options) -> AwsAccess:
+    """Packer's ``AccessConfig.Prepare``."""
     access = AwsAccess(
-        region=s("region"),
-        access_key=s("access_key"),
-        secret_key=s("secret_key"),
-        token=s("token"),
-        profile=s("profile"),
-        shared_credentials_file=s("shared_credentials_file"),
-        custom_endpoint_ec2=s("custom_endpoint_ec2"),
-        insecure_skip_tls_verify=bool(raw.get("insecure_skip_tls_verify")),
-        max_retries=int(raw["max_retries"]) if raw.get("max_retries") is not None else 8,
-        polling=polling,
+        region=opts.text("region"),
+        access_key=opts.text("access_key"),
+        secret_key=opts.text("secret_key"),
+        token=opts.text("token"),
+        profile=opts.text("profile"),
+        shared_credentials_file=opts.text("shared_credentials_file"),
+        custom_endpoint_ec2=opts.text("custom_endpoint_ec2"),
+        insecure_skip_tls_verify=opts.flag("insecure_skip_tls_verify"),
+        max_retries=int(opts.raw["max_retries"]) if opts.raw.get("max_retries") is not None else 8,
+        polling=polling_config(opts.raw.get("aws_polling") or {}, opts.errors),
     )
     if not access.region:
-        errors.append("region is required")
+        opts.errors.append("region is required")
     if bool(access.access_key) != bool(access.secret_key):
-        errors.append("`access_key` and `secret_key` must both be either set or not set.")
+        opts.errors.append("`access_key` and `secret_key` must both be either set or not set.")
     if access.custom_endpoint_ec2 and not re.match(r"^https?://", access.custom_endpoint_ec2):
-        errors.append(f"custom_endpoint_ec2: {access.custom_endpoint_ec2!r} must be an http:// or https:// URL")
+        opts.errors.append(f"custom_endpoint_ec2: {access.custom_endpoint_ec2!r} must be an http:// or https:// URL")
     if access.max_retries < 0:
-        errors.append("max_retries must be 0 or more")
-    skip_region_validation = bool(raw.get("skip_region_validation"))
-    regions_known = known_regions() if not skip_region_validation else set()
+        opts.errors.append("max_retries must be 0 or more")
+    return access
 
-    def check_region(region: str, where: str) -> None:
-        if regions_known and region not in regions_known:
-            errors.append(f"error validating region: {where}: Invalid region: {region}")
 
-    if access.region:
-        check_region(access.region, "region")
+class _RegionCheck:
+    """Region names against botocore's offline list, unless ``skip_region_validation``."""
 
-    cfg = EbsConfig(build_name=build_name, access=access)
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.known = known_regions() if not opts.flag("skip_region_validation") else set()
 
-    # --- AMI (Packer's AMIConfig.Prepare)
-    cfg.ami_name = s("ami_name")
-    cfg.ami_description = s("ami_description")
-    cfg.ami_virtualization_type = s("ami_virtualization_type")
+    def check(self, region: str, where: str) -> None:
+        if self.known and region not in self.known:
+            self.opts.errors.append(f"error validating region: {where}: Invalid region: {region}")
+
+
+def _prepare_ami(cfg: EbsConfig, opts: Options, force: bool, regions: _RegionCheck) -> None:
+    """Packer's ``AMIConfig.Prepare``: names, sharing, tags and the copy regions (the build region dropped)."""
+    cfg.ami_name = opts.text("ami_name")
+    cfg.ami_description = opts.text("ami_description")
+    cfg.ami_virtualization_type = opts.text("ami_virtualization_type")
     if cfg.ami_virtualization_type not in ("", "hvm", "paravirtual"):
-        errors.append(f"ami_virtualization_type: {cfg.ami_virtualization_type!r} must be 'hvm' or 'paravirtual'")
-    cfg.ami_users, cfg.ami_groups = lst("ami_users"), lst("ami_groups")
-    cfg.ami_org_arns, cfg.ami_ou_arns = lst("ami_org_arns"), lst("ami_ou_arns")
-    cfg.ami_product_codes = lst("ami_product_codes")
-    cfg.snapshot_users, cfg.snapshot_groups = lst("snapshot_users"), lst("snapshot_groups")
-    cfg.tags = _kv(raw, "tag", "tags", errors)
-    cfg.snapshot_tags = _kv(raw, "snapshot_tag", "snapshot_tags", errors)
-    cfg.force_deregister = bool(raw.get("force_deregister")) or force
-    cfg.force_delete_snapshot = bool(raw.get("force_delete_snapshot"))
-    cfg.encrypt_boot = raw.get("encrypt_boot") if isinstance(raw.get("encrypt_boot"), bool) else None
-    cfg.kms_key_id = s("kms_key_id")
-    cfg.region_kms_key_ids = {str(k): str(v) for k, v in (raw.get("region_kms_key_ids") or {}).items()}
-    cfg.skip_save_build_region = bool(raw.get("skip_save_build_region"))
-    cfg.skip_create_ami = bool(raw.get("skip_create_ami"))
-    cfg.ena_support = raw.get("ena_support") if isinstance(raw.get("ena_support"), bool) else None
-    cfg.sriov_support = bool(raw.get("sriov_support"))
-    cfg.ami_copy_parallelism = int(raw.get("ami_copy_parallelism") or 16)
+        opts.errors.append(f"ami_virtualization_type: {cfg.ami_virtualization_type!r} must be 'hvm' or "
+                           "'paravirtual'")
+    cfg.ami_users, cfg.ami_groups = opts.strings("ami_users"), opts.strings("ami_groups")
+    cfg.ami_org_arns, cfg.ami_ou_arns = opts.strings("ami_org_arns"), opts.strings("ami_ou_arns")
+    cfg.ami_product_codes = opts.strings("ami_product_codes")
+    cfg.snapshot_users, cfg.snapshot_groups = opts.strings("snapshot_users"), opts.strings("snapshot_groups")
+    cfg.tags = _kv(opts, "tag", "tags")
+    cfg.snapshot_tags = _kv(opts, "snapshot_tag", "snapshot_tags")
+    cfg.force_deregister = opts.flag("force_deregister") or force
+    cfg.force_delete_snapshot = opts.flag("force_delete_snapshot")
+    cfg.encrypt_boot = _optional_bool(opts, "encrypt_boot")
+    cfg.kms_key_id = opts.text("kms_key_id")
+    cfg.region_kms_key_ids = opts.mapping("region_kms_key_ids")
+    cfg.skip_save_build_region = opts.flag("skip_save_build_region")
+    cfg.skip_create_ami = opts.flag("skip_create_ami")
+    cfg.ena_support = _optional_bool(opts, "ena_support")
+    cfg.sriov_support = opts.flag("sriov_support")
+    cfg.ami_copy_parallelism = int(opts.raw.get("ami_copy_parallelism") or 16)
     if cfg.ami_copy_parallelism < 1:
-        errors.append("ami_copy_parallelism must be at least 1")
-
+        opts.errors.append("ami_copy_parallelism must be at least 1")
     if not cfg.ami_name:
-        errors.append("ami_name must be specified")
+        opts.errors.append("ami_name must be specified")
+    requested = opts.strings("ami_regions")
     for region in cfg.region_kms_key_ids:
-        if region not in lst("ami_regions"):
-            errors.append(f"Region {region} is in region_kms_key_ids but not in ami_regions")
-    seen: set[str] = set()
-    for i, region in enumerate(lst("ami_regions")):
-        if region in seen:
+        if region not in requested:
+            opts.errors.append(f"Region {region} is in region_kms_key_ids but not in ami_regions")
+    for i, region in enumerate(requested):
+        if requested.index(region) != i:
             continue
-        seen.add(region)
-        check_region(region, f"ami_regions[{i}]")
+        regions.check(region, f"ami_regions[{i}]")
         if cfg.region_kms_key_ids and region not in cfg.region_kms_key_ids:
-            errors.append(f"Region {region} is in ami_regions but not in region_kms_key_ids")
-        if region == access.region:
-            continue  # Packer: "Cannot copy AMI to AWS session region ..., deleting it from `ami_regions`."
-        cfg.ami_regions.append(region)
-    if cfg.ami_users or cfg.ami_org_arns or cfg.ami_ou_arns:
-        if not cfg.kms_key_id and not cfg.region_kms_key_ids and cfg.encrypt_boot is True:
-            errors.append("Cannot share AMI encrypted with default KMS key")
-        if any(not key for key in cfg.region_kms_key_ids.values()):
-            errors.append("Cannot share AMI encrypted with default KMS key for other regions")
-    kms_keys = ([cfg.kms_key_id] if cfg.kms_key_id else []) + [k for k in cfg.region_kms_key_ids.values() if k]
-    if kms_keys and cfg.encrypt_boot is not True:
-        errors.append("If you have set either region_kms_key_ids or kms_key_id, encrypt_boot must also be true.")
-    for key in kms_keys:
-        if not valid_kms_key(key):
-            errors.append(f'"{key}" is not a valid KMS Key Id.')
-    if cfg.snapshot_users:
-        if not cfg.kms_key_id and not cfg.region_kms_key_ids and cfg.encrypt_boot is True:
-            errors.append(
-                "Cannot share snapshot encrypted with default KMS key, see "
-                "https://www.packer.io/docs/builders/amazon-ebs#region_kms_key_ids for more information"
-            )
-        if any(not key for key in cfg.region_kms_key_ids.values()):
-            errors.append("Cannot share snapshot encrypted with default KMS key")
+            opts.errors.append(f"Region {region} is in ami_regions but not in region_kms_key_ids")
+        if region != cfg.access.region:  # Packer: "Cannot copy AMI to AWS session region ..., deleting it"
+            cfg.ami_regions.append(region)
     if cfg.ami_name and not 3 <= len(cfg.ami_name) <= 128:
-        errors.append("ami_name must be between 3 and 128 characters long")
+        opts.errors.append("ami_name must be between 3 and 128 characters long")
     if cfg.ami_name and cfg.ami_name != clean_ami_name(cfg.ami_name):
-        errors.append(
+        opts.errors.append(
             "AMIName should only contain alphanumeric characters, parentheses (()), square brackets ([]), "
             "spaces ( ), periods (.), slashes (/), dashes (-), single quotes ('), at-signs (@), or "
             "underscores(_). You can use the `clean_resource_name` template filter to automatically clean "
             "your ami name."
         )
     if cfg.skip_save_build_region and not cfg.ami_regions:
-        errors.append("skip_save_build_region needs at least one region in ami_regions (the AMI would be kept nowhere)")
+        opts.errors.append("skip_save_build_region needs at least one region in ami_regions (the AMI would be kept "
+                           "nowhere)")
 
-    # --- block devices
-    for key in ("ami_block_device_mappings", "launch_block_device_mappings"):
-        devices: list[BlockDevice] = []
-        for i, item in enumerate(raw.get(key) or []):
-            device = BlockDevice(**{k: v for k, v in item.items()})
-            where = f"{key}[{i}]"
-            if not device.device_name:
-                errors.append(
-                    f"{where}: The `device_name` must be specified for every device in the block device mapping."
-                )
-            if device.kms_key_id and device.encrypted is not True:
-                errors.append(
-                    f"{where}: The device {device.device_name} has a kms_key_id but is not encrypted: "
-                    "set encrypted to true"
-                )
-            if device.kms_key_id and not valid_kms_key(device.kms_key_id):
-                errors.append(f'{where}: "{device.kms_key_id}" is not a valid KMS Key Id.')
-            if device.iops and device.volume_type not in ("io1", "io2", "gp3"):
-                errors.append(f"{where}: iops is only valid for volume_type io1, io2 or gp3")
-            if device.throughput and device.volume_type != "gp3":
-                errors.append(f"{where}: throughput is only valid for volume_type gp3")
-            devices.append(device)
-        setattr(cfg, key, devices)
 
-    # --- run (Packer's RunConfig.Prepare)
-    cfg.source_ami = s("source_ami")
-    cfg.source_ami_filter = dict(raw.get("source_ami_filter") or {})
+def _check_ami_encryption(cfg: EbsConfig, opts: Options) -> None:
+    """Packer's ``AMIConfig.Prepare`` rules between sharing and KMS keys."""
+    errors = opts.errors
+    default_key_only = not cfg.kms_key_id and not cfg.region_kms_key_ids and cfg.encrypt_boot is True
+    default_region_key = any(not key for key in cfg.region_kms_key_ids.values())
+    if cfg.ami_users or cfg.ami_org_arns or cfg.ami_ou_arns:
+        if default_key_only:
+            errors.append("Cannot share AMI encrypted with default KMS key")
+        if default_region_key:
+            errors.append("Cannot share AMI encrypted with default KMS key for other regions")
+    kms_keys = ([cfg.kms_key_id] if cfg.kms_key_id else []) + [k for k in cfg.region_kms_key_ids.values() if k]
+    if kms_keys and cfg.encrypt_boot is not True:
+        errors.append("If you have set either region_kms_key_ids or kms_key_id, encrypt_boot must also be true.")
+    errors.extend(f'"{key}" is not a valid KMS Key Id.' for key in kms_keys if not valid_kms_key(key))
+    if cfg.snapshot_users:
+        if default_key_only:
+            errors.append(
+                "Cannot share snapshot encrypted with default KMS key, see "
+                "https://www.packer.io/docs/builders/amazon-ebs#region_kms_key_ids for more information"
+            )
+        if default_region_key:
+            errors.append("Cannot share snapshot encrypted with default KMS key")
+
+
+def _block_devices(opts: Options, key: str) -> list[BlockDevice]:
+    """Packer's ``BlockDevices.Prepare`` for one of the two mapping lists."""
+    devices: list[BlockDevice] = []
+    for i, item in enumerate(opts.raw.get(key) or []):
+        device = BlockDevice(**dict(item))
+        where = f"{key}[{i}]"
+        if not device.device_name:
+            opts.errors.append(
+                f"{where}: The `device_name` must be specified for every device in the block device mapping."
+            )
+        if device.kms_key_id and device.encrypted is not True:
+            opts.errors.append(
+                f"{where}: The device {device.device_name} has a kms_key_id but is not encrypted: "
+                "set encrypted to true"
+            )
+        if device.kms_key_id and not valid_kms_key(device.kms_key_id):
+            opts.errors.append(f'{where}: "{device.kms_key_id}" is not a valid KMS Key Id.')
+        if device.iops and device.volume_type not in ("io1", "io2", "gp3"):
+            opts.errors.append(f"{where}: iops is only valid for volume_type io1, io2 or gp3")
+        if device.throughput and device.volume_type != "gp3":
+            opts.errors.append(f"{where}: throughput is only valid for volume_type gp3")
+        devices.append(device)
+    return devices
+
+
+def _prepare_run(cfg: EbsConfig, opts: Options) -> None:
+    """Packer's ``RunConfig.Prepare``: the source AMI, the instance and its network."""
+    errors = opts.errors
+    cfg.source_ami = opts.text("source_ami")
+    cfg.source_ami_filter = dict(opts.raw.get("source_ami_filter") or {})
     if not cfg.source_ami and not cfg.source_ami_filter:
         errors.append("A source_ami or source_ami_filter must be specified")
     if cfg.source_ami_filter:
@@ -611,112 +617,69 @@ def prepare_config(
         if not cfg.source_ami_filter.get("filters") and not cfg.source_ami_filter.get("owners"):
             errors.append("source_ami_filter: give filters and owners")
         if cfg.source_ami_filter.get("filter"):
-            errors.append(
-                "source_ami_filter.filter: HCL filter blocks are not supported in JSON templates; use filters"
-            )
-    cfg.instance_type = s("instance_type")
+            errors.append("source_ami_filter.filter: HCL filter blocks are not supported in JSON templates; use "
+                          "filters")
+    cfg.instance_type = opts.text("instance_type")
     if not cfg.instance_type:
         errors.append("An instance_type must be specified")
-    cfg.availability_zone = s("availability_zone")
-    cfg.subnet_id, cfg.vpc_id = s("subnet_id"), s("vpc_id")
-    group_ids = lst("security_group_ids")
-    if s("security_group_id"):
-        group_ids = [s("security_group_id"), *group_ids]
+    cfg.availability_zone = opts.text("availability_zone")
+    cfg.subnet_id, cfg.vpc_id = opts.text("subnet_id"), opts.text("vpc_id")
+    group_ids = opts.strings("security_group_ids")
+    if opts.text("security_group_id"):
+        group_ids = [opts.text("security_group_id"), *group_ids]
     cfg.security_group_ids = list(dict.fromkeys(group_ids))
-    cfg.temporary_security_group_source_cidrs = lst("temporary_security_group_source_cidrs") or ["0.0.0.0/0"]
+    cfg.temporary_security_group_source_cidrs = opts.strings("temporary_security_group_source_cidrs") or [
+        "0.0.0.0/0"]
     for cidr in cfg.temporary_security_group_source_cidrs:
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError as exc:
             errors.append(f"Error parsing temporary_security_group_source_cidrs: {exc}")
-    if isinstance(raw.get("associate_public_ip_address"), bool):
-        cfg.associate_public_ip_address = bool(raw["associate_public_ip_address"])
-    cfg.iam_instance_profile = s("iam_instance_profile")
-    cfg.run_tags = _kv(raw, "run_tag", "run_tags", errors)
-    cfg.run_volume_tags = {str(k): str(v) for k, v in (raw.get("run_volume_tags") or {}).items()}
+    cfg.associate_public_ip_address = _optional_bool(opts, "associate_public_ip_address")
+    cfg.iam_instance_profile = opts.text("iam_instance_profile")
+    cfg.run_tags = _kv(opts, "run_tag", "run_tags")
+    cfg.run_volume_tags = opts.mapping("run_volume_tags")
     # packer-plugin-amazon builder/ebs/builder.go: ``run_volume_tag`` is a NameValues list copied onto the map
-    volume_blocks = raw.get("run_volume_tag") or []
+    volume_blocks = opts.raw.get("run_volume_tag") or []
     if volume_blocks and cfg.run_volume_tags:
         errors.append("run_volume_tag: only one of run_volume_tags or run_volume_tag can be set")
     for block in volume_blocks:
         cfg.run_volume_tags[str(block["name"])] = str(block["value"])
-    user_data, user_data_file = s("user_data"), s("user_data_file")
+    cfg.shutdown_behavior = opts.text("shutdown_behavior", "stop")
+    if cfg.shutdown_behavior not in ("stop", "terminate"):
+        errors.append("shutdown_behavior only accepts 'stop' or 'terminate' values.")
+    cfg.disable_stop_instance = opts.flag("disable_stop_instance")
+    cfg.ebs_optimized = opts.flag("ebs_optimized")
+    cfg.tenancy = opts.text("tenancy")
+    if cfg.tenancy and cfg.tenancy not in ("default", "dedicated", "host"):
+        errors.append(f"tenancy: {cfg.tenancy!r} must be one of default, dedicated, host")
+    cfg.ssh_interface = opts.text("ssh_interface")
+    if cfg.ssh_interface == "session_manager":
+        errors.append("ssh_interface: session_manager is not supported by stemforge (the Session Manager tunnel "
+                      "needs the AWS session-manager-plugin)")
+    elif cfg.ssh_interface and cfg.ssh_interface not in _SSH_INTERFACES:
+        errors.append(f"Unknown interface type: {cfg.ssh_interface}")
+
+
+def _prepare_user_data(cfg: EbsConfig, opts: Options) -> None:
+    user_data, user_data_file = opts.text("user_data"), opts.text("user_data_file")
     if user_data and user_data_file:
-        errors.append("Only one of user_data or user_data_file can be specified.")
+        opts.errors.append("Only one of user_data or user_data_file can be specified.")
     elif user_data_file:
-        path = Path(user_data_file)
-        if not path.is_absolute() and not path.exists():
-            path = template_dir / path
+        path = opts.template_file(user_data_file)
         if not path.is_file():
-            errors.append(f"user_data_file not found: {user_data_file}")
+            opts.errors.append(f"user_data_file not found: {user_data_file}")
         else:
             cfg.user_data = path.read_text(errors="replace")
     else:
         cfg.user_data = user_data
-    cfg.shutdown_behavior = s("shutdown_behavior") or "stop"
-    if cfg.shutdown_behavior not in ("stop", "terminate"):
-        errors.append("shutdown_behavior only accepts 'stop' or 'terminate' values.")
-    cfg.disable_stop_instance = bool(raw.get("disable_stop_instance"))
-    cfg.ebs_optimized = bool(raw.get("ebs_optimized"))
-    cfg.tenancy = s("tenancy")
-    if cfg.tenancy and cfg.tenancy not in ("default", "dedicated", "host"):
-        errors.append(f"tenancy: {cfg.tenancy!r} must be one of default, dedicated, host")
-    cfg.ssh_interface = s("ssh_interface")
-    if cfg.ssh_interface == "session_manager":
-        errors.append(
-            "ssh_interface: session_manager is not supported by stemforge (the Session Manager tunnel "
-            "needs the AWS session-manager-plugin)"
-        )
-    elif cfg.ssh_interface and cfg.ssh_interface not in _SSH_INTERFACES:
-        errors.append(f"Unknown interface type: {cfg.ssh_interface}")
 
-    # --- communicator
-    cfg.communicator = s("communicator") or "ssh"
-    if cfg.communicator not in ("ssh", "none"):
-        errors.append(f"communicator: {cfg.communicator!r} is not supported (use 'ssh' or 'none')")
-    cfg.ssh_username = s("ssh_username")
-    cfg.ssh_password = s("ssh_password")
-    cfg.ssh_private_key_file = s("ssh_private_key_file")
-    cfg.ssh_keypair_name = s("ssh_keypair_name")
-    cfg.ssh_host = s("ssh_host")
-    cfg.ssh_port = int(raw.get("ssh_port") or 22)
-    cfg.ssh_handshake_attempts = int(raw.get("ssh_handshake_attempts") or 10)
-    cfg.ssh_pty = bool(raw.get("ssh_pty"))
-    for key, default, target in (
-        ("ssh_timeout", 300.0, "ssh_timeout"),
-        ("pause_before_connecting", 0.0, "pause_before_connecting"),
-    ):
-        source = key if key in raw or key != "ssh_timeout" else "ssh_wait_timeout"
-        try:
-            value = parse_duration(raw[source]) if raw.get(source) not in (None, "") else default
-        except ValueError as exc:
-            errors.append(f"{source}: {exc}")
-            value = default
-        setattr(cfg, target, value or default)
-    cfg.temporary_key_pair_type = s("temporary_key_pair_type") or "rsa"
-    if cfg.temporary_key_pair_type not in ("rsa", "ed25519"):
-        errors.append(f"temporary_key_pair_type: {cfg.temporary_key_pair_type!r} must be 'rsa' or 'ed25519'")
-    if cfg.communicator == "ssh":
-        if not cfg.ssh_username:
-            errors.append(
-                'An ssh_username must be specified\n  Note: some builders used to default ssh_username to "root".'
-            )
-        if cfg.ssh_private_key_file:
-            key_path = Path(cfg.ssh_private_key_file).expanduser()
-            if not key_path.is_absolute() and not key_path.exists():
-                key_path = template_dir / key_path
-            if not key_path.is_file():
-                errors.append(f"ssh_private_key_file is invalid: {cfg.ssh_private_key_file} does not exist")
-            else:
-                cfg.ssh_private_key_file = str(key_path)
-        if cfg.ssh_keypair_name and not cfg.ssh_private_key_file:
-            errors.append("ssh_private_key_file must be provided to retrieve the private key of ssh_keypair_name")
-    # Packer: a temporary key pair unless the user brings a key pair, a key or a password
+
+def _prepare_key_pair(cfg: EbsConfig, opts: Options) -> None:
+    """``ssh_keypair_name`` needs the private key; Packer makes a temporary key pair unless the user brings a key
+    pair, a key or a password."""
+    cfg.ssh_keypair_name = opts.text("ssh_keypair_name")
+    if cfg.communicator == "ssh" and cfg.ssh_keypair_name and not cfg.ssh_private_key_file:
+        opts.errors.append("ssh_private_key_file must be provided to retrieve the private key of ssh_keypair_name")
     if not (cfg.ssh_keypair_name or cfg.ssh_private_key_file or cfg.ssh_password):
-        import uuid
-
-        cfg.temporary_key_pair_name = s("temporary_key_pair_name") or f"packer_{uuid.uuid4()}"
-
-    if errors:
-        raise ConfigError("\n".join(f"{prefix}: {e}" for e in errors))
-    return cfg, warnings
+        cfg.temporary_key_pair_name = opts.text("temporary_key_pair_name") or f"packer_{uuid.uuid4()}"

@@ -24,37 +24,28 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from builders.builder_types._sdk.builder import ComposedBuilder
 from builders.builder_types.qemu import disk
 from builders.builder_types.qemu.config import BUILDER_ID, OPTIONS_SCHEMA, QemuConfig, prepare_config
 from builders.builder_types.qemu.steps import SECRET_KEYS, StepConvertDisk, build_steps
-from builders.core import Artifact, BuildError, BuilderType, ProvisionHook
+from builders.core import Artifact, BuildError, ProvisionHook
+from stemforge_base.hashing import sha256_file
 
 __all__ = ["PLUGIN", "QemuBuilder", "measure_convert"]
 
 
-class QemuBuilder(BuilderType):
+class QemuBuilder(ComposedBuilder[QemuConfig]):
     """The ``qemu`` builder type. ``prepare`` validates (every problem at once, Packer's words), ``steps`` returns
     the build in Packer's order, ``artifact`` lists the disk file(s) with format and sha256."""
 
     type_name: ClassVar[str] = "qemu"
     options_schema: ClassVar[dict[str, Any]] = OPTIONS_SCHEMA
 
-    def __init__(self, config: Mapping[str, Any], ctx: Any) -> None:
-        super().__init__(config, ctx)
-        self.cfg: QemuConfig | None = None
+    def prepare_config(self, options: Mapping[str, Any]) -> tuple[QemuConfig, list[str]]:
+        return prepare_config(options, *self.prepare_args(), prefix=self.label)
 
-    def prepare(self) -> list[str]:
-        name = self.ctx.build_name
-        label = self.type_name if name == self.type_name else f"{self.type_name}.{name}"  # the runner's label
-        cfg, warnings = prepare_config(self.config, name, Path(self.ctx.template_dir), self.ctx.force, prefix=label)
-        self.cfg = cfg
-        return warnings
-
-    def steps(self, hook: ProvisionHook) -> Sequence[Any]:
-        if self.cfg is None:
-            self.prepare()
-        assert self.cfg is not None
-        return build_steps(self.cfg, self.ctx, hook)
+    def build_steps(self, cfg: QemuConfig, hook: ProvisionHook) -> Sequence[Any]:
+        return build_steps(cfg, self.ctx, hook)
 
     def artifact(self, state: Mapping[str, Any]) -> Artifact | None:
         cfg = self.cfg
@@ -64,8 +55,8 @@ class QemuBuilder(BuilderType):
         main = cfg.disk_path
         info = disk.image_info(main)
         self.ctx.ui.say(f"Computing sha256 of {main}...")
-        digest = disk.sha256_file(main, progress=lambda d, t: self.ctx.ui.progress(f"sha256 {main.name}", d, t),
-                                  cancel=self.ctx.cancel)
+        digest = sha256_file(main, progress=lambda d, t: self.ctx.ui.progress(f"sha256 {main.name}", d, t),
+                             check=self.ctx.check_cancelled)
         generated = {k: v for k, v in self.ctx.generated.items() if k not in SECRET_KEYS}
         return Artifact(
             builder_id=BUILDER_ID, build_name=self.ctx.build_name, builder_type=self.type_name, files=files,

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from builders.builder_types.qemu.config import parse_duration
+from stemforge_base.durations import parse_duration
 
 
 class BootCommandError(ValueError):
@@ -94,7 +94,7 @@ def _expression(name: str) -> list[Action] | None:
         if arg.isdigit():
             return [Wait(float(arg))]
         try:
-            return [Wait(parse_duration(arg))]
+            return [Wait(parse_duration(arg, mode="packer"))]
         except ValueError:
             return None
     if low in _SPECIAL:

@@ -20,51 +20,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-_LENGTHS = {32: "md5", 40: "sha1", 64: "sha256", 128: "sha512"}
-_HEX = re.compile(r"^[0-9a-fA-F]+$")
+from builders.builder_types._sdk.iso import HEX_DIGEST, Checksum, ChecksumError, parse_checksum
+
 _CHUNK = 1 << 20
-
-
-class ChecksumError(ValueError):
-    """An ``iso_checksum`` that cannot be parsed or a checksum list without the file's entry."""
 
 
 class SourceError(RuntimeError):
     """No source could be fetched and verified; the message lists what happened to each URL."""
-
-
-@dataclass(frozen=True)
-class Checksum:
-    kind: str  # md5 | sha1 | sha256 | sha512 | none | file
-    value: str  # hex digest, or the checksum list's location for kind "file"
-
-    def __str__(self) -> str:
-        return "none" if self.kind == "none" else f"{self.kind}:{self.value}"
-
-
-def parse_checksum(text: str) -> Checksum:
-    """Parse an ``iso_checksum`` value (does not fetch ``file:`` lists)."""
-    text = text.strip()
-    if text.lower() == "none":
-        return Checksum("none", "")
-    kind, sep, value = text.partition(":")
-    if sep and kind.lower() == "file":
-        if not value:
-            raise ChecksumError("file: needs a path or URL of a checksum list")
-        return Checksum("file", value)
-    if sep and kind.lower() in ("md5", "sha1", "sha256", "sha512"):
-        kind = kind.lower()
-        if not _HEX.match(value) or _LENGTHS.get(len(value)) != kind:
-            raise ChecksumError(f"{text!r} is not a valid {kind} checksum")
-        return Checksum(kind, value.lower())
-    if sep:
-        raise ChecksumError(f"unknown checksum type {kind!r} (md5, sha1, sha256, sha512, file or none)")
-    if _HEX.match(text) and len(text) in _LENGTHS:
-        return Checksum(_LENGTHS[len(text)], text.lower())
-    raise ChecksumError(f"{text!r} is not a checksum (a hex digest, 'type:digest', 'file:list' or 'none')")
 
 
 def is_remote(url: str) -> bool:
@@ -112,9 +76,9 @@ def resolve_checksum(checksum: Checksum, source_url: str, template_dir: Path, ti
             entries.append((bsd.group(2), bsd.group(3)))
             continue
         parts = line.split(None, 1)
-        if len(parts) == 2 and _HEX.match(parts[0]):
+        if len(parts) == 2 and HEX_DIGEST.match(parts[0]):
             entries.append((parts[1].lstrip("*").strip(), parts[0]))
-        elif len(parts) == 1 and _HEX.match(parts[0]):
+        elif len(parts) == 1 and HEX_DIGEST.match(parts[0]):
             entries.append(("", parts[0]))
     for fname, digest in entries:
         if fname == name or fname.lstrip("./") == name or Path(fname).name == name:
