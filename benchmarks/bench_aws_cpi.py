@@ -35,8 +35,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from stemforge_base.cpi_client import DIRECTOR_ENV  # noqa: E402 - after the path set-up
+
 TARGET_RATIO = 1.5
-DIRECTOR_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 REGION = "us-east-1"
 
 BARE_SCRIPT = r"""

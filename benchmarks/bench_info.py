@@ -49,7 +49,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-DIRECTOR_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+from stemforge_base.cpi_client import DIRECTOR_ENV  # noqa: E402 - after the path set-up
+
 TARGET = 1.25
 #: The README's example config (YAML), converted to JSON by ``stemforge cpi wrapper``.
 README_EXAMPLE = REPO / "examples" / "cpi-libvirt.yml"

@@ -6,7 +6,9 @@
 * ``stemforge cpi call METHOD [JSON_ARGS] --config CONFIG [--api-version N] [--director-uuid U]`` sends one request
   through a real ``stemforge-cpi`` process and prints its response; the exit status is 0 for a success response,
   1 for an error response, 2 when no valid response came back. ``JSON_ARGS`` is a JSON array (default ``[]``),
-  ``@FILE`` to read it from a file or ``-`` for stdin. The CPI's stderr passes through.
+  ``@FILE`` to read it from a file or ``-`` for stdin. The CPI's stderr passes through; the call is bounded by
+  ``--timeout`` seconds (the CPI's process group is killed then). The request goes through the one director-style
+  client (:mod:`stemforge_base.cpi_client`), with this shell's environment.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from stemforge_base.cpi_client import CpiProcessError, build_request, cpi_command, exchange, parse_response
+
 DEFAULT_DIRECTOR_UUID = "stemforge-cli"
 #: bosh-cli's choice: it talks to CPIs with min(info.api_version, 2).
 DEFAULT_API_VERSION = 2
+#: Seconds one ``stemforge cpi call`` may take by default (a create_stemcell of a large image included).
+DEFAULT_CALL_TIMEOUT = 3600.0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     call.add_argument("--api-version", type=int, default=DEFAULT_API_VERSION, help="request api_version (default 2)")
     call.add_argument("--director-uuid", default=DEFAULT_DIRECTOR_UUID, help="context.director_uuid")
     call.add_argument("--request-id", default=None, help="context.request_id (default cli-<pid>)")
+    call.add_argument("--timeout", type=float, default=DEFAULT_CALL_TIMEOUT, metavar="SECONDS",
+                      help="kill the CPI after this many seconds (default 3600)")
     call.set_defaults(handler=run_call)
 
 
@@ -62,33 +68,12 @@ def run_wrapper(args: argparse.Namespace) -> int:
     return 0
 
 
-def cpi_command() -> list[str]:
-    """How to run stemforge-cpi: the console script next to this interpreter, else on PATH, else ``-m cpi.main``."""
-    beside = Path(sys.executable).parent / "stemforge-cpi"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return [str(beside)]
-    found = shutil.which("stemforge-cpi")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "cpi.main"]
-
-
 def _load_arguments(text: str) -> Any:
     if text == "-":
         text = sys.stdin.read()
     elif text.startswith("@"):
         text = Path(text[1:]).read_text(encoding="utf-8")
     return json.loads(text)
-
-
-def build_request(method: str, arguments: list[Any], api_version: int, director_uuid: str, request_id: str) -> dict:
-    """The request document the director would send."""
-    return {
-        "method": method,
-        "arguments": arguments,
-        "context": {"director_uuid": director_uuid, "request_id": request_id},
-        "api_version": api_version,
-    }
 
 
 def run_call(args: argparse.Namespace) -> int:
@@ -100,18 +85,23 @@ def run_call(args: argparse.Namespace) -> int:
     if not isinstance(arguments, list):
         print("stemforge cpi call: JSON_ARGS must be a JSON array", file=sys.stderr)
         return 2
-    request = build_request(
-        args.method, arguments, args.api_version, args.director_uuid, args.request_id or f"cli-{os.getpid()}"
-    )
-    command = [*cpi_command(), "--config", os.path.abspath(args.config)]
-    proc = subprocess.run(command, input=json.dumps(request).encode(), stdout=subprocess.PIPE, check=False)
+    request = build_request(args.method, arguments, director_uuid=args.director_uuid, api_version=args.api_version,
+                            request_id=args.request_id or f"cli-{os.getpid()}")
     try:
-        response = json.loads(proc.stdout)
-    except ValueError:
-        sys.stdout.write(proc.stdout.decode("utf-8", "replace"))
-        print(f"stemforge cpi call: no valid JSON response (exit status {proc.returncode})", file=sys.stderr)
+        run = exchange(cpi_command(args.config), request, timeout=args.timeout, env=None, cwd=None,
+                       capture_stderr=False)
+    except CpiProcessError as exc:  # it did not start, or gave no answer in time
+        print(f"stemforge cpi call: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        response = parse_response(args.method, run.stdout)
+    except CpiProcessError as exc:
+        sys.stdout.write(run.stdout.decode("utf-8", "replace"))
+        print(f"stemforge cpi call: no valid response (exit status {run.returncode}): {exc.message}",
+              file=sys.stderr)
         return 2
     print(json.dumps(response, indent=2, sort_keys=True))
-    if proc.returncode != 0 or not isinstance(response, dict):
+    if run.returncode != 0:
+        print(f"stemforge cpi call: the CPI exited with status {run.returncode}", file=sys.stderr)
         return 2
-    return 0 if response.get("error") is None else 1
+    return 0 if response["error"] is None else 1

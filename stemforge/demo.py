@@ -12,17 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from stemforge_base.cpi_client import CpiCallError, CpiClient
+
 DEFAULT_WORKDIR = Path("/var/lib/stemforge/demo")
 #: The libvirt storage pool the demo's CPI defines (in ``<workdir>/pool``) and the demo removes at the end.
 POOL = "stemforge-demo"
-DIRECTOR_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+#: Seconds one CPI call may take (create_vm under TCG included).
+CALL_TIMEOUT = 900
 
 
 class DemoFailed(Exception):
@@ -35,7 +37,7 @@ class Demo:
         self.agent_timeout = agent_timeout
         self.started = time.monotonic()
         self.director_uuid = str(uuid.uuid4())
-        self.cpi: Path | None = None
+        self.client: CpiClient | None = None
         self.created: list[tuple[str, list[Any]]] = []  # (delete method, args), undone in reverse
 
     def say(self, message: str) -> None:
@@ -43,26 +45,14 @@ class Demo:
 
     # -- CPI calls ------------------------------------------------------------------------------------------
     def call(self, method: str, *arguments: Any, api_version: int = 2, quiet: bool = False) -> Any:
-        assert self.cpi is not None
-        request = {"method": method, "arguments": list(arguments), "api_version": api_version,
-                   "context": {"director_uuid": self.director_uuid, "request_id": f"cpi-{uuid.uuid4().int % 10**6}"}}
-        t0 = time.monotonic()
-        proc = subprocess.run([str(self.cpi)], input=json.dumps(request).encode(), capture_output=True,
-                              env=DIRECTOR_ENV, timeout=900, check=False)
-        elapsed = time.monotonic() - t0
+        assert self.client is not None
         try:
-            response = json.loads(proc.stdout)
-        except ValueError:
-            raise DemoFailed(f"{method}: the CPI wrote no JSON response (exit {proc.returncode}); "
-                             f"stderr: {proc.stderr.decode(errors='replace')[-2000:]}") from None
-        if proc.returncode != 0:
-            raise DemoFailed(f"{method}: the CPI exited {proc.returncode}; it must always exit 0")
-        if response.get("error"):
-            err = response["error"]
-            raise DemoFailed(f"{method}: {err['type']}: {err['message']}")
+            call = self.client.call(method, *arguments, api_version=api_version)
+        except CpiCallError as exc:  # an error response, or no valid response (CpiProcessError, with the stderr)
+            raise DemoFailed(str(exc)) from None
         if not quiet:
-            self.say(f"{method} -> {json.dumps(response['result'])[:160]}  ({elapsed:.2f}s)")
-        return response["result"]
+            self.say(f"{method} -> {json.dumps(call.result)[:160]}  ({call.seconds:.2f}s)")
+        return call.result
 
     # -- the job -------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -80,8 +70,9 @@ class Demo:
                  f"formats {', '.join(stemcell.manifest.stemcell_formats)}")
 
         config = self.write_config()
-        self.cpi = write_wrapper(config, self.workdir / "cpi-job")
-        self.say(f"CPI wrapper (what the director runs): {self.cpi}")
+        wrapper = write_wrapper(config, self.workdir / "cpi-job")
+        self.client = CpiClient([str(wrapper)], director_uuid=self.director_uuid, timeout=CALL_TIMEOUT)
+        self.say(f"CPI wrapper (what the director runs): {wrapper}")
         self.say(f"info -> {json.dumps(self.call('info', api_version=1, quiet=True))}")
 
         sc = self.call("create_stemcell", str(stemcell.image_path), stemcell.manifest.cloud_properties,

@@ -4,14 +4,13 @@ leave consistent state (libvirt, the pool, the state database and the config dri
 from __future__ import annotations
 
 import json
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from cpi import configdrive
-from tests.harness.libvirt import DIRECTOR_ENV, USER_NET, LibvirtCpi
+from tests.harness.libvirt import USER_NET, LibvirtCpi
 
 pytestmark = [pytest.mark.libvirt]
 
@@ -65,11 +64,7 @@ def test_32_concurrent_cpi_processes(libvirt_cpi: LibvirtCpi, stemcell_cid: str)
     assert len(requests) == 32
 
     def run(req: dict[str, Any]) -> dict[str, Any]:
-        proc = subprocess.run([str(cpi.wrapper)], input=json.dumps(req).encode(), capture_output=True,
-                              env=DIRECTOR_ENV, timeout=600, check=False)
-        assert proc.returncode == 0
-        out: dict[str, Any] = json.loads(proc.stdout)
-        return out
+        return cpi.run(req).response  # exit status 0 and a valid envelope, asserted there
 
     with ThreadPoolExecutor(max_workers=32) as pool:
         responses = list(pool.map(run, [r for _, r in requests]))

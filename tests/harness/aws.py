@@ -18,7 +18,6 @@ import contextlib
 import http.client
 import json
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -28,7 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.harness.libvirt import DIRECTOR_ENV, CpiResult
+from stemforge_base.cpi_client import build_request
+from tests.harness.libvirt import CpiResult, run_wrapper
 
 REGION = "us-east-1"
 #: Credentials for the CPI config: moto accepts anything; unique strings let the tests prove they never leak.
@@ -185,18 +185,8 @@ class AwsCpi:
     def request(
         self, method: str, *arguments: Any, api_version: int | None = 2, context: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        req: dict[str, Any] = {
-            "method": method,
-            "arguments": list(arguments),
-            "context": {
-                "director_uuid": self.director_uuid,
-                "request_id": f"cpi-{uuid.uuid4().int % 10**6}",
-                **(context or {}),
-            },
-        }
-        if api_version is not None:
-            req["api_version"] = api_version
-        return req
+        return build_request(method, arguments, director_uuid=self.director_uuid, api_version=api_version,
+                             context=context)
 
     def call(
         self,
@@ -207,24 +197,8 @@ class AwsCpi:
         context: Mapping[str, Any] | None = None,
         timeout: float = 300,
     ) -> CpiResult:
-        import subprocess
-
-        data = json.dumps(self.request(method, *arguments, api_version=api_version, context=context)).encode()
-        started = time.monotonic()
-        proc = subprocess.run(
-            [str(self.wrapper)],
-            input=data,
-            capture_output=True,
-            env={**DIRECTOR_ENV, **(extra_env or {})},
-            timeout=timeout,
-            check=False,
-        )
-        seconds = time.monotonic() - started
-        assert proc.returncode == 0, f"CPI exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-3000:]}"
-        response = json.loads(proc.stdout)
-        assert set(response) == {"result", "error", "log"}, response
-        assert isinstance(response["log"], str)
-        result = CpiResult(response, proc.stdout, proc.stderr, proc.returncode, seconds)
+        result = run_wrapper(self.wrapper, self.request(method, *arguments, api_version=api_version, context=context),
+                             extra_env=extra_env, timeout=timeout)
         self.results.append(result)
         return result
 

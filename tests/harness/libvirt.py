@@ -12,16 +12,15 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stemforge_base.cpi_client import DIRECTOR_ENV, build_request, exchange, parse_response
+
 BASE = Path("/var/lib/stemforge/tests")
-DIRECTOR_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 USER_NET = {"cloud_properties": {"type": "user"}}
 
 
@@ -42,6 +41,17 @@ class CpiResult:
     def error(self) -> dict[str, Any]:
         assert self.response["error"] is not None, f"expected an error, got result {self.response['result']!r}"
         return dict(self.response["error"])
+
+
+def run_wrapper(wrapper: Path, request: Mapping[str, Any] | bytes, *, extra_env: Mapping[str, str] | None = None,
+                timeout: float = 600) -> CpiResult:
+    """One call of a director-style ``bin/cpi`` through the director-style client's :func:`exchange` (the
+    director's environment plus ``extra_env``, bounded); asserts exit status 0 and a valid response envelope."""
+    run = exchange([str(wrapper)], request, timeout=timeout, env={**DIRECTOR_ENV, **(extra_env or {})}, cwd=None)
+    assert run.returncode == 0, f"CPI exited {run.returncode}: {run.stderr_text[-3000:]}"
+    response = parse_response(str(request.get("method", "")) if isinstance(request, Mapping) else "", run.stdout,
+                              run.stderr_text)
+    return CpiResult(response, run.stdout, run.stderr, run.returncode, run.seconds)
 
 
 @dataclass
@@ -67,25 +77,12 @@ class LibvirtCpi:
 
     def request(self, method: str, *arguments: Any, api_version: int | None = 2,
                 context: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        req: dict[str, Any] = {"method": method, "arguments": list(arguments),
-                               "context": {"director_uuid": self.director_uuid,
-                                           "request_id": f"cpi-{uuid.uuid4().int % 10**6}", **(context or {})}}
-        if api_version is not None:
-            req["api_version"] = api_version
-        return req
+        return build_request(method, arguments, director_uuid=self.director_uuid, api_version=api_version,
+                             context=context)
 
     def run(self, request: Mapping[str, Any] | bytes, *, extra_env: Mapping[str, str] | None = None,
             timeout: float = 600) -> CpiResult:
-        data = request if isinstance(request, bytes) else json.dumps(request).encode()
-        t0 = time.monotonic()
-        proc = subprocess.run([str(self.wrapper)], input=data, capture_output=True,
-                              env={**DIRECTOR_ENV, **(extra_env or {})}, timeout=timeout, check=False)
-        seconds = time.monotonic() - t0
-        assert proc.returncode == 0, f"CPI exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-3000:]}"
-        response = json.loads(proc.stdout)
-        assert set(response) == {"result", "error", "log"}, response
-        assert isinstance(response["log"], str)
-        return CpiResult(response, proc.stdout, proc.stderr, proc.returncode, seconds)
+        return run_wrapper(self.wrapper, request, extra_env=extra_env, timeout=timeout)
 
     def call(self, method: str, *arguments: Any, api_version: int | None = 2,
              extra_env: Mapping[str, str] | None = None) -> CpiResult:

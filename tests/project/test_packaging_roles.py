@@ -30,7 +30,8 @@ import pytest
 import yaml
 
 from cpi.wrapper import command
-from tests.harness.libvirt import DIRECTOR_ENV, USER_NET, libvirt_unavailable_reason, session_cpi
+from stemforge_base.cpi_client import DIRECTOR_ENV
+from tests.harness.libvirt import USER_NET, libvirt_unavailable_reason, session_cpi
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
