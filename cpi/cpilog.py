@@ -14,9 +14,9 @@ this handler too, so they land in ``log``). Each line reads::
     [stemforge-cpi] [<request_id or pid>] <LEVEL> <elapsed>s <message>
 
 with ``<elapsed>`` the seconds since the process started handling the call. Every formatted line, tracebacks
-included, passes through the call's :class:`~cpi.redaction.Redactor` at format time, so secrets registered at any
-point before a record is emitted never reach stderr or ``log``. Records of third-party loggers (libvirt bindings,
-tenacity, ...) and ``warnings`` go through the same handlers.
+included, passes through the call's :class:`~stemforge_base.redaction.Redactor` at format time, so secrets
+registered at any point before a record is emitted never reach stderr or ``log``. Records of third-party loggers
+(libvirt bindings, tenacity, ...) and ``warnings`` go through the same handlers.
 
 The level comes from ``$STEMFORGE_CPI_LOG_LEVEL`` (wins, for operators debugging under create-env), else
 ``cloud.properties.log_level``, else ``info``. This module imports :mod:`logging`; ``cpi.main`` imports it only when a
@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping
 from typing import TextIO
 
-from cpi.redaction import Redactor
+from stemforge_base.redaction import Redactor
 
 #: The logger providers receive (records propagate to the root handlers installed here).
 LOGGER_NAME = "stemforge.cpi"

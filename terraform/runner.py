@@ -41,7 +41,8 @@ from typing import Any
 import python_terraform
 from python_terraform import IsFlagged, IsNotFlagged
 
-from cpi.redaction import Redactor
+from stemforge_base.processes import spawn, stop_group
+from stemforge_base.redaction import Redactor
 
 #: Variables file Terraform loads by itself from the working directory.
 VARIABLES_FILE = "terraform.tfvars.json"
@@ -178,14 +179,13 @@ class Terraform(python_terraform.Terraform):
         return (-1 if returncode is None else returncode), out, err
 
     def _run(self, name: str, argv: list[str], timeout: float) -> tuple[int | None, str, str]:
-        proc = subprocess.Popen(
+        proc = spawn(
             argv,
             cwd=self.working_dir,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            start_new_session=True,
         )
         chunks: dict[str, list[str]] = {"stdout": [], "stderr": []}
 
@@ -247,16 +247,6 @@ class Terraform(python_terraform.Terraform):
 
     @staticmethod
     def _stop(proc: subprocess.Popen[bytes]) -> None:
-        """SIGINT (Terraform finishes the operations in flight and saves state), then SIGKILL after the grace."""
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGINT)
-            deadline = time.monotonic() + INTERRUPT_GRACE
-            while proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        """SIGINT to Terraform's process group (Terraform finishes the operations in flight and saves state), then
+        SIGKILL after the grace."""
+        stop_group(proc, first=signal.SIGINT, grace=INTERRUPT_GRACE)

@@ -46,6 +46,8 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
+from stemforge_base.redaction import literal_pattern
+
 #: What ``mask`` prints instead of a sensitive value (Packer's word).
 MASK: Final = "<sensitive>"
 #: Derived values shorter than this are recorded only as part of a longer rendered string (see the module doc).
@@ -141,8 +143,7 @@ class SensitiveValues:
     def _compiled(self) -> re.Pattern[str] | None:
         with self._lock:
             if self._pattern is None and self._values:
-                alternatives = sorted(self._values, key=len, reverse=True)  # the longest match wins
-                self._pattern = re.compile("|".join(re.escape(v) for v in alternatives))
+                self._pattern = literal_pattern(self._values)  # the longest match wins
             return self._pattern
 
     def mask(self, text: str) -> str:
