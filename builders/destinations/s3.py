@@ -33,11 +33,14 @@ from builders.destinations import (
     TransferCancelled,
     TransferIO,
 )
+from stemforge_base import aws
 
 MIB: Final = 1024 * 1024
 DEFAULT_PART_MIB: Final = 16
-_TRANSIENT_CODES: Final = frozenset({
-    "SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "InternalError", "ServiceUnavailable",
+#: S3 answers worth another attempt of a transfer on top of the shared AWS set (``stemforge_base.aws``): a part whose
+#: bytes were damaged on the way (``BadDigest``, ``XAmzContentSHA256Mismatch``), a clock skew the next signing may
+#: not have, and a conflicting operation on the same key that has since ended (``OperationAborted``).
+_S3_TRANSFER_RETRY_CODES: Final = frozenset({
     "BadDigest", "XAmzContentSHA256Mismatch", "RequestTimeTooSkewed", "OperationAborted",
 })
 _SESSION_LOCK: Final = threading.Lock()  # boto3 sessions are not thread-safe to create
@@ -318,24 +321,16 @@ def _b64(raw: bytes) -> str:
 
 
 def _code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", ""))
-    return ""
+    return aws.error_code(exc)
 
 
 def _status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return int(status) if status is not None else None
-    return None
+    return aws.error_details(exc)[1]
 
 
 def _describe(exc: BaseException) -> str:
-    code = _code(exc)
+    code, _status_code, message = aws.error_details(exc)
     if code:
-        message = getattr(exc, "response", {}).get("Error", {}).get("Message", "")
         return f"{code}: {message}" if message else code
     name = type(exc).__name__
     if name == "NoCredentialsError":
@@ -345,19 +340,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def _error(what: str, exc: BaseException) -> DestinationError:
-    from botocore.exceptions import (
-        ConnectionClosedError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
-        ReadTimeoutError,
-    )
-
-    status = _status(exc)
-    transient = (
-        isinstance(exc, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError | ConnectTimeoutError)
-        or _code(exc) in _TRANSIENT_CODES
-        or (status is not None and status >= 500)
-    )
+    """A DestinationError, transient for the shared AWS retry rules (``stemforge_base.aws.is_transient``: throttling,
+    5xx, connection errors) and the S3 transfer codes above."""
+    transient = aws.is_transient(exc) or _code(exc) in _S3_TRANSFER_RETRY_CODES
     return DestinationError(f"{what}: {_describe(exc)}", transient=transient)
 
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import requests
 
-from builders.image_repo import INCOMING, serve_in_thread
+from builders.image_repo import serve_in_thread
+from builders.image_store import INCOMING
 
 MIB = 1024 * 1024
 

@@ -21,7 +21,8 @@ import pytest
 import requests
 
 from builders.destinations import SourceImage, TransferIO, load_destination
-from builders.image_repo import INCOMING, ImageRepoServer, parse_range, serve_in_thread
+from builders.image_repo import ImageRepoServer, parse_range, serve_in_thread
+from builders.image_store import INCOMING
 
 MIB = 1024 * 1024
 TOKEN = "repo-token-7f3a9c1e5b2d4068"
