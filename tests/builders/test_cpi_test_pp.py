@@ -28,15 +28,10 @@ from builders.cpi_client import DIRECTOR_ENV, CpiCallError, CpiClient, CpiProces
 from builders.postprocessors.cpi_test import CpiTestFailed, CpiTestPostProcessor, console_dir_for
 from builders.registry import validate_options
 from stemforge.steps import Cancelled
+from tests.harness.builds import make_ctx
 from tests.harness.libvirt import LibvirtCpi, libvirt_unavailable_reason, session_cpi
-from tests.harness.recording_ui import RecordingUi
 
 TEMPLATE = Path(__file__).parents[1] / "templates" / "release-tested-plans.json"
-
-
-def make_ctx(tmp_path: Path) -> BuildContext:
-    return BuildContext(build_name="img", build_type="file", ui=RecordingUi(), cancel=threading.Event(),
-                        template_dir=tmp_path, run_uuid=str(uuid.uuid4()))
 
 
 def write_cpi_config(tmp_path: Path, **libvirt: Any) -> Path:

@@ -22,8 +22,7 @@ import pytest
 
 from builders.core import Artifact, BuildContext, BuildError, ConfigError
 from builders.destinations import load_destination
-from builders.image_repo import ImageRepoHandler, ImageRepoServer, serve_in_thread
-from builders.image_store import INCOMING, RepoError
+from builders.image_repo import INCOMING, ImageRepoHandler, ImageRepoServer, RepoError, serve_in_thread
 from builders.postprocessors.fanout import (
     FanoutError,
     FanoutPostProcessor,
@@ -33,17 +32,12 @@ from builders.postprocessors.fanout import (
 )
 from builders.postprocessors.manifest import ManifestPostProcessor
 from stemforge.steps import Cancelled
-from tests.harness.recording_ui import RecordingUi
+from tests.harness.builds import make_ctx
 
 MIB = 1024 * 1024
 
 
 # -- fixtures -------------------------------------------------------------------------------------------------
-
-
-def make_ctx(tmp_path: Path, *, on_error: str = "cleanup", force: bool = False) -> BuildContext:
-    return BuildContext(build_name="img", build_type="file", ui=RecordingUi(), cancel=threading.Event(),
-                        template_dir=tmp_path, run_uuid=str(uuid.uuid4()), on_error=on_error, force=force)
 
 
 def make_image(path: Path, size: int, *, seed: int = 1) -> Path:

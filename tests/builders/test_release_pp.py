@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,15 +28,10 @@ from builders.postprocessors.release import (
 )
 from builders.registry import validate_options
 from stemforge.steps import FAILPOINTS_ENV, Cancelled, FailpointError
-from tests.harness.recording_ui import RecordingUi
+from tests.harness.builds import make_ctx
 
 PASSED = {"small": {"passed": True, "seconds": 20.5, "detail": "agent ready after 14.1s"},
           "large": {"passed": True, "seconds": 22.0, "detail": "agent ready after 15.0s"}}
-
-
-def make_ctx(tmp_path: Path, run_uuid: str | None = None) -> BuildContext:
-    return BuildContext(build_name="img", build_type="file", ui=RecordingUi(), cancel=threading.Event(),
-                        template_dir=tmp_path, run_uuid=run_uuid or str(uuid.uuid4()))
 
 
 def sha256_of(path: Path) -> str:
