@@ -14,7 +14,7 @@ import yaml
 
 from cpi.providers.baremetal.store import MetalStore
 from stemforge.cli import main
-from tests.metal.test_metal_interfaces import PASSWORD, SYSTEMS, Emulator, free_port, ramdisk_player, sushy_emulator
+from tests.harness.redfish import PASSWORD, SYSTEMS, Emulator, free_port, ramdisk_player
 
 
 def inventory(address: str, nodes: int = 2) -> dict[str, Any]:
@@ -48,12 +48,6 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     status = main(["metal", *argv])
     out, err = capsys.readouterr()
     return status, out, err
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Any:
-    with sushy_emulator(tmp_path / "emulator") as emu:
-        yield emu
 
 
 def write(tmp_path: Path, data: Any, name: str = "inventory.yaml") -> str:

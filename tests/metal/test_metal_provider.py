@@ -21,7 +21,7 @@ from cpi import configdrive
 from cpi.errors import CloudError, DiskNotAttached, NotSupported, VMCreationFailed, VMNotFound
 from cpi.providers.baremetal.provider import BareMetalProvider
 from cpi.providers.baremetal.store import Bmc, MetalStore, NodeSpec
-from tests.metal.test_metal_interfaces import PASSWORD, SYSTEMS, Emulator, free_port, sushy_emulator
+from tests.harness.redfish import PASSWORD, SYSTEMS, Emulator, free_port
 
 log = logging.getLogger("test.metal.provider")
 AGENT_ENV = {"bosh": {"password": "env-secret-pw", "mbus": {"cert": {"private_key": "PRIVATE"}}}}
@@ -149,12 +149,6 @@ def lab(tmp_path: Path, emulator: Emulator, bad_bmc: bool = False, nodes: int = 
         yield provider, store, ramdisk
     finally:
         ramdisk.stop.set()
-
-
-@pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[Emulator]:
-    with sushy_emulator(tmp_path / "emulator") as emu:
-        yield emu
 
 
 def make_stemcell(provider: BareMetalProvider, tmp_path: Path) -> str:
