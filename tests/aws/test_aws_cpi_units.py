@@ -21,7 +21,7 @@ from cpi.errors import CloudError, CpiError, NotSupported
 from cpi.providers.aws import instance_types, tags, volumes
 from cpi.providers.aws.config import AwsConfig
 from cpi.providers.aws.provider import AWSProvider
-from cpi.redaction import Redactor, is_secret_key
+from stemforge_base.redaction import Redactor, is_secret_key
 from tests.harness.aws import (
     SECRET_ACCESS_KEY,
     SESSION_TOKEN,

@@ -15,7 +15,7 @@ from cpi import errors
 from cpi.dispatcher import HANDLERS, Dispatcher, Request
 from cpi.main import Call, respond
 from cpi.provider import DiskHint, DiskResizer, DiskUpdater, Networks, Provider, Snapshots
-from cpi.redaction import Redactor
+from stemforge_base.redaction import Redactor
 
 NETWORKS = {"private": {"type": "manual", "ip": "10.0.0.10", "netmask": "255.255.255.0", "gateway": "10.0.0.1"}}
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cpi.redaction import REDACTED, Redactor, is_secret_key
+from stemforge_base.redaction import REDACTED, Redactor, is_secret_key
 
 # -- unit ------------------------------------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from python_terraform import IsFlagged
 
-from cpi.redaction import REDACTED
+from stemforge_base.redaction import REDACTED
 from terraform.runner import Terraform, TerraformCommandFailed
 
 pytestmark = pytest.mark.terraform
