@@ -26,8 +26,9 @@ from builders.builder_types.debian import chroot as chroot_mod
 from builders.builder_types.debian.bootstrap import BootstrapCache
 from builders.builder_types.debian.config import default_cache_dir
 from builders.builder_types.debian.run import BuildResult, ProvisionerHook, load_provisioner, make_context, run_build
-from builders.builder_types.debian.steps import WORK_DIR_NAME, sha256_file
+from builders.builder_types.debian.steps import WORK_DIR_NAME
 from builders.core import Communicator, Provisioner
+from stemforge_base.hashing import sha256_file
 
 HOSTNAME = "sf-e2e"
 MARKER = "/etc/stemforge-provisioned"
