@@ -54,7 +54,6 @@ import argparse
 import contextlib
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -73,6 +72,7 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from builders.image_store import CHUNK, HEX64, ImageStore, RepoError
+from stemforge_base.net import is_loopback
 
 log = logging.getLogger("stemforge.image_repo")
 
@@ -582,16 +582,6 @@ def load_tokens(path: Path) -> list[bytes]:
     if not tokens:
         raise ValueError(f"token file {path} holds no token")
     return tokens
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or ``localhost``) only reaches this machine."""
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
 
 
 # -- CLI ------------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import fnmatch
 import importlib
 import pkgutil
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -200,6 +200,15 @@ def deprecated_keys(type_name: str) -> frozenset[str]:
         if fnmatch.fnmatchcase(plugin_type, pattern):
             keys.update(options)
     return frozenset(keys)
+
+
+def closed_object(properties: Mapping[str, Any], *, required: Sequence[str] = ()) -> dict[str, Any]:
+    """A plugin's ``options_schema``: an object with exactly ``properties`` (any other key is reported as unknown
+    by :func:`validate_options`), ``required`` of them mandatory."""
+    schema: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": dict(properties)}
+    if required:
+        schema["required"] = list(required)
+    return schema
 
 
 def validate_options(plugin_cls: type[Plugin], config: Mapping[str, Any], where: str) -> dict[str, Any]:

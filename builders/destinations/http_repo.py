@@ -40,6 +40,7 @@ from builders.destinations import (
     Staged,
     TransferIO,
 )
+from builders.registry import closed_object
 
 CHECKSUM_HEADER: Final = "X-Checksum-Sha256"
 #: The environment variable a token is read from when the config names none.
@@ -51,11 +52,8 @@ class HttpRepoDestination(Destination):
     """Publish to an image repository over HTTP(S)."""
 
     type_name: ClassVar[str] = "http"
-    options_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["url"],
-        "properties": {
+    options_schema: ClassVar[dict[str, Any]] = closed_object(
+        {
             "url": {"type": "string", "pattern": "^https?://[^/?#]+(/[^?#]*)?$"},
             #: Seconds a connect or a single read/write may take before the attempt fails (transient).
             "timeout": {"type": "number", "exclusiveMinimum": 0},
@@ -63,8 +61,7 @@ class HttpRepoDestination(Destination):
             "token": {"type": "string"},
             "token_file": {"type": "string", "minLength": 1},
             "token_env": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-        },
-    }
+        }, required=["url"])
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)

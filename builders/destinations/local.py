@@ -30,6 +30,8 @@ from builders.destinations import (
     TransferIO,
     hash_stream,
 )
+from builders.image_store import fsync_dir
+from builders.registry import closed_object
 
 _ZERO: Final = bytes(CHUNK)
 #: errno values worth another attempt (a flaky network filesystem); a full disk or a permission error is not.
@@ -40,18 +42,14 @@ class LocalDestination(Destination):
     """Publish into a local directory (created with its parents when missing)."""
 
     type_name: ClassVar[str] = "local"
-    options_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["path"],
-        "properties": {
+    options_schema: ClassVar[dict[str, Any]] = closed_object(
+        {
             "path": {"type": "string", "minLength": 1},
             #: Re-read the copy from the device (page cache dropped) rather than from memory. Default true.
             "verify_from_device": {"type": "boolean"},
             #: Keep holes of a sparse source as holes. Default true.
             "sparse": {"type": "boolean"},
-        },
-    }
+        }, required=["path"])
 
     @property
     def root(self) -> Path:
@@ -198,7 +196,7 @@ class LocalDestination(Destination):
                 os.rename(tmp, final)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except BaseException as exc:
             if backup is not None and not os.path.lexists(final):
                 with contextlib.suppress(OSError):
@@ -218,7 +216,7 @@ class LocalDestination(Destination):
                 os.unlink(final)
             if committed.backup and os.path.lexists(committed.backup):
                 os.rename(committed.backup, final)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except OSError as exc:
             raise _error(f"cannot roll back {final}", exc) from exc
         self._remove_created_dirs(committed.handle.get("created_dirs", []))
@@ -273,15 +271,6 @@ def _write_all(out: Any, data: bytes) -> None:
     while view:
         count = out.write(view)
         view = view[count:]
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _error(what: str, exc: OSError) -> DestinationError:

@@ -33,6 +33,7 @@ from builders.destinations import (
     TransferCancelled,
     TransferIO,
 )
+from builders.registry import closed_object
 from stemforge_base import aws
 
 MIB: Final = 1024 * 1024
@@ -50,11 +51,8 @@ class S3Destination(Destination):
     """Publish to one bucket (and key prefix) of an S3-compatible service."""
 
     type_name: ClassVar[str] = "s3"
-    options_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["bucket"],
-        "properties": {
+    options_schema: ClassVar[dict[str, Any]] = closed_object(
+        {
             "bucket": {"type": "string", "minLength": 3, "maxLength": 63},
             "region": {"type": "string", "minLength": 1},
             "endpoint_url": {"type": "string", "pattern": "^https?://"},
@@ -63,8 +61,7 @@ class S3Destination(Destination):
             "part_size_mb": {"type": "integer", "minimum": 5, "maximum": 5120},
             "force_path_style": {"type": "boolean"},
             "timeout": {"type": "number", "exclusiveMinimum": 0},
-        },
-    }
+        }, required=["bucket"])
 
     def __init__(self, name: str, config: Any) -> None:
         super().__init__(name, config)

@@ -18,17 +18,14 @@ from typing import Any, ClassVar, Final
 
 from builders.core import Artifact, BuildError, ConfigError, PostProcessor
 from builders.postprocessors import validated_options
+from builders.registry import closed_object
 
 BUILDER_ID: Final = "packer.post-processor.artifice"
 
 
 class ArtificePostProcessor(PostProcessor):
     type_name: ClassVar[str] = "artifice"
-    options_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {"files": {"type": "array", "items": {"type": "string"}}},
-    }
+    options_schema: ClassVar[dict[str, Any]] = closed_object({"files": {"type": "array", "items": {"type": "string"}}})
 
     def prepare(self) -> list[str]:
         options = validated_options(self)

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Final
 from builders.core import Artifact, BuildError, ConfigError, PostProcessor
 from builders.destinations import CHUNK
 from builders.postprocessors import Progress, render_output, validated_options
+from builders.registry import closed_object
 
 BUILDER_ID: Final = "packer.post-processor.checksum"
 DEFAULT_OUTPUT: Final = "packer_{{.BuildName}}_{{.BuilderType}}_{{.ChecksumType}}.checksum"
@@ -47,14 +48,11 @@ def file_digests(path: Path, types: list[str], progress: Progress | None = None)
 
 class ChecksumPostProcessor(PostProcessor):
     type_name: ClassVar[str] = "checksum"
-    options_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
+    options_schema: ClassVar[dict[str, Any]] = closed_object(
+        {
             "checksum_types": {"type": "array", "items": {"type": "string"}},
             "output": {"type": "string"},
-        },
-    }
+        })
 
     def prepare(self) -> list[str]:
         options = validated_options(self)

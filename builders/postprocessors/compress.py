@@ -36,6 +36,7 @@ from typing import IO, Any, ClassVar, Final, cast
 from builders.core import Artifact, BuildContext, BuildError, ConfigError, PostProcessor
 from builders.destinations import CHUNK
 from builders.postprocessors import Progress, human_size, render_output, validated_options
+from builders.registry import closed_object
 
 BUILDER_ID: Final = "packer.post-processor.compress"
 DEFAULT_OUTPUT: Final = "packer_{{.BuildName}}_{{.BuilderType}}"
@@ -71,15 +72,12 @@ def normalise_level(level: int) -> int:
 
 class CompressPostProcessor(PostProcessor):
     type_name: ClassVar[str] = "compress"
-    options_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
+    options_schema: ClassVar[dict[str, Any]] = closed_object(
+        {
             "output": {"type": "string"},
             "format": {"type": "string"},
             "compression_level": {"type": "integer"},
-        },
-    }
+        })
 
     def prepare(self) -> list[str]:
         options = validated_options(self)

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Final
 
 from builders.core import Artifact, BuildError, PostProcessor
 from builders.postprocessors import render_output, validated_options
+from builders.registry import closed_object
 
 DEFAULT_OUTPUT: Final = "packer-manifest.json"
 _PROCESS_LOCKS: dict[str, threading.Lock] = {}
@@ -94,16 +95,13 @@ class ManifestPostProcessor(PostProcessor):
     """Record the artifact in a Packer manifest."""
 
     type_name: ClassVar[str] = "manifest"
-    options_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
+    options_schema: ClassVar[dict[str, Any]] = closed_object(
+        {
             "output": {"type": "string"},
             "strip_path": {"type": "boolean"},
             "strip_time": {"type": "boolean"},
             "custom_data": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-    }
+        })
 
     def prepare(self) -> list[str]:
         self.options = validated_options(self)

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Final
 
 from builders.core import Artifact, BuildError, PostProcessor
 from builders.postprocessors import render_output, validated_options
+from builders.registry import closed_object
 
 BUILDER_ID: Final = "stemforge.post-processor.stemcell"
 #: Artifacts whose ``state["amis"]`` are AMIs (Packer's amazon builder ids and our amazon-import).
@@ -46,11 +47,8 @@ def is_amazon(artifact: Artifact) -> bool:
 
 class StemcellPostProcessor(PostProcessor):
     type_name: ClassVar[str] = "stemcell"
-    options_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["version", "os"],
-        "properties": {
+    options_schema: ClassVar[dict[str, Any]] = closed_object(
+        {
             "name": {"type": "string", "minLength": 1},
             "version": {"type": "string", "minLength": 1},
             "os": {"type": "string", "minLength": 1},
@@ -62,8 +60,7 @@ class StemcellPostProcessor(PostProcessor):
             "image_ref": {"enum": ["id", "name"]},
             "source": {"type": "string", "minLength": 1},
             "api_version": {"type": "integer", "minimum": 1},
-        },
-    }
+        }, required=["version", "os"])
 
     def prepare(self) -> list[str]:
         self.options = validated_options(self)

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from builders.builder_types._sdk.options import Options, is_loopback
+from builders.builder_types._sdk.options import Options
 from builders.core import BuildContext
+from stemforge_base.net import is_loopback
 
 if TYPE_CHECKING:
     from builders.communicators.ssh import SSHCommunicator

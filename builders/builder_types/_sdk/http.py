@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builders.builder_types._sdk.options import Options, is_loopback
+from builders.builder_types._sdk.options import Options
+from stemforge_base.net import is_loopback
 
 
 @dataclass(kw_only=True)

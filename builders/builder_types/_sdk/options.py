@@ -7,7 +7,6 @@ parses a Go duration (``stemforge_base.durations``, Packer mode) and records a b
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,16 +14,6 @@ from typing import Any
 
 from builders.builder_types._sdk_options import zero
 from stemforge_base.durations import parse_duration
-
-
-def is_loopback(host: str) -> bool:
-    """``localhost`` or a loopback IP address."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
