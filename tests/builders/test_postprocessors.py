@@ -293,7 +293,8 @@ def test_heavy_stemcell_from_the_image(tmp_path: Path) -> None:
 
 
 def test_light_stemcell_lists_every_region_of_a_fanout(tmp_path: Path) -> None:
-    from cpi.providers.libvirt.config import LIGHT_STEMCELL_SCHEMA, validate
+    from cpi.providers.libvirt.config import LIGHT_STEMCELL_SCHEMA
+    from cpi.validation import validate
 
     image = data_file(tmp_path / "img.qcow2", MIB + 3, seed=10)
     ctx = ctx_for(tmp_path)

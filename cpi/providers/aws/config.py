@@ -11,7 +11,7 @@ stemcells (S3 upload + ImportSnapshot).
 
 Importing this module is cheap (no boto3). Every schema rejects unknown keys, so a typo is an error naming the key
 rather than a silent default. Secrets (``secret_access_key``, ``session_token``, ``access_key_id``) are recognised
-by :func:`cpi.redaction.is_secret_key` and never logged.
+by :func:`stemforge_base.redaction.is_secret_key` and never logged.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from cpi.validation import validate
 
 _URL = {"type": "string", "pattern": "^https?://[^\\s]+$"}
 _TAG_MAP = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
@@ -203,9 +205,3 @@ class AwsConfig:
         specific = {"ec2": self.ec2_endpoint, "s3": self.s3_endpoint}.get(service)
         return specific or self.endpoint
 
-
-def validate(what: str, schema: Mapping[str, Any], value: Any) -> None:
-    """Validate ``value``; CpiError ``<what>: '<path>' <reason>`` for the best error, unknown keys listed by name."""
-    from cpi.providers.libvirt.config import validate as _validate
-
-    _validate(what, schema, value)

@@ -42,10 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpi.providers.libvirt.config import validate
+from cpi.validation import validate
 
 DEFAULT_STATE_DIR = "/var/lib/stemforge/metal"
 STATE_DIR_ENV = "STEMFORGE_METAL_STATE_DIR"
+#: The store event kind of a DHCP lease dnsmasq acknowledged to an enrolled server: recorded by
+#: ``serve/dhcp_seen.py``, read by the provider's ``boot_check`` (``dhcp``/``auto``).
+DHCP_EVENT = "dhcp"
 
 
 def default_state_dir() -> Path:

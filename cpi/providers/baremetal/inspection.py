@@ -25,7 +25,9 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
+from cpi.errors import CpiError
 from cpi.providers.baremetal.root_hints import GIB
+from cpi.validation import validate
 
 _STR: Final = {"type": "string", "maxLength": 512}
 _MAC: Final = "^[0-9a-f]{2}(:[0-9a-f]{2}){5}$"
@@ -110,9 +112,6 @@ class InspectionError(ValueError):
 
 def parse_report(data: Mapping[str, Any], node: str) -> dict[str, Any]:
     """The ``inventory`` of a ramdisk's inspection ``result`` data, validated; raises InspectionError."""
-    from cpi.errors import CpiError
-    from cpi.providers.libvirt.config import validate
-
     try:
         validate(f"inspection report of node {node}", REPORT_SCHEMA, dict(data))
     except CpiError as exc:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpi.validation import validate
+
 CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -128,19 +130,3 @@ class LibvirtConfig:
                 data[key] = Path(data[key])
         return cls(**data)
 
-
-def validate(what: str, schema: Mapping[str, Any], value: Any) -> None:
-    """Validate ``value``; raise CpiError ``<what>: '<path>' <reason>`` for the first (best) error."""
-    import jsonschema
-
-    from cpi.errors import CpiError
-
-    validator = jsonschema.Draft202012Validator(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
-    if error is None:
-        return
-    where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-    if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        raise CpiError(f"{what}: unknown key(s) {', '.join(map(repr, extra))} at '{where}'")
-    raise CpiError(f"{what}: '{where}' {error.message}")
