@@ -105,3 +105,21 @@ def dumps_compact(value: Any) -> str:
         return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
     encode = _json.make_encoder({}, _no_default, _json.encode_basestring_ascii, None, ":", ",", False, False, False)
     return "".join(encode(value, 0))
+
+
+def depth_exceeds(value: object, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels deep in ``value`` (a scalar nests 0 levels),
+    found without recursion and without walking past the first container that is too deep."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False

@@ -74,15 +74,7 @@ def domain(spec: DomainSpec) -> str:
     os_el = ET.SubElement(root, "os")
     ET.SubElement(os_el, "type", arch="x86_64", machine=spec.machine).text = "hvm"
     ET.SubElement(os_el, "boot", dev="hd")
-    features = ET.SubElement(root, "features")
-    ET.SubElement(features, "acpi")
-    ET.SubElement(features, "apic")
-    if spec.domain_type == "kvm":
-        ET.SubElement(root, "cpu", mode="host-passthrough")
-    ET.SubElement(root, "clock", offset="utc")
-    ET.SubElement(root, "on_poweroff").text = "destroy"
-    ET.SubElement(root, "on_reboot").text = "restart"
-    ET.SubElement(root, "on_crash").text = "destroy"
+    platform(root, spec.domain_type)
     devices = ET.SubElement(root, "devices")
     for d in spec.disks:
         devices.append(ET.fromstring(disk(d)))
@@ -119,6 +111,21 @@ def domain(spec: DomainSpec) -> str:
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 _QEMU_NIC_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e", "rtl8139": "rtl8139"}
+
+
+def platform(root: ET.Element, domain_type: str) -> None:
+    """Append what every stemforge domain has after ``<os>``: ACPI and APIC, the host CPU under KVM, a UTC clock,
+    and the lifecycle actions (destroy on power-off and crash, restart on reboot). Shared with the bare-metal lab's
+    servers (``cpi/providers/baremetal/lab/domain.py``)."""
+    features = ET.SubElement(root, "features")
+    ET.SubElement(features, "acpi")
+    ET.SubElement(features, "apic")
+    if domain_type == "kvm":
+        ET.SubElement(root, "cpu", mode="host-passthrough")
+    ET.SubElement(root, "clock", offset="utc")
+    ET.SubElement(root, "on_poweroff").text = "destroy"
+    ET.SubElement(root, "on_reboot").text = "restart"
+    ET.SubElement(root, "on_crash").text = "destroy"
 
 
 def qemu_nic_args(nic: NicSpec, index: int, machine: str = "q35") -> list[str]:
