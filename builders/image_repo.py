@@ -72,7 +72,7 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from builders.image_store import CHUNK, HEX64, ImageStore, RepoError
-from stemforge_base.net import is_loopback
+from stemforge_base.net import is_loopback, serving
 
 log = logging.getLogger("stemforge.image_repo")
 
@@ -544,15 +544,8 @@ def serve_in_thread(root: Path, host: str = "127.0.0.1", port: int = 0, *,
     server = ImageRepoServer(root, (host, port), handler=handler, max_size=max_size, upload_rate=upload_rate,
                              tokens=tokens, max_clients=max_clients, client_timeout=client_timeout,
                              min_rate=min_rate)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                              name=f"image-repo-{server.server_address[1]}", daemon=True)
-    thread.start()
-    try:
+    with serving(server, f"image-repo-{server.server_address[1]}", poll_interval=0.1):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 # -- tokens and listen addresses ------------------------------------------------------------------------------
