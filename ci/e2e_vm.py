@@ -4,10 +4,10 @@
 stemcell (``stemcells.tarball``), writes an aws CPI config from the Terraform environment's metadata (subnet,
 security group, key pair; static credentials from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, since the
 director-style ``bin/cpi`` gets a stripped environment), then drives the CPI as the director does
-(:class:`builders.cpi_client.CpiClient`): ``create_stemcell`` (the light stemcell's AMI of the environment's region),
-``create_vm`` on the environment's subnet, ``has_vm``, ``delete_vm``, ``delete_stemcell``. Finally the AMIs of every
-region the stemcell names are deregistered and their snapshots deleted (also after a failure): the e2e's images
-never outlive it. Each step prints a line with the elapsed time; exit 0 when the VM existed and everything was
+(:class:`stemforge_base.cpi_client.CpiClient`): ``create_stemcell`` (the light stemcell's AMI of the environment's
+region), ``create_vm`` on the environment's subnet, ``has_vm``, ``delete_vm``, ``delete_stemcell``. Finally the AMIs
+of every region the stemcell names are deregistered and their snapshots deleted (also after a failure): the e2e's
+images never outlive it. Each step prints a line with the elapsed time; exit 0 when the VM existed and everything was
 removed.
 """
 
@@ -73,8 +73,9 @@ def deregister(amis: dict[str, str], endpoint: str) -> list[str]:
 
 
 def run(stemcell: Path, metadata_path: Path, endpoint: str, work: Path) -> int:
-    from builders.cpi_client import CpiCallError, CpiClient
+    from cpi.wrapper import write_wrapper
     from stemcells.tarball import extract_stemcell
+    from stemforge_base.cpi_client import CpiCallError, CpiClient
 
     started = time.monotonic()
     metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
@@ -90,7 +91,7 @@ def run(stemcell: Path, metadata_path: Path, endpoint: str, work: Path) -> int:
         config = work / "cpi.json"
         config.write_text(json.dumps(cpi_config(metadata, endpoint)), encoding="utf-8")
         config.chmod(0o600)
-        client = CpiClient.for_config(config, work / "job")
+        client = CpiClient([str(write_wrapper(config, work / "job"))])
         stemcell_cid = client.create_stemcell(extracted.image_path, cloud_properties)
         _say(started, f"create_stemcell -> {stemcell_cid}")
         try:
