@@ -46,78 +46,86 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
-def _add_var_flags(parser: argparse.ArgumentParser) -> None:
-    parser.set_defaults(var_sources=[])
-    parser.add_argument("-var", "--var", action=_VarSource, const="var", metavar="KEY=VALUE",
-                        help="a user variable (repeatable)")
-    parser.add_argument("-var-file", "--var-file", action=_VarSource, const="var-file", metavar="PATH",
-                        help="a JSON (or YAML) file of user variables (repeatable)")
+#: A group of Packer's flags: (name, ``add_argument`` keywords), each accepted as ``-name`` (Packer's spelling)
+#: and ``--name``.
+_Flags = tuple[tuple[str, dict[str, Any]], ...]
+
+_VAR_FLAGS: _Flags = (
+    ("var", {"action": _VarSource, "const": "var", "metavar": "KEY=VALUE", "help": "a user variable (repeatable)"}),
+    ("var-file", {"action": _VarSource, "const": "var-file", "metavar": "PATH",
+                  "help": "a JSON (or YAML) file of user variables (repeatable)"}),
+)
+_SELECTION_FLAGS: _Flags = (
+    ("only", {"type": _names, "default": [], "metavar": "foo,bar", "help": "build only the named builds"}),
+    ("except", {"dest": "except_", "type": _names, "default": [], "metavar": "foo,bar",
+                "help": "run all builds and post-processors other than these"}),
+)
+_OUTPUT_FLAGS: _Flags = (
+    ("machine-readable", {"action": "store_true",
+                          "help": "produce machine-readable output (timestamp,target,type,data...)"}),
+    ("color", {"type": _bool, "default": None, "metavar": "true|false",
+               "help": "colour build output (default: on a terminal)"}),
+)
+_BUILD_FLAGS: _Flags = (
+    ("parallel-builds", {"type": int, "default": 0, "metavar": "N",
+                         "help": "number of builds to run at once; 0 means no limit (default: 0)"}),
+    ("on-error", {"choices": ON_ERROR_CHOICES, "default": "cleanup",
+                  "help": "when a build fails: clean up (default), abort (leave everything for debugging), or "
+                          "ask (on a terminal)"}),
+    ("force", {"action": "store_true",
+               "help": "replace artifacts of a previous build (e.g. an existing output directory)"}),
+    ("timestamp-ui", {"action": "store_true", "help": "prefix each line of output with an RFC 3339 timestamp"}),
+)
+_VALIDATE_FLAGS: _Flags = (
+    ("syntax-only", {"action": "store_true", "help": "only check the document and its structure"}),
+    ("evaluate-datasources", {"action": "store_true",
+                              "help": "HCL2: evaluate data sources (default: their outputs are unknown, as in "
+                                      "Packer)"}),
+)
+_UPGRADE_FLAGS: _Flags = (
+    ("output-file", {"type": Path, "default": None, "metavar": "PATH",
+                     "help": "where to write the HCL2 file (default: TEMPLATE.pkr.hcl)"}),
+)
 
 
-def _add_selection_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-only", "--only", type=_names, default=[], metavar="foo,bar",
-                        help="build only the named builds")
-    parser.add_argument("-except", "--except", dest="except_", type=_names, default=[], metavar="foo,bar",
-                        help="run all builds and post-processors other than these")
-
-
-def _add_output_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-machine-readable", "--machine-readable", action="store_true",
-                        help="produce machine-readable output (timestamp,target,type,data...)")
-    parser.add_argument("-color", "--color", type=_bool, default=None, metavar="true|false",
-                        help="colour build output (default: on a terminal)")
+def _add_flags(parser: argparse.ArgumentParser, *groups: _Flags) -> None:
+    """Add the flag groups in order, then the ``TEMPLATE`` argument; ``-var``/``-var-file`` collect into
+    ``args.var_sources`` (empty by default)."""
+    for group in groups:
+        if group is _VAR_FLAGS:
+            parser.set_defaults(var_sources=[])
+        for name, options in group:
+            parser.add_argument(f"-{name}", f"--{name}", **options)
+    parser.add_argument("template", type=Path, metavar="TEMPLATE")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``build``, ``validate`` and ``inspect`` to the ``stemforge`` CLI."""
+    """Add ``build``, ``validate``, ``inspect`` and ``hcl2_upgrade`` to the ``stemforge`` CLI."""
     build = subparsers.add_parser(
         "build", allow_abbrev=False, help="build image(s) from a Packer-compatible template",
         description="Run the builds of a Packer-compatible template (JSON or YAML) in parallel and print the "
                     "artifacts they created.")
-    _add_selection_flags(build)
-    _add_var_flags(build)
-    _add_output_flags(build)
-    build.add_argument("-parallel-builds", "--parallel-builds", type=int, default=0, metavar="N",
-                       help="number of builds to run at once; 0 means no limit (default: 0)")
-    build.add_argument("-on-error", "--on-error", choices=ON_ERROR_CHOICES, default="cleanup",
-                       help="when a build fails: clean up (default), abort (leave everything for debugging), or "
-                            "ask (on a terminal)")
-    build.add_argument("-force", "--force", action="store_true",
-                       help="replace artifacts of a previous build (e.g. an existing output directory)")
-    build.add_argument("-timestamp-ui", "--timestamp-ui", action="store_true",
-                       help="prefix each line of output with an RFC 3339 timestamp")
-    build.add_argument("template", type=Path, metavar="TEMPLATE")
+    _add_flags(build, _SELECTION_FLAGS, _VAR_FLAGS, _OUTPUT_FLAGS, _BUILD_FLAGS)
     build.set_defaults(handler=cmd_build)
 
     validate = subparsers.add_parser(
         "validate", allow_abbrev=False, help="check that a template is valid",
         description="Check a template: syntax, variables, functions, and every builder, provisioner and "
                     "post-processor option of the selected builds.")
-    validate.add_argument("-syntax-only", "--syntax-only", action="store_true",
-                          help="only check the document and its structure")
-    validate.add_argument("-evaluate-datasources", "--evaluate-datasources", action="store_true",
-                          help="HCL2: evaluate data sources (default: their outputs are unknown, as in Packer)")
-    _add_selection_flags(validate)
-    _add_var_flags(validate)
-    _add_output_flags(validate)
-    validate.add_argument("template", type=Path, metavar="TEMPLATE")
+    _add_flags(validate, _VALIDATE_FLAGS, _SELECTION_FLAGS, _VAR_FLAGS, _OUTPUT_FLAGS)
     validate.set_defaults(handler=cmd_validate)
 
     inspect = subparsers.add_parser(
         "inspect", allow_abbrev=False, help="show the components of a template",
         description="Show a template's variables (sensitive ones masked), builders, provisioners and "
                     "post-processors.")
-    _add_var_flags(inspect)
-    _add_output_flags(inspect)
-    inspect.add_argument("template", type=Path, metavar="TEMPLATE")
+    _add_flags(inspect, _VAR_FLAGS, _OUTPUT_FLAGS)
     inspect.set_defaults(handler=cmd_inspect)
 
     upgrade = subparsers.add_parser(
         "hcl2_upgrade", allow_abbrev=False, help="write the HCL2 twin of a JSON template",
         description="Translate a legacy JSON (or YAML) template into HCL2 (TEMPLATE.pkr.hcl by default).")
-    upgrade.add_argument("-output-file", "--output-file", type=Path, default=None, metavar="PATH",
-                         help="where to write the HCL2 file (default: TEMPLATE.pkr.hcl)")
-    upgrade.add_argument("template", type=Path, metavar="TEMPLATE")
+    _add_flags(upgrade, _UPGRADE_FLAGS)
     upgrade.set_defaults(handler=cmd_hcl2_upgrade)
 
 

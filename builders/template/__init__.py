@@ -16,11 +16,11 @@ from typing import Any
 from builders.template.functions import (
     BUILD_PLACEHOLDER,
     PACKER_COMPAT_VERSION,
-    GoTemplateError,
     RenderContext,
     render_string,
     time_ordered_uuid,
 )
+from builders.template.gotemplate.errors import GoTemplateError
 from builders.template.loader import DocumentError, load_document
 from builders.template.model import BuilderSpec, PostProcessorSpec, ProvisionerSpec, Template, TemplateError
 from builders.template.validate import check_min_version, parse_structure

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builders.template.functions import GoTemplateError, RenderContext, render_string
+from builders.template.functions import RenderContext, render_string
+from builders.template.gotemplate.errors import GoTemplateError
 from builders.template.sensitive import SensitiveValues
 
 

@@ -4,10 +4,14 @@ their error words, collected (not stopping at the first) so every problem is rep
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from builders.template.gotemplate.gostd import go_sprint
 from builders.template.model import BuilderSpec, PostProcessorSpec, ProvisionerSpec
+from stemforge_base.durations import parse_duration
+from stemforge_base.values import GO_DECODED_TYPE, GO_KIND, type_name
 
 ROOT_KEYS = ("description", "min_packer_version", "variables", "sensitive-variables", "builders", "provisioners",
              "post-processors", "error-cleanup-provisioner", "push")
@@ -15,34 +19,16 @@ ROOT_KEYS = ("description", "min_packer_version", "variables", "sensitive-variab
 
 def go_kind(v: Any) -> str:
     """The ``reflect.Kind`` name mapstructure prints for a decoded JSON value."""
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int | float):
-        return "float64"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, dict):
-        return "map"
-    if isinstance(v, list):
-        return "slice"
-    return "invalid"
+    return type_name(v, GO_KIND)
 
 
 def go_type(v: Any) -> str:
     """The Go type name mapstructure prints for a decoded JSON value."""
-    return {"map": "map[string]interface {}", "slice": "[]interface {}", "invalid": "<nil>"}.get(go_kind(v),
-                                                                                               go_kind(v))
-
-
-def go_value(v: Any) -> str:
-    """``fmt.Sprintf("%v")`` of a decoded JSON value."""
-    from builders.template.functions import go_sprint
-
-    return go_sprint(v)
+    return type_name(v, GO_DECODED_TYPE)
 
 
 def _unconvertible(name: str, expected: str, v: Any) -> str:
-    return f"'{name}' expected type '{expected}', got unconvertible type '{go_type(v)}', value: '{go_value(v)}'"
+    return f"'{name}' expected type '{expected}', got unconvertible type '{go_type(v)}', value: '{go_sprint(v)}'"
 
 
 def _weak_string(name: str, v: Any, errors: list[str]) -> str | None:
@@ -84,53 +70,20 @@ def _weak_string_list(name: str, v: Any, errors: list[str], weak: bool = True) -
     return out
 
 
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)([^0-9.]*)")
-
-
-def parse_go_duration(s: str) -> float:
-    """Go's ``time.ParseDuration`` in seconds; raises ValueError with Go's message."""
-    orig = s
-    quoted = '"' + orig + '"'
-    sign = 1.0
-    if s[:1] in "+-" and s:
-        sign = -1.0 if s[0] == "-" else 1.0
-        s = s[1:]
-    if s == "0":
-        return 0.0
-    if not s:
-        raise ValueError(f"time: invalid duration {quoted}")
-    total = 0.0
-    pos = 0
-    while pos < len(s):
-        m = _DURATION_PART.match(s, pos)
-        assert m is not None
-        number, unit = m.group(1), m.group(2)
-        if number in ("", "."):
-            raise ValueError(f"time: invalid duration {quoted}")
-        if not unit:
-            raise ValueError(f"time: missing unit in duration {quoted}")
-        if unit not in _DURATION_UNITS:
-            raise ValueError(f'time: unknown unit "{unit}" in duration {quoted}')
-        total += float(number) * _DURATION_UNITS[unit]
-        pos = m.end()
-    return sign * total
-
-
 def _duration(name: str, v: Any, errors: list[str], warnings: list[str], where: str) -> float | None:
     if v is None:
         return None
     if isinstance(v, str):
         try:
-            return parse_go_duration(v)
+            return parse_duration(v, mode="go")
         except ValueError as e:
             errors.append(f"error decoding '{name}': {e}")
             return None
     if isinstance(v, bool) or not isinstance(v, int | float):
         errors.append(_unconvertible(name, "time.Duration", v))
         return None
-    warnings.append(f"{where}: '{name}' is the number {go_value(v)}, which Packer reads as nanoseconds; "
-                    f"write a duration such as \"{go_value(v)}s\"")
+    warnings.append(f"{where}: '{name}' is the number {go_sprint(v)}, which Packer reads as nanoseconds; "
+                    f"write a duration such as \"{go_sprint(v)}s\"")
     return float(v) * 1e-9
 
 
@@ -251,7 +204,13 @@ def parse_structure(raw: Any) -> Structure:
     if not isinstance(raw, dict):
         s.errors.append(f"a template must be an object at the top level, got '{go_kind(raw)}'")
         return s
+    for section in _SECTIONS:
+        section(raw, s)
+    _validate(s)
+    return s
 
+
+def _root_keys(raw: dict[str, Any], s: Structure) -> None:
     for key in sorted(k for k in raw if k not in ROOT_KEYS):
         if key.startswith("_") and isinstance(raw[key], str):
             s.comments[key] = raw[key]
@@ -261,7 +220,6 @@ def parse_structure(raw: Any) -> Structure:
             s.errors.append(f"Unknown root level key in template: '{key}'")
     if "push" in raw:
         s.warnings.append("'push' (Atlas push configuration) is obsolete and ignored")
-
     for key in ("description", "min_packer_version"):
         v = raw.get(key)
         if v is not None and not isinstance(v, str):
@@ -269,6 +227,8 @@ def parse_structure(raw: Any) -> Structure:
         elif v is not None:
             setattr(s, key, v)
 
+
+def _variables(raw: dict[str, Any], s: Structure) -> None:
     variables = raw.get("variables")
     if variables is not None and not isinstance(variables, dict):
         s.errors.append(f"'variables' expected a map, got '{go_kind(variables)}'")
@@ -278,7 +238,6 @@ def parse_structure(raw: Any) -> Structure:
                 s.variables[k] = v
             else:
                 s.errors.append(f"variable {k}: {_unconvertible('', 'string', v)}")
-
     sensitive = raw.get("sensitive-variables")
     if sensitive is not None:
         errs: list[str] = []
@@ -288,16 +247,23 @@ def parse_structure(raw: Any) -> Structure:
             if name not in s.variables:
                 s.warnings.append(f"sensitive-variables: '{name}' is not a variable of this template")
 
-    builders = raw.get("builders")
-    if builders is not None and not isinstance(builders, list):
-        s.errors.append(f"'builders': source data must be an array or slice, got {go_kind(builders)}")
-        builders = []
+
+def _section_list(raw: dict[str, Any], key: str, s: Structure) -> list[Any]:
+    """The array at ``key`` (mapstructure's words when it is not one)."""
+    value = raw.get(key)
+    if value is not None and not isinstance(value, list):
+        s.errors.append(f"'{key}': source data must be an array or slice, got {go_kind(value)}")
+        return []
+    return value or []
+
+
+def _builders(raw: dict[str, Any], s: Structure) -> None:
     names: set[str] = set()
-    for i, b in enumerate(builders or []):
+    for i, b in enumerate(_section_list(raw, "builders", s)):
         if not isinstance(b, dict):
             s.errors.append(f"builder {i + 1}: '' expected a map, got '{go_kind(b)}'")
             continue
-        errs = []
+        errs: list[str] = []
         btype = _weak_string("type", b.get("type"), errs)
         bname = _weak_string("name", b.get("name"), errs)
         if errs:
@@ -314,28 +280,23 @@ def parse_structure(raw: Any) -> Structure:
         config = drop_comments({k: v for k, v in b.items() if k not in ("name", "type")})
         s.builders.append(BuilderSpec(name=name, type=btype, config=config, index=i, raw_name=name))
 
-    pps = raw.get("post-processors")
-    if pps is not None and not isinstance(pps, list):
-        s.errors.append(f"'post-processors': source data must be an array or slice, got {go_kind(pps)}")
-        pps = []
-    for i, v in enumerate(pps or []):
+
+def _post_processors(raw: dict[str, Any], s: Structure) -> None:
+    for i, v in enumerate(_section_list(raw, "post-processors", s)):
         configs = _post_processor_configs(i, v, s)
         if configs is None:
             continue
         chain = [pp for j, c in enumerate(configs) if (pp := _post_processor(c, i, j, s)) is not None]
         s.post_processors.append(chain)
 
-    provs = raw.get("provisioners")
-    if provs is not None and not isinstance(provs, list):
-        s.errors.append(f"'provisioners': source data must be an array or slice, got {go_kind(provs)}")
-        provs = []
-    for i, v in enumerate(provs or []):
+
+def _provisioners(raw: dict[str, Any], s: Structure) -> None:
+    for i, v in enumerate(_section_list(raw, "provisioners", s)):
         spec, retries = _provisioner(v, i, s, f"provisioner {i + 1}: ")
         if spec is not None:
             s.provisioners.append(spec)
             if retries:
                 s.max_retries_raw[i] = retries
-
     cleanup = raw.get("error-cleanup-provisioner")
     if cleanup is not None:
         before = len(s.errors)
@@ -347,7 +308,15 @@ def parse_structure(raw: Any) -> Structure:
             if retries:
                 s.max_retries_raw[-1] = retries
 
-    # Template.Validate()
+
+#: The document's sections in the order Packer's ``rawTemplate.Template()`` decodes them.
+_SECTIONS: tuple[Callable[[dict[str, Any], Structure], None], ...] = (
+    _root_keys, _variables, _builders, _post_processors, _provisioners)
+
+
+def _validate(s: Structure) -> None:
+    """Packer's ``Template.Validate()`` over the decoded specs."""
+    names = {b.name for b in s.builders}
     if not s.builders and not any(e.startswith("builder ") for e in s.errors):
         s.validate_errors.append("at least one builder must be defined")
     for p in s.provisioners:
@@ -359,7 +328,6 @@ def parse_structure(raw: Any) -> Structure:
         for pp in chain:
             i, j = pp.index
             _validate_only_except(f"post-processor {i + 1}.{j + 1}: ", pp.only, pp.except_, names, s.validate_errors)
-    return s
 
 
 def _validate_only_except(prefix: str, only: list[str], except_: list[str], names: set[str],

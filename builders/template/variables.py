@@ -8,7 +8,8 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
-from builders.template.functions import ERR_VARIABLE_NOT_SET, GoTemplateError, RenderContext, render_keep_dot_fields
+from builders.template.functions import ERR_VARIABLE_NOT_SET, RenderContext, render_keep_dot_fields
+from builders.template.gotemplate.errors import GoTemplateError
 from builders.template.loader import DocumentError, format_for, parse_json_bytes, parse_yaml_text
 from builders.template.model import TemplateError
 

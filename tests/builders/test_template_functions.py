@@ -6,16 +6,11 @@ import datetime as dt
 
 import pytest
 
-from builders.template.functions import (
-    GoTemplateError,
-    RenderContext,
-    clean_resource_name,
-    go_time_format,
-    render_keep_dot_fields,
-    render_string,
-)
+from builders.template.functions import RenderContext, clean_resource_name, render_keep_dot_fields, render_string
+from builders.template.gotemplate.errors import GoTemplateError
+from builders.template.gotemplate.gostd import go_time_format
 from builders.template.loader import DocumentError, parse_json_bytes
-from builders.template.validate import GoVersion, parse_go_duration
+from builders.template.validate import GoVersion
 
 WHEN = dt.datetime(2006, 1, 2, 15, 4, 5, 123456, tzinfo=dt.UTC)
 
@@ -155,16 +150,6 @@ def test_clean_resource_name_in_amazon_builds_keeps_case_and_ami_name_characters
     assert render_string(text, ctx(build_type="amazon-ebs", user_variables={"n": "My Image (v1.2)/x:y*z"})) == \
         "My Image (v1.2)/x-y-z"
     assert render_string(text, ctx(user_variables={"n": "My Image (v1.2)/x:y*z"})) == "my-image--v1-2--x-y-z"
-
-
-def test_go_durations() -> None:
-    assert parse_go_duration("1h2m3.5s") == 3723.5
-    assert parse_go_duration("300ms") == 0.3 and parse_go_duration("0") == 0.0 and parse_go_duration("-1m") == -60
-    for bad, msg in (("", 'time: invalid duration ""'), ("x", 'time: invalid duration "x"'),
-                     ("5", 'time: missing unit in duration "5"'), ("5d", 'time: unknown unit "d" in duration "5d"')):
-        with pytest.raises(ValueError) as info:
-            parse_go_duration(bad)
-        assert str(info.value) == msg
 
 
 def test_go_version_compare() -> None:

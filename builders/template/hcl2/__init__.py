@@ -10,17 +10,22 @@ from typing import TYPE_CHECKING, Any
 from builders.template.hcl2.paths import is_hcl2
 
 if TYPE_CHECKING:
-    from builders.template.hcl2.config import HCL2Template, load_hcl2, load_or_template_error
+    from builders.template.hcl2.config import load_hcl2, load_or_template_error
     from builders.template.hcl2.diagnostics import Diagnostic, HCLError
+    from builders.template.hcl2.template import HCL2Template
 
 __all__ = ["Diagnostic", "HCL2Template", "HCLError", "is_hcl2", "load_hcl2", "load_or_template_error"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("HCL2Template", "load_hcl2", "load_or_template_error"):
+    if name in ("load_hcl2", "load_or_template_error"):
         from builders.template.hcl2 import config
 
         return getattr(config, name)
+    if name == "HCL2Template":
+        from builders.template.hcl2 import template
+
+        return template.HCL2Template
     if name in ("Diagnostic", "HCLError"):
         from builders.template.hcl2 import diagnostics
 

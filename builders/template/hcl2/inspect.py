@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from builders.template.hcl2.config import HCL2Template
+from builders.template.hcl2.template import HCL2Template
 from builders.template.hcl2.values import UNKNOWN_PLACEHOLDER, shim_unknown
 from builders.ui import Output
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from builders.template.hcl2.config import Attr, Block, Body
+from builders.template.hcl2.body import Attr, Block, Body
 from builders.template.hcl2.diagnostics import Diagnostic, HCLError, Range
 from builders.template.hcl2.evaluator import parse_expression
 

@@ -214,98 +214,116 @@ def upgrade(path: Path) -> str:
         names_by_index = {}
     for b in t.builders:
         b.raw_name = names_by_index.get(b.index, b.raw_name or b.name)
-    raw = load_document(path).value
-    raw_vars: dict[str, Any] = dict(raw.get("variables") or {})
-    names = set(raw_vars)
-    computed = {n for n, v in raw_vars.items() if isinstance(v, str) and re.search(r"{{[^}]*\buser\b", v)}
-    variables = names - computed
-    tr = _Translator(variables, computed)
-    lines: list[str] = [f"# HCL2 twin of {path.name}, written by stemforge hcl2_upgrade.", ""]
+    writer = _Writer(t, load_document(path).value)
+    writer.lines += [f"# HCL2 twin of {path.name}, written by stemforge hcl2_upgrade.", ""]
     if t.min_packer_version:
-        lines += ["packer {", f'  required_version = ">= {t.min_packer_version}"', "}", ""]
-    sensitive = set(t.sensitive_variables)
-    for name in sorted(variables):
-        value = raw_vars[name]
-        lines.append(f'variable "{name}" {{')
-        lines.append("  type      = string")
-        if value is not None:
-            lines.append(f"  default   = {hcl_string(str(value), _Translator(set(), set(), in_default=True))}")
-        if name in sensitive:
-            lines.append("  sensitive = true")
-        lines += ["}", ""]
-    for name in sorted(computed):
-        lines.append(f'local "{name}" {{')
-        lines.append(f"  expression = {hcl_string(str(raw_vars[name]), tr)}")
-        if name in sensitive:
-            lines.append("  sensitive  = true")
-        lines += ["}", ""]
-    by_raw = {b.raw_name or b.name: b for b in t.builders}
-    for b in t.builders:
-        lines.append(f'source "{b.type}" "{b.raw_name or b.name}" {{')
-        lines += _body(b.config, tr, 1)
-        lines += ["}", ""]
+        writer.lines += ["packer {", f'  required_version = ">= {t.min_packer_version}"', "}", ""]
+    writer.inputs()
+    writer.sources()
+    writer.build()
+    return "\n".join(writer.lines) + "\n"
 
-    def ref(name: str) -> str:
-        b = by_raw.get(name)
+
+class _Writer:
+    """The HCL2 lines of one JSON template: user variables that reference others become locals."""
+
+    def __init__(self, t: Template, raw: Mapping[str, Any]) -> None:
+        self.t = t
+        self.raw = raw
+        self.raw_vars: dict[str, Any] = dict(raw.get("variables") or {})
+        self.computed = {n for n, v in self.raw_vars.items()
+                         if isinstance(v, str) and re.search(r"{{[^}]*\buser\b", v)}
+        self.variables = set(self.raw_vars) - self.computed
+        self.tr = _Translator(self.variables, self.computed)
+        self.by_raw = {b.raw_name or b.name: b for b in t.builders}
+        self.lines: list[str] = []
+
+    def inputs(self) -> None:
+        """``variable`` blocks (typed string, with default and sensitivity), then ``local`` blocks."""
+        lines, sensitive = self.lines, set(self.t.sensitive_variables)
+        for name in sorted(self.variables):
+            value = self.raw_vars[name]
+            lines.append(f'variable "{name}" {{')
+            lines.append("  type      = string")
+            if value is not None:
+                lines.append(f"  default   = {hcl_string(str(value), _Translator(set(), set(), in_default=True))}")
+            if name in sensitive:
+                lines.append("  sensitive = true")
+            lines += ["}", ""]
+        for name in sorted(self.computed):
+            lines.append(f'local "{name}" {{')
+            lines.append(f"  expression = {hcl_string(str(self.raw_vars[name]), self.tr)}")
+            if name in sensitive:
+                lines.append("  sensitive  = true")
+            lines += ["}", ""]
+
+    def sources(self) -> None:
+        for b in self.t.builders:
+            self.lines.append(f'source "{b.type}" "{b.raw_name or b.name}" {{')
+            self.lines += _body(b.config, self.tr, 1)
+            self.lines += ["}", ""]
+
+    def ref(self, name: str) -> str:
+        b = self.by_raw.get(name)
         return f"{b.type}.{name}" if b is not None else name
 
-    lines.append("build {")
-    if t.description:
-        lines.append(f"  description = {json.dumps(t.description)}")
-    lines.append("  sources = [")
-    lines += [f'    "source.{b.type}.{b.raw_name or b.name}",' for b in t.builders]
-    lines += ["  ]", ""]
+    def build(self) -> None:
+        """The one ``build`` block: all sources, the provisioners, the post-processor chains."""
+        t, lines = self.t, self.lines
+        lines.append("build {")
+        if t.description:
+            lines.append(f"  description = {json.dumps(t.description)}")
+        lines.append("  sources = [")
+        lines += [f'    "source.{b.type}.{b.raw_name or b.name}",' for b in t.builders]
+        lines += ["  ]", ""]
+        for p in t.provisioners:
+            self.provisioner(p, "provisioner")
+        if t.error_cleanup_provisioner is not None:
+            self.provisioner(t.error_cleanup_provisioner, "error-cleanup-provisioner")
+        for chain in t.post_processors:
+            if len(chain) == 1:
+                self.post_processor(chain[0], 1)
+            else:
+                lines.append("  post-processors {")
+                for pp in chain:
+                    self.post_processor(pp, 2)
+                lines.append("  }")
+            lines.append("")
+        while lines and lines[-1] == "":
+            lines.pop()
+        lines.append("}")
 
-    def provisioner(p: ProvisionerSpec, block: str) -> None:
-        lines.append(f'  {block} "{p.type}" {{')
+    def provisioner(self, p: ProvisionerSpec, block: str) -> None:
+        self.lines.append(f'  {block} "{p.type}" {{')
         meta: dict[str, Any] = {}
         if p.only:
-            meta["only"] = [ref(n) for n in p.only]
+            meta["only"] = [self.ref(n) for n in p.only]
         if p.except_:
-            meta["except"] = [ref(n) for n in p.except_]
+            meta["except"] = [self.ref(n) for n in p.except_]
         if block == "provisioner":
-            entries = raw.get("provisioners") or []
+            entries = self.raw.get("provisioners") or []
             raw_p = entries[p.index] if p.index < len(entries) else {}
         else:
-            raw_p = raw.get("error-cleanup-provisioner") or {}
+            raw_p = self.raw.get("error-cleanup-provisioner") or {}
         for key in ("pause_before", "max_retries", "timeout"):
             if isinstance(raw_p, Mapping) and raw_p.get(key) not in (None, ""):
                 meta[key] = raw_p[key]
         if p.override:
             meta["override"] = p.override
-        lines.extend(_body({**p.config, **meta}, tr, 2))
-        lines.extend(["  }", ""])
+        self.lines.extend(_body({**p.config, **meta}, self.tr, 2))
+        self.lines.extend(["  }", ""])
 
-    for p in t.provisioners:
-        provisioner(p, "provisioner")
-    if t.error_cleanup_provisioner is not None:
-        provisioner(t.error_cleanup_provisioner, "error-cleanup-provisioner")
-
-    def post_processor(pp: PostProcessorSpec, indent: int) -> None:
+    def post_processor(self, pp: PostProcessorSpec, indent: int) -> None:
         pad = "  " * indent
-        lines.append(f'{pad}post-processor "{pp.type}" {{')
+        self.lines.append(f'{pad}post-processor "{pp.type}" {{')
         meta: dict[str, Any] = {}
         if pp.name and pp.name != pp.type:
             meta["name"] = pp.name
         if pp.only:
-            meta["only"] = [ref(n) for n in pp.only]
+            meta["only"] = [self.ref(n) for n in pp.only]
         if pp.except_:
-            meta["except"] = [ref(n) for n in pp.except_]
+            meta["except"] = [self.ref(n) for n in pp.except_]
         if pp.keep_input_artifact is not None:
             meta["keep_input_artifact"] = pp.keep_input_artifact
-        lines.extend(_body({**pp.config, **meta}, tr, indent + 1))
-        lines.append(f"{pad}}}")
-
-    for chain in t.post_processors:
-        if len(chain) == 1:
-            post_processor(chain[0], 1)
-        else:
-            lines.append("  post-processors {")
-            for pp in chain:
-                post_processor(pp, 2)
-            lines.append("  }")
-        lines.append("")
-    while lines and lines[-1] == "":
-        lines.pop()
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+        self.lines.extend(_body({**pp.config, **meta}, self.tr, indent + 1))
+        self.lines.append(f"{pad}}}")

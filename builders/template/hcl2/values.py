@@ -9,6 +9,8 @@ import re
 from decimal import Decimal
 from typing import Any
 
+from stemforge_base import values as base_values
+
 
 class ConversionError(ValueError):
     """A value cannot become the wanted type; the message is cty's (``a string is required``)."""
@@ -16,19 +18,7 @@ class ConversionError(ValueError):
 
 def type_name(value: Any) -> str:
     """cty's friendly name of a value's type, as in ``Invalid function argument`` details."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "tuple"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
+    return base_values.type_name(value, base_values.HCL)
 
 
 def format_number(n: int | float) -> str:
