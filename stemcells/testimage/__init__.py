@@ -1,6 +1,9 @@
 """The tiny test stemcell image (busybox + Debian kernel) and its test agent.
 
-See :mod:`stemcells.testimage.build` for the image and ``agent.sh`` for the guest protocol.
+See :mod:`stemcells.testimage.build` for the image and ``agent.sh`` for the guest protocol;
+:mod:`stemcells.testimage.debs` (Debian packages, the download cache, build steps) and
+:mod:`stemcells.testimage.rootfs` (kernel modules, busybox, initramfs archives) are public for the bare-metal deploy
+ramdisk's build, which shares them.
 The public names below are imported lazily so ``python -m stemcells.testimage.build`` runs
 the module only once.
 """

@@ -20,7 +20,8 @@ into a plain file and the partitions are copied in at their offsets.  Packages c
 from the host's apt sources (``apt-get download``) and are unpacked with ``dpkg-deb -x``.
 
 Results are cached under ``<cache>/testimage/images/<key>/`` where ``<key>`` hashes every
-input (package versions, guest files, this module's source, layout constants).  The cache is
+input (package versions, guest files, the builder's sources -- this module,
+:mod:`~stemcells.testimage.debs` and :mod:`~stemcells.testimage.rootfs` --, layout constants).  The cache is
 safe for concurrent callers: one build at a time under a file lock, each build in its own
 temporary directory, published with one atomic ``rename``.
 """
@@ -28,25 +29,41 @@ temporary directory, published with one atomic ``rename``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import gzip
 import hashlib
-import io
 import json
 import os
-import re
 import shutil
-import stat
 import subprocess
 import sys
-import tarfile
-import tempfile
-import time
-import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from stemcells.testimage import rootfs
+from stemcells.testimage.debs import (
+    BUILD_FORMAT_VERSION,
+    BuildSteps,
+    ImageBuildError,
+    ImageInputs,
+    build_once,
+    cache_root,
+    deb_field,
+    fetch_deb,
+    resolve_image_packages,
+    run,
+)
+from stemcells.testimage.rootfs import (
+    KernelIndex,
+    busybox_links,
+    copy_modules,
+    extract_kernel,
+    index_kernel_deb,
+    install_busybox,
+    module_closure,
+    modules_dep,
+    pack_initramfs,
+)
+from stemforge_base.hashing import sha256_file
 
 __all__ = [
     "BOOT_LABEL",
@@ -59,9 +76,6 @@ __all__ = [
     "kernel_version",
     "packages_txt",
 ]
-
-#: Bump when the build's output changes in a way the other inputs do not capture.
-BUILD_FORMAT_VERSION = "1"
 
 DISK_SIZE_MIB = 128
 BOOT_START_MIB = 1
@@ -79,11 +93,6 @@ ROOT_UUID = "5f0e5f0e-7e57-4a9e-9d1b-57e3f0a9e001"
 #: ``loglevel=3`` keeps all but critical kernel messages off the console (they could split agent
 #: lines); ``ipv6.disable=1`` keeps the guest from sending router solicitations and the like.
 KERNEL_CMDLINE = f"root=LABEL={ROOT_LABEL} console=tty0 console=ttyS0,115200n8 quiet loglevel=3 ipv6.disable=1 panic=10"
-
-#: Debian meta package whose dependency names the kernel image package.
-KERNEL_META_PACKAGE = "linux-image-amd64"
-#: Other Debian packages that go into the image.
-OTHER_PACKAGES = ("busybox-static", "syslinux", "syslinux-common")
 
 #: Modules loaded by the initramfs (storage for the root disk, ext4); dependencies added.
 INITRAMFS_MODULES = (
@@ -128,237 +137,18 @@ HOST_TOOLS = (
     "qemu-img",
 )
 
-Progress = Callable[[str], None]
 _HERE = Path(__file__).resolve().parent
+#: The sources whose text decides the build's output (part of the cache key).
+_BUILDER_SOURCES = (Path(__file__), *rootfs.SHARED_SOURCES)
 
 
-class ImageBuildError(RuntimeError):
-    """A build step failed.  ``step`` names it; the message says what went wrong."""
-
-    def __init__(self, step: str, message: str) -> None:
-        super().__init__(f"test image build step {step!r} failed: {message}")
-        self.step = step
-
-
-@dataclass(frozen=True)
-class Package:
-    """One Debian package of the image: name, exact version, architecture."""
-
-    name: str
-    version: str
-    arch: str
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """Everything a build depends on, resolved before building (cheap to compute)."""
-
-    kernel: Package
-    others: tuple[Package, ...]
-    kernel_release: str
-
-    @property
-    def packages(self) -> tuple[Package, ...]:
-        return (self.kernel, *self.others)
-
-
-# ---------------------------------------------------------------- helpers
-
-
-class _Steps:
-    """Progress reporting and error wrapping for named build steps."""
-
-    def __init__(self, progress: Progress | None) -> None:
-        self._progress = progress
-        self._t0 = time.monotonic()
-
-    def say(self, message: str) -> None:
-        if self._progress is not None:
-            self._progress(f"[{time.monotonic() - self._t0:7.1f}s] {message}")
-
-    @contextlib.contextmanager
-    def step(self, name: str, detail: str = "") -> Iterator[None]:
-        t = time.monotonic()
-        self.say(f"{name}: {detail or 'start'}")
-        try:
-            yield
-        except ImageBuildError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure is reported with its step
-            raise ImageBuildError(name, f"{type(exc).__name__}: {exc}") from exc
-        self.say(f"{name}: done in {time.monotonic() - t:.1f}s")
-
-
-def _run(
-    step: str, cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None, stdin: bytes | None = None
-) -> str:
-    """Run ``cmd``; return its stdout; raise ImageBuildError(step) with stderr on failure."""
-    full_env = None
-    if env:
-        full_env = dict(os.environ)
-        full_env.update(env)
-    try:
-        res = subprocess.run(cmd, cwd=cwd, env=full_env, input=stdin, capture_output=True, timeout=600, check=False)
-    except FileNotFoundError as exc:
-        raise ImageBuildError(step, f"command not found: {cmd[0]}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise ImageBuildError(step, f"timed out: {' '.join(cmd)}") from exc
-    if res.returncode != 0:
-        err = (res.stderr or res.stdout).decode(errors="replace").strip()[-2000:]
-        raise ImageBuildError(step, f"{' '.join(cmd)} exited {res.returncode}: {err}")
-    return res.stdout.decode(errors="replace")
-
-
-def _cache_root(cache_dir: Path | None) -> Path:
-    if cache_dir is None:
-        env = os.environ.get("STEMFORGE_CACHE")
-        cache_dir = Path(env) if env else Path.home() / ".cache" / "stemforge"
-    root = Path(cache_dir).expanduser().resolve() / "testimage"
-    for sub in ("debs", "images", "tmp"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    return root
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _deb_file_version(path: Path) -> tuple[str, str, str] | None:
-    """(name, version, arch) from an apt-style ``name_version_arch.deb`` file name."""
-    m = re.fullmatch(r"([^_]+)_([^_]+)_([^_]+)\.deb", path.name)
-    if not m:
-        return None
-    return m.group(1), urllib.parse.unquote(m.group(2)), m.group(3)
-
-
-# ---------------------------------------------------------------- inputs
-
-
-def _apt_candidates(names: list[str]) -> dict[str, str]:
-    out = _run("resolve-packages", ["apt-cache", "policy", *names])
-    found: dict[str, str] = {}
-    current: str | None = None
-    for line in out.splitlines():
-        if line and not line[0].isspace() and line.endswith(":"):
-            current = line[:-1]
-        elif current and line.strip().startswith("Candidate:"):
-            cand = line.split(":", 1)[1].strip()
-            if cand and cand != "(none)":
-                found[current] = cand
-    return found
-
-
-def _resolve_from_apt() -> Inputs:
-    deps = _run("resolve-packages", ["apt-cache", "depends", KERNEL_META_PACKAGE])
-    kernel_name = None
-    for line in deps.splitlines():
-        m = re.match(r"\s*Depends:\s*(linux-image-\S+)", line)
-        if m and m.group(1) != KERNEL_META_PACKAGE:
-            kernel_name = m.group(1)
-            break
-    if kernel_name is None:
-        raise ImageBuildError("resolve-packages", f"no kernel image dependency of {KERNEL_META_PACKAGE}")
-    names = [kernel_name, *OTHER_PACKAGES]
-    cands = _apt_candidates(names)
-    missing = [n for n in names if n not in cands]
-    if missing:
-        raise ImageBuildError("resolve-packages", f"no apt candidate for {', '.join(missing)} (run apt-get update)")
-    arch = _run("resolve-packages", ["dpkg", "--print-architecture"]).strip() or "amd64"
-    pk = [Package(n, cands[n], "all" if n == "syslinux-common" else arch) for n in names]
-    return Inputs(kernel=pk[0], others=tuple(pk[1:]), kernel_release=kernel_name[len("linux-image-") :])
-
-
-def _resolve_from_cache(root: Path) -> Inputs:
-    """Offline fallback: the newest downloaded deb of each package (by file mtime)."""
-    debs = sorted((root / "debs").glob("*.deb"), key=lambda p: p.stat().st_mtime, reverse=True)
-    by_name: dict[str, Package] = {}
-    for p in debs:
-        parsed = _deb_file_version(p)
-        if parsed and parsed[0] not in by_name:
-            by_name[parsed[0]] = Package(*parsed)
-    kernels = [pk for n, pk in by_name.items() if re.fullmatch(r"linux-image-\d.*", n) and "unsigned" not in n]
-    if not kernels or any(n not in by_name for n in OTHER_PACKAGES):
-        raise ImageBuildError(
-            "resolve-packages", "apt-cache is unavailable and the cache holds no complete set of debs"
-        )
-    kernel = kernels[0]
-    return Inputs(
-        kernel=kernel,
-        others=tuple(by_name[n] for n in OTHER_PACKAGES),
-        kernel_release=kernel.name[len("linux-image-") :],
-    )
-
-
-def _apt_fingerprint() -> str:
-    """Cheap fingerprint of apt's view (package lists, sources, preferences), or ""."""
-    h = hashlib.sha256()
-    seen = False
-    for top in ("/var/lib/apt/lists", "/etc/apt"):
-        for dirpath, dirnames, filenames in os.walk(top):
-            dirnames.sort()
-            for n in sorted(filenames):
-                p = os.path.join(dirpath, n)
-                with contextlib.suppress(OSError):
-                    st = os.stat(p)
-                    h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-                    seen = True
-    return h.hexdigest() if seen else ""
-
-
-def _inputs_to_json(inputs: Inputs) -> dict[str, object]:
-    return {
-        "kernel": [inputs.kernel.name, inputs.kernel.version, inputs.kernel.arch],
-        "others": [[p.name, p.version, p.arch] for p in inputs.others],
-        "kernel_release": inputs.kernel_release,
-    }
-
-
-def _inputs_from_json(doc: dict[str, object]) -> Inputs:
-    k = doc["kernel"]
-    o = doc["others"]
-    assert isinstance(k, list) and isinstance(o, list)
-    return Inputs(kernel=Package(*k), others=tuple(Package(*x) for x in o), kernel_release=str(doc["kernel_release"]))
-
-
-def _resolve_inputs(root: Path) -> Inputs:
-    """Resolve the package set: apt's candidates (remembered while apt's lists are unchanged,
-    since apt-cache takes seconds), else the debs already in the cache (offline)."""
-    fp = _apt_fingerprint()
-    memo_file = root / "resolved.json"
-    if fp:
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AssertionError):
-            doc = json.loads(memo_file.read_text())
-            if doc.get("fingerprint") == fp and doc.get("format") == BUILD_FORMAT_VERSION:
-                return _inputs_from_json(doc["inputs"])
-    try:
-        inputs = _resolve_from_apt()
-    except ImageBuildError as exc:
-        try:
-            return _resolve_from_cache(root)
-        except ImageBuildError:
-            raise exc from None
-    if fp:
-        tmp = memo_file.with_name(f".resolved.{os.getpid()}.tmp")
-        tmp.write_text(
-            json.dumps({"fingerprint": fp, "format": BUILD_FORMAT_VERSION, "inputs": _inputs_to_json(inputs)})
-        )
-        os.replace(tmp, memo_file)
-    return inputs
-
-
-def _cache_key(inputs: Inputs) -> str:
+def _cache_key(inputs: ImageInputs) -> str:
     h = hashlib.sha256()
     doc = {
         "format": BUILD_FORMAT_VERSION,
         "packages": [[p.name, p.version, p.arch] for p in inputs.packages],
         "guest": {f: hashlib.sha256((_HERE / f).read_bytes()).hexdigest() for f in GUEST_FILES},
-        "build_py": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "build_py": [hashlib.sha256(p.read_bytes()).hexdigest() for p in _BUILDER_SOURCES],
         "layout": [DISK_SIZE_MIB, BOOT_START_MIB, BOOT_SIZE_MIB, KERNEL_CMDLINE, ROOT_UUID, MBR_DISK_ID],
         "modules": [INITRAMFS_MODULES, ROOT_MODULES],
     }
@@ -369,241 +159,10 @@ def _cache_key(inputs: Inputs) -> str:
 # ---------------------------------------------------------------- build steps
 
 
-def _fetch(root: Path, pkg: Package, steps: _Steps) -> Path:
-    debs = root / "debs"
-    for p in debs.glob(f"{pkg.name}_*.deb"):
-        if _deb_file_version(p) == (pkg.name, pkg.version, pkg.arch):
-            return p
-    with steps.step("fetch", f"apt-get download {pkg.name}={pkg.version}"):
-        tmp = Path(tempfile.mkdtemp(prefix="dl-", dir=root / "tmp"))
-        try:
-            _run("fetch", ["apt-get", "download", "-q", f"{pkg.name}={pkg.version}"], cwd=tmp)
-            got = list(tmp.glob("*.deb"))
-            if len(got) != 1:
-                raise ImageBuildError("fetch", f"apt-get download {pkg.name} produced {len(got)} files")
-            dest = debs / got[0].name
-            os.replace(got[0], dest)
-            return dest
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _deb_field(deb: Path, field: str) -> str:
-    return _run("packages", ["dpkg-deb", "-f", str(deb), field]).strip()
-
-
-def _modinfo(data: bytes) -> dict[str, str]:
-    """The ``.modinfo`` key=value strings of a kernel module (ELF64 little-endian)."""
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        return {}
-
-    def u(off: int, n: int) -> int:
-        return int.from_bytes(data[off : off + n], "little")
-
-    shoff, shentsize, shnum, shstrndx = u(0x28, 8), u(0x3A, 2), u(0x3C, 2), u(0x3E, 2)
-
-    def section(i: int) -> tuple[int, int, int]:
-        b = shoff + i * shentsize
-        return u(b, 4), u(b + 0x18, 8), u(b + 0x20, 8)
-
-    _, str_off, str_size = section(shstrndx)
-    names = data[str_off : str_off + str_size]
-    for i in range(shnum):
-        name_off, off, size = section(i)
-        if names[name_off : names.index(b"\0", name_off)] == b".modinfo":
-            info: dict[str, str] = {}
-            for item in data[off : off + size].split(b"\0"):
-                k, sep, v = item.partition(b"=")
-                if sep:
-                    info.setdefault(k.decode(errors="replace"), v.decode(errors="replace"))
-            return info
-    return {}
-
-
-def _modname(path: str) -> str:
-    return path.rsplit("/", 1)[-1].removesuffix(".ko").replace("-", "_")
-
-
-@contextlib.contextmanager
-def _deb_tar(deb: Path) -> Iterator[tarfile.TarFile]:
-    """Stream the data tar of ``deb`` (``dpkg-deb --fsys-tarfile``) without unpacking it."""
-    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None
-    try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
-            yield tf
-        proc.stdout.read()
-    finally:
-        proc.stdout.close()
-        rc = proc.wait()
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if proc.stderr:
-            proc.stderr.close()
-    if rc != 0:
-        raise ImageBuildError("extract", f"dpkg-deb --fsys-tarfile {deb.name} exited {rc}: {err.strip()}")
-
-
-@dataclass
-class _KernelIndex:
-    """What pass 1 over the kernel deb learnt: module paths/deps, builtins, file locations."""
-
-    modules: dict[str, tuple[str, list[str]]]  # name -> (path relative to moddir, depends)
-    builtin: set[str]
-    moddir: str  # e.g. "lib/modules/6.1.0-56-amd64"
-
-
-def _index_kernel_deb(deb: Path, kver: str) -> _KernelIndex:
-    modules: dict[str, tuple[str, list[str]]] = {}
-    builtin: set[str] = set()
-    moddir = ""
-    with _deb_tar(deb) as tf:
-        for m in tf:
-            name = m.name.removeprefix("./")
-            if not m.isfile():
-                continue
-            for prefix in (f"lib/modules/{kver}/", f"usr/lib/modules/{kver}/"):
-                if name.startswith(prefix):
-                    moddir = prefix.rstrip("/")
-                    rel = name[len(prefix) :]
-                    fh = tf.extractfile(m)
-                    assert fh is not None
-                    if rel.endswith(".ko"):
-                        info = _modinfo(fh.read())
-                        deps = [d for d in info.get("depends", "").split(",") if d]
-                        modules[_modname(rel)] = (rel, [d.replace("-", "_") for d in deps])
-                    elif rel == "modules.builtin":
-                        builtin = {_modname(x) for x in fh.read().decode().split()}
-    if not moddir:
-        raise ImageBuildError("modules", f"kernel package has no lib/modules/{kver}")
-    return _KernelIndex(modules=modules, builtin=builtin, moddir=moddir)
-
-
-def _module_closure(index: _KernelIndex, wanted: tuple[str, ...]) -> list[str]:
-    """Module paths (relative to the modules dir) for ``wanted`` plus dependencies, load order."""
-    order: list[str] = []
-    seen: set[str] = set()
-
-    def visit(name: str, chain: tuple[str, ...]) -> None:
-        if name in seen:
-            return
-        if name not in index.modules:
-            if name in index.builtin:
-                return
-            raise ImageBuildError("modules", f"kernel module {name} not found (needed by {' -> '.join(chain)})")
-        seen.add(name)
-        rel, deps = index.modules[name]
-        for d in deps:
-            visit(d, (*chain, name))
-        order.append(rel)
-
-    for w in wanted:
-        visit(w.replace("-", "_"), ())
-    return order
-
-
-def _modules_dep(index: _KernelIndex, mods: list[str]) -> str:
-    """A ``modules.dep`` for the subset ``mods`` (each line lists all transitive deps)."""
-    by_rel = {rel: deps for rel, deps in index.modules.values()}
-    lines = []
-    for rel in mods:
-        closure = _module_closure(index, tuple(by_rel[rel]))
-        lines.append(f"{rel}: {' '.join(reversed(closure))}".rstrip() + "\n")
-    return "".join(lines)
-
-
-def _extract_kernel(deb: Path, index: _KernelIndex, kver: str, mods: list[str], dest: Path) -> Path:
-    """Write vmlinuz and the modules ``mods`` of ``deb`` below ``dest``; return vmlinuz's path."""
-    want = {f"{index.moddir}/{m}" for m in mods}
-    want |= {f"{index.moddir}/{f}" for f in ("modules.builtin", "modules.builtin.modinfo", "modules.order")}
-    vmlinuz_name = f"boot/vmlinuz-{kver}"
-    want.add(vmlinuz_name)
-    got: set[str] = set()
-    with _deb_tar(deb) as tf:
-        for m in tf:
-            name = m.name.removeprefix("./")
-            if name in want and m.isfile():
-                fh = tf.extractfile(m)
-                assert fh is not None
-                out = dest / name
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(fh.read())
-                got.add(name)
-    missing = want - got - {f"{index.moddir}/modules.builtin.modinfo", f"{index.moddir}/modules.order"}
-    if missing:
-        raise ImageBuildError("extract", f"kernel package lacks {', '.join(sorted(missing))}")
-    return dest / vmlinuz_name
-
-
-def _busybox_links(busybox: Path) -> list[str]:
-    out = _run("rootfs", [str(busybox), "--list-full"])
-    return [x.strip().lstrip("/") for x in out.splitlines() if x.strip() and "/" in x.strip()]
-
-
-def _install_busybox(busybox: Path, dest: Path, links: list[str]) -> None:
-    (dest / "bin").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(busybox, dest / "bin" / "busybox")
-    os.chmod(dest / "bin" / "busybox", 0o755)
-    for rel in links:
-        target = dest / rel
-        if rel == "bin/busybox" or target.exists() or target.is_symlink():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to("/bin/busybox")
-
-
-def _copy_modules(src_moddir: Path, dst_moddir: Path, mods: list[str]) -> None:
-    for m in mods:
-        d = dst_moddir / m
-        d.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src_moddir / m, d)
-    for f in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
-        if (src_moddir / f).exists():
-            shutil.copy2(src_moddir / f, dst_moddir / f)
-
-
 def _guest_file(name: str, dest: Path, mode: int = 0o755) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_HERE / name, dest)
     os.chmod(dest, mode)
-
-
-def _write_cpio_newc(src: Path, extra_nodes: list[tuple[str, int, int, int]], out: io.BufferedIOBase) -> None:
-    """Write ``src``'s tree plus char/block nodes ``(name, mode, major, minor)`` as a newc cpio.
-
-    Owner root, mtime 0, entries sorted: the archive depends only on the tree's content.
-    """
-    ino = 1
-
-    def entry(name: str, mode: int, data: bytes = b"", rmaj: int = 0, rmin: int = 0, nlink: int = 1) -> None:
-        nonlocal ino
-        nb = name.encode() + b"\0"
-        hdr = "070701" + "".join(
-            f"{v:08x}" for v in (ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rmaj, rmin, len(nb), 0)
-        )
-        ino += 1
-        out.write(hdr.encode() + nb)
-        out.write(b"\0" * ((4 - (110 + len(nb)) % 4) % 4))
-        out.write(data)
-        out.write(b"\0" * ((4 - len(data) % 4) % 4))
-
-    paths: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames.sort()
-        for n in sorted(dirnames + filenames):
-            paths.append(Path(dirpath) / n)
-    for p in sorted(paths, key=lambda x: x.relative_to(src).as_posix()):
-        rel = p.relative_to(src).as_posix()
-        st = p.lstat()
-        perm = stat.S_IMODE(st.st_mode)
-        if stat.S_ISDIR(st.st_mode):
-            entry(rel, stat.S_IFDIR | perm, nlink=2)
-        elif stat.S_ISLNK(st.st_mode):
-            entry(rel, stat.S_IFLNK | 0o777, os.readlink(p).encode())
-        elif stat.S_ISREG(st.st_mode):
-            entry(rel, stat.S_IFREG | perm, p.read_bytes())
-    for name, mode, major, minor in extra_nodes:
-        entry(name, mode, b"", major, minor)
-    entry("TRAILER!!!", 0)
 
 
 def _place(src: Path, dst: Path, offset: int) -> None:
@@ -637,7 +196,21 @@ def _packages_txt(rows: list[tuple[str, str, str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _build(root: Path, inputs: Inputs, work: Path, steps: _Steps, *, phone_home: bool = True) -> Path:
+@dataclass(frozen=True)
+class _Unpacked:
+    """The extracted packages: the kernel (its index, modules dir and the chosen modules) and the tools."""
+
+    vmlinuz: Path
+    index: KernelIndex
+    moddir: Path
+    initrd_mods: list[str]
+    root_mods: list[str]
+    busybox: Path
+    sl_common: Path  # syslinux-common's usr/lib/syslinux
+    syslinux_bin: Path
+
+
+def _build(root: Path, inputs: ImageInputs, work: Path, steps: BuildSteps, *, phone_home: bool = True) -> Path:
     """Build into ``work``; return the finished output directory (``work/image``). ``phone_home=False`` bakes
     ``/etc/stemforge/no-phone-home`` into the root: the agent then reads and prints the config drive only."""
     out = work / "image"
@@ -649,264 +222,290 @@ def _build(root: Path, inputs: Inputs, work: Path, steps: _Steps, *, phone_home:
         if missing:
             raise ImageBuildError("check-tools", f"missing host tools: {', '.join(missing)}")
 
-    debs = {pkg.name: _fetch(root, pkg, steps) for pkg in inputs.packages}
+    fetched = {pkg.name: fetch_deb(root, pkg, steps) for pkg in inputs.packages}
+    tree = _unpack(inputs, fetched, work / "x", steps)
 
-    x = work / "x"
-    kver = inputs.kernel_release
-    kdeb = debs[inputs.kernel.name]
-    with steps.step("modules", f"index {kdeb.name}"):
-        index = _index_kernel_deb(kdeb, kver)
-        initrd_mods = _module_closure(index, INITRAMFS_MODULES)
-        root_mods = _module_closure(index, ROOT_MODULES)
-    with steps.step("extract", ", ".join(p.name for p in debs.values())):
-        x.mkdir()
-        kx = x / inputs.kernel.name
-        vmlinuz = _extract_kernel(kdeb, index, kver, root_mods, kx)
-        moddir = kx / index.moddir
-        for name, deb in debs.items():
-            if name != inputs.kernel.name:
-                _run("extract", ["dpkg-deb", "-x", str(deb), str(x / name)])
-
-    bb_dir = x / "busybox-static"
-    busybox = bb_dir / "bin" / "busybox"
-    sl_common = x / "syslinux-common" / "usr/lib/syslinux"
-    syslinux_bin = x / "syslinux" / "usr/bin/syslinux"
-
-    rootfs = work / "rootfs"
-    with steps.step("rootfs", f"{len(root_mods)} modules"):
-        links = _busybox_links(busybox)
-        _install_busybox(busybox, rootfs, links)
-        for d in (
-            "proc",
-            "sys",
-            "dev",
-            "run",
-            "tmp",
-            "root",
-            "mnt",
-            "etc/init.d",
-            "etc/stemforge",
-            "var/vcap/store",
-            "var/vcap/data",
-            "var/vcap/bosh",
-            "var/lib/stemforge",
-            "var/log",
-            "usr/share/udhcpc",
-            "etc/udhcpc",
-        ):
-            (rootfs / d).mkdir(parents=True, exist_ok=True)
-        os.chmod(rootfs / "tmp", 0o1777)
-        os.chmod(rootfs / "root", 0o700)
-        _guest_file("rcS.sh", rootfs / "etc/init.d/rcS")
-        _guest_file("inittab.cfg", rootfs / "etc/inittab", 0o644)
-        _guest_file("agent.sh", rootfs / "stemforge/agent.sh")
-        _guest_file("json.awk", rootfs / "stemforge/json.awk", 0o644)
-        _guest_file("udhcpc.sh", rootfs / "stemforge/udhcpc.sh")
-        _guest_file("diskresolve.sh", rootfs / "stemforge/diskresolve.sh", 0o644)
-        # the stock OpenStack stemcell's agent.json: the test agent resolves disks by its Platform.Linux keys
-        _guest_file("agent.json", rootfs / "var/vcap/bosh/agent.json", 0o644)
-        for link in ("usr/share/udhcpc/default.script", "etc/udhcpc/default.script"):
-            (rootfs / link).symlink_to("/stemforge/udhcpc.sh")
-        power = rootfs / "etc/acpi/PWRF/00000080"  # busybox acpid: power button pressed
-        power.parent.mkdir(parents=True)
-        power.write_text("#!/bin/sh\nexec /sbin/poweroff\n")
-        os.chmod(power, 0o755)
-        etc = rootfs / "etc"
-        (etc / "hostname").write_text("stemforge\n")
-        (etc / "hosts").write_text("127.0.0.1 localhost\n")
-        (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-        (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
-        os.chmod(etc / "shadow", 0o600)
-        (etc / "group").write_text("root:x:0:\n")
-        (etc / "resolv.conf").write_text("")
-        (etc / "fstab").write_text(f"LABEL={ROOT_LABEL} / ext4 rw 0 1\n")
-        (etc / "stemforge/modules.load").write_text("".join(m + "\n" for m in root_mods))
-        if not phone_home:  # the agent.sh guard: behave like a stock agent that calls nothing of ours
-            (etc / "stemforge/no-phone-home").write_text("built with phone_home=False: the agent never phones home\n")
-        (etc / "stemforge/image.json").write_text(
-            json.dumps(
-                {
-                    "kernel_release": kver,
-                    "packages": {p.name: p.version for p in inputs.packages},
-                    "build_format": BUILD_FORMAT_VERSION,
-                },
-                indent=1,
-            )
-            + "\n"
-        )
-        rmod = rootfs / "lib/modules" / kver
-        _copy_modules(moddir, rmod, root_mods)
-        (rmod / "modules.dep").write_text(_modules_dep(index, root_mods))
+    tree_dir = work / "rootfs"
+    with steps.step("rootfs", f"{len(tree.root_mods)} modules"):
+        links = busybox_links(tree.busybox)
+        _make_rootfs(tree_dir, tree, links, inputs, phone_home)
 
     initrd = work / "initrd.img"
-    with steps.step("initramfs", f"{len(initrd_mods)} modules"):
-        ird = work / "initramfs"
-        _install_busybox(busybox, ird, links)
-        for d in ("proc", "sys", "dev", "run", "newroot", "etc"):
-            (ird / d).mkdir(parents=True, exist_ok=True)
-        _guest_file("init.sh", ird / "init")
-        (ird / "etc/modules.load").write_text("".join(m + "\n" for m in initrd_mods))
-        _copy_modules(moddir, ird / "lib/modules" / kver, initrd_mods)
-        (ird / "lib/modules" / kver / "modules.dep").write_text(_modules_dep(index, initrd_mods))
-        buf = io.BytesIO()
-        _write_cpio_newc(
-            ird, [("dev/console", stat.S_IFCHR | 0o600, 5, 1), ("dev/null", stat.S_IFCHR | 0o666, 1, 3)], buf
-        )
-        with (
-            open(initrd, "wb") as fh,
-            gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=9) as gz,
-        ):
-            gz.write(buf.getvalue())
+    with steps.step("initramfs", f"{len(tree.initrd_mods)} modules"):
+        _make_initramfs(work / "initramfs", initrd, tree, links, inputs.kernel_release)
 
     root_part = work / "root.part"
     with steps.step("root-partition", f"ext4 {ROOT_SIZE_MIB} MiB"):
-        _run(
-            "root-partition",
-            [
-                "mke2fs",
-                "-q",
-                "-F",
-                "-t",
-                "ext4",
-                "-L",
-                ROOT_LABEL,
-                "-U",
-                ROOT_UUID,
-                "-m",
-                "0",
-                "-E",
-                f"root_owner=0:0,hash_seed={ROOT_UUID}",
-                "-d",
-                str(rootfs),
-                str(root_part),
-                f"{ROOT_SIZE_MIB}M",
-            ],
-            env={"E2FSPROGS_FAKE_TIME": "1700000000"},
-        )
+        _make_root_partition(tree_dir, root_part)
 
     boot_part = work / "boot.part"
     with steps.step("boot-partition", f"FAT16 {BOOT_SIZE_MIB} MiB + syslinux"):
-        hidden = BOOT_START_MIB * MIB // SECTOR
-        _run(
-            "boot-partition",
-            [
-                "mkfs.vfat",
-                "-F",
-                "16",
-                "-n",
-                BOOT_LABEL,
-                "-i",
-                BOOT_VOLUME_ID,
-                "-h",
-                str(hidden),
-                "-S",
-                str(SECTOR),
-                "-C",
-                str(boot_part),
-                str(BOOT_SIZE_MIB * 1024),
-            ],
-        )
-        cfg = (_HERE / "syslinux.cfg").read_text().replace("@APPEND@", KERNEL_CMDLINE)
-        (work / "syslinux.cfg").write_text(cfg)
-        ldlinux_c32 = sl_common / "modules/bios/ldlinux.c32"
-        env = {"MTOOLS_SKIP_CHECK": "1"}
-        for src, name in (
-            (vmlinuz, "vmlinuz"),
-            (initrd, "initrd.img"),
-            (work / "syslinux.cfg", "syslinux.cfg"),
-            (ldlinux_c32, "ldlinux.c32"),
-        ):
-            _run("boot-partition", ["mcopy", "-o", "-i", str(boot_part), str(src), f"::/{name}"], env=env)
-        _run("boot-partition", [str(syslinux_bin), "--install", str(boot_part)], env=env)
-        listing = _run("boot-partition", ["mdir", "-a", "-b", "-i", str(boot_part), "::/"], env=env)
-        if "ldlinux.sys" not in listing.lower():
-            raise ImageBuildError("boot-partition", f"syslinux did not install ldlinux.sys: {listing}")
+        _make_boot_partition(boot_part, work / "syslinux.cfg", tree, initrd)
 
     disk = work / "disk.raw"
     with steps.step("disk", f"MBR, {DISK_SIZE_MIB} MiB"):
-        with open(disk, "wb") as fh:
-            fh.truncate(DISK_SIZE_MIB * MIB)
-        spt = MIB // SECTOR
-        script = (
-            f"label: dos\nlabel-id: {MBR_DISK_ID}\nunit: sectors\n\n"
-            f"start={BOOT_START_MIB * spt}, size={BOOT_SIZE_MIB * spt}, type=e, bootable\n"
-            f"start={ROOT_START_MIB * spt}, size={ROOT_SIZE_MIB * spt}, type=83\n"
-        )
-        _run("disk", ["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(disk)], stdin=script.encode())
-        mbr = (sl_common / "mbr/mbr.bin").read_bytes()
-        if len(mbr) > 440:
-            raise ImageBuildError("disk", "mbr.bin is larger than 440 bytes")
-        with open(disk, "r+b") as dfh:
-            dfh.write(mbr)
-        _place(boot_part, disk, BOOT_START_MIB * MIB)
-        _place(root_part, disk, ROOT_START_MIB * MIB)
+        _make_disk(disk, tree, boot_part, root_part)
 
     with steps.step("convert", "qcow2 (compressed) and raw"):
-        _run(
+        run(
             "convert",
             ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", str(disk), str(out / "qcow2" / "root.img")],
         )
         os.replace(disk, out / "raw" / "root.img")
 
     with steps.step("manifest"):
-        rows = []
-        for pkg in inputs.packages:
-            desc = _deb_field(debs[pkg.name], "Description").splitlines()[0]
-            rows.append((pkg.name, pkg.version, pkg.arch, desc))
-        (out / "packages.txt").write_text(_packages_txt(rows))
-        # the bare kernel beside the image: what the CPI's KVM probe boots (cpi.providers.libvirt.accel)
-        shutil.copyfile(vmlinuz, out / "vmlinuz")
-        manifest = {
-            "build_format": BUILD_FORMAT_VERSION,
-            "kernel_release": kver,
-            "kernel_cmdline": KERNEL_CMDLINE,
-            "packages": {p.name: p.version for p in inputs.packages},
-            "disk_size_mib": DISK_SIZE_MIB,
-            "partitions": [
-                {
-                    "number": 1,
-                    "start_mib": BOOT_START_MIB,
-                    "size_mib": BOOT_SIZE_MIB,
-                    "type": "0e",
-                    "fs": "vfat",
-                    "label": BOOT_LABEL,
-                    "bootable": True,
-                },
-                {
-                    "number": 2,
-                    "start_mib": ROOT_START_MIB,
-                    "size_mib": ROOT_SIZE_MIB,
-                    "type": "83",
-                    "fs": "ext4",
-                    "label": ROOT_LABEL,
-                    "uuid": ROOT_UUID,
-                    "partuuid": f"{MBR_DISK_ID[2:]}-02",
-                },
-            ],
-            "mbr_disk_id": MBR_DISK_ID,
-            "modules": {"initramfs": initrd_mods, "root": root_mods},
-            "files": {
-                fmt: {"size": (out / fmt / "root.img").stat().st_size, "sha256": _sha256_file(out / fmt / "root.img")}
-                for fmt in ("qcow2", "raw")
-            },
-        }
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        _write_manifest(out, inputs, fetched, tree)
     return out
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(MIB), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _unpack(inputs: ImageInputs, fetched: dict[str, Path], x: Path, steps: BuildSteps) -> _Unpacked:
+    """Index the kernel package, choose the modules, extract the kernel and unpack the other packages below ``x``."""
+    kver = inputs.kernel_release
+    kdeb = fetched[inputs.kernel.name]
+    with steps.step("modules", f"index {kdeb.name}"):
+        index = index_kernel_deb(kdeb, kver)
+        initrd_mods = module_closure(index, INITRAMFS_MODULES)
+        root_mods = module_closure(index, ROOT_MODULES)
+    with steps.step("extract", ", ".join(p.name for p in fetched.values())):
+        x.mkdir()
+        kx = x / inputs.kernel.name
+        vmlinuz = extract_kernel(kdeb, index, kver, root_mods, kx)
+        for name, deb in fetched.items():
+            if name != inputs.kernel.name:
+                run("extract", ["dpkg-deb", "-x", str(deb), str(x / name)])
+    return _Unpacked(
+        vmlinuz=vmlinuz,
+        index=index,
+        moddir=kx / index.moddir,
+        initrd_mods=initrd_mods,
+        root_mods=root_mods,
+        busybox=x / "busybox-static" / "bin" / "busybox",
+        sl_common=x / "syslinux-common" / "usr/lib/syslinux",
+        syslinux_bin=x / "syslinux" / "usr/bin/syslinux",
+    )
 
 
-def _clean_stale(root: Path) -> None:
-    """Remove leftovers of killed builds.  Only call while holding the build lock."""
-    for p in (root / "tmp").iterdir():
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+#: The directories of the root filesystem (besides busybox's).
+_ROOT_DIRS = (
+    "proc",
+    "sys",
+    "dev",
+    "run",
+    "tmp",
+    "root",
+    "mnt",
+    "etc/init.d",
+    "etc/stemforge",
+    "var/vcap/store",
+    "var/vcap/data",
+    "var/vcap/bosh",
+    "var/lib/stemforge",
+    "var/log",
+    "usr/share/udhcpc",
+    "etc/udhcpc",
+)
 
+
+def _make_rootfs(dest: Path, tree: _Unpacked, links: list[str], inputs: ImageInputs, phone_home: bool) -> None:
+    """The root filesystem's tree: busybox, our guest files, ``/etc`` and the root's kernel modules."""
+    install_busybox(tree.busybox, dest, links)
+    for d in _ROOT_DIRS:
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(dest / "tmp", 0o1777)
+    os.chmod(dest / "root", 0o700)
+    _guest_file("rcS.sh", dest / "etc/init.d/rcS")
+    _guest_file("inittab.cfg", dest / "etc/inittab", 0o644)
+    _guest_file("agent.sh", dest / "stemforge/agent.sh")
+    _guest_file("json.awk", dest / "stemforge/json.awk", 0o644)
+    _guest_file("udhcpc.sh", dest / "stemforge/udhcpc.sh")
+    _guest_file("diskresolve.sh", dest / "stemforge/diskresolve.sh", 0o644)
+    # the stock OpenStack stemcell's agent.json: the test agent resolves disks by its Platform.Linux keys
+    _guest_file("agent.json", dest / "var/vcap/bosh/agent.json", 0o644)
+    for link in ("usr/share/udhcpc/default.script", "etc/udhcpc/default.script"):
+        (dest / link).symlink_to("/stemforge/udhcpc.sh")
+    power = dest / "etc/acpi/PWRF/00000080"  # busybox acpid: power button pressed
+    power.parent.mkdir(parents=True)
+    power.write_text("#!/bin/sh\nexec /sbin/poweroff\n")
+    os.chmod(power, 0o755)
+    _write_etc(dest / "etc", tree, inputs, phone_home)
+    kver = inputs.kernel_release
+    rmod = dest / "lib/modules" / kver
+    copy_modules(tree.moddir, rmod, tree.root_mods)
+    (rmod / "modules.dep").write_text(modules_dep(tree.index, tree.root_mods))
+
+
+def _write_etc(etc: Path, tree: _Unpacked, inputs: ImageInputs, phone_home: bool) -> None:
+    """The root's ``/etc`` files: identity, accounts, fstab, the module list and the image's description."""
+    (etc / "hostname").write_text("stemforge\n")
+    (etc / "hosts").write_text("127.0.0.1 localhost\n")
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
+    os.chmod(etc / "shadow", 0o600)
+    (etc / "group").write_text("root:x:0:\n")
+    (etc / "resolv.conf").write_text("")
+    (etc / "fstab").write_text(f"LABEL={ROOT_LABEL} / ext4 rw 0 1\n")
+    (etc / "stemforge/modules.load").write_text("".join(m + "\n" for m in tree.root_mods))
+    if not phone_home:  # the agent.sh guard: behave like a stock agent that calls nothing of ours
+        (etc / "stemforge/no-phone-home").write_text("built with phone_home=False: the agent never phones home\n")
+    (etc / "stemforge/image.json").write_text(
+        json.dumps(
+            {
+                "kernel_release": inputs.kernel_release,
+                "packages": {p.name: p.version for p in inputs.packages},
+                "build_format": BUILD_FORMAT_VERSION,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+
+
+def _make_initramfs(ird: Path, initrd: Path, tree: _Unpacked, links: list[str], kver: str) -> None:
+    """The initramfs: busybox, ``/init`` (``init.sh``) and the storage/ext4 modules, packed to ``initrd``."""
+    install_busybox(tree.busybox, ird, links)
+    for d in ("proc", "sys", "dev", "run", "newroot", "etc"):
+        (ird / d).mkdir(parents=True, exist_ok=True)
+    _guest_file("init.sh", ird / "init")
+    (ird / "etc/modules.load").write_text("".join(m + "\n" for m in tree.initrd_mods))
+    copy_modules(tree.moddir, ird / "lib/modules" / kver, tree.initrd_mods)
+    (ird / "lib/modules" / kver / "modules.dep").write_text(modules_dep(tree.index, tree.initrd_mods))
+    pack_initramfs(ird, initrd)
+
+
+def _make_root_partition(tree_dir: Path, root_part: Path) -> None:
+    """The ext4 root partition image, filled from ``tree_dir`` (``mke2fs -d``; fixed UUID, hash seed and time)."""
+    run(
+        "root-partition",
+        [
+            "mke2fs",
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            ROOT_LABEL,
+            "-U",
+            ROOT_UUID,
+            "-m",
+            "0",
+            "-E",
+            f"root_owner=0:0,hash_seed={ROOT_UUID}",
+            "-d",
+            str(tree_dir),
+            str(root_part),
+            f"{ROOT_SIZE_MIB}M",
+        ],
+        env={"E2FSPROGS_FAKE_TIME": "1700000000"},
+    )
+
+
+def _make_boot_partition(boot_part: Path, cfg_file: Path, tree: _Unpacked, initrd: Path) -> None:
+    """The FAT16 boot partition image: kernel, initramfs, ``syslinux.cfg`` (written to ``cfg_file`` first) and
+    syslinux installed into it (mtools, no mounts)."""
+    hidden = BOOT_START_MIB * MIB // SECTOR
+    run(
+        "boot-partition",
+        [
+            "mkfs.vfat",
+            "-F",
+            "16",
+            "-n",
+            BOOT_LABEL,
+            "-i",
+            BOOT_VOLUME_ID,
+            "-h",
+            str(hidden),
+            "-S",
+            str(SECTOR),
+            "-C",
+            str(boot_part),
+            str(BOOT_SIZE_MIB * 1024),
+        ],
+    )
+    cfg_file.write_text((_HERE / "syslinux.cfg").read_text().replace("@APPEND@", KERNEL_CMDLINE))
+    ldlinux_c32 = tree.sl_common / "modules/bios/ldlinux.c32"
+    env = {"MTOOLS_SKIP_CHECK": "1"}
+    for src, name in (
+        (tree.vmlinuz, "vmlinuz"),
+        (initrd, "initrd.img"),
+        (cfg_file, "syslinux.cfg"),
+        (ldlinux_c32, "ldlinux.c32"),
+    ):
+        run("boot-partition", ["mcopy", "-o", "-i", str(boot_part), str(src), f"::/{name}"], env=env)
+    run("boot-partition", [str(tree.syslinux_bin), "--install", str(boot_part)], env=env)
+    listing = run("boot-partition", ["mdir", "-a", "-b", "-i", str(boot_part), "::/"], env=env)
+    if "ldlinux.sys" not in listing.lower():
+        raise ImageBuildError("boot-partition", f"syslinux did not install ldlinux.sys: {listing}")
+
+
+def _make_disk(disk: Path, tree: _Unpacked, boot_part: Path, root_part: Path) -> None:
+    """The whole disk: MBR partition table (``sfdisk``), syslinux's ``mbr.bin`` and both partitions in place."""
+    with open(disk, "wb") as fh:
+        fh.truncate(DISK_SIZE_MIB * MIB)
+    spt = MIB // SECTOR
+    script = (
+        f"label: dos\nlabel-id: {MBR_DISK_ID}\nunit: sectors\n\n"
+        f"start={BOOT_START_MIB * spt}, size={BOOT_SIZE_MIB * spt}, type=e, bootable\n"
+        f"start={ROOT_START_MIB * spt}, size={ROOT_SIZE_MIB * spt}, type=83\n"
+    )
+    run("disk", ["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(disk)], stdin=script.encode())
+    mbr = (tree.sl_common / "mbr/mbr.bin").read_bytes()
+    if len(mbr) > 440:
+        raise ImageBuildError("disk", "mbr.bin is larger than 440 bytes")
+    with open(disk, "r+b") as dfh:
+        dfh.write(mbr)
+    _place(boot_part, disk, BOOT_START_MIB * MIB)
+    _place(root_part, disk, ROOT_START_MIB * MIB)
+
+
+def _write_manifest(out: Path, inputs: ImageInputs, fetched: dict[str, Path], tree: _Unpacked) -> None:
+    """``packages.txt``, the bare kernel and ``manifest.json`` beside the images in ``out``."""
+    rows = []
+    for pkg in inputs.packages:
+        desc = deb_field(fetched[pkg.name], "Description").splitlines()[0]
+        rows.append((pkg.name, pkg.version, pkg.arch, desc))
+    (out / "packages.txt").write_text(_packages_txt(rows))
+    # the bare kernel beside the image: what the CPI's KVM probe boots (cpi.providers.libvirt.accel)
+    shutil.copyfile(tree.vmlinuz, out / "vmlinuz")
+    manifest = {
+        "build_format": BUILD_FORMAT_VERSION,
+        "kernel_release": inputs.kernel_release,
+        "kernel_cmdline": KERNEL_CMDLINE,
+        "packages": {p.name: p.version for p in inputs.packages},
+        "disk_size_mib": DISK_SIZE_MIB,
+        "partitions": _PARTITIONS,
+        "mbr_disk_id": MBR_DISK_ID,
+        "modules": {"initramfs": tree.initrd_mods, "root": tree.root_mods},
+        "files": {
+            fmt: {"size": (out / fmt / "root.img").stat().st_size, "sha256": sha256_file(out / fmt / "root.img")}
+            for fmt in ("qcow2", "raw")
+        },
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+#: The partition table as the manifest describes it.
+_PARTITIONS = [
+    {
+        "number": 1,
+        "start_mib": BOOT_START_MIB,
+        "size_mib": BOOT_SIZE_MIB,
+        "type": "0e",
+        "fs": "vfat",
+        "label": BOOT_LABEL,
+        "bootable": True,
+    },
+    {
+        "number": 2,
+        "start_mib": ROOT_START_MIB,
+        "size_mib": ROOT_SIZE_MIB,
+        "type": "83",
+        "fs": "ext4",
+        "label": ROOT_LABEL,
+        "uuid": ROOT_UUID,
+        "partuuid": f"{MBR_DISK_ID[2:]}-02",
+    },
+]
 
 # ---------------------------------------------------------------- public API
 
@@ -933,31 +532,17 @@ def build_test_image(
     """
     if fmt not in ("qcow2", "raw"):
         raise ValueError(f"fmt must be 'qcow2' or 'raw', not {fmt!r}")
-    steps = _Steps(progress)
+    steps = BuildSteps(progress)
     with steps.step("resolve-packages"):
-        root = _cache_root(cache_dir)
-        inputs = _resolve_inputs(root)
+        root = cache_root(cache_dir)
+        inputs = resolve_image_packages(root)
         key = _cache_key(inputs)
     final = root / "images" / (key if phone_home else f"{key}-no-phone-home")
     result = final / fmt / "root.img"
-    if result.is_file():
-        steps.say(f"cached: {result}")
-        return result
-    with _locked(root / ".lock"):
-        if result.is_file():
-            steps.say(f"cached (built concurrently): {result}")
-            return result
-        _clean_stale(root)
-        work = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=root / "tmp"))
-        try:
-            if final.exists():  # incomplete or damaged: move it out of the way, then rebuild
-                os.replace(final, work / "damaged")
-            built = _build(root, inputs, work, steps, phone_home=phone_home)
-            with steps.step("publish", str(final)):
-                os.replace(built, final)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    steps.say(f"built: {result}")
+    build_once(
+        root / "tmp", final, result.is_file, lambda work: _build(root, inputs, work, steps, phone_home=phone_home),
+        steps, prefix=f"build-{key}-", shown=result,
+    )
     return result
 
 
@@ -979,7 +564,7 @@ def packages_txt(cache_dir: Path | None = None) -> str:
 
 def kernel_version(cache_dir: Path | None = None) -> str:
     """The image kernel's release (``uname -r``, e.g. ``6.1.0-56-amd64``); does not build."""
-    return _resolve_inputs(_cache_root(cache_dir)).kernel_release
+    return resolve_image_packages(cache_root(cache_dir)).kernel_release
 
 
 def main(argv: list[str] | None = None) -> int:

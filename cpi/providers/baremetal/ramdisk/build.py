@@ -1,8 +1,9 @@
 """Build the bare-metal deploy ramdisk (kernel + initramfs), offline, from Debian packages.
 
 The ramdisk is what a server network-boots into to be deployed or cleaned (see ``init.sh``): the same Debian kernel
-as the test stemcell (:mod:`stemcells.testimage.build`, whose package resolution, download cache, module index and
-cpio writer this module reuses) and an initramfs holding
+as the test stemcell (:mod:`stemcells.testimage.build`; package resolution, the download cache and build steps come
+from :mod:`stemcells.testimage.debs`, the kernel module index, busybox and the cpio writer from
+:mod:`stemcells.testimage.rootfs`) and an initramfs holding
 
 * busybox-static (sh, wget with POST, udhcpc, sha256sum, dd, gunzip, tee, blockdev, ...);
 * ``sfwrite`` (``sfwrite.c``, our image writer: stdin -> disk in 1 MiB blocks with SHA-256 on the stream and
@@ -18,7 +19,7 @@ cpio writer this module reuses) and an initramfs holding
 
 Results are cached under ``<cache>/ramdisk/<key>/{vmlinuz,initrd.img,manifest.json}`` (``<cache>`` is
 ``$STEMFORGE_CACHE`` or ``~/.cache/stemforge``); ``<key>`` hashes every input (package versions, scripts, this
-module's and the test image builder's source, the module list).  Debian packages share the test image's download
+module's and the shared builder modules' sources, the module list).  Debian packages share the test image's download
 cache.  Concurrent callers are safe: one build at a time under a file lock, each build in a private temporary
 directory, published with one atomic ``rename``.  No CLI: the lab and the provisioning services call
 :func:`ensure_ramdisk`.
@@ -27,19 +28,17 @@ directory, published with one atomic ``rename``.  No CLI: the lab and the provis
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
-import stat
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stemcells.testimage import build as tib
+from stemcells.testimage import debs, rootfs
+from stemcells.testimage.debs import BuildSteps, ImageBuildError, Package, run
+from stemforge_base.hashing import sha256_file
 
 __all__ = ["RAMDISK_MODULES", "RamdiskArtifacts", "RamdiskBuildError", "ensure_ramdisk", "ramdisk_key"]
 
@@ -94,19 +93,15 @@ SCRIPTS = {
     "clean.sh": "sf/clean.sh",
     "inspect.sh": "sf/inspect.sh",
 }
-#: Shared with the test stemcell: the udhcpc event script.
-UDHCPC_SCRIPT = Path(tib.__file__).resolve().parent / "udhcpc.sh"
 
 _HERE = Path(__file__).resolve().parent
 Progress = Callable[[str], None]
 
 
-class RamdiskBuildError(tib.ImageBuildError):
+class RamdiskBuildError(ImageBuildError):
     """A build step failed.  ``step`` names it; the message says what went wrong."""
 
-    def __init__(self, step: str, message: str) -> None:
-        RuntimeError.__init__(self, f"deploy ramdisk build step {step!r} failed: {message}")
-        self.step = step
+    BUILD = "deploy ramdisk build"
 
 
 @dataclass(frozen=True)
@@ -125,14 +120,14 @@ class RamdiskArtifacts:
 
 @dataclass(frozen=True)
 class _Inputs:
-    kernel: tib.Package
+    kernel: Package
     kernel_release: str
-    packages: tuple[tib.Package, ...]  # busybox-static, the tool and library packages
+    packages: tuple[Package, ...]  # busybox-static, the tool and library packages
 
 
 def _cache_dirs(cache_dir: Path | None) -> tuple[Path, Path]:
     """(test image cache root -- holds the shared ``debs/`` --, ramdisk cache root)."""
-    ti_root = tib._cache_root(cache_dir)
+    ti_root = debs.cache_root(cache_dir)
     root = ti_root.parent / "ramdisk"
     (root / "tmp").mkdir(parents=True, exist_ok=True)
     return ti_root, root
@@ -141,34 +136,34 @@ def _cache_dirs(cache_dir: Path | None) -> tuple[Path, Path]:
 def _resolve(ti_root: Path) -> _Inputs:
     """The test image's kernel and busybox plus apt's candidates of the tool/library packages (the newest cached
     debs when apt cannot answer)."""
-    base = tib._resolve_inputs(ti_root)
+    base = debs.resolve_image_packages(ti_root)
     busybox = next(p for p in base.others if p.name == "busybox-static")
     names = [*TOOL_PACKAGES, *LIB_PACKAGES]
     memo = ti_root.parent / "ramdisk" / "resolved.json"
-    fp = tib._apt_fingerprint()
-    found: dict[str, tib.Package] = {}
+    fp = debs.apt_fingerprint()
+    found: dict[str, Package] = {}
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         doc = json.loads(memo.read_text())
         if fp and doc["fingerprint"] == fp and doc["format"] == FORMAT_VERSION:
-            found = {n: tib.Package(*doc["packages"][n]) for n in names}
+            found = {n: Package(*doc["packages"][n]) for n in names}
     if not found:
         try:
-            cands = tib._apt_candidates(names)
-            arch = tib._run("resolve-packages", ["dpkg", "--print-architecture"]).strip() or "amd64"
+            cands = debs.apt_candidates(names)
+            arch = debs.host_arch()
             missing = [n for n in names if n not in cands]
             if missing:
                 raise RamdiskBuildError("resolve-packages", f"no apt candidate for {', '.join(missing)}")
-            found = {n: tib.Package(n, cands[n], arch) for n in names}
+            found = {n: Package(n, cands[n], arch) for n in names}
             if fp:
                 tmp = memo.with_name(f".resolved.{os.getpid()}.tmp")
                 doc = {
                     "fingerprint": fp,
                     "format": FORMAT_VERSION,
-                    "packages": {n: list(vars(p).values()) for n, p in found.items()},
+                    "packages": {n: list(p) for n, p in found.items()},
                 }
                 tmp.write_text(json.dumps(doc))
                 os.replace(tmp, memo)
-        except (tib.ImageBuildError, RamdiskBuildError) as exc:
+        except ImageBuildError as exc:
             found = _resolve_from_debs(ti_root, names)
             if not found:
                 raise RamdiskBuildError("resolve-packages", str(exc)) from exc
@@ -179,15 +174,10 @@ def _resolve(ti_root: Path) -> _Inputs:
     )
 
 
-def _resolve_from_debs(ti_root: Path, names: list[str]) -> dict[str, tib.Package]:
+def _resolve_from_debs(ti_root: Path, names: list[str]) -> dict[str, Package]:
     """Offline fallback: the newest downloaded deb of every package, or {} when one is missing."""
-    debs = sorted((ti_root / "debs").glob("*.deb"), key=lambda p: p.stat().st_mtime, reverse=True)
-    out: dict[str, tib.Package] = {}
-    for p in debs:
-        parsed = tib._deb_file_version(p)
-        if parsed and parsed[0] in names and parsed[0] not in out:
-            out[parsed[0]] = tib.Package(*parsed)
-    return out if all(n in out for n in names) else {}
+    cached = debs.cached_debs(ti_root)
+    return {n: cached[n] for n in names} if all(n in cached for n in names) else {}
 
 
 def _key(inputs: _Inputs) -> str:
@@ -196,10 +186,10 @@ def _key(inputs: _Inputs) -> str:
         "kernel": [inputs.kernel.name, inputs.kernel.version, inputs.kernel.arch],
         "packages": [[p.name, p.version, p.arch] for p in inputs.packages],
         "scripts": {f: hashlib.sha256((_HERE / f).read_bytes()).hexdigest() for f in SCRIPTS},
-        "udhcpc": hashlib.sha256(UDHCPC_SCRIPT.read_bytes()).hexdigest(),
+        "udhcpc": hashlib.sha256(rootfs.UDHCPC_SCRIPT.read_bytes()).hexdigest(),
         "writer": [hashlib.sha256((_HERE / WRITER_SOURCE).read_bytes()).hexdigest(), WRITER_CFLAGS, WRITER_LIBS],
         "build_py": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
-        "testimage_build_py": hashlib.sha256(Path(tib.__file__).read_bytes()).hexdigest(),
+        "testimage_py": [hashlib.sha256(p.read_bytes()).hexdigest() for p in rootfs.SHARED_SOURCES],
         "modules": list(RAMDISK_MODULES),
         "tools": TOOL_PACKAGES,
     }
@@ -267,93 +257,45 @@ def _find_lib(trees: list[Path], soname: str) -> Path | None:
 # ---------------------------------------------------------------- build
 
 
-def _build(ti_root: Path, inputs: _Inputs, work: Path, steps: tib._Steps) -> Path:
+def _build(ti_root: Path, inputs: _Inputs, work: Path, steps: BuildSteps) -> Path:
     out = work / "out"
     out.mkdir()
     kpkg = inputs.kernel
-    debs = {p.name: tib._fetch(ti_root, p, steps) for p in (kpkg, *inputs.packages)}
+    fetched = {p.name: debs.fetch_deb(ti_root, p, steps) for p in (kpkg, *inputs.packages)}
     kver = inputs.kernel_release
-    with steps.step("modules", f"index {debs[kpkg.name].name}"):
-        index = tib._index_kernel_deb(debs[kpkg.name], kver)
-        mods = tib._module_closure(index, RAMDISK_MODULES)
+    with steps.step("modules", f"index {fetched[kpkg.name].name}"):
+        index = rootfs.index_kernel_deb(fetched[kpkg.name], kver)
+        mods = rootfs.module_closure(index, RAMDISK_MODULES)
     x = work / "x"
-    with steps.step("extract", ", ".join(debs)):
+    with steps.step("extract", ", ".join(fetched)):
         kx = x / kpkg.name
-        vmlinuz = tib._extract_kernel(debs[kpkg.name], index, kver, mods, kx)
+        vmlinuz = rootfs.extract_kernel(fetched[kpkg.name], index, kver, mods, kx)
         for p in inputs.packages:
-            tib._run("extract", ["dpkg-deb", "-x", str(debs[p.name]), str(x / p.name)])
+            run("extract", ["dpkg-deb", "-x", str(fetched[p.name]), str(x / p.name)])
 
     ird = work / "initramfs"
     with steps.step(
         "initramfs", f"{len(mods)} modules, tools {', '.join(t for ts in TOOL_PACKAGES.values() for t in ts)}"
     ):
         busybox = x / "busybox-static" / "bin" / "busybox"
-        tib._install_busybox(busybox, ird, tib._busybox_links(busybox))
+        rootfs.install_busybox(busybox, ird, rootfs.busybox_links(busybox))
         for d in ("proc", "sys", "dev", "run", "tmp", "etc", "sf", "usr/share/udhcpc"):
             (ird / d).mkdir(parents=True, exist_ok=True)
         os.chmod(ird / "tmp", 0o1777)
         for script, target in SCRIPTS.items():
             _copy(_HERE / script, ird / target, 0o755)
-        _copy(UDHCPC_SCRIPT, ird / "sf/udhcpc.sh", 0o755)
+        _copy(rootfs.UDHCPC_SCRIPT, ird / "sf/udhcpc.sh", 0o755)
         (ird / "usr/share/udhcpc/default.script").symlink_to("/sf/udhcpc.sh")
         (ird / "etc/passwd").write_text("root:x:0:0:root:/:/bin/sh\n")
         (ird / "etc/group").write_text("root:x:0:\n")
-        # tools + the closure of their shared libraries
-        lib_trees = [x / n for n in LIB_PACKAGES]
-        pending: list[Path] = []
-        for pkg, paths in TOOL_PACKAGES.items():
-            for rel in paths:
-                src = _in_tree(x / pkg, rel)
-                if src is None:
-                    raise RamdiskBuildError("initramfs", f"package {pkg} has no {rel}")
-                dest = ird / "usr/sbin" / Path(rel).name
-                if dest.is_symlink():
-                    dest.unlink()  # a busybox applet of the same name: the real tool wins
-                _copy(src, dest, 0o755)
-                pending.append(dest)
-        writer = ird / "usr/sbin/sfwrite"
-        cc = shutil.which("gcc") or shutil.which("cc")
-        if cc is None:
-            raise RamdiskBuildError(
-                "initramfs", "no C compiler (gcc) to build sfwrite; install gcc, libssl-dev, zlib1g-dev"
-            )
-        tib._run("initramfs", [cc, *WRITER_CFLAGS, "-o", str(writer), str(_HERE / WRITER_SOURCE), *WRITER_LIBS])
-        if shutil.which("strip"):
-            tib._run("initramfs", ["strip", str(writer)])
-        pending.append(writer)
-        loader = _in_tree(x / "libc6", LOADER)
-        if loader is None:
-            raise RamdiskBuildError("initramfs", f"libc6 has no {LOADER}")
-        _copy(loader, ird / LOADER, 0o755)
-        done: set[str] = set()
-        while pending:
-            binary = pending.pop()
-            for soname in elf_needed(binary.read_bytes()):
-                if soname in done:
-                    continue
-                lib = _find_lib(lib_trees, soname)
-                if lib is None:
-                    raise RamdiskBuildError(
-                        "initramfs", f"{binary.name} needs {soname}, which none of {', '.join(LIB_PACKAGES)} provides"
-                    )
-                dest = ird / "lib/x86_64-linux-gnu" / soname
-                _copy(lib, dest, 0o755)
-                done.add(soname)
-                pending.append(dest)
-        (ird / "etc/ld.so.conf").write_text("/lib/x86_64-linux-gnu\n")
-        moddir = kx / index.moddir
-        tib._copy_modules(moddir, ird / "lib/modules" / kver, mods)
-        (ird / "lib/modules" / kver / "modules.dep").write_text(tib._modules_dep(index, mods))
+        libraries = _install_tools(x, ird)
+        rootfs.copy_modules(kx / index.moddir, ird / "lib/modules" / kver, mods)
+        (ird / "lib/modules" / kver / "modules.dep").write_text(rootfs.modules_dep(index, mods))
         (ird / "etc/modules.load").write_text("".join(m + "\n" for m in mods))
         (ird / "etc/ramdisk.json").write_text(
             json.dumps({"kernel_release": kver, "packages": {p.name: p.version for p in inputs.packages}}) + "\n"
         )
-        buf = io.BytesIO()
-        tib._write_cpio_newc(
-            ird, [("dev/console", stat.S_IFCHR | 0o600, 5, 1), ("dev/null", stat.S_IFCHR | 0o666, 1, 3)], buf
-        )
-        with open(out / "initrd.img", "wb") as fh, gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0) as gz:
-            gz.write(buf.getvalue())
+        rootfs.pack_initramfs(ird, out / "initrd.img")
         shutil.copyfile(vmlinuz, out / "vmlinuz")
     with steps.step("manifest"):
         manifest = {
@@ -361,14 +303,63 @@ def _build(ti_root: Path, inputs: _Inputs, work: Path, steps: tib._Steps) -> Pat
             "kernel_release": kver,
             "packages": {p.name: p.version for p in (kpkg, *inputs.packages)},
             "modules": mods,
-            "libraries": sorted(done),
+            "libraries": libraries,
             "files": {
-                f: {"size": (out / f).stat().st_size, "sha256": tib._sha256_file(out / f)}
+                f: {"size": (out / f).stat().st_size, "sha256": sha256_file(out / f)}
                 for f in ("vmlinuz", "initrd.img")
             },
         }
         (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return out
+
+
+def _install_tools(x: Path, ird: Path) -> list[str]:
+    """Install the tools of :data:`TOOL_PACKAGES` (from the packages unpacked below ``x``), the compiled ``sfwrite``,
+    the dynamic loader and the closure of their shared libraries into the initramfs tree ``ird``; return the
+    libraries' sonames, sorted."""
+    pending: list[Path] = []
+    for pkg, paths in TOOL_PACKAGES.items():
+        for rel in paths:
+            src = _in_tree(x / pkg, rel)
+            if src is None:
+                raise RamdiskBuildError("initramfs", f"package {pkg} has no {rel}")
+            dest = ird / "usr/sbin" / Path(rel).name
+            if dest.is_symlink():
+                dest.unlink()  # a busybox applet of the same name: the real tool wins
+            _copy(src, dest, 0o755)
+            pending.append(dest)
+    writer = ird / "usr/sbin/sfwrite"
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        raise RamdiskBuildError(
+            "initramfs", "no C compiler (gcc) to build sfwrite; install gcc, libssl-dev, zlib1g-dev"
+        )
+    run("initramfs", [cc, *WRITER_CFLAGS, "-o", str(writer), str(_HERE / WRITER_SOURCE), *WRITER_LIBS])
+    if shutil.which("strip"):
+        run("initramfs", ["strip", str(writer)])
+    pending.append(writer)
+    loader = _in_tree(x / "libc6", LOADER)
+    if loader is None:
+        raise RamdiskBuildError("initramfs", f"libc6 has no {LOADER}")
+    _copy(loader, ird / LOADER, 0o755)
+    lib_trees = [x / n for n in LIB_PACKAGES]
+    done: set[str] = set()
+    while pending:
+        binary = pending.pop()
+        for soname in elf_needed(binary.read_bytes()):
+            if soname in done:
+                continue
+            lib = _find_lib(lib_trees, soname)
+            if lib is None:
+                raise RamdiskBuildError(
+                    "initramfs", f"{binary.name} needs {soname}, which none of {', '.join(LIB_PACKAGES)} provides"
+                )
+            dest = ird / "lib/x86_64-linux-gnu" / soname
+            _copy(lib, dest, 0o755)
+            done.add(soname)
+            pending.append(dest)
+    (ird / "etc/ld.so.conf").write_text("/lib/x86_64-linux-gnu\n")
+    return sorted(done)
 
 
 def _copy(src: Path, dest: Path, mode: int) -> None:
@@ -384,40 +375,19 @@ def ensure_ramdisk(cache_dir: Path | None = None, progress: Progress | None = No
     time.  Concurrent callers (several processes) are safe.  Any failure removes the build's temporary files and
     raises :class:`RamdiskBuildError` naming the step (a failed package download or resolution included).
     """
-    steps = tib._Steps(progress)
+    steps = BuildSteps(progress)
     try:
         with steps.step("resolve-packages"):
             ti_root, root = _cache_dirs(cache_dir)
             inputs = _resolve(ti_root)
             key = _key(inputs)
+        final = root / key
+        debs.build_once(
+            root / "tmp", final, (final / "manifest.json").is_file, lambda work: _build(ti_root, inputs, work, steps),
+            steps, prefix=f"build-{key}-", shown=final,
+        )
     except RamdiskBuildError:
         raise
-    except tib.ImageBuildError as exc:
+    except ImageBuildError as exc:
         raise RamdiskBuildError(exc.step, str(exc)) from exc
-    final = root / key
-    result = RamdiskArtifacts(kernel=final / "vmlinuz", initrd=final / "initrd.img", key=key)
-    if (final / "manifest.json").is_file():
-        steps.say(f"cached: {final}")
-        return result
-    with tib._locked(root / ".lock"):
-        if (final / "manifest.json").is_file():
-            steps.say(f"cached (built concurrently): {final}")
-            return result
-        for stale in (root / "tmp").iterdir():
-            shutil.rmtree(stale, ignore_errors=True)
-        work = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=root / "tmp"))
-        try:
-            if final.exists():
-                os.replace(final, work / "damaged")
-            try:
-                built = _build(ti_root, inputs, work, steps)
-            except RamdiskBuildError:
-                raise
-            except tib.ImageBuildError as exc:
-                raise RamdiskBuildError(exc.step, str(exc)) from exc
-            with steps.step("publish", str(final)):
-                os.replace(built, final)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    steps.say(f"built: {final}")
-    return result
+    return RamdiskArtifacts(kernel=final / "vmlinuz", initrd=final / "initrd.img", key=key)
