@@ -16,17 +16,15 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import io
 import os
 import shutil
-import struct
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final, Literal, cast
+from typing import IO, Any, Final, cast
 
 from stemcells.errors import StemcellError, UnsafeArchiveError, printable
 from stemcells.image_check import DEFAULT_MAX_VIRTUAL_SIZE, ImageRejected, check_image
@@ -50,6 +48,16 @@ from stemcells.safe_extract import (
     open_tar_stream,
     safe_extract,
 )
+from stemcells.tario import (
+    HashingReader,
+    HashingWriter,
+    ImageFormat,
+    add_bytes,
+    add_file,
+    human_size,
+    sniff_image,
+    tar_member,
+)
 
 IMAGE_MEMBER: Final = "image"
 PACKAGES_MEMBER: Final = "packages.txt"
@@ -58,9 +66,6 @@ SBOM_MEMBERS: Final = ("sbom.spdx.json", "sbom.cdx.json")
 REQUIRED_MEMBERS: Final = (MANIFEST_NAME, IMAGE_MEMBER)
 #: Names the root disk image may have inside ``image`` (``disk.raw`` is Google's convention).
 ROOT_IMAGE_NAMES: Final = ("root.img", "disk.raw")
-QCOW2_MAGIC: Final = b"QFI\xfb"
-
-ImageFormat = Literal["qcow2", "raw"]
 #: Receives one human-readable line per step of a long operation.
 Progress = Callable[[str], None]
 
@@ -233,15 +238,7 @@ def write_stemcell(
         raise StemcellError(f"{final.parent}: cannot write there: {exc.strerror or exc}") from exc
     try:
         image_file = staging / IMAGE_MEMBER
-        if root_image is None:
-            image_file.touch()
-            sha1 = EMPTY_SHA1
-        else:
-            size = root_image.stat().st_size
-            report(f"Packing {root_image} ({human_size(size)}) into image as {root_image_name}")
-            sha1 = _pack_root_image(root_image, root_image_name, image_file, stamp)
-            report(f"Packed image: {human_size(image_file.stat().st_size)}, sha1 {sha1}")
-        manifest = manifest.replace(sha1=sha1)
+        manifest = manifest.replace(sha1=_stage_image(image_file, root_image, root_image_name, stamp, report))
         report(f"Writing {final.name}")
         tmp_tgz = staging / "stemcell.tgz"
         _write_outer(tmp_tgz, manifest, image_file, extras, stamp)
@@ -303,17 +300,28 @@ def _default_mtime() -> int:
     return int(epoch) if epoch.isdigit() else int(time.time())
 
 
+def _stage_image(image_file: Path, root_image: Path | None, member_name: str, mtime: int, report: Progress) -> str:
+    """Write the ``image`` member to ``image_file`` (empty for a light stemcell); return its sha1."""
+    if root_image is None:
+        image_file.touch()
+        return EMPTY_SHA1
+    report(f"Packing {root_image} ({human_size(root_image.stat().st_size)}) into image as {member_name}")
+    sha1 = _pack_root_image(root_image, member_name, image_file, mtime)
+    report(f"Packed image: {human_size(image_file.stat().st_size)}, sha1 {sha1}")
+    return sha1
+
+
 def _pack_root_image(root_image: Path, member_name: str, image_file: Path, mtime: int) -> str:
     """Write ``image`` (gzipped tar holding ``root_image`` as ``member_name``); return its sha1."""
     with open(image_file, "xb") as raw:
-        hashing = _HashingWriter(raw)
+        hashing = HashingWriter(raw)
         with (
             gzip.GzipFile(filename="", mode="wb", fileobj=hashing, compresslevel=_INNER_GZIP_LEVEL, mtime=mtime) as gz,
             tarfile.open(fileobj=cast(IO[bytes], gz), mode="w", format=tarfile.PAX_FORMAT) as tar,
             open(root_image, "rb") as source,
         ):
             tar.copybufsize = _CHUNK  # type: ignore[attr-defined]  # real attribute, missing from typeshed
-            info = _tarinfo(member_name, os.fstat(source.fileno()).st_size, mtime)
+            info = tar_member(member_name, os.fstat(source.fileno()).st_size, mtime)
             tar.addfile(info, source)
         raw.flush()
         os.fsync(raw.fileno())
@@ -333,13 +341,13 @@ def _write_outer(
             tarfile.open(fileobj=cast(IO[bytes], gz), mode="w", format=tarfile.PAX_FORMAT) as tar,
         ):
             tar.copybufsize = _CHUNK  # type: ignore[attr-defined]
-            _add_bytes(tar, MANIFEST_NAME, manifest.to_yaml().encode(), mtime)
-            _add_file(tar, IMAGE_MEMBER, image_file, mtime)
+            add_bytes(tar, MANIFEST_NAME, manifest.to_yaml().encode(), mtime)
+            add_file(tar, IMAGE_MEMBER, image_file, mtime)
             for name, content in extras:
                 if isinstance(content, bytes):
-                    _add_bytes(tar, name, content, mtime)
+                    add_bytes(tar, name, content, mtime)
                 else:
-                    _add_file(tar, name, content, mtime)
+                    add_file(tar, name, content, mtime)
         raw.flush()
         os.fsync(raw.fileno())
 
@@ -357,25 +365,6 @@ def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
         if os.path.lexists(final):
             raise StemcellError(f"{final}: already exists (pass overwrite to replace it)") from None
         os.replace(tmp, final)
-
-
-def _tarinfo(name: str, size: int, mtime: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = mtime
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    return info
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, content: bytes, mtime: int) -> None:
-    tar.addfile(_tarinfo(name, len(content), mtime), io.BytesIO(content))
-
-
-def _add_file(tar: tarfile.TarFile, name: str, path: Path, mtime: int) -> None:
-    with open(path, "rb") as source:
-        tar.addfile(_tarinfo(name, os.fstat(source.fileno()).st_size, mtime), source)
 
 
 # -- reading -----------------------------------------------------------------------------------------------
@@ -646,7 +635,7 @@ def _check_streamed_image(
         if missing:
             scan.problem = f"image: {name} ends {missing} bytes early"
             return
-        scan.image_format, scan.virtual_size = _sniff(copy.open("rb").read(512))
+        scan.image_format, scan.virtual_size = sniff_image(copy.open("rb").read(512))
         try:
             checked = check_image(copy, max_virtual_size=max_virtual_size)
         except StemcellError as exc:
@@ -662,7 +651,7 @@ def _scan_image(
 ) -> _ImageScan:
     """Hash ``image`` while reading it as a tar; note its root image's name, format and virtual size, and refuse
     a root image that ``image_check.check_image`` refuses."""
-    reader = _HashingReader(source)
+    reader = HashingReader(source)
     scan = _ImageScan()
     if size == 0:
         scan.sha1 = reader.hexdigest()
@@ -789,7 +778,7 @@ def detect_image_format(path: Path) -> ImageFormat:
     """``qcow2`` when the file starts with the qcow2 magic ``QFI\\xfb``, else ``raw``."""
     try:
         with open(path, "rb") as source:
-            return _sniff(source.read(512))[0]
+            return sniff_image(source.read(512))[0]
     except OSError as exc:
         raise StemcellError(f"{path}: cannot read disk image: {exc.strerror or exc}") from exc
 
@@ -806,64 +795,5 @@ def sha1_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def human_size(size: int) -> str:
-    """``1536`` -> ``1.5 KiB``; bytes below 1 KiB are shown exactly."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # pragma: no cover
-
-
-def _sniff(head: bytes) -> tuple[ImageFormat, int | None]:
-    if head.startswith(QCOW2_MAGIC) and len(head) >= 32:
-        return "qcow2", struct.unpack(">Q", head[24:32])[0]
-    if head.startswith(QCOW2_MAGIC):
-        return "qcow2", None
-    return "raw", None
-
-
 def _quiet(_message: str) -> None:
     """The default progress callback: library functions print nothing."""
-
-
-class _HashingWriter:
-    """A write-only file object that hashes (sha1) everything written through it."""
-
-    def __init__(self, target: IO[bytes]) -> None:
-        self._target = target
-        self._digest = hashlib.sha1()
-
-    def write(self, data: bytes) -> int:
-        self._digest.update(data)
-        return self._target.write(data)
-
-    def flush(self) -> None:
-        self._target.flush()
-
-    def hexdigest(self) -> str:
-        return self._digest.hexdigest()
-
-
-class _HashingReader:
-    """A read-only file object that hashes (sha1) and counts everything read through it."""
-
-    def __init__(self, source: IO[bytes]) -> None:
-        self._source = source
-        self._digest = hashlib.sha1()
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._source.read(size)
-        self._digest.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        """Read (and hash) everything left."""
-        while self.read(_CHUNK):
-            pass
-
-    def hexdigest(self) -> str:
-        return self._digest.hexdigest()
