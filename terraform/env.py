@@ -38,8 +38,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cpi.redaction import REDACTED, Redactor
-from stemforge.doctor import TERRAFORM_CANDIDATE_DIRS, find_terraform
 from stemforge.steps import Step, StepRunner
+from terraform.discovery import TERRAFORM_CANDIDATE_DIRS, find_terraform
 from terraform.mirror import ProviderMirror, TerraformSetupError, find_aws_provider, write_cli_config
 from terraform.runner import Terraform, TerraformCommandFailed
 

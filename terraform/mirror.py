@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stemforge.doctor import (
+from terraform.discovery import (
     AWS_PROVIDER,
     implied_mirror_dirs,
     provider_versions,

@@ -18,8 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from builders import checks as builders_checks
+from cpi import checks as cpi_checks
+from stemcells import checks as stemcells_checks
 from stemforge import doctor
-from stemforge.doctor import BARE_METAL, IMAGES, LIBVIRT_CPI, Check, Options
+from stemforge_base.checks import AREA_TITLES, BARE_METAL, IMAGES, LIBVIRT_CPI, Check, Context, Options, check_binary
+from terraform import checks as terraform_checks
+from terraform import discovery
 
 EXPECTED_CHECKS = {
     "libvirt", "virtlogd", "default network", "qemu-system-x86_64", "qemu-img", "/dev/kvm", "accelerator",
@@ -64,7 +69,7 @@ def test_json_lists_every_named_check() -> None:
     for c in checks:
         assert set(c) == {"name", "ok", "detail", "fix", "required_for", "optional"}
         assert isinstance(c["ok"], bool) and c["detail"]
-        assert c["required_for"] in doctor.AREA_TITLES
+        assert c["required_for"] in AREA_TITLES
         if not c["ok"] and c["name"] != "accelerator":
             assert c["fix"], c
     statuses = {c["name"]: c for c in checks}
@@ -103,7 +108,7 @@ def test_bad_config_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_missing_binary_reports_the_fix(tmp_path: Path) -> None:
-    check = doctor.check_binary("dnsmasq", package="dnsmasq-base", required_for=BARE_METAL, path=str(tmp_path))
+    check = check_binary("dnsmasq", package="dnsmasq-base", required_for=BARE_METAL, path=str(tmp_path))
     assert not check.ok
     assert check.detail == f"dnsmasq not found in {tmp_path}"
     assert check.fix is not None and check.fix.endswith("apt-get install -y --no-install-recommends dnsmasq-base")
@@ -115,16 +120,16 @@ def test_present_binary_reports_its_version(tmp_path: Path) -> None:
     if real is None:
         pytest.skip("qemu-img is not installed")
     (tmp_path / "qemu-img").symlink_to(real)
-    check = doctor.check_binary("qemu-img", package="qemu-utils", required_for=LIBVIRT_CPI, path=str(tmp_path))
+    check = check_binary("qemu-img", package="qemu-utils", required_for=LIBVIRT_CPI, path=str(tmp_path))
     assert check.ok and check.fix is None
     assert check.detail.startswith("qemu-img version ") and check.detail.endswith(f"at {tmp_path}/qemu-img")
 
 
 def test_missing_busybox_and_missing_libvirt_binary_block(tmp_path: Path) -> None:
-    busybox = doctor.check_busybox_static(str(tmp_path))
+    busybox = stemcells_checks.check_busybox_static(str(tmp_path))
     assert not busybox.ok and busybox.fix is not None and busybox.fix.endswith(" busybox-static")
     assert busybox.required_for == IMAGES and not busybox.blocking
-    qemu = doctor.check_binary("qemu-img", package="qemu-utils", required_for=LIBVIRT_CPI, path=str(tmp_path))
+    qemu = check_binary("qemu-img", package="qemu-utils", required_for=LIBVIRT_CPI, path=str(tmp_path))
     assert qemu.blocking
     assert doctor.exit_status([qemu]) == 1
     assert doctor.exit_status([busybox]) == 0
@@ -134,8 +139,8 @@ def test_checks_with_an_empty_search_path(tmp_path: Path) -> None:
     """The whole report with no binaries reachable: every binary check fails with an apt-get fix, and the
     libvirt CPI is reported as not ready."""
     options = Options(path=str(tmp_path), quick=True, home=tmp_path, env={}, cwd=tmp_path)
-    checks = doctor.collect(options, (doctor.check_qemu, doctor.check_dnsmasq, doctor.check_netns,
-                                      doctor.check_image_tools))
+    checks = doctor.collect(options, (cpi_checks.check_qemu, cpi_checks.check_dnsmasq, cpi_checks.check_netns,
+                                      builders_checks.check_debootstrap, stemcells_checks.check_image_tools))
     by_name = {c.name: c for c in checks}
     for name in ("qemu-system-x86_64", "qemu-img", "dnsmasq", "debootstrap", "mke2fs", "mtools"):
         assert not by_name[name].ok
@@ -146,7 +151,7 @@ def test_checks_with_an_empty_search_path(tmp_path: Path) -> None:
 
 
 def test_terraform_not_found_without_candidates(tmp_path: Path) -> None:
-    assert doctor.find_terraform(str(tmp_path), tmp_path, candidates=()) == (None, False)
+    assert discovery.find_terraform(str(tmp_path), tmp_path, candidates=()) == (None, False)
     real = shutil.which("terraform") or next(
         (p for p in ("/usr/local/bin/terraform", "/usr/bin/terraform") if os.path.isfile(p)), None)
     if real is None:
@@ -154,17 +159,17 @@ def test_terraform_not_found_without_candidates(tmp_path: Path) -> None:
     bindir = tmp_path / "opt" / "hashicorp" / "bin"
     bindir.mkdir(parents=True)
     (bindir / "terraform").symlink_to(real)
-    found, on_path = doctor.find_terraform(str(tmp_path / "empty"), tmp_path, candidates=(f"{tmp_path}/opt/*/bin",))
+    found, on_path = discovery.find_terraform(str(tmp_path / "empty"), tmp_path, candidates=(f"{tmp_path}/opt/*/bin",))
     assert found == str(bindir / "terraform") and not on_path
 
 
 def test_elf_static_detection() -> None:
-    assert doctor.elf_is_static(os.path.realpath(sys.executable)) is False  # CPython links libc dynamically
-    assert doctor.elf_is_static(__file__) is None
+    assert stemcells_checks.elf_is_static(os.path.realpath(sys.executable)) is False  # CPython links libc dynamically
+    assert stemcells_checks.elf_is_static(__file__) is None
 
 
 def test_a_check_that_raises_is_reported() -> None:
-    def check_broken(ctx: doctor.Context) -> list[Check]:
+    def check_broken(ctx: Context) -> list[Check]:
         raise RuntimeError("boom")
 
     [check] = doctor.collect(Options(quick=True), (check_broken,))
@@ -176,7 +181,7 @@ def test_a_check_that_raises_is_reported() -> None:
 
 def make_mirror(root: Path, version: str = "5.100.0", platform: str | None = None) -> Path:
     """An unpacked filesystem-mirror entry for hashicorp/aws (an empty stand-in for the provider binary)."""
-    target = root / doctor.AWS_PROVIDER / version / (platform or doctor.terraform_platform())
+    target = root / discovery.AWS_PROVIDER / version / (platform or discovery.terraform_platform())
     target.mkdir(parents=True)
     (target / f"terraform-provider-aws_v{version}_x5").write_bytes(b"")
     return root
@@ -185,17 +190,17 @@ def make_mirror(root: Path, version: str = "5.100.0", platform: str | None = Non
 def test_provider_versions_reads_both_layouts(tmp_path: Path) -> None:
     make_mirror(tmp_path, "5.1.0")
     make_mirror(tmp_path, "5.10.0", "darwin_arm64")
-    packed = tmp_path / doctor.AWS_PROVIDER / "terraform-provider-aws_5.2.0_linux_arm64.zip"
+    packed = tmp_path / discovery.AWS_PROVIDER / "terraform-provider-aws_5.2.0_linux_arm64.zip"
     packed.write_bytes(b"PK")
-    assert doctor.provider_versions(tmp_path) == {
-        "5.1.0": [doctor.terraform_platform()], "5.2.0": ["linux_arm64"], "5.10.0": ["darwin_arm64"]}
+    assert discovery.provider_versions(tmp_path) == {
+        "5.1.0": [discovery.terraform_platform()], "5.2.0": ["linux_arm64"], "5.10.0": ["darwin_arm64"]}
 
 
 def test_implied_mirror_in_home_is_found(tmp_path: Path) -> None:
     home = tmp_path / "home"
     make_mirror(home / ".terraform.d" / "plugins")
-    ctx = doctor.Context(Options(home=home, env={}, cwd=tmp_path))
-    [check] = doctor.check_aws_provider(ctx, candidate_globs=())
+    ctx = Context(Options(home=home, env={}, cwd=tmp_path))
+    [check] = terraform_checks.check_aws_provider(ctx, candidate_globs=())
     assert check.ok, check
     assert check.detail.startswith(f"{home}/.terraform.d/plugins: 5.100.0")
 
@@ -203,10 +208,10 @@ def test_implied_mirror_in_home_is_found(tmp_path: Path) -> None:
 def test_xdg_data_dirs_are_searched(tmp_path: Path) -> None:
     data = tmp_path / "data"
     make_mirror(data / "terraform" / "plugins", "6.0.0")
-    dirs = doctor.implied_mirror_dirs(tmp_path, {"XDG_DATA_DIRS": f"{data}:/nonexistent"}, tmp_path)
+    dirs = discovery.implied_mirror_dirs(tmp_path, {"XDG_DATA_DIRS": f"{data}:/nonexistent"}, tmp_path)
     assert data / "terraform/plugins" in dirs and tmp_path / ".local/share/terraform/plugins" in dirs
-    ctx = doctor.Context(Options(home=tmp_path, env={"XDG_DATA_DIRS": str(data)}, cwd=tmp_path))
-    [check] = doctor.check_aws_provider(ctx, candidate_globs=())
+    ctx = Context(Options(home=tmp_path, env={"XDG_DATA_DIRS": str(data)}, cwd=tmp_path))
+    [check] = terraform_checks.check_aws_provider(ctx, candidate_globs=())
     assert check.ok and "6.0.0" in check.detail
 
 
@@ -215,8 +220,8 @@ def test_explicit_provider_installation_replaces_the_implied_mirrors(tmp_path: P
     make_mirror(home / ".terraform.d" / "plugins")
     rc = tmp_path / "cli.tfrc"
     rc.write_text('# comment\nprovider_installation {\n  direct {}\n}\n')
-    ctx = doctor.Context(Options(home=home, env={"TF_CLI_CONFIG_FILE": str(rc)}, cwd=tmp_path))
-    [check] = doctor.check_aws_provider(ctx, candidate_globs=())
+    ctx = Context(Options(home=home, env={"TF_CLI_CONFIG_FILE": str(rc)}, cwd=tmp_path))
+    [check] = terraform_checks.check_aws_provider(ctx, candidate_globs=())
     assert not check.ok
     assert "ignored: provider_installation is explicit" in check.detail
 
@@ -228,16 +233,16 @@ def test_unconfigured_mirror_fix_is_exact(tmp_path: Path) -> None:
     mirror = make_mirror(tmp_path / "opt" / "tf-plugins")
     rc = tmp_path / "terraformrc"
     env = {"TF_CLI_CONFIG_FILE": str(rc), "TF_PLUGIN_CACHE_DIR": str(tmp_path / "cache")}
-    ctx = doctor.Context(Options(home=home, env=env, cwd=tmp_path))
-    [check] = doctor.check_aws_provider(ctx, candidate_globs=(f"{tmp_path}/opt/*",))
+    ctx = Context(Options(home=home, env=env, cwd=tmp_path))
+    [check] = terraform_checks.check_aws_provider(ctx, candidate_globs=(f"{tmp_path}/opt/*",))
     assert not check.ok
     assert f"unconfigured mirror {mirror}: 5.100.0" in check.detail
     assert f"TF_CLI_CONFIG_FILE names {rc}, which does not exist" in check.detail
     assert check.fix is not None and str(rc) in check.fix
     subprocess.run(["sh", "-c", check.fix], check=True, timeout=10)
-    config = doctor.read_terraform_cli_config(home, env)
+    config = discovery.read_terraform_cli_config(home, env)
     assert config.explicit and config.mirrors == (mirror,) and config.disable_checkpoint
-    [again] = doctor.check_aws_provider(doctor.Context(Options(home=home, env=env, cwd=tmp_path)),
+    [again] = terraform_checks.check_aws_provider(Context(Options(home=home, env=env, cwd=tmp_path)),
                                         candidate_globs=(f"{tmp_path}/opt/*",))
     assert again.ok, again
     assert again.detail.startswith(f"{mirror}: 5.100.0")
@@ -246,17 +251,17 @@ def test_unconfigured_mirror_fix_is_exact(tmp_path: Path) -> None:
 def test_unconfigured_mirror_fix_satisfies_terraform(tmp_path: Path) -> None:
     """The CLI config the fix writes is one Terraform itself accepts: ``terraform providers`` reads it without
     network (checkpoint disabled) and reports no CLI-config problem."""
-    terraform, _ = doctor.find_terraform()
+    terraform, _ = discovery.find_terraform()
     if terraform is None:
         pytest.skip("terraform is not installed")
     mirror = make_mirror(tmp_path / "opt" / "tf-plugins")
     rc = tmp_path / "terraformrc"
     env = {"TF_CLI_CONFIG_FILE": str(rc)}
-    [check] = doctor.check_aws_provider(doctor.Context(Options(home=tmp_path, env=env, cwd=tmp_path)),
+    [check] = terraform_checks.check_aws_provider(Context(Options(home=tmp_path, env=env, cwd=tmp_path)),
                                         candidate_globs=(f"{mirror.parent}/*",))
     assert check.fix is not None
     subprocess.run(["sh", "-c", check.fix], check=True, timeout=10)
     proc = subprocess.run([terraform, "version"], capture_output=True, text=True, timeout=30, cwd=tmp_path,
-                          env=doctor.terraform_env({**os.environ, **env}), check=False)
+                          env=discovery.terraform_env({**os.environ, **env}), check=False)
     assert proc.returncode == 0
     assert "CLI configuration" not in proc.stderr, proc.stderr
