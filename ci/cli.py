@@ -68,7 +68,7 @@ def _var_options(parser: argparse.ArgumentParser) -> None:
 def load_variables(pairs: list[str], files: list[Path], yaml_pairs: list[str] | None = None) -> dict[str, Any]:
     """Vars from files (later files win) then ``K=V`` pairs (strings) and ``yaml_pairs`` (values parsed as YAML),
     which win over files, as fly orders them. Raises ValueError naming the bad pair or file."""
-    from ci.model import DecodeError, load_yaml
+    from ci.model import DecodeError, load_yaml  # lazy: every `stemforge` command imports this module (PyYAML)
 
     values: dict[str, Any] = {}
     for path in files:
@@ -100,7 +100,7 @@ def load_variables(pairs: list[str], files: list[Path], yaml_pairs: list[str] | 
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from ci.validate import validate_file
+    from ci.validate import validate_file  # lazy: every `stemforge` command imports this module
 
     try:
         variables = load_variables(args.var, args.vars_file, args.yaml_var)
@@ -119,7 +119,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_job(args: argparse.Namespace) -> int:
-    from ci.runner import RunOptions, run_pipeline_job
+    from ci.build import RunOptions  # lazy: every `stemforge` command imports this module
+    from ci.runner import run_pipeline_job  # lazy: as above (the runner, sandbox and validator)
 
     try:
         variables = load_variables(args.var, args.vars_file, args.yaml_var)

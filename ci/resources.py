@@ -9,29 +9,24 @@ to the latest) and ``passed.json`` (``{version id: [jobs whose build succeeded w
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ci.runner import Build, Context
+from ci.build import Build, Context, StepErrored
 
 #: Resource types whose put runs the real Terraform module (ljfranklin/terraform-resource's interface).
 TERRAFORM_TYPES = ("terraform",)
 SEMVER_RE = r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?$"
-
-
-def _errored(message: str) -> Exception:
-    from ci.runner import StepErrored
-
-    return StepErrored(message)
 
 
 # -- versions ----------------------------------------------------------------------------------------------------------
@@ -64,14 +59,12 @@ def record_passed(build: Build, resource: str, version: str) -> None:
 
 
 def _check_passed(build: Build, step: str, resource: str, version: str, passed: list[str]) -> None:
-    import fnmatch
-
     if not passed:
         return
     jobs = set(_passed(build, resource).get(version, []))
     required = [j for j in (str(p) for p in passed) if not any(fnmatch.fnmatchcase(done, j) for done in jobs)]
     if required:
-        raise _errored(
+        raise StepErrored(
             f"get {step}: version {version} of '{resource}' has not passed {', '.join(required)} "
             "(run those jobs first, or give the input with --inputs)"
         )
@@ -158,7 +151,7 @@ def get(build: Build, name: str, config: Mapping[str, Any], ctx: Context) -> tup
         return _get_semver(build, name, resource_name, resource, config)
     found = _current(build, resource_name)
     if found is None:
-        raise _errored(
+        raise StepErrored(
             f"get {name}: no version of resource '{resource_name}' yet: run a job that puts it first, or pass "
             f"--inputs DIR with DIR/{name}"
         )
@@ -169,11 +162,9 @@ def get(build: Build, name: str, config: Mapping[str, Any], ctx: Context) -> tup
 
 
 def _bump(version: str, params: Mapping[str, Any]) -> str:
-    import re
-
     match = re.match(SEMVER_RE, version)
     if match is None:
-        raise _errored(f"semver: '{version}' is not a semantic version")
+        raise StepErrored(f"semver: '{version}' is not a semantic version")
     major, minor, patch = (int(match.group(i)) for i in (1, 2, 3))
     pre = match.group(4)
     bump = params.get("bump")
@@ -186,7 +177,7 @@ def _bump(version: str, params: Mapping[str, Any]) -> str:
     elif bump == "final":
         pre = None
     elif bump is not None:
-        raise _errored(f"semver: unknown bump '{bump}' (major, minor, patch or final)")
+        raise StepErrored(f"semver: unknown bump '{bump}' (major, minor, patch or final)")
     if params.get("pre"):
         label = str(params["pre"])
         number = 1
@@ -232,7 +223,7 @@ def put(build: Build, name: str, config: Mapping[str, Any], ctx: Context) -> tup
             try:
                 version = source.read_text(encoding="utf-8").strip()
             except OSError as exc:
-                raise _errored(f"put {name}: cannot read {params['file']}: {exc.strerror}") from None
+                raise StepErrored(f"put {name}: cannot read {params['file']}: {exc.strerror}") from None
             version = _bump(version, params)
         else:
             current = _current(build, resource_name)
@@ -250,10 +241,10 @@ def put(build: Build, name: str, config: Mapping[str, Any], ctx: Context) -> tup
     if kind == "time":
         return None, "nothing to do for a time resource"
     if kind == "git":
-        raise _errored(f"put {name}: local runs do not push to git resources")
+        raise StepErrored(f"put {name}: local runs do not push to git resources")
     patterns = [params["file"]] if params.get("file") else list(params.get("globs") or [])
     if not patterns:
-        raise _errored(f"put {name}: params.file (or params.globs) must name the files to record for '{kind}'")
+        raise StepErrored(f"put {name}: params.file (or params.globs) must name the files to record for '{kind}'")
     staged = _stage(build, resource_name)
     count = 0
     for pattern in patterns:
@@ -261,7 +252,7 @@ def put(build: Build, name: str, config: Mapping[str, Any], ctx: Context) -> tup
         matches = sorted(glob.glob(str(base)))
         if not matches:
             shutil.rmtree(staged, ignore_errors=True)
-            raise _errored(f"put {name}: no file matches '{pattern}'")
+            raise StepErrored(f"put {name}: no file matches '{pattern}'")
         for match in matches:
             shutil.copy2(match, staged / os.path.basename(match))
             count += 1
@@ -299,7 +290,7 @@ def env_command(action: str, env_name: str, root: Path, variables: Mapping[str, 
                 argv += [ENV_UP_VARS[key], str(value)]
             elif key not in ENV_UP_VARS and key != "env_name":
                 known = ", ".join([*ENV_UP_VARS, "load_balancers"])
-                raise _errored(f"terraform var '{key}' is not one stemforge env up takes ({known})")
+                raise StepErrored(f"terraform var '{key}' is not one stemforge env up takes ({known})")
     return argv
 
 
@@ -319,14 +310,14 @@ def _put_terraform(
     if not env_name and params.get("env_name_file"):
         env_name = build.resolve_path(str(params["env_name_file"]), what=f"put {name}").read_text().strip()
     if not env_name:
-        raise _errored(f"put {name}: params.env_name (or env_name_file) is required for a terraform put")
+        raise StepErrored(f"put {name}: params.env_name (or env_name_file) is required for a terraform put")
     action = "down" if params.get("action") == "destroy" else "up"
     module_ref = params.get("terraform_source") or source.get("terraform_source")
     if not module_ref:
-        raise _errored(f"put {name}: params.terraform_source names the Terraform module (e.g. src/terraform/aws)")
+        raise StepErrored(f"put {name}: params.terraform_source names the Terraform module (e.g. src/terraform/aws)")
     module = build.resolve_path(str(module_ref), what=f"put {name}")
     if not any(module.glob("*.tf")):
-        raise _errored(f"put {name}: terraform_source {module_ref} holds no *.tf files")
+        raise StepErrored(f"put {name}: terraform_source {module_ref} holds no *.tf files")
     variables = dict(source.get("vars") or {})
     variables.update(params.get("vars") or {})
     root = _store(build, resource_name) / "envs"
@@ -342,7 +333,7 @@ def _put_terraform(
             build.say(f"put {name}: env up failed; delete_on_failure: destroying {env_name}")
             down = env_command("down", str(env_name), root, {})
             build.run_process(down, cwd=build.dir, env=environment, ctx=ctx, label=label, prefix="  ")
-        raise _errored(f"put {name}: stemforge env {action} {env_name} exited {status}")
+        raise StepErrored(f"put {name}: stemforge env {action} {env_name} exited {status}")
     if action == "down":
         return None, f"environment {env_name} destroyed"
     output = build.new_dir("artifacts", name)
@@ -355,7 +346,7 @@ def _put_terraform(
         check=False,
     )
     if proc.returncode != 0:
-        raise _errored(f"put {name}: stemforge env metadata {env_name}: {proc.stderr.strip()[-500:]}")
+        raise StepErrored(f"put {name}: stemforge env metadata {env_name}: {proc.stderr.strip()[-500:]}")
     (output / "metadata").write_text(proc.stdout, encoding="utf-8")
     (output / "name").write_text(str(env_name) + "\n", encoding="utf-8")
     return output, f"environment {env_name} up; metadata: {', '.join(sorted(json.loads(proc.stdout)))}"

@@ -5,8 +5,9 @@ The plan is the tree :mod:`ci.model` parses; each node runs as Concourse runs it
 * ``get`` — an artifact directory named after the step: ``--inputs DIR/<name>`` when that exists; a ``git``
   resource is the repository holding the pipeline (or ``--git-dir``); ``time`` writes its ``input`` file; anything
   else is the version an earlier ``put`` recorded under ``<work>/resources/<resource>``, with the job that made it.
-* ``put`` — ``terraform`` resources run the real Terraform module through ``stemforge env up|down`` (:mod:`ci.puts`);
-  ``semver`` records a version; other types record the files ``params.file`` names; then the implicit get.
+* ``put`` — ``terraform`` resources run the real Terraform module through ``stemforge env up|down``
+  (:mod:`ci.resources`); ``semver`` records a version; other types record the files ``params.file`` names; then
+  the implicit get.
 * ``task`` — ``file:`` (read from an artifact) or ``config:``; inputs and outputs are directories linked into a
   fresh working directory (``input_mapping``/``output_mapping``), params are the environment, ``run`` the process.
 * ``load_var``, ``try``, ``do``, ``in_parallel`` (``limit``, ``fail_fast``), ``across`` (``max_in_flight``) and
@@ -19,56 +20,28 @@ the ``on_abort``/``ensure`` hooks still run). Each step prints a line with the b
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import json
-import os
 import re
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from pathlib import Path
+from contextlib import contextmanager
 from typing import Any
 
+from ci.build import Aborted, Build, Context, RunOptions, StepErrored
 from ci.model import DecodeError, Step, VarLookup, interpolate, is_local, load_yaml, parse_step, var_names
-from ci.validate import Pipeline, decode, validate_pipeline
+from ci.resources import get, put, record_passed
+from ci.task_step import run_task
+from ci.validate import decode, validate_file, validate_pipeline
 
-#: Builds kept per job under the work dir (older ones are removed when a new one starts).
-KEEP_BUILDS = 5
-#: Seconds between SIGTERM and SIGKILL when a task is ended (abort or timeout).
-KILL_GRACE = 10.0
 EXIT_STATUS = {"succeeded": 0, "failed": 1, "errored": 2, "aborted": 3}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-class StepErrored(Exception):
-    """The step could not run (Concourse's "errored"): the message says why."""
-
-
-class Aborted(Exception):
-    """The build was aborted."""
-
-
-@dataclass
-class RunOptions:
-    """What ``stemforge pipeline run`` was asked to do."""
-
-    pipeline: Path
-    job: str
-    variables: dict[str, Any] = field(default_factory=dict)
-    inputs: Path | None = None
-    work_dir: Path | None = None
-    git_dir: Path | None = None
-    out: Any = None  # a text stream; default sys.stdout
 
 
 def parse_duration(text: str) -> float:
@@ -82,200 +55,6 @@ def parse_duration(text: str) -> float:
     if not parts or "".join(number + unit for number, unit in parts) != body:
         raise ValueError(f"invalid duration '{text}'")
     return sign * sum(float(number) * _UNITS[unit] for number, unit in parts)
-
-
-def default_work_dir(pipeline: Path) -> Path:
-    """``$STEMFORGE_CI_DIR/<pipeline stem>`` or ``/var/tmp/stemforge-ci/<pipeline stem>``."""
-    base = os.environ.get("STEMFORGE_CI_DIR") or "/var/tmp/stemforge-ci"
-    return Path(base) / pipeline.stem
-
-
-def repository_root(start: Path) -> Path:
-    """The git work tree holding ``start`` (the directory itself when it is in none)."""
-    here = start.resolve()
-    for candidate in [here, *here.parents]:
-        if (candidate / ".git").exists():
-            return candidate
-    return here if here.is_dir() else here.parent
-
-
-# -- the build ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Context:
-    """What a step runs under: the build's abort flag, an optional deadline (``timeout``) and local vars."""
-
-    cancel: threading.Event
-    deadline: float | None = None
-    deadline_label: str = ""
-    local_vars: dict[str, Any] = field(default_factory=dict)
-
-    def child(self, **changes: Any) -> Context:
-        """A copy with ``changes`` applied (local vars are shared unless replaced)."""
-        return dataclasses.replace(self, **changes)
-
-    def check(self) -> None:
-        if self.cancel.is_set():
-            raise Aborted()
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise StepErrored(f"timeout exceeded ({self.deadline_label})")
-
-
-class Build:
-    """One run of one job: its directory, artifacts (name → directory) and output."""
-
-    def __init__(self, options: RunOptions, pipeline: Pipeline, job: dict[str, Any]) -> None:
-        self.options = options
-        self.pipeline = pipeline
-        self.job = job
-        self.job_name = str(job.get("name"))
-        self.work_dir = (options.work_dir or default_work_dir(options.pipeline)).absolute()
-        self.git_dir = (options.git_dir or repository_root(options.pipeline.parent)).absolute()
-        self.out = options.out or sys.stdout
-        self.started = time.monotonic()
-        self.lock = threading.Lock()
-        self.artifacts: dict[str, Path] = {}
-        self.counter = itertools.count(1)
-        self.processes: set[subprocess.Popen[bytes]] = set()
-        #: (resource, version) of every recorded version the build got or put; marked passed when the build succeeds
-        self.gotten: list[tuple[str, str]] = []
-        jobs_dir = self.work_dir / "builds" / self.job_name
-        jobs_dir.mkdir(parents=True, exist_ok=True)
-        numbers = sorted(int(p.name) for p in jobs_dir.iterdir() if p.name.isdigit())
-        for old in numbers[: max(0, len(numbers) - KEEP_BUILDS + 1)]:
-            shutil.rmtree(jobs_dir / str(old), ignore_errors=True)
-        self.number = (numbers[-1] + 1) if numbers else 1
-        while True:  # another run of the same job may take a number first
-            self.dir = jobs_dir / str(self.number)
-            try:
-                self.dir.mkdir()
-                break
-            except FileExistsError:
-                self.number += 1
-
-    # output
-    def say(self, message: str) -> None:
-        with self.lock:
-            self.out.write(f"[{time.monotonic() - self.started:7.1f}s] {message}\n")
-            self.out.flush()
-
-    def write(self, text: str) -> None:
-        with self.lock:
-            self.out.write(text)
-            self.out.flush()
-
-    # artifacts
-    def register(self, name: str, path: Path) -> None:
-        with self.lock:
-            self.artifacts[name] = path
-
-    def artifact(self, name: str) -> Path | None:
-        with self.lock:
-            return self.artifacts.get(name)
-
-    def new_dir(self, kind: str, name: str) -> Path:
-        path = self.dir / kind / f"{next(self.counter):03d}-{name}"
-        path.mkdir(parents=True)
-        return path
-
-    def resolve_path(self, relative: str, *, what: str) -> Path:
-        """``<artifact>/<rest>`` → a path inside that artifact; StepErrored names the missing artifact."""
-        head, _, rest = str(relative).strip("/").partition("/")
-        base = self.artifact(head)
-        if base is None:
-            known = ", ".join(sorted(self.artifacts)) or "none"
-            raise StepErrored(f"{what}: unknown artifact source: '{head}' in '{relative}' (artifacts: {known})")
-        return base / rest if rest else base
-
-    def resource(self, name: str) -> dict[str, Any]:
-        resource = self.pipeline.resource(name)
-        if resource is None:
-            raise StepErrored(f"unknown resource '{name}'")
-        return resource
-
-    def resource_store(self, name: str) -> Path:
-        return self.work_dir / "resources" / name
-
-    # processes
-    def run_process(
-        self,
-        argv: list[str],
-        *,
-        cwd: Path,
-        env: Mapping[str, str],
-        ctx: Context,
-        label: str,
-        prefix: str = "",
-    ) -> int:
-        """Run ``argv`` in its own session, streaming its output; end it on abort or deadline (SIGTERM, then
-        SIGKILL after :data:`KILL_GRACE`). Returns the exit status; raises Aborted/StepErrored when ended."""
-        try:
-            process = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise StepErrored(f"{label}: cannot run {argv[0]}: {exc.strerror or exc}") from None
-        with self.lock:
-            self.processes.add(process)
-        assert process.stdout is not None
-        stream = process.stdout
-
-        def pump() -> None:
-            for line in iter(stream.readline, b""):
-                self.write(prefix + line.decode("utf-8", errors="replace"))
-
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
-        ended: BaseException | None = None
-        try:
-            while process.poll() is None:
-                try:
-                    ctx.check()
-                except (Aborted, StepErrored) as exc:
-                    ended = exc
-                    self._end(process)
-                    break
-                with suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=0.2)
-        finally:
-            if process.poll() is None:
-                self._end(process)
-            else:  # what it left in its process group (a task's sandbox: its PID namespace's init) ends with it
-                with suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-            reader.join(timeout=5)
-            if not reader.is_alive():  # closing under a blocked reader would wait for its writers
-                stream.close()
-            with self.lock:
-                self.processes.discard(process)
-        if ended is not None:
-            raise ended
-        return process.returncode
-
-    @staticmethod
-    def _end(process: subprocess.Popen[bytes]) -> None:
-        """SIGTERM to the process group, then SIGKILL after :data:`KILL_GRACE`: done when no process of the group is
-        left, not when the first one exits (a task's sandbox, ended while bwrap sets it up, can outlive bwrap)."""
-        for sig, grace in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                process.poll()  # reap it: a zombie still counts as a member of the group
-                try:
-                    os.killpg(process.pid, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.1)
 
 
 # -- running steps -----------------------------------------------------------------------------------------------------
@@ -479,8 +258,6 @@ class Runner:
         return dict(config)
 
     def run_get(self, step: Step, ctx: Context) -> bool:
-        from ci.resources import get
-
         config = self._local(step, ctx)
         started = time.monotonic()
         path, description = get(self.build, step.name, config, ctx)
@@ -489,8 +266,6 @@ class Runner:
         return True
 
     def run_put(self, step: Step, ctx: Context) -> bool:
-        from ci.resources import put
-
         config = self._local(step, ctx)
         started = time.monotonic()
         self.build.say(f"put {step.name}: starting")
@@ -533,8 +308,6 @@ class Runner:
     def run_set_pipeline(self, step: Step, ctx: Context) -> bool:
         config = self._local(step, ctx)
         path = self.build.resolve_path(str(config.get("file", "")), what=f"set_pipeline {step.name}")
-        from ci.validate import validate_file
-
         result = validate_file(path, strict=False, variables=dict(config.get("vars") or {}))
         text, status = result.render(False)
         if status != 0:
@@ -544,9 +317,7 @@ class Runner:
         return True
 
     def run_task(self, step: Step, ctx: Context) -> bool:
-        from ci.task_step import run_task
-
-        return run_task(self, step, self._local(step, ctx), ctx)
+        return run_task(self.build, step, self._local(step, ctx), ctx)
 
 
 # -- entry point -------------------------------------------------------------------------------------------------------
@@ -635,8 +406,6 @@ def run_pipeline_job(options: RunOptions) -> int:
         except Aborted:
             status = "aborted"
     if status == "succeeded":
-        from ci.resources import record_passed
-
         for resource, version in build.gotten:
             record_passed(build, resource, version)
     build.say(status)

@@ -18,15 +18,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ci.model import DecodeError, VarLookup, interpolate
+from ci.build import Build, Context, StepErrored
+from ci.model import DecodeError, Step, VarLookup, interpolate
 from ci.sandbox import TASK_UID, Sandbox, SandboxError, needs_network
 from ci.validate import load_task_config, task_config_errors, task_path_errors
-
-if TYPE_CHECKING:
-    from ci.model import Step
-    from ci.runner import Context, Runner
 
 #: Variables a task inherits from the machine (a container image would set these).
 INHERITED = ("PATH", "LANG", "LC_ALL", "TERM", "USER", "LOGNAME")
@@ -43,12 +40,9 @@ def param_value(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def load_config(runner: Runner, step: Step, config: dict[str, Any]) -> dict[str, Any]:
+def load_config(build: Build, step: Step, config: dict[str, Any]) -> dict[str, Any]:
     """The task config (``file:`` read from its artifact, or ``config:``) with the step's ``vars`` and the run's
     ((vars)) substituted; StepErrored names the file and the problem."""
-    from ci.runner import StepErrored
-
-    build = runner.build
     label = f"task {step.name}"
     if config.get("file"):
         path = build.resolve_path(str(config["file"]), what=label)
@@ -104,14 +98,11 @@ def nesting_errors(inputs: list[str], outputs: list[str], caches: list[str]) -> 
     return errors
 
 
-def run_task(runner: Runner, step: Step, config: dict[str, Any], ctx: Context) -> bool:
+def run_task(build: Build, step: Step, config: dict[str, Any], ctx: Context) -> bool:
     """Run one task step in its sandbox; True when the process exited 0. Raises StepErrored for anything that stops
     it running (nothing outside the build is touched before the paths are checked)."""
-    from ci.runner import StepErrored
-
-    build = runner.build
     name = step.name
-    task = load_config(runner, step, config)
+    task = load_config(build, step, config)
     input_mapping = dict(config.get("input_mapping") or {})
     output_mapping = dict(config.get("output_mapping") or {})
 
@@ -148,7 +139,7 @@ def run_task(runner: Runner, step: Step, config: dict[str, Any], ctx: Context) -
         artifacts=[artifact for artifact, _ in inputs],
     )
     try:
-        status, elapsed, outputs = _run_sandboxed(runner, step, task, config, ctx, box, inputs, output_mapping)
+        status, elapsed, outputs = _run_sandboxed(build, step, task, config, ctx, box, inputs, output_mapping)
     except SandboxError as exc:
         raise StepErrored(f"task {name}: {exc}") from None
     finally:
@@ -165,7 +156,7 @@ def run_task(runner: Runner, step: Step, config: dict[str, Any], ctx: Context) -
 
 
 def _run_sandboxed(
-    runner: Runner,
+    build: Build,
     step: Step,
     task: dict[str, Any],
     config: dict[str, Any],
@@ -174,9 +165,6 @@ def _run_sandboxed(
     inputs: list[tuple[Path, str]],
     output_mapping: dict[str, Any],
 ) -> tuple[int, float, list[tuple[str, Path]]]:
-    from ci.runner import StepErrored
-
-    build = runner.build
     name = step.name
     box.prepare()
     outputs_at = {_task_path(item) for item in task.get("outputs") or []}

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from ci.runner import RunOptions, run_pipeline_job
+from ci.build import RunOptions
+from ci.runner import run_pipeline_job
 from ci.sandbox import TASK_UID
 from ci.validate import validate_file
 

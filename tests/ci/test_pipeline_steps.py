@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ci.runner import RunOptions, run_pipeline_job
+from ci.build import RunOptions
+from ci.runner import run_pipeline_job
 
 ROOT = Path(__file__).resolve().parents[2]
 
