@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import re
 import signal
 import sys
 import threading
@@ -38,23 +37,9 @@ from ci.model import DecodeError, Step, VarLookup, interpolate, is_local, load_y
 from ci.resources import get, put, record_passed
 from ci.task_step import run_task
 from ci.validate import decode, validate_file, validate_pipeline
+from stemforge_base.durations import parse_duration
 
 EXIT_STATUS = {"succeeded": 0, "failed": 1, "errored": 2, "aborted": 3}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Go duration (``90s``, ``1h30m``, ``500ms``); ValueError otherwise."""
-    text = text.strip()
-    if text == "0":
-        return 0.0
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text.lstrip("+-")
-    parts = _DURATION_PART.findall(body)
-    if not parts or "".join(number + unit for number, unit in parts) != body:
-        raise ValueError(f"invalid duration '{text}'")
-    return sign * sum(float(number) * _UNITS[unit] for number, unit in parts)
 
 
 # -- running steps -----------------------------------------------------------------------------------------------------
@@ -145,7 +130,7 @@ class Runner:
     def run_timeout(self, step: Step, ctx: Context) -> bool:
         assert step.inner is not None
         try:
-            seconds = parse_duration(str(step.value))
+            seconds = parse_duration(str(step.value).strip(), mode="go")
         except ValueError as exc:
             raise StepErrored(str(exc)) from None
         deadline = time.monotonic() + seconds

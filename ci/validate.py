@@ -38,10 +38,10 @@ from ci.model import (
     load_yaml,
 )
 from ci.sandbox import bad_task_path
+from stemforge_base.durations import parse_duration
 from stemforge_base.values import GO_JSON, type_name
 
 _JUST_NUMBERS = re.compile(r"^\d+$")
-_DURATION = re.compile(r"^[-+]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+)$")
 CREDENTIAL_MANAGERS = ("vault", "dummy", "ssm")
 
 
@@ -569,7 +569,9 @@ class _StepValidator:
         assert step.inner is not None
         self.visit(step.inner)
         self.context.append(".timeout")
-        if not isinstance(step.value, str) or not _DURATION.match(step.value):
+        try:
+            parse_duration(step.value, mode="go")
+        except ValueError:
             self.error(f"invalid duration '{step.value}'")
         self.context.pop()
 

@@ -400,6 +400,12 @@ def test_warnings_pass_without_strict(case_id: str) -> None:
     assert "DEPRECATION WARNING:" in text and text.endswith("looks good\n")
 
 
+@pytest.mark.parametrize("timeout", ["1h30m", "500ms", "0", "-0", "1.s", ".5s", "10µs", "10μs"])
+def test_timeouts_are_read_as_go_reads_them(timeout: str) -> None:
+    document = pipeline(f"- name: a\n  plan:\n  - get: src\n    timeout: {timeout!r}\n")
+    assert validate_text(document, strict=True).render(True) == ("looks good\n", 0)
+
+
 def test_duplicate_keys_pass_without_strict() -> None:
     document = BASE + "jobs:\n- name: a\n  plan: [{get: src}]\n  serial: true\n  serial: false\n"
     assert validate_text(document, strict=False).render(False)[1] == 0
