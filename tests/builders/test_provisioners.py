@@ -22,17 +22,8 @@ from builders.registry import load_provisioner, validate_options
 from builders.ui import Output
 from stemforge.steps import Cancelled
 
-
-@pytest.fixture(autouse=True)
-def private_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Temporary scripts go to a directory of the test's own, so 'nothing left behind' is checkable."""
-    tmpdir = tmp_path / "hosttmp"
-    tmpdir.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmpdir))
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
-    return tmpdir
+# temporary scripts go to a directory of the test's own (builders/conftest.py), so 'nothing left behind' is checkable
+pytestmark = pytest.mark.usefixtures("private_tmp")
 
 
 class Harness:
@@ -64,7 +55,7 @@ def h(tmp_path: Path) -> Harness:
 # ------------------------------------------------------------------------------------------------------ shell
 
 
-def test_shell_inline_runs_uploaded_script_with_env_vars_and_cleans_it(h: Harness, private_tmpdir: Path) -> None:
+def test_shell_inline_runs_uploaded_script_with_env_vars_and_cleans_it(h: Harness, private_tmp: Path) -> None:
     out = h.run("shell", {
         "inline": ["echo \"hello $FOO\" > " + str(h.remote / "result"), "echo \"q=$QUOTE\"",
                    "echo name=$PACKER_BUILD_NAME type=$PACKER_BUILDER_TYPE"],
@@ -77,7 +68,7 @@ def test_shell_inline_runs_uploaded_script_with_env_vars_and_cleans_it(h: Harnes
     assert "    vm: name=vm type=qemu" in out
     assert "==> vm: Provisioning with shell script: " in out
     assert not (h.remote / "script.sh").exists(), "the uploaded script is removed (skip_clean false)"
-    assert list(private_tmpdir.iterdir()) == [], "the local temporary inline script is removed"
+    assert list(private_tmp.iterdir()) == [], "the local temporary inline script is removed"
 
 
 def test_shell_skip_clean_keeps_script_and_inline_shebang(h: Harness) -> None:
@@ -175,7 +166,7 @@ def test_file_upload_directory_rules(h: Harness, tmp_path: Path) -> None:
     assert (h.remote / "contents" / "sub" / "b.txt").read_text() == "b"
 
 
-def test_file_content_and_sources(h: Harness, tmp_path: Path, private_tmpdir: Path) -> None:
+def test_file_content_and_sources(h: Harness, tmp_path: Path, private_tmp: Path) -> None:
     h.run("file", {"content": "generated text", "destination": str(h.remote / "c.txt")})
     assert (h.remote / "c.txt").read_text() == "generated text"
     one, two = tmp_path / "one", tmp_path / "two"
@@ -184,7 +175,7 @@ def test_file_content_and_sources(h: Harness, tmp_path: Path, private_tmpdir: Pa
     (h.remote / "many").mkdir()
     h.run("file", {"sources": [str(one), str(two)], "destination": str(h.remote / "many") + "/"})
     assert sorted(p.name for p in (h.remote / "many").iterdir()) == ["one", "two"]
-    assert list(private_tmpdir.iterdir()) == []
+    assert list(private_tmp.iterdir()) == []
 
 
 def test_file_download_file_dir_and_glob(h: Harness, tmp_path: Path) -> None:
@@ -235,13 +226,13 @@ def test_file_upload_into_missing_directory_fails_clearly(h: Harness, tmp_path: 
 
 
 def test_shell_local_inline_env_and_default_execute_command(h: Harness, tmp_path: Path,
-                                                            private_tmpdir: Path) -> None:
+                                                            private_tmp: Path) -> None:
     out_file = tmp_path / "local-out"
     h.run("shell-local", {"inline": [f"echo \"$GREETING from $PACKER_BUILD_NAME\" > {out_file}"],
                           "environment_vars": ["GREETING=hi there"], "env": {"EXTRA": "e"}})
     assert out_file.read_text() == "hi there from vm\n"
     assert "==> vm: Running local shell script: " in h.buffer.getvalue()
-    assert list(private_tmpdir.iterdir()) == []
+    assert list(private_tmp.iterdir()) == []
 
 
 def test_shell_local_command_script_and_execute_command(h: Harness, tmp_path: Path) -> None:

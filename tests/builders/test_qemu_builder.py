@@ -30,18 +30,7 @@ from builders.builder_types.qemu.http_server import HTTPServer
 from builders.builder_types.qemu.qemu_process import LaunchPlan, command_line
 from builders.builder_types.qemu.steps import StepConvertDisk, StepDownload
 from builders.core import BuildError, ConfigError
-from tests.harness.qemu import RecordingUi, cached_test_image, make_ctx, qemu_pids, run_build, use_private_tmp
-
-
-@pytest.fixture(scope="session")
-def test_image() -> Path:
-    return cached_test_image()
-
-
-@pytest.fixture
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return use_private_tmp(tmp_path, monkeypatch)
-
+from tests.harness.qemu import RecordingUi, make_ctx, qemu_pids, run_build
 
 BASE = {"iso_url": "file:///nonexistent.iso", "iso_checksum": "none", "communicator": "none"}
 

@@ -22,21 +22,11 @@ import pytest
 
 from builders.builder_types.qemu.steps import build_steps
 from stemforge.steps import Cancelled, FailpointError
-from tests.harness.qemu import RecordingUi, cached_test_image, make_ctx, qemu_pids, run_build, use_private_tmp
+from tests.harness.qemu import RecordingUi, make_ctx, qemu_pids, run_build
 
 STEPS = ["download", "output-dir", "ssh-keygen", "create-cd", "create-disk", "copy-disk", "resize-disk",
          "http-server", "run-vm", "boot-command", "connect", "provision", "cleanup-temp-keys", "shutdown",
          "convert-disk"]
-
-
-@pytest.fixture(scope="module")
-def test_image() -> Path:
-    return cached_test_image()
-
-
-@pytest.fixture
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return use_private_tmp(tmp_path, monkeypatch)
 
 
 def _config(image: Path, out: Path, **over: Any) -> dict[str, Any]:

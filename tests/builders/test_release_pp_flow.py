@@ -36,13 +36,6 @@ def cpi() -> Iterator[LibvirtCpi]:
         yield session
 
 
-@pytest.fixture(scope="module")
-def test_image() -> Path:
-    from stemcells.testimage.build import build_test_image
-
-    return build_test_image()
-
-
 def build(cpi: LibvirtCpi, image: Path, out: Path, tmpdir: Path, *extra: str,
           template: Path = TEMPLATE) -> subprocess.CompletedProcess[str]:
     tmpdir.mkdir(parents=True, exist_ok=True)
