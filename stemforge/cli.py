@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from cpi.extras import missing_extra, missing_module
+
 #: Modules exposing ``register(subparsers: argparse._SubParsersAction) -> None``.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "stemcells.cli",
@@ -45,8 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            from cpi.extras import missing_module
-
             if name not in OPTIONAL_SUBCOMMANDS or missing_module(exc) is None:
                 raise
             _register_missing(subparsers, name, exc)
@@ -58,8 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _register_missing(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
                       exc: ModuleNotFoundError) -> None:
     """Register the commands of ``name`` as stand-ins that name the extra to install and exit 2."""
-    from cpi.extras import missing_extra
-
     extra, commands = OPTIONAL_SUBCOMMANDS[name]
     for command in commands:
         message = str(missing_extra(f"`stemforge {command}`", exc, extra))
