@@ -103,10 +103,14 @@ def clean_resource_name(s: str) -> str:
     return "".join(chr(b) if (0x30 <= b <= 0x39 or 0x61 <= b <= 0x7A) else "-" for b in s.lower().encode())
 
 
-def _amazon_clean_name(s: str) -> str:
-    from builders.builder_types.amazon_ebs.config import clean_ami_name
+#: Packer's amazon ``templateCleanAMIName``: characters an AMI name may not contain.
+_AMI_NAME_BAD = re.compile(r"[^a-zA-Z0-9()\[\] ./\-'@_]")
 
-    return clean_ami_name(s)
+
+def clean_ami_name(name: str) -> str:
+    """Packer's amazon ``clean_resource_name`` (the amazon plugin's template function, which templates of the
+    amazon builders get instead of the generic one): every character an AMI name may not hold becomes ``-``."""
+    return _AMI_NAME_BAD.sub("-", name)
 
 
 def _fn_user(ctx: RenderContext, key: str) -> str:
@@ -267,7 +271,7 @@ FUNCTIONS: dict[str, _Func] = {
     "upper": _Func(["str"], lambda ctx, s: go_upper(s)),
     "lower": _Func(["str"], lambda ctx, s: go_lower(s)),
     # the amazon plugins keep case and replace only what an AMI name may not hold (their own function)
-    "clean_resource_name": _Func(["str"], lambda ctx, s: _amazon_clean_name(s) if ctx.build_type.startswith(
+    "clean_resource_name": _Func(["str"], lambda ctx, s: clean_ami_name(s) if ctx.build_type.startswith(
         "amazon-") else clean_resource_name(s)),
     # text/template builtins commonly seen in templates
     "print": _Func([], _fn_print, variadic="any"),

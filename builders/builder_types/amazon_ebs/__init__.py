@@ -7,9 +7,8 @@ Public API:
 * :class:`AmazonArtifact` -- Packer's amazon artifact: id ``us-east-1:ami-1,us-west-2:ami-2`` (sorted region:id
   pairs), ``state["amis"]`` and ``state["regions"]`` (region -> AMI id, what the light stemcell post-processor
   writes), ``state["snapshots"]``; ``destroy()`` deregisters every AMI and deletes its snapshots.
-* ``config.clean_ami_name`` (Packer's amazon ``clean_resource_name``), ``ec2.AwsAccess`` (clients with tenacity
-  retries), ``regions.AmiCopies`` (parallel copy with rollback) -- shared with the ``amazon-import``
-  post-processor.
+* ``ec2.AwsAccess`` (clients with tenacity retries), ``regions.AmiCopies`` (parallel copy with rollback) -- shared
+  with the ``amazon-import`` post-processor.
 
 Beyond Packer: a failed or interrupted copy removes the AMIs *and* snapshots already made in every region, and the
 build region's AMI, unless ``-on-error=abort``; every AWS call is retried on throttling.

@@ -27,6 +27,7 @@ from builders.builder_types._sdk.options import Options
 from builders.builder_types._sdk_options import IGNORED_COMMUNICATOR, REFUSED_COMMUNICATOR
 from builders.builder_types.amazon_ebs.ec2 import AwsAccess, Polling
 from builders.core import ConfigError
+from builders.template.functions import clean_ami_name
 
 #: Packer's builder id for amazon-ebs artifacts.
 BUILDER_ID = "mitchellh.amazonebs"
@@ -258,18 +259,11 @@ PACKER_KEYS: tuple[str, ...] = EBS_DOCUMENTED + sdk.COMMUNICATOR + sdk.SSH + sdk
 
 OPTIONS_SCHEMA: dict[str, Any] = sdk.options_schema(SUPPORTED, IGNORED, REFUSED)
 
-#: Packer's ``templateCleanAMIName``: characters an AMI name may not contain.
-_AMI_NAME_BAD = re.compile(r"[^a-zA-Z0-9()\[\] ./\-'@_]")
 _SSH_INTERFACES = ("public_ip", "private_ip", "public_dns", "private_dns")
 _KMS_ID = r"[a-f0-9]+[a-f0-9-]+$"
 _KMS_MRK = r"mrk-[a-f0-9]+[a-f0-9-]+$"
 _KMS_ALIAS = r"alias/[a-zA-Z0-9:/_-]+$"
 _KMS_ARN = r"^arn:aws(-us-gov)?:kms:([a-z]{2}-(gov-)?[a-z]+-\d{1})?:(\d{12}):"
-
-
-def clean_ami_name(name: str) -> str:
-    """Packer's amazon ``clean_resource_name``: every character an AMI name may not hold becomes ``-``."""
-    return _AMI_NAME_BAD.sub("-", name)
 
 
 def valid_kms_key(key: str) -> bool:
