@@ -3,6 +3,8 @@
 ``ssh`` (a VM over a loopback host-forward), ``chroot`` (an offline root tree), ``local`` (this host; used by
 ``shell-local`` and by tests). ``NullCommunicator`` stands for "no machine": builders without one (the ``file``
 builder) hand it to the provision hook, which then skips provisioners that need a machine and says so.
+``NoCommunicator`` is Packer's ``communicator: none`` on a builder that has a machine: provisioners that need it
+fail, saying why.
 """
 
 from __future__ import annotations
@@ -35,3 +37,21 @@ class NullCommunicator(Communicator):
 
     def download(self, source: str, destination: Path) -> None:
         raise self._fail()
+
+
+class NoCommunicator(Communicator):
+    """``communicator: none``: provisioners that need the machine fail with a clear message (``shell-local``
+    and other local-only provisioners still run)."""
+
+    def _refuse(self) -> BuildError:
+        return BuildError("communicator is 'none': provisioners cannot run commands or copy files on the machine")
+
+    def run(self, command: str, *, env: Mapping[str, str] | None = None, timeout: float | None = None,
+            capture: bool = False) -> CommandResult:
+        raise self._refuse()
+
+    def upload(self, source: Path, destination: str) -> None:
+        raise self._refuse()
+
+    def download(self, source: str, destination: Path) -> None:
+        raise self._refuse()

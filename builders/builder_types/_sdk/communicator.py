@@ -10,15 +10,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from builders.builder_types._sdk.options import Options
+from builders.communicators import NoCommunicator
 from builders.core import BuildContext
 from stemforge_base.net import is_loopback
+from stemforge_base.steps import Step
 
 if TYPE_CHECKING:
     from builders.communicators.ssh import SSHCommunicator
 
+LOG = logging.getLogger("stemforge.builders.communicator")
 COMMUNICATORS = ("ssh", "none")
 KEY_PAIR_TYPES = ("rsa", "ed25519")
 
@@ -120,9 +123,59 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def close_communicator(state: dict[str, Any]) -> None:
-    """The connect steps' cleanup: close the communicator in ``state`` (if it can be closed)."""
-    comm = state.pop("communicator", None)
-    close = getattr(comm, "close", None)
-    if close is not None:
-        close()
+@dataclass(frozen=True)
+class SSHTarget:
+    """Where a build's SSH connection goes: address, port, the private key text (None: password or key file)
+    and ``alive`` (why the machine is gone, None while it runs)."""
+
+    host: str
+    port: int
+    private_key: str | None
+    alive: Callable[[], str | None]
+
+
+CommConfigT = TypeVar("CommConfigT", bound=CommConfig)
+
+
+class StepConnect(Step, Generic[CommConfigT]):
+    """Packer's ``communicator.StepConnect``: ``communicator: none`` gives provisioners a NoCommunicator; ``ssh``
+    waits for SSH at the builder's :meth:`target` (state ``communicator``) and fills the generated data. The
+    cleanup closes the connection."""
+
+    name = "connect"
+    temporary = True
+    #: Whether ``{{ build `Password` }}`` is the SSH password (qemu; the amazon builders do not publish it).
+    generated_password = False
+    #: The logger the SSH communicator writes its debug lines to (the builder's).
+    log = LOG
+
+    def __init__(self, cfg: CommConfigT, ctx: BuildContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+
+    @property
+    def ui(self) -> Any:
+        return self.ctx.ui
+
+    def target(self, state: dict[str, Any]) -> SSHTarget:
+        """Where to connect; raises BuildError when the machine has no usable address."""
+        raise NotImplementedError
+
+    def run(self, state: dict[str, Any]) -> None:
+        cfg = self.cfg
+        if cfg.communicator == "none":
+            state["communicator"] = NoCommunicator()
+            return
+        target = self.target(state)
+        state["communicator"] = cfg.connect_ssh(self.ctx, target.host, target.port, target.private_key,
+                                                alive=target.alive, log=self.log)
+        generated = {"Host": target.host, "Port": str(target.port), "User": cfg.ssh_username}
+        if self.generated_password:
+            generated["Password"] = cfg.ssh_password
+        self.ctx.generated.update({**generated, "ConnType": "ssh", "PackerRunUUID": self.ctx.run_uuid})
+
+    def cleanup(self, state: dict[str, Any]) -> None:
+        comm = state.pop("communicator", None)
+        close = getattr(comm, "close", None)
+        if close is not None:
+            close()
