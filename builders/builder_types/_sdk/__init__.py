@@ -11,6 +11,8 @@ check: unknown keys and types are reported there, in Packer's words, and values 
 applies Packer's defaults, checks the rules between its own keys and appends each problem to ``opts.errors`` and
 each warning to ``opts.warnings`` (one line each, naming the key). It never raises for bad input.
 
-Modules: :mod:`.options` (the collector and shared value helpers), :mod:`.communicator`, :mod:`.http`,
-:mod:`.iso`, :mod:`.boot`, :mod:`.shutdown`, :mod:`.step` (the builder step base).
+Modules: :mod:`.options` (the collector and its value rules), :mod:`.communicator` (``CommConfig`` and Packer's
+``StepConnect``), :mod:`.http`, :mod:`.iso`, :mod:`.boot`, :mod:`.shutdown`, and :mod:`.builder`
+(``ComposedBuilder``: ``prepare`` = ``validate_options`` + the builder's ``prepare_config``). The option tables of
+the SDK structs are in ``builders.builder_types._sdk_options``.
 """
