@@ -4,7 +4,7 @@ communicators. Everything here is small and import-light; plugins live in ``buil
 
 Flow of one build (Packer's model): the runner renders the builder's config (template functions, user
 variables), constructs the builder type, calls ``prepare`` (config errors name the key), asks it for its ``steps``
-and runs them with ``stemforge.steps.StepRunner`` (cleanups in reverse on failure, Ctrl-C or SIGTERM). One of those
+and runs them with ``stemforge_base.steps.StepRunner`` (cleanups in reverse on failure, Ctrl-C or SIGTERM). One of those
 steps calls ``ProvisionHook.run(communicator)``, which runs the template's provisioners in order over whatever
 communicator the builder offers (SSH into a VM, a chroot, the local shell). The builder then returns an
 ``Artifact``; each post-processor chain turns artifacts into new artifacts.
@@ -18,7 +18,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from stemforge_base.steps import Cancelled, Step
+
+ConfigT = TypeVar("ConfigT")
 
 
 class ConfigError(Exception):
@@ -69,9 +73,7 @@ class BuildContext:
     mask: Callable[[str], str] = field(default=lambda text: text)
 
     def check_cancelled(self) -> None:
-        """Raise ``stemforge.steps.Cancelled`` if the run was cancelled; long waits call this while polling."""
-        from stemforge.steps import Cancelled
-
+        """Raise ``stemforge_base.steps.Cancelled`` if the run was cancelled; long waits call this while polling."""
         if self.cancel.is_set():
             raise Cancelled(f"{self.build_name}: cancelled")
 
@@ -155,6 +157,41 @@ class ProvisionHook(Protocol):
         """Run the template's provisioners (those selected for this build) over ``communicator``."""
 
 
+class BuildStep(Step, Generic[ConfigT]):
+    """A builder type's step (``qemu``, ``amazon-ebs``, ``debian``): its prepared config and the build context."""
+
+    def __init__(self, cfg: ConfigT, ctx: BuildContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+
+    @property
+    def ui(self) -> Any:
+        return self.ctx.ui
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, waking up for cancellation (raises ``Cancelled``)."""
+        if seconds > 0 and self.ctx.cancel.wait(seconds):
+            self.ctx.check_cancelled()
+        self.ctx.check_cancelled()
+
+
+class StepProvision(Step):
+    """Packer's ``StepProvision``, shared by every builder type: run the template's provisioners over the build's
+    communicator: ``state["communicator"]``, or what ``communicator(state)`` returns (None: nothing to run)."""
+
+    name = "provision"
+
+    def __init__(self, hook: ProvisionHook,
+                 communicator: Callable[[dict[str, Any]], Communicator | None] | None = None) -> None:
+        self.hook = hook
+        self._communicator = communicator
+
+    def run(self, state: dict[str, Any]) -> None:
+        comm = state["communicator"] if self._communicator is None else self._communicator(state)
+        if comm is not None:
+            self.hook.run(comm)
+
+
 class BuilderType(Plugin):
     """A builder type (``qemu``, ``debian``, ``file``). ``steps`` returns the build as Packer-style steps;
     one of them must call ``hook.run(communicator)`` unless the builder has no communicator (then provisioners
@@ -162,7 +199,7 @@ class BuilderType(Plugin):
 
     @abstractmethod
     def steps(self, hook: ProvisionHook) -> Sequence[Any]:
-        """The build's steps (``stemforge.steps.Step``), sharing a state dict."""
+        """The build's steps (``stemforge_base.steps.Step``), sharing a state dict."""
 
     @abstractmethod
     def artifact(self, state: Mapping[str, Any]) -> Artifact | None:
