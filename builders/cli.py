@@ -21,6 +21,7 @@ from builders.template import Template, TemplateError, merge_cli_variables, pars
 from builders.template.hcl2 import HCL2Template, HCLError, is_hcl2, load_hcl2
 from builders.template.hcl2.diagnostics import render_all
 from builders.template.hcl2.inspect import inspect_hcl2
+from builders.template.hcl2.upgrade import upgrade
 from builders.ui import Output
 
 
@@ -272,8 +273,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_hcl2_upgrade(args: argparse.Namespace) -> int:
-    from builders.template.hcl2.upgrade import upgrade
-
     out = _output(args)
     target = args.output_file or Path(f"{args.template}.pkr.hcl")
     try:

@@ -18,6 +18,7 @@ __all__ = ["Diagnostic", "HCL2Template", "HCLError", "is_hcl2", "load_hcl2", "lo
 
 
 def __getattr__(name: str) -> Any:
+    # lazy: importing the package must not load python-hcl2 and Lark (see the module docstring)
     if name in ("load_hcl2", "load_or_template_error"):
         from builders.template.hcl2 import config
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from lark import Token, Tree
 
+from builders.registry import load_builder, load_post_processor, load_provisioner
 from builders.template.hcl2.body import Attr, Block, Body
 from builders.template.hcl2.diagnostics import HCLError
 from builders.template.hcl2.loader import Loader, SourceRefs
@@ -22,8 +23,7 @@ from stemforge_base.durations import parse_duration
 
 
 def load_plugin(kind: str, type_name: str) -> Any:
-    from builders.registry import load_builder, load_post_processor, load_provisioner
-
+    """The plugin class of ``kind`` named ``type_name``, or None when it is unknown or fails to load."""
     loader: Callable[[str], Any] = {"builder": load_builder, "provisioner": load_provisioner,
                                     "post-processor": load_post_processor}[kind]
     try:

@@ -21,7 +21,7 @@ def _null(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _http(config: Mapping[str, Any]) -> dict[str, Any]:
-    import requests
+    import requests  # lazy: loaded only when a template has an http data source
 
     url = config.get("url")
     if not url:
@@ -40,7 +40,7 @@ def _http(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _amazon_ami(config: Mapping[str, Any]) -> dict[str, Any]:
-    import boto3
+    import boto3  # lazy: the aws extra, loaded only when a template has an amazon-ami data source
     import botocore.exceptions
 
     filters = config.get("filters") or {}

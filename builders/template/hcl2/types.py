@@ -9,6 +9,7 @@ from typing import Any
 
 from lark import Token, Tree
 
+from builders.template.hcl2.evaluator import Evaluator
 from builders.template.hcl2.values import ConversionError, to_bool, to_number, to_string, type_name
 
 
@@ -109,8 +110,6 @@ def _string_literal(node: Any) -> str:
 
 def _literal(node: Any) -> Any:
     """A constant default of ``optional(T, default)`` (evaluated without variables)."""
-    from builders.template.hcl2.evaluator import Evaluator
-
     return Evaluator("<type>", {}).evaluate(node, {})
 
 

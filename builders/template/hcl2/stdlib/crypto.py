@@ -31,7 +31,7 @@ def f_sha512(s: Any) -> Any:
 
 
 def f_bcrypt(s: Any, *cost: Any) -> Any:
-    import bcrypt
+    import bcrypt  # lazy: a C extension loaded only when a template calls bcrypt
 
     rounds = as_int(cost[0], 1) if cost else 10
     if rounds < 4 or rounds > 31:
@@ -55,6 +55,7 @@ def f_uuidv5(namespace: Any, name: Any) -> Any:
 
 
 def f_rsadecrypt(ciphertext: Any, privatekey: Any) -> Any:
+    # lazy: cryptography loads only when a template calls rsadecrypt
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
 

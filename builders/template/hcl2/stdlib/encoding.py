@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import gzip
 import io
 import json
 import urllib.parse
@@ -107,8 +108,6 @@ def f_yamlencode(v: Any) -> Any:
 
 
 def f_base64gzip(s: Any) -> Any:
-    import gzip
-
     return base64.b64encode(gzip.compress(as_string(s).encode(), mtime=0)).decode()
 
 

@@ -178,7 +178,7 @@ def f_split(sep: Any, s: Any) -> Any:
 
 def graphemes(text: str) -> list[str]:
     """Unicode grapheme clusters (cty counts and slices strings by them, not by code points)."""
-    import regex
+    import regex  # lazy: loaded only when a function counts or slices a string by graphemes
 
     return list(regex.findall(r"\X", text))
 
