@@ -1,8 +1,9 @@
 """Communicators (``builders.core.Communicator``): how provisioners reach the machine being built.
 
-``ssh`` (a VM over a loopback host-forward), ``chroot`` (an offline root tree), ``local`` (this host; used by
-``shell-local`` and by tests). ``NullCommunicator`` stands for "no machine": builders without one (the ``file``
-builder) hand it to the provision hook, which then skips provisioners that need a machine and says so.
+``ssh`` (a VM over a loopback host-forward), ``local`` (this host; used by ``shell-local`` and by tests); the
+chroot communicator (an offline root tree) belongs to the builder that makes one, ``builder_types/debian``.
+``NullCommunicator`` stands for "no machine": builders without one (the ``file`` builder) hand it to the provision
+hook, which then skips provisioners that need a machine and says so.
 ``NoCommunicator`` is Packer's ``communicator: none`` on a builder that has a machine: provisioners that need it
 fail, saying why.
 """

@@ -15,9 +15,9 @@ import pytest
 
 from builders.builder_types.debian import PLUGIN, grub
 from builders.builder_types.debian.bootstrap import BootstrapInputs, base_packages
+from builders.builder_types.debian.communicator import ChrootCommunicator, resolve_in_root
 from builders.builder_types.debian.config import default_mirror, parse_config, parse_disk_size
 from builders.builder_types.debian.run import PlainUi, load_provisioner
-from builders.communicators.chroot import ChrootCommunicator, resolve_in_root
 from builders.core import BuildContext, ConfigError
 
 

@@ -2,9 +2,9 @@
 
 A root tree is bootstrapped with ``debootstrap`` (cached as a tarball keyed by its inputs, so rebuilds skip it),
 customised in a chroot by the template's provisioners (``shell``, ``file``, ``hostname``, ``ssh-inject``,
-``firstboot``) through :class:`builders.communicators.chroot.ChrootCommunicator`, finalised (fstab by UUID,
-machine-id, initramfs, GRUB), laid onto an msdos-partitioned ext4 disk without mounting anything and written as
-raw and/or qcow2. See :mod:`.steps` for the step list and :mod:`.config` for the options.
+``firstboot``) through its chroot communicator (:class:`.communicator.ChrootCommunicator`), finalised (fstab by
+UUID, machine-id, initramfs, GRUB), laid onto an msdos-partitioned ext4 disk without mounting anything and written
+as raw and/or qcow2. See :mod:`.steps` for the step list and :mod:`.config` for the options.
 
 Public API:
 - ``PLUGIN`` (:class:`.builder.DebianBuilder`), the plugin the runner loads for ``"type": "debian"``.

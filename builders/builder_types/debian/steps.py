@@ -39,6 +39,7 @@ from typing import Any
 from builders.core import BuildContext, BuildError, ProvisionHook
 
 from . import bootstrap, chroot, disk, grub, proc
+from .communicator import ChrootCommunicator
 from .config import DebianConfig
 
 WORK_DIR_NAME = ".stemforge-work"
@@ -429,8 +430,6 @@ class StepProvision(DebianStep):
         self.hook = hook
 
     def execute(self, state: dict[str, Any]) -> None:
-        from builders.communicators.chroot import ChrootCommunicator
-
         if self.cfg.communicator == "none":
             self.ctx.ui.message("communicator is 'none': no provisioning")
             return

@@ -1,4 +1,5 @@
-"""The chroot communicator: provisioners reach an offline root tree as if it were a machine.
+"""The debian builder's chroot communicator: provisioners reach its offline root tree as if it were a machine (in
+Packer the chroot communicator likewise belongs to the chroot builders, packer-plugin-sdk/chroot).
 
 ``run`` executes ``chroot <root> /bin/sh -c <command>`` with a clean environment (plus the caller's ``env``),
 streams each output line to the UI, honours ``timeout`` and cancellation (the command's whole process group is
@@ -23,6 +24,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 
 from builders.core import BuildError, CommandResult, Communicator
+
+from . import proc
 
 #: Symlink hops allowed while resolving one guest path (loops end with an error).
 _MAX_SYMLINKS = 40
@@ -81,8 +84,6 @@ class ChrootCommunicator(Communicator):
 
     def run(self, command: str, *, env: Mapping[str, str] | None = None, timeout: float | None = None,
             capture: bool = False) -> CommandResult:
-        from builders.builder_types.debian import proc
-
         full_env = dict(_BASE_ENV)
         if env:
             full_env.update(env)
