@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.harness.libvirt import LibvirtCpi, libvirt_unavailable_reason, session_cpi
+from tests.harness.libvirt import LibvirtCpi, session_cpi_or_skip
 
 STEMCELL_DIR = Path("/var/lib/stemforge/tests/stemcells")
 HERE = Path(__file__).parent
@@ -101,10 +101,7 @@ def stemcell_image(test_stemcell: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="session")
 def libvirt_cpi() -> Iterator[LibvirtCpi]:
-    reason = libvirt_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with session_cpi() as cpi:
+    with session_cpi_or_skip() as cpi:
         yield cpi
 
 

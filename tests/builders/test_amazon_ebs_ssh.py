@@ -1,7 +1,7 @@
 """``amazon-ebs`` with ``communicator: ssh`` through ``stemforge build`` against the loopback moto server.
 
 moto's instances have no network stack, so the "instance" the build reaches is a real OpenSSH server on 127.0.0.1
-(the ``sshd`` fixture of ``test_ssh_communicator``: its own ``sshd -D`` on a free port) through ``ssh_host`` /
+(the ``sshd`` fixture of ``builders/conftest.py``: its own ``sshd -D`` on a free port) through ``ssh_host`` /
 ``ssh_port``, with Packer's "bring your own key" options: ``ssh_keypair_name`` (imported into moto, attached to
 the instance) and ``ssh_private_key_file``. Everything else is the real build: the temporary security group opens
 the SSH port, the shell and file provisioners run over SSH, the instance is stopped, the AMI is made and copied.
@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 
 from builders.communicators.ssh import load_private_key
-from tests.builders.test_ssh_communicator import Sshd, sshd  # noqa: F401 - the module-scoped sshd fixture
+from tests.harness.sshd import Sshd
 
 pytestmark = pytest.mark.aws
 
 
-def test_ssh_communicator_provisions_over_ssh(tmp_path: Path, moto_endpoint: str, sshd: Sshd) -> None:  # noqa: F811
+def test_ssh_communicator_provisions_over_ssh(tmp_path: Path, moto_endpoint: str, sshd: Sshd) -> None:
     import boto3
 
     test_id = uuid.uuid4().hex[:8]

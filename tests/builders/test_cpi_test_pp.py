@@ -24,12 +24,13 @@ from typing import Any
 import pytest
 
 from builders.core import Artifact, BuildContext, BuildError, ConfigError
-from builders.cpi_client import DIRECTOR_ENV, CpiCallError, CpiClient, CpiProcessError, cpi_command_for_config
 from builders.postprocessors.cpi_test import CpiTestFailed, CpiTestPostProcessor, console_dir_for
 from builders.registry import validate_options
+from cpi.wrapper import write_wrapper
 from stemforge.steps import Cancelled
+from stemforge_base.cpi_client import DIRECTOR_ENV, CpiCallError, CpiClient, CpiProcessError, cpi_command
 from tests.harness.builds import make_ctx
-from tests.harness.libvirt import LibvirtCpi, libvirt_unavailable_reason, session_cpi
+from tests.harness.libvirt import LibvirtCpi, session_cpi_or_skip
 
 TEMPLATE = Path(__file__).parents[1] / "templates" / "release-tested-plans.json"
 
@@ -204,14 +205,14 @@ def test_client_retries_only_ok_to_retry_errors(tmp_path: Path) -> None:
 
 
 def test_client_speaks_to_the_real_cpi(tmp_path: Path) -> None:
-    client = CpiClient.for_config(write_cpi_config(tmp_path), tmp_path / "job")
+    client = CpiClient([str(write_wrapper(write_cpi_config(tmp_path), tmp_path / "job"))])
     assert Path(client.command[0]) == tmp_path / "job" / "bin" / "cpi"
     info = client.info()
     assert "libvirt-qcow2" in info["stemcell_formats"]
     with pytest.raises(CpiCallError) as exc:
         client.call("no_such_method")
     assert exc.value.error_type == "Bosh::Clouds::NotImplemented" and exc.value.method == "no_such_method"
-    direct = CpiClient(cpi_command_for_config(write_cpi_config(tmp_path)))
+    direct = CpiClient(cpi_command(write_cpi_config(tmp_path)))
     assert direct.command[0].endswith("stemforge-cpi") and direct.info() == info
 
 
@@ -220,10 +221,7 @@ def test_client_speaks_to_the_real_cpi(tmp_path: Path) -> None:
 
 @pytest.fixture
 def cpi() -> Iterator[LibvirtCpi]:
-    reason = libvirt_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with session_cpi("cpt") as session:
+    with session_cpi_or_skip("cpt") as session:
         yield session
 
 

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 import uuid
@@ -27,6 +26,7 @@ from builders.builder_types.debian.bootstrap import BootstrapCache
 from builders.builder_types.debian.config import default_cache_dir
 from builders.builder_types.debian.run import BuildResult, ProvisionerHook, load_provisioner, make_context, run_build
 from builders.builder_types.debian.steps import WORK_DIR_NAME
+from builders.communicators.ssh import free_loopback_port
 from builders.core import Communicator, Provisioner
 from stemforge_base.hashing import sha256_file
 
@@ -143,13 +143,6 @@ def test_rebuild_hits_the_bootstrap_cache(built: Built, tmp_path: Path) -> None:
     os.sync()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _config_drive(path: Path, public_key: str) -> None:
     """A vfat ConfigDrive (label CONFIG-2) with metadata but no host name (the image's own name stays). Its key
     is not the injected one: cloud-init (disable_root) wraps metadata keys for root in a 'login as debian'
@@ -172,7 +165,7 @@ def booted(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
                     str(built.out / "e2e.qcow2"), str(overlay)], check=True, timeout=60)
     drive = work / "config-2.img"
     _config_drive(drive, _keypair(work).with_suffix(".pub").read_text().strip())
-    port = _free_port()
+    port = free_loopback_port()
     serial = work / "serial.log"
     qemu = subprocess.Popen(
         ["qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "2", "-nographic",

@@ -18,6 +18,7 @@ from typing import Any
 
 import requests
 
+from builders.communicators.ssh import free_loopback_port
 from builders.image_repo import serve_in_thread
 from builders.image_store import INCOMING
 
@@ -100,14 +101,8 @@ def test_stale_hash_record_is_recomputed(tmp_path: Path) -> None:
         assert head.headers["X-Checksum-Sha256"] == hashlib.sha256(b"changed behind the repository's back").hexdigest()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_cli_serve_until_sigterm(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_loopback_port()
     root = tmp_path / "cli-repo"
     (root / INCOMING).mkdir(parents=True)
     (root / INCOMING / "stale.raw.0123").write_bytes(b"left by a crash")

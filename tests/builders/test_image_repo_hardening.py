@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from builders.communicators.ssh import free_loopback_port
 from builders.destinations import SourceImage, TransferIO, load_destination
 from builders.image_repo import ImageRepoServer, parse_range, serve_in_thread
 from builders.image_store import INCOMING
@@ -103,12 +104,6 @@ def test_writes_need_a_valid_bearer_token_reads_stay_open(repo: ImageRepoServer)
     assert images(repo) == ["b.raw"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "stemforge.cli", "image-repo", "serve", *args],
                           capture_output=True, text=True, timeout=60)
@@ -136,7 +131,7 @@ def test_cli_with_a_token_file_guards_writes(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# site b\n\n{TOKEN}\n")
     tokens.chmod(0o600)
-    port = _free_port()
+    port = free_loopback_port()
     proc = subprocess.Popen([sys.executable, "-m", "stemforge.cli", "image-repo", "serve", "--root",
                              str(tmp_path / "repo"), "--listen", f"127.0.0.1:{port}", "--token-file", str(tokens),
                              "-v"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

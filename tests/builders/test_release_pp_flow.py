@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.libvirt import LibvirtCpi, libvirt_unavailable_reason, session_cpi
+from tests.harness.libvirt import LibvirtCpi, session_cpi_or_skip
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
@@ -29,10 +29,7 @@ BUILD_TIMEOUT = 900
 
 @pytest.fixture
 def cpi() -> Iterator[LibvirtCpi]:
-    reason = libvirt_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with session_cpi("rel") as session:
+    with session_cpi_or_skip("rel") as session:
         yield session
 
 

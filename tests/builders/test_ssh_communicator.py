@@ -1,9 +1,5 @@
-"""The SSH communicator against a real OpenSSH server on loopback.
-
-Each test module run starts its own ``sshd -D -e`` (not the system service) listening on 127.0.0.1 on a free port,
-with a temporary host key, an AuthorizedKeysFile holding a key generated for the run, ``UsePAM no`` and
-``StrictModes no``; teardown kills it. ``/run/sshd`` (the package's privilege-separation directory, normally made
-by systemd-tmpfiles at boot) is created when missing and left in place, since other sshd instances may rely on it.
+"""The SSH communicator against a real OpenSSH server on loopback: each test module run starts its own
+``sshd -D -e`` on a free port of 127.0.0.1 (the ``sshd`` fixture, ``tests/harness/sshd.py``), killed at teardown.
 """
 
 from __future__ import annotations
@@ -11,12 +7,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,61 +18,7 @@ from builders.communicators.ssh import SSHCommunicator, SSHConfig, free_loopback
 from builders.core import BuildError
 from stemforge.steps import Cancelled
 from tests.harness.recording_ui import RecordingUi
-
-SSHD = "/usr/sbin/sshd"
-
-
-@dataclass
-class Sshd:
-    port: int
-    private_key: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    home: Path
-
-
-def _keygen(path: Path, kind: str = "ed25519") -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "stemforge-test", "-f", str(path)],
-                   check=True, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    if not os.path.exists(SSHD):
-        pytest.fail("openssh-server is not installed (scripts/apt-packages.txt lists it)")
-    tmp = tmp_path_factory.mktemp("sshd")
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    _keygen(tmp / "host_key")
-    _keygen(tmp / "client_key")
-    (tmp / "authorized_keys").write_text((tmp / "client_key.pub").read_text())
-    port = free_loopback_port()
-    config = tmp / "sshd_config"
-    config.write_text(
-        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {tmp / 'host_key'}\n"
-        f"AuthorizedKeysFile {tmp / 'authorized_keys'}\nPidFile {tmp / 'sshd.pid'}\n"
-        "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication yes\n"
-        "Subsystem sftp internal-sftp\nLogLevel VERBOSE\nAcceptEnv none\n"
-    )
-    log = tmp / "sshd.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + 15
-        while b"Server listening" not in log.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"sshd did not start: {log.read_text()}")
-            time.sleep(0.05)
-        home = tmp / "remote"
-        home.mkdir()
-        yield Sshd(port, (tmp / "client_key").read_text(), proc, log, home)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+from tests.harness.sshd import Sshd, keygen
 
 
 @pytest.fixture
@@ -263,7 +202,7 @@ def test_connect_retries_until_the_server_appears_and_times_out(sshd: Sshd, tmp_
 def test_auth_failures_are_bounded_and_secrets_not_logged(sshd: Sshd, tmp_path: Path,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    _keygen(tmp_path / "wrong")
+    keygen(tmp_path / "wrong")
     wrong = (tmp_path / "wrong").read_text()
     c = SSHCommunicator(SSHConfig("127.0.0.1", sshd.port, "root", private_key=wrong, timeout=60,
                                   handshake_attempts=2, retry_interval=0.1), RecordingUi())
@@ -300,7 +239,7 @@ def test_cancel_stops_connect_loop(sshd: Sshd) -> None:
 
 def test_private_key_formats(tmp_path: Path) -> None:
     for kind in ("ed25519", "rsa", "ecdsa"):
-        _keygen(tmp_path / kind, kind)
+        keygen(tmp_path / kind, kind)
         assert load_private_key((tmp_path / kind).read_text()).get_name()
     with pytest.raises(ValueError, match="not a private key"):
         load_private_key("garbage")

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from stemcells.tarball import _pack_root_image  # noqa: E402
-from tests.harness.libvirt import LibvirtCpi, libvirt_unavailable_reason, session_cpi
-from tests.stemcells.test_stemcells_hardening import KINDS, hostile_header_tgz, make_hostile_images
+from tests.harness.hostile import KINDS, hostile_header_tgz, make_hostile_images
+from tests.harness.libvirt import LibvirtCpi, session_cpi_or_skip
 
 pytestmark = pytest.mark.libvirt
 
@@ -33,10 +33,7 @@ MIB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def cpi() -> Iterator[LibvirtCpi]:
-    reason = libvirt_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with session_cpi("bd") as session:
+    with session_cpi_or_skip("bd") as session:
         yield session
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from stemforge_base.cpi_client import DIRECTOR_ENV, build_request, exchange, parse_response
 
 BASE = Path("/var/lib/stemforge/tests")
@@ -173,6 +175,16 @@ def session_cpi(tag: str = "") -> Iterator[LibvirtCpi]:
         yield cpi
     finally:
         destroy(cpi)
+
+
+@contextlib.contextmanager
+def session_cpi_or_skip(tag: str = "") -> Iterator[LibvirtCpi]:
+    """:func:`session_cpi`, or skip the test (saying why) when libvirt cannot run guests here."""
+    reason = libvirt_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with session_cpi(tag) as cpi:
+        yield cpi
 
 
 def libvirt_unavailable_reason() -> str | None:
