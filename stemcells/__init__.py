@@ -1,7 +1,8 @@
 """BOSH stemcell tarballs: the ``stemcell.MF`` manifest, safe extraction, and reading/writing/verifying.
 
 Modules: ``manifest`` (``StemcellManifest``), ``tarball`` (``write_stemcell``, ``read_stemcell``,
-``verify_stemcell``, ``extract_stemcell``, ``open_root_image``), ``safe_extract`` (all-or-nothing tar
+``verify_stemcell``, ``extract_stemcell``), ``root_image`` (``open_root_image``: the root disk inside the
+director's ``image`` file), ``safe_extract`` (all-or-nothing tar
 extraction, bounded extended headers, one symlink judgement), ``image_check`` (bounded ``qemu-img info`` judgement of
 a disk image before any use: the CPI providers, ``stemcell create``/``verify`` and the qemu builder's
 ``disk_image``), ``errors`` (``StemcellError``) and ``cli`` (``stemforge stemcell ...``).
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from stemcells.errors import StemcellError, UnsafeArchiveError
     from stemcells.manifest import EMPTY_SHA1, StemcellManifest, stemcell_filename
+    from stemcells.root_image import open_root_image
     from stemcells.safe_extract import ExtractLimits, safe_extract
     from stemcells.tarball import (
         ExtractedStemcell,
@@ -25,7 +27,6 @@ if TYPE_CHECKING:
         VerifyReport,
         detect_image_format,
         extract_stemcell,
-        open_root_image,
         read_stemcell,
         verify_stemcell,
         write_stemcell,
@@ -44,7 +45,7 @@ _EXPORTS: dict[str, str] = {
     "VerifyReport": "stemcells.tarball",
     "detect_image_format": "stemcells.tarball",
     "extract_stemcell": "stemcells.tarball",
-    "open_root_image": "stemcells.tarball",
+    "open_root_image": "stemcells.root_image",
     "read_stemcell": "stemcells.tarball",
     "verify_stemcell": "stemcells.tarball",
     "write_stemcell": "stemcells.tarball",

@@ -23,7 +23,8 @@ import yaml
 from stemcells.errors import StemcellError, printable
 from stemcells.image_check import DEFAULT_MAX_VIRTUAL_SIZE, GiB
 from stemcells.manifest import DEFAULT_API_VERSION, DEFAULT_BOSH_PROTOCOL
-from stemcells.tarball import ROOT_IMAGE_NAMES, read_stemcell, verify_stemcell, write_stemcell
+from stemcells.root_image import ROOT_IMAGE_NAMES
+from stemcells.tarball import read_stemcell, verify_stemcell, write_stemcell
 from stemcells.tario import human_size
 
 Handler = Callable[[argparse.Namespace], int]

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from stemcells.errors import StemcellError
+from stemcells.root_image import open_root_image
 
 GiB: Final = 1024**3
 TiB: Final = 1024**4
@@ -161,7 +162,7 @@ def prepare_root_image(
     image: Path, work_dir: Path, *, max_virtual_size: int = DEFAULT_MAX_VIRTUAL_SIZE
 ) -> ImageInfo:
     """The root disk image of the director's ``image`` file, extracted into ``work_dir`` when ``image`` is a gzipped
-    tar (``stemcells.tarball.open_root_image``) or ``image`` itself when it is already a disk, then judged by
+    tar (``stemcells.root_image.open_root_image``) or ``image`` itself when it is already a disk, then judged by
     ``check_image`` (formats qcow2/raw). Raises ``StemcellError``."""
     try:
         with open(image, "rb") as fh:
@@ -170,8 +171,6 @@ def prepare_root_image(
         raise StemcellError(f"{image}: cannot read stemcell image: {exc.strerror or exc}") from None
     root = image
     if magic == b"\x1f\x8b":
-        from stemcells.tarball import open_root_image
-
         root = open_root_image(image, work_dir)
     return check_image(root, max_virtual_size=max_virtual_size)
 

@@ -16,10 +16,10 @@ import pytest
 
 from stemcells.errors import StemcellError, UnsafeArchiveError
 from stemcells.manifest import EMPTY_SHA1, StemcellManifest
+from stemcells.root_image import open_root_image
 from stemcells.tarball import (
     detect_image_format,
     extract_stemcell,
-    open_root_image,
     read_stemcell,
     sha1_file,
     verify_stemcell,

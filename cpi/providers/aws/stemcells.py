@@ -31,6 +31,8 @@ from cpi.providers.aws import tags as tagging
 from cpi.providers.aws.clients import AwsApi, AwsCallError, wait_for
 from cpi.providers.aws.config import STEMCELL_CLOUD_PROPERTIES_SCHEMA, AwsConfig, validate
 from cpi.providers.aws.import_steps import TASK_FAILED, ImportTask, UploadImage
+from stemcells.errors import StemcellError
+from stemcells.root_image import open_root_image
 from stemforge.steps import Step, StepRunner
 
 LIGHT_SUFFIX = " light"
@@ -285,9 +287,6 @@ class _ExtractRootImage:
         with open(image, "rb") as fh:
             magic = fh.read(4)
         if magic[:2] == b"\x1f\x8b":
-            from stemcells.errors import StemcellError
-            from stemcells.tarball import open_root_image
-
             state["tmpdir"] = tmp = make_tempdir("stemforge-aws-stemcell-")
             try:
                 root = open_root_image(image, tmp / "root")
