@@ -3,7 +3,8 @@ its reason at every entry point of the ``stemcells`` package and the ``stemforge
 
 The hostile root images are real qcow2/vmdk files made with ``qemu-img`` (a backing file on a host secret, an external
 data file, LUKS encryption, a header claiming 8 EiB, an unknown format); the hostile tarballs are built header by
-header. The CPI's entry points are tested with the same images in ``test_cpi_bounded.py``.
+header. The CPI's entry points are tested with the same images (``tests/harness/hostile.py``) in
+``cpi/test_cpi_bounded.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import struct
 import subprocess
 import tarfile
 import time
@@ -35,6 +35,7 @@ from stemcells.tarball import (
     write_stemcell,
 )
 from stemforge.cli import main
+from tests.harness.hostile import KINDS, hostile_header_tgz, make_hostile_images, qemu_img, tar_header
 
 MF_FIELDS: dict[str, Any] = {
     "name": "bosh-openstack-kvm-ubuntu-jammy-go_agent",
@@ -48,42 +49,9 @@ MF_FIELDS: dict[str, Any] = {
 # -- hostile images -------------------------------------------------------------------------------------------------
 
 
-def _qemu_img(*args: str) -> None:
-    subprocess.run(["qemu-img", *args], check=True, capture_output=True, timeout=120)
-
-
-def make_hostile_images(directory: Path) -> dict[str, tuple[Path, str]]:
-    """Each hostile image with the phrase its refusal must contain."""
-    directory.mkdir(parents=True, exist_ok=True)
-    backing = directory / "backing.qcow2"
-    _qemu_img("create", "-q", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", str(backing))
-    data_file = directory / "datafile.qcow2"
-    _qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={directory / 'outside.raw'}", str(data_file), "16M")
-    encrypted = directory / "luks.qcow2"
-    _qemu_img("create", "-q", "-f", "qcow2", "--object", "secret,id=sec0,data=hunter2",
-              "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", str(encrypted), "16M")
-    huge = directory / "huge.qcow2"
-    _qemu_img("create", "-q", "-f", "qcow2", str(huge), "16M")
-    with open(huge, "r+b") as fh:  # a corrupt header claiming 8 EiB
-        fh.seek(24)
-        fh.write(struct.pack(">Q", 8 * 1024**6 - 512))
-    qed = directory / "disk.qed"
-    _qemu_img("create", "-q", "-f", "qed", str(qed), "16M")
-    return {
-        "backing file": (backing, "has a backing file (/etc/shadow)"),
-        "external data file": (data_file, "uses an external data file"),
-        "encryption": (encrypted, "is encrypted (luks)"),
-        "8 EiB header": (huge, "Image is too big"),
-        "unknown format": (qed, "unsupported image format 'qed'"),
-    }
-
-
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
     return make_hostile_images(tmp_path_factory.mktemp("hostile"))
-
-
-KINDS = ["backing file", "external data file", "encryption", "8 EiB header", "unknown format"]
 
 
 def stemcell_around(image: Path, out: Path) -> Path:
@@ -137,7 +105,7 @@ def test_stemcell_verify_refuses_hostile_root_image(
 
 def test_write_stemcell_enforces_the_configured_virtual_size_limit(tmp_path: Path) -> None:
     image = tmp_path / "root.qcow2"
-    _qemu_img("create", "-q", "-f", "qcow2", str(image), "64M")
+    qemu_img("create", "-q", "-f", "qcow2", str(image), "64M")
     with pytest.raises(ImageRejected, match="virtual size 67108864 bytes exceeds the limit of 1048576 bytes"):
         write_stemcell(tmp_path, root_image=image, max_virtual_size=1024 * 1024, **MF_FIELDS)
     assert write_stemcell(tmp_path, root_image=image, **MF_FIELDS).is_file()  # the default limit allows it
@@ -145,7 +113,7 @@ def test_write_stemcell_enforces_the_configured_virtual_size_limit(tmp_path: Pat
 
 def test_image_held_open_for_writing_is_refused_without_force_share(tmp_path: Path) -> None:
     image = tmp_path / "busy.qcow2"
-    _qemu_img("create", "-q", "-f", "qcow2", str(image), "16M")
+    qemu_img("create", "-q", "-f", "qcow2", str(image), "16M")
     # qemu-io holds the image open read-write (with QEMU's image lock) for as long as it runs
     holder = subprocess.Popen(["qemu-io", "-f", "qcow2", str(image)], stdin=subprocess.PIPE,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -165,22 +133,6 @@ def test_image_held_open_for_writing_is_refused_without_force_share(tmp_path: Pa
 
 
 # -- bounded work: PAX and GNU long-name headers ---------------------------------------------------------------------
-
-
-def _header(name: str, kind: bytes, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.size = size
-    return info.tobuf(format=tarfile.USTAR_FORMAT)
-
-
-def hostile_header_tgz(path: Path, kind: bytes, size: int) -> Path:
-    """A gzipped tar whose first member is an extended header of ``size`` digits (the CVE-2024-6232 shape: the
-    hdrcharset regex of Python < 3.11.10 backtracks quadratically over a run of digits), then a small file."""
-    body = _header("x", kind, size) + b"1" * size + bytes(-size % 512)
-    body += _header("stemcell.MF", tarfile.REGTYPE, 0) + bytes(1024)
-    path.write_bytes(gzip.compress(body, 9))
-    return path
 
 
 READERS: dict[str, Callable[[Path, Path], object]] = {
@@ -223,8 +175,8 @@ def test_verify_reports_the_huge_pax_header_quickly(tmp_path: Path) -> None:
 def test_many_small_pax_headers_are_bounded_in_total(tmp_path: Path) -> None:
     body = b""
     for index in range(20):  # each under the per-header limit, together over the per-archive one
-        body += _header(f"p{index}", tarfile.XHDTYPE, 8000) + b"1" * 8000 + bytes(-8000 % 512)
-        body += _header(f"f{index}", tarfile.REGTYPE, 0)
+        body += tar_header(f"p{index}", tarfile.XHDTYPE, 8000) + b"1" * 8000 + bytes(-8000 % 512)
+        body += tar_header(f"f{index}", tarfile.REGTYPE, 0)
     (tmp_path / "many.tgz").write_bytes(gzip.compress(body + bytes(1024)))
     with pytest.raises(StemcellError, match="extended headers add up to more than 65536 bytes"):
         read_stemcell(tmp_path / "many.tgz")
@@ -371,7 +323,7 @@ def test_qemu_builder_refuses_hostile_disk_image_sources(
 
 def test_cli_virtual_size_limit_is_configurable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = tmp_path / "root.qcow2"
-    _qemu_img("create", "-q", "-f", "qcow2", str(image), "3G")
+    qemu_img("create", "-q", "-f", "qcow2", str(image), "3G")
     create = ["stemcell", "create", "--name", MF_FIELDS["name"], "--version", "1.50", "--os", "ubuntu-jammy",
               "--format", "openstack-qcow2", "--image", str(image), "-o", str(tmp_path)]
     assert main([*create, "--max-virtual-gib", "2"]) == 1
@@ -385,7 +337,7 @@ def test_cli_virtual_size_limit_is_configurable(tmp_path: Path, capsys: pytest.C
 
 def test_check_image_follows_a_symlink_to_a_file_but_refuses_fifos(tmp_path: Path) -> None:
     image = tmp_path / "root.qcow2"
-    _qemu_img("create", "-q", "-f", "qcow2", str(image), "16M")
+    qemu_img("create", "-q", "-f", "qcow2", str(image), "16M")
     (tmp_path / "link.qcow2").symlink_to(image)
     assert check_image(tmp_path / "link.qcow2").format == "qcow2"
     fifo = tmp_path / "fifo"
