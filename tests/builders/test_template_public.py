@@ -4,11 +4,15 @@ real public templates; the templates here are minimal ones written for these tes
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from builders.builder_types.qemu.http_server import HTTPServer
 from builders.cli import main
+from builders.core import BuildError
+from tests.harness.builds import stemforge
 
 VALID = "The configuration is valid."
 
@@ -40,3 +44,32 @@ def test_vnc_use_password_is_accepted_with_a_warning(tmp_path: Path, capsys: pyt
                                                 "vnc_use_password": True}]}))
     status, text = _validate(legacy, capsys)
     assert status == 0 and VALID in text, text
+
+
+# ---------------------------------------------------------------- http_directory checked at build time
+
+
+def test_missing_http_directory_validates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hcl = tmp_path / "http.pkr.hcl"
+    hcl.write_text(_qemu_hcl('  http_directory = "http"\n'))
+    status, text = _validate(hcl, capsys)
+    assert status == 0 and VALID in text, text
+
+
+def test_http_server_refuses_a_missing_directory_before_listening(tmp_path: Path) -> None:
+    server = HTTPServer(tmp_path / "absent")
+    with pytest.raises(BuildError, match=r'Error finding ".*absent": stat .*absent: no such file or directory'):
+        server.start(8000, 9000)
+    assert server.port == 0 and server._server is None
+
+
+def test_missing_http_directory_fails_the_build_before_the_vm_starts(tmp_path: Path) -> None:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "disk.qcow2"), "16M"], check=True)
+    (tmp_path / "t.pkr.hcl").write_text(_qemu_hcl('  http_directory = "http"\n  output_directory = "out"\n'
+                                                  '  disk_size = "16M"\n'))
+    proc = stemforge(["build", "t.pkr.hcl"], tmp_path, timeout=120)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text
+    assert f'Error finding "{tmp_path / "http"}"' in text, text
+    assert "Starting HTTP server" not in text and "Starting VM" not in text, text
+    assert not (tmp_path / "out").exists(), "the output directory is cleaned up"

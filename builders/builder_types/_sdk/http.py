@@ -4,7 +4,6 @@ build's HTTP server serves and on which ports. stemforge's server only listens o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from builders.builder_types._sdk.options import Options
 from stemforge_base.net import is_loopback
@@ -18,8 +17,8 @@ class HTTPConfig:
     http_port_max: int = 9000
 
     def prepare_http(self, opts: Options) -> None:
-        """Packer's ``HTTPConfig.Prepare`` plus: ``http_bind_address`` must be loopback, ``http_directory`` a
-        directory (as given or relative to the template)."""
+        """Packer's ``HTTPConfig.Prepare`` plus: ``http_bind_address`` must be loopback. Like Packer, the
+        ``http_directory`` is not looked at here: the HTTP server step fails on a missing one at build time."""
         self.http_directory = opts.text("http_directory")
         self.http_content = opts.mapping("http_content")
         if self.http_directory and self.http_content:
@@ -32,6 +31,3 @@ class HTTPConfig:
         if bind and not is_loopback(bind):
             opts.errors.append(f"http_bind_address: {bind!r} is not a loopback address (the HTTP server only "
                                "listens on 127.0.0.1)")
-        if self.http_directory and not (opts.template_dir / self.http_directory).is_dir() \
-                and not Path(self.http_directory).is_dir():
-            opts.errors.append(f"http_directory: {self.http_directory!r} is not a directory")

@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from builders.core import BuildError
+
 LOG = logging.getLogger("stemforge.builders.qemu.http")
 
 
@@ -57,6 +59,10 @@ class HTTPServer:
         self._thread: threading.Thread | None = None
 
     def start(self, port_min: int, port_max: int) -> int:
+        """Listen on a free port of the range. A missing directory fails here, at build time, as Packer's
+        ``StepHTTPServer.Run`` does (its HTTPConfig.Prepare does not look at the directory)."""
+        if self.directory is not None and not self.directory.exists():
+            raise BuildError(f'Error finding "{self.directory}": stat {self.directory}: no such file or directory')
         handler: Any
         if self.directory is not None:
             handler = functools.partial(_DirHandler, directory=str(self.directory))
