@@ -42,8 +42,12 @@ from stemforge_base.values import GO_TEMPLATE, type_name
 #: Packer's ``packerbuilderdata.PlaceholderMsg``: generated-data values containing it render as ``{{.Key}}``.
 BUILD_PLACEHOLDER = "To set this dynamically in the Packer template, you must use the `build` function"
 
-#: The Packer version stemforge behaves like (``packer_version``, ``min_packer_version``).
-PACKER_COMPAT_VERSION = "1.9.0"
+#: The Packer version stemforge behaves like (``packer_version``, ``min_packer_version``, HCL2 ``packer.version``
+#: and ``required_version``): the newest release whose template language stemforge implements. 1.13 added the
+#: ``sum``/``startswith``/``endswith``/``strcontains`` functions and the top-level ``hcp_packer_registry`` block, which
+#: stemforge has. Later releases add to the template language (e.g. the core ``file`` and ``password`` data sources
+#: in Packer's tree), which stemforge does not have, so it does not claim them (docs/packer-options.md).
+PACKER_COMPAT_VERSION = "1.13.0"
 
 ERR_VARIABLE_NOT_SET = "Error: variable not set:"
 

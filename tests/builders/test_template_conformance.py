@@ -92,8 +92,8 @@ BAD: list[tuple[str, Any, dict[str, Any], list[str]]] = [
      {"builders": [Q], "post-processors": [{"type": "manifest", "keep_input_artifact": "yes"}]}, {},
      ["post-processor 1.1: 'keep_input_artifact' expected type 'bool', got unconvertible type 'string', "
       "value: 'yes'"]),
-    ("min-packer-version-too-high", {"min_packer_version": "1.10", "builders": [Q]}, {},
-     ["This template requires Packer version 1.10.0 or higher; using 1.9.0"]),
+    ("min-packer-version-too-high", {"min_packer_version": "1.14", "builders": [Q]}, {},
+     ["This template requires Packer version 1.14.0 or higher; using 1.13.0"]),
     ("min-packer-version-malformed", {"min_packer_version": "banana", "builders": [Q]}, {},
      ["min_version is invalid: Malformed version: banana"]),
     ("every-error-reported-together",

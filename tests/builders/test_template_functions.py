@@ -45,7 +45,7 @@ GOOD = [
     ('{{ isotime "Mon Jan _2 15:04:05 MST 2006" }}', "Mon Jan  2 15:04:05 UTC 2006"),
     ('{{ isotime "06.01.02 3:04PM -0700 .000 .999999" }}', "06.01.02 3:04PM +0000 .123 .123456"),
     ('{{ strftime "%Y%m%d" }}', "20060102"),
-    ('{{ packer_version }}', "1.9.0"),
+    ('{{ packer_version }}', "1.13.0"),
     ("a {{- ` b ` -}} c", "a b c"),
     ("a {{- /* comment */ -}} c", "ac"),
     ("{{/* just a comment */}}x", "x"),

@@ -12,6 +12,7 @@ import pytest
 from builders.builder_types.qemu.http_server import HTTPServer
 from builders.cli import main
 from builders.core import BuildError
+from builders.template.functions import PACKER_COMPAT_VERSION
 from tests.harness.builds import stemforge
 
 VALID = "The configuration is valid."
@@ -73,3 +74,26 @@ def test_missing_http_directory_fails_the_build_before_the_vm_starts(tmp_path: P
     assert f'Error finding "{tmp_path / "http"}"' in text, text
     assert "Starting HTTP server" not in text and "Starting VM" not in text, text
     assert not (tmp_path / "out").exists(), "the output directory is cleaned up"
+
+
+# ---------------------------------------------------------------- the Packer version stemforge claims
+
+
+@pytest.mark.parametrize(("constraint", "ok"), [(">= 1.10.0", True), ("~> 1.12", True), (">= 1.7, < 2.0", True),
+                                                ("< 1.10", False), (">= 99.0", False)])
+def test_required_version_against_the_claimed_release(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      constraint: str, ok: bool) -> None:
+    hcl = tmp_path / "v.pkr.hcl"
+    hcl.write_text(f'packer {{\n  required_version = "{constraint}"\n}}\n' + _qemu_hcl(""))
+    status, text = _validate(hcl, capsys)
+    assert (status == 0) is ok, text
+    if not ok:
+        assert "Unsupported Packer Core version" in text and PACKER_COMPAT_VERSION in text, text
+
+
+def test_packer_version_follows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hcl = tmp_path / "v.pkr.hcl"
+    hcl.write_text('locals { v = packer.version }\n' + _qemu_hcl('  vm_name = "packer-${local.v}"\n'))
+    assert main(["inspect", str(hcl)]) == 0
+    assert PACKER_COMPAT_VERSION == "1.13.0"
+    assert capsys.readouterr().out.count("1.13.0") >= 1
