@@ -261,6 +261,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     out = _output(args)
+    # Packer's inspect ignores what data sources answer (command/inspect.go drops Initialize's diagnostics):
+    # their outputs stay unknown here, so a registry stemforge cannot read does not stop the listing.
+    args.evaluate_datasources = False
     template = _parse(args, out, syntax_only=not is_hcl2(args.template))
     if template is None:
         return 1

@@ -409,7 +409,9 @@ build { sources = ["source.file.x"] }
 ''')
     ok = stemforge(["validate", "-syntax-only", str(path)], tmp_path)
     assert ok.returncode == 0 and "Syntax-only check passed." in ok.stdout
-    bad = stemforge(["validate", "-var", "needed=1", str(path)], tmp_path)
+    valid = stemforge(["validate", "-var", "needed=1", str(path)], tmp_path)  # not executed: value unknown
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    bad = stemforge(["validate", "-evaluate-datasources", "-var", "needed=1", str(path)], tmp_path)
     assert bad.returncode == 1
     assert "Error: HCP Packer data source not supported" in bad.stdout + bad.stderr
     unset = stemforge(["validate", str(path)], tmp_path)

@@ -97,3 +97,67 @@ def test_packer_version_follows(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["inspect", str(hcl)]) == 0
     assert PACKER_COMPAT_VERSION == "1.13.0"
     assert capsys.readouterr().out.count("1.13.0") >= 1
+
+
+# ---------------------------------------------------------------- HCP Packer data sources
+
+
+HCP = '''
+data "hcp-packer-version" "base" {
+  bucket_name  = "base"
+  channel_name = "prod"
+}
+
+data "hcp-packer-artifact" "base" {
+  bucket_name         = "base"
+  version_fingerprint = data.hcp-packer-version.base.fingerprint
+  platform            = "aws"
+  region              = "us-east-1"
+}
+
+source "amazon-ebs" "app" {
+  region        = "us-east-1"
+  source_ami    = data.hcp-packer-artifact.base.external_identifier
+  instance_type = "t3.small"
+  ssh_username  = "ubuntu"
+  ami_name      = "app"
+}
+
+build { sources = ["source.amazon-ebs.app"] }
+'''
+
+
+def test_hcp_packer_data_sources_validate_without_evaluation(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    hcl = tmp_path / "hcp.pkr.hcl"
+    hcl.write_text(HCP)
+    status, text = _validate(hcl, capsys)
+    assert status == 0 and VALID in text, text
+    assert main(["inspect", str(hcl)]) == 0, capsys.readouterr().out
+    assert "amazon-ebs.app" in capsys.readouterr().out
+
+
+def test_hcp_packer_data_sources_fail_when_their_value_is_needed(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    hcl = tmp_path / "hcp.pkr.hcl"
+    hcl.write_text(HCP)
+    status, text = _validate(hcl, capsys, "-evaluate-datasources")
+    assert status == 1 and "HCP Packer data source not supported" in text, text
+    assert main(["build", str(hcl)]) == 1
+    assert "HCP Packer data source not supported" in "".join(capsys.readouterr())
+
+
+@pytest.mark.parametrize(("block", "message"), [
+    ('data "hcp-packer-version" "v" {\n  bucket_name = "b"\n}\n', "the `channel_name` must be specified"),
+    ('data "hcp-packer-artifact" "a" {\n  bucket_name = "b"\n  platform = "aws"\n  region = "r"\n}\n',
+     "`version_fingerprint` or `channel_name` must be specified"),
+    ('data "hcp-packer-artifact" "a" {\n  bucket_name = "b"\n  channel_name = "c"\n  version_fingerprint = "f"\n'
+     '  platform = "aws"\n}\n', "`version_fingerprint` and `channel_name` cannot be specified together"),
+])
+def test_hcp_packer_data_source_configuration_is_still_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               block: str, message: str) -> None:
+    hcl = tmp_path / "hcp.pkr.hcl"
+    ref = "data.hcp-packer-version.v.id" if "version\" \"v" in block else "data.hcp-packer-artifact.a.region"
+    hcl.write_text(block + f'locals {{ x = {ref} }}\n' + _qemu_hcl('  vm_name = local.x\n'))
+    status, text = _validate(hcl, capsys)
+    assert status == 1 and message in text, text

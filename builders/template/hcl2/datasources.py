@@ -1,6 +1,7 @@
 """HCL2 ``data`` sources: ``null`` (Packer core), ``http`` (Packer core) and ``amazon-ami`` (the amazon plugin),
-each returning the attributes Packer's data source documents. ``hcp-packer-*`` sources are reported as not
-supported. AWS calls use boto3 with the block's ``region``/credentials and honour ``custom_endpoint_ec2`` (or
+each returning the attributes Packer's data source documents. ``hcp-packer-*`` sources are configured (their
+outputs unknown) when data sources are not evaluated, as Packer's validate does, and reported as not supported when a
+value is needed. AWS calls use boto3 with the block's ``region``/credentials and honour ``custom_endpoint_ec2`` (or
 ``AWS_ENDPOINT_URL``)."""
 
 from __future__ import annotations
@@ -75,6 +76,27 @@ def _amazon_ami(config: Mapping[str, Any]) -> dict[str, Any]:
     return {"id": image["ImageId"], "name": image.get("Name", ""), "creation_date": image.get("CreationDate", ""),
             "owner": image.get("OwnerId", ""), "owner_name": image.get("ImageOwnerAlias", ""),
             "tags": {t["Key"]: t["Value"] for t in image.get("Tags", [])}}
+
+
+def hcp_packer_config_errors(type_name: str, config: Mapping[str, Any]) -> list[str]:
+    """What the ``Configure`` of Packer's ``hcp-packer-version`` / ``hcp-packer-artifact`` data sources reject
+    (packer ``datasource/hcp-packer-{version,artifact}/data.go``); validate runs it without reading the registry.
+    The deprecated ``hcp-packer-iteration`` / ``hcp-packer-image`` are not checked here."""
+    def missing(key: str) -> bool:
+        return not config.get(key)
+
+    errors: list[str] = []
+    if type_name in ("hcp-packer-version", "hcp-packer-artifact") and missing("bucket_name"):
+        errors.append("the `bucket_name` must be specified")
+    if type_name == "hcp-packer-version" and missing("channel_name"):
+        errors.append("the `channel_name` must be specified")
+    if type_name == "hcp-packer-artifact":
+        if missing("channel_name") and missing("version_fingerprint"):
+            errors.append("`version_fingerprint` or `channel_name` must be specified")
+        if not missing("channel_name") and not missing("version_fingerprint"):
+            errors.append("`version_fingerprint` and `channel_name` cannot be specified together")
+        errors += [f"the `{k}` must be specified" for k in ("region", "platform") if missing(k)]
+    return errors
 
 
 DATA_SOURCES: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {

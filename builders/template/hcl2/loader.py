@@ -14,7 +14,7 @@ from lark import Token, Tree
 
 from builders.template.functions import PACKER_COMPAT_VERSION
 from builders.template.hcl2.body import Attr, Block, Body, Bound, block_scope, meaningful
-from builders.template.hcl2.datasources import DATA_SOURCES, DataSourceError
+from builders.template.hcl2.datasources import DATA_SOURCES, DataSourceError, hcp_packer_config_errors
 from builders.template.hcl2.diagnostics import Diagnostic, HCLError, Range
 from builders.template.hcl2.evaluator import Evaluator, Namespace, parse_expression
 from builders.template.hcl2.files import parse_file
@@ -189,6 +189,14 @@ class Loader:
         if block is None:
             raise KeyError(name)
         impl = DATA_SOURCES.get(type_name)
+        if impl is None and type_name.startswith("hcp-packer-") and not self.evaluate_data:
+            # Packer's validate configures every data source but executes none (hcl2template
+            # evaluateDatasources(skipExecution)): the outputs are unknown until a build reads the registry.
+            config = self.eval_body(block.body, self.scope(), block.context(), plugin=None)
+            problems = hcp_packer_config_errors(type_name, config)
+            if problems:
+                raise HCLError([self.diag(p, "", block, block.context()) for p in problems])
+            return UNKNOWN
         if impl is None and type_name.startswith("hcp-packer-"):
             raise HCLError(self.diag("HCP Packer data source not supported",
                                      f'The data source "{type_name}" reads the HCP Packer registry, which stemforge '
