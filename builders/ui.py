@@ -17,13 +17,12 @@ elapsed time, a bar with bytes, rate and ETA) that is erased and redrawn around 
 becomes throttled plain lines (at most one per ``PLAIN_PROGRESS_INTERVAL`` seconds per transfer, plus the last).
 
 Duration helpers live here too: ``durafmt`` (Packer's "1 minute 3 seconds" in the summary) and
-``go_duration``/``parse_duration`` (Go's ``time.Duration`` text used by ``pause_before``, ``timeout``, ...).
+``go_duration`` (Go's ``time.Duration`` text; reading one is ``stemforge_base.durations.parse_duration``).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import select
 import shutil
 import sys
@@ -117,38 +116,6 @@ def short_duration(seconds: float) -> str:
 def _trim(value: float) -> str:
     text = f"{value:.9f}".rstrip("0").rstrip(".")
     return text or "0"
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_DURATION_SCALE = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: object, *, field_name: str = "duration") -> float:
-    """Seconds from a Go duration string (``"1m30s"``, ``"500ms"``), a bare number of seconds, or a
-    ``timedelta``; ValueError naming ``field_name`` otherwise."""
-    if value is None or value == "":
-        return 0.0
-    if isinstance(value, bool):
-        raise ValueError(f"{field_name}: expected a duration such as '30s' or '5m', got {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
-    total_seconds = getattr(value, "total_seconds", None)
-    if callable(total_seconds):
-        return float(total_seconds())
-    text = str(value).strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text.lstrip("+-")
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(body):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_SCALE[match.group(2)]
-        pos = match.end()
-    if pos != len(body) or not body:
-        raise ValueError(f"{field_name}: invalid duration {text!r} (expected e.g. '30s', '5m', '1h30m', '500ms')")
-    return sign * total
 
 
 def human_bytes(count: float) -> str:

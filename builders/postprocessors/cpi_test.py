@@ -47,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
-import hashlib
 import logging
 import os
 import re
@@ -63,8 +62,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 
 from builders.core import Artifact, BuildContext, BuildError, ConfigError, PostProcessor
-from builders.cpi_client import CpiCallError, CpiClient
 from builders.postprocessors import Progress, human_size, validated_options
+from cpi.wrapper import write_wrapper
+from stemforge_base.cpi_client import CpiCallError, CpiClient
+from stemforge_base.durations import parse_duration
+from stemforge_base.hashing import sha256_file
+from stemforge_base.steps import Cancelled
 
 LOG: Final = logging.getLogger("stemforge.build.cpi_test")
 DEFAULT_CHECK_TIMEOUT: Final = 180.0
@@ -223,12 +226,10 @@ def console_dir_for(config_path: Path) -> Path:
 
 
 def _duration(value: Any, where: str, default: float) -> float:
-    from builders.ui import parse_duration
-
     if value is None:
         return default
     try:
-        seconds = parse_duration(value, field_name=where)
+        seconds = parse_duration(value, mode="seconds", field_name=where)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if seconds <= 0:
@@ -357,7 +358,6 @@ class CpiTestPostProcessor(PostProcessor):
 
     # -- run ------------------------------------------------------------------------------------------------
     def post_process(self, artifact: Artifact) -> tuple[Artifact, bool]:
-        from stemforge.steps import Cancelled
 
         if not hasattr(self, "targets"):
             self.prepare()
@@ -408,20 +408,13 @@ class CpiTestPostProcessor(PostProcessor):
         return files[0]
 
     def _hash(self, path: Path) -> str:
-        from stemforge.steps import Cancelled
+        progress = Progress(self.ctx, f"hashing {path.name}", path.stat().st_size)
 
-        size = path.stat().st_size
-        progress = Progress(self.ctx, f"hashing {path.name}", size)
-        digest = hashlib.sha256()
-        done = 0
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1024 * 1024):
-                if self.ctx.cancel.is_set():
-                    raise Cancelled(f"{self.ctx.build_name}: cpi-test cancelled")
-                digest.update(chunk)
-                done += len(chunk)
-                progress(done)
-        return digest.hexdigest()
+        def check() -> None:
+            if self.ctx.cancel.is_set():
+                raise Cancelled(f"{self.ctx.build_name}: cpi-test cancelled")
+
+        return sha256_file(path, progress=lambda done, _total: progress(done), check=check)
 
     def _stemcell_image(self, source: Path, work: Path) -> tuple[Path, dict[str, Any]]:
         """The extracted stemcell ``image`` file and the MF cloud_properties the director would pass to
@@ -498,8 +491,8 @@ class CpiTestPostProcessor(PostProcessor):
         client: CpiClient | None = None
         try:
             self._check_stop()
-            client = CpiClient.for_config(target.cpi_config, work, timeout=target.cpi_timeout,
-                                          debug=lambda line: LOG.debug("%s: cpi %s", target.name, line))
+            client = CpiClient([str(write_wrapper(target.cpi_config, work))], timeout=target.cpi_timeout,
+                               debug=lambda line: LOG.debug("%s: cpi %s", target.name, line))
             say(f"create_stemcell ({human_size(image.stat().st_size)} stemcell image)")
             result.stemcell_cid = client.create_stemcell(image, stemcell_properties,
                                                          {"stemforge-test": target.name})
@@ -595,7 +588,6 @@ class CpiTestPostProcessor(PostProcessor):
 
     def _run_smoke(self, target: Target, smoke: Smoke, port: int, say: Callable[[str], None]) -> str:
         from builders.communicators.ssh import SSHCommunicator, SSHConfig
-        from stemforge.steps import Cancelled
 
         stop = _EitherEvent(self.ctx.cancel, self._abort)
         config = SSHConfig(host="127.0.0.1", port=port, username=smoke.username,

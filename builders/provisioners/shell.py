@@ -32,8 +32,9 @@ from builders.provisioners import (
     render_runtime,
     wait_or_cancel,
 )
-from builders.ui import go_duration, parse_duration
-from stemforge.steps import Cancelled
+from builders.ui import go_duration
+from stemforge_base.durations import parse_duration
+from stemforge_base.steps import Cancelled
 
 DEFAULT_EXECUTE_COMMAND = "chmod +x {{.Path}}; {{.Vars}} {{.Path}}"
 ENV_FILE_EXECUTE_COMMAND = "chmod +x {{.Path}}; . {{.EnvVarFile}} && {{.Path}}"
@@ -98,8 +99,8 @@ class ShellProvisioner(Provisioner):
         self.env: dict[str, Any] = dict(c.get("env") or {})
         self.valid_exit_codes: list[int] = list(c.get("valid_exit_codes") or [0])
         try:
-            self.pause_after = parse_duration(c.get("pause_after"), field_name="pause_after")
-            self.start_retry_timeout = parse_duration(c.get("start_retry_timeout", "5m"),
+            self.pause_after = parse_duration(c.get("pause_after"), mode="seconds", field_name="pause_after")
+            self.start_retry_timeout = parse_duration(c.get("start_retry_timeout", "5m"), mode="seconds",
                                                       field_name="start_retry_timeout")
         except ValueError as exc:
             errors.append(str(exc))
