@@ -5,8 +5,8 @@ image onto the same disk, both timed INSIDE the same ramdisk guest (target: ours
 The ramdisk (``cpi/providers/baremetal/ramdisk``) boots in QEMU (TCG) with ``sf.bench=<rounds>``: after its normal
 deploy write and checksum it runs, per round, the plain dd pipeline and its own pipeline (wget | tee into sha256sum
 | sniff + byte-counted 1 MiB writer), alternating which goes first, each followed by ``sync``; it reports both
-times as events to a provisioning API stub on 127.0.0.1 (``qemu_rig``).  The image is ``--size-mib`` MiB of
-incompressible random data behind an MBR (nothing sparse: every byte moves).
+times as events to a provisioning API stub on 127.0.0.1 (``tests/harness/ramdisk_rig.py``).  The image is
+``--size-mib`` MiB of incompressible random data behind an MBR (nothing sparse: every byte moves).
 
 Two scenarios, each with its own PASS/MISS:
 
@@ -41,8 +41,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cpi import configdrive  # noqa: E402
-from cpi.providers.baremetal.ramdisk import qemu_rig as rig  # noqa: E402
 from cpi.providers.baremetal.ramdisk.build import ensure_ramdisk  # noqa: E402
+from tests.harness import ramdisk_rig as rig  # noqa: E402
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

@@ -8,7 +8,7 @@
 
 Building a lab costs about 1-2 s (the deploy ramdisk is built once and cached; the accelerator probe is cached
 per boot): namespace + bridge + VDE switch, libvirt domains in the host libvirtd with blank sparse disks, one
-sushy-tools emulator and ``metal serve`` inside the namespace (see ``cpi/providers/baremetal/lab.py``).
+sushy-tools emulator and ``metal serve`` inside the namespace (see ``cpi/providers/baremetal/lab/``).
 ``metal_lab`` removes everything on exit, whatever happened inside, and checks that nothing is left
 (:meth:`Lab.leftovers`).
 
@@ -27,8 +27,10 @@ from typing import Any
 
 import requests
 
-from cpi.providers.baremetal import lab as labmod
-from cpi.providers.baremetal import lab_net, lab_proc
+from cpi.providers.baremetal.lab import lifecycle as labmod
+from cpi.providers.baremetal.lab import net as lab_net
+from cpi.providers.baremetal.lab import proc as lab_proc
+from cpi.providers.baremetal.lab import record, virt
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,10 @@ class Lab:
     cpi_config_path: Path
     state_dir: Path  # the bare-metal state dir (metal.db, images/, configdrives/) shared by CPI and serve
     serve_log_path: Path | None
-    record: labmod.LabRecord = field(repr=False)
+    record: record.LabRecord = field(repr=False)
 
     @classmethod
-    def from_record(cls, rec: labmod.LabRecord) -> Lab:
+    def from_record(cls, rec: record.LabRecord) -> Lab:
         bmc = rec.bmc or {}
         servers = [
             LabServer(name=s["name"], macs=tuple(s["macs"]), bmc_address=s["bmc_address"], system_id=s["system_id"],
@@ -158,7 +160,7 @@ class Lab:
 
     def http_get(self, url: str, timeout: float = 10.0) -> tuple[int, bytes]:
         """GET from inside the lab's namespace (where the provisioning network is)."""
-        return labmod.http_get_in_namespace(self.namespace, url, timeout)
+        return lab_net.http_get_in_namespace(self.namespace, url, timeout)
 
     def wait_for_event(self, node: str, stage: str, timeout: float, after_id: int = 0) -> Any:
         """The first event of ``node`` whose stage (or kind) is ``stage``; on timeout, fail with the node's
@@ -230,7 +232,7 @@ def metal_unavailable_reason() -> str | None:
     return None
 
 
-def leftovers(rec: labmod.LabRecord) -> dict[str, Any]:
+def leftovers(rec: record.LabRecord) -> dict[str, Any]:
     """What of lab ``rec`` still exists: namespace, processes, domains, pool, volumes, host links, files, index.
     Works from a planned record too (``lab.plan``), for an ``up`` that failed before returning."""
     out: dict[str, Any] = {}
@@ -244,10 +246,10 @@ def leftovers(rec: labmod.LabRecord) -> dict[str, Any]:
     procs += [f"pid {p}: {_cmdline(p)}" for p in _pids_mentioning(rec.dir)]
     if procs:
         out["processes"] = procs
-    domains = labmod.domain_states(rec.id)
+    domains = virt.domain_states(rec.id)
     if domains:
         out["domains"] = domains
-    if labmod.pool_exists(rec.id):
+    if virt.pool_exists(rec.id):
         out["pool"] = rec.pool.get("name") or rec.id
     volumes = [d["path"] for s in rec.servers for d in s["disks"] if d["path"] and Path(d["path"]).exists()]
     if volumes:
@@ -258,7 +260,7 @@ def leftovers(rec: labmod.LabRecord) -> dict[str, Any]:
     directory = Path(rec.dir)
     if directory.exists():
         out["files"] = sorted(str(p) for p in directory.rglob("*"))[:20] or [str(directory)]
-    if (labmod.labs_root() / "index" / rec.id).exists():
+    if (record.labs_root() / "index" / rec.id).exists():
         out["index entry"] = rec.id
     return out
 

@@ -60,7 +60,7 @@ def lab() -> Iterator[Lab]:
 @pytest.fixture(autouse=True)
 def serve_alive(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every test starts (and ends) with ``metal serve`` running, or says so with its log instead of timing out."""
-    from cpi.providers.baremetal import lab_proc
+    from cpi.providers.baremetal.lab import proc as lab_proc
 
     lab = request.getfixturevalue("lab")
     if lab.record.serve and not lab_proc.alive(lab.record.serve):

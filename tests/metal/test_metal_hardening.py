@@ -7,10 +7,11 @@ HTTP (``metal serve``'s server on 127.0.0.1 with a real MetalStore, no guests):
 * ``GET /ipxe/<mac>`` (the script holds the job token) goes only to the address dnsmasq leased that MAC, read
   from a lease file in dnsmasq's format (the real dnsmasq is in test_metal_services_netns.py).
 
-Cleaning (the real deploy ramdisk in QEMU through ``qemu_rig``, the same rig as test_metal_ramdisk.py): plant a
-secret in the agent settings' ``env``, deploy the test stemcell with that config drive, clean, then search the
-whole disk file for the secret: absent; no ext superblock copy, LVM label or md superblock is left, and libblkid
-finds nothing. A plan's full erase zeroes the rest of the disk too, with progress events.
+Cleaning (the real deploy ramdisk in QEMU through ``tests/harness/ramdisk_rig.py``, the same rig as
+test_metal_ramdisk.py): plant a secret in the agent settings' ``env``, deploy the test stemcell with that config
+drive, clean, then search the whole disk file for the secret: absent; no ext superblock copy, LVM label or md
+superblock is left, and libblkid finds nothing. A plan's full erase zeroes the rest of the disk too, with progress
+events.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ import pytest
 import requests
 
 from cpi import configdrive
-from cpi.providers.baremetal.services import leases
-from cpi.providers.baremetal.services.http import MetalHTTPServer, serve_in_thread
-from cpi.providers.baremetal.services.shared_store import SharedStore
+from cpi.providers.baremetal.serve import leases
+from cpi.providers.baremetal.serve.http import MetalHTTPServer, serve_in_thread
+from cpi.providers.baremetal.serve.shared_store import SharedStore
 from cpi.providers.baremetal.store import Bmc, MetalStore, NodeSpec
 
 pytestmark = pytest.mark.metal
@@ -381,7 +382,7 @@ def test_cleaning_leaves_nothing_of_the_previous_tenant(ramdisk: Any, test_image
     """Deploy the test stemcell with a config drive holding secrets; give the second disk an LVM PV and an md RAID
     member; clean (metadata erase): no secret, no superblock copy, no signature anywhere; then a plan's full erase
     leaves only zeros, reporting progress."""
-    from cpi.providers.baremetal.ramdisk import qemu_rig as rig
+    from tests.harness import ramdisk_rig as rig
     from tests.metal.test_metal_ramdisk import deploy_instructions, run_ramdisk
 
     root = rig.sparse_disk(tmp_path / "root.raw", GIB)
@@ -462,7 +463,7 @@ def test_cleaning_leaves_nothing_of_the_previous_tenant(ramdisk: Any, test_image
 
 
 def test_clean_instructions_carry_the_erase_depth() -> None:
-    from cpi.providers.baremetal.services.instructions import InstructionsError, render_instructions
+    from cpi.providers.baremetal.instructions import InstructionsError, render_instructions
 
     assert (
         render_instructions("n1", "clean", {"mode": "clean", "erase": "full"}) == "SF_MODE='clean'\nSF_ERASE='full'\n"

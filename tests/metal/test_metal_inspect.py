@@ -44,7 +44,7 @@ def metal(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
 def domain_hardware(name: str) -> ET.Element:
     import libvirt
 
-    from cpi.providers.baremetal.lab import LIBVIRT_URI
+    from cpi.providers.baremetal.lab.record import LIBVIRT_URI
 
     conn = libvirt.open(LIBVIRT_URI)
     try:

@@ -19,7 +19,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from cpi.providers.baremetal import lab, lab_domain, lab_files
+from cpi.providers.baremetal.lab import domain as lab_domain
+from cpi.providers.baremetal.lab import files as lab_files
+from cpi.providers.baremetal.lab import lifecycle as lab
+from cpi.providers.baremetal.lab import record, virt
 from stemforge.steps import FAILPOINTS_ENV, FailpointError
 from tests.harness.metal import leftovers, metal_lab, metal_unavailable_reason, wait_until
 
@@ -206,7 +209,7 @@ def test_each_labs_bmc_sees_only_its_own_servers(lab_host: None) -> None:
 def test_a_lab_whose_owner_died_is_reaped(lab_host: None) -> None:
     """A test process killed before its teardown leaves its lab; the next ``metal_lab`` removes it (labs made by
     ``stemforge metal lab up`` have no owner and are never reaped)."""
-    code = ("import os, sys; from cpi.providers.baremetal import lab; "
+    code = ("import os, sys; from cpi.providers.baremetal.lab import lifecycle as lab; "
             "rec = lab.up(1, with_serve=False, with_ramdisk=False, owner_pid=os.getpid()); "
             "print(rec.id, flush=True); os._exit(0)")  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
@@ -273,7 +276,7 @@ def test_up_killed_mid_way_is_removed(lab_host: None, cli_lab: str, sig: signal.
         text=True,
     )
     try:
-        wait_until(lambda: lab.domain_states(cli_lab) or proc.poll() is not None, 120, lambda: "no domain defined")
+        wait_until(lambda: virt.domain_states(cli_lab) or proc.poll() is not None, 120, lambda: "no domain defined")
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -281,7 +284,7 @@ def test_up_killed_mid_way_is_removed(lab_host: None, cli_lab: str, sig: signal.
             proc.kill()
             proc.wait()
     planned = lab.plan(2, lab_id=cli_lab)
-    rec = lab.LabRecord.load(planned.path) if planned.path.exists() else planned
+    rec = record.LabRecord.load(planned.path) if planned.path.exists() else planned
     assert rec.phase == "creating", "up finished before the signal: the test proved nothing"
     if sig == signal.SIGTERM:
         assert proc.returncode == 143, stderr

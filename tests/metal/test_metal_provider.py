@@ -268,7 +268,7 @@ def test_bmc_down_goes_to_maintenance_and_the_next_server_is_used(tmp_path: Path
 
 
 def test_matching_smallest_plan_and_root_disk(tmp_path: Path) -> None:
-    from cpi.providers.baremetal.provider import _root_disk
+    from cpi.providers.baremetal.plan_disks import root_disk
 
     state = tmp_path / "metal"
     store = MetalStore(state)
@@ -286,7 +286,7 @@ def test_matching_smallest_plan_and_root_disk(tmp_path: Path) -> None:
         who="test",
     )  # fmt: skip
     provider = BareMetalProvider({"baremetal": {"state_dir": str(state)}}, log)
-    assert _root_disk(store.get_node("small"))["serial"] == "s-root"  # smallest >= 4 GiB
+    assert root_disk(store.get_node("small"))["serial"] == "s-root"  # smallest >= 4 GiB
     assert provider.calculate_vm_cloud_properties({"cpu": 1, "ram": 1024, "ephemeral_disk_size": 4096}) == {
         "cpu": 2, "ram": 2048, "arch": "x86_64", "ephemeral_disk_size": 4096}  # fmt: skip
     assert provider.calculate_vm_cloud_properties({"cpu": 3, "ram": 1024, "ephemeral_disk_size": 0})["cpu"] == 4
@@ -344,7 +344,7 @@ def test_readiness_needs_no_agent_of_ours(tmp_path: Path, emulator: Emulator, ca
 
 
 def test_system_disk_hint_is_the_stable_by_id_name() -> None:
-    from cpi.providers.baremetal.provider import by_id_path, system_disk_hint
+    from cpi.providers.baremetal.plan_disks import by_id_path, system_disk_hint
 
     table: list[tuple[dict[str, Any], str | None]] = [
         ({"name": "/dev/vda", "serial": "SF0A1B2CS0D0"}, "/dev/disk/by-id/virtio-SF0A1B2CS0D0"),
@@ -365,8 +365,8 @@ def test_system_disk_hint_is_the_stable_by_id_name() -> None:
 
 def test_dhcp_seen_turns_dnsmasq_acks_into_node_events(tmp_path: Path) -> None:
     """``metal serve``'s DHCP-seen signal on dnsmasq's own log lines (plain and ``--log-dhcp`` forms)."""
-    from cpi.providers.baremetal.services.dhcp_seen import DhcpAck, parse_ack, recorder
-    from cpi.providers.baremetal.services.shared_store import SharedStore
+    from cpi.providers.baremetal.serve.dhcp_seen import DhcpAck, parse_ack, recorder
+    from cpi.providers.baremetal.serve.shared_store import SharedStore
 
     assert parse_ack("DHCPACK(sfbr0) 10.95.17.100 52:54:00:5F:11:10 sf-lab-5f1100-s0") == DhcpAck(
         "sfbr0", "10.95.17.100", "52:54:00:5f:11:10"

@@ -1,6 +1,6 @@
 """The bare-metal deploy ramdisk, for real: built from Debian packages, booted in plain QEMU (TCG) with
 ``-kernel/-initrd/-append``, talking to a provisioning API stub on 127.0.0.1 through slirp's host address
-(``cpi.providers.baremetal.ramdisk.qemu_rig``), writing to sparse raw disk files that the test then reads.
+(``tests/harness/ramdisk_rig.py``), writing to sparse raw disk files that the test then reads.
 
 * build: cached, the initramfs holds the scripts, the tools and every shared library they need;
 * deploy of the test stemcell image: the disk equals the image over its size, a config-2 partition holds the ISO,
@@ -29,8 +29,8 @@ import pytest
 
 from cpi import configdrive
 from cpi.providers.baremetal.ramdisk import build as rdb
-from cpi.providers.baremetal.ramdisk import qemu_rig as rig
 from stemcells.testimage import build as tib
+from tests.harness import ramdisk_rig as rig
 
 pytestmark = [
     pytest.mark.metal,

@@ -181,7 +181,7 @@ def test_the_providers_plan_root_disk_follows_the_same_rules(tmp_path: Any) -> N
     """provider._root_disk (disks.system in the agent settings, room for create_vm, extra disks) chooses among the
     plan's disks with root_hints.py: case-insensitive serials, operators, the default; a plan that does not
     describe the hinted field falls back to the default."""
-    from cpi.providers.baremetal.provider import _root_disk
+    from cpi.providers.baremetal.plan_disks import root_disk
     from cpi.providers.baremetal.store import Bmc, MetalStore, NodeSpec
 
     store = MetalStore(tmp_path / "sd")
@@ -202,7 +202,7 @@ def test_the_providers_plan_root_disk_follows_the_same_rules(tmp_path: Any) -> N
         store.enroll([NodeSpec(name=name, bmc=bmc, macs=(f"52:54:00:00:00:{i:02x}",), plan=plan, root_hints=hints)],
                      who="t")  # fmt: skip
         node = store.get_node(name)
-        chosen = _root_disk(node)
+        chosen = root_disk(node)
         assert chosen["serial"] == serial, (hints, chosen)
         assert any(chosen is d for d in node.plan["disks"])  # create_disk skips the root by identity
     store.close()

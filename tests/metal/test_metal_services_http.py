@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import requests
 
-from cpi.providers.baremetal.services.http import MetalHTTPServer, serve_in_thread
-from cpi.providers.baremetal.services.instructions import InstructionsError, render_instructions
-from cpi.providers.baremetal.services.shared_store import SharedStore
+from cpi.providers.baremetal.instructions import InstructionsError, render_instructions
+from cpi.providers.baremetal.serve.http import MetalHTTPServer, serve_in_thread
+from cpi.providers.baremetal.serve.shared_store import SharedStore
 from cpi.providers.baremetal.store import Bmc, MetalStore, NodeSpec
 
 MAC1 = "52:54:00:aa:00:01"

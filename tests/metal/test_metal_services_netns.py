@@ -89,7 +89,7 @@ class Lab:
 
     def serve_argv(self, *extra: str, cli: str = "module", ramdisk: Path | None = None) -> list[str]:
         base = (
-            [PYTHON, "-m", "cpi.providers.baremetal.services.serve"]
+            [PYTHON, "-m", "cpi.providers.baremetal.serve"]
             if cli == "module"
             else [str(Path(PYTHON).parent / "stemforge"), "metal", "serve"]
         )

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cpi.providers.baremetal.services import ipxe
-from cpi.providers.baremetal.services.dnsmasq import (
+from cpi.providers.baremetal.serve import ipxe
+from cpi.providers.baremetal.serve.dnsmasq import (
     DnsmasqConfig,
     DnsmasqError,
     check_config,

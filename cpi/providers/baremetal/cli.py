@@ -13,13 +13,16 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from cpi.providers.baremetal import lab_cli, serve_cli
-from cpi.providers.baremetal.config import DEFAULT_STATE_DIR, STATE_DIR_ENV
+from cpi.providers.baremetal.config import DEFAULT_STATE_DIR, STATE_DIR_ENV, MetalConfig, Timeouts
+from cpi.providers.baremetal.lab import cli as lab_cli
+from cpi.providers.baremetal.serve import cli as serve_cli
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -116,22 +119,16 @@ def _who() -> str:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from cpi.providers.baremetal.store import MetalStore
+    from cpi.providers.baremetal.store import MetalStore  # lazy: every stemforge command builds this parser
 
     return MetalStore(args.state_dir)
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from pathlib import Path
-
-    from cpi.providers.baremetal.config import MetalConfig, Timeouts
-
     return MetalConfig(state_dir=Path(args.state_dir), timeouts=Timeouts(clean=getattr(args, "timeout", 600.0)))
 
 
 def _logger() -> Any:
-    import logging
-
     log = logging.getLogger("stemforge.metal")
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -149,6 +146,7 @@ def _fail(message: str) -> int:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
+    # lazy: every stemforge command builds this parser
     from cpi.providers.baremetal.interfaces.base import InterfaceError
     from cpi.providers.baremetal.inventory import InventoryError
     from cpi.providers.baremetal.store import StoreError
@@ -161,7 +159,7 @@ def _message(exc: BaseException) -> str:
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    from cpi.providers.baremetal import inventory
+    from cpi.providers.baremetal import inventory  # lazy: every stemforge command builds this parser
 
     try:
         nodes = inventory.enroll_file(_open(args), args.file, _who())
@@ -176,7 +174,7 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from cpi.providers.baremetal import inventory
+    from cpi.providers.baremetal import inventory  # lazy: every stemforge command builds this parser
 
     rows = [dict(inventory.summary(n)) for n in _open(args).nodes()]
     if args.json:
@@ -195,7 +193,7 @@ def _show(args: argparse.Namespace) -> int:
     node = store.node(args.name)
     if node is None:
         return _fail(f"node {args.name!r} is not enrolled")
-    from cpi.providers.baremetal import inspection
+    from cpi.providers.baremetal import inspection  # lazy: every stemforge command builds this parser
 
     out = node.public()
     record = store.inspection(args.name)
@@ -232,54 +230,41 @@ def _progress(line: str) -> None:
     print(line, flush=True)
 
 
-def _manage(args: argparse.Namespace) -> int:
-    from cpi.providers.baremetal import inventory
+def _operator(args: argparse.Namespace) -> Any:
+    from cpi.providers.baremetal import inventory  # lazy: every stemforge command builds this parser
 
-    store, config, log, who = _open(args), _config(args), _logger(), _who()
+    return inventory.Operator(_open(args), _config(args), _logger(), _who(), progress=_progress)
+
+
+def _manage(args: argparse.Namespace) -> int:
+    op = _operator(args)
 
     def manage(name: str) -> Any:
-        node = inventory.manage(store, config, name, log, who)
-        if args.no_inspect:
-            return node
-        return inventory.inspect(store, config, name, log, who, progress=_progress)
+        node = op.manage(name)
+        return node if args.no_inspect else op.inspect(name)
 
     return _each(args, "manage", manage)
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from cpi.providers.baremetal import inventory
-
-    store, config, log, who = _open(args), _config(args), _logger(), _who()
-    return _each(args, "inspect", lambda n: inventory.inspect(store, config, n, log, who, progress=_progress))
+    return _each(args, "inspect", _operator(args).inspect)
 
 
 def _provide(args: argparse.Namespace) -> int:
-    from cpi.providers.baremetal import inventory
-
-    store, config, log, who = _open(args), _config(args), _logger(), _who()
-    return _each(
-        args,
-        "provide",
-        lambda n: inventory.provide(store, config, n, log, who, skip_cleaning=args.skip_cleaning, progress=_progress),
-    )
+    op = _operator(args)
+    return _each(args, "provide", lambda n: op.provide(n, skip_cleaning=args.skip_cleaning))
 
 
 def _clean(args: argparse.Namespace) -> int:
-    from cpi.providers.baremetal import inventory
-
-    store, config, log, who = _open(args), _config(args), _logger(), _who()
-    return _each(args, "clean", lambda n: inventory.clean(store, config, n, log, who, progress=_progress))
+    return _each(args, "clean", _operator(args).clean)
 
 
 def _undeploy(args: argparse.Namespace) -> int:
-    from cpi.providers.baremetal import inventory
-
-    store, config, log, who = _open(args), _config(args), _logger(), _who()
-    return _each(args, "undeploy", lambda n: inventory.undeploy(store, config, n, log, who, progress=_progress))
+    return _each(args, "undeploy", _operator(args).undeploy)
 
 
 def _maintenance(args: argparse.Namespace) -> int:
-    from cpi.providers.baremetal import inventory
+    from cpi.providers.baremetal import inventory  # lazy: every stemforge command builds this parser
 
     try:
         node = inventory.set_maintenance(_open(args), args.name, args.action == "set", args.reason, _who())

@@ -1,4 +1,5 @@
-"""The server inventory: enrolment from a file, and the operator verbs (manage, provide, clean, maintenance).
+"""The server inventory: enrolment from a file, and the operator verbs (:class:`Operator`: manage, inspect, provide,
+clean, undeploy; maintenance).
 
 An inventory file (YAML or JSON) is ``{"nodes": [...]}``, each node with ``name``, ``bmc`` (driver, address,
 system_id, username, password), ``macs``, ``plan`` (arch, cpus, memory_mib, disks, labels) and optional
@@ -13,17 +14,21 @@ through the deploy interface (the ramdisk wipes the disks) and fail to ``clean f
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cpi.errors import CpiError
-from cpi.providers.baremetal import root_hints, states
+from cpi.providers.baremetal import inspection, root_hints, states
 from cpi.providers.baremetal.config import MetalConfig
 from cpi.providers.baremetal.interfaces import DRIVERS, hardware_for
 from cpi.providers.baremetal.interfaces.base import BmcUnreachable, InterfaceError, Task
-from cpi.providers.baremetal.store import Bmc, MetalStore, Node, NodeSpec, normalize_mac
+from cpi.providers.baremetal.store import Bmc, MetalStore, Node, NodeSpec, StoreError, normalize_mac
+from cpi.validation import validate
 
 MAX_INVENTORY_BYTES = 4 * 1024 * 1024
 _MAC = "^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$"
@@ -105,8 +110,6 @@ class InventoryError(Exception):
 
 def parse_inventory(text: str, source: str = "inventory") -> list[NodeSpec]:
     """Parse and validate an inventory document (JSON, else YAML). Raises InventoryError naming the field."""
-    import json
-
     try:
         data: Any = json.loads(text)
     except ValueError:
@@ -119,8 +122,6 @@ def parse_inventory(text: str, source: str = "inventory") -> list[NodeSpec]:
             where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
             raise InventoryError(f"{source}: not valid YAML or JSON{where}") from None
     try:
-        from cpi.providers.libvirt.config import validate
-
         validate(source, INVENTORY_SCHEMA, data)
     except CpiError as exc:
         raise InventoryError(exc.message) from None
@@ -184,8 +185,6 @@ def load_inventory(path: str | Path) -> list[NodeSpec]:
 
 def enroll_file(store: MetalStore, path: str | Path, who: str) -> list[Node]:
     """Validate the whole file, then enrol every node in one transaction (state ``enroll``)."""
-    from cpi.providers.baremetal.store import StoreError
-
     specs = load_inventory(path)
     try:
         return store.enroll(specs, who=who, why=f"enrolled from {path}")
@@ -197,17 +196,70 @@ def enroll_file(store: MetalStore, path: str | Path, who: str) -> list[Node]:
 Progress = Callable[[str], None]
 
 
-def _task(store: MetalStore, config: MetalConfig, name: str, log: logging.Logger, who: str) -> Any:
-    return Task.acquire(store, name, config, log, who)
+@dataclass(frozen=True)
+class Operator:
+    """Who runs the operator verbs against which store: each verb holds the node's lock (a ``Task``) for its whole
+    run and moves the node through ``states``; ``progress`` gets the ramdisk's progress lines."""
 
+    store: MetalStore
+    config: MetalConfig
+    log: logging.Logger
+    who: str
+    progress: Progress | None = None
 
-def manage(store: MetalStore, config: MetalConfig, name: str, log: logging.Logger, who: str) -> Node:
-    """Verify the BMC answers (a power-state read), then → manageable. BmcUnreachable → maintenance + error."""
-    with _task(store, config, name, log, who) as task:
-        if not states.allowed(task.node.provision_state, "manage"):
-            raise states.IllegalTransition(name, task.node.provision_state, "manage")
-        power = verify_bmc(task)
-        return states.apply(store, name, "manage", who, f"BMC answered (power {power})")
+    @contextlib.contextmanager
+    def _task(self, name: str) -> Iterator[Task]:
+        with Task.acquire(self.store, name, self.config, self.log, self.who) as task:
+            task.progress = self.progress
+            yield task
+
+    def manage(self, name: str) -> Node:
+        """Verify the BMC answers (a power-state read), then → manageable. BmcUnreachable → maintenance + error."""
+        with self._task(name) as task:
+            if not states.allowed(task.node.provision_state, "manage"):
+                raise states.IllegalTransition(name, task.node.provision_state, "manage")
+            power = verify_bmc(task)
+            return states.apply(self.store, name, "manage", self.who, f"BMC answered (power {power})")
+
+    def provide(self, name: str, *, skip_cleaning: bool = False) -> Node:
+        """manageable (or clean failed) → cleaning → available. ``skip_cleaning`` only for disks known blank."""
+        with self._task(name) as task:
+            why = "provide" + (" (cleaning skipped)" if skip_cleaning else "")
+            states.apply(self.store, name, "provide", self.who, why)
+            if skip_cleaning:
+                blank = "cleaning skipped by the operator (blank disks)"
+                return states.apply(self.store, name, "done", self.who, blank)
+            return run_cleaning(task, self.who, "provide")
+
+    def clean(self, name: str) -> Node:
+        """Manual cleaning: manageable → cleaning → manageable."""
+        with self._task(name) as task:
+            states.apply(self.store, name, "clean", self.who, "manual cleaning")
+            return run_cleaning(task, self.who, "clean")
+
+    def undeploy(self, name: str) -> Node:
+        """deploy failed (or an unclaimed active) → deleting → power off → cleaning → available. A node a VM still
+        claims is refused: delete that VM (delete_vm cleans the server itself)."""
+        with self._task(name) as task:
+            if task.node.claimed_by:
+                raise InventoryError(f"node {name} runs VM {task.node.claimed_by}; delete that VM instead")
+            states.apply(self.store, name, "undeploy", self.who, "undeploy by the operator")
+            try:
+                hardware_for(task.node).power.set_power_state(task, "off")
+            except InterfaceError as exc:
+                states.apply(self.store, name, "fail", self.who, exc.message, last_error=exc.message)
+                raise InventoryError(f"undeploy of node {name} failed: {exc.message}") from None
+            states.apply(self.store, name, "clean", self.who, "undeploy by the operator")
+            return run_cleaning(task, self.who, "undeploy")
+
+    def inspect(self, name: str) -> Node:
+        """Ironic's inspection: manageable (or inspect failed) → inspecting → inspect wait → manageable, with the
+        hardware facts the ramdisk reported recorded in the store (``store.inspection``) with their time. Bounded
+        by the cleaning timeout. A failure → ``inspect failed`` with the reason (maintenance when the BMC is
+        unreachable), the server powered off, InventoryError."""
+        with self._task(name) as task:
+            states.apply(self.store, name, "inspect", self.who, "inspection")
+            return run_inspection(task, self.who)
 
 
 def verify_bmc(task: Task) -> str:
@@ -217,66 +269,6 @@ def verify_bmc(task: Task) -> str:
     except BmcUnreachable as exc:
         task.store.set_maintenance(task.node.name, True, exc.message, task.who)
         raise
-
-
-def provide(
-    store: MetalStore,
-    config: MetalConfig,
-    name: str,
-    log: logging.Logger,
-    who: str,
-    *,
-    skip_cleaning: bool = False,
-    progress: Progress | None = None,
-) -> Node:
-    """manageable (or clean failed) → cleaning → available. ``skip_cleaning`` only for disks known blank."""
-    with _task(store, config, name, log, who) as task:
-        task.progress = progress
-        states.apply(store, name, "provide", who, "provide" + (" (cleaning skipped)" if skip_cleaning else ""))
-        if skip_cleaning:
-            return states.apply(store, name, "done", who, "cleaning skipped by the operator (blank disks)")
-        return run_cleaning(task, who, "provide")
-
-
-def clean(
-    store: MetalStore,
-    config: MetalConfig,
-    name: str,
-    log: logging.Logger,
-    who: str,
-    *,
-    progress: Progress | None = None,
-) -> Node:
-    """Manual cleaning: manageable → cleaning → manageable."""
-    with _task(store, config, name, log, who) as task:
-        task.progress = progress
-        states.apply(store, name, "clean", who, "manual cleaning")
-        return run_cleaning(task, who, "clean")
-
-
-def undeploy(
-    store: MetalStore,
-    config: MetalConfig,
-    name: str,
-    log: logging.Logger,
-    who: str,
-    *,
-    progress: Progress | None = None,
-) -> Node:
-    """deploy failed (or an unclaimed active) → deleting → power off → cleaning → available. A node a VM still
-    claims is refused: delete that VM (delete_vm cleans the server itself)."""
-    with _task(store, config, name, log, who) as task:
-        task.progress = progress
-        if task.node.claimed_by:
-            raise InventoryError(f"node {name} runs VM {task.node.claimed_by}; delete that VM instead")
-        states.apply(store, name, "undeploy", who, "undeploy by the operator")
-        try:
-            hardware_for(task.node).power.set_power_state(task, "off")
-        except InterfaceError as exc:
-            states.apply(store, name, "fail", who, exc.message, last_error=exc.message)
-            raise InventoryError(f"undeploy of node {name} failed: {exc.message}") from None
-        states.apply(store, name, "clean", who, "undeploy by the operator")
-        return run_cleaning(task, who, "undeploy")
 
 
 def run_cleaning(task: Task, who: str, why: str) -> Node:
@@ -308,29 +300,8 @@ def run_cleaning(task: Task, who: str, why: str) -> Node:
         raise
 
 
-def inspect(
-    store: MetalStore,
-    config: MetalConfig,
-    name: str,
-    log: logging.Logger,
-    who: str,
-    *,
-    progress: Progress | None = None,
-) -> Node:
-    """Ironic's inspection: manageable (or inspect failed) → inspecting → inspect wait → manageable, with the
-    hardware facts the ramdisk reported recorded in the store (``store.inspection``) with their time. Bounded by
-    the cleaning timeout. A failure → ``inspect failed`` with the reason (maintenance when the BMC is
-    unreachable), the server powered off, InventoryError."""
-    with _task(store, config, name, log, who) as task:
-        task.progress = progress
-        states.apply(store, name, "inspect", who, "inspection")
-        return run_inspection(task, who)
-
-
 def run_inspection(task: Task, who: str) -> Node:
     """With the node in ``inspecting`` (lock held): boot the ramdisk in inspect mode, record its report."""
-    from cpi.providers.baremetal import inspection
-
     name = task.node.name
     store = task.store
     timeout = task.config.timeouts.clean

@@ -18,13 +18,9 @@ unreachable goes to maintenance instead, and create_vm moves on to the next matc
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import re
-import shutil
-import subprocess
 import tempfile
 import time
 import uuid as uuidlib
@@ -35,12 +31,14 @@ from typing import Any
 from cpi import agent_settings, configdrive
 from cpi.errors import CloudError, CpiError, DiskNotAttached, DiskNotFound, NotSupported, VMCreationFailed, VMNotFound
 from cpi.provider import DiskHint, Networks, Provider
-from cpi.providers.baremetal import inventory, states
+from cpi.providers.baremetal import inventory, states, stemcell_images
 from cpi.providers.baremetal.config import (
+    DHCP_EVENT,
     DISK_CLOUD_PROPERTIES_SCHEMA,
     VM_CLOUD_PROPERTIES_SCHEMA,
     MetalConfig,
 )
+from cpi.providers.baremetal.instructions import InstructionsError, validate_instructions
 from cpi.providers.baremetal.interfaces import hardware_for
 from cpi.providers.baremetal.interfaces.base import (
     POWER_OFF,
@@ -50,14 +48,13 @@ from cpi.providers.baremetal.interfaces.base import (
     InterfaceError,
     Task,
 )
-from cpi.providers.baremetal.services.dhcp_seen import EVENT_KIND as DHCP_EVENT
+from cpi.providers.baremetal.plan_disks import root_disk, system_disk_hint
 from cpi.providers.baremetal.store import MetalStore, Node
-from cpi.providers.libvirt.config import validate
+from cpi.validation import validate
 from stemforge.steps import StepRunner
+from stemforge_base.hashing import sha256_file
 
 MIB = 1024 * 1024
-GIB = 1024 * MIB
-QCOW2_MAGIC = b"QFI\xfb"
 
 
 class BareMetalProvider(Provider):
@@ -112,9 +109,9 @@ class BareMetalProvider(Provider):
         started = time.monotonic()
         try:
             with tempfile.TemporaryDirectory(prefix="stemforge-stemcell-", dir=self.config.state_dir) as work:
-                root = _root_image(path, Path(work))
-                _to_raw(root, tmp)
-            sha256, size = _sha256(tmp)
+                root = stemcell_images.root_image(path, Path(work))
+                stemcell_images.to_raw(root, tmp)
+            sha256, size = sha256_file(tmp), tmp.stat().st_size
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
             self.store.put_stemcell(cid, str(target), sha256, size, "raw", dict(tags))
@@ -153,7 +150,7 @@ class BareMetalProvider(Provider):
         labels = plan.get("labels") or {}
         if any(labels.get(k) != v for k, v in (props.get("labels") or {}).items()):
             return False
-        root_mib = int(float(_root_disk(node).get("size_gib", 0)) * 1024)
+        root_mib = int(float(root_disk(node).get("size_gib", 0)) * 1024)
         need = int(props.get("ephemeral_disk_size", 0)) + int(props.get("root_disk_size", 0))
         return root_mib >= need
 
@@ -348,7 +345,7 @@ class BareMetalProvider(Provider):
         node = self.store.node_for_vm(vm_locality)
         if node is None:
             raise VMNotFound(f"create_disk: VM {vm_locality} not found")
-        root = _root_disk(node)
+        root = root_disk(node)
         candidates = []
         for disk in node.plan.get("disks", []):
             if disk is root or float(disk.get("size_gib", 0)) * 1024 < size_mib:
@@ -555,7 +552,7 @@ class _WriteConfigDrive(_Step):
                 net["mac"] = macs.pop(0)
             planned[net_name] = net
         plan.networks = planned
-        root = _root_disk(self.task.node)
+        root = root_disk(self.task.node)
         settings = agent_settings.build(
             agent_id=plan.agent_id,
             vm_name=plan.vm_cid,
@@ -605,8 +602,6 @@ class _Deploy(_Step):
         }
         if self.task.node.root_hints:
             instructions["root_hints"] = dict(self.task.node.root_hints)
-        from cpi.providers.baremetal.services.instructions import InstructionsError, validate_instructions
-
         try:
             validate_instructions(self.node, "deploy", {"mode": "deploy", **instructions})
         except InstructionsError as exc:
@@ -772,105 +767,3 @@ def _steps(provider: BareMetalProvider, task: Task, plan: _VmPlan) -> list[_Step
 def _plan_text(node: Node) -> str:
     plan = node.plan
     return f"{plan.get('arch', '?')}, {plan.get('cpus', '?')} CPU, {plan.get('memory_mib', '?')} MiB"
-
-
-#: What udev keeps of a character in a ``/dev/disk/by-id`` link name (``udev_replace_chars``: the rest becomes ``_``).
-_UDEV_KEEP = re.compile(r"[^0-9A-Za-z#+\-.:=@_]")
-
-
-def _udev(text: str) -> str:
-    return _UDEV_KEEP.sub("_", text.strip())
-
-
-def by_id_path(disk: Mapping[str, Any]) -> str | None:
-    """The ``/dev/disk/by-id`` link udev (systemd's ``60-persistent-storage.rules``) makes in the installed OS for a
-    plan disk (``name``, ``serial``, ``wwn``, ``model``, as enrolled or as the ramdisk reports them), or None when
-    the fields do not determine one: ``virtio-<serial>`` for ``vd*``, ``nvme-<model>_<serial>`` for ``nvme*``,
-    ``wwn-0x<wwn>`` for any disk with a WWN (``0x…`` or ``naa.…`` as sysfs shows it)."""
-    name = str(disk.get("name") or "").removeprefix("/dev/")
-    serial = str(disk.get("serial") or "").strip()
-    model = str(disk.get("model") or "").strip()
-    wwn = str(disk.get("wwn") or "").strip().lower()
-    if name.startswith("vd") and serial:
-        return f"/dev/disk/by-id/virtio-{_udev(serial)}"
-    if name.startswith("nvme") and serial and model:
-        return f"/dev/disk/by-id/nvme-{_udev(model)}_{_udev(serial)}"
-    for prefix in ("0x", "naa."):
-        if wwn.startswith(prefix) and len(wwn) > len(prefix):
-            return f"/dev/disk/by-id/wwn-0x{_udev(wwn[len(prefix) :])}"
-    return None
-
-
-def system_disk_hint(root: Mapping[str, Any]) -> str:
-    """``disks.system`` of the agent settings: the root disk's stable by-id path, else its enrolled kernel name.
-
-    A stock bosh-agent finds its root disk from the ``/`` mount, not from this field; it is what operators and
-    tools read, so it names the disk the way every boot of the server resolves the same (``/dev/sdX`` kernel names
-    change with probe order on real servers; by-id names do not)."""
-    return by_id_path(root) or str(root.get("name") or "")
-
-
-def _root_disk(node: Node) -> dict[str, Any]:
-    """The plan disk the root-device hints select with Ironic's rules (``root_hints.py``, the rules ``metal serve``
-    applies to the disks the ramdisk finds); a plan that does not describe a hinted field gets the default (the
-    smallest disk of at least 4 GiB, else the smallest). The returned dict is one of ``node.plan["disks"]``."""
-    from cpi.providers.baremetal import root_hints
-
-    disks: list[dict[str, Any]] = list(node.plan.get("disks", []))
-    devices = [{**d, "size": int(float(d.get("size_gib", 0)) * root_hints.GIB)} for d in disks]
-    for hints in (node.root_hints, None):
-        try:
-            chosen = root_hints.select_root_device(devices, hints)
-        except (root_hints.NoRootDevice, root_hints.RootHintsError):
-            continue
-        return disks[next(i for i, d in enumerate(devices) if d is chosen)]
-    return min(disks, key=lambda d: float(d.get("size_gib", 0))) if disks else {}
-
-
-def _root_image(image: Path, work: Path) -> Path:
-    """The disk image inside the director's ``image`` file (a gzipped tar), or the file itself, judged by
-    ``stemcells.image_check`` (qcow2/raw, no backing or data file, not encrypted, bounded virtual size)."""
-    from stemcells.errors import StemcellError
-    from stemcells.image_check import ImageRejected, prepare_root_image
-
-    try:
-        return prepare_root_image(image, work).path
-    except ImageRejected as exc:
-        raise CloudError(f"create_stemcell: root image {exc.path.name} of {image} refused: {exc.reason}") from None
-    except StemcellError as exc:
-        raise CloudError(f"create_stemcell: {exc.message}") from None
-
-
-def _to_raw(source: Path, target: Path) -> None:
-    """Copy (raw) or convert (qcow2, sniffed by magic, never by name) to a sparse raw file."""
-    with open(source, "rb") as fh:
-        magic = fh.read(4)
-    if magic != QCOW2_MAGIC:
-        proc = subprocess.run(
-            ["cp", "--sparse=always", str(source), str(target)],
-            capture_output=True,
-            text=True,
-            timeout=3600,
-            check=False,
-        )
-    else:
-        qemu_img = shutil.which("qemu-img") or "/usr/bin/qemu-img"
-        proc = subprocess.run(
-            [qemu_img, "convert", "-f", "qcow2", "-O", "raw", str(source), str(target)],
-            capture_output=True,
-            text=True,
-            timeout=3600,
-            check=False,
-        )
-    if proc.returncode != 0:
-        raise CloudError(f"create_stemcell: converting the image to raw failed: {proc.stderr.strip()[:500]}")
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(4 * MIB):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size

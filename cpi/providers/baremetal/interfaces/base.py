@@ -30,6 +30,7 @@ T = TypeVar("T")
 
 POWER_ON = "on"
 POWER_OFF = "off"
+POWER_RESET = "reset"
 BOOT_PXE = "pxe"
 BOOT_DISK = "disk"
 
@@ -91,18 +92,30 @@ class Task:
 
 
 class PowerInterface(ABC):
+    """A driver's power: it reads the state and requests a change (``get_power_state``, ``request_power``); turning
+    on/off and rebooting, each waited for until the BMC reports the result, are the same for every driver."""
+
     @abstractmethod
     def get_power_state(self, task: Task) -> str:
         """``"on"`` or ``"off"`` (anything else is reported as the BMC's own word, lower case)."""
 
     @abstractmethod
+    def request_power(self, task: Task, action: str) -> None:
+        """Ask the BMC for ``"on"``, ``"off"`` (forced) or ``"reset"`` (hard) without waiting for it."""
+
     def set_power_state(self, task: Task, state: str, timeout: float | None = None) -> None:
         """Turn the server on or off (forced) and wait, bounded by ``timeout`` (default timeouts.power), until
         the BMC reports that state. No-op when already there."""
+        if state not in (POWER_ON, POWER_OFF):
+            raise BmcError(f"node {task.node.name}: unknown power state {state!r} (on or off)")
+        if self.get_power_state(task) != state:
+            self.request_power(task, state)
+        wait_for_power(task, self, state, timeout or task.config.timeouts.power)
 
-    @abstractmethod
     def reboot(self, task: Task, timeout: float | None = None) -> None:
         """Hard reset (or power on when off) and wait until the BMC reports it on."""
+        self.request_power(task, POWER_RESET if self.get_power_state(task) == POWER_ON else POWER_ON)
+        wait_for_power(task, self, POWER_ON, timeout or task.config.timeouts.power)
 
 
 class ManagementInterface(ABC):

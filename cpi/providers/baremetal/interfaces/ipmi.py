@@ -13,14 +13,11 @@ from typing import Any
 from cpi.providers.baremetal.interfaces.base import (
     BOOT_DISK,
     BOOT_PXE,
-    POWER_OFF,
-    POWER_ON,
     BmcError,
     ManagementInterface,
     PowerInterface,
     Task,
     call_bmc,
-    wait_for_power,
 )
 
 _BOOTDEV = {BOOT_PXE: "network", BOOT_DISK: "hd"}
@@ -111,19 +108,9 @@ class IpmiPower(PowerInterface):
     def get_power_state(self, task: Task) -> str:
         return str(_run(task, "get power", lambda c: c.get_power())["powerstate"]).lower()
 
-    def set_power_state(self, task: Task, state: str, timeout: float | None = None) -> None:
-        if state not in (POWER_ON, POWER_OFF):
-            raise BmcError(f"node {task.node.name}: unknown power state {state!r} (on or off)")
-        if self.get_power_state(task) != state:
-            _run(task, f"power {state}", lambda c: c.set_power(state, wait=False))
-        wait_for_power(task, self, state, timeout or task.config.timeouts.power)
-
-    def reboot(self, task: Task, timeout: float | None = None) -> None:
-        if self.get_power_state(task) == POWER_ON:
-            _run(task, "reset", lambda c: c.set_power("reset", wait=False))
-        else:
-            _run(task, "power on", lambda c: c.set_power("on", wait=False))
-        wait_for_power(task, self, POWER_ON, timeout or task.config.timeouts.power)
+    def request_power(self, task: Task, action: str) -> None:
+        label = "reset" if action == "reset" else f"power {action}"
+        _run(task, label, lambda c: c.set_power(action, wait=False))
 
 
 class IpmiManagement(ManagementInterface):

@@ -25,18 +25,23 @@ from cpi.providers.baremetal.interfaces.base import (
     BOOT_PXE,
     POWER_OFF,
     POWER_ON,
+    POWER_RESET,
     BmcError,
     ManagementInterface,
     PowerInterface,
     Task,
     call_bmc,
-    wait_for_power,
 )
 
 _clients: dict[tuple[str, str, str], sushy.Sushy] = {}
 _clients_lock = threading.Lock()
 
 _BOOT_TARGETS = {BOOT_PXE: sushy.BootSource.PXE, BOOT_DISK: sushy.BootSource.HDD}
+_RESETS = {
+    POWER_ON: sushy.ResetType.ON,
+    POWER_OFF: sushy.ResetType.FORCE_OFF,
+    POWER_RESET: sushy.ResetType.FORCE_RESTART,
+}
 
 
 def system_path(system_id: str) -> str:
@@ -130,22 +135,11 @@ class RedfishPower(PowerInterface):
     def get_power_state(self, task: Task) -> str:
         return _power_word(RedfishClient(task).system().power_state)
 
-    def set_power_state(self, task: Task, state: str, timeout: float | None = None) -> None:
-        if state not in (POWER_ON, POWER_OFF):
-            raise BmcError(f"node {task.node.name}: unknown power state {state!r} (on or off)")
+    def request_power(self, task: Task, action: str) -> None:
+        reset = _RESETS[action]
         client = RedfishClient(task)
-        current = _power_word(client.system().power_state)
-        if current != state:
-            reset = sushy.ResetType.ON if state == POWER_ON else sushy.ResetType.FORCE_OFF
-            client.call(f"power {state}", lambda conn: conn.get_system(client.path).reset_system(reset))
-        wait_for_power(task, self, state, timeout or task.config.timeouts.power)
-
-    def reboot(self, task: Task, timeout: float | None = None) -> None:
-        client = RedfishClient(task)
-        current = _power_word(client.system().power_state)
-        reset = sushy.ResetType.FORCE_RESTART if current == POWER_ON else sushy.ResetType.ON
-        client.call("reset", lambda conn: conn.get_system(client.path).reset_system(reset))
-        wait_for_power(task, self, POWER_ON, timeout or task.config.timeouts.power)
+        label = "reset" if action == POWER_RESET else f"power {action}"
+        client.call(label, lambda conn: conn.get_system(client.path).reset_system(reset))
 
 
 class RedfishManagement(ManagementInterface):

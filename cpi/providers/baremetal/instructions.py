@@ -34,6 +34,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from cpi.providers.baremetal import root_hints as rh
+from cpi.providers.baremetal.inspection import disk_set
 
 #: Keys a job may carry, in the order they are written.
 KEYS: Final = (
@@ -187,8 +188,6 @@ def render_root_device(
     Hardware changes: when the node was inspected (``inspected``: its recorded inventory), the disks found now
     must be the inspected ones (by serial, or kernel name without one, and size); otherwise the answer is an
     ``SF_ROOT_ERROR`` naming what was added and what is missing, so the deploy fails before writing."""
-    from cpi.providers.baremetal.inspection import disk_set
-
     disks = parse_disk_report(report)
     if inspected is not None:
         before, now = disk_set(inspected), disk_set({"disks": disks})

@@ -18,12 +18,12 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-if TYPE_CHECKING:
-    from cpi.providers.baremetal.lab import LabRecord
+from cpi.providers.baremetal.inventory import parse_inventory
+from cpi.providers.baremetal.lab.record import LabRecord
 
 GIB = 1024**3
 
@@ -87,8 +87,6 @@ def cpi_config(rec: LabRecord) -> dict[str, Any]:
 
 def write_inventory(rec: LabRecord, path: Path) -> None:
     text = yaml.safe_dump(inventory(rec), sort_keys=False)
-    from cpi.providers.baremetal.inventory import parse_inventory
-
     parse_inventory(text, str(path))  # the lab's own file must enrol: fail here, not in the user's hands
     _write_private(path, text)
 

@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final
 from urllib.parse import unquote, urlsplit
 
-from cpi.providers.baremetal.services import ipxe, leases
-from cpi.providers.baremetal.services.callbacks import (
+from cpi.providers.baremetal.serve import ipxe, leases
+from cpi.providers.baremetal.serve.callbacks import (
     MAX_EVENT_BYTES,
     MAX_PHONE_HOME_BYTES,
     TOKEN_HEADER,
@@ -56,7 +56,7 @@ from cpi.providers.baremetal.services.callbacks import (
     Callbacks,
     Caller,
 )
-from cpi.providers.baremetal.services.shared_store import SharedStore
+from cpi.providers.baremetal.serve.shared_store import SharedStore
 from cpi.providers.baremetal.store import normalize_mac
 
 log = logging.getLogger("stemforge.metal.http")

@@ -22,7 +22,7 @@ from typing import Any
 import bcrypt
 import requests
 
-from cpi.providers.baremetal import lab_proc
+from cpi.providers.baremetal.lab import proc as lab_proc
 
 USERNAME = "admin"
 LIBVIRT_URI = "qemu:///system"

@@ -1,7 +1,8 @@
 """``stemforge metal serve``: the provisioning services (DHCP/TFTP, HTTP, callback API) in one process.
 
 The flags live here (cheap to import: every ``stemforge`` command builds its parser); the work is in
-``cpi.providers.baremetal.services.serve``, imported only when the command runs.
+``cpi.providers.baremetal.serve.daemon``, imported only when the command runs (``python -m
+cpi.providers.baremetal.serve`` is ``__main__.py``: the same flags and handler).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 USAGE = """Run dnsmasq (DHCP + TFTP with iPXE) and the provisioning HTTP server (iPXE scripts, ramdisk, images,
 config drives, callback API) on the provisioning network until SIGTERM/SIGINT. See
-cpi/providers/baremetal/services/serve.py for the start-up steps and the ready file."""
+cpi/providers/baremetal/serve/daemon.py for the start-up steps and the ready file."""
 
 
 def _dhcp_range(value: str) -> tuple[str, str]:
@@ -29,7 +30,7 @@ def _port(value: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``metal serve`` (shared by ``stemforge metal serve`` and ``python -m ...services.serve``)."""
+    """The flags of ``metal serve`` (``stemforge metal serve`` and ``python -m cpi.providers.baremetal.serve``)."""
     parser.add_argument("--state-dir", required=True, type=Path, help="the bare-metal state dir (metal.db, images/)")
     parser.add_argument("--listen", required=True, help="IPv4 address of --interface to serve on (never 0.0.0.0)")
     parser.add_argument("--http-port", type=_port, default=8080, help="HTTP port (default 8080)")
@@ -49,9 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> Any:
-    from cpi.providers.baremetal.services import serve
+    from cpi.providers.baremetal.serve import daemon  # lazy: every stemforge command builds this parser
 
-    return serve.run(args)
+    return daemon.run(args)
 
 
 def register(metal_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -4,7 +4,8 @@
     stemforge metal lab down [--name ID | --state-dir DIR | --all]
     stemforge metal lab status [--name ID | --state-dir DIR] [--json]
 
-The flags live here (cheap to import); the work is in :mod:`cpi.providers.baremetal.lab`, imported when a verb runs.
+The flags live here (cheap to import); the work is in :mod:`cpi.providers.baremetal.lab.lifecycle`, imported when a
+verb runs.
 Progress goes to stderr, one line per step with its elapsed time; ``up`` prints the lab's id and files on stdout.
 SIGTERM during ``up`` unwinds like Ctrl-C: nothing is left behind.
 """
@@ -41,7 +42,7 @@ def _logging(verbose: bool) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from cpi.providers.baremetal import lab
+    from cpi.providers.baremetal.lab import lifecycle as lab  # lazy: every stemforge command builds this parser
 
     _logging(args.verbose)
 
@@ -79,7 +80,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from cpi.providers.baremetal import lab
+    from cpi.providers.baremetal.lab import lifecycle as lab  # lazy: every stemforge command builds this parser
 
     _logging(args.verbose)
     if args.all:
@@ -104,7 +105,7 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from cpi.providers.baremetal import lab
+    from cpi.providers.baremetal.lab import lifecycle as lab  # lazy: every stemforge command builds this parser
 
     try:
         if args.name is None and args.state_dir is None:

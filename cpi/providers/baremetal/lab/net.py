@@ -10,12 +10,13 @@ other interface and no default route; removing the namespace removes the bridge 
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from cpi.providers.baremetal import lab_proc
-from cpi.providers.baremetal.lab_domain import BRIDGE, VDE_TAP
+from cpi.providers.baremetal.lab import proc as lab_proc
+from cpi.providers.baremetal.lab.domain import BRIDGE, VDE_TAP
 
 IP = "ip"
 
@@ -126,3 +127,25 @@ def start_vde_switch(ns: str, lab_dir: Path) -> dict[str, Any]:
 
 def stop_vde_switch(record: dict[str, Any] | None) -> bool:
     return lab_proc.stop(record)
+
+
+def http_get_in_namespace(namespace: str, url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """GET ``url`` from inside ``namespace`` (the provisioning network is unreachable from the host namespace).
+    Returns (status, body); status 0 when the connection failed."""
+    code = (
+        "import sys,urllib.request,urllib.error\n"
+        "try:\n r=urllib.request.urlopen(sys.argv[1],timeout=float(sys.argv[2]));b=r.read();s=r.status\n"
+        "except urllib.error.HTTPError as e:\n b=e.read();s=e.code\n"
+        "except Exception as e:\n b=str(e).encode();s=0\n"
+        "sys.stdout.buffer.write(b'%03d'%s+b)\n"
+    )
+    proc = subprocess.run(
+        ["ip", "netns", "exec", namespace, sys.executable, "-I", "-S", "-c", code, url, str(timeout)],
+        capture_output=True,
+        timeout=timeout + 20,
+        check=False,
+    )
+    out = proc.stdout
+    if proc.returncode != 0 or len(out) < 3:
+        return 0, proc.stderr
+    return int(out[:3]), out[3:]

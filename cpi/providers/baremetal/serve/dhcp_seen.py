@@ -1,6 +1,6 @@
 """The DHCP-seen signal: every address dnsmasq hands to an enrolled server becomes a ``dhcp`` event of that node.
 
-``metal serve`` passes :func:`recorder` to :class:`~cpi.providers.baremetal.services.dnsmasq.DnsmasqProcess` as its
+``metal serve`` passes :func:`recorder` to :class:`~cpi.providers.baremetal.serve.dnsmasq.DnsmasqProcess` as its
 line callback. dnsmasq logs each acknowledged lease as ``DHCPACK(<interface>) <ip> <mac>[ <hostname>]`` (its
 ``log_packet()`` in ``src/rfc2131.c``; with ``--log-dhcp`` the line starts with the transaction id), the same for
 a PXE ROM, iPXE, our ramdisk and the OS booted from the server's disk. The event data is ``{"mac", "ip",
@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from cpi.providers.baremetal.services.shared_store import SharedStore
+from cpi.providers.baremetal.config import DHCP_EVENT
+from cpi.providers.baremetal.serve.shared_store import SharedStore
 
 log = logging.getLogger("stemforge.metal.dhcp")
 
-EVENT_KIND: Final = "dhcp"
 _ACK_RE: Final = re.compile(
     r"(?:^|\s)DHCPACK\((?P<interface>[^)\s]+)\) (?P<ip>\d{1,3}(?:\.\d{1,3}){3}) "
     r"(?P<mac>[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5})(?:\s|$)"
@@ -54,8 +54,8 @@ def recorder(store: SharedStore) -> Callable[[str], None]:
         try:
             node = store.call(lambda s: s.node_for_mac(ack.mac))
             if node is not None:
-                data = {"kind": EVENT_KIND, "mac": ack.mac, "ip": ack.ip, "interface": ack.interface}
-                store.call(lambda s: s.add_event(node, EVENT_KIND, data))
+                data = {"kind": DHCP_EVENT, "mac": ack.mac, "ip": ack.ip, "interface": ack.interface}
+                store.call(lambda s: s.add_event(node, DHCP_EVENT, data))
         except Exception as exc:  # noqa: BLE001 - a lost signal is reported, the DHCP service goes on
             log.warning("cannot record the DHCP lease of %s: %s", ack.mac, exc)
 

@@ -130,15 +130,7 @@ def domain(spec: LabDomainSpec) -> str:
     os_el = ET.SubElement(root, "os")
     ET.SubElement(os_el, "type", arch="x86_64", machine="q35").text = "hvm"
     ET.SubElement(os_el, "bios", useserial="yes", rebootTimeout="5000")
-    features = ET.SubElement(root, "features")
-    ET.SubElement(features, "acpi")
-    ET.SubElement(features, "apic")
-    if spec.domain_type == "kvm":
-        ET.SubElement(root, "cpu", mode="host-passthrough")
-    ET.SubElement(root, "clock", offset="utc")
-    ET.SubElement(root, "on_poweroff").text = "destroy"
-    ET.SubElement(root, "on_reboot").text = "restart"
-    ET.SubElement(root, "on_crash").text = "destroy"
+    domain_xml.platform(root, spec.domain_type)
     devices = ET.SubElement(root, "devices")
     for index, d in enumerate(spec.disks):
         el = ET.fromstring(

@@ -31,8 +31,9 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Final
 
-from cpi.providers.baremetal.services.instructions import InstructionsError, render_instructions, render_root_device
-from cpi.providers.baremetal.services.shared_store import SharedStore
+from cpi.fastjson import depth_exceeds
+from cpi.providers.baremetal.instructions import InstructionsError, render_instructions, render_root_device
+from cpi.providers.baremetal.serve.shared_store import SharedStore
 
 log = logging.getLogger("stemforge.metal.callbacks")
 
@@ -85,28 +86,9 @@ def parse_json_object(body: bytes, what: str) -> dict[str, Any]:
         ) from None
     if not isinstance(value, dict):
         raise CallbackError(HTTPStatus.BAD_REQUEST, f"{what}: body must be a JSON object, not {type(value).__name__}")
-    if json_depth(value) > MAX_JSON_DEPTH:
+    if depth_exceeds(value, MAX_JSON_DEPTH):
         raise CallbackError(HTTPStatus.BAD_REQUEST, f"{what}: body nests deeper than {MAX_JSON_DEPTH} levels")
     return value
-
-
-def json_depth(value: Any) -> int:
-    """How deep arrays and objects nest in ``value`` (a scalar is 0), without recursion."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, depth + 1)
-        if deepest > MAX_JSON_DEPTH:
-            return deepest
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 def parse_event(body: bytes) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""A rig that runs the deploy ramdisk in plain QEMU (TCG), for its tests and benchmark -- no libvirt, no lab.
+"""A rig that runs the deploy ramdisk in plain QEMU (TCG), for its tests and benchmark -- no libvirt, no lab
+(``tests/metal/test_metal_ramdisk.py``, ``benchmarks/bench_metal_write.py``).
 
 * :class:`ProvisioningStub` plays the provisioning API of ONE node on ``127.0.0.1:<free port>`` (the routes of
   ``metal serve`` the ramdisk and the booted OS use: instructions, images, config drive, events, root-device,
   phone-home), with token checks, and records what it was sent.  ``root-device`` is answered by the same function
-  as ``metal serve`` (``services.instructions.render_root_device``: Ironic's hint rules over the reported disks).
+  as ``metal serve`` (``instructions.render_root_device``: Ironic's hint rules over the reported disks).
   Faults for tests: serve only the first N bytes of an image (the
   connection closes early, Content-Length still announces the whole file).
 * :func:`boot` starts ``qemu-system-x86_64 -accel tcg`` with ``-kernel/-initrd/-append`` (or from its first disk),
@@ -26,6 +27,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cpi.providers.baremetal.instructions import render_root_device
 
 GUEST_HOST = "10.0.2.2"  # slirp's address of the host (its loopback)
 CHUNK = 1024 * 1024
@@ -214,8 +217,6 @@ class ProvisioningStub:
         self._reply(h, 204)
 
     def _root_device(self, h: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
-        from cpi.providers.baremetal.services.instructions import render_root_device
-
         try:
             report = json.loads(body)
             if not isinstance(report, dict):

@@ -3,7 +3,7 @@
     stemforge metal serve --state-dir DIR --listen IP --http-port P --interface IF --dhcp-range START,END
                           --ramdisk-dir DIR [--tftp-root DIR] [--ready-file PATH]
 
-(also ``python -m cpi.providers.baremetal.services.serve`` with the same flags).
+(also ``python -m cpi.providers.baremetal.serve`` with the same flags: ``__main__.py``).
 
 Start-up is a list of Packer-style steps (``stemforge.steps.StepRunner``; one line with the elapsed time per step):
 check the network (``--listen`` must be an IPv4 address configured on ``--interface``: never 0.0.0.0; the DHCP range
@@ -40,13 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpi.providers.baremetal.serve_cli import add_arguments
-from cpi.providers.baremetal.services import dhcp_seen
-from cpi.providers.baremetal.services import dnsmasq as dnsmasq_mod
-from cpi.providers.baremetal.services.dnsmasq import DnsmasqConfig, DnsmasqError, DnsmasqProcess
-from cpi.providers.baremetal.services.http import MetalHTTPServer
-from cpi.providers.baremetal.services.ipxe import INITRD_FILE, KERNEL_FILE
-from cpi.providers.baremetal.services.shared_store import SharedStore
+from cpi.providers.baremetal.serve import dhcp_seen
+from cpi.providers.baremetal.serve import dnsmasq as dnsmasq_mod
+from cpi.providers.baremetal.serve.dnsmasq import DnsmasqConfig, DnsmasqError, DnsmasqProcess
+from cpi.providers.baremetal.serve.http import MetalHTTPServer
+from cpi.providers.baremetal.serve.ipxe import INITRD_FILE, KERNEL_FILE
+from cpi.providers.baremetal.serve.shared_store import SharedStore
 from cpi.providers.baremetal.store import MetalStore
 from stemforge.steps import Cancelled, Step, StepRunner
 
@@ -515,13 +514,3 @@ def run(args: argparse.Namespace) -> int:
     print("metal serve: stopped", file=sys.stderr, flush=True)
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cpi.providers.baremetal.services.serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
