@@ -33,7 +33,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from builders.core import BuildContext, BuildError, CommandResult, Communicator, Ui
-from stemforge.steps import Cancelled
+from stemforge_base.processes import spawn, stop_group
+from stemforge_base.steps import Cancelled
 
 _CHUNK = 1024 * 1024
 #: Output kept for ``CommandResult`` (the tail beyond this is dropped).
@@ -75,14 +76,13 @@ class LocalCommunicator(Communicator):
         full_env = dict(os.environ)
         full_env.update({str(k): str(v) for k, v in (env or {}).items()})
         try:
-            proc = subprocess.Popen(
+            proc = spawn(
                 ["/bin/sh", "-c", command],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=full_env,
                 cwd=str(self.root) if self.root is not None else None,
-                start_new_session=True,
             )
         except OSError as exc:
             raise BuildError(f"could not start /bin/sh: {exc}") from None
@@ -113,7 +113,7 @@ class LocalCommunicator(Communicator):
                     break
         finally:
             if proc.poll() is None or reason:
-                self._kill_group(proc)
+                stop_group(proc, grace=self.kill_grace)
             else:  # background processes the command left behind do not outlive it
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGTERM)
@@ -140,22 +140,6 @@ class LocalCommunicator(Communicator):
                 emit(raw.decode("utf-8", "replace").rstrip("\r\n"))
         with contextlib.suppress(OSError):
             pipe.close()  # type: ignore[attr-defined]
-
-    def _kill_group(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGTERM the command's process group, give every member ``kill_grace`` seconds to exit, SIGKILL what is
-        left, reap the leader."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.kill_grace
-        while time.monotonic() < deadline:
-            proc.poll()  # reap the leader as soon as it exits so it stops counting as a member
-            if not _group_alive(proc.pid):
-                return
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
 
     # --------------------------------------------------------------------------------------------------- files
     def _path(self, remote: str) -> Path:
@@ -236,16 +220,6 @@ class LocalCommunicator(Communicator):
             raise BuildError(f"copy of {src} to {target} failed: {exc}") from None
         finally:
             partial.unlink(missing_ok=True)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 PLUGIN = LocalCommunicator

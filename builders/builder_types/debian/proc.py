@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import IO
 
 from builders.core import BuildError
-from stemforge.steps import Cancelled
+from stemforge_base.processes import spawn, stop_group
+from stemforge_base.steps import Cancelled
 
 #: A tail of output kept for error messages.
 _TAIL_LINES = 40
@@ -30,21 +31,6 @@ class ProcResult:
     returncode: int
     stdout: str
     stderr: str
-
-
-def _kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=grace)
-            # The leader is gone; make sure nothing else of its group survives.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-    proc.wait(timeout=grace)
 
 
 def _pump(stream: IO[bytes], sink: list[str], on_line: Callable[[str], None] | None, keep_all: bool) -> None:
@@ -93,14 +79,13 @@ def run(
     a tail for error messages). Raises BuildError (``what`` names the work) on a non-zero exit when ``check``,
     on timeout, or when the command cannot start; ``Cancelled`` when ``cancel`` is set while it runs."""
     try:
-        proc = subprocess.Popen(
-            list(argv),
+        proc = spawn(
+            argv,
             stdin=subprocess.PIPE if input_data is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=dict(env) if env is not None else None,
             cwd=cwd,
-            start_new_session=True,
         )
     except OSError as exc:
         raise BuildError(f"{what}: cannot run {argv[0]}: {exc}") from exc
@@ -129,14 +114,14 @@ def run(
             except subprocess.TimeoutExpired:
                 pass
             if cancel is not None and cancel.is_set():
-                _kill_group(proc)
+                stop_group(proc)
                 raise Cancelled(f"{what}: cancelled")
             if deadline is not None and time.monotonic() > deadline:
-                _kill_group(proc)
+                stop_group(proc)
                 raise BuildError(f"{what}: timed out after {timeout:.0f}s")
     except BaseException:
         if proc.poll() is None:
-            _kill_group(proc)
+            stop_group(proc)
         raise
     finally:
         for t in pumps:

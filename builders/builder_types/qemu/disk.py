@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from builders.core import BuildError
+from stemforge_base.processes import spawn, stop_group
+from stemforge_base.steps import Cancelled
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
@@ -80,11 +83,9 @@ def run_tool(cmd: Sequence[str], *, cancel: threading.Event | None, timeout: flo
              on_output: Callable[[bytes], None] | None = None, what: str = "") -> str:
     """Run ``cmd``; stdout chunks go to ``on_output``; returns stderr text. Raises BuildError (non-zero exit,
     timeout) or Cancelled; the child never outlives the call."""
-    from stemforge.steps import Cancelled
 
     what = what or os.path.basename(cmd[0])
-    proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err_chunks: list[bytes] = []
     assert proc.stdout is not None and proc.stderr is not None
 
@@ -119,8 +120,7 @@ def run_tool(cmd: Sequence[str], *, cancel: threading.Event | None, timeout: flo
         return stderr
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            stop_group(proc, first=signal.SIGKILL)
         for t in threads:
             t.join(timeout=10)
         proc.stdout.close()
@@ -185,47 +185,3 @@ def wait_for_frees(timeout: float = 60.0) -> None:
         _pending_frees.clear()
     for thread in pending:
         thread.join(max(0.0, deadline - time.monotonic()))
-
-
-def sha256_file(path: Path, progress: Callable[[int, int | None], None] | None = None,
-                cancel: threading.Event | None = None) -> str:
-    """sha256 of a file, reading holes of sparse files as zeros (the digest of the full byte stream)."""
-    import hashlib
-
-    from stemforge.steps import Cancelled
-
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    done = 0
-    zeros = bytes(1 << 20)
-    with open(path, "rb") as fh:
-        fd = fh.fileno()
-        pos = 0
-        while pos < size:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("sha256: cancelled")
-            try:
-                data_at = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # no more data: the rest is a hole
-                data_at = size
-            while pos < data_at:  # a hole: hash zeros without reading
-                n = min(len(zeros), data_at - pos)
-                h.update(zeros[:n])
-                pos += n
-            if pos >= size:
-                break
-            try:
-                hole_at = os.lseek(fd, pos, os.SEEK_HOLE)
-            except OSError:
-                hole_at = size
-            os.lseek(fd, pos, os.SEEK_SET)
-            while pos < hole_at:
-                chunk = os.read(fd, min(1 << 20, hole_at - pos))
-                if not chunk:
-                    break
-                h.update(chunk)
-                pos += len(chunk)
-            done = pos
-            if progress is not None:
-                progress(done, size)
-    return h.hexdigest()
