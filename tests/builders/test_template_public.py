@@ -14,6 +14,7 @@ from builders.cli import main
 from builders.core import BuildError
 from builders.template.functions import PACKER_COMPAT_VERSION
 from tests.harness.builds import stemforge
+from tests.harness.sshd import Sshd
 
 VALID = "The configuration is valid."
 
@@ -161,3 +162,52 @@ def test_hcp_packer_data_source_configuration_is_still_checked(tmp_path: Path, c
     hcl.write_text(block + f'locals {{ x = {ref} }}\n' + _qemu_hcl('  vm_name = local.x\n'))
     status, text = _validate(hcl, capsys)
     assert status == 1 and message in text, text
+
+
+# ---------------------------------------------------------------- Packer's core null builder
+
+
+def test_null_builder_runs_local_provisioners_without_a_machine(tmp_path: Path) -> None:
+    (tmp_path / "t.pkr.hcl").write_text('source "null" "prep" {\n  communicator = "none"\n}\n'
+                                        'build {\n  sources = ["source.null.prep"]\n'
+                                        '  provisioner "shell-local" {\n    inline = ["echo prepared > done.txt"]\n'
+                                        '  }\n}\n')
+    proc = stemforge(["build", "t.pkr.hcl"], tmp_path, timeout=120)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    assert (tmp_path / "done.txt").read_text() == "prepared\n"
+    assert "Did not export anything. This is the null builder" in text, text
+
+
+def test_null_builder_provisions_an_ssh_host(tmp_path: Path, sshd: Sshd) -> None:
+    key = tmp_path / "id"
+    key.write_text(sshd.private_key)
+    key.chmod(0o600)
+    marker = sshd.home / "null-was-here"
+    (tmp_path / "t.pkr.hcl").write_text(
+        f'source "null" "host" {{\n  ssh_host = "127.0.0.1"\n  ssh_port = {sshd.port}\n  ssh_username = "root"\n'
+        f'  ssh_private_key_file = "id"\n  ssh_timeout = "30s"\n}}\n'
+        f'build {{\n  sources = ["source.null.host"]\n'
+        f'  provisioner "shell" {{\n    inline = ["echo over-ssh > {marker}"]\n  }}\n}}\n')
+    proc = stemforge(["build", "t.pkr.hcl"], tmp_path, timeout=120)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    assert marker.read_text() == "over-ssh\n" and "Connected to SSH!" in text, text
+
+
+@pytest.mark.parametrize(("body", "messages"), [
+    ('  ssh_username = "u"\n  ssh_password = "p"\n',
+     ["a Host must be specified, please reference your communicator documentation"]),
+    ('  ssh_host = "127.0.0.1"\n  ssh_username = "u"\n',
+     ["one authentication method must be specified"]),
+    ('  ssh_host = "127.0.0.1"\n',
+     ["An ssh_username must be specified", "a Username must be specified"]),
+])
+def test_null_builder_checks_its_communicator(tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str,
+                                              messages: list[str]) -> None:
+    hcl = tmp_path / "n.pkr.hcl"
+    hcl.write_text(f'source "null" "n" {{\n{body}}}\nbuild {{ sources = ["source.null.n"] }}\n')
+    status, text = _validate(hcl, capsys)
+    assert status == 1, text
+    for message in messages:
+        assert message in text, text
