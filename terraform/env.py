@@ -178,8 +178,8 @@ def flatten_outputs(outputs: Mapping[str, Any]) -> dict[str, Any]:
 
 def generate_key_pair() -> tuple[bytes, str]:
     """A new RSA 2048 key: (PEM private key, OpenSSH public key line)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives import serialization  # lazy: ~30 ms; every `stemforge` command imports
+    from cryptography.hazmat.primitives.asymmetric import rsa  # lazy: this module, only `env up` makes a key
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private = key.private_bytes(
