@@ -150,6 +150,7 @@ def test_hcp_packer_data_sources_fail_when_their_value_is_needed(tmp_path: Path,
 
 @pytest.mark.parametrize(("block", "message"), [
     ('data "hcp-packer-version" "v" {\n  bucket_name = "b"\n}\n', "the `channel_name` must be specified"),
+    ('data "hcp-packer-iteration" "v" {\n  bucket_name = "b"\n}\n', "`channel` is currently a required field."),
     ('data "hcp-packer-artifact" "a" {\n  bucket_name = "b"\n  platform = "aws"\n  region = "r"\n}\n',
      "`version_fingerprint` or `channel_name` must be specified"),
     ('data "hcp-packer-artifact" "a" {\n  bucket_name = "b"\n  channel_name = "c"\n  version_fingerprint = "f"\n'
@@ -158,7 +159,8 @@ def test_hcp_packer_data_sources_fail_when_their_value_is_needed(tmp_path: Path,
 def test_hcp_packer_data_source_configuration_is_still_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                block: str, message: str) -> None:
     hcl = tmp_path / "hcp.pkr.hcl"
-    ref = "data.hcp-packer-version.v.id" if "version\" \"v" in block else "data.hcp-packer-artifact.a.region"
+    kind = block.split('"')[1]
+    ref = f"data.{kind}.v.id" if kind != "hcp-packer-artifact" else "data.hcp-packer-artifact.a.region"
     hcl.write_text(block + f'locals {{ x = {ref} }}\n' + _qemu_hcl('  vm_name = local.x\n'))
     status, text = _validate(hcl, capsys)
     assert status == 1 and message in text, text

@@ -79,13 +79,16 @@ def _amazon_ami(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def hcp_packer_config_errors(type_name: str, config: Mapping[str, Any]) -> list[str]:
-    """What the ``Configure`` of Packer's ``hcp-packer-version`` / ``hcp-packer-artifact`` data sources reject
-    (packer ``datasource/hcp-packer-{version,artifact}/data.go``); validate runs it without reading the registry.
-    The deprecated ``hcp-packer-iteration`` / ``hcp-packer-image`` are not checked here."""
+    """What the ``Configure`` of Packer's ``hcp-packer-version`` / ``hcp-packer-artifact`` data sources rejects,
+    and of the deprecated ``hcp-packer-iteration`` (packer ``datasource/hcp-packer-<type>/data.go``); validate runs it
+    without reading the registry. The deprecated ``hcp-packer-image`` is not checked here."""
     def missing(key: str) -> bool:
         return not config.get(key)
 
     errors: list[str] = []
+    if type_name == "hcp-packer-iteration":
+        errors += ["The `bucket_name` must be specified"] if missing("bucket_name") else []
+        errors += ["`channel` is currently a required field."] if missing("channel") else []
     if type_name in ("hcp-packer-version", "hcp-packer-artifact") and missing("bucket_name"):
         errors.append("the `bucket_name` must be specified")
     if type_name == "hcp-packer-version" and missing("channel_name"):
