@@ -8,6 +8,7 @@ backoff when the BMC does not answer (pyghmi's timeouts, lost sessions), failed 
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from cpi.providers.baremetal.interfaces.base import (
@@ -63,9 +64,7 @@ def _follow_negotiated_auth() -> None:
     global _PATCHED
     if _PATCHED:
         return
-    import hashlib
-
-    from pyghmi.ipmi.private import session
+    from pyghmi.ipmi.private import session  # lazy: pyghmi loads only when an IPMI node is driven
 
     original = session.Session._got_rmcp_response
 
@@ -81,7 +80,7 @@ def _follow_negotiated_auth() -> None:
 
 
 def _run(task: Task, what: str, fn: Any) -> Any:
-    from pyghmi.ipmi import command
+    from pyghmi.ipmi import command  # lazy: as above
 
     _follow_negotiated_auth()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import requests
 import sushy
 from sushy import exceptions as sushy_exc
 from sushy.auth import BasicAuth
@@ -59,8 +60,6 @@ def transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, sushy_exc.HTTPError):
         return int(getattr(exc, "status_code", 0) or 0) >= 500
-    import requests
-
     return isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout | OSError)
 
 
