@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from builders.core import BuildContext, ConfigError, Plugin
+from builders.core import BuildContext, ConfigError, Plugin, PostProcessor
 
 #: Keys the template layer owns (see ``builders.registry.META_KEYS``); tolerated and ignored here.
 META_KEYS = frozenset({"type", "name", "only", "except", "keep_input_artifact"})
@@ -29,6 +29,28 @@ def validated_options(plugin: Plugin) -> dict[str, Any]:
     options = {k: v for k, v in plugin.config.items() if k not in META_KEYS}
     where = f"{plugin.ctx.build_name}: post-processor {plugin.type_name}"
     return validate_options(type(plugin), options, where)
+
+
+class ValidatedPostProcessor(PostProcessor):
+    """A post-processor whose ``options`` are its config checked by :func:`validated_options` plus its own rules
+    (:meth:`check_options`). ``prepare`` checks them; ``options`` prepares on first use when the runner did not."""
+
+    _options: dict[str, Any] | None = None
+
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The plugin's rules beyond the schema: the options to use, or ConfigError naming the key."""
+        return options
+
+    def prepare(self) -> list[str]:
+        self._options = self.check_options(validated_options(self))
+        return []
+
+    @property
+    def options(self) -> dict[str, Any]:
+        if self._options is None:
+            self.prepare()
+        assert self._options is not None
+        return self._options
 
 
 def render_output(ctx: BuildContext, text: str, data: Mapping[str, Any], *, key: str = "output") -> str:

@@ -19,9 +19,9 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
-from builders.core import Artifact, BuildError, ConfigError, PostProcessor
+from builders.core import Artifact, BuildError, ConfigError
 from builders.destinations import CHUNK
-from builders.postprocessors import Progress, render_output, validated_options
+from builders.postprocessors import Progress, ValidatedPostProcessor, render_output
 from builders.registry import closed_object
 
 BUILDER_ID: Final = "packer.post-processor.checksum"
@@ -46,7 +46,7 @@ def file_digests(path: Path, types: list[str], progress: Progress | None = None)
     return {t: h.hexdigest() for t, h in hashers.items()}
 
 
-class ChecksumPostProcessor(PostProcessor):
+class ChecksumPostProcessor(ValidatedPostProcessor):
     type_name: ClassVar[str] = "checksum"
     options_schema: ClassVar[dict[str, Any]] = closed_object(
         {
@@ -54,8 +54,7 @@ class ChecksumPostProcessor(PostProcessor):
             "output": {"type": "string"},
         })
 
-    def prepare(self) -> list[str]:
-        options = validated_options(self)
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         types = options.get("checksum_types")
         if types is None:
             types = ["md5"]
@@ -64,12 +63,9 @@ class ChecksumPostProcessor(PostProcessor):
             where = f"{self.ctx.build_name}: post-processor checksum"
             raise ConfigError("\n".join(f"{where}: Unrecognized checksum type: {t}" for t in bad))
         options["checksum_types"] = list(types)
-        self.options = options
-        return []
+        return options
 
     def post_process(self, artifact: Artifact) -> tuple[Artifact, bool]:
-        if not hasattr(self, "options"):
-            self.prepare()
         types: list[str] = self.options["checksum_types"]
         template = str(self.options.get("output") or DEFAULT_OUTPUT)
         created: list[Path] = []

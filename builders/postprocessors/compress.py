@@ -33,9 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, ClassVar, Final, cast
 
-from builders.core import Artifact, BuildContext, BuildError, ConfigError, PostProcessor
+from builders.core import Artifact, BuildContext, BuildError, ConfigError
 from builders.destinations import CHUNK
-from builders.postprocessors import Progress, human_size, render_output, validated_options
+from builders.postprocessors import Progress, ValidatedPostProcessor, human_size, render_output
 from builders.registry import closed_object
 
 BUILDER_ID: Final = "packer.post-processor.compress"
@@ -70,7 +70,7 @@ def normalise_level(level: int) -> int:
     return min(level, 9)
 
 
-class CompressPostProcessor(PostProcessor):
+class CompressPostProcessor(ValidatedPostProcessor):
     type_name: ClassVar[str] = "compress"
     options_schema: ClassVar[dict[str, Any]] = closed_object(
         {
@@ -79,8 +79,7 @@ class CompressPostProcessor(PostProcessor):
             "compression_level": {"type": "integer"},
         })
 
-    def prepare(self) -> list[str]:
-        options = validated_options(self)
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         try:
             options["compression_level"] = normalise_level(int(options.get("compression_level", 0)))
         except ValueError as exc:
@@ -91,12 +90,9 @@ class CompressPostProcessor(PostProcessor):
         if algorithm == "lz4" and _lz4_frame() is None and shutil.which("lz4") is None:
             raise ConfigError(f"{self.ctx.build_name}: post-processor compress: lz4 compression needs the 'lz4' "
                               "command (Debian package lz4) or the Python lz4 module")
-        self.options = options
-        return []
+        return options
 
     def post_process(self, artifact: Artifact) -> tuple[Artifact, bool]:
-        if not hasattr(self, "options"):
-            self.prepare()
         ui = self.ctx.ui
         template = str(self.options.get("output") or DEFAULT_OUTPUT)
         archive, algorithm = detect_format(template, str(self.options.get("format", "")))

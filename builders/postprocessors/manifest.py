@@ -36,8 +36,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
-from builders.core import Artifact, BuildError, PostProcessor
-from builders.postprocessors import render_output, validated_options
+from builders.core import Artifact, BuildError
+from builders.postprocessors import ValidatedPostProcessor, render_output
 from builders.registry import closed_object
 
 DEFAULT_OUTPUT: Final = "packer-manifest.json"
@@ -91,7 +91,7 @@ def _masked(value: Any, mask: Callable[[str], str]) -> Any:
     return value
 
 
-class ManifestPostProcessor(PostProcessor):
+class ManifestPostProcessor(ValidatedPostProcessor):
     """Record the artifact in a Packer manifest."""
 
     type_name: ClassVar[str] = "manifest"
@@ -103,13 +103,7 @@ class ManifestPostProcessor(PostProcessor):
             "custom_data": {"type": "object", "additionalProperties": {"type": "string"}},
         })
 
-    def prepare(self) -> list[str]:
-        self.options = validated_options(self)
-        return []
-
     def post_process(self, artifact: Artifact) -> tuple[Artifact, bool]:
-        if not hasattr(self, "options"):
-            self.prepare()
         options = self.options
         output = Path(render_output(self.ctx, str(options.get("output") or DEFAULT_OUTPUT), {}))
         custom = options.get("custom_data")

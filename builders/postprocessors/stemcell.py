@@ -26,8 +26,8 @@ import fnmatch
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
-from builders.core import Artifact, BuildError, PostProcessor
-from builders.postprocessors import render_output, validated_options
+from builders.core import Artifact, BuildError
+from builders.postprocessors import ValidatedPostProcessor, render_output
 from builders.registry import closed_object
 
 BUILDER_ID: Final = "stemforge.post-processor.stemcell"
@@ -45,7 +45,7 @@ def is_amazon(artifact: Artifact) -> bool:
         artifact.state.get("infrastructure") == "aws" and bool(artifact.state.get("amis")))
 
 
-class StemcellPostProcessor(PostProcessor):
+class StemcellPostProcessor(ValidatedPostProcessor):
     type_name: ClassVar[str] = "stemcell"
     options_schema: ClassVar[dict[str, Any]] = closed_object(
         {
@@ -62,16 +62,10 @@ class StemcellPostProcessor(PostProcessor):
             "api_version": {"type": "integer", "minimum": 1},
         }, required=["version", "os"])
 
-    def prepare(self) -> list[str]:
-        self.options = validated_options(self)
-        return []
-
     def post_process(self, artifact: Artifact) -> tuple[Artifact, bool]:
         from stemcells.errors import StemcellError
         from stemcells.tarball import detect_image_format, write_stemcell
 
-        if not hasattr(self, "options"):
-            self.prepare()
         options = self.options
         self.ctx.check_cancelled()
         aws = is_amazon(artifact)
