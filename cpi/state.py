@@ -1,5 +1,8 @@
 """The CPI's durable state: one SQLite database in WAL mode, safe under many concurrent CPI processes.
 
+The database, transactions, schema versioning and file locks are :class:`stemforge_base.sqlite_store.SqliteStore`
+(shared with the bare-metal inventory); this module owns the CPI's tables and their queries.
+
 The IaaS (libvirt, ...) stays the source of truth for what exists; this store keeps what the IaaS cannot hold:
 the agent settings written to each VM's config drive, which disk is attached to which VM, director metadata on
 disks and stemcell tags. Every write is one short ``BEGIN IMMEDIATE`` transaction. Long operations on one
@@ -20,13 +23,13 @@ it locked (else it retries on the new file), so two processes can never hold "th
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
+
+from stemforge_base.sqlite_store import SqliteStore, flock_file, safe_name
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -67,45 +70,18 @@ CREATE TABLE IF NOT EXISTS snapshots (
 """
 
 
-class StateStore:
-    """Process-safe state. Construct one per CPI process; ``state_dir`` is created if missing."""
+class StateStore(SqliteStore):
+    """Process-safe state. Construct one per CPI process; ``state_dir`` is created if missing (0700, see above)."""
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
-        self.dir = Path(state_dir)
-        _private_dir(self.dir, parents=True, keep_traverse=True)
-        _private_dir(self.dir / "locks", keep_traverse=False)
-        self.path = self.dir / "state.db"
-        _private_file(self.path)
-        for suffix in ("-wal", "-shm"):  # SQLite gives these the database's mode; tighten older ones
-            with contextlib.suppress(FileNotFoundError):
-                _tighten(self.dir / f"state.db{suffix}")
-        self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout = 60000")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            # First use (or an older schema): journal mode and tables, once. Switching to WAL needs the database
-            # to itself (SQLite answers "database is locked" without waiting), so concurrent first calls
-            # serialise on a file lock and the losers find the work done.
-            with flock_file(self._lock_path("state", "init")) as held:
-                held.remove = True  # later processes find the schema in place and never take this lock
-                if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                    self._db.execute("PRAGMA journal_mode = WAL")
-                    with self.transaction() as db:
-                        db.executescript_safe(SCHEMA)
-                        db.executescript_safe(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        super().__init__(state_dir, "state.db", SCHEMA, SCHEMA_VERSION, init_lock=("state", "init"))
 
     # -- transactions -------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self) -> Iterator[_Tx]:
         """A write transaction taken up front (BEGIN IMMEDIATE), committed on success, rolled back on error."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield _Tx(self._db)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self.write() as db:
+            yield _Tx(db)
 
     @contextlib.contextmanager
     def lock(self, kind: str, cid: str) -> Iterator[None]:
@@ -128,9 +104,6 @@ class StateStore:
         with contextlib.suppress(FileNotFoundError), flock_file(self._lock_path(kind, cid), create=False) as held:
             held.remove = True
 
-    def _lock_path(self, kind: str, cid: str) -> Path:
-        return self.dir / "locks" / f"{kind}-{_safe_name(cid)}.lock"
-
     # -- reads --------------------------------------------------------------------------------------------------
     def get(self, table: str, cid: str) -> dict[str, Any] | None:
         row = self._db.execute(f"SELECT * FROM {_table(table)} WHERE cid = ?", (cid,)).fetchone()
@@ -143,20 +116,12 @@ class StateStore:
     def all(self, table: str) -> list[dict[str, Any]]:
         return [_decode(r) for r in self._db.execute(f"SELECT * FROM {_table(table)}").fetchall()]
 
-    def close(self) -> None:
-        self._db.close()
-
 
 class _Tx:
     """The statements allowed inside a transaction; JSON columns are encoded here."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
-
-    def executescript_safe(self, script: str) -> None:
-        for statement in script.split(";"):
-            if statement.strip():
-                self._db.execute(statement)
 
     def insert(self, table: str, **values: Any) -> None:
         cols = ", ".join(values)
@@ -206,77 +171,6 @@ def _decode(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
-class HeldLock:
-    """A lock held by :func:`flock_file`; set ``remove`` to unlink the lock file (under the lock) on release."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.remove = False
-
-
-#: Retries when the lock file was replaced between open and flock (each retry means another holder removed it).
-_MAX_LOCK_RETRIES = 10000
-
-
-@contextlib.contextmanager
-def flock_file(path: Path, *, create: bool = True) -> Iterator[HeldLock]:
-    """Hold an exclusive flock on ``path`` (created 0600 when missing) for the block; released on exit.
-
-    After ``flock`` returns, the path must still name the locked inode: a holder that removed the file on release
-    (``HeldLock.remove``) may have unlinked it while this process waited, in which case this process retries on the
-    file that now exists. Removal only ever happens under the lock, so at any time at most one process holds the
-    lock on the inode the path names. ``create=False``: FileNotFoundError when there is no lock file."""
-    flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
-    for _ in range(_MAX_LOCK_RETRIES):
-        fd = os.open(path, flags, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            locked = os.fstat(fd)
-            try:
-                current = os.stat(path, follow_symlinks=False)
-            except FileNotFoundError:
-                current = None
-            if current is None or (current.st_ino, current.st_dev) != (locked.st_ino, locked.st_dev):
-                if not create and current is None:
-                    raise FileNotFoundError(path)
-                continue  # unlinked (or replaced) by the previous holder: lock the file the path names now
-            held = HeldLock(path)
-            try:
-                yield held
-            finally:
-                if held.remove:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-            return
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-    raise OSError(f"lock file {path} kept being replaced ({_MAX_LOCK_RETRIES} attempts)")
-
-
-def _private_dir(path: Path, *, parents: bool = False, keep_traverse: bool) -> None:
-    """Create ``path`` 0700; an existing directory readable or writable by others is tightened to 0700, or to 0711
-    with ``keep_traverse`` when others could traverse it (a provider's hypervisor may need that)."""
-    path.mkdir(mode=0o700, parents=parents, exist_ok=True)
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o066 or (mode & 0o011 and not keep_traverse):
-        path.chmod(0o711 if keep_traverse and mode & 0o011 else 0o700)
-
-
-def _private_file(path: Path) -> None:
-    """Create ``path`` 0600 if missing (before SQLite does, with the umask's 0644), else tighten it to 0600."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        if os.fstat(fd).st_mode & 0o077:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-
-
-def _tighten(path: Path) -> None:
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o600)
-
-
 def _safe_name(cid: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in cid)[:200]
+    """Until ``baremetal/interfaces/base.py`` (being edited) imports :func:`stemforge_base.sqlite_store.safe_name`."""
+    return safe_name(cid)

@@ -17,8 +17,6 @@ from ``repr`` so they never reach a log line or an error message.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hmac
 import json
 import os
@@ -26,12 +24,11 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from cpi.state import _safe_name, flock_file
+from stemforge_base.sqlite_store import SqliteStore
 
 SCHEMA_VERSION = 3  # 2: phone_home_uses; 3: inspections
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
@@ -287,79 +284,22 @@ class Transition:
 _UNSET: Any = object()
 
 
-class MetalStore:
-    """Process-safe bare-metal state. Construct one per process; ``state_dir`` is created (0700) if missing."""
+class MetalStore(SqliteStore):
+    """Process-safe bare-metal state. Construct one per process; ``state_dir`` is created (0700) if missing.
+
+    The database, its schema versions (``SCHEMA_VERSION``), write transactions (``write``) and the per-resource file
+    locks (``lock``, ``try_lock``, e.g. ``lock("node", "n1")`` held across BMC calls) are
+    :class:`stemforge_base.sqlite_store.SqliteStore`'s; the connection may be used by the threads of ``metal
+    serve``."""
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
-        self.dir = Path(state_dir)
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.dir / "locks").mkdir(exist_ok=True, mode=0o700)
-        self.path = self.dir / "metal.db"
-        # Create the file 0600 before SQLite does (SQLite gives -wal/-shm the main file's mode). Only when it does
-        # not exist yet: opening and closing a descriptor of a database file that a connection of this process
-        # holds would drop that connection's POSIX locks (a documented way to corrupt SQLite files).
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-        if self.path.stat().st_mode & 0o077:
-            os.chmod(self.path, 0o600)
-        self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout = 60000")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            with self.lock("store", "init"):
-                if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                    self._db.execute("PRAGMA journal_mode = WAL")
-                    with self._tx() as db:
-                        for statement in SCHEMA.split(";"):
-                            if statement.strip():
-                                db.execute(statement)
-                        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def close(self) -> None:
-        self._db.close()
-
-    # -- plumbing -----------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction taken up front (BEGIN IMMEDIATE); rolled back on any error."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
-    @contextlib.contextmanager
-    def lock(self, kind: str, name: str) -> Iterator[None]:
-        """An exclusive advisory lock on one resource (e.g. ``lock("node", "n1")``), held across BMC calls."""
-        with flock_file(self.dir / "locks" / f"{kind}-{_safe_name(name)}.lock"):
-            yield
-
-    @contextlib.contextmanager
-    def try_lock(self, kind: str, name: str) -> Iterator[bool]:
-        """Like ``lock`` but never waits: yields False (holding nothing) when another process holds it."""
-        path = self.dir / "locks" / f"{kind}-{_safe_name(name)}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        super().__init__(state_dir, "metal.db", SCHEMA, SCHEMA_VERSION, init_lock=("store", "init"),
+                         private_dirs=False, foreign_keys=True, threads=True)  # fmt: skip
 
     # -- inventory ----------------------------------------------------------------------------------------------
     def enroll(self, specs: Sequence[NodeSpec], who: str, why: str = "enrolled") -> list[Node]:
         """Add servers in state ``enroll``, all or none: a duplicate name or MAC raises StoreError and adds nothing."""
-        with self._tx() as db:
+        with self.write() as db:
             for spec in specs:
                 if db.execute("SELECT 1 FROM nodes WHERE name = ?", (spec.name,)).fetchone():
                     raise StoreError(f"node {spec.name!r} is already enrolled")
@@ -393,7 +333,7 @@ class MetalStore:
 
     def delete_node(self, name: str, who: str, why: str = "deleted") -> None:
         """Remove a server from the inventory (only when not claimed)."""
-        with self._tx() as db:
+        with self.write() as db:
             row = db.execute("SELECT provision_state, claimed_by FROM nodes WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise NodeNotFound(f"node {name!r} is not enrolled")
@@ -478,7 +418,7 @@ class MetalStore:
         when given (None releases it); ``last_error`` / ``target_state`` replace the node's when given.
         Raises NodeNotFound or StateConflict (naming node, state and verb)."""
         expected = list(from_states)
-        with self._tx() as db:
+        with self.write() as db:
             row = db.execute("SELECT provision_state FROM nodes WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise NodeNotFound(f"node {name!r} is not enrolled")
@@ -505,7 +445,7 @@ class MetalStore:
     ) -> bool:
         """Atomically claim an ``available`` node that is not in maintenance and not claimed, moving it to
         ``to_state`` with ``claimed_by = vm_cid``. False when another process got there first (or it is not free)."""
-        with self._tx() as db:
+        with self.write() as db:
             cur = db.execute(
                 "UPDATE nodes SET provision_state = ?, claimed_by = ?, state_deadline = ?, last_error = '',"
                 " target_state = 'active',"
@@ -520,7 +460,7 @@ class MetalStore:
 
     def set_maintenance(self, name: str, on: bool, reason: str, who: str) -> Node:
         """Set or clear the maintenance flag (reason kept when set, cleared when unset); logged as a transition."""
-        with self._tx() as db:
+        with self.write() as db:
             row = db.execute("SELECT provision_state FROM nodes WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise NodeNotFound(f"node {name!r} is not enrolled")
@@ -535,7 +475,7 @@ class MetalStore:
 
     def set_bmc_address(self, name: str, address: str, who: str, why: str) -> Node:
         """Point a node at another BMC address (a replaced BMC card, a moved emulator); logged as a transition."""
-        with self._tx() as db:
+        with self.write() as db:
             row = db.execute("SELECT provision_state, bmc_address FROM nodes WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise NodeNotFound(f"node {name!r} is not enrolled")
@@ -545,7 +485,7 @@ class MetalStore:
         return self.get_node(name)
 
     def set_last_error(self, name: str, message: str) -> None:
-        with self._tx() as db:
+        with self.write() as db:
             db.execute("UPDATE nodes SET last_error = ? WHERE name = ?", (message, name))
 
     def transitions(self, name: str | None = None) -> list[Transition]:
@@ -569,7 +509,7 @@ class MetalStore:
             raise StoreError(f"job kind must be 'deploy', 'clean' or 'inspect', not {kind!r}")
         now = time.time()
         job = Job(node, kind, dict(instructions), secrets.token_urlsafe(32), now, now + timeout_s)
-        with self._tx() as db:
+        with self.write() as db:
             if db.execute("SELECT 1 FROM nodes WHERE name = ?", (node,)).fetchone() is None:
                 raise NodeNotFound(f"node {node!r} is not enrolled")
             db.execute(
@@ -588,13 +528,13 @@ class MetalStore:
         return self.job(node) if node else None
 
     def end_job(self, node: str) -> None:
-        with self._tx() as db:
+        with self.write() as db:
             db.execute("DELETE FROM jobs WHERE node = ?", (node,))
 
     def issue_phone_home_token(self, node: str) -> str:
         """A new phone-home token for the node's next deployment (the previous one stops working)."""
         token = secrets.token_urlsafe(32)
-        with self._tx() as db:
+        with self.write() as db:
             db.execute(
                 "INSERT OR REPLACE INTO tokens (node, phone_home, created) VALUES (?,?,?)", (node, token, time.time())
             )
@@ -602,7 +542,7 @@ class MetalStore:
         return token
 
     def revoke_phone_home_token(self, node: str) -> None:
-        with self._tx() as db:
+        with self.write() as db:
             db.execute("DELETE FROM tokens WHERE node = ?", (node,))
             db.execute("DELETE FROM phone_home_uses WHERE node = ?", (node,))
 
@@ -612,7 +552,7 @@ class MetalStore:
         ``"replayed"`` (a report for this boot or a later one was already accepted with this token). So a token
         is single-use per boot: a captured report cannot be sent again, and a report without a boot count is
         accepted once."""
-        with self._tx() as db:
+        with self.write() as db:
             row = db.execute("SELECT phone_home FROM tokens WHERE node = ?", (node,)).fetchone()
             if row is None or not token or not hmac.compare_digest(str(row[0]).encode(), token.encode()):
                 return "bad"
@@ -640,7 +580,7 @@ class MetalStore:
     def set_inspection(self, node: str, data: Mapping[str, Any], ts: float | None = None) -> Inspection:
         """Record ``node``'s inspection (replacing the previous one); NodeNotFound for an unknown node."""
         record = Inspection(node, dict(data), time.time() if ts is None else ts)
-        with self._tx() as db:
+        with self.write() as db:
             if db.execute("SELECT 1 FROM nodes WHERE name = ?", (node,)).fetchone() is None:
                 raise NodeNotFound(f"no node {node!r}")
             db.execute(
@@ -656,7 +596,7 @@ class MetalStore:
 
     # -- events -------------------------------------------------------------------------------------------------
     def add_event(self, node: str, kind: str, data: Mapping[str, Any]) -> int:
-        with self._tx() as db:
+        with self.write() as db:
             cur = db.execute(
                 "INSERT INTO events (node, kind, data, ts) VALUES (?,?,?,?)",
                 (node, kind, json.dumps(dict(data), sort_keys=True), time.time()),
@@ -680,7 +620,7 @@ class MetalStore:
     # -- provider records: VMs, stemcells, disks ----------------------------------------------------------------
     def put_vm(self, cid: str, node: str, agent_id: str, stemcell_cid: str, settings: Mapping[str, Any],
                networks: Mapping[str, Any]) -> None:  # fmt: skip
-        with self._tx() as db:
+        with self.write() as db:
             db.execute(
                 "INSERT OR REPLACE INTO vms (cid, node, agent_id, stemcell_cid, settings, networks)"
                 " VALUES (?,?,?,?,?,?)",
@@ -701,15 +641,15 @@ class MetalStore:
         if not values or set(values) - allowed:
             raise StoreError(f"update_vm takes only {sorted(allowed)}")
         sets = ", ".join(f"{k} = ?" for k in values)
-        with self._tx() as db:
+        with self.write() as db:
             return db.execute(f"UPDATE vms SET {sets} WHERE cid = ?", (*(_j(v) for v in values.values()), cid)).rowcount
 
     def delete_vm(self, cid: str) -> None:
-        with self._tx() as db:
+        with self.write() as db:
             db.execute("DELETE FROM vms WHERE cid = ?", (cid,))
 
     def put_stemcell(self, cid: str, path: str, sha256: str, size: int, fmt: str, tags: Mapping[str, Any]) -> None:
-        with self._tx() as db:
+        with self.write() as db:
             db.execute(
                 "INSERT INTO stemcells (cid, path, sha256, size, format, tags) VALUES (?,?,?,?,?,?)",
                 (cid, path, sha256, size, fmt, _j(tags)),
@@ -720,13 +660,13 @@ class MetalStore:
         return _decode(row, "tags") if row else None
 
     def delete_stemcell(self, cid: str) -> None:
-        with self._tx() as db:
+        with self.write() as db:
             db.execute("DELETE FROM stemcells WHERE cid = ?", (cid,))
 
     def reserve_disk(self, cid: str, node: str, candidates: Sequence[Mapping[str, Any]], size_mib: int) -> str | None:
         """Reserve the first of ``candidates`` (the node's extra disks, each with a unique ``device`` key) not
         already reserved on ``node``; records the disk and returns its device key, or None when all are taken."""
-        with self._tx() as db:
+        with self.write() as db:
             taken = {r[0] for r in db.execute("SELECT device FROM disks WHERE node = ?", (node,)).fetchall()}
             for disk in candidates:
                 device = str(disk["device"])
@@ -747,7 +687,7 @@ class MetalStore:
         return [_decode(r, "metadata") for r in rows]
 
     def update_disk(self, cid: str, *, attached: bool | None = None, metadata: Mapping[str, Any] | None = None) -> int:
-        with self._tx() as db:
+        with self.write() as db:
             n = 0
             if attached is not None:
                 n = db.execute("UPDATE disks SET attached = ? WHERE cid = ?", (int(attached), cid)).rowcount
@@ -756,7 +696,7 @@ class MetalStore:
             return n
 
     def delete_disk(self, cid: str) -> None:
-        with self._tx() as db:
+        with self.write() as db:
             db.execute("DELETE FROM disks WHERE cid = ?", (cid,))
 
 
