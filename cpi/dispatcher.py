@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 
 from cpi import errors
+from cpi import schemas as S  # noqa: N812 - the argument schemas of the method table
 from cpi.errors import ALL_ERROR_TYPES, CloudError, CpiError, NotSupported
 from cpi.schemas import CPI_API_VERSION
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
     from cpi.provider import Provider
     from cpi.redaction import Redactor
+    from cpi.schemas import ArgumentSpecs
 
     Handler = Callable[["Dispatcher", "Request"], Any]
 
@@ -131,18 +133,16 @@ class Dispatcher:
 
     def dispatch(self, request: Request) -> Any:
         """Run ``request`` and return its result; raises only CpiError (of one of the ten director types)."""
-        handler = HANDLERS.get(request.method)
-        if handler is None:
+        method = METHODS.get(request.method)
+        if method is None:
             raise errors.NotImplemented(f"unknown method {_short(request.method)}")
-        if request.method == "info":
-            return handler(self, request)
         started = time.monotonic()
         log = self.log
         log.info("%s: api_version %d, provider %s", request.method, request.api_version, self.plugin)
         if log.isEnabledFor(10):
             log.debug("%s arguments: %s", request.method, self._loggable_arguments(request))
         try:
-            result = handler(self, request)
+            result = method.handler(self, request)
         except CpiError as exc:
             error = _known_type(exc)
             log.error("%s failed: %s: %s", request.method, error.bosh_type, error.message)
@@ -245,9 +245,11 @@ def _delete_stemcell(d: Dispatcher, r: Request) -> Any:
 
 
 def _create_vm(d: Dispatcher, r: Request) -> Any:
+    from cpi.provider import VmRequest  # lazy: cpi.provider stays off the info path
+
     agent_id, stemcell_cid, cloud_properties, networks, disk_cids, env = r.arguments
     result = d.provider().create_vm(
-        agent_id, stemcell_cid, cloud_properties or {}, networks, disk_cids or [], env or {}
+        VmRequest(agent_id, stemcell_cid, cloud_properties or {}, networks, disk_cids or [], env or {})
     )
     if not isinstance(result, tuple | list) or len(result) != 2:
         raise CloudError(f"create_vm: provider returned {_kind(result)} instead of (vm_cid, networks) (a provider bug)")
@@ -307,14 +309,14 @@ def _delete_disk(d: Dispatcher, r: Request) -> Any:
 
 
 def _resize_disk(d: Dispatcher, r: Request) -> Any:
-    from cpi.provider import DiskResizer
+    from cpi.provider import DiskResizer  # lazy: cpi.provider stays off the info path
 
     d.capability(DiskResizer, r.method, NotSupported).resize_disk(r.arguments[0], r.arguments[1])
     return None
 
 
 def _update_disk(d: Dispatcher, r: Request) -> Any:
-    from cpi.provider import DiskUpdater
+    from cpi.provider import DiskUpdater  # lazy: cpi.provider stays off the info path
 
     disk_cid, new_size, cloud_properties = r.arguments
     result = d.capability(DiskUpdater, r.method, NotSupported).update_disk(disk_cid, new_size, cloud_properties or {})
@@ -351,39 +353,74 @@ def _set_disk_metadata(d: Dispatcher, r: Request) -> Any:
 
 
 def _snapshot_disk(d: Dispatcher, r: Request) -> Any:
-    from cpi.provider import Snapshots
+    from cpi.provider import Snapshots  # lazy: cpi.provider stays off the info path
 
     snapshots = d.capability(Snapshots, r.method, errors.NotImplemented)
     return _cid(snapshots.snapshot_disk(r.arguments[0], r.arguments[1]), r.method, "snapshot CID")
 
 
 def _delete_snapshot(d: Dispatcher, r: Request) -> Any:
-    from cpi.provider import Snapshots
+    from cpi.provider import Snapshots  # lazy: cpi.provider stays off the info path
 
     d.capability(Snapshots, r.method, errors.NotImplemented).delete_snapshot(r.arguments[0])
     return None
 
 
-HANDLERS: dict[str, Handler] = {
-    "info": _info,
-    "current_vm_id": _current_vm_id,
-    "create_stemcell": _create_stemcell,
-    "delete_stemcell": _delete_stemcell,
-    "create_vm": _create_vm,
-    "delete_vm": _delete_vm,
-    "has_vm": _has_vm,
-    "reboot_vm": _reboot_vm,
-    "set_vm_metadata": _set_vm_metadata,
-    "calculate_vm_cloud_properties": _calculate_vm_cloud_properties,
-    "get_disks": _get_disks,
-    "create_disk": _create_disk,
-    "delete_disk": _delete_disk,
-    "resize_disk": _resize_disk,
-    "update_disk": _update_disk,
-    "has_disk": _has_disk,
-    "attach_disk": _attach_disk,
-    "detach_disk": _detach_disk,
-    "set_disk_metadata": _set_disk_metadata,
-    "snapshot_disk": _snapshot_disk,
-    "delete_snapshot": _delete_snapshot,
+class Method:
+    """One CPI method: its handler, its positional arguments as (name, schema) in wire order, how many of them
+    must be given (``least``; the trailing ones may be omitted; default all) and whether it needs the provider.
+    ``local`` methods (``info``) are answered from the config alone: ``cpi.main`` gives them no watchdog and no
+    result check, and they never construct (or import) the provider."""
+
+    __slots__ = ("handler", "arguments", "least", "local")
+
+    def __init__(self, handler: Handler, arguments: ArgumentSpecs = (), *, least: int | None = None,
+                 local: bool = False) -> None:
+        self.handler = handler
+        self.arguments = arguments
+        self.least = least
+        self.local = local
+
+
+#: The one method table: name -> handler and argument schemas (bosh-cpi-go's ``apiv1`` method list).
+METHODS: dict[str, Method] = {
+    "info": Method(_info, local=True),
+    "current_vm_id": Method(_current_vm_id),
+    "create_stemcell": Method(
+        _create_stemcell,
+        (("image_path", S.LOCAL_PATH), ("cloud_properties", S.OBJECT_OR_NULL), ("env", S.STEMCELL_ENV)),
+        least=2,  # env is API v3 only
+    ),
+    "delete_stemcell": Method(_delete_stemcell, (("stemcell_cid", S.CID),)),
+    "create_vm": Method(
+        _create_vm,
+        (
+            ("agent_id", S.CID),
+            ("stemcell_cid", S.CID),
+            ("cloud_properties", S.OBJECT_OR_NULL),
+            ("networks", S.NETWORKS),
+            ("disk_cids", S.DISK_CIDS),
+            ("env", S.OBJECT_OR_NULL),
+        ),
+    ),
+    "delete_vm": Method(_delete_vm, (("vm_cid", S.CID),)),
+    "has_vm": Method(_has_vm, (("vm_cid", S.CID),)),
+    "reboot_vm": Method(_reboot_vm, (("vm_cid", S.CID),)),
+    "set_vm_metadata": Method(_set_vm_metadata, (("vm_cid", S.CID), ("metadata", S.METADATA))),
+    "calculate_vm_cloud_properties": Method(_calculate_vm_cloud_properties, (("vm_resources", S.VM_RESOURCES),)),
+    "get_disks": Method(_get_disks, (("vm_cid", S.CID),)),
+    "create_disk": Method(
+        _create_disk, (("size", S.SIZE_MIB), ("cloud_properties", S.OBJECT_OR_NULL), ("vm_cid", S.CID_OR_NULL))
+    ),
+    "delete_disk": Method(_delete_disk, (("disk_cid", S.CID),)),
+    "resize_disk": Method(_resize_disk, (("disk_cid", S.CID), ("new_size", S.SIZE_MIB))),
+    "update_disk": Method(
+        _update_disk, (("disk_cid", S.CID), ("new_size", S.SIZE_MIB), ("cloud_properties", S.OBJECT_OR_NULL))
+    ),
+    "has_disk": Method(_has_disk, (("disk_cid", S.CID),)),
+    "attach_disk": Method(_attach_disk, (("vm_cid", S.CID), ("disk_cid", S.CID))),
+    "detach_disk": Method(_detach_disk, (("vm_cid", S.CID), ("disk_cid", S.CID))),
+    "set_disk_metadata": Method(_set_disk_metadata, (("disk_cid", S.CID), ("metadata", S.METADATA))),
+    "snapshot_disk": Method(_snapshot_disk, (("disk_cid", S.CID), ("metadata", S.SNAPSHOT_METADATA))),
+    "delete_snapshot": Method(_delete_snapshot, (("snapshot_cid", S.CID),)),
 }

@@ -36,9 +36,6 @@ class CpiError(Exception):
         self.message = message
         self.ok_to_retry = ok_to_retry
 
-    def to_response(self) -> dict[str, object]:
-        return {"type": self.bosh_type, "message": cap_message(self.message), "ok_to_retry": bool(self.ok_to_retry)}
-
 
 class NotSupported(CpiError):
     """The method exists but this provider cannot do what was asked (e.g. shrinking a disk)."""

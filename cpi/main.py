@@ -306,6 +306,7 @@ def _rejected(call: Call, exc: CpiError) -> CpiError:
 def _respond(data: bytes, argv: Sequence[str], call: Call, provider_class: type[Provider] | None) -> dict[str, Any]:
     from cpi import config as cpi_config
     from cpi import schemas
+    from cpi.dispatcher import METHODS, Dispatcher, Request
 
     # 1. validate everything; errors here are the caller's (CpiError / NotImplemented), logged once
     try:
@@ -317,12 +318,13 @@ def _respond(data: bytes, argv: Sequence[str], call: Call, provider_class: type[
             call.set_request_id(context.get("request_id"))
         schemas.validate_envelope(request)
         method: str = request["method"]
-        if method not in schemas.METHOD_ARGUMENTS:
+        spec = METHODS.get(method)
+        if spec is None:
             raise errors.NotImplemented(f"unknown method {_short(method)}")
         call.method = method
         arguments: list[Any] = request["arguments"]
-        if arguments or schemas.METHOD_ARGUMENTS[method]:
-            schemas.validate_arguments(method, arguments)
+        if arguments or spec.arguments:
+            schemas.validate_arguments(method, arguments, spec.arguments, spec.least)
         from cpi.providers import PROVIDERS
 
         config = cpi_config.load(config_path, PROVIDERS, inspect=call.redactor.collect)
@@ -332,22 +334,20 @@ def _respond(data: bytes, argv: Sequence[str], call: Call, provider_class: type[
     except CpiError as exc:
         raise _rejected(call, exc) from None
 
-    if method != "info":
-        _arm_watchdog(call, method, properties.get("call_timeout", DEFAULT_CALL_TIMEOUT))
-
     # 2. dispatch; the dispatcher logs provider failures itself
-    from cpi.dispatcher import Dispatcher, Request
-
     dispatcher = Dispatcher(
         config.plugin, properties, logger_factory=call.logger, redactor=call.redactor, provider_class=provider_class
     )
+    if spec.local:  # info: answered from the config alone (no provider, nothing to time out, nothing to check)
+        return {"result": spec.handler(dispatcher, Request.from_envelope(request)), "error": None,
+                "log": call.log_text()}
+    _arm_watchdog(call, method, properties.get("call_timeout", DEFAULT_CALL_TIMEOUT))
     result = dispatcher.dispatch(Request.from_envelope(request))
-    if method != "info":
-        try:
-            _check_encodable(result, method)
-        except CpiError as exc:
-            call.logger().error("%s", exc.message)
-            raise
+    try:
+        _check_encodable(result, method)
+    except CpiError as exc:
+        call.logger().error("%s", exc.message)
+        raise
     return {"result": result, "error": None, "log": call.log_text()}
 
 

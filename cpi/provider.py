@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 #: A network as the director sends it: type, ip, netmask, gateway, dns, default, cloud_properties, ...
@@ -45,20 +46,25 @@ class Stemcells(ABC):
         """Remove the stemcell image. Idempotent: an unknown CID is not an error."""
 
 
+@dataclass(frozen=True)
+class VmRequest:
+    """create_vm's arguments as the director sent them (validated; ``null`` already turned into ``{}``/``[]``)."""
+
+    agent_id: str
+    stemcell_cid: str
+    cloud_properties: Mapping[str, Any]
+    networks: Networks
+    disk_cids: list[str]
+    env: Mapping[str, Any]
+
+
 class VMs(ABC):
     @abstractmethod
-    def create_vm(
-        self,
-        agent_id: str,
-        stemcell_cid: str,
-        cloud_properties: Mapping[str, Any],
-        networks: Networks,
-        disk_cids: list[str],
-        env: Mapping[str, Any],
-    ) -> tuple[str, Networks]:
-        """Create and start a VM whose agent will read ``agent_id``, ``networks`` and ``env`` (verbatim).
+    def create_vm(self, request: VmRequest) -> tuple[str, Networks]:
+        """Create and start a VM whose agent will read ``request.agent_id``, ``networks`` and ``env`` (verbatim).
         Returns the VM CID and the networks as configured (e.g. with MACs). On any failure everything created
-        is removed before raising VMCreationFailed (ok_to_retry only if a retry can help)."""
+        is removed before raising VMCreationFailed (ok_to_retry only if a retry can help):
+        :func:`cpi.provider_steps.run_create_vm` does that for a provider's steps."""
 
     @abstractmethod
     def delete_vm(self, vm_cid: str) -> None:

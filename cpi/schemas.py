@@ -114,40 +114,6 @@ VM_RESOURCES: dict[str, Any] = {
 #: API v3 create_stemcell ``env``: ``{"tags": {...}}``.
 STEMCELL_ENV: dict[str, Any] = {"type": ["object", "null"], "properties": {"tags": METADATA_OR_NULL}}
 
-#: Method -> positional arguments as (name, schema), in wire order.
-METHOD_ARGUMENTS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
-    "info": (),
-    "current_vm_id": (),
-    "create_stemcell": (("image_path", LOCAL_PATH), ("cloud_properties", OBJECT_OR_NULL), ("env", STEMCELL_ENV)),
-    "delete_stemcell": (("stemcell_cid", CID),),
-    "create_vm": (
-        ("agent_id", CID),
-        ("stemcell_cid", CID),
-        ("cloud_properties", OBJECT_OR_NULL),
-        ("networks", NETWORKS),
-        ("disk_cids", DISK_CIDS),
-        ("env", OBJECT_OR_NULL),
-    ),
-    "delete_vm": (("vm_cid", CID),),
-    "has_vm": (("vm_cid", CID),),
-    "reboot_vm": (("vm_cid", CID),),
-    "set_vm_metadata": (("vm_cid", CID), ("metadata", METADATA)),
-    "calculate_vm_cloud_properties": (("vm_resources", VM_RESOURCES),),
-    "get_disks": (("vm_cid", CID),),
-    "create_disk": (("size", SIZE_MIB), ("cloud_properties", OBJECT_OR_NULL), ("vm_cid", CID_OR_NULL)),
-    "delete_disk": (("disk_cid", CID),),
-    "resize_disk": (("disk_cid", CID), ("new_size", SIZE_MIB)),
-    "update_disk": (("disk_cid", CID), ("new_size", SIZE_MIB), ("cloud_properties", OBJECT_OR_NULL)),
-    "has_disk": (("disk_cid", CID),),
-    "attach_disk": (("vm_cid", CID), ("disk_cid", CID)),
-    "detach_disk": (("vm_cid", CID), ("disk_cid", CID)),
-    "set_disk_metadata": (("disk_cid", CID), ("metadata", METADATA)),
-    "snapshot_disk": (("disk_cid", CID), ("metadata", SNAPSHOT_METADATA)),
-    "delete_snapshot": (("snapshot_cid", CID),),
-}
-#: Methods whose trailing arguments may be omitted: method -> minimum count (create_stemcell's env is v3-only).
-MIN_ARGUMENTS: dict[str, int] = {"create_stemcell": 2}
-
 ENVELOPE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["method", "arguments", "context"],
@@ -348,17 +314,17 @@ def validate_envelope(request: object) -> None:
     raise CpiError(format_error("request", *found))
 
 
-def argument_names(method: str) -> list[str]:
-    """The wire names of ``method``'s positional arguments (KeyError for an unknown method)."""
-    return [name for name, _ in METHOD_ARGUMENTS[method]]
+if TYPE_CHECKING:
+    #: A method's positional arguments as (name, schema), in wire order (the table is ``cpi.dispatcher.METHODS``).
+    ArgumentSpecs = tuple[tuple[str, dict[str, Any]], ...]
 
 
-def validate_arguments(method: str, arguments: list[Any]) -> None:
-    """Raise CpiError unless ``arguments`` match ``method``'s arity and per-argument schemas (method must be known).
-    Methods without arguments are checked without importing jsonschema."""
-    specs = METHOD_ARGUMENTS[method]
+def validate_arguments(method: str, arguments: list[Any], specs: ArgumentSpecs, least: int | None = None) -> None:
+    """Raise CpiError unless ``arguments`` match ``specs`` (at least ``least`` of them, default all; the trailing
+    ones may be omitted) and each argument its schema. Methods without arguments are checked without importing
+    jsonschema."""
     most = len(specs)
-    least = MIN_ARGUMENTS.get(method, most)
+    least = most if least is None else least
     count = len(arguments)
     if not least <= count <= most:
         names = [name for name, _ in specs]

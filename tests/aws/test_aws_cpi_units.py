@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from cpi.errors import CloudError, CpiError, NotSupported
+from cpi.provider import VmRequest
 from cpi.providers.aws import instance_types, tags, volumes
 from cpi.providers.aws.config import AwsConfig
 from cpi.providers.aws.provider import AWSProvider
@@ -206,14 +207,14 @@ def test_user_data_over_the_ec2_limit_is_refused_before_anything_exists(
     run = uuid.uuid4().hex[:8]
     networks = {"n": {"type": "dynamic", "cloud_properties": {"subnet": env["subnet_id"]}}}
     with pytest.raises(CloudError, match="EC2 user-data holds at most 16384"):
-        _provider(moto_endpoint, env).create_vm(
+        _provider(moto_endpoint, env).create_vm(VmRequest(
             f"agent-{run}",
             ami,
             {"instance_type": "t3.nano"},
             networks,
             [],
             {"bosh": {"tags": {"test_run": run}, "blob": "x" * 20000}},
-        )
+        ))
     found = ec2_client(moto_endpoint).describe_instances(Filters=[{"Name": "tag:test_run", "Values": [run]}])
     assert found["Reservations"] == []
 
@@ -421,14 +422,14 @@ def test_create_vm_refuses_disks_in_another_zone(moto_endpoint: str, env: dict[s
     try:
         networks = {"n": {"type": "dynamic", "cloud_properties": {"subnet": env["subnet_id"]}}}
         with pytest.raises(CloudError, match=f"disk {disk} is in {env['backup_az']}"):
-            provider.create_vm(
+            provider.create_vm(VmRequest(
                 f"agent-{run}",
                 ami,
                 {"instance_type": "t3.nano"},
                 networks,
                 [disk],
                 {"bosh": {"tags": {"test_run": run}}},
-            )
+            ))
         found = ec2_client(moto_endpoint).describe_instances(Filters=[{"Name": "tag:test_run", "Values": [run]}])
         assert found["Reservations"] == []
     finally:

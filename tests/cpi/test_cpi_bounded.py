@@ -260,7 +260,6 @@ def test_error_messages_are_capped_with_a_note(tmp_path: Path) -> None:
     assert message.startswith("create_stemcell: member nnn")
     assert "[... message cut:" in message and "more characters]" in message
     assert len(huge.message) <= 64 * 1024  # the error itself keeps a bounded copy
-    assert json.dumps(huge.to_response()).count("n") < MAX_MESSAGE_CHARS
 
 
 @pytest.mark.parametrize("kind", KINDS)

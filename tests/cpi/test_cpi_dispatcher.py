@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from cpi import errors
-from cpi.dispatcher import HANDLERS, Dispatcher, Request
+from cpi.dispatcher import METHODS, Dispatcher, Request
 from cpi.main import Call, respond
-from cpi.provider import DiskHint, DiskResizer, DiskUpdater, Networks, Provider, Snapshots
+from cpi.provider import DiskHint, DiskResizer, DiskUpdater, Networks, Provider, Snapshots, VmRequest
 from stemforge_base.redaction import Redactor
 
 NETWORKS = {"private": {"type": "manual", "ip": "10.0.0.10", "netmask": "255.255.255.0", "gateway": "10.0.0.1"}}
@@ -46,16 +46,9 @@ class RecordingProvider(Provider):
     def delete_stemcell(self, stemcell_cid: str) -> None:
         self._record("delete_stemcell", stemcell_cid)
 
-    def create_vm(
-        self,
-        agent_id: str,
-        stemcell_cid: str,
-        cloud_properties: Mapping[str, Any],
-        networks: Networks,
-        disk_cids: list[str],
-        env: Mapping[str, Any],
-    ) -> tuple[str, Networks]:
-        self._record("create_vm", agent_id, stemcell_cid, cloud_properties, networks, disk_cids, env)
+    def create_vm(self, request: VmRequest) -> tuple[str, Networks]:
+        r = request
+        self._record("create_vm", r.agent_id, r.stemcell_cid, r.cloud_properties, r.networks, r.disk_cids, r.env)
         result: tuple[str, Networks] = self.vm_result
         return result
 
@@ -368,10 +361,16 @@ def test_provider_init_failure() -> None:
         call(make(Broken), "has_vm", "vm-1")
 
 
-def test_handlers_cover_every_method() -> None:
-    from cpi.schemas import METHOD_ARGUMENTS
-
-    assert set(HANDLERS) == set(METHOD_ARGUMENTS)
+def test_the_method_table_lists_every_cpi_method_and_only_info_is_local() -> None:
+    """One table (handler + argument schemas per method): every CPI v2 method, and only ``info`` answered
+    without the provider."""
+    assert set(METHODS) == {
+        "info", "current_vm_id", "create_stemcell", "delete_stemcell", "create_vm", "delete_vm", "has_vm",
+        "reboot_vm", "set_vm_metadata", "calculate_vm_cloud_properties", "get_disks", "create_disk", "delete_disk",
+        "resize_disk", "update_disk", "has_disk", "attach_disk", "detach_disk", "set_disk_metadata", "snapshot_disk",
+        "delete_snapshot",
+    }
+    assert [name for name, method in METHODS.items() if method.local] == ["info"]
 
 
 # -- through respond(): redaction of provider errors and the context merge -------------------------------------------

@@ -19,6 +19,7 @@ import pytest
 
 from cpi import configdrive
 from cpi.errors import CloudError, DiskNotAttached, NotSupported, VMCreationFailed, VMNotFound
+from cpi.provider import VmRequest
 from cpi.providers.baremetal.provider import BareMetalProvider
 from cpi.providers.baremetal.store import Bmc, MetalStore, NodeSpec
 from tests.harness.redfish import PASSWORD, SYSTEMS, Emulator, free_port
@@ -188,7 +189,7 @@ def test_vm_lifecycle_with_disks(tmp_path: Path, emulator: Emulator, caplog: pyt
         stemcell = make_stemcell(provider, tmp_path)
         assert provider.calculate_vm_cloud_properties({"cpu": 2, "ram": 256, "ephemeral_disk_size": 1024}) == {
             "cpu": 2, "ram": 512, "arch": "x86_64", "ephemeral_disk_size": 1024}  # fmt: skip
-        vm, networks = provider.create_vm("agent-1", stemcell, {"cpu": 1}, NETWORKS, [], AGENT_ENV)
+        vm, networks = provider.create_vm(VmRequest("agent-1", stemcell, {"cpu": 1}, NETWORKS, [], AGENT_ENV))
         node = store.node_for_vm(vm)
         assert node is not None and node.name == "node-a"  # the smallest plan
         assert node.provision_state == "active" and networks["default"]["mac"] == node.macs[0]
@@ -239,7 +240,7 @@ def test_failed_deploy_is_cleaned_and_released(tmp_path: Path, emulator: Emulato
         stemcell = make_stemcell(provider, tmp_path)
         ramdisk.deploy_result = lambda node: {"stage": "checksum", "ok": False, "message": "sha256 mismatch: x != y"}
         with pytest.raises(VMCreationFailed, match="deploy failed at stage checksum: sha256 mismatch") as info:
-            provider.create_vm("agent-1", stemcell, {}, NETWORKS, [], AGENT_ENV)
+            provider.create_vm(VmRequest("agent-1", stemcell, {}, NETWORKS, [], AGENT_ENV))
         assert not info.value.ok_to_retry  # no other server
         node = store.get_node("node-a")
         assert node.provision_state == "available" and node.claimed_by is None and not node.maintenance
@@ -248,7 +249,7 @@ def test_failed_deploy_is_cleaned_and_released(tmp_path: Path, emulator: Emulato
         assert store.vms() == [] and store.job("node-a") is None
         assert not (tmp_path / "metal" / "configdrives" / "node-a.iso").exists()
         with pytest.raises(VMCreationFailed, match="no server available: none of 1 enrolled servers matches cpu=8"):
-            provider.create_vm("agent-2", stemcell, {"cpu": 8}, NETWORKS, [], AGENT_ENV)
+            provider.create_vm(VmRequest("agent-2", stemcell, {"cpu": 8}, NETWORKS, [], AGENT_ENV))
 
 
 def test_bmc_down_goes_to_maintenance_and_the_next_server_is_used(tmp_path: Path, emulator: Emulator) -> None:
@@ -256,7 +257,7 @@ def test_bmc_down_goes_to_maintenance_and_the_next_server_is_used(tmp_path: Path
         stemcell = make_stemcell(provider, tmp_path)
         ramdisk.phone_home = False
         provider.config = type(provider.config)(**{**provider.config.__dict__, "phone_home": False})
-        vm, _ = provider.create_vm("agent-1", stemcell, {}, NETWORKS, [], AGENT_ENV)
+        vm, _ = provider.create_vm(VmRequest("agent-1", stemcell, {}, NETWORKS, [], AGENT_ENV))
         bad = store.get_node("node-a")
         assert bad.maintenance and "unreachable" in bad.maintenance_reason and bad.claimed_by is None
         assert bad.provision_state == "deploy failed"
@@ -264,7 +265,7 @@ def test_bmc_down_goes_to_maintenance_and_the_next_server_is_used(tmp_path: Path
         assert node is not None and node.name == "node-b" and node.provision_state == "active"
         with pytest.raises(VMCreationFailed, match=r"no server available matching any server: node-a \(deploy failed, "
                            r"maintenance\), node-b \(active, claimed\)"):  # fmt: skip
-            provider.create_vm("agent-2", stemcell, {}, NETWORKS, [], AGENT_ENV)
+            provider.create_vm(VmRequest("agent-2", stemcell, {}, NETWORKS, [], AGENT_ENV))
 
 
 def test_matching_smallest_plan_and_root_disk(tmp_path: Path) -> None:
@@ -322,19 +323,19 @@ def test_readiness_needs_no_agent_of_ours(tmp_path: Path, emulator: Emulator, ca
         _config(provider, timeouts={"boot_to_disk": 3})
         with pytest.raises(VMCreationFailed, match=r"no DHCP request from 52:54:00:10:00:0a reached metal serve "
                            r"within 3 s \(timeouts.boot_to_disk; power now on\)"):  # fmt: skip
-            provider.create_vm("agent-1", stemcell, {"node": "node-a"}, NETWORKS, [], AGENT_ENV)
+            provider.create_vm(VmRequest("agent-1", stemcell, {"node": "node-a"}, NETWORKS, [], AGENT_ENV))
         node = store.get_node("node-a")
         assert node.provision_state == "available" and node.claimed_by is None and store.vms() == []
 
         _config(provider, boot_check="power")  # the operator knows the OS never asks metal serve
-        vm, _ = provider.create_vm("agent-2", stemcell, {"node": "node-a"}, NETWORKS, [], AGENT_ENV)
+        vm, _ = provider.create_vm(VmRequest("agent-2", stemcell, {"node": "node-a"}, NETWORKS, [], AGENT_ENV))
         assert store.get_node("node-a").provision_state == "active"
         assert "is on and booting its disk (boot_check: power)" in caplog.text
 
         _config(provider, boot_check="auto")
         ramdisk.deploy_dhcp = False  # the NIC of the dynamic network is served by another DHCP server
         ramdisk.selected_serial = "not-in-the-plan"  # and the plan does not describe the server's disks
-        vm, _ = provider.create_vm("agent-3", stemcell, {"node": "node-b"}, NETWORKS, [], AGENT_ENV)
+        vm, _ = provider.create_vm(VmRequest("agent-3", stemcell, {"node": "node-b"}, NETWORKS, [], AGENT_ENV))
         assert store.get_node("node-b").provision_state == "active"
         assert "got no lease from metal serve during the deploy" in caplog.text
         assert store.events("node-b", kinds=["phone-home"]) == []

@@ -1,5 +1,5 @@
 """The heavy-image import into EC2 as Packer-style steps, one implementation for the CPI's ``create_stemcell`` and
-the builders' ``amazon-import`` post-processor, both run through :class:`stemforge.steps.StepRunner`:
+the builders' ``amazon-import`` post-processor, both run through :class:`stemforge_base.steps.StepRunner`:
 
 * :class:`UploadImage` puts the local disk image into S3; its cleanup deletes the object. It is ``temporary`` (the
   object is removed on success too) unless the caller keeps it (Packer's ``skip_clean``: then it is kept on
@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+from stemforge_base.steps import Step
 
 #: Task states after which the task will never complete (DescribeImportSnapshotTasks / DescribeImportImageTasks).
 TASK_FAILED = frozenset({"deleting", "deleted", "error"})
@@ -60,7 +62,7 @@ class ImportHost(Protocol):
         """Deregister an AMI the import made and delete its snapshots (gone already is fine)."""
 
 
-class UploadImage:
+class UploadImage(Step):
     """``state["source"]`` → ``s3://<bucket>/<key>``; records ``state["s3_key"]`` before the first byte."""
 
     name = "upload_image"
@@ -86,14 +88,12 @@ class UploadImage:
         state.pop("s3_key", None)
 
 
-class ImportTask:
+class ImportTask(Step):
     """Start the import of ``s3://<bucket>/<state["s3_key"]>`` and wait for it.
 
     ``kind`` is ``"snapshot"`` (ImportSnapshot: records ``state["snapshot_id"]``) or ``"image"`` (ImportImage:
     records ``state["image_id"]`` and ``state["snapshot_ids"]``). ``params(state)`` gives the start call's
     parameters."""
-
-    temporary = False
 
     def __init__(self, host: ImportHost, kind: str, params: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         if kind not in ("snapshot", "image"):

@@ -19,16 +19,15 @@ from cpi.errors import (
     DiskNotAttached,
     DiskNotFound,
     NotSupported,
-    VMCreationFailed,
     VMNotFound,
 )
-from cpi.provider import DiskHint, DiskResizer, DiskUpdater, Networks, Provider, Snapshots
+from cpi.provider import DiskHint, DiskResizer, DiskUpdater, Networks, Provider, Snapshots, VmRequest
+from cpi.provider_steps import run_create_vm
 from cpi.providers.aws import instance_types, vms, volumes
 from cpi.providers.aws import tags as tagging
 from cpi.providers.aws.clients import AwsApi, AwsCallError, wait_for
 from cpi.providers.aws.config import DISK_CLOUD_PROPERTIES_SCHEMA, AwsConfig, validate
 from cpi.providers.aws.stemcells import StemcellManager, delete_snapshot
-from stemforge.steps import StepRunner
 
 _VM_MISSING = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
 _DISK_MISSING = frozenset({"InvalidVolume.NotFound", "InvalidVolumeID.Malformed"})
@@ -55,16 +54,8 @@ class AWSProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
         self.stemcells.delete(stemcell_cid)
 
     # -- VMs -----------------------------------------------------------------------------------------------------
-    def create_vm(
-        self,
-        agent_id: str,
-        stemcell_cid: str,
-        cloud_properties: Mapping[str, Any],
-        networks: Networks,
-        disk_cids: list[str],
-        env: Mapping[str, Any],
-    ) -> tuple[str, Networks]:
-        plan = vms.VmPlanner(self).plan(agent_id, stemcell_cid, cloud_properties, networks, disk_cids, env)
+    def create_vm(self, request: VmRequest) -> tuple[str, Networks]:
+        plan = vms.VmPlanner(self).plan(request)
         self.log.info(
             "create_vm: %s from %s in %s, subnet %s",
             plan.instance_type,
@@ -73,14 +64,7 @@ class AWSProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
             plan.subnet_id,
         )
         state: dict[str, Any] = {}
-        try:
-            StepRunner(self.log).run(vms.steps(self, plan), state)
-        except VMCreationFailed:
-            raise
-        except CpiError as exc:
-            raise VMCreationFailed(f"create_vm: {exc.message}", ok_to_retry=exc.ok_to_retry) from None
-        except Exception as exc:
-            raise VMCreationFailed(f"create_vm: {type(exc).__name__}: {exc}") from None
+        run_create_vm(vms.steps(self, plan), state, self.log, where="create_vm")
         return str(state["instance_id"]), plan.networks
 
     def instance(self, vm_cid: str) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from cpi.providers.aws.config import STEMCELL_CLOUD_PROPERTIES_SCHEMA, AwsConfig
 from cpi.providers.aws.import_steps import TASK_FAILED, ImportTask, UploadImage
 from stemcells.errors import StemcellError
 from stemcells.root_image import open_root_image
-from stemforge.steps import Step, StepRunner
+from stemforge_base.steps import Step, StepRunner
 
 LIGHT_SUFFIX = " light"
 _NOT_FOUND = ("InvalidAMIID.NotFound", "InvalidAMIID.Malformed", "InvalidAMIID.Unavailable")
@@ -275,7 +275,7 @@ class _CpiImportHost:
         self.m.delete(image_id)
 
 
-class _ExtractRootImage:
+class _ExtractRootImage(Step):
     """The raw disk inside the director's ``image`` file (a gzipped tar), or the file itself when it is a disk:
     ``state["source"]``. Temporary: the extracted file never outlives the run."""
 
@@ -308,12 +308,11 @@ class _ExtractRootImage:
             remove_tree(state["tmpdir"])
 
 
-class _TagSnapshot:
+class _TagSnapshot(Step):
     """The imported snapshot gets the director's tags and a Name (nothing to undo: the import's cleanup deletes
     the snapshot)."""
 
     name = "tag_snapshot"
-    temporary = False
 
     def __init__(self, manager: StemcellManager, props: Mapping[str, Any]) -> None:
         self.m = manager
@@ -323,16 +322,12 @@ class _TagSnapshot:
         listed = tagging.tag_list({**state["tags"], "Name": f"stemcell {self.props.get('name', '')}"})
         self.m.api.ec2_call("create_tags", Resources=[state["snapshot_id"]], Tags=listed)
 
-    def cleanup(self, state: dict[str, Any]) -> None:
-        """Nothing to remove."""
 
-
-class _RegisterImage:
+class _RegisterImage(Step):
     """RegisterImage from the imported snapshot (HVM, ENA, the MF's architecture and root device), then wait until
     available; cleanup deregisters it."""
 
     name = "register_image"
-    temporary = False
 
     def __init__(self, manager: StemcellManager, props: Mapping[str, Any]) -> None:
         self.m = manager

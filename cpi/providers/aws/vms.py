@@ -24,17 +24,41 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cpi import agent_settings
 from cpi.errors import CloudError, NetworkNotFound, VMCreationFailed
+from cpi.provider import VmRequest
+from cpi.provider_steps import ProviderStep
 from cpi.providers.aws import tags as tagging
 from cpi.providers.aws import volumes
 from cpi.providers.aws.clients import AwsCallError
 from cpi.providers.aws.config import NETWORK_CLOUD_PROPERTIES_SCHEMA, VM_CLOUD_PROPERTIES_SCHEMA, validate
+from stemforge_base.steps import Step
 
 if TYPE_CHECKING:
-    from cpi.providers.aws.provider import AWSProvider
+    import logging
+
+    from cpi.providers.aws.clients import AwsApi
+    from cpi.providers.aws.config import AwsConfig
+    from cpi.providers.aws.stemcells import StemcellManager
+
+
+class VmHost(Protocol):
+    """What create_vm's planner and steps use of the AWS provider (``AWSProvider`` implements it)."""
+
+    config: AwsConfig
+    agent_config: Mapping[str, Any]
+    api: AwsApi
+    stemcells: StemcellManager
+    log: logging.Logger
+
+    def describe_volumes(self, volume_ids: list[str]) -> list[dict[str, Any]]: ...
+
+    def terminate(self, vm_cid: str) -> None: ...
+
+    def wait_instance(self, vm_cid: str, *, want: set[str], failed: set[str] | frozenset[str] = frozenset()) -> None:
+        ...
 
 MAX_USER_DATA = 16384
 EPHEMERAL_DEVICE = "/dev/sdb"
@@ -106,24 +130,17 @@ class VmPlan:
 class VmPlanner:
     """Turns create_vm's arguments into a :class:`VmPlan` (look-ups only; nothing is created)."""
 
-    def __init__(self, provider: AWSProvider) -> None:
+    def __init__(self, provider: VmHost) -> None:
         self.p = provider
         self.cfg = provider.config
 
-    def plan(
-        self,
-        agent_id: str,
-        stemcell_cid: str,
-        cloud_properties: Mapping[str, Any],
-        networks: Mapping[str, Any],
-        disk_cids: list[str],
-        env: Mapping[str, Any],
-    ) -> VmPlan:
-        props = dict(cloud_properties)
+    def plan(self, request: VmRequest) -> VmPlan:
+        agent_id, networks, env, disk_cids = request.agent_id, request.networks, request.env, request.disk_cids
+        props = dict(request.cloud_properties)
         validate("create_vm: cloud_properties", VM_CLOUD_PROPERTIES_SCHEMA, props)
         net_name, net, vip = self._networks(networks)
         net_props = dict(net.get("cloud_properties") or {})
-        image = self._image(stemcell_cid)
+        image = self._image(request.stemcell_cid)
         subnet = self._subnet(net_name, net_props["subnet"])
         zone = str(subnet["AvailabilityZone"])
         self._check_zone(zone, props, disk_cids, net_name)
@@ -366,22 +383,11 @@ def root_device_name(image: Mapping[str, Any]) -> str:
 # -- steps -------------------------------------------------------------------------------------------------------------
 
 
-class _Step:
-    name = ""
-    temporary = False
-
-    def __init__(self, provider: AWSProvider, plan: VmPlan) -> None:
-        self.p = provider
-        self.plan = plan
-
-    def run(self, state: dict[str, Any]) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def cleanup(self, state: dict[str, Any]) -> None:
-        """Nothing to remove unless overridden."""
+#: The base of the AWS create_vm steps.
+VmStep = ProviderStep[VmHost, VmPlan]
 
 
-class RunInstance(_Step):
+class RunInstance(VmStep):
     name = "run_instance"
 
     def run(self, state: dict[str, Any]) -> None:
@@ -407,7 +413,7 @@ class RunInstance(_Step):
             self.p.terminate(instance_id)
 
 
-class WaitRunning(_Step):
+class WaitRunning(VmStep):
     name = "wait_running"
 
     def run(self, state: dict[str, Any]) -> None:
@@ -416,7 +422,7 @@ class WaitRunning(_Step):
         )
 
 
-class AssociateVip(_Step):
+class AssociateVip(VmStep):
     name = "associate_vip"
 
     def run(self, state: dict[str, Any]) -> None:
@@ -438,5 +444,5 @@ class AssociateVip(_Step):
         self.p.api.ec2_call("associate_address", **params)
 
 
-def steps(provider: AWSProvider, plan: VmPlan) -> list[_Step]:
+def steps(provider: VmHost, plan: VmPlan) -> list[Step]:
     return [RunInstance(provider, plan), WaitRunning(provider, plan), AssociateVip(provider, plan)]

@@ -4,7 +4,7 @@ Resource naming: stemcells ``sc-<uuid>`` (``<state_dir>/images/<cid>.raw`` serve
 ``/images/<cid>.raw``, sha256 recorded), VMs ``vm-<uuid>`` (the claim of one server: ``nodes.claimed_by``), disks
 ``disk-<uuid>`` (one of a server's extra local disks, reserved by create_disk with VM locality).
 
-create_vm is a list of steps (``stemforge.steps``) whose cleanups undo exactly what ran: claim a matching
+create_vm is a list of steps (``stemforge_base.steps``) whose cleanups undo exactly what ran: claim a matching
 available server atomically (its lock held for the whole call) → write the config drive (agent settings with the
 server's real MACs, phone-home URL and a new token under ``meta``) → record the VM → deploy through the ramdisk
 (one-time PXE, power on, follow its stages) → boot from disk → confirm the server booted it without the guest's
@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from cpi import agent_settings, configdrive
-from cpi.errors import CloudError, CpiError, DiskNotAttached, DiskNotFound, NotSupported, VMCreationFailed, VMNotFound
-from cpi.provider import DiskHint, Networks, Provider
+from cpi.errors import CloudError, DiskNotAttached, DiskNotFound, NotSupported, VMCreationFailed, VMNotFound
+from cpi.provider import DiskHint, Networks, Provider, VmRequest
+from cpi.provider_steps import ProviderStep, run_create_vm
 from cpi.providers.baremetal import inventory, states, stemcell_images
 from cpi.providers.baremetal.config import (
     DHCP_EVENT,
@@ -51,8 +52,8 @@ from cpi.providers.baremetal.interfaces.base import (
 from cpi.providers.baremetal.plan_disks import root_disk, system_disk_hint
 from cpi.providers.baremetal.store import MetalStore, Node
 from cpi.validation import validate
-from stemforge.steps import StepRunner
 from stemforge_base.hashing import sha256_file
+from stemforge_base.steps import Step
 
 MIB = 1024 * 1024
 
@@ -214,15 +215,8 @@ class BareMetalProvider(Provider):
             "ephemeral_disk_size": want["ephemeral_disk_size"],
         }
 
-    def create_vm(
-        self,
-        agent_id: str,
-        stemcell_cid: str,
-        cloud_properties: Mapping[str, Any],
-        networks: Networks,
-        disk_cids: list[str],
-        env: Mapping[str, Any],
-    ) -> tuple[str, Networks]:
+    def create_vm(self, request: VmRequest) -> tuple[str, Networks]:
+        agent_id, stemcell_cid, cloud_properties = request.agent_id, request.stemcell_cid, request.cloud_properties
         validate("create_vm: cloud_properties", VM_CLOUD_PROPERTIES_SCHEMA, dict(cloud_properties))
         stemcell = self.store.stemcell(stemcell_cid)
         if stemcell is None or not Path(stemcell["path"]).is_file():
@@ -235,10 +229,11 @@ class BareMetalProvider(Provider):
             task, lock = self._claim(vm_cid, cloud_properties, tried)
             name = task.node.name
             self.log.info("create_vm: %s on server %s (%s)", vm_cid, name, _plan_text(task.node))
-            plan = _VmPlan(vm_cid, agent_id, stemcell, dict(cloud_properties), networks, dict(env))
+            plan = _VmPlan(vm_cid, agent_id, stemcell, dict(cloud_properties), request.networks, dict(request.env))
             try:
                 with lock:
-                    StepRunner(self.log).run(_steps(self, task, plan), {})
+                    run_create_vm(_steps(self, task, plan), {}, self.log, where=f"create_vm {vm_cid} on server {name}",
+                                  describe=_describe_interface_error, passthrough=(BmcUnreachable,))
                 return vm_cid, plan.networks
             except BmcUnreachable as exc:
                 tried.append(name)
@@ -249,14 +244,13 @@ class BareMetalProvider(Provider):
                     exc.message,
                 )
                 continue
-            except (CpiError, InterfaceError) as exc:
-                others = any(
+            except VMCreationFailed as exc:
+                # another available server may succeed where this one failed
+                exc.ok_to_retry = exc.ok_to_retry or any(
                     n.name != name and n.provision_state == states.AVAILABLE and not n.maintenance
                     for n in self._candidates(cloud_properties)
                 )
-                retry = others or bool(getattr(exc, "ok_to_retry", False))
-                message = f"create_vm {vm_cid} on server {name}: {exc.message}"
-                raise VMCreationFailed(message, ok_to_retry=retry) from None
+                raise
 
     def delete_vm(self, vm_cid: str) -> None:
         states.reap(self.store, self.who)
@@ -465,22 +459,19 @@ class _VmPlan:
         self.env = env
 
 
-class _Step:
-    name = ""
-    temporary = False
+def _describe_interface_error(exc: Exception) -> tuple[str, bool] | None:
+    """A hardware interface failure during create_vm: its message (which names the server and what failed)."""
+    return (exc.message, False) if isinstance(exc, InterfaceError) else None
+
+
+class _Step(ProviderStep["BareMetalProvider", _VmPlan]):
+    """A bare-metal create_vm step: also the claimed server's task (``task``, its lock held) and its name."""
 
     def __init__(self, provider: BareMetalProvider, task: Task, plan: _VmPlan) -> None:
-        self.p = provider
+        super().__init__(provider, plan)
         self.task = task
-        self.plan = plan
         self.store = provider.store
         self.node = task.node.name
-
-    def run(self, state: dict[str, Any]) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def cleanup(self, state: dict[str, Any]) -> None:
-        """Most steps create nothing."""
 
 
 class _Release(_Step):
@@ -756,7 +747,7 @@ class _WaitPhoneHome(_Step):
             time.sleep(0.5)
 
 
-def _steps(provider: BareMetalProvider, task: Task, plan: _VmPlan) -> list[_Step]:
+def _steps(provider: BareMetalProvider, task: Task, plan: _VmPlan) -> list[Step]:
     return [
         cls(provider, task, plan)
         for cls in (_Release, _WriteConfigDrive, _RecordVm, _Deploy, _BootToDisk, _WaitBooted, _WaitPhoneHome)

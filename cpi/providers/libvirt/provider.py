@@ -31,10 +31,10 @@ from cpi.errors import (
     DiskNotFound,
     NetworkNotFound,
     NotSupported,
-    VMCreationFailed,
     VMNotFound,
 )
-from cpi.provider import DiskHint, DiskResizer, DiskUpdater, Networks, Provider, Snapshots
+from cpi.provider import DiskHint, DiskResizer, DiskUpdater, Networks, Provider, Snapshots, VmRequest
+from cpi.provider_steps import run_create_vm
 from cpi.providers.libvirt import accel, domain_xml, vm_steps
 from cpi.providers.libvirt.config import (
     DISK_CLOUD_PROPERTIES_SCHEMA,
@@ -46,7 +46,6 @@ from cpi.providers.libvirt.config import (
 )
 from cpi.providers.libvirt.storage import MIB, Pool
 from cpi.state import StateStore
-from stemforge.steps import StepRunner
 
 if TYPE_CHECKING:
     from stemcells.image_check import ImageInfo
@@ -63,6 +62,13 @@ def _silence_libvirt_stderr(_ctx: Any, _err: Any) -> None:
 
 
 libvirt.registerErrorHandler(_silence_libvirt_stderr, None)
+
+
+def _describe_libvirt_error(exc: Exception) -> tuple[str, bool] | None:
+    """A libvirt failure during create_vm: libvirt's own message, worth a retry."""
+    if isinstance(exc, libvirt.libvirtError):
+        return f"libvirt: {exc.get_error_message()}", True
+    return None
 
 
 class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
@@ -266,24 +272,14 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
             "ephemeral_disk_size": int(vm_resources["ephemeral_disk_size"]),
         }
 
-    def create_vm(self, agent_id: str, stemcell_cid: str, cloud_properties: Mapping[str, Any],
-                  networks: Networks, disk_cids: list[str], env: Mapping[str, Any]) -> tuple[str, Networks]:
-        plan = self._plan_vm(agent_id, stemcell_cid, cloud_properties, networks, env)
+    def create_vm(self, request: VmRequest) -> tuple[str, Networks]:
+        plan = self._plan_vm(request.agent_id, request.stemcell_cid, request.cloud_properties, request.networks,
+                             request.env)
         self.log.info("create_vm: %s from %s (%d vCPU, %d MiB RAM, %d MiB ephemeral, %s)", plan.vm_cid,
-                      stemcell_cid, plan.vcpus, plan.memory_mib, plan.ephemeral_mib,
+                      request.stemcell_cid, plan.vcpus, plan.memory_mib, plan.ephemeral_mib,
                       "kvm" if self.domain_type == accel.KVM else "tcg")
-        runner = StepRunner(self.log)
-        try:
-            runner.run(vm_steps.steps(self, plan), {})
-        except CpiError as exc:
-            if isinstance(exc, VMCreationFailed):
-                raise
-            raise VMCreationFailed(f"create_vm {plan.vm_cid}: {exc.message}", ok_to_retry=exc.ok_to_retry) from None
-        except libvirt.libvirtError as exc:
-            raise VMCreationFailed(f"create_vm {plan.vm_cid}: libvirt: {exc.get_error_message()}",
-                                   ok_to_retry=True) from None
-        except Exception as exc:
-            raise VMCreationFailed(f"create_vm {plan.vm_cid}: {type(exc).__name__}: {exc}") from None
+        run_create_vm(vm_steps.steps(self, plan), {}, self.log, where=f"create_vm {plan.vm_cid}",
+                      describe=_describe_libvirt_error)
         return plan.vm_cid, plan.networks
 
     def _plan_vm(self, agent_id: str, stemcell_cid: str, cloud_properties: Mapping[str, Any],

@@ -8,16 +8,22 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import libvirt
 
 from cpi import agent_settings
 from cpi.errors import CloudError, VMCreationFailed
+from cpi.provider_steps import ProviderStep
 from cpi.providers.libvirt import domain_xml
+from stemforge_base.steps import Step
 
 if TYPE_CHECKING:
-    from cpi.providers.libvirt.provider import LibvirtProvider
+    from collections.abc import Mapping
+
+    from cpi.providers.libvirt.config import LibvirtConfig
+    from cpi.providers.libvirt.storage import Pool
+    from cpi.state import StateStore
 
 MIB = 1024 * 1024
 
@@ -42,22 +48,35 @@ class VmPlan:
     env: dict[str, Any]
 
 
-class _Step:
-    name = ""
-    temporary = False
+class VmHost(Protocol):
+    """What create_vm's steps use of the libvirt provider (``LibvirtProvider`` implements it)."""
 
-    def __init__(self, provider: LibvirtProvider, plan: VmPlan) -> None:
-        self.p = provider
-        self.plan = plan
+    config: LibvirtConfig
+    agent_config: Mapping[str, Any]
+    state: StateStore
+    conn: libvirt.virConnect
 
-    def run(self, state: dict[str, Any]) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @property
+    def pool(self) -> Pool: ...
 
-    def cleanup(self, state: dict[str, Any]) -> None:
-        """Most steps' cleanup; overridden where something was created."""
+    @property
+    def domain_type(self) -> str: ...
+
+    def console_log_path(self, vm_cid: str) -> Path: ...
+
+    def config_drive_path(self, vm_cid: str, generation: int) -> Path: ...
+
+    def write_config_drive(self, path: Path, vm_cid: str, instance_uuid: str, settings: Mapping[str, Any]) -> None:
+        ...
+
+    def remove_domain(self, name: str) -> bool: ...
 
 
-class CreateRootDisk(_Step):
+#: The base of the libvirt create_vm steps.
+VmStep = ProviderStep[VmHost, VmPlan]
+
+
+class CreateRootDisk(VmStep):
     name = "create_root_disk"
 
     def run(self, state: dict[str, Any]) -> None:
@@ -75,7 +94,7 @@ class CreateRootDisk(_Step):
             self.p.pool.delete(state["root_volume"])
 
 
-class CreateEphemeralDisk(_Step):
+class CreateEphemeralDisk(VmStep):
     name = "create_ephemeral_disk"
 
     def run(self, state: dict[str, Any]) -> None:
@@ -91,7 +110,7 @@ class CreateEphemeralDisk(_Step):
             self.p.pool.delete(state["ephemeral_volume"])
 
 
-class WriteConfigDrive(_Step):
+class WriteConfigDrive(VmStep):
     name = "write_config_drive"
 
     def run(self, state: dict[str, Any]) -> None:
@@ -119,7 +138,7 @@ class WriteConfigDrive(_Step):
                 Path(state["config_drive"]).unlink()
 
 
-class DefineDomain(_Step):
+class DefineDomain(VmStep):
     name = "define_domain"
 
     def run(self, state: dict[str, Any]) -> None:
@@ -154,7 +173,7 @@ class DefineDomain(_Step):
             self.p.remove_domain(state["domain_name"])
 
 
-class RecordVm(_Step):
+class RecordVm(VmStep):
     name = "record_vm"
 
     def run(self, state: dict[str, Any]) -> None:
@@ -170,7 +189,7 @@ class RecordVm(_Step):
                 tx.delete("vms", self.plan.vm_cid)
 
 
-class StartDomain(_Step):
+class StartDomain(VmStep):
     name = "start_domain"
 
     def run(self, state: dict[str, Any]) -> None:
@@ -188,7 +207,7 @@ class StartDomain(_Step):
                 self.p.conn.lookupByName(self.plan.vm_cid).destroy()
 
 
-class ConfirmRunning(_Step):
+class ConfirmRunning(VmStep):
     name = "confirm_running"
 
     def run(self, state: dict[str, Any]) -> None:
@@ -205,7 +224,7 @@ class ConfirmRunning(_Step):
             time.sleep(0.2)
 
 
-def steps(provider: LibvirtProvider, plan: VmPlan) -> list[_Step]:
+def steps(provider: VmHost, plan: VmPlan) -> list[Step]:
     return [cls(provider, plan) for cls in (CreateRootDisk, CreateEphemeralDisk, WriteConfigDrive, DefineDomain,
                                             RecordVm, StartDomain, ConfirmRunning)]
 
