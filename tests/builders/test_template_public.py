@@ -213,3 +213,42 @@ def test_null_builder_checks_its_communicator(tmp_path: Path, capsys: pytest.Cap
     assert status == 1, text
     for message in messages:
         assert message in text, text
+
+
+# ---------------------------------------------------------------- amazon-ebs metadata_options
+
+
+def test_metadata_options_are_checked_as_packer_checks_them(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    doc = {"builders": [{"type": "amazon-ebs", "region": "us-east-1", "source_ami": "ami-12345678",
+                         "instance_type": "t3.micro", "ssh_username": "ec2-user", "ami_name": "x",
+                         "metadata_options": {"http_tokens": "always", "http_put_response_hop_limit": 65}}]}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(doc))
+    status, text = _validate(path, capsys)
+    assert status == 1, text
+    assert "http_tokens requires either optional or required as its value" in text, text
+    assert "http_put_response_hop_limit requires a number between 1 and 64" in text, text
+
+
+def test_metadata_options_reach_the_launched_instance(tmp_path: Path, moto_endpoint: str) -> None:
+    import boto3  # lazy: the aws extra
+
+    tag = f"meta-{tmp_path.name}"
+    doc = {"builders": [{
+        "type": "amazon-ebs", "region": "us-east-1", "custom_endpoint_ec2": moto_endpoint,
+        "source_ami_filter": {"filters": {"name": "ubuntu/images/*"}, "owners": ["099720109477"],
+                              "most_recent": True},
+        "instance_type": "t3.micro", "communicator": "none", "ami_name": f"{tag} {{{{timestamp}}}}",
+        "run_tags": {"test": tag}, "aws_polling": {"delay_seconds": 1, "max_attempts": 60},
+        "metadata_options": {"http_tokens": "required", "http_put_response_hop_limit": 2}}]}
+    (tmp_path / "ebs.json").write_text(json.dumps(doc))
+    proc = stemforge(["build", "ebs.json"], tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_endpoint)
+    found = [i for r in ec2.describe_instances(Filters=[{"Name": "tag:test", "Values": [tag]}])["Reservations"]
+             for i in r["Instances"]]
+    assert len(found) == 1, found
+    options = found[0]["MetadataOptions"]
+    assert (options["HttpTokens"], options["HttpPutResponseHopLimit"], options["HttpEndpoint"]) == \
+        ("required", 2, "enabled"), options

@@ -150,6 +150,12 @@ SUPPORTED: dict[str, dict[str, Any]] = {
     "ebs_optimized": sdk.BOOL,
     "tenancy": sdk.STR,
     "ssh_interface": sdk.STR,
+    "metadata_options": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"http_endpoint": sdk.STR, "http_tokens": sdk.STR, "http_put_response_hop_limit": sdk.INT,
+                       "instance_metadata_tags": sdk.STR},
+    },
     "temporary_key_pair_name": sdk.STR,
     "temporary_key_pair_type": sdk.STR,
     "temporary_key_pair_bits": sdk.INT,
@@ -211,7 +217,6 @@ REFUSED: dict[str, str] = {
     "enable_nitro_enclave": "Nitro Enclaves are not requested at launch",
     "license_specifications": "license configurations are not attached at launch",
     "placement": "placement (host resource groups) is not supported; give tenancy",
-    "metadata_options": "instance metadata options are not set at launch",
     "capacity_reservation_preference": "capacity reservations are not supported",
     "capacity_reservation_id": "capacity reservations are not supported",
     "capacity_reservation_group_arn": "capacity reservations are not supported",
@@ -378,6 +383,8 @@ class EbsConfig(CommConfig):
     ebs_optimized: bool = False
     tenancy: str = ""
     ssh_interface: str = ""
+    #: ``metadata_options`` as EC2's ``MetadataOptions`` (empty when not set: EC2's defaults apply).
+    metadata_options: dict[str, Any] = field(default_factory=dict)
     temporary_key_pair_name: str = ""
     ssh_keypair_name: str = ""
     ami_copy_parallelism: int = 16
@@ -450,6 +457,7 @@ def prepare_config(
     for key in ("ami_block_device_mappings", "launch_block_device_mappings"):
         setattr(cfg, key, _block_devices(opts, key))
     _prepare_run(cfg, opts)
+    _prepare_metadata(cfg, opts)
     _prepare_user_data(cfg, opts)
     cfg.prepare_comm(opts)
     _prepare_key_pair(cfg, opts)
@@ -653,6 +661,28 @@ def _prepare_run(cfg: EbsConfig, opts: Options) -> None:
                       "needs the AWS session-manager-plugin)")
     elif cfg.ssh_interface and cfg.ssh_interface not in _SSH_INTERFACES:
         errors.append(f"Unknown interface type: {cfg.ssh_interface}")
+
+
+def _prepare_metadata(cfg: EbsConfig, opts: Options) -> None:
+    """Packer's ``RunConfig.Prepare`` for ``metadata_options`` (its defaults and messages); the launch passes
+    them as EC2's ``MetadataOptions`` when the block is set."""
+    raw = opts.raw.get("metadata_options")
+    if not raw:
+        return
+    endpoint = str(raw.get("http_endpoint") or "enabled")
+    tokens = str(raw.get("http_tokens") or "optional")
+    hops = int(raw.get("http_put_response_hop_limit") or 1)
+    tags = str(raw.get("instance_metadata_tags") or "disabled")
+    if endpoint not in ("enabled", "disabled"):
+        opts.errors.append("http_endpoint requires either disabled or enabled as its value")
+    if tokens not in ("optional", "required"):
+        opts.errors.append("http_tokens requires either optional or required as its value")
+    if not 1 <= hops <= 64:
+        opts.errors.append("http_put_response_hop_limit requires a number between 1 and 64")
+    if tags not in ("enabled", "disabled"):
+        opts.errors.append("instance_metadata_tags requires either disabled or enabled as its value")
+    cfg.metadata_options = {"HttpEndpoint": endpoint, "HttpTokens": tokens, "HttpPutResponseHopLimit": hops,
+                            "InstanceMetadataTags": tags}
 
 
 def _prepare_user_data(cfg: EbsConfig, opts: Options) -> None:

@@ -434,6 +434,8 @@ class StepRunSourceInstance(AwsStep):
             params["BlockDeviceMappings"] = [d.to_ec2() for d in cfg.launch_block_device_mappings]
         if cfg.iam_instance_profile:
             params["IamInstanceProfile"] = {"Name": cfg.iam_instance_profile}
+        if cfg.metadata_options:
+            params["MetadataOptions"] = cfg.metadata_options
         placement: dict[str, Any] = {}
         if cfg.availability_zone:
             placement["AvailabilityZone"] = cfg.availability_zone
