@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from cpi.provider import Provider
-    from cpi.redaction import Redactor
     from cpi.schemas import ArgumentSpecs
+    from stemforge_base.redaction import Redactor
 
     Handler = Callable[["Dispatcher", "Request"], Any]
 

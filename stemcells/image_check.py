@@ -18,7 +18,6 @@ is also an attribute so callers (the CPI, the builder) can wrap it in their own 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ from typing import Any, Final
 
 from stemcells.errors import StemcellError
 from stemcells.root_image import open_root_image
+from stemforge_base.processes import spawn, stop_group
 
 GiB: Final = 1024**3
 TiB: Final = 1024**4
@@ -190,8 +190,7 @@ def prepare_root_image_isolated(
     errors as ``prepare_root_image``."""
     # -I: the child imports only the installed package, never a "stemcells" in the working directory
     cmd = [sys.executable, "-I", "-m", "stemcells.image_check", str(image), str(work_dir), str(max_virtual_size)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         if on_start is not None:
             on_start(proc)
@@ -200,7 +199,7 @@ def prepare_root_image_isolated(
         except subprocess.TimeoutExpired:
             raise StemcellError(f"{image}: preparing the root image took longer than {timeout:g}s") from None
     finally:
-        kill_group(proc)
+        stop_group(proc, first=signal.SIGKILL, kill_wait=10)
     try:
         answer = json.loads(out[:_MAX_OUTPUT])
     except ValueError:
@@ -215,15 +214,6 @@ def prepare_root_image_isolated(
         raise StemcellError(str(answer["error"]))
     return ImageInfo(path=Path(answer["path"]), format=str(answer["format"]),
                      virtual_size=int(answer["virtual_size"]), actual_size=answer.get("actual_size"))
-
-
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill ``proc``'s process group (it leads its own session) and reap it; harmless when it has exited."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
 
 
 def _child_main(argv: list[str]) -> int:

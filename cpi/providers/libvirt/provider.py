@@ -13,6 +13,7 @@ import functools
 import hashlib
 import logging
 import shutil
+import signal
 import tempfile
 import time
 import uuid as uuidlib
@@ -46,6 +47,7 @@ from cpi.providers.libvirt.config import (
 )
 from cpi.providers.libvirt.storage import MIB, Pool
 from cpi.state import StateStore
+from stemforge_base.processes import stop_group
 
 if TYPE_CHECKING:
     from stemcells.image_check import ImageInfo
@@ -190,13 +192,14 @@ class LibvirtProvider(Provider, Snapshots, DiskResizer, DiskUpdater):
         virtual size within ``max_stemcell_virtual_gib``). Extraction and inspection run in a child process that
         the call's deadline kills."""
         from stemcells.errors import StemcellError
-        from stemcells.image_check import ImageRejected, kill_group, prepare_root_image_isolated
+        from stemcells.image_check import ImageRejected, prepare_root_image_isolated
 
         timeout = float(self.properties.get("call_timeout") or 3600)
         try:
             return prepare_root_image_isolated(
                 image, tmp, max_virtual_size=self.config.max_stemcell_virtual_gib * 1024**3, timeout=timeout,
-                on_start=lambda proc: undo.add(f"child process {proc.pid}", functools.partial(kill_group, proc)))
+                on_start=lambda proc: undo.add(f"child process {proc.pid}",
+                                               functools.partial(stop_group, proc, first=signal.SIGKILL)))
         except ImageRejected as exc:
             raise CloudError(f"create_stemcell: root image {exc.path.name} of {image} refused: {exc.reason}") from None
         except StemcellError as exc:
