@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from builders.builder_types.qemu.config import prepare_config as qemu_prepare
+from builders.builder_types.qemu.floppy import write_floppy
 from builders.builder_types.qemu.http_server import HTTPServer
+from builders.builder_types.qemu.qemu_process import LaunchPlan, default_args
 from builders.cli import main
 from builders.core import BuildError
 from builders.template.functions import PACKER_COMPAT_VERSION
@@ -252,3 +255,55 @@ def test_metadata_options_reach_the_launched_instance(tmp_path: Path, moto_endpo
     options = found[0]["MetadataOptions"]
     assert (options["HttpTokens"], options["HttpPutResponseHopLimit"], options["HttpEndpoint"]) == \
         ("required", 2, "enabled"), options
+
+
+# ---------------------------------------------------------------- qemu floppy_files
+
+
+def test_floppy_image_holds_the_files(tmp_path: Path) -> None:
+    (tmp_path / "preseed.cfg").write_text("d-i debian-installer/locale string en_US\n")
+    image = tmp_path / "floppy.img"
+    write_floppy({"preseed.cfg": tmp_path / "preseed.cfg", "scripts/run.bat": b"echo hi\r\n"}, "packer", image)
+    assert image.stat().st_size == 1440 * 1024
+    env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
+    listing = subprocess.run(["mdir", "-b", "-/", "-i", str(image), "::"], capture_output=True, text=True,
+                             env=env, check=True).stdout
+    assert "::/preseed.cfg" in listing and "::/scripts/run.bat" in listing, listing
+    text = subprocess.run(["mtype", "-i", str(image), "::/preseed.cfg"], capture_output=True, text=True, env=env,
+                          check=True).stdout
+    assert text == "d-i debian-installer/locale string en_US\n"
+    label = subprocess.run(["mlabel", "-s", "-i", str(image), "::"], capture_output=True, text=True, env=env,
+                           check=True).stdout
+    assert "PACKER" in label, label
+
+
+def test_floppy_options_validate_and_attach_as_drive_a(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "http").mkdir()
+    (tmp_path / "http" / "preseed.cfg").write_text("x\n")
+    hcl = tmp_path / "f.pkr.hcl"
+    hcl.write_text(_qemu_hcl('  floppy_files = ["http/preseed.cfg"]\n  floppy_label = "cidata"\n'))
+    status, text = _validate(hcl, capsys)
+    assert status == 0 and VALID in text, text
+    hcl.write_text(_qemu_hcl('  floppy_files = ["http/missing.cfg"]\n'))
+    status, text = _validate(hcl, capsys)
+    assert status == 1, text
+    assert "Bad Floppy disk file 'http/missing.cfg': stat http/missing.cfg: no such file or directory" in text
+    cfg, _ = qemu_prepare({"iso_url": "x.iso", "iso_checksum": "none", "communicator": "none",
+                           "floppy_files": ["http/preseed.cfg"]}, "vm", tmp_path, False, "qemu")
+    plan = LaunchPlan(accel="tcg", disks=[tmp_path / "d.qcow2"], cd_paths=[], qmp_path=tmp_path / "q",
+                      serial_path=tmp_path / "s", floppy_path=tmp_path / "floppy.img")
+    assert f"file={tmp_path / 'floppy.img'},if=floppy,index=0,format=raw" in default_args(cfg, plan)["-drive"]
+
+
+def test_qemu_sees_the_floppy_drive(tmp_path: Path) -> None:
+    image = tmp_path / "floppy.img"
+    write_floppy({"a.txt": b"a"}, "packer", image)
+    cfg, _ = qemu_prepare({"iso_url": "x.iso", "iso_checksum": "none", "communicator": "none"}, "vm", tmp_path,
+                          False, "qemu")
+    plan = LaunchPlan(accel="tcg", disks=[], cd_paths=[], qmp_path=tmp_path / "q", serial_path=tmp_path / "s",
+                      floppy_path=image)
+    drive = next(d for d in default_args(cfg, plan)["-drive"] if "if=floppy" in d)
+    proc = subprocess.run(["qemu-system-x86_64", "-S", "-display", "none", "-accel", "tcg", "-drive", drive,
+                           "-monitor", "stdio"], input="info block\nquit\n", capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert "floppy0 (#block" in proc.stdout and str(image) in proc.stdout, proc.stdout + proc.stderr

@@ -66,6 +66,7 @@ SUPPORTED: dict[str, dict[str, Any]] = {
     "qmp_enable": sdk.BOOL, "qmp_socket_path": sdk.STR,
     # CD
     "cd_files": sdk.STRLIST, "cd_content": sdk.STRMAP, "cd_label": sdk.STR,
+    "floppy_files": sdk.STRLIST, "floppy_dirs": sdk.STRLIST, "floppy_content": sdk.STRMAP, "floppy_label": sdk.STR,
     # HTTP
     "http_directory": sdk.STR, "http_content": sdk.STRMAP, "http_port_min": sdk.INT, "http_port_max": sdk.INT,
     "http_bind_address": sdk.STR,
@@ -116,10 +117,6 @@ REFUSED: dict[str, str] = {
     **REFUSED_COMMUNICATOR,
     "net_bridge": "only user-mode networking restricted to loopback host-forwards is supported",
     "skip_nat_mapping": "the communicator always goes through a loopback host-forward",
-    "floppy_files": "floppy disks are not supported; use cd_files",
-    "floppy_dirs": "floppy disks are not supported; use cd_files",
-    "floppy_content": "floppy disks are not supported; use cd_content",
-    "floppy_label": "floppy disks are not supported; use cd_label",
     "efi_boot": "UEFI boot with OVMF variables is not supported; use 'firmware' for a BIOS-style firmware file",
     "efi_firmware_code": "UEFI boot with OVMF variables is not supported",
     "efi_firmware_vars": "UEFI boot with OVMF variables is not supported",
@@ -184,6 +181,10 @@ class QemuConfig(ISOConfig, HTTPConfig, BootConfig, CommConfig, ShutdownConfig):
     cd_files: list[str] = field(default_factory=list)
     cd_content: dict[str, str] = field(default_factory=dict)
     cd_label: str = ""
+    floppy_files: list[str] = field(default_factory=list)
+    floppy_dirs: list[str] = field(default_factory=list)
+    floppy_content: dict[str, str] = field(default_factory=dict)
+    floppy_label: str = "packer"
     ssh_host: str = "127.0.0.1"
     host_port_min: int = 2222
     host_port_max: int = 4444
@@ -329,13 +330,23 @@ def _prepare_machine(cfg: QemuConfig, opts: Options) -> None:
 
 
 def _prepare_cd(cfg: QemuConfig, opts: Options) -> None:
-    """packer-plugin-sdk ``CDConfig`` (stemforge writes the ISO with pycdlib; the label is a volume id)."""
+    """packer-plugin-sdk ``CDConfig`` (stemforge writes the ISO with pycdlib; the label is a volume id) and
+    ``FloppyConfig`` (see ``floppy.py``)."""
     cfg.cd_files = opts.strings("cd_files")
     cfg.cd_content = opts.mapping("cd_content")
     cfg.cd_label = opts.text("cd_label")
     if len(cfg.cd_label) > 32:
         opts.errors.append(f"cd_label: {cfg.cd_label!r} is longer than the 32 characters an ISO 9660 volume id "
                            "holds")
+    # packer-plugin-sdk ``FloppyConfig.Prepare``: every plain entry must exist (globs are expanded at build time)
+    cfg.floppy_files, cfg.floppy_dirs = opts.strings("floppy_files"), opts.strings("floppy_dirs")
+    cfg.floppy_content = opts.mapping("floppy_content")
+    cfg.floppy_label = opts.text("floppy_label", "packer")
+    for key, kind in (("floppy_files", "file"), ("floppy_dirs", "directory")):
+        for entry in getattr(cfg, key):
+            if not any(c in entry for c in "*?[") and not Path(entry).exists() \
+                    and not (opts.template_dir / entry).exists():
+                opts.errors.append(f"Bad Floppy disk {kind} '{entry}': stat {entry}: no such file or directory")
 
 
 def _prepare_host_ports(cfg: QemuConfig, opts: Options) -> None:

@@ -56,6 +56,8 @@ class LaunchPlan:
     http_relay: Path | None = None
     python: str = field(default_factory=lambda: sys.executable)
     warnings: list[str] = field(default_factory=list)
+    #: The floppy image (``floppy_files``...), attached as drive A:.
+    floppy_path: Path | None = None
 
 
 #: Run by QEMU (``guestfwd=...-cmd:``) once per guest connection with the connection on stdin/stdout: relays it
@@ -137,6 +139,8 @@ def default_args(cfg: QemuConfig, plan: LaunchPlan) -> dict[str, list[str]]:
             devices.append(f"scsi-cd,drive=cdrom{i}")
         else:
             drives.append(f"file={cd},if={cfg.cdrom_interface},index={i},id=cdrom{i},media=cdrom")
+    if plan.floppy_path is not None:
+        drives.append(f"file={plan.floppy_path},if=floppy,index=0,format=raw")
     if cfg.firmware:
         drives.append(f"file={cfg.firmware},if=pflash,format=raw,readonly=on")
     args["-device"] = devices

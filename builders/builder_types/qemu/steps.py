@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from builders.builder_types.qemu import boot_command as bootcmd
 from builders.builder_types.qemu import cdrom, disk, iso
 from builders.builder_types.qemu.config import QemuConfig, disk_size_bytes
+from builders.builder_types.qemu.floppy import StepCreateFloppy
 from builders.builder_types.qemu.http_server import HTTPServer
 from builders.builder_types.qemu.qemu_process import (
     GUEST_HTTP_IP,
@@ -460,7 +461,8 @@ class StepRun(QemuStep):
             plan = LaunchPlan(accel=accel, disks=list(state["disk_paths"]), cd_paths=cds,
                               qmp_path=Path(cfg.qmp_socket_path) if cfg.qmp_socket_path else qmp_dir / "qmp.sock",
                               serial_path=tmp / "console.log", ssh_host_port=port,
-                              http_port=http.port if http else None, http_relay=relay)
+                              http_port=http.port if http else None, http_relay=relay,
+                              floppy_path=state.get("floppy_path"))
             argv = command_line(cfg, plan, binary, render=self.ctx.render)
             for w in plan.warnings:
                 self.ui.message(f"WARNING: {w}")
@@ -747,6 +749,7 @@ def build_steps(cfg: QemuConfig, ctx: BuildContext, hook: ProvisionHook) -> list
         StepDownload(cfg, ctx),
         StepPrepareOutputDir(cfg, ctx),
         StepTempSSHKey(cfg, ctx),
+        StepCreateFloppy(cfg, ctx),
         StepCreateCD(cfg, ctx),
         StepCreateDisk(cfg, ctx),
         StepCopyDisk(cfg, ctx),
