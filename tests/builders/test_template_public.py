@@ -16,7 +16,6 @@ from builders.builder_types.qemu.qemu_process import LaunchPlan, default_args
 from builders.cli import main
 from builders.core import BuildError
 from builders.template.functions import PACKER_COMPAT_VERSION
-from tests.harness.builds import stemforge
 from tests.harness.sshd import Sshd
 
 VALID = "The configuration is valid."
@@ -24,6 +23,15 @@ VALID = "The configuration is valid."
 
 def _validate(path: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, str]:
     status = main(["validate", *flags, str(path)])
+    out = capsys.readouterr()
+    return status, out.out + out.err
+
+
+def _build(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch,
+           capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``stemforge build ...`` run in ``cwd`` (in process): the exit status and everything printed."""
+    monkeypatch.chdir(cwd)
+    status = main(args)
     out = capsys.readouterr()
     return status, out.out + out.err
 
@@ -68,13 +76,13 @@ def test_http_server_refuses_a_missing_directory_before_listening(tmp_path: Path
     assert server.port == 0 and server._server is None
 
 
-def test_missing_http_directory_fails_the_build_before_the_vm_starts(tmp_path: Path) -> None:
+def test_missing_http_directory_fails_the_build_before_the_vm_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "disk.qcow2"), "16M"], check=True)
     (tmp_path / "t.pkr.hcl").write_text(_qemu_hcl('  http_directory = "http"\n  output_directory = "out"\n'
                                                   '  disk_size = "16M"\n'))
-    proc = stemforge(["build", "t.pkr.hcl"], tmp_path, timeout=120)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == 1, text
+    status, text = _build(["build", "t.pkr.hcl"], tmp_path, monkeypatch, capsys)
+    assert status == 1, text
     assert f'Error finding "{tmp_path / "http"}"' in text, text
     assert "Starting HTTP server" not in text and "Starting VM" not in text, text
     assert not (tmp_path / "out").exists(), "the output directory is cleaned up"
@@ -172,19 +180,20 @@ def test_hcp_packer_data_source_configuration_is_still_checked(tmp_path: Path, c
 # ---------------------------------------------------------------- Packer's core null builder
 
 
-def test_null_builder_runs_local_provisioners_without_a_machine(tmp_path: Path) -> None:
+def test_null_builder_runs_local_provisioners_without_a_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "t.pkr.hcl").write_text('source "null" "prep" {\n  communicator = "none"\n}\n'
                                         'build {\n  sources = ["source.null.prep"]\n'
                                         '  provisioner "shell-local" {\n    inline = ["echo prepared > done.txt"]\n'
                                         '  }\n}\n')
-    proc = stemforge(["build", "t.pkr.hcl"], tmp_path, timeout=120)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == 0, text
+    status, text = _build(["build", "t.pkr.hcl"], tmp_path, monkeypatch, capsys)
+    assert status == 0, text
     assert (tmp_path / "done.txt").read_text() == "prepared\n"
     assert "Did not export anything. This is the null builder" in text, text
 
 
-def test_null_builder_provisions_an_ssh_host(tmp_path: Path, sshd: Sshd) -> None:
+def test_null_builder_provisions_an_ssh_host(tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     key = tmp_path / "id"
     key.write_text(sshd.private_key)
     key.chmod(0o600)
@@ -194,9 +203,8 @@ def test_null_builder_provisions_an_ssh_host(tmp_path: Path, sshd: Sshd) -> None
         f'  ssh_private_key_file = "id"\n  ssh_timeout = "30s"\n}}\n'
         f'build {{\n  sources = ["source.null.host"]\n'
         f'  provisioner "shell" {{\n    inline = ["echo over-ssh > {marker}"]\n  }}\n}}\n')
-    proc = stemforge(["build", "t.pkr.hcl"], tmp_path, timeout=120)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == 0, text
+    status, text = _build(["build", "t.pkr.hcl"], tmp_path, monkeypatch, capsys)
+    assert status == 0, text
     assert marker.read_text() == "over-ssh\n" and "Connected to SSH!" in text, text
 
 
@@ -234,7 +242,9 @@ def test_metadata_options_are_checked_as_packer_checks_them(tmp_path: Path,
     assert "http_put_response_hop_limit requires a number between 1 and 64" in text, text
 
 
-def test_metadata_options_reach_the_launched_instance(tmp_path: Path, moto_endpoint: str) -> None:
+def test_metadata_options_reach_the_launched_instance(tmp_path: Path, moto_endpoint: str,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     import boto3  # lazy: the aws extra
 
     tag = f"meta-{tmp_path.name}"
@@ -246,8 +256,8 @@ def test_metadata_options_reach_the_launched_instance(tmp_path: Path, moto_endpo
         "run_tags": {"test": tag}, "aws_polling": {"delay_seconds": 1, "max_attempts": 60},
         "metadata_options": {"http_tokens": "required", "http_put_response_hop_limit": 2}}]}
     (tmp_path / "ebs.json").write_text(json.dumps(doc))
-    proc = stemforge(["build", "ebs.json"], tmp_path, timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    status, text = _build(["build", "ebs.json"], tmp_path, monkeypatch, capsys)
+    assert status == 0, text
     ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_endpoint)
     found = [i for r in ec2.describe_instances(Filters=[{"Name": "tag:test", "Values": [tag]}])["Reservations"]
              for i in r["Instances"]]
