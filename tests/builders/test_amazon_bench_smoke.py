@@ -4,21 +4,14 @@ read; this only keeps it working."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from tests.harness.bench import run_benchmark
 
 pytestmark = pytest.mark.aws
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_ami_fanout.py"
-
-
 def test_bench_ami_fanout_quick() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=600, check=False
-    )
+    proc = run_benchmark("bench_ami_fanout.py", "--quick", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "=== bench_ami_fanout summary (4 regions vs 1" in out

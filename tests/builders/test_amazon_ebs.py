@@ -15,7 +15,6 @@ no instance of the test that is not terminated.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import re
@@ -29,11 +28,14 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.harness.aws import LoopbackProxy
+from tests.harness.builds import stemforge
 
 pytestmark = pytest.mark.aws
 
@@ -79,12 +81,11 @@ class Rule:
     hits: int = 0
 
 
-class Ec2FaultProxy:
-    """A loopback HTTP proxy in front of moto that injects faults by EC2 action and region."""
+class Ec2FaultProxy(LoopbackProxy):
+    """Injects faults by EC2 action and region (:class:`Rule` s) in front of moto."""
 
     def __init__(self, upstream: str) -> None:
-        parsed = urllib.parse.urlparse(upstream)
-        self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        super().__init__(upstream, name="ec2-fault-proxy")
         self.rules: list[Rule] = []
         self.forwarded: list[tuple[str, str]] = []
         #: (action, region, form parameters) of every request forwarded
@@ -94,38 +95,6 @@ class Ec2FaultProxy:
         #: requests of each action being handled right now, and the most seen at once
         self.inflight: dict[str, int] = {}
         self.max_inflight: dict[str, int] = {}
-        self.lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                proxy.handle(self, body)
-
-            def do_GET(self) -> None:  # noqa: N802
-                proxy.handle(self, b"")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> Ec2FaultProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
     def add(self, rule: Rule) -> Rule:
         self.rules.append(rule)
@@ -160,46 +129,18 @@ class Ec2FaultProxy:
                 time.sleep(rule.seconds)
             elif rule.kind == "fail":
                 time.sleep(rule.seconds)
-                return self._error(handler, 400, rule.code, f"injected fault: {action} in {region}")
+                return self.error(handler, 400, rule.code, f"injected fault: {action} in {region}")
             elif rule.kind == "throttle" and hit <= rule.count:
-                return self._error(handler, 503, "RequestLimitExceeded", "Request limit exceeded.")
-        conn = http.client.HTTPConnection(*self.upstream, timeout=120)
-        try:
-            headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("connection", "host")}
-            headers["Host"] = f"{self.upstream[0]}:{self.upstream[1]}"
-            conn.request(handler.command, handler.path, body=body or None, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-            handler.send_response(response.status)
-            for key, value in response.getheaders():
-                if key.lower() not in ("connection", "transfer-encoding", "content-length", "server", "date"):
-                    handler.send_header(key, value)
-            handler.send_header("Content-Length", str(len(data)))
-            handler.end_headers()
-            handler.wfile.write(data)
-        finally:
-            conn.close()
+                return self.error(handler, 503, "RequestLimitExceeded", "Request limit exceeded.")
+        status, data = self.forward(handler, body)
         with self.lock:
             self.forwarded.append((action, region))
             form = urllib.parse.parse_qs(body.decode(errors="replace"))
             self.requests.append((action, region, {k: v[0] for k, v in form.items()}))
-            if action in ("CreateImage", "CopyImage") and response.status == 200:
+            if action in ("CreateImage", "CopyImage") and status == 200:
                 match = re.search(rb"<imageId>(ami-[0-9a-f]+)</imageId>", data)
                 if match:
                     self.images.append((region, match.group(1).decode()))
-
-    @staticmethod
-    def _error(handler: BaseHTTPRequestHandler, status: int, code: str, message: str) -> None:
-        data = (
-            f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
-            f"<Message>{message}</Message></Error></Errors><RequestID>{uuid.uuid4()}</RequestID>"
-            "</Response>"
-        ).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "text/xml")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -320,21 +261,6 @@ def template(
     path.write_text(json.dumps(doc, indent=2))
     return path
 
-
-def stemforge(
-    args: Sequence[str], cwd: Path, timeout: float = 240, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, **(env or {})}
-    full.pop("STEMFORGE_FAILPOINTS", None)
-    return subprocess.run(
-        [PYTHON, "-m", "stemforge.cli", *args],
-        cwd=cwd,
-        env=full,
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def ami_name_in(output: str, test_id: str) -> str:
@@ -544,17 +470,17 @@ def test_abort_leaves_copies_and_says_where(
 
 
 FAILPOINT_STEPS = [
-    "pre-validate",
-    "key-pair",
-    "security-group",
-    "run-instance",
+    "pre_validate",
+    "key_pair",
+    "security_group",
+    "run_instance",
     "provision",
-    "stop-instance",
-    "modify-instance",
-    "create-ami",
-    "ami-region-copy",
-    "modify-ami-attributes",
-    "create-tags",
+    "stop_instance",
+    "modify_instance",
+    "create_ami",
+    "ami_region_copy",
+    "modify_ami_attributes",
+    "create_tags",
 ]
 
 
@@ -568,22 +494,13 @@ def test_failpoint_after_each_step_leaves_nothing(
     path = template(
         tmp_path, proxy.url, test_id, regions=["eu-west-1", "sa-east-1"], extra={"ami_users": ["111122223333"]}
     )
-    env = {**os.environ, "STEMFORGE_FAILPOINTS": f"after:{step}"}
-    result = subprocess.run(
-        [PYTHON, "-m", "stemforge.cli", "build", str(path)],
-        cwd=tmp_path,
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=240,
-        check=False,
-    )
+    result = stemforge(["build", str(path)], tmp_path, env={"STEMFORGE_FAILPOINTS": f"after:{step}"})
     out = result.stdout + result.stderr
     assert result.returncode == 1, out
     assert f"failpoint after:{step} fired" in out
-    if FAILPOINT_STEPS.index(step) >= FAILPOINT_STEPS.index("create-ami"):
+    if FAILPOINT_STEPS.index(step) >= FAILPOINT_STEPS.index("create_ami"):
         assert "Deregistering the AMI ami-" in out
-    if FAILPOINT_STEPS.index(step) >= FAILPOINT_STEPS.index("ami-region-copy"):
+    if FAILPOINT_STEPS.index(step) >= FAILPOINT_STEPS.index("ami_region_copy"):
         assert "Deregistering the AMI copies and deleting their snapshots in 2 region(s)" in out
     assert leftovers(clients, ami_name_in(out, test_id), test_id, proxy) == []
 

@@ -10,9 +10,6 @@ the SSH port, the shell and file provisioners run over SSH, the instance is stop
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from typing import Any
 import pytest
 
 from builders.communicators.ssh import load_private_key
+from tests.harness.builds import stemforge
 from tests.harness.sshd import Sshd
 
 pytestmark = pytest.mark.aws
@@ -80,16 +78,7 @@ def test_ssh_communicator_provisions_over_ssh(tmp_path: Path, moto_endpoint: str
     }
     template = tmp_path / "ssh.json"
     template.write_text(json.dumps(doc, indent=2))
-    env = {k: v for k, v in os.environ.items() if k != "STEMFORGE_FAILPOINTS"}
-    result = subprocess.run(
-        [sys.executable, "-m", "stemforge.cli", "build", str(template)],
-        cwd=tmp_path,
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=300,
-        check=False,
-    )
+    result = stemforge(["build", str(template)], tmp_path, timeout=300)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert f"Using existing SSH private key and key pair {pair}" in out

@@ -7,8 +7,6 @@ CloudError naming the regions present in one it lacks; the AMIs survive the post
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -16,23 +14,13 @@ from typing import Any
 
 import pytest
 
+from tests.harness.builds import stemforge
+
 pytestmark = pytest.mark.aws
 
 PYTHON = sys.executable
 REGIONS = ["us-west-2", "eu-west-1"]
 
-
-def run(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "STEMFORGE_FAILPOINTS"}
-    return subprocess.run(
-        [PYTHON, "-m", "stemforge.cli", *args],
-        cwd=cwd,
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_light_aws_stemcell_from_amazon_ebs_read_by_stemcells_and_the_cpi(tmp_path: Path, moto_endpoint: str) -> None:
@@ -73,7 +61,7 @@ def test_light_aws_stemcell_from_amazon_ebs_read_by_stemcells_and_the_cpi(tmp_pa
     }
     template = tmp_path / "stemcell.json"
     template.write_text(json.dumps(doc, indent=2))
-    result = run(["build", str(template)], tmp_path)
+    result = stemforge(["build", str(template)], tmp_path)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "Wrote light stemcell" in out
@@ -95,10 +83,10 @@ def test_light_aws_stemcell_from_amazon_ebs_read_by_stemcells_and_the_cpi(tmp_pa
     for region, ami in amis.items():
         image = ec2_client(moto_endpoint, region).describe_images(ImageIds=[ami])["Images"][0]
         assert image["State"] == "available"
-    inspect = run(["stemcell", "inspect", str(stemcell_path)], tmp_path, timeout=60)
+    inspect = stemforge(["stemcell", "inspect", str(stemcell_path)], tmp_path, timeout=60)
     assert inspect.returncode == 0, inspect.stdout + inspect.stderr
     assert "light" in inspect.stdout and "aws-light" in inspect.stdout
-    verify = run(["stemcell", "verify", str(stemcell_path)], tmp_path, timeout=60)
+    verify = stemforge(["stemcell", "verify", str(stemcell_path)], tmp_path, timeout=60)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
     # the CPI's create_stemcell, as the director calls it with the extracted image and the MF's cloud_properties

@@ -8,20 +8,16 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.harness.builds import stemforge
+
 PYTHON = sys.executable
 
-
-def stemforge(args: Sequence[str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.pop("STEMFORGE_FAILPOINTS", None)
-    return subprocess.run([PYTHON, "-m", "stemforge.cli", *args], cwd=cwd, env=env, text=True,
-                          capture_output=True, timeout=timeout, check=False)
 
 
 def write(tmp_path: Path, data: Mapping[str, Any], name: str = "template.json") -> Path:
@@ -199,10 +195,10 @@ def test_debug_log_path_is_written_and_masked(tmp_path: Path) -> None:
         "provisioners": [{"type": "shell-local", "inline": ["echo {{user `pw`}}"]}],
     })
     log = tmp_path / "debug.log"
-    env = dict(os.environ, STEMFORGE_LOG_PATH=str(log), STEMFORGE_FAILPOINTS="after:StepProvision")
+    env = dict(os.environ, STEMFORGE_LOG_PATH=str(log), STEMFORGE_FAILPOINTS="after:provision")
     result = subprocess.run([PYTHON, "-m", "stemforge.cli", "build", str(path)], cwd=tmp_path, env=env, text=True,
                             capture_output=True, timeout=60, check=False)
     assert result.returncode == 1
     text = log.read_text()
-    assert "stemforge.build.file INFO: cleanup StepCreateFile (failure): done" in text
+    assert "stemforge.build.file INFO: cleanup create_file (failure): done" in text
     assert secret not in text + result.stdout + result.stderr

@@ -6,27 +6,20 @@ the ``file`` builder (no guests)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from builders.template.hcl2 import HCL2Template, HCLError, load_hcl2
+from tests.harness.bench import run_benchmark
+from tests.harness.builds import stemforge
 
 HERE = Path(__file__).parents[1]  # tests/
 DIR = HERE / "templates" / "hcl2" / "dir"
 
-
-def stemforge(args: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full = dict(os.environ)
-    full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "stemforge.cli", *args], cwd=cwd, env=full, text=True,
-                          capture_output=True, timeout=120, check=False)
 
 
 def load(path: Path = DIR, **kwargs: object) -> HCL2Template:
@@ -426,9 +419,7 @@ build { sources = ["source.file.x"] }
 
 def test_bench_templates_quick(tmp_path: Path) -> None:
     """The benchmark keeps working (its smallest size; the numbers are in benchmarks/README.md)."""
-    bench = HERE.parent / "benchmarks" / "bench_templates.py"
-    proc = subprocess.run([sys.executable, str(bench), "--quick"], cwd=tmp_path, text=True, capture_output=True,
-                          timeout=300, check=False)
+    proc = run_benchmark("bench_templates.py", "--quick", cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "=== bench_templates summary" in proc.stdout and "HCL2 / JSON" in proc.stdout
 

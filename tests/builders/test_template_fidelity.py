@@ -6,10 +6,7 @@ One table per rule; every case names the upstream source of the rule it checks.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +28,7 @@ from builders.registry import (
 )
 from builders.template import TemplateError, parse_template
 from builders.template.variables import load_var_file
+from tests.harness.builds import stemforge
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "packer-options.md"
@@ -41,12 +39,6 @@ DECODE_GO = ("packer-plugin-sdk template/config/decode.go (WeaklyTypedInput, Str
              "mapstructure decode.go")
 DEPRECATED_GO = "packer-plugin-sdk template/config/deprecated_options.go + decode.go"
 
-
-def stemforge(args: Sequence[str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env.pop("STEMFORGE_FAILPOINTS", None)
-    return subprocess.run([sys.executable, "-m", "stemforge.cli", *args], cwd=cwd, env=env, text=True,
-                          capture_output=True, timeout=timeout, check=False)
 
 
 def write_json(path: Path, data: Any) -> Path:

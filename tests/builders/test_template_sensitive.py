@@ -7,10 +7,7 @@ its own so that the HCL2 front end can rely on its contract."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from builders.template.sensitive import (
     sensitive_name_keys,
     taint,
 )
+from tests.harness.builds import stemforge
 
 SECRET = "Hunter2-Secret-Value"
 #: What the template derives from SECRET; none may appear anywhere a user can read.
@@ -121,12 +119,6 @@ def test_a_variable_derived_from_a_sensitive_one_is_sensitive(tmp_path: Path) ->
 
 # -- end to end: stemforge build -------------------------------------------------------------------------------
 
-
-def stemforge(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if k != "STEMFORGE_FAILPOINTS"}
-    full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "stemforge.cli", *args], cwd=cwd, env=full, text=True,
-                          capture_output=True, timeout=120, check=False)
 
 
 def assert_hidden(text: str, where: str) -> None:

@@ -8,6 +8,8 @@ and a loopback fault-injecting proxy in front of the moto server.
   the director runs) as a subprocess with the director's stripped environment.
 * :class:`FaultProxy` forwards HTTP to moto and answers an error (EC2 ``RequestLimitExceeded`` 503, a bare 503, or
   any code/status) for the first N requests of a given EC2 action, counting every request per action.
+* :class:`LoopbackProxy` is the proxy itself (forwarding, EC2 error answers); the amazon-ebs tests' region-aware
+  proxy builds on it too.
 
 Everything is on 127.0.0.1 (the network rule); every process and thread started here is stopped by its owner.
 """
@@ -24,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 from stemforge_base.cpi_client import build_request
@@ -276,17 +278,14 @@ class Fault:
     message: str = "injected by the test proxy"
 
 
-class FaultProxy:
-    """A loopback HTTP proxy in front of ``upstream`` that injects :class:`Fault` s by EC2 action and counts every
-    request per action (``seen``) and every injected failure (``injected``)."""
+class LoopbackProxy:
+    """A loopback HTTP proxy in front of ``upstream`` (the moto server), run as a context manager: every request
+    goes to :meth:`handle`, which answers it with :meth:`error` or passes it on with :meth:`forward`."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, name: str = "proxy") -> None:
         parts = urlsplit(upstream)
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = parts.port or 80
-        self.faults: dict[str, Fault] = {}
-        self.seen: Counter[str] = Counter()
-        self.injected: Counter[str] = Counter()
         self.lock = threading.Lock()
         proxy = self
 
@@ -298,45 +297,84 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                action = proxy.action_of(self.command, self.path, body)
-                fault = proxy.take(action)
-                if fault is not None:
-                    payload = b""
-                    if fault.code:
-                        payload = (
-                            f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{fault.code}'
-                            f"</Code><Message>{fault.message}</Message></Error></Errors>"
-                            f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
-                        ).encode()
-                    self.send_response(fault.status)
-                    self.send_header("Content-Type", "text/xml" if payload else "text/plain")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
-                try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "host")}
-                    headers["Host"] = f"{proxy.upstream_host}:{proxy.upstream_port}"
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    upstream = conn.getresponse()
-                    data = upstream.read()
-                    self.send_response(upstream.status)
-                    for key, value in upstream.getheaders():
-                        if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                            self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                finally:
-                    conn.close()
+                proxy.handle(self, self.rfile.read(length) if length else b"")
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="fault-proxy", daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, name=name, daemon=True)
+
+    def handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        """Answer one request (the default passes it on)."""
+        self.forward(handler, body)
+
+    def forward(self, handler: BaseHTTPRequestHandler, body: bytes, timeout: float = 120) -> tuple[int, bytes]:
+        """Send the request upstream and its answer back (the answer's own Server/Date give way to ours)."""
+        conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=timeout)
+        try:
+            headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("connection", "host")}
+            headers["Host"] = f"{self.upstream_host}:{self.upstream_port}"
+            conn.request(handler.command, handler.path, body=body or None, headers=headers)
+            upstream = conn.getresponse()
+            data = upstream.read()
+            handler.send_response(upstream.status)
+            for key, value in upstream.getheaders():
+                if key.lower() not in ("connection", "transfer-encoding", "content-length", "server", "date"):
+                    handler.send_header(key, value)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+            return upstream.status, data
+        finally:
+            conn.close()
+
+    @staticmethod
+    def error(handler: BaseHTTPRequestHandler, status: int, code: str, message: str) -> None:
+        """Answer ``status`` with an EC2 error document for ``code`` (no body when ``code`` is empty)."""
+        data = b""
+        if code:
+            data = (
+                f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
+                f"<Message>{message}</Message></Error></Errors><RequestID>{uuid.uuid4()}</RequestID></Response>"
+            ).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "text/xml" if data else "text/plain")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+class FaultProxy(LoopbackProxy):
+    """Injects :class:`Fault` s by EC2 action and counts every request per action (``seen``) and every injected
+    failure (``injected``)."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream, name="fault-proxy")
+        self.faults: dict[str, Fault] = {}
+        self.seen: Counter[str] = Counter()
+        self.injected: Counter[str] = Counter()
+
+    def handle(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        fault = self.take(self.action_of(handler.command, handler.path, body))
+        if fault is None:
+            self.forward(handler, body, timeout=60)
+        else:
+            self.error(handler, fault.status, fault.code, fault.message)
 
     @staticmethod
     def action_of(method: str, path: str, body: bytes) -> str:
@@ -373,16 +411,3 @@ class FaultProxy:
             self.seen.clear()
             self.injected.clear()
 
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> FaultProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)

@@ -4,13 +4,10 @@ people to read; this keeps it working)."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_metal_write.py"
+from tests.harness.bench import run_benchmark
 
 
 @pytest.mark.metal
@@ -18,9 +15,7 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_metal_write.
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed")
 def test_bench_metal_write_quick() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=850, check=False
-    )
+    proc = run_benchmark("bench_metal_write.py", "--quick", timeout=850)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "=== bench_metal_write summary" in out

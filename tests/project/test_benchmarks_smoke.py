@@ -3,24 +3,16 @@ for people to read (see ``benchmarks/README.md``); these tests only keep them wo
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.harness.bench import run_benchmark
 from tests.harness.libvirt import libvirt_unavailable_reason
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def run(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
 
 
 def test_bench_info_smoke() -> None:
-    proc = run("bench_info.py", "--runs", "3", "--warmup", "0", timeout=300)
+    proc = run_benchmark("bench_info.py", "--runs", "3", "--warmup", "0", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "=== bench_info summary" in out
@@ -36,7 +28,7 @@ def test_bench_create_vm_smoke() -> None:
     reason = libvirt_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    proc = run("bench_create_vm.py", "--vms", "2", timeout=600)
+    proc = run_benchmark("bench_create_vm.py", "--vms", "2", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "=== bench_create_vm summary" in out
@@ -47,7 +39,7 @@ def test_bench_create_vm_smoke() -> None:
 
 @pytest.mark.aws
 def test_bench_aws_cpi_smoke() -> None:
-    proc = run("bench_aws_cpi.py", "--quick", timeout=600)
+    proc = run_benchmark("bench_aws_cpi.py", "--quick", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "=== bench_aws_cpi summary" in proc.stdout
     assert "PASS" in proc.stdout or "MISS" in proc.stdout
@@ -61,14 +53,14 @@ def test_bench_metal_deploy_smoke() -> None:
     reason = metal_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    proc = run("bench_metal_deploy.py", "--servers", "1", timeout=1200)
+    proc = run_benchmark("bench_metal_deploy.py", "--servers", "1", timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "=== bench_metal_deploy summary" in proc.stdout
 
 
 def test_bench_build_convert_smoke() -> None:
     # the debian timings are minutes of debootstrap: their code path is measured by test_debian_builder's builds
-    proc = run("bench_build.py", "--skip-debian", "--rounds", "2", "--convert-mib", "16", timeout=300)
+    proc = run_benchmark("bench_build.py", "--skip-debian", "--rounds", "2", "--convert-mib", "16", timeout=300)
     out = proc.stdout
     assert "=== bench_build summary" in out, out + proc.stderr
     assert "convert step vs bare qemu-img convert" in out and "throughput ratio of best runs" in out, out
