@@ -142,7 +142,9 @@ def _parse(args: argparse.Namespace, out: Output, *, syntax_only: bool = False) 
         try:
             template = load_hcl2(args.template, var_sources=list(getattr(args, "var_sources", []) or []),
                                  syntax_only=syntax_only,
-                                 evaluate_data=bool(getattr(args, "evaluate_datasources", True)))
+                                 evaluate_data=bool(getattr(args, "evaluate_datasources", True)),
+                                 only=list(getattr(args, "only", []) or []),
+                                 except_=list(getattr(args, "except_", []) or []))
         except HCLError as exc:
             out.error(render_all(exc.diagnostics))
             return None

@@ -317,3 +317,45 @@ def test_qemu_sees_the_floppy_drive(tmp_path: Path) -> None:
                            "-monitor", "stdio"], input="info block\nquit\n", capture_output=True, text=True,
                           timeout=60, check=False)
     assert "floppy0 (#block" in proc.stdout and str(image) in proc.stdout, proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- -only/-except before plugins are looked up
+
+
+ONLY = '''
+source "docker" "app" {
+  image  = "ubuntu:jammy"
+  commit = true
+}
+source "null" "prep" {
+  communicator = "none"
+}
+build {
+  sources = ["source.docker.app", "source.null.prep"]
+  provisioner "shell" {
+    except = ["null.prep"]
+    inline = ["echo in the container"]
+  }
+  provisioner "ansible-local" {
+    only          = ["docker.app"]
+    playbook_file = "site.yml"
+  }
+  provisioner "shell-local" {
+    inline = ["echo prepared > prep.txt"]
+  }
+}
+'''
+
+
+@pytest.mark.parametrize("flag", ["-only=null.prep", "-except=docker.*"])
+def test_builds_left_out_by_only_are_not_started(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch, flag: str) -> None:
+    (tmp_path / "t.pkr.hcl").write_text(ONLY)
+    status, text = _build(["validate", "t.pkr.hcl"], tmp_path, monkeypatch, capsys)
+    assert status == 1 and 'Unknown source type "docker"' in text, text
+    status, text = _build(["validate", flag, "t.pkr.hcl"], tmp_path, monkeypatch, capsys)
+    assert status == 0 and VALID in text, text
+    status, text = _build(["build", flag, "t.pkr.hcl"], tmp_path, monkeypatch, capsys)
+    assert status == 0, text
+    assert (tmp_path / "prep.txt").read_text() == "prepared\n"
+    assert "docker" not in text and "ansible" not in text, text

@@ -32,6 +32,15 @@ def load_plugin(kind: str, type_name: str) -> Any:
         return None
 
 
+def selected(ld: Loader, full: str, short: str) -> bool:
+    """Whether the command line's ``-only``/``-except`` keep the build ``full`` (``short`` = ``<type>.<name>``),
+    with the globs of :meth:`HCL2Template.select_builders`."""
+    def matches(pattern: str) -> bool:
+        return fnmatch.fnmatchcase(full, pattern) or fnmatch.fnmatchcase(short, pattern)
+
+    return (not ld.only or any(matches(p) for p in ld.only)) and not any(matches(p) for p in ld.except_)
+
+
 def report_unknown_type(ld: Loader, kind: str, type_name: str, where: Block) -> None:
     key = f"{kind}:{type_name}"
     if key in ld.reported_unknown:
@@ -158,9 +167,6 @@ class _BuildDecoder:
         if src is None:
             ld.errors.append(ld.diag("Unknown source", f"Unknown source {key}", where, ctx))
             return None
-        plugin = load_plugin("builder", type_name)
-        if plugin is None:
-            report_unknown_type(ld, "builder", type_name, src)
         final_name = src_name
         if override is not None and "name" in override.body.attrs:
             try:
@@ -169,6 +175,11 @@ class _BuildDecoder:
                 ld.errors.extend(e.diagnostics)
         short = f"{type_name}.{final_name}"
         full = f"{build_name}.{short}" if build_name else short
+        if not selected(ld, full, short):
+            return None
+        plugin = load_plugin("builder", type_name)
+        if plugin is None:
+            report_unknown_type(ld, "builder", type_name, src)
         if full in self.names:
             ld.errors.append(ld.diag("Duplicate build", f'A build named "{full}" is already defined; give the '
                                      "build block a name or the source a distinct name.", where, ctx))
@@ -213,10 +224,11 @@ class _BuildDecoder:
         type_name = pb.labels[0] if pb.labels else ""
         info["provisioners"].append(type_name)
         plugin = load_plugin("provisioner", type_name)
-        if plugin is None:
-            report_unknown_type(ld, "provisioner", type_name, pb)
-            return
         applicable = [spec for spec in specs if applies_to(ld, pb, spec)]
+        if plugin is None:
+            if applicable or not (ld.only or ld.except_):  # a provisioner no selected build runs is not started
+                report_unknown_type(ld, "provisioner", type_name, pb)
+            return
         if applicable:
             p = _provisioner_for(ld, pb, applicable, plugin, self.syntax_only, self.prov_index)
             if pb.type == "provisioner":

@@ -59,8 +59,10 @@ def _version_ok(constraint: str, version: str) -> bool:
 
 
 def load_hcl2(path: Path, *, var_sources: Sequence[tuple[str, str]] = (), environ: Mapping[str, str] | None = None,
-              syntax_only: bool = False, evaluate_data: bool = True) -> HCL2Template:
-    """Read an HCL2 file or directory into the build model. Raises HCLError with every error diagnostic."""
+              syntax_only: bool = False, evaluate_data: bool = True, only: Sequence[str] = (),
+              except_: Sequence[str] = ()) -> HCL2Template:
+    """Read an HCL2 file or directory into the build model. Raises HCLError with every error diagnostic.
+    ``only``/``except_`` (the command line's) leave builds out before their plugins are looked up."""
     path = Path(path).absolute()
     if not path.exists():
         raise HCLError(Diagnostic("Failed to read configuration", f"{path}: no such file or directory"))
@@ -70,6 +72,7 @@ def load_hcl2(path: Path, *, var_sources: Sequence[tuple[str, str]] = (), enviro
                                   "A build command must be given a path to a .pkr.hcl file or a directory holding "
                                   ".pkr.hcl files."))
     ld = Loader(root, files, var_sources, os.environ if environ is None else environ, auto, evaluate_data)
+    ld.only, ld.except_ = only, except_
     blocks: list[Block] = []
     for f in files:
         display = os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(f)

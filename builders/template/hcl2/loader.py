@@ -35,6 +35,10 @@ class Loader:
         self.environ = environ
         self.auto_var_files = auto_var_files
         self.evaluate_data = evaluate_data
+        #: The command line's ``-only``/``-except`` globs: builds they leave out are not started (Packer's
+        #: GetBuilds skips them before looking up their plugins), so their unknown types are not errors.
+        self.only: Sequence[str] = ()
+        self.except_: Sequence[str] = ()
         self.sources: dict[str, str] = {}
         self.errors: list[Diagnostic] = []
         self.warnings: list[Diagnostic] = []
