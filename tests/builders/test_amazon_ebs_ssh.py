@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from builders.communicators.ssh import load_private_key
+from tests.harness.aws import moto_amazon_ebs
 from tests.harness.builds import stemforge
 from tests.harness.sshd import Sshd
 
@@ -45,31 +46,23 @@ def test_ssh_communicator_provisions_over_ssh(tmp_path: Path, moto_endpoint: str
     marker = sshd.home / f"marker-{test_id}"
     doc: dict[str, Any] = {
         "builders": [
-            {
-                "type": "amazon-ebs",
-                "region": "us-east-1",
-                "custom_endpoint_ec2": moto_endpoint,
-                "access_key": "testing",
-                "secret_key": "testing-secret",
-                "source_ami_filter": {
-                    "filters": {"name": "ubuntu/images/*"},
-                    "owners": ["099720109477"],
-                    "most_recent": True,
+            moto_amazon_ebs(
+                moto_endpoint,
+                {
+                    "ami_name": f"stemforge-ssh-{test_id}",
+                    "ami_regions": ["us-west-2"],
+                    "communicator": "ssh",
+                    "ssh_username": "root",
+                    "ssh_host": "127.0.0.1",
+                    "ssh_port": sshd.port,
+                    "ssh_keypair_name": pair,
+                    "ssh_private_key_file": str(key_file),
+                    "ssh_timeout": "30s",
+                    "temporary_security_group_source_cidrs": ["127.0.0.1/32"],
+                    "run_tags": {"stemforge-test": test_id},
+                    "aws_polling": {"delay_seconds": 1},
                 },
-                "instance_type": "t3.micro",
-                "ami_name": f"stemforge-ssh-{test_id}",
-                "ami_regions": ["us-west-2"],
-                "communicator": "ssh",
-                "ssh_username": "root",
-                "ssh_host": "127.0.0.1",
-                "ssh_port": sshd.port,
-                "ssh_keypair_name": pair,
-                "ssh_private_key_file": str(key_file),
-                "ssh_timeout": "30s",
-                "temporary_security_group_source_cidrs": ["127.0.0.1/32"],
-                "run_tags": {"stemforge-test": test_id},
-                "aws_polling": {"delay_seconds": 1},
-            }
+            )
         ],
         "provisioners": [
             {"type": "shell", "inline": [f"echo provisioned-over-ssh-{{{{build `ID`}}}} > {marker}", "uname -s"]},

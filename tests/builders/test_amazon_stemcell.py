@@ -7,25 +7,22 @@ CloudError naming the regions present in one it lacks; the AMIs survive the post
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.harness.aws import ec2_client, make_cpi, moto_amazon_ebs
 from tests.harness.builds import stemforge
 
 pytestmark = pytest.mark.aws
 
-PYTHON = sys.executable
 REGIONS = ["us-west-2", "eu-west-1"]
-
 
 
 def test_light_aws_stemcell_from_amazon_ebs_read_by_stemcells_and_the_cpi(tmp_path: Path, moto_endpoint: str) -> None:
     from stemcells.tarball import extract_stemcell, read_stemcell, verify_stemcell
-    from tests.harness.aws import ec2_client, make_cpi
 
     test_id = uuid.uuid4().hex[:8]
     out_dir = tmp_path / "stemcells"
@@ -33,24 +30,16 @@ def test_light_aws_stemcell_from_amazon_ebs_read_by_stemcells_and_the_cpi(tmp_pa
     doc: dict[str, Any] = {
         "variables": {"version": "1.{{timestamp}}"},
         "builders": [
-            {
-                "type": "amazon-ebs",
-                "region": "us-east-1",
-                "custom_endpoint_ec2": moto_endpoint,
-                "access_key": "testing",
-                "secret_key": "testing-secret",
-                "source_ami_filter": {
-                    "filters": {"name": "ubuntu/images/*"},
-                    "owners": ["099720109477"],
-                    "most_recent": True,
+            moto_amazon_ebs(
+                moto_endpoint,
+                {
+                    "communicator": "none",
+                    "ami_regions": REGIONS,
+                    "ami_name": f"bosh-aws-xen-hvm-ubuntu-jammy-go_agent {test_id}",
+                    "tags": {"stemforge-test": test_id},
+                    "aws_polling": {"delay_seconds": 1},
                 },
-                "instance_type": "t3.micro",
-                "communicator": "none",
-                "ami_regions": REGIONS,
-                "ami_name": f"bosh-aws-xen-hvm-ubuntu-jammy-go_agent {test_id}",
-                "tags": {"stemforge-test": test_id},
-                "aws_polling": {"delay_seconds": 1},
-            }
+            )
         ],
         "post-processors": [
             [

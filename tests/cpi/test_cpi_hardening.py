@@ -30,7 +30,7 @@ from cpi import wrapper
 from cpi.cpilog import CallLog
 from cpi.redaction import REDACTED, Redactor, is_secret_key
 from cpi.state import StateStore, flock_file
-from tests.harness.libvirt import LibvirtCpi, libvirt_unavailable_reason, session_cpi
+from tests.harness.libvirt import LibvirtCpi, session_cpi_or_skip
 
 CLOUD_ERROR = "Bosh::Clouds::CloudError"
 
@@ -244,10 +244,7 @@ def test_flock_file_retries_when_the_file_was_replaced(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def libvirt_session() -> Iterator[LibvirtCpi]:
-    reason = libvirt_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with session_cpi("hard") as cpi:
+    with session_cpi_or_skip("hard") as cpi:
         yield cpi
 
 

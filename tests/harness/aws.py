@@ -150,6 +150,21 @@ def local_environment(endpoint: str, prefix: str, region: str = REGION) -> Itera
                 call()
 
 
+def moto_amazon_ebs(endpoint: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """An ``amazon-ebs`` builder for the loopback moto server at ``endpoint``: us-east-1, moto's test credentials, the
+    newest Canonical Ubuntu AMI moto ships, t3.micro; ``options`` add to these or replace them."""
+    return {
+        "type": "amazon-ebs",
+        "region": "us-east-1",
+        "custom_endpoint_ec2": endpoint,
+        "access_key": "testing",
+        "secret_key": "testing-secret",
+        "source_ami_filter": {"filters": {"name": "ubuntu/images/*"}, "owners": ["099720109477"], "most_recent": True},
+        "instance_type": "t3.micro",
+        **options,
+    }
+
+
 def register_ami(endpoint: str, az: str, name: str, tags: Mapping[str, str] | None = None, region: str = REGION) -> str:
     """An AMI as the AMI builder leaves one: a snapshot of a volume, registered HVM with a root device."""
     ec2 = ec2_client(endpoint, region)
