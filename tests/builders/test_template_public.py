@@ -359,3 +359,20 @@ def test_builds_left_out_by_only_are_not_started(tmp_path: Path, capsys: pytest.
     assert status == 0, text
     assert (tmp_path / "prep.txt").read_text() == "prepared\n"
     assert "docker" not in text and "ansible" not in text, text
+
+
+def test_packer_hcp_values_are_unknown_without_a_registry(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "t.pkr.hcl").write_text(
+        'source "file" "a" {\n  content = "x"\n  target = "out.txt"\n}\n'
+        'build {\n  sources = ["source.file.a"]\n  post-processor "manifest" {\n    output = "m.json"\n'
+        '    custom_data = {\n      fingerprint = packer.versionFingerprint\n      iteration = packer.iterationID\n'
+        '    }\n  }\n}\n')
+    status, text = _build(["validate", "t.pkr.hcl"], tmp_path, monkeypatch, capsys)
+    assert status == 0 and VALID in text, text
+    status, text = _build(["build", "t.pkr.hcl"], tmp_path, monkeypatch, capsys)
+    assert status == 0, text
+    custom = json.loads((tmp_path / "m.json").read_text())["builds"][0]["custom_data"]
+    # an unknown value reaches a plugin as hcl2shim's UnknownVariableValue, as in Packer
+    assert custom == {"fingerprint": "74D93920-ED26-11E3-AC10-0800200C9A66",
+                      "iteration": "74D93920-ED26-11E3-AC10-0800200C9A66"}, custom

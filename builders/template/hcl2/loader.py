@@ -140,7 +140,8 @@ class Loader:
                 "local": Namespace("local", self.local, lambda n: n in self.local_sensitive),
                 "data": Namespace("data", self.data_type),
                 "path": {"root": str(self.root), "cwd": str(Path.cwd())},
-                "packer": {"version": PACKER_COMPAT_VERSION},
+                # Packer's EvalContext: the HCP Packer values stay unknown without an HCP registry (stemforge has none)
+                "packer": {"version": PACKER_COMPAT_VERSION, "iterationID": UNKNOWN, "versionFingerprint": UNKNOWN},
             }
 
         def build(name: str) -> Any:
