@@ -22,7 +22,8 @@ import pytest
 
 from builders.core import Artifact, BuildContext, BuildError, ConfigError
 from builders.destinations import load_destination
-from builders.image_repo import INCOMING, ImageRepoHandler, ImageRepoServer, RepoError, serve_in_thread
+from builders.image_repo import ImageRepoHandler, ImageRepoServer, serve_in_thread
+from builders.image_store import INCOMING, RepoError
 from builders.postprocessors.fanout import (
     FanoutError,
     FanoutPostProcessor,
