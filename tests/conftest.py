@@ -1,10 +1,11 @@
 """Shared fixtures and the xdist scheduling. The libvirt fixtures build the test stemcell once per session and give
 each session a private storage pool and state directory (see ``tests/harness/libvirt.py``).
 
-Layout: one directory per area (``cpi/``, ``aws/``, ``metal/``, ``builders/``, ``stemcells/``, ``ci/``,
-``terraform/``, ``project/``), the harnesses as the package ``tests.harness``. ``tests`` and its directories are
-packages, so pytest (default ``prepend`` import mode) puts the repository root on ``sys.path`` and modules import
-``tests.harness.*`` like any package; basenames may repeat across directories."""
+Layout: one directory per area (``base/``, ``cpi/``, ``aws/``, ``metal/``, ``builders/``, ``stemcells/``, ``ci/``,
+``terraform/``, ``project/``), the harnesses as the package ``tests.harness``, an area's shared fixtures in its
+``conftest.py``. ``tests`` and its directories are packages, so pytest (default ``prepend`` import mode) puts the
+repository root on ``sys.path`` and modules import ``tests.harness.*`` like any package; basenames may repeat
+across directories."""
 
 from __future__ import annotations
 
