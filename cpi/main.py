@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from cpi.cpilog import CallLog
     from cpi.provider import Provider
-    from cpi.redaction import Redactor
+    from stemforge_base.redaction import Redactor
 
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 #: Deepest JSON nesting accepted in a request (real requests stay below 10).
@@ -188,7 +188,7 @@ class Call:
     """What one invocation accumulates: its redactor, its (lazily created) logging, the tag and method."""
 
     def __init__(self, start: float | None = None, stderr: TextIO | None = None) -> None:
-        from cpi.redaction import Redactor
+        from stemforge_base.redaction import Redactor
 
         self.start = time.monotonic() if start is None else start
         self.redactor = Redactor()

@@ -17,7 +17,8 @@ Contract:
 * :meth:`Environment.down` is idempotent: no directory or no state means nothing to do; after a successful destroy
   the directory is removed.
 * Secrets (the access and secret keys, from the spec or from ``AWS_*`` in the environment) never appear in progress
-  lines or errors: every Terraform line goes through a :class:`cpi.redaction.Redactor`, plus SigV4 signatures.
+  lines or errors: every Terraform line goes through a :class:`stemforge_base.redaction.Redactor`, plus SigV4
+  signatures.
 * When every endpoint is on loopback, Terraform runs with ``HTTP(S)_PROXY`` pointing at a closed loopback port
   (Go never proxies loopback): any request that would leave the machine fails at once instead of leaving.
 """
@@ -37,8 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cpi.redaction import REDACTED, Redactor
 from stemforge.steps import Step, StepRunner
+from stemforge_base.redaction import REDACTED, Redactor
 from terraform.discovery import TERRAFORM_CANDIDATE_DIRS, find_terraform
 from terraform.mirror import ProviderMirror, TerraformSetupError, find_aws_provider, write_cli_config
 from terraform.runner import Terraform, TerraformCommandFailed

@@ -28,8 +28,8 @@ import pytest
 
 from cpi import wrapper
 from cpi.cpilog import CallLog
-from cpi.redaction import REDACTED, Redactor, is_secret_key
 from cpi.state import StateStore, flock_file
+from stemforge_base.redaction import REDACTED, Redactor, is_secret_key
 from tests.harness.libvirt import LibvirtCpi, session_cpi_or_skip
 
 CLOUD_ERROR = "Bosh::Clouds::CloudError"
