@@ -29,7 +29,7 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
-from stemforge_base.sqlite_store import SqliteStore, flock_file, safe_name
+from stemforge_base.sqlite_store import SqliteStore, flock_file
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -169,8 +169,3 @@ def _decode(row: sqlite3.Row) -> dict[str, Any]:
     for key in _JSON_COLUMNS & out.keys():
         out[key] = json.loads(out[key])
     return out
-
-
-def _safe_name(cid: str) -> str:
-    """Until ``baremetal/interfaces/base.py`` (being edited) imports :func:`stemforge_base.sqlite_store.safe_name`."""
-    return safe_name(cid)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from cpi.providers.baremetal.config import BmcPolicy, MetalConfig
 from cpi.providers.baremetal.store import Job, MetalStore, Node
-from cpi.state import _safe_name
+from stemforge_base.sqlite_store import safe_name
 
 T = TypeVar("T")
 
@@ -179,7 +179,7 @@ class BmcPacer:
     (a timestamp in a locked file under ``<state_dir>/locks``)."""
 
     def __init__(self, store: MetalStore, address: str, min_interval_s: float) -> None:
-        self.path = store.dir / "locks" / f"bmc-{_safe_name(address)}.lock"
+        self.path = store.dir / "locks" / f"bmc-{safe_name(address)}.lock"
         self.min_interval_s = min_interval_s
 
     @contextlib.contextmanager
