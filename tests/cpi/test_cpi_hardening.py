@@ -28,8 +28,9 @@ import pytest
 
 from cpi import wrapper
 from cpi.cpilog import CallLog
-from cpi.state import StateStore, flock_file
+from cpi.state import StateStore
 from stemforge_base.redaction import REDACTED, Redactor, is_secret_key
+from stemforge_base.sqlite_store import flock_file
 from tests.harness.libvirt import LibvirtCpi, session_cpi_or_skip
 
 CLOUD_ERROR = "Bosh::Clouds::CloudError"
