@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from cpi.providers.baremetal.instructions import render_root_device
+from cpi.providers.baremetal.ramdisk.build import RamdiskArtifacts
+from stemforge_base.hashing import sha256_file
 
 GUEST_HOST = "10.0.2.2"  # slirp's address of the host (its loopback)
 CHUNK = 1024 * 1024
@@ -367,3 +369,43 @@ def boot(
         proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+BOOT_TIMEOUT = 150.0  # s: the ramdisk booted under TCG until its result event
+
+
+def deploy_instructions(stub: ProvisioningStub, image: Path, **over: Any) -> dict[str, Any]:
+    """The ``deploy`` instructions ``metal serve`` would hand the ramdisk for ``image`` served by ``stub``; ``over``
+    replaces fields."""
+    doc: dict[str, Any] = {
+        "mode": "deploy",
+        "image_url": stub.image_url(image.name),
+        "image_sha256": sha256_file(image),
+        "image_size": image.stat().st_size,
+        "image_format": "raw",
+        "configdrive_url": stub.configdrive_url,
+        "root_hints": "",
+        "heartbeat_s": 2,
+    }
+    doc.update(over)
+    return doc
+
+
+def run_ramdisk(
+    tmp_path: Path, tag: str, stub: ProvisioningStub, ramdisk: RamdiskArtifacts, disks: list[Disk]
+) -> dict[str, Any]:
+    """Boot the ramdisk until its result event; a success must end QEMU (reboot/poweroff), a failure keeps it up.
+    Returns the result event.  The token must not be on the console."""
+    t0 = time.monotonic()
+    with boot(tmp_path, tag, disks, kernel=ramdisk.kernel, initrd=ramdisk.initrd, append=stub.kernel_args()) as vm:
+        result = stub.wait(lambda s: s.result(), BOOT_TIMEOUT, vm, f"the ramdisk's result ({tag})")
+        if result["ok"]:
+            vm.wait_exit(30)
+        else:
+            time.sleep(0.5)
+            assert vm.proc.poll() is None, "a failed ramdisk must stay up for the provider to power it off"
+        console = vm.console()
+    print(f"{tag}: result after {time.monotonic() - t0:.1f}s: {result}")
+    assert stub.token not in console
+    assert stub.rejected == []
+    return result

@@ -37,6 +37,8 @@ from cpi.providers.baremetal.serve import leases
 from cpi.providers.baremetal.serve.http import MetalHTTPServer, serve_in_thread
 from cpi.providers.baremetal.serve.shared_store import SharedStore
 from cpi.providers.baremetal.store import Bmc, MetalStore, NodeSpec
+from tests.harness import ramdisk_rig as rig
+from tests.harness.ramdisk_rig import deploy_instructions, run_ramdisk
 
 pytestmark = pytest.mark.metal
 
@@ -382,9 +384,6 @@ def test_cleaning_leaves_nothing_of_the_previous_tenant(ramdisk: Any, test_image
     """Deploy the test stemcell with a config drive holding secrets; give the second disk an LVM PV and an md RAID
     member; clean (metadata erase): no secret, no superblock copy, no signature anywhere; then a plan's full erase
     leaves only zeros, reporting progress."""
-    from tests.harness import ramdisk_rig as rig
-    from tests.metal.test_metal_ramdisk import deploy_instructions, run_ramdisk
-
     root = rig.sparse_disk(tmp_path / "root.raw", GIB)
     extra = rig.sparse_disk(tmp_path / "extra.raw", 256 * MIB)
     disks = [rig.Disk(root, "sf-root", discard=True), rig.Disk(extra, "sf-extra")]

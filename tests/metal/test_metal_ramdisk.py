@@ -30,7 +30,9 @@ import pytest
 from cpi import configdrive
 from cpi.providers.baremetal.ramdisk import build as rdb
 from stemcells.testimage import build as tib
+from stemforge_base.hashing import sha256_file
 from tests.harness import ramdisk_rig as rig
+from tests.harness.ramdisk_rig import deploy_instructions, run_ramdisk
 
 pytestmark = [
     pytest.mark.metal,
@@ -39,7 +41,6 @@ pytestmark = [
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
-BOOT_TIMEOUT = 150.0
 MAC = "52:54:00:5f:aa:01"
 
 
@@ -68,14 +69,6 @@ def small_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(MIB), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def make_configdrive(path: Path, agent_id: str, stub: rig.ProvisioningStub | None = None) -> Path:
     settings = {
         "agent_id": agent_id,
@@ -90,41 +83,6 @@ def make_configdrive(path: Path, agent_id: str, stub: rig.ProvisioningStub | Non
         meta["meta"] = {"phone_home_url": stub.phone_home_url, "phone_home_token": stub.phone_home_token}
         files["openstack/latest/meta_data.json"] = json.dumps(meta, sort_keys=True).encode()
     return configdrive.write_iso(path, files)
-
-
-def deploy_instructions(stub: rig.ProvisioningStub, image: Path, **over: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "mode": "deploy",
-        "image_url": stub.image_url(image.name),
-        "image_sha256": sha256(image),
-        "image_size": image.stat().st_size,
-        "image_format": "raw",
-        "configdrive_url": stub.configdrive_url,
-        "root_hints": "",
-        "heartbeat_s": 2,
-    }
-    doc.update(over)
-    return doc
-
-
-def run_ramdisk(
-    tmp_path: Path, tag: str, stub: rig.ProvisioningStub, ramdisk: rdb.RamdiskArtifacts, disks: list[rig.Disk]
-) -> dict[str, Any]:
-    """Boot the ramdisk until its result event; a success must end QEMU (reboot/poweroff), a failure keeps it up.
-    Returns the result event.  The token must not be on the console."""
-    t0 = time.monotonic()
-    with rig.boot(tmp_path, tag, disks, kernel=ramdisk.kernel, initrd=ramdisk.initrd, append=stub.kernel_args()) as vm:
-        result = stub.wait(lambda s: s.result(), BOOT_TIMEOUT, vm, f"the ramdisk's result ({tag})")
-        if result["ok"]:
-            vm.wait_exit(30)
-        else:
-            time.sleep(0.5)
-            assert vm.proc.poll() is None, "a failed ramdisk must stay up for the provider to power it off"
-        console = vm.console()
-    print(f"{tag}: result after {time.monotonic() - t0:.1f}s: {result}")
-    assert stub.token not in console
-    assert stub.rejected == []
-    return result
 
 
 def stages(stub: rig.ProvisioningStub) -> list[str]:
@@ -169,7 +127,7 @@ def test_build_is_cached_and_complete(ramdisk: rdb.RamdiskArtifacts, tmp_path: P
     assert any("cached" in line for line in lines)
     assert ramdisk.directory.name == ramdisk.key
     manifest = json.loads((ramdisk.directory / "manifest.json").read_text())
-    assert manifest["files"]["initrd.img"]["sha256"] == sha256(ramdisk.initrd)
+    assert manifest["files"]["initrd.img"]["sha256"] == sha256_file(ramdisk.initrd)
     assert manifest["kernel_release"] == tib.kernel_version()
     root = tmp_path / "initramfs"
     root.mkdir()
@@ -231,7 +189,7 @@ def test_deploy_test_stemcell_then_it_boots_and_phones_home(
         sel = event(stub, "disk-selected")["data"]
         assert sel["serial"] == "sf-root-0001" and sel["size"] == 4 * GIB
         written = event(stub, "image-written")["data"]
-        assert written["bytes"] == test_image.stat().st_size and written["sha256"] == sha256(test_image)
+        assert written["bytes"] == test_image.stat().st_size and written["sha256"] == sha256_file(test_image)
         print(f"image write in the ramdisk: {written['mib_per_s']} MiB/s, {written['zeroed'] // MIB} MiB zeroed")
         assert written["zeroed"] >= 64 * MIB  # the image is mostly empty: its zero blocks went out as BLKZEROOUT
         assert any(e["kind"] == "heartbeat" for e in stub.events)
@@ -255,7 +213,7 @@ def test_deploy_test_stemcell_then_it_boots_and_phones_home(
         # the deployed disk boots (BIOS -> syslinux -> the test image) and the agent phones home
         t0 = time.monotonic()
         with rig.boot(tmp_path, "firstboot", [rig.Disk(root, "sf-root-0001")], mac=MAC) as vm:
-            home = stub.wait(lambda s: s.phone_homes, BOOT_TIMEOUT, vm, "the booted OS's phone-home")[0]
+            home = stub.wait(lambda s: s.phone_homes, rig.BOOT_TIMEOUT, vm, "the booted OS's phone-home")[0]
             stub.wait(lambda s: '"event":"phone-home","ok":true' in vm.console(), 30, vm, "the phone-home serial event")
             console = vm.console()
         print(f"deployed disk booted and phoned home after {time.monotonic() - t0:.1f}s")
@@ -341,7 +299,7 @@ def test_wrong_checksum_fails_at_checksum_and_wipes(
         stub.instructions = deploy_instructions(stub, small_image, image_sha256="0" * 64)
         result = run_ramdisk(tmp_path, "badsum", stub, ramdisk, [rig.Disk(disk)])
     assert result["ok"] is False and result["stage"] == "checksum"
-    assert sha256(small_image) in result["message"] and "0" * 64 in result["message"]
+    assert sha256_file(small_image) in result["message"] and "0" * 64 in result["message"]
     assert "checksum-ok" not in stages(stub) and "done" not in stages(stub)
     assert read_at(disk, 0, MIB) == bytes(MIB)  # the unverified image cannot boot
 
