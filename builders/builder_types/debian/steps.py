@@ -25,7 +25,6 @@ artifact           sha256 and size of each file                                -
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import tempfile
 import threading
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from builders.core import BuildContext, BuildError, ProvisionHook
+from stemforge_base.hashing import sha256_file
 
 from . import bootstrap, chroot, disk, grub, proc
 from .communicator import ChrootCommunicator
@@ -609,31 +609,14 @@ class StepArtifact(DebianStep):
         outputs: list[tuple[str, Path]] = state["outputs"]
         with ThreadPoolExecutor(max_workers=max(1, len(outputs))) as pool:  # hashlib releases the GIL
             digests = list(pool.map(
-                lambda item: sha256_file(item[1], functools.partial(self.ctx.ui.progress, f"sha256 {item[1].name}"),
-                                         self.ctx), outputs))
+                lambda item: sha256_file(item[1], check=self.ctx.check_cancelled,
+                                         progress=functools.partial(self.ctx.ui.progress, f"sha256 {item[1].name}")),
+                outputs))
         files = []
         for (fmt, path), digest in zip(outputs, digests, strict=True):
             files.append({"path": str(path), "format": fmt, "sha256": digest, "size": path.stat().st_size})
             self.ctx.ui.message(f"{path.name}: sha256 {digest}")
         state["artifact_files"] = files
-
-
-def sha256_file(path: Path, progress: Callable[[int, int], None] | None = None,
-                ctx: BuildContext | None = None) -> str:
-    h = hashlib.sha256()
-    total = path.stat().st_size
-    done = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(4 * 1024 * 1024):
-            h.update(chunk)
-            done += len(chunk)
-            if progress is not None and done % (256 * 1024 * 1024) < len(chunk):
-                progress(done, total)
-            if ctx is not None and done % (64 * 1024 * 1024) < len(chunk):
-                ctx.check_cancelled()
-    if progress is not None:
-        progress(total, total)
-    return h.hexdigest()
 
 
 def build_steps(cfg: DebianConfig, ctx: BuildContext, hook: ProvisionHook) -> list[DebianStep]:
