@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import re
@@ -21,6 +20,8 @@ import uuid
 from http import HTTPStatus
 from pathlib import Path
 from typing import IO, Any, Final
+
+from stemforge_base.hashing import sha256_file
 
 CHUNK: Final = 1024 * 1024
 INCOMING: Final = ".repo~incoming"
@@ -113,11 +114,8 @@ class ImageStore:
         recorded = self.recorded_sha256(name)
         if recorded:
             return recorded
-        digest = hashlib.sha256()
-        with self.open(name) as fh:
-            while chunk := fh.read(CHUNK):
-                digest.update(chunk)
-        sha = digest.hexdigest()
+        with self.open(name) as fh:  # no link, no FIFO: only a regular file of the store is hashed
+            sha = sha256_file(fh)
         self._record(name, self.path(name), sha)
         return sha
 

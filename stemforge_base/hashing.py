@@ -18,48 +18,55 @@ import errno
 import hashlib
 import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import Final
+from typing import IO, Final
 
 #: Bytes read (and zeros hashed) at a time.
 CHUNK: Final = 4 * 1024 * 1024
 
 
-def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256", *,
+def file_digest(source: str | os.PathLike[str] | IO[bytes], algorithm: str = "sha256", *,
                 progress: Callable[[int, int], None] | None = None,
                 check: Callable[[], None] | None = None) -> str:
-    """The hex digest of the file at ``path`` (see the module docstring)."""
-    digest = hashlib.new(algorithm)
-    size = Path(path).stat().st_size
-    zeros = bytes(CHUNK)
-    with open(path, "rb") as fh:
-        fd = fh.fileno()
-        pos = 0
-        while pos < size:
-            if check is not None:
-                check()
-            data_at = _seek(fd, pos, os.SEEK_DATA, size, pos)
-            if data_at > pos:  # a hole: hash the zeros it reads as, without reading them
-                count = min(CHUNK, data_at - pos)
-                digest.update(zeros[:count])
-                pos += count
-            else:
-                hole_at = _seek(fd, pos, os.SEEK_HOLE, size, size)
-                os.lseek(fd, pos, os.SEEK_SET)  # lseek(SEEK_DATA/SEEK_HOLE) moved the offset
-                chunk = os.read(fd, min(CHUNK, hole_at - pos))
-                if not chunk:  # the file shrank while it was read: what was read is hashed
-                    break
-                digest.update(chunk)
-                pos += len(chunk)
-            if progress is not None:
-                progress(pos, size)
-    return digest.hexdigest()
+    """The hex digest of the file at ``source``, or of the whole file an open binary file object reads (the caller
+    opened it its own way, e.g. without following links; it is read from its start and not closed); see the
+    module docstring."""
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as fh:
+            return _fd_digest(fh.fileno(), algorithm, progress, check)
+    return _fd_digest(source.fileno(), algorithm, progress, check)
 
 
-def sha256_file(path: str | os.PathLike[str], *, progress: Callable[[int, int], None] | None = None,
+def sha256_file(source: str | os.PathLike[str] | IO[bytes], *, progress: Callable[[int, int], None] | None = None,
                 check: Callable[[], None] | None = None) -> str:
     """:func:`file_digest` with sha256, the digest stemcells, images and artifacts are recorded with."""
-    return file_digest(path, "sha256", progress=progress, check=check)
+    return file_digest(source, "sha256", progress=progress, check=check)
+
+
+def _fd_digest(fd: int, algorithm: str, progress: Callable[[int, int], None] | None,
+               check: Callable[[], None] | None) -> str:
+    digest = hashlib.new(algorithm)
+    size = os.fstat(fd).st_size
+    zeros = bytes(CHUNK)
+    pos = 0
+    while pos < size:
+        if check is not None:
+            check()
+        data_at = _seek(fd, pos, os.SEEK_DATA, size, pos)
+        if data_at > pos:  # a hole: hash the zeros it reads as, without reading them
+            count = min(CHUNK, data_at - pos)
+            digest.update(zeros[:count])
+            pos += count
+        else:
+            hole_at = _seek(fd, pos, os.SEEK_HOLE, size, size)
+            os.lseek(fd, pos, os.SEEK_SET)  # lseek(SEEK_DATA/SEEK_HOLE) moved the offset
+            chunk = os.read(fd, min(CHUNK, hole_at - pos))
+            if not chunk:  # the file shrank while it was read: what was read is hashed
+                break
+            digest.update(chunk)
+            pos += len(chunk)
+        if progress is not None:
+            progress(pos, size)
+    return digest.hexdigest()
 
 
 def _seek(fd: int, pos: int, whence: int, size: int, unknown: int) -> int:

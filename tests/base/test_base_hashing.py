@@ -67,3 +67,13 @@ def test_check_stops_the_hash(tmp_path: Path) -> None:
 def test_missing_file_raises_oserror(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         sha256_file(tmp_path / "nope")
+
+
+def test_an_open_file_is_hashed_whole_and_left_open(tmp_path: Path) -> None:
+    image = tmp_path / "disk.raw"
+    stream = _sparse(image)
+    fd = os.open(image, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        fh.read(100)  # wherever the caller left it, the whole file is hashed
+        assert sha256_file(fh) == hashlib.sha256(stream).hexdigest()
+        assert not fh.closed
