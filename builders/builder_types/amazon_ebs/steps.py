@@ -32,6 +32,7 @@ from typing import Any
 from builders.builder_types.amazon_ebs.config import EbsConfig
 from builders.builder_types.amazon_ebs.ec2 import AwsAccess, Ec2Error, image_snapshots
 from builders.builder_types.amazon_ebs.regions import AmiCopies, CopyTarget, RegionsFailed, run_in_regions, uncancelled
+from builders.builder_types.amazon_ebs.template_data import build_data, ec2_tags, render_text, tag_specs
 from builders.core import BuildContext, BuildError, ProvisionHook
 
 LOG = logging.getLogger("stemforge.builders.amazon")
@@ -74,41 +75,6 @@ def failing() -> bool:
     """True inside a cleanup run because the build failed or was interrupted (the runner unwinds from its
     ``except`` block), False in the cleanups of temporary steps after a successful run."""
     return sys.exc_info()[0] is not None
-
-
-def render_text(ctx: BuildContext, text: str, data: Mapping[str, Any]) -> str:
-    """Render Packer's build-time fields (``{{ .SourceAMIName }}``, ``{{ .BuildRegion }}``...) in ``text``."""
-    if "{{" not in text:
-        return text
-    from builders.template.functions import RenderContext, render_string
-
-    try:
-        return render_string(
-            text, RenderContext(build_name=ctx.build_name, build_type=ctx.build_type, data={**ctx.generated, **data})
-        )
-    except Exception as exc:  # noqa: BLE001 - GoTemplateError
-        raise BuildError(f"error rendering {text!r}: {exc}") from None
-
-
-def ec2_tags(ctx: BuildContext, tags: Mapping[str, str], data: Mapping[str, Any]) -> list[dict[str, str]]:
-    return [{"Key": render_text(ctx, k, data), "Value": render_text(ctx, v, data)} for k, v in tags.items()]
-
-
-def tag_specs(ctx: BuildContext, kinds: Mapping[str, Mapping[str, str]], data: Mapping[str, Any]) -> list[Any]:
-    return [{"ResourceType": kind, "Tags": ec2_tags(ctx, tags, data)} for kind, tags in kinds.items() if tags]
-
-
-def build_data(state: Mapping[str, Any], region: str) -> dict[str, Any]:
-    """Packer's amazon template data for tags and descriptions."""
-    image = state.get("source_image") or {}
-    return {
-        "BuildRegion": region,
-        "SourceAMI": image.get("ImageId", ""),
-        "SourceAMIName": image.get("Name", ""),
-        "SourceAMIOwner": image.get("OwnerId", ""),
-        "SourceAMIOwnerName": image.get("ImageOwnerAlias", ""),
-        "SourceAMICreationDate": image.get("CreationDate", ""),
-    }
 
 
 # ---------------------------------------------------------------------------------------------------- source

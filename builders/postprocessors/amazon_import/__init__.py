@@ -41,7 +41,7 @@ from builders.builder_types.amazon_ebs import AmazonArtifact, multi_region_id
 from builders.builder_types.amazon_ebs.config import known_regions, polling_config, valid_kms_key
 from builders.builder_types.amazon_ebs.ec2 import AwsAccess, Ec2Error, image_snapshots
 from builders.builder_types.amazon_ebs.regions import AmiCopies, CopyTarget, RegionsFailed, run_in_regions, uncancelled
-from builders.builder_types.amazon_ebs.steps import render_text
+from builders.builder_types.amazon_ebs.template_data import render_text
 from builders.core import Artifact, BuildError, ConfigError, PostProcessor
 from builders.postprocessors import Progress, human_size, validated_options
 from cpi.providers.aws.import_steps import TASK_FAILED, ImportTask, UploadImage
