@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import os
 import shutil
 import tarfile
@@ -59,6 +58,7 @@ from stemcells.tario import (
     sniff_image,
     tar_member,
 )
+from stemforge_base.hashing import file_digest
 
 IMAGE_MEMBER: Final = "image"
 PACKAGES_MEMBER: Final = "packages.txt"
@@ -709,7 +709,7 @@ def extract_stemcell(
             raise StemcellError(f"{MANIFEST_NAME} in {path}: is larger than {MAX_MANIFEST_BYTES} bytes")
         manifest = StemcellManifest.from_yaml((tree / MANIFEST_NAME).read_bytes(), f"{MANIFEST_NAME} in {path}")
         if verify_sha1:
-            digest = sha1_file(tree / IMAGE_MEMBER)
+            digest = file_digest(tree / IMAGE_MEMBER, "sha1")
             if digest != manifest.sha1:
                 raise StemcellError(f"{path}: sha1 of image is {digest} but {MANIFEST_NAME} says {manifest.sha1}")
         found.append(manifest)
@@ -734,15 +734,6 @@ def detect_image_format(path: Path) -> ImageFormat:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-
-
-def sha1_file(path: Path) -> str:
-    """Hex sha1 of the file at ``path``, read in 1 MiB chunks."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as source:
-        while chunk := source.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _quiet(_message: str) -> None:

@@ -21,10 +21,10 @@ from stemcells.tarball import (
     detect_image_format,
     extract_stemcell,
     read_stemcell,
-    sha1_file,
     verify_stemcell,
     write_stemcell,
 )
+from stemforge_base.hashing import sha256_file
 
 OPENSTACK: dict[str, Any] = {
     "name": "bosh-openstack-kvm-ubuntu-jammy-go_agent",
@@ -434,10 +434,6 @@ def test_library_prints_nothing_and_reports_progress_through_the_callback(
     assert any(step.startswith("Hashing image") for step in steps)
 
 
-def test_sha1_file_matches_hashlib(raw_image: Path) -> None:
-    assert sha1_file(raw_image) == hashlib.sha1(raw_image.read_bytes()).hexdigest()
-
-
 def test_open_root_image_refuses_an_empty_image(tmp_path: Path) -> None:
     empty = tmp_path / "image"
     empty.touch()
@@ -485,4 +481,4 @@ def test_highly_compressible_image_streams_in_bounded_steps(out: Path, tmp_path:
     root = extract_stemcell(path, tmp_path / "x").extract_root_image()
     assert root.stat().st_size == image.stat().st_size
     assert root.stat().st_blocks * 512 < 16 * 1024 * 1024, "the extracted raw image should stay sparse"
-    assert sha1_file(root) == sha1_file(image)
+    assert sha256_file(root) == sha256_file(image)
