@@ -82,12 +82,7 @@ def domain(spec: DomainSpec) -> str:
     for nic in spec.nics:
         if not nic.needs_qemu_netdev:
             devices.append(ET.fromstring(interface(nic)))
-    serial = ET.SubElement(devices, "serial", type="file")
-    ET.SubElement(serial, "source", path=spec.console_log, append="on")
-    ET.SubElement(serial, "target", port="0")
-    console = ET.SubElement(devices, "console", type="file")
-    ET.SubElement(console, "source", path=spec.console_log, append="on")
-    ET.SubElement(console, "target", type="serial", port="0")
+    serial_console(devices, spec.console_log)
     if spec.machine.startswith("pc-q35") or spec.machine == "q35":
         ET.SubElement(devices, "controller", type="pci", index="0", model="pcie-root")
         for index in range(1, spec.spare_pcie_ports + 1):
@@ -126,6 +121,17 @@ def platform(root: ET.Element, domain_type: str) -> None:
     ET.SubElement(root, "on_poweroff").text = "destroy"
     ET.SubElement(root, "on_reboot").text = "restart"
     ET.SubElement(root, "on_crash").text = "destroy"
+
+
+def serial_console(devices: ET.Element, log_path: str) -> None:
+    """Append the serial port and its console, both appending to the file ``log_path`` (the guest's console log).
+    Shared with the bare-metal lab's servers."""
+    serial = ET.SubElement(devices, "serial", type="file")
+    ET.SubElement(serial, "source", path=log_path, append="on")
+    ET.SubElement(serial, "target", port="0")
+    console = ET.SubElement(devices, "console", type="file")
+    ET.SubElement(console, "source", path=log_path, append="on")
+    ET.SubElement(console, "target", type="serial", port="0")
 
 
 def qemu_nic_args(nic: NicSpec, index: int, machine: str = "q35") -> list[str]:

@@ -23,6 +23,7 @@ import bcrypt
 import requests
 
 from cpi.providers.baremetal.lab import proc as lab_proc
+from cpi.providers.baremetal.lab.record import write_private
 
 USERNAME = "admin"
 LIBVIRT_URI = "qemu:///system"
@@ -54,9 +55,9 @@ def write_config(directory: Path, port: int, allowed: Sequence[str], password: s
     (directory / "state").mkdir(mode=0o700, exist_ok=True)
     htpasswd = directory / "htpasswd"
     digest = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
-    _write_private(htpasswd, f"{USERNAME}:{digest}\n")
+    write_private(htpasswd, f"{USERNAME}:{digest}\n")
     config = directory / "emulator.conf"
-    _write_private(
+    write_private(
         config,
         "\n".join(
             [
@@ -125,14 +126,6 @@ def _wait_ready(record: dict[str, Any], proc: Any, timeout: float) -> bool:
                 return True
         time.sleep(0.2)
     return False
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _tail(path: Path) -> str:

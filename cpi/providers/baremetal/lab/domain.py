@@ -145,12 +145,7 @@ def domain(spec: LabDomainSpec) -> str:
         ET.SubElement(nic, "model", type="virtio")
         ET.SubElement(nic, "boot", order=str(index + 1))
         ET.SubElement(nic, "alias", name=nic_alias(index))
-    serial = ET.SubElement(devices, "serial", type="file")
-    ET.SubElement(serial, "source", path=spec.console_log, append="on")
-    ET.SubElement(serial, "target", port="0")
-    console = ET.SubElement(devices, "console", type="file")
-    ET.SubElement(console, "source", path=spec.console_log, append="on")
-    ET.SubElement(console, "target", type="serial", port="0")
+    domain_xml.serial_console(devices, spec.console_log)
     ET.SubElement(devices, "memballoon", model="none")
     rng = ET.SubElement(devices, "rng", model="virtio")
     ET.SubElement(rng, "backend", model="random").text = "/dev/urandom"

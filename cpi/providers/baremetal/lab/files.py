@@ -15,7 +15,6 @@ at loopback. Both files are written atomically with mode 0600 (they hold credent
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import yaml
 
 from cpi.providers.baremetal.inventory import parse_inventory
-from cpi.providers.baremetal.lab.record import LabRecord
+from cpi.providers.baremetal.lab.record import LabRecord, write_private
 
 GIB = 1024**3
 
@@ -88,16 +87,8 @@ def cpi_config(rec: LabRecord) -> dict[str, Any]:
 def write_inventory(rec: LabRecord, path: Path) -> None:
     text = yaml.safe_dump(inventory(rec), sort_keys=False)
     parse_inventory(text, str(path))  # the lab's own file must enrol: fail here, not in the user's hands
-    _write_private(path, text)
+    write_private(path, text)
 
 
 def write_cpi_config(rec: LabRecord, path: Path) -> None:
-    _write_private(path, json.dumps(cpi_config(rec), indent=2) + "\n")
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_private(path, json.dumps(cpi_config(rec), indent=2) + "\n")

@@ -27,6 +27,15 @@ def labs_root() -> Path:
     return Path(os.environ.get(LABS_ROOT_ENV) or DEFAULT_LABS_ROOT)
 
 
+def write_private(path: Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text``, mode 0600 from the start (lab files hold credentials)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
 class LabError(RuntimeError):
     """Bad input or a failed lab operation; the message names the field or the resource at fault."""
 
@@ -72,11 +81,7 @@ class LabRecord:
 
     def save(self) -> None:
         """Atomically rewrite ``lab.json`` (mode 0600)."""
-        tmp = self.path.with_name("lab.json.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(self), fh, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+        write_private(self.path, json.dumps(asdict(self), indent=2, sort_keys=True))
 
     @classmethod
     def load(cls, path: Path) -> LabRecord:

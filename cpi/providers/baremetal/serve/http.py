@@ -38,9 +38,8 @@ import json
 import logging
 import os
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -58,6 +57,7 @@ from cpi.providers.baremetal.serve.callbacks import (
 )
 from cpi.providers.baremetal.serve.shared_store import SharedStore
 from cpi.providers.baremetal.store import normalize_mac
+from stemforge_base.net import serving
 
 log = logging.getLogger("stemforge.metal.http")
 
@@ -390,16 +390,7 @@ def resolve_inside(root: Path, segments: list[str]) -> Path:
     return target
 
 
-@contextlib.contextmanager
-def serve_in_thread(server: MetalHTTPServer) -> Iterator[MetalHTTPServer]:
-    """Run ``server`` in a background thread for the ``with`` block; shut it down and close it afterwards."""
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"metal-http-{server.port}", daemon=True
-    )
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+def serve_in_thread(server: MetalHTTPServer) -> contextlib.AbstractContextManager[MetalHTTPServer]:
+    """Run ``server`` in a background thread (``metal-http-<port>``) for the ``with`` block; shut it down and close
+    it afterwards (:func:`stemforge_base.net.serving`)."""
+    return serving(server, f"metal-http-{server.port}")
