@@ -124,6 +124,7 @@ def parse_request(data: bytes) -> dict[str, Any]:
     """The request object from the raw bytes; CpiError for anything but one JSON object of bounded size and depth,
     in UTF-8, without duplicate keys or NaN/Infinity."""
     from cpi.config import parse_json_strict
+    from cpi.fastjson import depth_exceeds
 
     if len(data) > MAX_REQUEST_BYTES:
         raise CpiError(f"request: larger than the limit of {MAX_REQUEST_BYTES} bytes")
@@ -143,29 +144,13 @@ def parse_request(data: bytes) -> dict[str, Any]:
         if isinstance(exc, DecodeError):
             raise CpiError(f"request: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
         raise CpiError(f"request: not valid JSON: {str(exc)[:200]}") from None
-    if _depth_exceeds(request, MAX_DEPTH):
+    if depth_exceeds(request, MAX_DEPTH):
         raise CpiError(f"request: JSON nested deeper than {MAX_DEPTH} levels")
     if not isinstance(request, dict):
         from cpi.schemas import json_type
 
         raise CpiError(f"request: expected a JSON object, got {json_type(request)}")
     return request
-
-
-def _depth_exceeds(value: object, limit: int) -> bool:
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
 
 
 def collect_request_secrets(redactor: Redactor, request: object) -> None:
