@@ -29,6 +29,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from builders.builder_types._sdk.communicator import SSHTarget
+from builders.builder_types._sdk.communicator import StepConnect as SdkStepConnect
 from builders.builder_types.amazon_ebs.config import EbsConfig
 from builders.builder_types.amazon_ebs.ec2 import AwsAccess, Ec2Error, image_snapshots
 from builders.builder_types.amazon_ebs.regions import AmiCopies, CopyTarget, RegionsFailed, run_in_regions, uncancelled
@@ -456,75 +458,29 @@ class StepRunSourceInstance(AwsStep):
             self.ui.error(f"Error terminating instance, may still be around: {instance_id}: {exc}")
 
 
-class StepConnect(AwsStep):
+class StepConnect(SdkStepConnect[EbsConfig]):
     """``communicator: none`` -> no machine access; ``ssh`` -> connect to ``ssh_host`` or the address chosen by
     ``ssh_interface`` (public IP when the instance has one, else the private IP) with the build's key."""
 
-    name = "connect"
-    temporary = True
+    log = LOG
 
-    def run(self, state: dict[str, Any]) -> None:
+    def target(self, state: dict[str, Any]) -> SSHTarget:
         cfg = self.cfg
-        if cfg.communicator == "none":
-            from builders.builder_types.qemu.steps import NoCommunicator
-
-            state["communicator"] = NoCommunicator()
-            return
-        from builders.communicators.ssh import SSHCommunicator, SSHConfig
-
-        instance = state.get("instance") or {}
-        host = cfg.ssh_host or _ssh_host(instance, cfg.ssh_interface)
+        host = cfg.ssh_host or _ssh_host(state.get("instance") or {}, cfg.ssh_interface)
         if not host:
             raise BuildError(
                 f"instance {state.get('instance_id')} has no address for ssh_interface "
                 f"{cfg.ssh_interface or 'public_ip/private_ip'}"
             )
-        if cfg.pause_before_connecting > 0:
-            self.ui.say(f"Waiting {cfg.pause_before_connecting:g}s before connecting...")
-            if self.ctx.cancel.wait(cfg.pause_before_connecting):
-                self.ctx.check_cancelled()
         self.ui.say(f"Using SSH communicator to connect: {host}")
-        self.ui.say("Waiting for SSH to become available...")
-        comm = SSHCommunicator(
-            SSHConfig(
-                host,
-                cfg.ssh_port,
-                cfg.ssh_username,
-                password=cfg.ssh_password or None,
-                private_key=state.get("ssh_private_key") or None,
-                timeout=cfg.ssh_timeout,
-                handshake_attempts=cfg.ssh_handshake_attempts,
-                pty=cfg.ssh_pty,
-            ),
-            self.ui,
-            cancel=self.ctx.cancel,
-            log=LOG,
-        )
-        state["communicator"] = comm
         instance_id = str(state.get("instance_id"))
 
         def alive() -> str | None:
-            current = _instance(self.access, instance_id)
+            current = _instance(cfg.access, instance_id)
             name = ((current or {}).get("State") or {}).get("Name", "terminated")
             return None if name in ("running", "pending") else f"instance {instance_id} is {name}"
 
-        comm.connect(alive=alive)
-        self.ui.say("Connected to SSH!")
-        self.ctx.generated.update(
-            {
-                "Host": host,
-                "Port": str(cfg.ssh_port),
-                "User": cfg.ssh_username,
-                "ConnType": "ssh",
-                "PackerRunUUID": self.ctx.run_uuid,
-            }
-        )
-
-    def cleanup(self, state: dict[str, Any]) -> None:
-        comm = state.pop("communicator", None)
-        close = getattr(comm, "close", None)
-        if close is not None:
-            close()
+        return SSHTarget(host, cfg.ssh_port, state.get("ssh_private_key"), alive)
 
 
 def _ssh_host(instance: Mapping[str, Any], interface: str) -> str:

@@ -17,10 +17,11 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from builders.builder_types._sdk.communicator import SSHTarget, format_duration
+from builders.builder_types._sdk.communicator import StepConnect as SdkStepConnect
 from builders.builder_types.qemu import boot_command as bootcmd
 from builders.builder_types.qemu import cdrom, disk, iso
 from builders.builder_types.qemu.config import QemuConfig, disk_size_bytes
@@ -34,7 +35,7 @@ from builders.builder_types.qemu.qemu_process import (
     command_line,
     find_binary,
 )
-from builders.core import BuildContext, BuildError, CommandResult, Communicator, ProvisionHook
+from builders.core import BuildContext, BuildError, ProvisionHook
 
 if TYPE_CHECKING:
     from builders.communicators.ssh import SSHCommunicator
@@ -532,7 +533,7 @@ class StepTypeBootCommand(QemuStep):
         cfg = self.cfg
         vm: QemuProcess = state["vm"]
         if cfg.boot_wait > 0:
-            self.ui.say(f"Waiting {_fmt_duration(cfg.boot_wait)} for boot...")
+            self.ui.say(f"Waiting {format_duration(cfg.boot_wait)} for boot...")
             self._wait_alive(vm, cfg.boot_wait)
         if not cfg.boot_command:
             return
@@ -561,69 +562,18 @@ class StepTypeBootCommand(QemuStep):
             self.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
-def _fmt_duration(seconds: float) -> str:
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{int(seconds // 60)}m0s"
-    return f"{seconds:g}s"
-
-
 # ---------------------------------------------------------------- communicator and provisioning
 
 
-class NoCommunicator(Communicator):
-    """``communicator: none``: provisioners that need the machine fail with a clear message (``shell-local``
-    and other local-only provisioners still run)."""
-
-    def _refuse(self) -> BuildError:
-        return BuildError("communicator is 'none': provisioners cannot run commands or copy files on the machine")
-
-    def run(self, command: str, *, env: Mapping[str, str] | None = None, timeout: float | None = None,
-            capture: bool = False) -> CommandResult:
-        raise self._refuse()
-
-    def upload(self, source: Path, destination: str) -> None:
-        raise self._refuse()
-
-    def download(self, source: str, destination: Path) -> None:
-        raise self._refuse()
-
-
-class StepConnect(QemuStep):
+class StepConnect(SdkStepConnect[QemuConfig]):
     """Wait for SSH through the loopback host-forward (state ``communicator``); fills the generated data."""
 
-    name = "connect"
-    temporary = True
+    generated_password = True
+    log = LOG
 
-    def run(self, state: dict[str, Any]) -> None:
-        cfg = self.cfg
-        if cfg.communicator == "none":
-            state["communicator"] = NoCommunicator()
-            return
-        from builders.communicators.ssh import SSHCommunicator, SSHConfig
-
+    def target(self, state: dict[str, Any]) -> SSHTarget:
         vm: QemuProcess = state["vm"]
-        if cfg.pause_before_connecting > 0:
-            self.ui.say(f"Waiting {_fmt_duration(cfg.pause_before_connecting)} before connecting...")
-            self.sleep(cfg.pause_before_connecting)
-        port = int(state["ssh_host_port"])
-        self.ui.say("Waiting for SSH to become available...")
-        comm = SSHCommunicator(SSHConfig(cfg.ssh_host, port, cfg.ssh_username, password=cfg.ssh_password or None,
-                                         private_key=state.get("ssh_key"), timeout=cfg.ssh_timeout,
-                                         handshake_attempts=cfg.ssh_handshake_attempts, pty=cfg.ssh_pty,
-                                         keepalive=cfg.ssh_keep_alive_interval),
-                               self.ui, cancel=self.ctx.cancel, log=LOG)
-        state["communicator"] = comm
-        comm.connect(alive=vm.exit_reason)
-        self.ui.say("Connected to SSH!")
-        self.ctx.generated.update({"Host": cfg.ssh_host, "Port": str(port), "User": cfg.ssh_username,
-                                   "Password": cfg.ssh_password, "ConnType": "ssh",
-                                   "PackerRunUUID": self.ctx.run_uuid})
-
-    def cleanup(self, state: dict[str, Any]) -> None:
-        comm = state.pop("communicator", None)
-        close = getattr(comm, "close", None)
-        if close is not None:
-            close()
+        return SSHTarget(self.cfg.ssh_host, int(state["ssh_host_port"]), state.get("ssh_key"), vm.exit_reason)
 
 
 class StepProvision(QemuStep):
@@ -691,7 +641,7 @@ class StepShutdown(QemuStep):
                 if vm.wait(min(5.0, max(0.0, deadline - time.monotonic())), poll=self.ctx.check_cancelled):
                     break
             if vm.running():
-                self.ui.error(f"WARNING: the VM did not power off within {_fmt_duration(cfg.shutdown_timeout)} "
+                self.ui.error(f"WARNING: the VM did not power off within {format_duration(cfg.shutdown_timeout)} "
                               "of the ACPI power button; killing it (the disk may not be clean)")
                 vm.kill()
                 state["shutdown"] = "killed"
