@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from builders.builder_types.amazon_ebs import AmazonEbsBuilder  # noqa: E402
 from builders.core import BuildContext  # noqa: E402
 from builders.registry import validate_options  # noqa: E402
-from stemforge.steps import StepRunner  # noqa: E402
+from stemforge_base.steps import StepRunner  # noqa: E402
 
 TARGET_RATIO = 2.0
 BUILD_REGION = "us-east-1"
@@ -79,7 +79,7 @@ REGIONS = [
     "af-south-1",
     "eu-south-1",
 ]
-FANOUT_STEPS = ("ami-region-copy", "modify-ami-attributes", "create-tags")
+FANOUT_STEPS = ("ami_region_copy", "modify_ami_attributes", "create_tags")
 
 
 class QuietUi:

@@ -198,7 +198,7 @@ class BuilderType(Plugin):
     are an error at prepare time)."""
 
     @abstractmethod
-    def steps(self, hook: ProvisionHook) -> Sequence[Any]:
+    def steps(self, hook: ProvisionHook) -> Sequence[Step]:
         """The build's steps (``stemforge_base.steps.Step``), sharing a state dict."""
 
     @abstractmethod

@@ -5,7 +5,7 @@ that build, find the plugins, validate their options, ``prepare()``; provisioner
 report *all* configuration errors together before anything runs -> run the builds in parallel threads
 (``-parallel-builds``, 0 = no limit) -> print Packer's summary and return the exit status.
 
-One build = its builder's steps run by ``stemforge.steps.StepRunner`` (cleanups in reverse on failure or
+One build = its builder's steps run by ``stemforge_base.steps.StepRunner`` (cleanups in reverse on failure or
 interruption; ``-on-error=abort`` leaves everything; ``-on-error=ask`` asks on a terminal whether to clean up,
 abort or retry the failed step). One of the builder's steps calls the build's provision hook, which runs the
 template's provisioners for that build in order (config rendered with the build's generated data at that moment;
@@ -55,7 +55,7 @@ from builders.registry import (
 from builders.template import BuilderSpec, PostProcessorSpec, ProvisionerSpec, Template, TemplateError
 from builders.template.sensitive import sensitive_name_keys
 from builders.ui import BuildUi, Output, durafmt, go_duration
-from stemforge.steps import Cancelled, StepRunner
+from stemforge_base.steps import Cancelled, Step, StepRunner
 
 ON_ERROR_CHOICES = ("cleanup", "abort", "ask")
 ASK_PROMPT = ("[c] Clean up and exit, [a] abort without cleanup, or [r] retry step (build may fail even if retry "
@@ -574,8 +574,9 @@ class _BuildConfigError(Exception):
 
 
 # ------------------------------------------------------------------------------------------------------- steps
-class _ReportingStep:
-    """Wraps a builder step: status/elapsed on the UI, Packer's -on-error=ask prompt and abort messages."""
+class _ReportingStep(Step):
+    """Wraps a builder step: status/elapsed of each attempt on the UI, Packer's -on-error=ask prompt and abort
+    messages (which name the step by its type, as Packer's ``typeName(step)`` does)."""
 
     def __init__(self, runner: BuildRunner, build: PreparedBuild, inner: Any, index: int, count: int,
                  aborted: threading.Event) -> None:
@@ -585,8 +586,14 @@ class _ReportingStep:
         self.index = index
         self.count = count
         self.aborted = aborted
-        self.name: str = getattr(inner, "name", type(inner).__name__)
-        self.temporary: bool = bool(getattr(inner, "temporary", False))
+        # a plugin's step may be any object with name/run/cleanup (the ``Step`` base is not required of plugins)
+        self.name = str(getattr(inner, "name", "") or type(inner).__name__)
+        self.temporary = bool(getattr(inner, "temporary", False))
+        self.type_name = type(inner).__name__
+
+    def done(self, seconds: float) -> None:
+        if isinstance(self.inner, Step):
+            self.inner.done(seconds)
 
     def run(self, state: dict[str, Any]) -> None:
         ui = self.build.ui
@@ -603,7 +610,7 @@ class _ReportingStep:
             except Exception as exc:
                 if self.runner.options.on_error == "abort":
                     ui.error(str(exc))
-                    ui.error(f'Step "{self.name}" failed, aborting...')
+                    ui.error(f'Step "{self.type_name}" failed, aborting...')
                     raise
                 if not self.runner._ask:
                     raise
@@ -619,7 +626,7 @@ class _ReportingStep:
 
     def _ask(self) -> str:
         ui = self.build.ui
-        ui.say(f'Step "{self.name}" failed')
+        ui.say(f'Step "{self.type_name}" failed')
         for _ in range(100):
             line = ui.ask(ASK_PROMPT, self.runner.cancel)
             if line is None:
@@ -636,7 +643,7 @@ class _ReportingStep:
 
     def cleanup(self, state: dict[str, Any]) -> None:
         if self.aborted.is_set():
-            self.build.ui.error(f'aborted: skipping cleanup of step "{self.name}"')
+            self.build.ui.error(f'aborted: skipping cleanup of step "{self.type_name}"')
             return
         self.inner.cleanup(state)
 

@@ -11,9 +11,10 @@ Contract:
 
 * :meth:`Environment.up` validates its :class:`EnvironmentSpec` (errors name the field), finds terraform and the
   provider mirror (:mod:`terraform.mirror`), then runs the steps with Packer-style cleanup
-  (:class:`stemforge.steps.StepRunner`): when any step fails or is interrupted, what this ``up`` made is destroyed and
-  the directory removed, unless ``keep_on_failure``; when that destroy fails too, the directory is kept and the
-  error says to run ``down``. An ``up`` over an existing environment converges it and never destroys it on failure.
+  (:class:`stemforge_base.steps.StepRunner`): when any step fails or is interrupted, what this ``up`` made is
+  destroyed and the directory removed, unless ``keep_on_failure``; when that destroy fails too, the directory is
+  kept and the error says to run ``down``. An ``up`` over an existing environment converges it and never destroys it
+  on failure.
 * :meth:`Environment.down` is idempotent: no directory or no state means nothing to do; after a successful destroy
   the directory is removed.
 * Secrets (the access and secret keys, from the spec or from ``AWS_*`` in the environment) never appear in progress
@@ -38,8 +39,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from stemforge.steps import Step, StepRunner
 from stemforge_base.redaction import REDACTED, Redactor
+from stemforge_base.steps import Step, StepRunner
 from terraform.discovery import TERRAFORM_CANDIDATE_DIRS, find_terraform
 from terraform.mirror import ProviderMirror, TerraformSetupError, find_aws_provider, write_cli_config
 from terraform.runner import Terraform, TerraformCommandFailed
@@ -432,12 +433,11 @@ class Environment:
 # -- steps of `up` -----------------------------------------------------------------------------------------------
 
 
-class _PrepareDirectory:
+class _PrepareDirectory(Step):
     """Create the directory: the .tf copy, the variables (0600), the key pair. Cleanup removes the directory when
     this run created it and nothing is left to destroy."""
 
     name = "prepare"
-    temporary = False
 
     def __init__(
         self, env: Environment, spec: EnvironmentSpec, access_key: str, secret_key: str, existed: bool
@@ -476,17 +476,12 @@ class _PrepareDirectory:
             shutil.rmtree(self.env.directory)
 
 
-class _TerraformStep:
-    temporary = False
-
+class _TerraformStep(Step):
     def __init__(self, env: Environment, progress: Progress, mirror: ProviderMirror, loopback: bool) -> None:
         self.env, self.progress, self.mirror, self.loopback = env, progress, mirror, loopback
 
     def terraform(self) -> Terraform:
         return self.env._terraform(self.progress, self.mirror, self.loopback)
-
-    def cleanup(self, state: dict[str, Any]) -> None:
-        return None
 
 
 class _Init(_TerraformStep):

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from builders.communicators import NullCommunicator
-from builders.core import Artifact, BuildContext, BuildError, BuilderType, ConfigError, ProvisionHook
+from builders.core import Artifact, BuildContext, BuildError, BuilderType, ConfigError, ProvisionHook, StepProvision
+from stemforge_base.steps import Step
 
 BUILDER_ID = "packer.file"
 _CHUNK = 4 * 1024 * 1024
@@ -30,11 +31,10 @@ class FileArtifact(Artifact):
         return f"Stored file: {self.files[0]}" if self.files else "Stored file: (none)"
 
 
-class StepCreateFile:
+class StepCreateFile(Step):
     """Copy ``source`` (or write ``content``) to ``target``."""
 
-    name = "StepCreateFile"
-    temporary = False
+    name = "create_file"
 
     def __init__(self, ctx: BuildContext, target: Path, source: Path | None, content: str) -> None:
         self.ctx = ctx
@@ -97,22 +97,6 @@ class StepCreateFile:
                 directory.rmdir()
 
 
-class StepProvision:
-    """Run the provisioners with no machine (only host-side ones do anything)."""
-
-    name = "StepProvision"
-    temporary = False
-
-    def __init__(self, hook: ProvisionHook) -> None:
-        self.hook = hook
-
-    def run(self, state: dict[str, Any]) -> None:
-        self.hook.run(NullCommunicator("file"))
-
-    def cleanup(self, state: dict[str, Any]) -> None:
-        """Nothing to undo: provisioners clean up after themselves."""
-
-
 class FileBuilder(BuilderType):
     type_name: ClassVar[str] = "file"
     options_schema: ClassVar[dict[str, Any]] = {
@@ -148,8 +132,11 @@ class FileBuilder(BuilderType):
         self.content = content
         return warnings
 
-    def steps(self, hook: ProvisionHook) -> Sequence[Any]:
-        return [StepCreateFile(self.ctx, self.target, self.source, self.content), StepProvision(hook)]
+    def steps(self, hook: ProvisionHook) -> Sequence[Step]:
+        return [
+            StepCreateFile(self.ctx, self.target, self.source, self.content),
+            StepProvision(hook, lambda state: NullCommunicator("file")),
+        ]
 
     def artifact(self, state: Mapping[str, Any]) -> Artifact | None:
         target = state.get("file_target")

@@ -8,7 +8,7 @@ Contract (see ``builders.core.Communicator``):
   The cancel event and an optional ``alive`` probe (is the VM still running?) are polled between attempts.
 * :meth:`run` exports ``env`` in the command (``export K='v'; command``, values single-quoted as Packer's shell
   provisioner does), streams stdout/stderr to the UI line by line, returns the exit status (never raises for a
-  non-zero one), raises ``BuildError`` on timeout or a lost connection and ``stemforge.steps.Cancelled`` when the
+  non-zero one), raises ``BuildError`` on timeout or a lost connection and ``stemforge_base.steps.Cancelled`` when the
   run is cancelled.
 * :meth:`upload` / :meth:`download` use SFTP. Directories follow Packer's trailing-slash rule: ``src/`` copies the
   directory's contents into the destination, ``src`` copies the directory itself into it. A file whose
@@ -40,6 +40,7 @@ from pathlib import Path
 import paramiko
 
 from builders.core import BuildError, CommandResult, Communicator, Ui
+from stemforge_base.steps import Cancelled
 
 LOG = logging.getLogger("stemforge.builders.ssh")
 
@@ -192,7 +193,6 @@ class SSHCommunicator(Communicator):
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
-            from stemforge.steps import Cancelled
 
             raise Cancelled("cancelled")
 

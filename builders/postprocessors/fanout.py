@@ -69,6 +69,7 @@ from builders.destinations import (
     load_destination,
 )
 from builders.postprocessors import Progress, human_size, render_output, validated_options
+from stemforge_base.steps import Cancelled
 
 BUILDER_ID = "stemforge.post-processor.fanout"
 T = TypeVar("T")
@@ -205,7 +206,7 @@ def load_destinations(configs: Sequence[Mapping[str, Any]]) -> list[Destination]
 
 class Fanout:
     """One publication of ``source`` as ``image_name`` to ``destinations``; ``run`` returns a FanoutResult or
-    raises FanoutError / ``stemforge.steps.Cancelled`` / KeyboardInterrupt after cleaning up."""
+    raises FanoutError / ``stemforge_base.steps.Cancelled`` / KeyboardInterrupt after cleaning up."""
 
     def __init__(self, ctx: BuildContext, destinations: Sequence[Destination], source: SourceImage, image_name: str,
                  *, parallel: int = 0, retry: RetryPolicy | None = None) -> None:
@@ -439,7 +440,6 @@ class Fanout:
                           "-- remove it by hand")
 
     def _translate(self, exc: BaseException) -> BaseException:
-        from stemforge.steps import Cancelled
 
         leaked = [r for r in self.reports.values() if r.status == "LEAKED"]
         removed = sorted(r.name for r in self.reports.values() if r.status in ("discarded", "rolled back"))
@@ -554,7 +554,6 @@ class FanoutPostProcessor(PostProcessor):
         try:
             sha, size = hash_file(path, TransferIO(progress=progress, cancelled=self.ctx.cancel.is_set))
         except TransferCancelled:
-            from stemforge.steps import Cancelled
 
             raise Cancelled(f"{self.ctx.build_name}: fanout cancelled") from None
         if size == 0:

@@ -24,7 +24,7 @@ it released:
 
 The marker JSON holds the image name, id, sha256 and size, the build name and type, the run uuid, the tested
 targets and the release time. A release is all or nothing: it runs as steps (``mark_released:<destination>`` per
-copy, then ``write_release_manifest``) on ``stemforge.steps.StepRunner``, and when a destination fails, the run is
+copy, then ``write_release_manifest``) on ``stemforge_base.steps.StepRunner``, and when a destination fails, the run is
 cancelled or a failpoint fires midway, the runner calls every step's cleanup in reverse: every marker already written
 is removed again (a marker or manifest it replaced is restored). It is idempotent: a
 copy already carrying a release marker for the same sha256 is left as it is (its first release time stays).
@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 from builders.core import Artifact, BuildError, ConfigError, PostProcessor
 from builders.destinations import Destination
 from builders.postprocessors import render_output, validated_options
-from stemforge.steps import StepRunner
+from stemforge_base.steps import Step, StepRunner
 
 LOG: Final = logging.getLogger("stemforge.build.release")
 BUILDER_ID: Final = "stemforge.post-processor.release"
@@ -555,22 +555,13 @@ class ReleasePostProcessor(PostProcessor):
 # -- the steps ----------------------------------------------------------------------------------------------------
 
 
-class _ReleaseStep:
-    """A step of one release (``stemforge.steps.Step``); the shared state holds ``region`` (the destination being
-    worked on, for the error message), ``touched`` (a marker step has started), ``released`` (region -> marker
-    document) and ``manifest`` (the path written)."""
-
-    name = ""
-    temporary = False
+class _ReleaseStep(Step):
+    """A step of one release; the shared state holds ``region`` (the destination being worked on, for the error
+    message), ``touched`` (a marker step has started), ``released`` (region -> marker document) and ``manifest``
+    (the path written)."""
 
     def __init__(self, pp: ReleasePostProcessor) -> None:
         self.pp = pp
-
-    def run(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def cleanup(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
 
 
 class _MarkReleased(_ReleaseStep):

@@ -15,8 +15,8 @@ from cpi.errors import CloudError
 from cpi.providers.aws import clients as cpi_clients
 from cpi.providers.aws.clients import AwsApi, AwsCallError, wait_for
 from cpi.providers.aws.config import AwsConfig
-from stemforge.steps import Cancelled
 from stemforge_base import aws as base
+from stemforge_base.steps import Cancelled
 from tests.harness.aws import FaultProxy
 
 pytestmark = [pytest.mark.aws, pytest.mark.usefixtures("clean_proxy")]

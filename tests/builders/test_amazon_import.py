@@ -28,7 +28,7 @@ from builders.core import Artifact, BuildContext, BuildError, ConfigError
 from builders.postprocessors.amazon_import import AmazonImportPostProcessor
 from builders.postprocessors.stemcell import StemcellPostProcessor
 from stemcells.tarball import read_stemcell
-from stemforge.steps import Cancelled
+from stemforge_base.steps import Cancelled
 from tests.harness.recording_ui import RecordingUi
 
 pytestmark = pytest.mark.aws
@@ -335,7 +335,7 @@ def test_failure_after_the_shared_import_steps_removes_the_ami_and_the_upload(
     StepRunner: a failpoint right after the import step unwinds their cleanups (the imported AMI and its snapshot
     are removed, then the S3 object)."""
     from cpi.providers.aws import import_steps
-    from stemforge.steps import FAILPOINTS_ENV, FailpointError
+    from stemforge_base.steps import FAILPOINTS_ENV, FailpointError
 
     raw_ami, raw_snap = registered_import(moto_endpoint, f"import-ami-{uuid.uuid4().hex[:8]}")
     pp, stubber = make_pp(setup, moto_endpoint)

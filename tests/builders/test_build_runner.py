@@ -161,10 +161,10 @@ def test_on_error_abort_leaves_resources(tmp_path: Path, tmpdir_env: dict[str, s
 
 def test_failpoint_after_step_unwinds_and_abort_keeps(tmp_path: Path, tmpdir_env: dict[str, str]) -> None:
     path = write_template(tmp_path, {"builders": [file_builder(tmp_path, "x")]})
-    env = dict(tmpdir_env, STEMFORGE_FAILPOINTS="after:StepProvision")
+    env = dict(tmpdir_env, STEMFORGE_FAILPOINTS="after:provision")
     result = stemforge(["build", str(path)], env, tmp_path)
     assert result.returncode == 1
-    assert "--> x: FailpointError: failpoint after:StepProvision fired" in result.stdout
+    assert "--> x: FailpointError: failpoint after:provision fired" in result.stdout
     assert not (tmp_path / "out" / "x.txt").exists()
     assert not (tmp_path / "out").exists(), "the directory the build created is removed too"
     result = stemforge(["build", "-on-error=abort", str(path)], env, tmp_path)

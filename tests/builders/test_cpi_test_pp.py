@@ -27,8 +27,8 @@ from builders.core import Artifact, BuildContext, BuildError, ConfigError
 from builders.postprocessors.cpi_test import CpiTestFailed, CpiTestPostProcessor, console_dir_for
 from builders.registry import validate_options
 from cpi.wrapper import write_wrapper
-from stemforge.steps import Cancelled
 from stemforge_base.cpi_client import DIRECTOR_ENV, CpiCallError, CpiClient, CpiProcessError, cpi_command
+from stemforge_base.steps import Cancelled
 from tests.harness.builds import make_ctx
 from tests.harness.libvirt import LibvirtCpi, session_cpi_or_skip
 

@@ -18,7 +18,7 @@ from builders.builder_types.debian.config import default_cache_dir
 from builders.builder_types.debian.run import ProvisionerHook, load_provisioner, make_context, run_build
 from builders.builder_types.debian.steps import build_steps
 from builders.core import Communicator
-from stemforge.steps import Cancelled, FailpointError
+from stemforge_base.steps import Cancelled, FailpointError
 
 OPTIONS = {
     "suite": "bookworm",
@@ -52,8 +52,8 @@ def _assert_nothing_left(base: Path, loops_before: str, pid: int | None = None) 
 
 
 def test_step_names() -> None:
-    assert STEP_NAMES == ["output-directory", "bootstrap", "prepare-chroot", "install", "provision", "finalise",
-                          "unmount-chroot", "disk", "convert", "artifact"]
+    assert STEP_NAMES == ["output_directory", "bootstrap", "prepare_chroot", "install", "provision", "finalise",
+                          "unmount_chroot", "disk", "convert", "artifact"]
 
 
 @pytest.mark.parametrize("step", STEP_NAMES)
@@ -118,7 +118,7 @@ DRIVER = r"""
 import signal, sys, threading
 from pathlib import Path
 from builders.builder_types.debian.run import ProvisionerHook, run_build
-from stemforge.steps import Cancelled
+from stemforge_base.steps import Cancelled
 
 cancel = threading.Event()
 signal.signal(signal.SIGINT, lambda *_: cancel.set())  # what the runner does with Ctrl-C

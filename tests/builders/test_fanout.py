@@ -32,7 +32,7 @@ from builders.postprocessors.fanout import (
     verify_destinations,
 )
 from builders.postprocessors.manifest import ManifestPostProcessor
-from stemforge.steps import Cancelled
+from stemforge_base.steps import Cancelled
 from tests.harness.builds import make_ctx
 
 MIB = 1024 * 1024

@@ -30,7 +30,7 @@ from builders.postprocessors.fanout import FanoutPostProcessor
 from builders.postprocessors.manifest import ManifestPostProcessor, go_json
 from builders.postprocessors.stemcell import StemcellPostProcessor
 from stemcells.tarball import read_stemcell, verify_stemcell
-from stemforge.steps import Cancelled
+from stemforge_base.steps import Cancelled
 from tests.harness.recording_ui import RecordingUi
 
 MIB = 1024 * 1024

@@ -20,7 +20,7 @@ from builders.provisioners.shell import ShellProvisioner
 from builders.provisioners.shell_local import ShellLocalProvisioner
 from builders.registry import load_provisioner, validate_options
 from builders.ui import Output
-from stemforge.steps import Cancelled
+from stemforge_base.steps import Cancelled
 
 # temporary scripts go to a directory of the test's own (builders/conftest.py), so 'nothing left behind' is checkable
 pytestmark = pytest.mark.usefixtures("private_tmp")

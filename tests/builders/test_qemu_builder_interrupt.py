@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 
 from builders.builder_types.qemu.steps import build_steps
-from stemforge.steps import Cancelled, FailpointError
+from stemforge_base.steps import Cancelled, FailpointError
 from tests.harness.qemu import RecordingUi, make_ctx, qemu_pids, run_build
 
-STEPS = ["download", "output-dir", "ssh-keygen", "create-cd", "create-disk", "copy-disk", "resize-disk",
-         "http-server", "run-vm", "boot-command", "connect", "provision", "cleanup-temp-keys", "shutdown",
-         "convert-disk"]
+STEPS = ["download", "output_dir", "ssh_keygen", "create_floppy", "create_cd", "create_disk", "copy_disk",
+         "resize_disk", "http_server", "run_vm", "boot_command", "connect", "provision", "cleanup_temp_keys",
+         "shutdown", "convert_disk"]
 
 
 def _config(image: Path, out: Path, **over: Any) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def test_failpoint_after_every_step_leaves_nothing(tmp_path: Path, test_image: P
         _assert_nothing_left(out, private_tmp, HTTP_PORTS)
         if step == "shutdown":
             assert "did not power off within 3s" in ui.text()  # the kill-after-timeout path, with a warning
-        if step in ("create-cd", "run-vm"):
+        if step in ("create_cd", "run_vm"):
             assert "Deleting output directory..." in ui.text()
     print(f"\nfailpoint runs (s): {timings}")
 

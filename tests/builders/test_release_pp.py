@@ -27,7 +27,7 @@ from builders.postprocessors.release import (
     ReleasePostProcessor,
 )
 from builders.registry import validate_options
-from stemforge.steps import FAILPOINTS_ENV, Cancelled, FailpointError
+from stemforge_base.steps import FAILPOINTS_ENV, Cancelled, FailpointError
 from tests.harness.builds import make_ctx
 
 PASSED = {"small": {"passed": True, "seconds": 20.5, "detail": "agent ready after 14.1s"},

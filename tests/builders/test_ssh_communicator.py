@@ -16,7 +16,7 @@ import pytest
 
 from builders.communicators.ssh import SSHCommunicator, SSHConfig, free_loopback_port, load_private_key
 from builders.core import BuildError
-from stemforge.steps import Cancelled
+from stemforge_base.steps import Cancelled
 from tests.harness.recording_ui import RecordingUi
 from tests.harness.sshd import Sshd, keygen
 

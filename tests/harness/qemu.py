@@ -15,7 +15,7 @@ import pytest
 
 from builders.builder_types.qemu import QemuBuilder
 from builders.core import Artifact, BuildContext, Communicator
-from stemforge.steps import StepRunner
+from stemforge_base.steps import StepRunner
 from tests.harness.recording_ui import RecordingUi
 
 

@@ -23,7 +23,7 @@ from cpi.providers.baremetal.lab import domain as lab_domain
 from cpi.providers.baremetal.lab import files as lab_files
 from cpi.providers.baremetal.lab import lifecycle as lab
 from cpi.providers.baremetal.lab import record, virt
-from stemforge.steps import FAILPOINTS_ENV, FailpointError
+from stemforge_base.steps import FAILPOINTS_ENV, FailpointError
 from tests.harness.metal import leftovers, metal_lab, metal_unavailable_reason, wait_until
 
 pytestmark = pytest.mark.metal
@@ -164,8 +164,8 @@ def test_redfish_power_on_network_boots_into_the_ramdisk_and_down_leaves_nothing
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step", ["lab-namespace", "lab-vde-switch", "lab-domains", "lab-redfish", "lab-serve",
-                                  "lab-files"])  # fmt: skip
+@pytest.mark.parametrize("step", ["lab_namespace", "lab_vde_switch", "lab_domains", "lab_redfish", "lab_serve",
+                                  "lab_files"])  # fmt: skip
 def test_up_failing_after_any_step_leaves_nothing(lab_host: None, step: str, monkeypatch: pytest.MonkeyPatch) -> None:
     planned = lab.plan(2, lab_id=_free_id())
     monkeypatch.setenv(FAILPOINTS_ENV, f"after:{step}")
@@ -241,7 +241,7 @@ def test_cli_up_status_down(lab_host: None, cli_lab: str) -> None:
     )
     assert up.returncode == 0, up.stderr
     assert f"lab {cli_lab} is up: 2 server(s)" in up.stdout
-    assert "step lab-domains: done in" in up.stderr  # progress with elapsed times
+    assert "step lab_domains: done in" in up.stderr  # progress with elapsed times
     rec = lab.load(cli_lab)
     assert "password" not in up.stdout + up.stderr and rec.bmc and rec.bmc["password"] not in up.stdout + up.stderr
     for path in (rec.inventory, rec.cpi_config, str(rec.path)):

@@ -258,7 +258,7 @@ def test_pxe_and_ipxe_clients_get_their_boot_file_and_fetch_it(lab: Lab) -> None
     assert f"rejected callback for node n1 from {lab.net}." in log
     assert f"refused to {lab.ip}: dnsmasq leased that MAC to {lab.net}." in log
     assert job.token not in log and "nope" not in log
-    for step in ("check-network", "open-store", "tftp-root", "http-server", "dnsmasq", "ready-file"):
+    for step in ("check_network", "open_store", "tftp_root", "http_server", "dnsmasq", "ready_file"):
         assert f"step {step}: done in " in log
 
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from builders.core import BuildError
-from stemforge.steps import Cancelled
 from stemforge_base import aws as base
 from stemforge_base.aws import RETRYABLE_CODES, error_code
+from stemforge_base.steps import Cancelled
 
 __all__ = ["RETRYABLE_CODES", "AwsAccess", "Ec2Error", "Polling", "error_code", "image_snapshots"]
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from builders.builder_types.amazon_ebs.ec2 import AwsAccess, Ec2Error, image_snapshots
 from builders.core import BuildError, Ui
-from stemforge.steps import Cancelled
+from stemforge_base.steps import Cancelled
 
 T = TypeVar("T")
 

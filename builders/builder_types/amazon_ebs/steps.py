@@ -1,13 +1,13 @@
 """The ``amazon-ebs`` build as Packer-style steps (packer-plugin-amazon's order), each removing in ``cleanup``
 exactly what its ``run`` created and recorded in the state dict:
 
-``pre-validate`` (the AMI name is free in every target region unless ``force_deregister``) -> ``source-ami``
-(``source_ami`` or ``source_ami_filter``) -> ``network-info`` (VPC/subnet) -> ``key-pair`` (temporary, deleted
-afterwards) -> ``security-group`` (temporary, deleted afterwards) -> ``run-instance`` (terminated afterwards) ->
-``connect`` (``ssh`` or ``none``) -> ``provision`` -> ``stop-instance`` -> ``modify-instance`` (ENA/SR-IOV)
--> ``deregister-ami`` (force_deregister)
--> ``create-ami`` -> ``ami-region-copy`` (all ``ami_regions`` in parallel, bounded) -> ``modify-ami-attributes``
--> ``create-tags`` (AMIs and snapshots in every region, in parallel).
+``pre_validate`` (the AMI name is free in every target region unless ``force_deregister``) -> ``source_ami``
+(``source_ami`` or ``source_ami_filter``) -> ``network_info`` (VPC/subnet) -> ``key_pair`` (temporary, deleted
+afterwards) -> ``security_group`` (temporary, deleted afterwards) -> ``run_instance`` (terminated afterwards) ->
+``connect`` (``ssh`` or ``none``) -> ``provision`` -> ``stop_instance`` -> ``modify_instance`` (ENA/SR-IOV)
+-> ``deregister_ami`` (force_deregister)
+-> ``create_ami`` -> ``ami_region_copy`` (all ``ami_regions`` in parallel, bounded) -> ``modify_ami_attributes``
+-> ``create_tags`` (AMIs and snapshots in every region, in parallel).
 
 State keys: ``source_image`` (the source AMI's description), ``vpc_id``, ``subnet_id``, ``key_pair_name``,
 ``ssh_private_key`` (never logged), ``security_group_ids``, ``temp_security_group``, ``instance_id``,
@@ -35,7 +35,8 @@ from builders.builder_types.amazon_ebs.config import EbsConfig
 from builders.builder_types.amazon_ebs.ec2 import AwsAccess, Ec2Error, image_snapshots
 from builders.builder_types.amazon_ebs.regions import AmiCopies, CopyTarget, RegionsFailed, run_in_regions, uncancelled
 from builders.builder_types.amazon_ebs.template_data import build_data, ec2_tags, render_text, tag_specs
-from builders.core import BuildContext, BuildError, ProvisionHook
+from builders.core import BuildContext, BuildError, BuildStep, ProvisionHook, StepProvision
+from stemforge_base.steps import Step
 
 LOG = logging.getLogger("stemforge.builders.amazon")
 
@@ -43,19 +44,9 @@ LOG = logging.getLogger("stemforge.builders.amazon")
 SECRET_KEYS = ("SSHPrivateKey", "Password")
 
 
-class AwsStep:
-    """Base: the config, the build context and the AWS access; subclasses set ``name``."""
-
-    name = ""
-    temporary = False
-
-    def __init__(self, cfg: EbsConfig, ctx: BuildContext) -> None:
-        self.cfg = cfg
-        self.ctx = ctx
-
-    @property
-    def ui(self) -> Any:
-        return self.ctx.ui
+class AwsStep(BuildStep[EbsConfig]):
+    """An amazon-ebs step: the AWS access for its work and, for cleanups, one that keeps retrying after the build
+    was cancelled."""
 
     @property
     def access(self) -> AwsAccess:
@@ -63,14 +54,7 @@ class AwsStep:
 
     @property
     def cleanup_access(self) -> AwsAccess:
-        """AWS access for cleanups: keeps retrying after the build was cancelled."""
         return uncancelled(self.cfg.access)
-
-    def run(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def cleanup(self, state: dict[str, Any]) -> None:
-        return None
 
 
 def failing() -> bool:
@@ -83,8 +67,8 @@ def failing() -> bool:
 
 
 class RegionNameCheck:
-    """The AMI-name check of the copy regions, run in the background from ``pre-validate`` (it also sets up the
-    per-region clients) while the instance is launched and provisioned; ``create-ami`` waits for it before any AMI
+    """The AMI-name check of the copy regions, run in the background from ``pre_validate`` (it also sets up the
+    per-region clients) while the instance is launched and provisioned; ``create_ami`` waits for it before any AMI
     is made. ``wait`` raises BuildError naming the region where the name is taken."""
 
     def __init__(self, access: AwsAccess, name: str, regions: list[str], parallel: int) -> None:
@@ -124,10 +108,10 @@ class RegionNameCheck:
 
 class StepPreValidate(AwsStep):
     """Fail before anything is created: the AMI name must be free in the build region (Packer's check) -- and,
-    beyond Packer, in every ami_region, checked in the background until ``create-ami``; the VPC/subnet, when
+    beyond Packer, in every ami_region, checked in the background until ``create_ami``; the VPC/subnet, when
     given, must exist."""
 
-    name = "pre-validate"
+    name = "pre_validate"
     temporary = True
 
     def run(self, state: dict[str, Any]) -> None:
@@ -163,7 +147,7 @@ class StepPreValidate(AwsStep):
 class StepSourceAMIInfo(AwsStep):
     """Find the source AMI (``source_ami``, or ``source_ami_filter`` with owners and ``most_recent``)."""
 
-    name = "source-ami"
+    name = "source_ami"
 
     def run(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -204,7 +188,7 @@ class StepNetworkInfo(AwsStep):
     """The VPC and subnet: the subnet's VPC when ``subnet_id`` is given, a subnet of ``vpc_id`` (in
     ``availability_zone`` if set) otherwise, else the default VPC (EC2 picks its subnet)."""
 
-    name = "network-info"
+    name = "network_info"
 
     def run(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -239,7 +223,7 @@ class StepKeyPair(AwsStep):
     """A temporary key pair (Packer's ``packer_<uuid>``), unless the template brings a key pair, a private key
     or a password; deleted in cleanup. The private key stays in memory (state only)."""
 
-    name = "key-pair"
+    name = "key_pair"
     temporary = True
 
     def run(self, state: dict[str, Any]) -> None:
@@ -283,7 +267,7 @@ class StepSecurityGroup(AwsStep):
     ``temporary_security_group_source_cidrs`` (no rule with communicator ``none``), unless ``security_group_ids``
     are given; deleted in cleanup (retried while the terminating instance still holds it)."""
 
-    name = "security-group"
+    name = "security_group"
     temporary = True
 
     def run(self, state: dict[str, Any]) -> None:
@@ -380,7 +364,7 @@ class StepRunSourceInstance(AwsStep):
     user data, run_tags on the instance and run_volume_tags on its volumes, shutdown behaviour), then wait until
     it runs. Cleanup terminates it and waits until it is terminated."""
 
-    name = "run-instance"
+    name = "run_instance"
     temporary = True
 
     def run(self, state: dict[str, Any]) -> None:
@@ -496,23 +480,10 @@ def _ssh_host(instance: Mapping[str, Any], interface: str) -> str:
     return ""
 
 
-class StepProvision(AwsStep):
-    """Run the template's provisioners over the communicator."""
-
-    name = "provision"
-
-    def __init__(self, cfg: EbsConfig, ctx: BuildContext, hook: ProvisionHook) -> None:
-        super().__init__(cfg, ctx)
-        self.hook = hook
-
-    def run(self, state: dict[str, Any]) -> None:
-        self.hook.run(state["communicator"])
-
-
 class StepStopInstance(AwsStep):
     """StopInstances and wait until stopped (with ``disable_stop_instance`` only wait: a provisioner stops it)."""
 
-    name = "stop-instance"
+    name = "stop_instance"
 
     def run(self, state: dict[str, Any]) -> None:
         instance_id = state["instance_id"]
@@ -529,7 +500,7 @@ class StepModifyInstance(AwsStep):
     """``ena_support`` / ``sriov_support`` on the stopped instance (Packer's ``StepModifyEBSBackedInstance``), so
     the AMI made from it has enhanced networking."""
 
-    name = "modify-instance"
+    name = "modify_instance"
 
     def run(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -549,7 +520,7 @@ class StepDeregisterAMI(AwsStep):
     """``force_deregister``: deregister this account's AMIs named ``ami_name`` in the build region and every
     ami_region (and with ``force_delete_snapshot`` delete their snapshots), in parallel."""
 
-    name = "deregister-ami"
+    name = "deregister_ami"
 
     def run(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -580,7 +551,7 @@ class StepCreateAMI(AwsStep):
     intermediary name when the AMI will be re-copied (encrypt_boot / skip_save_build_region). Cleanup (failure
     only, or the intermediary on success) deregisters it and deletes its snapshots."""
 
-    name = "create-ami"
+    name = "create_ami"
 
     def run(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -646,7 +617,7 @@ class StepAMIRegionCopy(AwsStep):
     or in a later step) deregisters every copy in every region and deletes its snapshots; a region whose CopyImage
     answer never came back is searched by name."""
 
-    name = "ami-region-copy"
+    name = "ami_region_copy"
 
     def run(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -715,7 +686,7 @@ class StepModifyAMIAttributes(AwsStep):
     """Launch permissions (``ami_users``, ``ami_groups``, ``ami_org_arns``, ``ami_ou_arns``), product codes and
     snapshot permissions (``snapshot_users``/``snapshot_groups``) in every region, in parallel."""
 
-    name = "modify-ami-attributes"
+    name = "modify_ami_attributes"
 
     def run(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -766,7 +737,7 @@ class StepCreateTags(AwsStep):
     """``tags`` on the AMI and its snapshots, plus ``snapshot_tags`` on the snapshots, in every region, in
     parallel (values rendered per region: ``{{ .BuildRegion }}``, ``{{ .SourceAMIName }}``...)."""
 
-    name = "create-tags"
+    name = "create_tags"
 
     def run(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -791,7 +762,7 @@ class StepCreateTags(AwsStep):
                 raise BuildError(str(exc)) from None
 
 
-def build_steps(cfg: EbsConfig, ctx: BuildContext, hook: ProvisionHook) -> list[AwsStep]:
+def build_steps(cfg: EbsConfig, ctx: BuildContext, hook: ProvisionHook) -> list[Step]:
     """The build in Packer's order."""
     return [
         StepPreValidate(cfg, ctx),
@@ -801,7 +772,7 @@ def build_steps(cfg: EbsConfig, ctx: BuildContext, hook: ProvisionHook) -> list[
         StepSecurityGroup(cfg, ctx),
         StepRunSourceInstance(cfg, ctx),
         StepConnect(cfg, ctx),
-        StepProvision(cfg, ctx, hook),
+        StepProvision(hook),
         StepStopInstance(cfg, ctx),
         StepModifyInstance(cfg, ctx),
         StepDeregisterAMI(cfg, ctx),

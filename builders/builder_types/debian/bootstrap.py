@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builders.core import BuildError
-from stemforge.steps import Cancelled
+from stemforge_base.steps import Cancelled
 
 from . import proc
 from .config import DebianConfig

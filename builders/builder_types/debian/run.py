@@ -1,7 +1,7 @@
 """Running a ``debian`` build outside a template: a plain UI, a provisioner hook and ``run_build``.
 
 The template runner (``stemforge build``) is the normal entry; this module serves the cached test image, the
-timing helper and tests: it drives the builder's own steps with ``stemforge.steps.StepRunner`` and the given
+timing helper and tests: it drives the builder's own steps with ``stemforge_base.steps.StepRunner`` and the given
 provisioners (``[(type, options), ...]``, loaded by the plugin convention ``builders.provisioners.<type>``).
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from builders.core import Artifact, BuildContext, Communicator, Provisioner, ProvisionHook
+from stemforge_base.steps import StepRunner
 
 from .builder import DebianBuilder
 
@@ -91,7 +92,6 @@ def run_build(options: Mapping[str, Any], build_name: str, provisioners: Sequenc
               stream: TextIO | None = None, hook: ProvisionHook | None = None) -> BuildResult:
     """Prepare and run one ``debian`` build; raises what the steps raise (after their cleanups ran). ``hook``
     replaces the default hook (which runs ``provisioners`` in order)."""
-    from stemforge.steps import StepRunner
 
     ctx = make_context(build_name, force=force, cancel=cancel, template_dir=template_dir, stream=stream)
     builder = DebianBuilder(options, ctx)
@@ -105,4 +105,4 @@ def run_build(options: Mapping[str, Any], build_name: str, provisioners: Sequenc
     runner.run(builder.steps(hook), state)
     artifact = builder.artifact(state)
     assert artifact is not None
-    return BuildResult(artifact, state, time.monotonic() - started, dict(state.get("step_seconds", {})))
+    return BuildResult(artifact, state, time.monotonic() - started, runner.seconds())

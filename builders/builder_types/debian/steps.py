@@ -35,8 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from builders.core import BuildContext, BuildError, ProvisionHook
+from builders.core import BuildContext, BuildError, BuildStep, ProvisionHook, StepProvision
 from stemforge_base.hashing import sha256_file
+from stemforge_base.steps import Step
 
 from . import bootstrap, chroot, disk, grub, proc
 from .communicator import ChrootCommunicator
@@ -80,31 +81,22 @@ def _apt_progress(ctx: BuildContext) -> Callable[[str], None]:
     return on_line
 
 
-class DebianStep:
-    """Base: ``run`` reports the step, times it and delegates to ``execute``."""
+class DebianStep(BuildStep[DebianConfig]):
+    """A debian step: ``run`` says the step's ``title`` and delegates to ``execute``; the runner's timing is
+    reported on the UI (``<name>: done in <s>s``)."""
 
-    name = ""
     title = ""
-    temporary = False
-
-    def __init__(self, cfg: DebianConfig, ctx: BuildContext) -> None:
-        self.cfg = cfg
-        self.ctx = ctx
 
     def run(self, state: dict[str, Any]) -> None:
         self.ctx.check_cancelled()
         self.ctx.ui.say(self.title)
-        started = time.monotonic()
         self.execute(state)
-        elapsed = time.monotonic() - started
-        state.setdefault("step_seconds", {})[self.name] = elapsed
-        self.ctx.ui.message(f"{self.name}: done in {elapsed:.1f}s")
 
     def execute(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def cleanup(self, state: dict[str, Any]) -> None:
-        """Nothing to undo by default (the work lives in the work dir, which ``bootstrap`` removes)."""
+    def done(self, seconds: float) -> None:
+        self.ctx.ui.message(f"{self.name}: done in {seconds:.1f}s")
 
     # -- helpers --------------------------------------------------------------------------------------------
 
@@ -124,7 +116,7 @@ class DebianStep:
 
 
 class StepOutputDir(DebianStep):
-    name = "output-directory"
+    name = "output_directory"
     title = "Creating the output directory..."
 
     def execute(self, state: dict[str, Any]) -> None:
@@ -310,7 +302,7 @@ def _mem_available() -> int:
 
 
 class StepPrepareChroot(DebianStep):
-    name = "prepare-chroot"
+    name = "prepare_chroot"
     title = "Preparing the chroot..."
     temporary = True
 
@@ -329,7 +321,7 @@ class StepPrepareChroot(DebianStep):
 
 
 def teardown_chroot(state: dict[str, Any], ctx: BuildContext) -> None:
-    """Undo ``prepare-chroot`` (idempotent): processes killed, resolv.conf and policy-rc.d restored, every mount
+    """Undo ``prepare_chroot`` (idempotent): processes killed, resolv.conf and policy-rc.d restored, every mount
     under the tree unmounted in reverse order and verified."""
     tree: Path | None = state.get("tree")
     if tree is None:
@@ -419,22 +411,6 @@ def write_hostname(tree: Path, name: str) -> None:
     lines = [line for line in lines if not line.startswith("127.0.1.1")]
     lines.insert(1 if lines else 0, f"127.0.1.1\t{name}")
     hosts.write_text("\n".join(lines) + "\n")
-
-
-class StepProvision(DebianStep):
-    name = "provision"
-    title = "Provisioning with the chroot communicator..."
-
-    def __init__(self, cfg: DebianConfig, ctx: BuildContext, hook: ProvisionHook) -> None:
-        super().__init__(cfg, ctx)
-        self.hook = hook
-
-    def execute(self, state: dict[str, Any]) -> None:
-        if self.cfg.communicator == "none":
-            self.ctx.ui.message("communicator is 'none': no provisioning")
-            return
-        comm = ChrootCommunicator(self.tree(state), say=self.ctx.ui.message, cancel=self.ctx.cancel)
-        self.hook.run(comm)
 
 
 class StepFinalise(DebianStep):
@@ -541,14 +517,14 @@ def _newest_mtime(paths: list[Path]) -> float:
 
 
 class StepUnmountChroot(DebianStep):
-    name = "unmount-chroot"
+    name = "unmount_chroot"
     title = "Leaving the chroot..."
 
     def execute(self, state: dict[str, Any]) -> None:
         teardown_chroot(state, self.ctx)
         left = chroot.mounts_under(self.tree(state))
         if left:
-            raise BuildError(f"unmount-chroot: still mounted: {', '.join(left)}")
+            raise BuildError(f"unmount_chroot: still mounted: {', '.join(left)}")
 
 
 class StepCreateDisk(DebianStep):
@@ -619,13 +595,22 @@ class StepArtifact(DebianStep):
         state["artifact_files"] = files
 
 
-def build_steps(cfg: DebianConfig, ctx: BuildContext, hook: ProvisionHook) -> list[DebianStep]:
+def chroot_communicator(cfg: DebianConfig, ctx: BuildContext, state: dict[str, Any]) -> ChrootCommunicator | None:
+    """The provisioners' communicator: the chroot of the prepared tree (None with ``communicator: none``)."""
+    if cfg.communicator == "none":
+        ctx.ui.message("communicator is 'none': no provisioning")
+        return None
+    ctx.ui.say("Provisioning with the chroot communicator...")
+    return ChrootCommunicator(state["tree"], say=ctx.ui.message, cancel=ctx.cancel)
+
+
+def build_steps(cfg: DebianConfig, ctx: BuildContext, hook: ProvisionHook) -> list[Step]:
     return [
         StepOutputDir(cfg, ctx),
         StepBootstrap(cfg, ctx),
         StepPrepareChroot(cfg, ctx),
         StepInstall(cfg, ctx),
-        StepProvision(cfg, ctx, hook),
+        StepProvision(hook, functools.partial(chroot_communicator, cfg, ctx)),
         StepFinalise(cfg, ctx),
         StepUnmountChroot(cfg, ctx),
         StepCreateDisk(cfg, ctx),

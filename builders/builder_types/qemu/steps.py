@@ -1,4 +1,4 @@
-"""The qemu build as Packer-style steps (``stemforge.steps.Step``), in Packer's order.
+"""The qemu build as Packer-style steps (``stemforge_base.steps.Step``), in Packer's order.
 
 Each step records what it created in the shared ``state`` dict and its ``cleanup`` removes exactly that, so any
 failure, Ctrl-C, SIGTERM or failpoint leaves nothing behind: no QEMU process, no temporary file (CD image, QMP
@@ -35,7 +35,8 @@ from builders.builder_types.qemu.qemu_process import (
     command_line,
     find_binary,
 )
-from builders.core import BuildContext, BuildError, ProvisionHook
+from builders.core import BuildContext, BuildError, BuildStep, ProvisionHook, StepProvision
+from stemforge_base.steps import Step
 
 if TYPE_CHECKING:
     from builders.communicators.ssh import SSHCommunicator
@@ -46,37 +47,10 @@ LOG = logging.getLogger("stemforge.builders.qemu")
 SECRET_KEYS = ("SSHPrivateKey", "Password")
 
 
-class QemuStep:
-    """Base: the builder's config and context; subclasses set ``name`` and ``temporary``."""
-
-    name = ""
-    temporary = False
-
-    def __init__(self, cfg: QemuConfig, ctx: BuildContext) -> None:
-        self.cfg = cfg
-        self.ctx = ctx
-
-    @property
-    def ui(self) -> Any:
-        return self.ctx.ui
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep, waking up for cancellation."""
-        if seconds > 0 and self.ctx.cancel.wait(seconds):
-            self.ctx.check_cancelled()
-        self.ctx.check_cancelled()
-
-    def run(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def cleanup(self, state: dict[str, Any]) -> None:
-        return None
-
-
 # ---------------------------------------------------------------- source
 
 
-class StepDownload(QemuStep):
+class StepDownload(BuildStep[QemuConfig]):
     """Find, fetch and verify the ISO or disk image (state ``iso_path``)."""
 
     name = "download"
@@ -150,11 +124,11 @@ class StepDownload(QemuStep):
 # ---------------------------------------------------------------- output directory
 
 
-class StepPrepareOutputDir(QemuStep):
+class StepPrepareOutputDir(BuildStep[QemuConfig]):
     """Create ``output_directory`` (deleting a previous one with ``-force``); remove it unless the build
     succeeded."""
 
-    name = "output-dir"
+    name = "output_dir"
 
     def run(self, state: dict[str, Any]) -> None:
         out = self.cfg.output_directory
@@ -185,12 +159,12 @@ class StepPrepareOutputDir(QemuStep):
 # ---------------------------------------------------------------- temporary SSH key
 
 
-class StepTempSSHKey(QemuStep):
+class StepTempSSHKey(BuildStep[QemuConfig]):
     """Packer's temporary key pair (when neither ``ssh_password`` nor ``ssh_private_key_file`` is set): its public
     key is the generated data ``SSHPublicKey`` (for ``cd_files`` seeds and ``boot_command``); the private key stays
     in memory and is dropped in cleanup."""
 
-    name = "ssh-keygen"
+    name = "ssh_keygen"
     temporary = True
 
     def run(self, state: dict[str, Any]) -> None:
@@ -238,11 +212,11 @@ def generate_key_pair(kind: str, bits: int = 0, comment: str = "packer") -> tupl
 # ---------------------------------------------------------------- CD
 
 
-class StepCreateCD(QemuStep):
+class StepCreateCD(BuildStep[QemuConfig]):
     """``cd_files``/``cd_content`` -> a temporary ISO (state ``cd_path``), rendered through ``ctx.render`` so
     ``{{ build `SSHPublicKey` }}`` works in a cloud-init seed."""
 
-    name = "create-cd"
+    name = "create_cd"
     temporary = True
 
     def run(self, state: dict[str, Any]) -> None:
@@ -281,11 +255,11 @@ class StepCreateCD(QemuStep):
 # ---------------------------------------------------------------- disks
 
 
-class StepCreateDisk(QemuStep):
+class StepCreateDisk(BuildStep[QemuConfig]):
     """Create the main disk (installer builds, or a ``use_backing_file`` overlay) and ``disk_additional_size``
     disks (state ``disk_paths``)."""
 
-    name = "create-disk"
+    name = "create_disk"
 
     def run(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -318,10 +292,10 @@ class StepCreateDisk(QemuStep):
         return size
 
 
-class StepCopyDisk(QemuStep):
+class StepCopyDisk(BuildStep[QemuConfig]):
     """``disk_image`` without a backing file: copy (same format) or convert the source into the output disk."""
 
-    name = "copy-disk"
+    name = "copy_disk"
 
     def run(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -363,11 +337,11 @@ def _copy_sparse(source: Path, target: Path, progress: Any, check_cancel: Any) -
         os.ftruncate(fd_out, size)
 
 
-class StepResizeDisk(QemuStep):
+class StepResizeDisk(BuildStep[QemuConfig]):
     """``qemu-img resize`` to ``disk_size`` for ``disk_image`` builds (unless ``skip_resize_disk``); never
     shrinks."""
 
-    name = "resize-disk"
+    name = "resize_disk"
 
     def run(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -389,10 +363,10 @@ class StepResizeDisk(QemuStep):
 # ---------------------------------------------------------------- HTTP server
 
 
-class StepHTTPServer(QemuStep):
+class StepHTTPServer(BuildStep[QemuConfig]):
     """Serve ``http_directory``/``http_content`` on 127.0.0.1 (state ``http_server``)."""
 
-    name = "http-server"
+    name = "http_server"
     temporary = True
 
     def run(self, state: dict[str, Any]) -> None:
@@ -423,10 +397,10 @@ class StepHTTPServer(QemuStep):
 # ---------------------------------------------------------------- QEMU
 
 
-class StepRun(QemuStep):
+class StepRun(BuildStep[QemuConfig]):
     """Pick the loopback SSH port, build the command line and start QEMU (state ``vm``); cleanup stops it."""
 
-    name = "run-vm"
+    name = "run_vm"
     temporary = True
 
     def run(self, state: dict[str, Any]) -> None:
@@ -524,10 +498,10 @@ def choose_accelerator(mode: str, ui: Any) -> str:
     return chosen
 
 
-class StepTypeBootCommand(QemuStep):
+class StepTypeBootCommand(BuildStep[QemuConfig]):
     """Wait ``boot_wait`` then type ``boot_command`` through the QEMU monitor."""
 
-    name = "boot-command"
+    name = "boot_command"
 
     def run(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -576,23 +550,10 @@ class StepConnect(SdkStepConnect[QemuConfig]):
         return SSHTarget(self.cfg.ssh_host, int(state["ssh_host_port"]), state.get("ssh_key"), vm.exit_reason)
 
 
-class StepProvision(QemuStep):
-    """Run the template's provisioners over the communicator."""
-
-    name = "provision"
-
-    def __init__(self, cfg: QemuConfig, ctx: BuildContext, hook: ProvisionHook) -> None:
-        super().__init__(cfg, ctx)
-        self.hook = hook
-
-    def run(self, state: dict[str, Any]) -> None:
-        self.hook.run(state["communicator"])
-
-
-class StepCleanupTempKeys(QemuStep):
+class StepCleanupTempKeys(BuildStep[QemuConfig]):
     """With ``ssh_clear_authorized_keys``: remove the temporary public key from the guest's authorized_keys."""
 
-    name = "cleanup-temp-keys"
+    name = "cleanup_temp_keys"
 
     def run(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -609,7 +570,7 @@ class StepCleanupTempKeys(QemuStep):
                 self.ui.message(f"Error cleaning up {target}: exit status {res.exit_status}")
 
 
-class StepShutdown(QemuStep):
+class StepShutdown(BuildStep[QemuConfig]):
     """``shutdown_command`` over SSH then wait for QEMU to exit (``shutdown_timeout``); without one (or with
     communicator ``none``) press the ACPI power button through the monitor, repeating it in case the guest was not
     yet listening, and kill QEMU with a warning when the timeout passes."""
@@ -653,11 +614,11 @@ class StepShutdown(QemuStep):
         state["vm_exit_status"] = vm.proc.returncode if vm.proc else None
 
 
-class StepConvertDisk(QemuStep):
+class StepConvertDisk(BuildStep[QemuConfig]):
     """Compaction/compression: ``qemu-img convert [-c] -O <format>`` into ``<disk>.convert``, renamed over the
     disk; the partial file is removed on failure."""
 
-    name = "convert-disk"
+    name = "convert_disk"
     temporary = True  # the cleanup only removes a partial .convert file
 
     def run(self, state: dict[str, Any]) -> None:
@@ -693,7 +654,7 @@ class StepConvertDisk(QemuStep):
             Path(tmp).unlink(missing_ok=True)
 
 
-def build_steps(cfg: QemuConfig, ctx: BuildContext, hook: ProvisionHook) -> list[QemuStep]:
+def build_steps(cfg: QemuConfig, ctx: BuildContext, hook: ProvisionHook) -> list[Step]:
     """Packer's step order for the qemu builder."""
     return [
         StepDownload(cfg, ctx),
@@ -708,7 +669,7 @@ def build_steps(cfg: QemuConfig, ctx: BuildContext, hook: ProvisionHook) -> list
         StepRun(cfg, ctx),
         StepTypeBootCommand(cfg, ctx),
         StepConnect(cfg, ctx),
-        StepProvision(cfg, ctx, hook),
+        StepProvision(hook),
         StepCleanupTempKeys(cfg, ctx),
         StepShutdown(cfg, ctx),
         StepConvertDisk(cfg, ctx),

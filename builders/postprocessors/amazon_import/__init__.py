@@ -19,7 +19,7 @@ endpoint; ``custom_endpoint_ec2`` is only for EC2, as in Packer).
 
 The upload and the import task are the steps of :mod:`cpi.providers.aws.import_steps` (the same implementation
 as the CPI's heavy-stemcell import); rename, publish (tags, description, launch permissions) and the region copies
-are this module's steps; all run through :class:`stemforge.steps.StepRunner`. Beyond Packer, a failure or an
+are this module's steps; all run through :class:`stemforge_base.steps.StepRunner`. Beyond Packer, a failure or an
 interrupt at any point removes what was made (each step's cleanup, in reverse): the copies are removed, the import
 task is cancelled, every AMI (imported, renamed) is deregistered and its snapshots deleted, and the uploaded
 object is deleted (kept only with ``skip_clean``). ``-on-error=abort`` leaves everything and says what.
@@ -45,7 +45,7 @@ from builders.builder_types.amazon_ebs.template_data import render_text
 from builders.core import Artifact, BuildError, ConfigError, PostProcessor
 from builders.postprocessors import Progress, human_size, validated_options
 from cpi.providers.aws.import_steps import TASK_FAILED, ImportTask, UploadImage
-from stemforge.steps import Cancelled, Step, StepRunner
+from stemforge_base.steps import Cancelled, FunctionStep, Step, StepRunner
 
 LOG = logging.getLogger("stemforge.builders.amazon_import")
 BUILDER_ID: Final = "packer.post-processor.amazon-import"
@@ -235,9 +235,9 @@ class _ImportRun:
         steps: list[Step] = [
             UploadImage(self, self.key, keep=bool(self.options.get("skip_clean"))),
             ImportTask(self, "image", lambda _state: self.import_params()),
-            _Step("rename_image", self.rename, self.remove_renamed),
-            _Step("publish_image", self.publish),
-            _Step("copy_to_regions", self.copy_to_regions, self.remove_copies),
+            FunctionStep("rename_image", self.rename, self.remove_renamed),
+            FunctionStep("publish_image", self.publish),
+            FunctionStep("copy_to_regions", self.copy_to_regions, self.remove_copies),
         ]
         runner = StepRunner(LOG, cleanup_on_failure=self.ctx.on_error != "abort")
         try:
@@ -493,29 +493,6 @@ class _ImportRun:
             made.append(f"s3://{self.bucket}/{state['s3_key']}")
         if made:
             self.ui.error("Leaving in place (-on-error=abort): " + ", ".join(made))
-
-
-class _Step:
-    """A step of this post-processor: ``name``, a run and (optionally) a cleanup of ``state``."""
-
-    temporary = False
-
-    def __init__(
-        self,
-        name: str,
-        run: Callable[[dict[str, Any]], None],
-        cleanup: Callable[[dict[str, Any]], None] | None = None,
-    ) -> None:
-        self.name = name
-        self._run = run
-        self._cleanup = cleanup
-
-    def run(self, state: dict[str, Any]) -> None:
-        self._run(state)
-
-    def cleanup(self, state: dict[str, Any]) -> None:
-        if self._cleanup is not None:
-            self._cleanup(state)
 
 
 PLUGIN = AmazonImportPostProcessor

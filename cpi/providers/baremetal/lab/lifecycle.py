@@ -1,29 +1,29 @@
 """``up``, ``down`` and ``status`` of the emulated bare-metal lab, as Ironic's and metal3's CI emulate it.
 
 What ``up`` builds, in order (each a Packer-style step with its cleanup next to it, run by
-``stemforge.steps.StepRunner``: a failure, Ctrl-C/SIGTERM or an armed failpoint ``after:<step>`` removes everything
+``stemforge_base.steps.StepRunner``: a failure, Ctrl-C/SIGTERM or an armed failpoint ``after:<step>`` removes everything
 the completed steps made, in reverse):
 
-1. ``lab-dir``: the lab directory (default ``/var/lib/stemforge/labs/<id>``; every parent must be traversable by the
+1. ``lab_dir``: the lab directory (default ``/var/lib/stemforge/labs/<id>``; every parent must be traversable by the
    QEMU user) and ``lab.json`` (0600), rewritten after every change, which describes everything the lab made
    (names, pids with their start times, ports, paths). ``down`` is driven by it, so it works after a crash too.
-2. ``lab-namespace``: network namespace ``sf-lab-<id>`` with ``lo`` and the bridge ``sfbr0`` = ``10.a.b.1/24``
+2. ``lab_namespace``: network namespace ``sf-lab-<id>`` with ``lo`` and the bridge ``sfbr0`` = ``10.a.b.1/24``
    (``a``, ``b``: the first two bytes of the 6-hex-digit id) plus an IPv6 ULA, so that ``metal serve`` sends
    router advertisements (iPXE otherwise waits ~13 s for IPv6 autoconfiguration on every network boot).
-3. ``lab-vde-switch``: ``vde_switch`` inside the namespace, its tap ``sfvde0`` enslaved to the bridge
+3. ``lab_vde_switch``: ``vde_switch`` inside the namespace, its tap ``sfvde0`` enslaved to the bridge
    (see :mod:`.net`).
-4. ``lab-ramdisk``: RAMDISK's deploy ramdisk (``ensure_ramdisk()``, built once and cached).
-5. ``lab-pool`` and ``lab-disks``: a private libvirt ``dir`` pool ``sf-lab-<id>`` in ``<lab>/pool`` holding, per
+4. ``lab_ramdisk``: RAMDISK's deploy ramdisk (``ensure_ramdisk()``, built once and cached).
+5. ``lab_pool`` and ``lab_disks``: a private libvirt ``dir`` pool ``sf-lab-<id>`` in ``<lab>/pool`` holding, per
    server, a sparse 4 GiB root and a 1 GiB extra raw volume with distinct serials.
-6. ``lab-domains``: the servers, libvirt domains ``sf-lab-<id>-s<n>`` in the HOST libvirtd (TCG unless KVM really
+6. ``lab_domains``: the servers, libvirt domains ``sf-lab-<id>-s<n>`` in the HOST libvirtd (TCG unless KVM really
    works: :func:`cpi.providers.libvirt.accel.choose`), defined and powered off, network boot first, serial console
    to ``<lab>/consoles/<name>.log``; the virtio NIC reaches the bridge through the VDE switch (see
    :mod:`.domain` for how the NIC is declared so sushy-tools can switch Pxe/Hdd).
-7. ``lab-redfish``: sushy-tools' ``sushy-emulator`` (libvirt driver) on ``127.0.0.1:<free port>`` in the host
+7. ``lab_redfish``: sushy-tools' ``sushy-emulator`` (libvirt driver) on ``127.0.0.1:<free port>`` in the host
    namespace, basic auth with a generated password, restricted to the lab's domains (see :mod:`.bmc`).
-8. ``lab-serve``: SERVICES's ``stemforge metal serve`` inside the namespace (``ip netns exec``), serving DHCP/TFTP
+8. ``lab_serve``: SERVICES's ``stemforge metal serve`` inside the namespace (``ip netns exec``), serving DHCP/TFTP
    and HTTP on the bridge address; the step waits until ``/boot.ipxe`` answers from inside the namespace.
-9. ``lab-files``: ``<lab>/inventory.yml`` (the enroll file for ``stemforge metal enroll``, 0600: it holds the BMC
+9. ``lab_files``: ``<lab>/inventory.yml`` (the enroll file for ``stemforge metal enroll``, 0600: it holds the BMC
    credentials) and ``<lab>/cpi.json`` (a CPI config for plugin ``baremetal`` whose state dir is ``<lab>/metal``,
    shared with ``metal serve``).
 
@@ -71,7 +71,7 @@ from cpi.providers.baremetal.lab.record import (
 )
 from cpi.providers.baremetal.lab.steps import steps, stop_bmc
 from cpi.providers.baremetal.lab.virt import domain_states, remove_domains, remove_pool
-from stemforge.steps import StepRunner
+from stemforge_base.steps import StepRunner
 
 log = logging.getLogger("stemforge.metal.lab")
 

@@ -1,4 +1,4 @@
-"""The steps of ``lab up`` (Packer-style, run by ``stemforge.steps.StepRunner``; each cleanup undoes exactly what
+"""The steps of ``lab up`` (Packer-style, run by ``stemforge_base.steps.StepRunner``; each cleanup undoes exactly what
 its run made), in the order :func:`steps` lists them; :mod:`.lifecycle` says what each builds."""
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ from cpi.providers.baremetal.lab.record import (
 )
 from cpi.providers.baremetal.ramdisk.build import ensure_ramdisk
 from cpi.providers.libvirt import accel, domain_xml
+from stemforge_base.steps import Step
 
 log = logging.getLogger("stemforge.metal.lab")
 
 
 @dataclass
-class StepLabDir:
-    name: str = "lab-dir"
+class StepLabDir(Step):
+    name: str = "lab_dir"
     temporary: bool = False
 
     def run(self, state: dict[str, Any]) -> None:
@@ -65,8 +66,8 @@ class StepLabDir:
 
 
 @dataclass
-class StepNamespace:
-    name: str = "lab-namespace"
+class StepNamespace(Step):
+    name: str = "lab_namespace"
     temporary: bool = False
 
     def run(self, state: dict[str, Any]) -> None:
@@ -87,8 +88,8 @@ class StepNamespace:
 
 
 @dataclass
-class StepVdeSwitch:
-    name: str = "lab-vde-switch"
+class StepVdeSwitch(Step):
+    name: str = "lab_vde_switch"
     temporary: bool = False
 
     def run(self, state: dict[str, Any]) -> None:
@@ -104,8 +105,8 @@ class StepVdeSwitch:
 
 
 @dataclass
-class StepRamdisk:
-    name: str = "lab-ramdisk"
+class StepRamdisk(Step):
+    name: str = "lab_ramdisk"
     temporary: bool = False
 
     def run(self, state: dict[str, Any]) -> None:
@@ -121,8 +122,8 @@ class StepRamdisk:
 
 
 @dataclass
-class StepPool:
-    name: str = "lab-pool"
+class StepPool(Step):
+    name: str = "lab_pool"
     temporary: bool = False
 
     def run(self, state: dict[str, Any]) -> None:
@@ -151,8 +152,8 @@ class StepPool:
 
 
 @dataclass
-class StepDisks:
-    name: str = "lab-disks"
+class StepDisks(Step):
+    name: str = "lab_disks"
     temporary: bool = False
 
     def run(self, state: dict[str, Any]) -> None:
@@ -166,12 +167,12 @@ class StepDisks:
                 rec.save()
 
     def cleanup(self, state: dict[str, Any]) -> None:
-        """The volumes go with the pool (``lab-pool``'s cleanup)."""
+        """The volumes go with the pool (``lab_pool``'s cleanup)."""
 
 
 @dataclass
-class StepDomains:
-    name: str = "lab-domains"
+class StepDomains(Step):
+    name: str = "lab_domains"
     temporary: bool = False
 
     def run(self, state: dict[str, Any]) -> None:
@@ -215,8 +216,8 @@ class StepDomains:
 
 
 @dataclass
-class StepRedfish:
-    name: str = "lab-redfish"
+class StepRedfish(Step):
+    name: str = "lab_redfish"
     temporary: bool = False
 
     def run(self, state: dict[str, Any]) -> None:
@@ -238,8 +239,8 @@ class StepRedfish:
 
 
 @dataclass
-class StepServe:
-    name: str = "lab-serve"
+class StepServe(Step):
+    name: str = "lab_serve"
     temporary: bool = False
 
     def run(self, state: dict[str, Any]) -> None:
@@ -282,8 +283,8 @@ class StepServe:
 
 
 @dataclass
-class StepFiles:
-    name: str = "lab-files"
+class StepFiles(Step):
+    name: str = "lab_files"
     temporary: bool = False
 
     def run(self, state: dict[str, Any]) -> None:
@@ -303,16 +304,16 @@ class StepFiles:
 
 
 STEP_NAMES = (
-    "lab-dir",
-    "lab-namespace",
-    "lab-vde-switch",
-    "lab-ramdisk",
-    "lab-pool",
-    "lab-disks",
-    "lab-domains",
-    "lab-redfish",
-    "lab-serve",
-    "lab-files",
+    "lab_dir",
+    "lab_namespace",
+    "lab_vde_switch",
+    "lab_ramdisk",
+    "lab_pool",
+    "lab_disks",
+    "lab_domains",
+    "lab_redfish",
+    "lab_serve",
+    "lab_files",
 )
 
 

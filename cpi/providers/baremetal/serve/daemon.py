@@ -5,7 +5,7 @@
 
 (also ``python -m cpi.providers.baremetal.serve`` with the same flags: ``__main__.py``).
 
-Start-up is a list of Packer-style steps (``stemforge.steps.StepRunner``; one line with the elapsed time per step):
+Start-up is a list of Packer-style steps (``stemforge_base.steps.StepRunner``; one line with the elapsed time per step):
 check the network (``--listen`` must be an IPv4 address configured on ``--interface``: never 0.0.0.0; the DHCP range
 must lie in that address's subnet) → open the store → fill the TFTP root with iPXE → bind the HTTP server → start
 dnsmasq (``dnsmasq --test`` first; host entries for every enrolled MAC; IPv6 router advertisements, RA only, when
@@ -47,7 +47,7 @@ from cpi.providers.baremetal.serve.http import MetalHTTPServer
 from cpi.providers.baremetal.serve.ipxe import INITRD_FILE, KERNEL_FILE
 from cpi.providers.baremetal.serve.shared_store import SharedStore
 from cpi.providers.baremetal.store import MetalStore
-from stemforge.steps import Cancelled, Step, StepRunner
+from stemforge_base.steps import Cancelled, Step, StepRunner
 
 log = logging.getLogger("stemforge.metal.serve")
 
@@ -158,8 +158,8 @@ def check_network(options: ServeOptions) -> ipaddress.IPv4Interface:
 # -- steps -------------------------------------------------------------------------------------------------------
 
 
-class StepCheckNetwork:
-    name = "check-network"
+class StepCheckNetwork(Step):
+    name = "check_network"
     temporary = True
 
     def __init__(self, options: ServeOptions) -> None:
@@ -187,8 +187,8 @@ class StepCheckNetwork:
         pass
 
 
-class StepOpenStore:
-    name = "open-store"
+class StepOpenStore(Step):
+    name = "open_store"
     temporary = True
 
     def __init__(self, options: ServeOptions) -> None:
@@ -207,8 +207,8 @@ class StepOpenStore:
             store.close()
 
 
-class StepTftpRoot:
-    name = "tftp-root"
+class StepTftpRoot(Step):
+    name = "tftp_root"
     temporary = True
 
     def __init__(self, options: ServeOptions) -> None:
@@ -234,8 +234,8 @@ class StepTftpRoot:
                 self.options.tftp_root.rmdir()
 
 
-class StepHTTPServer:
-    name = "http-server"
+class StepHTTPServer(Step):
+    name = "http_server"
     temporary = True
 
     def __init__(self, options: ServeOptions) -> None:
@@ -284,7 +284,7 @@ def _enrolled_macs(store: SharedStore) -> list[tuple[str, str]]:
     return store.call(lambda s: [(mac, node.name) for node in s.nodes() for mac in node.macs])
 
 
-class StepDnsmasq:
+class StepDnsmasq(Step):
     name = "dnsmasq"
     temporary = True
 
@@ -323,10 +323,10 @@ class StepDnsmasq:
             proc.stop()
 
 
-class StepWatchInventory:
+class StepWatchInventory(Step):
     """Keep dnsmasq's host entries equal to the enrolled MACs (polls the store; the serve step restarts dnsmasq)."""
 
-    name = "watch-inventory"
+    name = "watch_inventory"
     temporary = True
 
     def run(self, state: dict[str, Any]) -> None:
@@ -373,8 +373,8 @@ def _self_check(server: MetalHTTPServer) -> None:
         raise ServeError(f"{server.base_url}/boot.ipxe answered {resp.status}, not an iPXE script")
 
 
-class StepReadyFile:
-    name = "ready-file"
+class StepReadyFile(Step):
+    name = "ready_file"
     temporary = True
 
     def __init__(self, options: ServeOptions, started: float) -> None:
@@ -415,7 +415,7 @@ class StepReadyFile:
                 path.unlink()
 
 
-class StepServe:
+class StepServe(Step):
     """Serve until asked to stop; fail if dnsmasq dies under us."""
 
     name = "serve"
@@ -513,4 +513,3 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
     print("metal serve: stopped", file=sys.stderr, flush=True)
     return 0
-
