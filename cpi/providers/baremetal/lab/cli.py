@@ -35,7 +35,7 @@ def _logging(verbose: bool) -> None:
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Elapsed())
-    for name in ("stemforge.metal.lab", "stemforge.steps"):
+    for name in ("stemforge.metal.lab",):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG if verbose else logging.INFO)
