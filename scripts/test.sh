@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The test suite: set-up (idempotent, no demo), then ruff, mypy and pytest.
+# The test suite: set-up (idempotent, no demo), then ruff, mypy, lint-imports (the layer contracts) and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --no-demo
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy
+echo "== lint-imports"; .venv/bin/lint-imports --no-cache  # contracts: pyproject.toml [tool.importlinter]
 echo "== pytest"
 set +e
 # two workers (the machine's cores): much of the suite waits on guests, Terraform and moto. Modules that share

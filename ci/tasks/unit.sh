@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# unit: lint (ruff, mypy) and the fast tests. Pipeline-run tests are left out: they run jobs of this pipeline.
+# unit: lint (ruff, mypy, lint-imports) and the fast tests. Pipeline-run tests are left out: they run jobs of this
+# pipeline.
 . "$(dirname "$0")/common.sh"
 
 if [ "${LINT:-true}" = true ]; then
   say "ruff check"; (cd "$SRC" && "$BIN/ruff" check .)
   say "mypy"; (cd "$SRC" && "$PY" -m mypy)
+  say "lint-imports"; (cd "$SRC" && "$BIN/lint-imports" --no-cache)
 fi
 pytest_extra
 say "pytest -m '$MARKERS' ${PYTEST_EXTRA[*]:-tests}"
