@@ -24,6 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import boto3
+
+from cpi.wrapper import write_wrapper
+from stemcells.tarball import extract_stemcell
+from stemforge_base.cpi_client import CpiCallError, CpiClient
+
 
 def _say(started: float, message: str) -> None:
     print(f"[{time.monotonic() - started:7.1f}s] {message}", flush=True)
@@ -53,8 +59,6 @@ def cpi_config(metadata: dict[str, Any], endpoint: str) -> dict[str, Any]:
 
 def deregister(amis: dict[str, str], endpoint: str) -> list[str]:
     """Deregister each region's AMI and delete its snapshots; returns what was removed."""
-    import boto3
-
     removed: list[str] = []
     for region, ami in sorted(amis.items()):
         ec2 = boto3.client("ec2", region_name=region, endpoint_url=endpoint)
@@ -73,10 +77,6 @@ def deregister(amis: dict[str, str], endpoint: str) -> list[str]:
 
 
 def run(stemcell: Path, metadata_path: Path, endpoint: str, work: Path) -> int:
-    from cpi.wrapper import write_wrapper
-    from stemcells.tarball import extract_stemcell
-    from stemforge_base.cpi_client import CpiCallError, CpiClient
-
     started = time.monotonic()
     metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
     extracted = extract_stemcell(stemcell, work / "stemcell")
