@@ -56,9 +56,9 @@ class Demo:
 
     # -- the job -------------------------------------------------------------------------------------------
     def run(self) -> None:
-        from cpi.wrapper import write_wrapper
-        from stemcells.tarball import extract_stemcell
-        from stemcells.testimage.stemcell import build_test_stemcell
+        from cpi.wrapper import write_wrapper  # lazy: every `stemforge` command imports this module (`demo`)
+        from stemcells.tarball import extract_stemcell  # lazy: as above (jsonschema, PyYAML)
+        from stemcells.testimage.stemcell import build_test_stemcell  # lazy: as above
 
         self.say("building the test stemcell (cached after the first run)")
         tarball = build_test_stemcell(self.workdir / "stemcells", progress=lambda line: self.say(f"  {line}"))
@@ -103,7 +103,7 @@ class Demo:
                         "the agent to notice the detach")
 
     def show_agent(self, console: Path, predicate: Any, what: str) -> None:
-        from stemcells.testimage.agent_events import read_events, wait_for
+        from stemcells.testimage.agent_events import read_events, wait_for  # lazy: as above
 
         before = len(read_events(console))
         self.say(f"waiting for {what} (serial console {console})")
@@ -124,7 +124,7 @@ class Demo:
         """Stop and undefine the demo's storage pool once it holds no volume (the CPI defined it; a workdir removed
         later must not leave libvirt a pool pointing at nothing)."""
         try:
-            import libvirt
+            import libvirt  # lazy: the libvirt extra; the other commands work without it
 
             conn = libvirt.open("qemu:///system")
         except Exception as exc:  # noqa: BLE001 - reported, the demo's result stands
