@@ -158,7 +158,8 @@ class FakeProvider(Provider):
         self.log.info("properties: %s", properties)
         self.log.debug("debug properties: %r", properties)
 
-    def create_vm(self, agent_id, stemcell_cid, cloud_properties, networks, disk_cids, env):
+    def create_vm(self, request):
+        cloud_properties, env = request.cloud_properties, request.env
         everything = {"props": self.properties, "cp": cloud_properties, "env": env}
         self.log.info("creating with %s", everything)
         logging.getLogger("some.library").warning("library saw %s", env)
