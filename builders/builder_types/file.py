@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from builders.communicators import NullCommunicator
 from builders.core import Artifact, BuildContext, BuildError, BuilderType, ConfigError, ProvisionHook, StepProvision
+from builders.registry import closed_object
 from stemforge_base.steps import Step
 
 BUILDER_ID = "packer.file"
@@ -99,15 +100,12 @@ class StepCreateFile(Step):
 
 class FileBuilder(BuilderType):
     type_name: ClassVar[str] = "file"
-    options_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
+    options_schema: ClassVar[dict[str, Any]] = closed_object(
+        {
             "source": {"type": "string"},
             "target": {"type": "string"},
             "content": {"type": "string"},
-        },
-    }
+        })
 
     def prepare(self) -> list[str]:
         errors: list[str] = []

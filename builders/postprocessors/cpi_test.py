@@ -63,6 +63,7 @@ from typing import Any, ClassVar, Final
 
 from builders.core import Artifact, BuildContext, BuildError, ConfigError, PostProcessor
 from builders.postprocessors import Progress, human_size, validated_options
+from builders.registry import closed_object
 from cpi.wrapper import write_wrapper
 from stemforge_base.cpi_client import CpiCallError, CpiClient
 from stemforge_base.durations import parse_duration
@@ -327,11 +328,8 @@ class CpiTestPostProcessor(PostProcessor):
     """Deploy the image through a real CPI on every target; fail (publishing nothing) unless every target passes."""
 
     type_name: ClassVar[str] = "cpi-test"
-    options_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["targets"],
-        "properties": {
+    options_schema: ClassVar[dict[str, Any]] = closed_object(
+        {
             "targets": {"type": "array", "minItems": 1, "items": _TARGET_SCHEMA},
             "parallel": {"type": "boolean"},
             "stemcell": {
@@ -348,8 +346,7 @@ class CpiTestPostProcessor(PostProcessor):
             },
             "source": {"type": "string", "minLength": 1},
             "console_log_directory": {"type": "string", "minLength": 1},
-        },
-    }
+        }, required=["targets"])
 
     def prepare(self) -> list[str]:
         self.options = validated_options(self)

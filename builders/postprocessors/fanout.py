@@ -69,6 +69,7 @@ from builders.destinations import (
     load_destination,
 )
 from builders.postprocessors import Progress, human_size, render_output, validated_options
+from builders.registry import closed_object
 from stemforge_base.steps import Cancelled
 
 BUILDER_ID = "stemforge.post-processor.fanout"
@@ -498,11 +499,8 @@ class FanoutPostProcessor(PostProcessor):
     """Packer-style post-processor around ``Fanout`` / ``verify_destinations``."""
 
     type_name: ClassVar[str] = "fanout"
-    options_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["destinations"],
-        "properties": {
+    options_schema: ClassVar[dict[str, Any]] = closed_object(
+        {
             "destinations": {"type": "array", "minItems": 1, "items": {"type": "object"}},
             "image_name": {"type": "string", "minLength": 1},
             "source": {"type": "string", "minLength": 1},
@@ -512,8 +510,7 @@ class FanoutPostProcessor(PostProcessor):
             "retry_max_delay": {"type": "number", "minimum": 0},
             "verify_only": {"type": "boolean"},
             "report": {"type": "string", "minLength": 1},
-        },
-    }
+        }, required=["destinations"])
 
     def prepare(self) -> list[str]:
         options = validated_options(self)

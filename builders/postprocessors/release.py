@@ -53,6 +53,7 @@ from urllib.parse import urlsplit
 from builders.core import Artifact, BuildError, ConfigError, PostProcessor
 from builders.destinations import Destination
 from builders.postprocessors import render_output, validated_options
+from builders.registry import closed_object
 from stemforge_base.steps import Step, StepRunner
 
 LOG: Final = logging.getLogger("stemforge.build.release")
@@ -416,15 +417,12 @@ class ReleasePostProcessor(PostProcessor):
     """Mark every published copy of a fully tested image as released, all or nothing."""
 
     type_name: ClassVar[str] = "release"
-    options_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
+    options_schema: ClassVar[dict[str, Any]] = closed_object(
+        {
             "destinations": {"type": "array", "items": {"type": "object"}},
             "release_manifest": {"type": "string", "minLength": 1},
             "require_targets": {"type": "array", "items": {"type": "string", "minLength": 1}},
-        },
-    }
+        })
 
     def prepare(self) -> list[str]:
         from builders.postprocessors.fanout import load_destinations
