@@ -37,23 +37,21 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
+from builders.builder_types import _sdk_options as sdk
 from builders.builder_types.amazon_ebs import AmazonArtifact, multi_region_id
-from builders.builder_types.amazon_ebs.config import known_regions, polling_config, valid_kms_key
+from builders.builder_types.amazon_ebs.config import ACCESS_OPTIONS, known_regions, polling_config, valid_kms_key
 from builders.builder_types.amazon_ebs.ec2 import AwsAccess, Ec2Error, image_snapshots
 from builders.builder_types.amazon_ebs.regions import AmiCopies, CopyTarget, RegionsFailed, run_in_regions, uncancelled
 from builders.builder_types.amazon_ebs.template_data import render_text
 from builders.core import Artifact, BuildError, ConfigError, PostProcessor
 from builders.postprocessors import Progress, human_size, validated_options
+from builders.registry import closed_object
 from cpi.providers.aws.import_steps import TASK_FAILED, ImportTask, UploadImage
 from stemforge_base.steps import Cancelled, FunctionStep, Step, StepRunner
 
 LOG = logging.getLogger("stemforge.builders.amazon_import")
 BUILDER_ID: Final = "packer.post-processor.amazon-import"
 FORMATS: Final = ("ova", "raw", "vmdk", "vhd", "vhdx")
-_STR = {"type": "string"}
-_BOOL = {"type": "boolean"}
-_STRLIST = {"type": "array", "items": {"type": "string"}}
-_STRMAP = {"type": "object", "additionalProperties": {"type": "string"}}
 
 
 class AmazonImportPostProcessor(PostProcessor):
@@ -61,53 +59,34 @@ class AmazonImportPostProcessor(PostProcessor):
 
     type_name: ClassVar[str] = "amazon-import"
     render_at_runtime: ClassVar[frozenset[str]] = frozenset({"s3_key_name"})
-    options_schema: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "access_key": _STR,
-            "secret_key": _STR,
-            "token": _STR,
-            "region": _STR,
-            "profile": _STR,
-            "shared_credentials_file": _STR,
-            "custom_endpoint_ec2": _STR,
-            "custom_endpoint_s3": _STR,
-            "insecure_skip_tls_verify": _BOOL,
-            "skip_region_validation": _BOOL,
-            "skip_credential_validation": _BOOL,
-            "skip_metadata_api_check": _BOOL,
-            "max_retries": {"type": "integer"},
-            "aws_polling": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {"delay_seconds": {"type": "integer"}, "max_attempts": {"type": "integer"}},
-            },
-            "s3_bucket_name": _STR,
-            "s3_key_name": _STR,
-            "s3_encryption": _STR,
-            "s3_encryption_key": _STR,
-            "skip_clean": _BOOL,
-            "tags": _STRMAP,
-            "ami_name": _STR,
-            "ami_description": _STR,
-            "ami_users": _STRLIST,
-            "ami_groups": _STRLIST,
-            "ami_org_arns": _STRLIST,
-            "ami_ou_arns": _STRLIST,
-            "ami_encrypt": _BOOL,
-            "ami_kms_key": _STR,
-            "imds_support": _STR,
-            "license_type": _STR,
-            "role_name": _STR,
-            "format": _STR,
-            "architecture": _STR,
-            "boot_mode": _STR,
-            "platform": _STR,
-            "ami_regions": _STRLIST,
+    options_schema: ClassVar[dict[str, Any]] = closed_object(
+        {
+            **ACCESS_OPTIONS,
+            "custom_endpoint_s3": sdk.STR,
+            "s3_bucket_name": sdk.STR,
+            "s3_key_name": sdk.STR,
+            "s3_encryption": sdk.STR,
+            "s3_encryption_key": sdk.STR,
+            "skip_clean": sdk.BOOL,
+            "tags": sdk.STRMAP,
+            "ami_name": sdk.STR,
+            "ami_description": sdk.STR,
+            "ami_users": sdk.STRLIST,
+            "ami_groups": sdk.STRLIST,
+            "ami_org_arns": sdk.STRLIST,
+            "ami_ou_arns": sdk.STRLIST,
+            "ami_encrypt": sdk.BOOL,
+            "ami_kms_key": sdk.STR,
+            "imds_support": sdk.STR,
+            "license_type": sdk.STR,
+            "role_name": sdk.STR,
+            "format": sdk.STR,
+            "architecture": sdk.STR,
+            "boot_mode": sdk.STR,
+            "platform": sdk.STR,
+            "ami_regions": sdk.STRLIST,
             "ami_copy_parallelism": {"type": "integer", "minimum": 1},
-        },
-    }
+        })
 
     def prepare(self) -> list[str]:
         options = validated_options(self)
