@@ -102,12 +102,21 @@ class LocalDestination(Destination):
         while not path.exists():
             missing.append(path)
             path = path.parent
+        created: list[Path] = []
         try:
             for directory in reversed(missing):
-                directory.mkdir(mode=0o755)
+                try:
+                    directory.mkdir(mode=0o755)
+                except FileExistsError:
+                    # Another destination of the same fan-out (a sibling under the same new parent) made it
+                    # first: it is theirs to remove, not ours.
+                    if not directory.is_dir():
+                        raise
+                    continue
+                created.append(directory)
         except OSError as exc:
             raise _error(f"cannot create {self.root}", exc) from exc
-        return missing  # deepest first: the order to remove them in
+        return created[::-1]  # deepest first: the order to remove them in
 
     def _copy(self, source: SourceImage, tmp: Path, io: TransferIO) -> int:
         sparse = bool(self.config.get("sparse", True))
