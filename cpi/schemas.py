@@ -19,7 +19,6 @@ violation of that keyword.
 from __future__ import annotations
 
 from cpi.errors import CpiError
-from stemforge_base.values import JSON_SCHEMA, type_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -283,6 +282,9 @@ def format_path(path: Iterable[str | int]) -> str:
 
 def json_type(value: object) -> str:
     """The JSON type name of a Python value from ``json.loads`` (other types by their Python name)."""
+    # lazy: only a wrong-typed argument needs it; `info` (the director's hot path) stays off it
+    from stemforge_base.values import JSON_SCHEMA, type_name
+
     return type_name(value, JSON_SCHEMA)
 
 
