@@ -12,7 +12,6 @@ import dataclasses
 import itertools
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ci.validate import Pipeline
-from stemforge_base.processes import spawn, stop_group
+from stemforge_base.processes import signal_group, spawn, stop_group
 
 #: Builds kept per job under the work dir (older ones are removed when a new one starts).
 KEEP_BUILDS = 5
@@ -218,8 +217,7 @@ class Build:
             if process.poll() is None:
                 stop_group(process, grace=KILL_GRACE)
             else:  # what it left in its process group (a task's sandbox: its PID namespace's init) ends with it
-                with suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
+                signal_group(process)
             reader.join(timeout=5)
             if not reader.is_alive():  # closing under a blocked reader would wait for its writers
                 stream.close()

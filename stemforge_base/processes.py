@@ -57,6 +57,13 @@ def wait_group(proc: subprocess.Popen[Any], timeout: float) -> bool:
         time.sleep(POLL_INTERVAL)
 
 
+def signal_group(proc: subprocess.Popen[Any], sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to ``proc``'s process group, if any member is left: after the leader exited, what it left
+    behind (background children) must not outlive it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
 def stop_group(proc: subprocess.Popen[Any], *, first: int = signal.SIGTERM, grace: float = 5.0,
                kill_wait: float = 5.0) -> None:
     """End ``proc``'s process group (``proc`` was started by :func:`spawn`): ``first`` to the group, ``grace``

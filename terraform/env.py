@@ -26,7 +26,6 @@ Contract:
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from stemforge_base.net import is_loopback
 from stemforge_base.redaction import REDACTED, Redactor
 from stemforge_base.steps import Step, StepRunner
 from terraform.discovery import TERRAFORM_CANDIDATE_DIRS, find_terraform
@@ -124,13 +124,7 @@ class EnvironmentSpec:
         """True when the endpoint is on loopback: nothing may then leave the machine."""
         if not self.endpoint:
             return False
-        host = urlsplit(self.endpoint).hostname or ""
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback(urlsplit(self.endpoint).hostname or "")
 
 
 def default_root(env: Mapping[str, str] | None = None) -> Path:

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from builders.core import BuildContext, BuildError, CommandResult, Communicator, Ui
-from stemforge_base.processes import spawn, stop_group
+from stemforge_base.processes import signal_group, spawn, stop_group
 from stemforge_base.steps import Cancelled
 
 _CHUNK = 1024 * 1024
@@ -115,8 +115,7 @@ class LocalCommunicator(Communicator):
             if proc.poll() is None or reason:
                 stop_group(proc, grace=self.kill_grace)
             else:  # background processes the command left behind do not outlive it
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGTERM)
+                signal_group(proc, signal.SIGTERM)
             for reader in readers:
                 reader.join(timeout=self.kill_grace + 5)
         if reason == "cancelled":

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from stemforge_base.processes import group_alive, spawn, stop_group, wait_group
+from stemforge_base.processes import group_alive, signal_group, spawn, stop_group, wait_group
 
 # A parent that starts a grandchild in its own process group, writes the grandchild's pid, and sleeps.
 _FAMILY = (
@@ -86,3 +86,19 @@ def test_wait_group_is_bounded(tmp_path: Path) -> None:
     finally:
         stop_group(proc, first=signal.SIGKILL)
     assert wait_group(proc, 5) is True
+
+
+def test_signal_group_ends_what_an_exited_leader_left(tmp_path: Path) -> None:
+    """The leader exits normally but leaves a background child in its group: signal_group ends that child, and it
+    is harmless once the group is empty."""
+    pidfile = tmp_path / "orphan.pid"
+    proc = spawn([sys.executable, "-c",
+                  "import subprocess, sys\n"
+                  "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+                  "open(sys.argv[1], 'w').write(str(child.pid))\n", str(pidfile)])
+    assert proc.wait(timeout=30) == 0
+    orphan = int(pidfile.read_text())
+    assert group_alive(proc.pid) and not _gone(orphan)
+    signal_group(proc)
+    assert wait_group(proc, 10) and _gone(orphan)
+    signal_group(proc)  # nothing left: no error

@@ -7,10 +7,8 @@ before the error is raised.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -19,7 +17,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from builders.core import BuildError
-from stemforge_base.processes import spawn, stop_group
+from stemforge_base.processes import signal_group, spawn, stop_group
 from stemforge_base.steps import Cancelled
 
 #: A tail of output kept for error messages.
@@ -126,8 +124,7 @@ def run(
     finally:
         for t in pumps:
             t.join(timeout=10)
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # nothing it left in its group outlives it
-        os.killpg(proc.pid, signal.SIGKILL)
+    signal_group(proc)  # nothing it left in its group outlives it
     result = ProcResult(proc.returncode, "\n".join(out), "\n".join(err))
     if check and proc.returncode != 0:
         tail = "\n".join((err or out)[-15:])
