@@ -3,7 +3,7 @@
 ``import json`` pulls in ``re`` and ``enum`` (about 10 ms, most of the ``info`` round trip's budget over a bare
 interpreter start). The standard library's own decoder and encoder are thin wrappers around ``_json``'s
 ``make_scanner`` and ``make_encoder``; this module calls those two directly with the same semantics, and falls back
-to ``json`` where ``_json`` is missing. ``tests/test_cpi_fastjson.py`` checks it against ``json`` on generated
+to ``json`` where ``_json`` is missing. ``tests/cpi/test_cpi_fastjson.py`` checks it against ``json`` on generated
 documents.
 """
 

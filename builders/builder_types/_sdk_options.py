@@ -13,8 +13,8 @@ decoder accepts them too):
 
 A builder's ``config.py`` sorts each key into what it implements (``SUPPORTED``), what it accepts with no effect
 here (``IGNORED``, a warning when set, listed in ``docs/packer-options.md``) and what it refuses when set to a
-non-zero value (``REFUSED``: the build would depend on it). ``tests/test_template_fidelity.py`` checks that every
-key below is in each builder's schema and that the documentation lists every ignored and refused key.
+non-zero value (``REFUSED``: the build would depend on it). ``tests/builders/test_template_fidelity.py`` checks
+that every key below is in each builder's schema and that the documentation lists every ignored and refused key.
 """
 
 from __future__ import annotations

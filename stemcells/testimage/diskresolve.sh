@@ -1,5 +1,5 @@
 # diskresolve.sh - how the stemforge test agent finds a disk's device, following bosh-agent.
-# Sourced (busybox sh) by agent.sh in the guest and by tests/test_disk_hints_resolver.py on the
+# Sourced (busybox sh) by agent.sh in the guest and by tests/stemcells/test_disk_hints_resolver.py on the
 # host, which runs these very functions against recorded /dev layouts under a temporary root.
 #
 # Every path the functions touch is "$DR_ROOT<absolute path>" (DR_ROOT is empty in the guest).

@@ -9,7 +9,7 @@ id without its dash>`` on Nitro types. How the stock AWS stemcell's agent resolv
 transformed by ``agent.json``'s ``DiskIDTransformPattern "^vol-(.+)$"`` -> ``nvme-Amazon_Elastic_Block_Store_vol${1}``,
 then ``mapped_device_path_resolver.go`` on the hint's path, ``/dev/sdX`` -> ``/dev/xvdX``/``/dev/vdX``/``/dev/sdX``):
 on Nitro the CID's by-id link (or, with an agent.json without the transform, the hinted by-id path), on Xen
-``/dev/xvdX``. tests/test_aws_cpi_units.py replays both against recorded ``/dev`` layouts.
+``/dev/xvdX``. tests/aws/test_aws_cpi_units.py replays both against recorded ``/dev`` layouts.
 
 One deliberate difference: bosh-aws-cpi's static list names the Nitro families it knew (and answers ``/dev/sdX``
 for any other), while the Xen generation is closed (no Xen family has been released since 2017), so this module
