@@ -63,7 +63,7 @@ def _register_missing(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         message = str(missing_extra(f"`stemforge {command}`", exc, extra))
         parser = subparsers.add_parser(command, help=f"(not installed: {message})", add_help=False)
         parser.add_argument("arguments", nargs=argparse.REMAINDER)
-        parser.set_defaults(handler=lambda _args, message=message: _missing(message))
+        parser.set_defaults(handler=lambda _args, message=message: _missing(message), missing_extra=True)
 
 
 def _missing(message: str) -> int:
@@ -73,7 +73,11 @@ def _missing(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # a stand-in for a command whose extra is missing takes any arguments (argparse's REMAINDER does not take
+    # leading options such as `build -var a=b`): it names the extra instead of "unrecognized arguments"
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "missing_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

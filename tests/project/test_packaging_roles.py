@@ -139,8 +139,10 @@ def test_missing_extras_are_named(core_venv: Path, tmp_path: Path) -> None:
         assert proc.returncode == 1 and hint in proc.stderr, proc.stderr
         assert not (tmp_path / plugin / "bin" / "cpi").exists() and not (tmp_path / plugin / "config").exists()
     # a command of another role is listed and says what to install
-    proc = subprocess.run([stemforge, "build", "template.json"], capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 2 and "`stemforge build` needs `pip install 'stemforge[build]'`" in proc.stderr
+    for argv in (["build", "template.json"], ["build", "-var", "a=b", "-only=qemu.x", "template.pkr.hcl"]):
+        proc = subprocess.run([stemforge, *argv], capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 2 and "`stemforge build` needs `pip install 'stemforge[build]'`" in proc.stderr
+        assert "unrecognized arguments" not in proc.stderr, proc.stderr
     # a builder plugin whose module needs the build extra (the ssh communicator: paramiko)
     proc = run([python, "-I", "-c", "from builders.registry import load_communicator\ntry:\n"
                 "    load_communicator('ssh')\nexcept Exception as exc:\n    print(exc)"], cwd="/")
