@@ -184,3 +184,105 @@ def test_raid1_members_on_one_disk_are_refused() -> None:
     with pytest.raises(LayoutError) as err:
         validate_layout(layout, DISKS)
     assert err.value.field == "raid/0/devices" and "r0 and r2 are both on disk d0" in str(err.value)
+
+
+# -- the ramdisk's answer (instructions.render_layout_answer) -------------------------------------------------------
+LAYOUT_JOB: dict[str, Any] = {
+    "deploy_kind": "layout",
+    "layout": RAID1_LVM_UEFI,
+    "rootfs_fstype": "ext4",
+}
+
+
+def test_layout_answer_is_the_grammar_in_order_and_sources_in_sh(tmp_path: Any) -> None:
+    """The lay_* lines of a RAID1 + LVM UEFI layout, exactly: disks by kernel name, GPT partitions numbered per
+    disk, the config drive after them on d0, the array, the VG, sized LVs before the fill one, / first among the
+    filesystems (then by mount depth), both ESPs (the mounted one first), lay_go last; every argument survives sh
+    quoting."""
+    import subprocess
+
+    from cpi.providers.baremetal.instructions import render_layout_answer
+
+    text = render_layout_answer("n1", LAYOUT_JOB, {"disks": DISKS})
+    r0, r1 = 10240 - 2 - 64 - 512, 10240 - 2 - 512
+    assert text.splitlines() == [
+        "lay_boot_mode 'uefi'",
+        "lay_disk 'd0' 'vda'",
+        "lay_disk 'd1' 'vdb'",
+        "lay_part 'd0' '1' 'esp0' '512' 'esp'",
+        "lay_part 'd0' '2' 'r0' 'fill' 'raid'",
+        "lay_part 'd1' '1' 'esp1' '512' 'esp'",
+        "lay_part 'd1' '2' 'r1' 'fill' 'raid'",
+        "lay_configdrive 'd0' '3'",
+        "lay_raid 'md0' '1' 'r0' 'r1'",
+        "lay_vg 'vg0' 'md0'",
+        "lay_lv 'vg0' 'swap' '1024'",
+        "lay_lv 'vg0' 'var' '1000'",
+        "lay_lv 'vg0' 'root' 'fill'",
+        "lay_fs 'root' 'ext4' '/'",
+        "lay_fs 'var' 'xfs' '/var'",
+        "lay_fs 'esp0' 'vfat' '/boot/efi'",
+        "lay_fs 'esp1' 'vfat' '-'",
+        "lay_fs 'swap' 'swap' '-'",
+        "lay_esp 'esp0' 'esp1'",
+        "lay_go",
+    ]
+    assert r0 < r1  # the config drive only on d0
+    script = tmp_path / "answer"
+    script.write_text(text)
+    quiet = ("lay_boot_mode", "lay_disk", "lay_configdrive", "lay_raid", "lay_vg", "lay_lv", "lay_fs", "lay_esp")
+    shell = 'lay_part() { echo "P|$1|$2|$3|$4|$5"; }; lay_go() { echo GO; }; ' + "".join(
+        f"{w}() {{ :; }}; " for w in quiet
+    )
+    out = subprocess.run(["busybox", "sh", "-c", f"{shell} . {script}"], capture_output=True, text=True, check=True,
+                         timeout=10)  # fmt: skip
+    assert out.stdout.splitlines()[0] == "P|d0|1|esp0|512|esp" and out.stdout.splitlines()[-1] == "GO"
+
+
+def test_bios_layout_answer_types_and_numbers() -> None:
+    from cpi.providers.baremetal.instructions import render_layout_answer
+
+    job = {**LAYOUT_JOB, "layout": BIOS_ONE_DISK}
+    inventory = {"disks": DISKS, "boot": {"mode": "bios"}}
+    text = render_layout_answer("n1", job, {"disks": DISKS}, inventory, "2026-01-01T00:00:00Z")
+    assert text.splitlines()[:6] == [
+        "lay_boot_mode 'bios'",
+        "lay_disk 'd0' 'vdc'",  # size >= 15: the 20 GiB disk
+        "lay_part 'd0' '1' 'grub' '1' 'bios_grub'",
+        "lay_part 'd0' '2' 'boot' '512' 'linux'",
+        "lay_part 'd0' '3' 'root' 'fill' 'linux'",
+        "lay_configdrive 'd0' '4'",
+    ]
+    assert "lay_esp" not in text and text.endswith("lay_go\n")
+
+
+@pytest.mark.parametrize(
+    ("job", "inspected", "reported", "problem"),
+    [
+        # a disk replaced since the inspection: both sets named
+        ({}, {"disks": DISKS, "boot": {"mode": "uefi"}}, DISKS[:3] + [{**DISKS[3], "serial": "NEW"}],
+         "its disks changed since the inspection of T: missing SF-D (10.0 GiB); new NEW (10.0 GiB)"),
+        # the layout asks for UEFI, the inspection found BIOS
+        ({}, {"disks": DISKS, "boot": {"mode": "bios"}}, DISKS, "the layout is for uefi but the server boots bios"),
+        # a hint that matches nothing
+        ({"layout": {**RAID1_LVM_UEFI, "disks": [{**RAID1_LVM_UEFI["disks"][0], "hints": {"serial": "NOPE"}},
+                                                 RAID1_LVM_UEFI["disks"][1]]}},
+         None, DISKS, "layout: disks/0/hints: no free inspected disk matches serial=NOPE"),
+        # one disk only: the RAID1 set cannot be built
+        ({}, None, DISKS[1:2], "disks/1/hints: no free inspected disk matches serial=sf-b"),
+        # / is xfs, the image's root is ext4
+        ({"layout": BIOS_ONE_DISK | {"disks": [{**BIOS_ONE_DISK["disks"][0], "partitions": [
+            *BIOS_ONE_DISK["disks"][0]["partitions"][:2], {"id": "root", "size": "fill", "filesystem": "xfs",
+                                                           "mount": "/"}]}]}, "boot_mode": "bios"},
+         None, DISKS, "/ is xfs but the root filesystem of the image is ext4"),
+        ({"layout": None, "deploy_kind": "whole-disk"}, None, DISKS, "the deploy job has no layout"),
+    ],
+)  # fmt: skip
+def test_layout_answer_errors_are_one_quoted_line(job: Any, inspected: Any, reported: Any, problem: str) -> None:
+    from cpi.providers.baremetal.instructions import render_layout_answer
+
+    text = render_layout_answer("n1", {**LAYOUT_JOB, **job}, {"disks": reported}, inspected, "T")
+    assert text.startswith("SF_LAYOUT_ERROR='node n1: ") and text.endswith("'\n") and text.count("\n") == 1, text
+    assert problem in text, text
+    with pytest.raises(ValueError, match=r"disks\[0\].name"):
+        render_layout_answer("n1", LAYOUT_JOB, {"disks": [{"name": "/dev/x", "size": 1}]})

@@ -391,6 +391,69 @@ def test_root_device_is_chosen_by_the_jobs_hints_among_the_reported_disks(env: E
     assert resp.status_code == 409 and "not a deploy job" in resp.json()["error"]
 
 
+def test_layout_route_answers_the_jobs_layout_on_the_reported_disks(env: Env, tmp_path: Path) -> None:
+    """POST layout (a layout deploy job): the instructions carry SF_DEPLOY_KIND and SF_ROOTFS_*, not the layout;
+    the route answers the lay_* lines for the reported disks, an SF_LAYOUT_ERROR line when the disk set is not the
+    inspected one (naming both) or the layout does not fit; clean jobs and wrong tokens are refused."""
+    gib = 1 << 30
+    disks = [{"name": "vda", "size": 8 * gib, "serial": "SF-A"}, {"name": "vdb", "size": 8 * gib, "serial": "SF-B"}]
+    layout = {"boot_mode": "bios", "disks": [
+        {"id": "d0", "hints": {"serial": "SF-B"}, "partitions": [
+            {"id": "grub", "size": 1, "bios_grub": True}, {"id": "root", "size": "fill", "filesystem": "ext4",
+                                                          "mount": "/"}]}]}  # fmt: skip
+    rootfs = {"rootfs_url": f"{env.url}/images/sc-1/root.img", "rootfs_offset": 1 << 20, "rootfs_size": 2048,
+              "rootfs_sha256": SHA, "rootfs_fstype": "ext4"}  # fmt: skip
+    token = env.deploy_job(root_hints=None, deploy_kind="layout", layout=layout, boot_mode="bios", **rootfs)
+    headers = {"X-Stemforge-Token": token}
+    text = requests.get(f"{env.url}/v1/nodes/n1/instructions", headers=headers, timeout=10).text
+    assert "SF_DEPLOY_KIND='layout'\n" in text and f"SF_ROOTFS_OFFSET='{1 << 20}'\n" in text
+    assert "SF_ROOTFS_FSTYPE='ext4'\n" in text and "layout" not in text.replace("SF_DEPLOY_KIND='layout'", "")
+    url = f"{env.url}/v1/nodes/n1/layout"
+    resp = requests.post(url, json={"disks": disks}, headers=headers, timeout=10)
+    assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/plain")
+    assert resp.text.splitlines() == [
+        "lay_boot_mode 'bios'", "lay_disk 'd0' 'vdb'", "lay_part 'd0' '1' 'grub' '1' 'bios_grub'",
+        "lay_part 'd0' '2' 'root' 'fill' 'linux'", "lay_configdrive 'd0' '3'", "lay_fs 'root' 'ext4' '/'", "lay_go",
+    ]  # fmt: skip
+    resp = requests.post(url, json={"disks": disks[:1]}, headers=headers, timeout=10)
+    assert resp.text.startswith("SF_LAYOUT_ERROR='node n1: layout: disks/0/hints: no free inspected disk matches")
+    inventory = {"disks": disks, "nics": [], "cpu": {"count": 1, "arch": "x86_64"}, "memory": {"total_bytes": 1},
+                 "boot": {"mode": "bios"}}  # fmt: skip
+    env.store.set_inspection("n1", inventory)
+    assert requests.post(url, json={"disks": disks}, headers=headers, timeout=10).text.endswith("lay_go\n")
+    resp = requests.post(url, json={"disks": [disks[0], {**disks[1], "size": 9 * gib}]}, headers=headers, timeout=10)
+    assert "its disks changed since the inspection of 20" in resp.text
+    assert "missing SF-B (8.0 GiB); new SF-B (9.0 GiB)" in resp.text and resp.text.count("\n") == 1
+    assert requests.post(url, json={"disks": "x"}, headers=headers, timeout=10).status_code == 400
+    assert requests.post(url, json={"disks": disks}, timeout=10).status_code == 401
+    assert requests.get(url, headers=headers, timeout=10).status_code == 405
+    env.store.end_job("n1")
+    clean = env.store.start_job("n1", "clean", {"mode": "clean"}, timeout_s=60).token
+    resp = requests.post(url, json={"disks": disks}, headers={"X-Stemforge-Token": clean}, timeout=10)
+    assert resp.status_code == 409
+
+
+def test_layout_deploy_instructions_are_checked() -> None:
+    base = {"image_url": "http://x/i", "image_sha256": SHA, "image_size": 1, "deploy_kind": "layout",
+            "rootfs_url": "http://x/i", "rootfs_offset": 0, "rootfs_size": 5, "rootfs_sha256": SHA,
+            "rootfs_fstype": "ext4", "layout": {"disks": [{"id": "d0", "partitions": []}]}}  # fmt: skip
+    assert "SF_ROOTFS_SIZE='5'" in render_instructions("n", "deploy", base)
+    for change, field in (
+        ({"rootfs_sha256": None}, "rootfs_sha256"),
+        ({"rootfs_offset": -1}, "rootfs_offset"),
+        ({"rootfs_size": True}, "rootfs_size"),
+        ({"rootfs_url": "file:///x"}, "rootfs_url"),
+        ({"rootfs_fstype": "xfs"}, "rootfs_fstype"),
+        ({"deploy_kind": "tarball"}, "deploy_kind"),
+        ({"layout": {"disks": [{"id": "D0", "partitions": []}]}}, "layout: layout/disks/0/id"),
+        ({"boot_mode": "efi"}, "boot_mode"),
+        ({"image_format": "gzip"}, "image_format"),
+        ({"deploy_kind": "whole-disk"}, "only a layout deploy"),
+    ):
+        with pytest.raises(InstructionsError, match=f"node 'n'.*{field}"):
+            render_instructions("n", "deploy", {**base, **change})
+
+
 # -- tokens ----------------------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,13 @@ per line, every value single-quoted with ``'`` written as ``'\\''``, so busybox 
     SF_ROOT_HINTS='size=>=4 serial=QM0001'   (shown only: the ramdisk asks for its root disk, see below)
     SF_HEARTBEAT_S='10'
     SF_ERASE='full'            (clean jobs: metadata | full)
+    SF_DEPLOY_KIND='layout'    (absent or whole-disk: the image onto the root disk; layout: file-based, below)
+    SF_ROOTFS_URL=...  SF_ROOTFS_OFFSET=...  SF_ROOTFS_SIZE=...  SF_ROOTFS_SHA256=...  SF_ROOTFS_FSTYPE='ext4'
+                               (layout deploys: the image's root partition, fetched with Range: bytes=OFF-END)
+
+A layout deploy's job also carries ``layout`` (the document, :mod:`.layout`) and ``boot_mode``; they are not
+written as lines: the ramdisk POSTs its disks to ``/v1/nodes/<node>/layout`` and gets :func:`render_layout_answer`
+(``lay_*`` lines, or ``SF_LAYOUT_ERROR='...'``).
 
 Contract of :func:`render_instructions`: an unknown key, a missing required key (deploy: image_url, image_sha256,
 image_size) or a value of the wrong type raises :class:`InstructionsError` naming the node and the key; nothing is
@@ -33,6 +40,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from cpi.providers.baremetal import layout
 from cpi.providers.baremetal import root_hints as rh
 from cpi.providers.baremetal.inspection import disk_set
 
@@ -47,8 +55,21 @@ KEYS: Final = (
     "root_hints",
     "heartbeat_s",
     "erase",
+    "deploy_kind",
+    "rootfs_url",
+    "rootfs_offset",
+    "rootfs_size",
+    "rootfs_sha256",
+    "rootfs_fstype",
 )
+#: Keys a job may carry that are not written as ``SF_*`` lines: a layout deploy's layout document and the boot
+#: mode the provider expects, read by :func:`render_layout_answer` when the ramdisk asks (``POST layout``).
+HIDDEN_KEYS: Final = ("layout", "boot_mode")
 REQUIRED_FOR_DEPLOY: Final = ("image_url", "image_sha256", "image_size")
+REQUIRED_FOR_LAYOUT: Final = ("rootfs_url", "rootfs_offset", "rootfs_size", "rootfs_sha256", "rootfs_fstype", "layout")
+DEPLOY_KINDS: Final = ("whole-disk", "layout")
+#: The filesystems a layout deploy can stream as the image's root partition (then grown with resize2fs).
+ROOTFS_TYPES: Final = ("ext4",)
 ROOT_HINT_KEYS: Final = rh.HINT_ORDER
 IMAGE_FORMATS: Final = ("raw", "gzip")
 MODES: Final = ("deploy", "clean", "inspect")
@@ -77,9 +98,9 @@ def validate_instructions(node: str, kind: str, instructions: Mapping[str, Any])
     def fail(key: str, problem: str) -> InstructionsError:
         return InstructionsError(f"job instructions of node {node!r}: {key}: {problem}")
 
-    unknown = sorted(str(k) for k in instructions if k not in KEYS)
+    unknown = sorted(str(k) for k in instructions if k not in KEYS and k not in HIDDEN_KEYS)
     if unknown:
-        raise fail(", ".join(unknown), f"unknown key(s); allowed: {', '.join(KEYS)}")
+        raise fail(", ".join(unknown), f"unknown key(s); allowed: {', '.join((*KEYS, *HIDDEN_KEYS))}")
     mode = instructions.get("mode", kind)
     if mode not in MODES:
         raise fail("mode", f"must be one of {', '.join(MODES)}, not {mode!r}")
@@ -102,7 +123,32 @@ def validate_instructions(node: str, kind: str, instructions: Mapping[str, Any])
         raise fail("erase", "only a clean job erases disks")
     if mode == "deploy" and "image_format" not in out:
         out["image_format"] = "raw"
+    _check_deploy_kind(mode, out, instructions, fail)
     return {k: out[k] for k in KEYS if k in out}
+
+
+def _check_deploy_kind(mode: str, out: Mapping[str, str], instructions: Mapping[str, Any], fail: Any) -> None:
+    """A layout deploy has the SF_ROOTFS_* keys, a layout (shape-checked) and a raw image; other jobs have none."""
+    layout_keys = [k for k in (*REQUIRED_FOR_LAYOUT, "boot_mode") if instructions.get(k) is not None]
+    if out.get("deploy_kind") != "layout":
+        if mode != "deploy" and "deploy_kind" in out:
+            raise fail("deploy_kind", "only a deploy job has a deploy kind")
+        if layout_keys:
+            raise fail(", ".join(layout_keys), "only a layout deploy (deploy_kind: layout) takes these")
+        return
+    if mode != "deploy":
+        raise fail("deploy_kind", "only a deploy job has a deploy kind")
+    missing = [k for k in REQUIRED_FOR_LAYOUT if instructions.get(k) in (None, "")]
+    if missing:
+        raise fail(", ".join(missing), "required for a layout deploy (deploy_kind: layout)")
+    if out.get("image_format") != "raw":
+        raise fail("image_format", "a layout deploy reads the image's root partition by range: it must be raw")
+    if instructions.get("boot_mode") not in (None, "uefi", "bios"):
+        raise fail("boot_mode", f"must be uefi or bios, not {instructions['boot_mode']!r}")
+    try:
+        layout.check_shape(instructions["layout"], "layout/")
+    except layout.LayoutError as exc:
+        raise fail("layout", str(exc).removeprefix("layout: ")) from None
 
 
 def _render_value(key: str, value: Any, fail: Any) -> str:
@@ -134,6 +180,23 @@ def _render_value(key: str, value: Any, fail: Any) -> str:
         return str(math.ceil(value))  # the ramdisk counts whole seconds
     if key == "root_hints":
         return _render_root_hints(value, fail)
+    if key == "deploy_kind":
+        if value not in DEPLOY_KINDS:
+            raise fail(key, f"must be one of {', '.join(DEPLOY_KINDS)}, not {value!r}")
+        return str(value)
+    if key == "rootfs_url":
+        return _render_value("image_url", value, lambda _k, problem: fail(key, problem))
+    if key == "rootfs_sha256":
+        return _render_value("image_sha256", value, lambda _k, problem: fail(key, problem))
+    if key in ("rootfs_offset", "rootfs_size"):
+        low = 0 if key == "rootfs_offset" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise fail(key, f"must be an integer >= {low} (bytes), got {value!r}")
+        return str(value)
+    if key == "rootfs_fstype":
+        if value not in ROOTFS_TYPES:
+            raise fail(key, f"must be one of {', '.join(ROOTFS_TYPES)}, not {value!r}")
+        return str(value)
     if key == "erase":
         if value not in ERASE_MODES:
             raise fail(key, f"must be one of {', '.join(ERASE_MODES)}, not {value!r}")
@@ -189,16 +252,128 @@ def render_root_device(
     must be the inspected ones (by serial, or kernel name without one, and size); otherwise the answer is an
     ``SF_ROOT_ERROR`` naming what was added and what is missing, so the deploy fails before writing."""
     disks = parse_disk_report(report)
-    if inspected is not None:
-        before, now = disk_set(inspected), disk_set({"disks": disks})
-        if before != now:
-            gone = ", ".join(f"{k} ({v / rh.GIB:.1f} GiB)" for k, v in before if (k, v) not in now) or "none"
-            new = ", ".join(f"{k} ({v / rh.GIB:.1f} GiB)" for k, v in now if (k, v) not in before) or "none"
-            why = (f"node {node}: its disks changed since the inspection{' of ' + inspected_at if inspected_at else ''}"
-                   f": missing {gone}; new {new}; inspect it again (stemforge metal inspect {node})")  # fmt: skip
-            return f"SF_ROOT_ERROR={shell_quote(why)}\n"
+    changed = disk_change(node, disks, inspected, inspected_at)
+    if changed:
+        return f"SF_ROOT_ERROR={shell_quote(changed)}\n"
     try:
         chosen = rh.select_root_device(disks, instructions.get("root_hints"))
     except (rh.NoRootDevice, rh.RootHintsError) as exc:
         return f"SF_ROOT_ERROR={shell_quote(f'node {node}: {exc}')}\n"
     return f"SF_ROOT_DEVICE={shell_quote(str(chosen['name']))}\n"
+
+
+def disk_change(node: str, disks: list[dict[str, Any]], inspected: Mapping[str, Any] | None, inspected_at: str) -> str:
+    """Why the reported ``disks`` are not the inspected ones (:func:`..inspection.disk_set`: serial, or kernel name
+    without one, and size), naming what is missing and what is new; ``""`` when equal or never inspected."""
+    if inspected is None:
+        return ""
+    before, now = disk_set(inspected), disk_set({"disks": disks})
+    if before == now:
+        return ""
+    gone = ", ".join(f"{k} ({v / rh.GIB:.1f} GiB)" for k, v in before if (k, v) not in now) or "none"
+    new = ", ".join(f"{k} ({v / rh.GIB:.1f} GiB)" for k, v in now if (k, v) not in before) or "none"
+    return (f"node {node}: its disks changed since the inspection{' of ' + inspected_at if inspected_at else ''}: "
+            f"missing {gone}; new {new}; inspect it again (stemforge metal inspect {node})")  # fmt: skip
+
+
+def render_layout_answer(
+    node: str,
+    instructions: Mapping[str, Any],
+    report: Mapping[str, Any],
+    inspected: Mapping[str, Any] | None = None,
+    inspected_at: str = "",
+) -> str:
+    """The answer to a layout-deploy ramdisk's ``POST layout`` (``{"disks": [...]}`` as for root-device): the
+    job's ``layout`` validated against the reported disks (:func:`..layout.validate_layout`) and rendered as the
+    ``lay_*`` lines of :func:`render_layout_plan`, or one line ``SF_LAYOUT_ERROR='<why>'`` when the disks differ
+    from the node's last inspection (``inspected``), the layout does not fit them, its boot mode is not the
+    server's (the inspection's ``boot.mode``, else the job's ``boot_mode``) or its ``/`` is not the image's
+    root-filesystem type (``rootfs_fstype``). A malformed report raises ValueError."""
+    disks = parse_disk_report(report)
+
+    def error(why: str) -> str:
+        return f"SF_LAYOUT_ERROR={shell_quote(f'node {node}: {why}'.replace(chr(10), ' '))}\n"
+
+    changed = disk_change(node, disks, inspected, inspected_at)
+    if changed:
+        return error(changed.removeprefix(f"node {node}: "))
+    document = instructions.get("layout")
+    if not isinstance(document, Mapping):
+        return error("the deploy job has no layout (deploy_kind is not layout)")
+    server_mode = str(((inspected or {}).get("boot") or {}).get("mode") or instructions.get("boot_mode") or "")
+    wanted = str(document.get("boot_mode") or server_mode)
+    if server_mode and wanted != server_mode:
+        return error(f"layout: boot_mode: the layout is for {wanted} but the server boots {server_mode}")
+    try:
+        plan = layout.validate_layout(document, disks, wanted)
+    except layout.LayoutError as exc:
+        return error(str(exc))
+    fstype = str(instructions.get("rootfs_fstype") or "ext4")
+    root = plan.devices[plan.root]
+    if root.spec.get("filesystem") != fstype:
+        return error(
+            f"layout: {root.where}/filesystem: / is {root.spec.get('filesystem')} but the root filesystem of the "
+            f"image is {fstype} (it is streamed, not copied file by file)"
+        )
+    return render_layout_plan(plan)
+
+
+def _part_type(device: layout.Device) -> str:
+    spec = device.spec
+    if spec.get("esp"):
+        return "esp"
+    if spec.get("bios_grub"):
+        return "bios_grub"
+    if device.used_by.startswith("array "):
+        return "raid"
+    if device.used_by.startswith("volume group "):
+        return "lvm"
+    return "swap" if spec.get("filesystem") == "swap" else "linux"
+
+
+def render_layout_plan(plan: layout.Plan) -> str:
+    """A validated plan as the ramdisk's ``lay_*`` lines (the grammar in the project's spec, section 2; every
+    argument :func:`shell_quote`-d): boot mode; each layout disk and its kernel name; its GPT partitions in order
+    (sizes in MiB, ``fill`` for the rest); the config-drive partition after them; arrays; VGs; LVs (sized, then the
+    fill); filesystems (``/`` first, then by mount depth, unmounted ones last); the ESPs (the ``/boot/efi`` one
+    first); ``lay_go``."""
+
+    def line(*words: object) -> str:
+        return " ".join([str(words[0]), *(shell_quote(str(w)) for w in words[1:])]) + "\n"
+
+    out = [line("lay_boot_mode", plan.boot_mode)]
+    out += [line("lay_disk", disk_id, disk["name"]) for disk_id, disk in plan.disks.items()]
+    numbers: dict[str, int] = {}
+    for device in plan.devices.values():
+        if device.kind != "partition":
+            continue
+        (disk_id,) = device.disks
+        numbers[disk_id] = numbers.get(disk_id, 0) + 1
+        size = "fill" if device.spec["size"] == "fill" else device.size_mib
+        out.append(line("lay_part", disk_id, numbers[disk_id], device.id, size, _part_type(device)))
+    out.append(line("lay_configdrive", plan.configdrive, numbers.get(plan.configdrive, 0) + 1))
+    for device in plan.devices.values():
+        if device.kind == "raid":
+            out.append(line("lay_raid", device.id, device.spec["level"], *device.spec["devices"]))
+    for vg_id, pvs in plan.volume_groups.items():
+        out.append(line("lay_vg", vg_id, *pvs))
+    lvs = [d for d in plan.devices.values() if d.kind == "lv"]
+    for device in sorted(lvs, key=lambda d: d.spec["size"] == "fill"):
+        out.append(
+            line("lay_lv", device.group, device.id, "fill" if device.spec["size"] == "fill" else device.size_mib)
+        )
+    filesystems = [d for d in plan.devices.values() if d.spec.get("filesystem")]
+
+    def order(device: layout.Device) -> tuple[int, int, str]:
+        mount = str(device.spec.get("mount") or "")
+        return (0 if mount else 1, 0 if mount == "/" else mount.count("/"), mount)
+
+    for device in sorted(filesystems, key=order):
+        out.append(line("lay_fs", device.id, device.spec["filesystem"], device.spec.get("mount") or "-"))
+    esps = sorted(
+        (d for d in plan.devices.values() if d.spec.get("esp")), key=lambda d: d.spec.get("mount") != "/boot/efi"
+    )
+    if esps:
+        out.append(line("lay_esp", *(d.id for d in esps)))
+    out.append("lay_go\n")
+    return "".join(out)

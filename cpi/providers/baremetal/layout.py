@@ -172,6 +172,7 @@ class Device:
     disks: frozenset[str]  # the layout disk ids it lives on
     size_mib: int = 0
     used_by: str = ""
+    group: str = ""  # an LV's volume group id
 
 
 @dataclass
@@ -185,20 +186,28 @@ class Plan:
     configdrive: str
     root: str
     mounts: dict[str, str] = field(default_factory=dict)  # mount point -> device id
+    volume_groups: dict[str, list[str]] = field(default_factory=dict)  # VG id -> its physical volumes' ids
+
+
+def check_shape(layout: Any, prefix: str = "") -> None:
+    """The document's shape only (:data:`LAYOUT_SCHEMA`, no disks needed): LayoutError naming the field, its path
+    prefixed with ``prefix`` (e.g. ``nodes/0/layout/``) when given."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(LAYOUT_SCHEMA).iter_errors(layout))
+    if error is None:
+        return
+    where = prefix + ("/".join(str(p) for p in error.absolute_path) or "layout")
+    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        raise LayoutError(where, f"unknown key(s) {', '.join(map(repr, extra))}")
+    raise LayoutError(where, error.message)
 
 
 def validate_layout(layout: Any, inspected_disks: Sequence[Mapping[str, Any]], boot_mode: str = "") -> Plan:
     """Check ``layout`` against the inspected disks (Ironic's device dicts: ``name``, ``size`` in bytes, ``serial``
     ...) and the server's boot mode (the layout's ``boot_mode`` wins); the plan, or LayoutError naming the field."""
-    import jsonschema
-
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(LAYOUT_SCHEMA).iter_errors(layout))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "layout"
-        if error.validator == "additionalProperties":
-            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-            raise LayoutError(where, f"unknown key(s) {', '.join(map(repr, extra))}")
-        raise LayoutError(where, error.message)
+    check_shape(layout)
     mode = str(layout.get("boot_mode") or boot_mode or "")
     if mode not in ("uefi", "bios"):
         raise LayoutError("boot_mode", "unknown: give boot_mode (uefi or bios) or inspect the server first")
@@ -218,7 +227,8 @@ def validate_layout(layout: Any, inspected_disks: Sequence[Mapping[str, Any]], b
     mounts, root = _filesystems(devices)
     root_disks = sorted(devices[root].disks)
     _boot_loader(mode, layout, devices, root_disks)
-    return Plan(mode, disks, devices, configdrive, root, mounts)
+    groups = {str(vg["id"]): [str(d) for d in vg["devices"]] for vg in layout.get("lvm") or []}
+    return Plan(mode, disks, devices, configdrive, root, mounts, groups)
 
 
 def _unique_ids(layout: Mapping[str, Any]) -> None:
@@ -358,7 +368,7 @@ def _volume_group(index: int, vg: Mapping[str, Any], devices: dict[str, Device])
     disks = frozenset().union(*(pv.disks for pv in pvs))
     for j, lv in enumerate(lvs):
         size = left if lv["size"] == "fill" else -(-int(lv["size"]) // LVM_EXTENT_MIB) * LVM_EXTENT_MIB
-        devices[lv["id"]] = Device(lv["id"], "lv", f"{where}/lvs/{j}", lv, disks, size)
+        devices[lv["id"]] = Device(lv["id"], "lv", f"{where}/lvs/{j}", lv, disks, size, group=str(vg["id"]))
 
 
 def _filesystems(devices: Mapping[str, Device]) -> tuple[dict[str, str], str]:

@@ -9,6 +9,9 @@ Routes (all under ``/v1/nodes/<node>/``, token in the ``X-Stemforge-Token`` head
 * ``POST root-device`` (job token of a deploy job): ``{"disks": [...]}`` as the ramdisk sees them; answers
   ``text/plain`` ``SF_ROOT_DEVICE='vda'`` or ``SF_ROOT_ERROR='...'`` (:func:`.instructions.render_root_device`;
   also an error when the node's last inspection recorded other disks: a hardware change fails the deploy).
+* ``POST layout`` (job token of a deploy job): the same body; answers ``text/plain``: the ``lay_*`` lines of the
+  job's layout on those disks or one line ``SF_LAYOUT_ERROR='...'`` (:func:`.instructions.render_layout_answer`:
+  the disk set differs from the last inspection, the layout does not fit, wrong boot mode or root fs type).
 * ``POST phone-home`` (phone-home token): any JSON object (what the booted OS read from its config drive); stored
   as event kind ``phone-home``; answers 204.
 
@@ -32,7 +35,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from cpi.fastjson import depth_exceeds
-from cpi.providers.baremetal.instructions import InstructionsError, render_instructions, render_root_device
+from cpi.providers.baremetal.instructions import (
+    InstructionsError,
+    render_instructions,
+    render_layout_answer,
+    render_root_device,
+)
 from cpi.providers.baremetal.serve.shared_store import SharedStore
 
 log = logging.getLogger("stemforge.metal.callbacks")
@@ -168,20 +176,33 @@ class Callbacks:
 
     def root_device(self, caller: Caller, body: bytes) -> str:
         """The root disk for ``caller.node``'s deploy job among the disks its ramdisk reported (``SF_*`` lines)."""
+        return self._disk_answer(caller, body, "root-device", render_root_device)
+
+    def layout(self, caller: Caller, body: bytes) -> str:
+        """The ``lay_*`` lines (or ``SF_LAYOUT_ERROR``) for ``caller.node``'s layout deploy job, from the disks its
+        ramdisk reported and the node's last inspection (:func:`.instructions.render_layout_answer`)."""
+        return self._disk_answer(caller, body, "layout", render_layout_answer)
+
+    def _disk_answer(self, caller: Caller, body: bytes, what: str, render: Any) -> str:
+        """Authenticate a deploy job's ramdisk, parse its disk report and answer with ``render(node, instructions,
+        report, inspection inventory or None, inspection time)``."""
         self.authenticate(caller, "job")
         job = self.store.call(lambda s: s.job(caller.node))
         if job is None:
             raise CallbackError(HTTPStatus.UNAUTHORIZED, f"job token not valid for node {caller.node!r}")
         if job.kind != "deploy":
             raise CallbackError(HTTPStatus.CONFLICT, f"node {caller.node!r} has a {job.kind} job, not a deploy job")
-        report = parse_json_object(body, "root-device")
+        report = parse_json_object(body, what)
         record = self.store.call(lambda s: s.inspection(caller.node))
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.ts)) if record is not None else ""
         try:
-            text = render_root_device(job.node, job.instructions, report, record.data if record else None, when)
+            text: str = render(job.node, job.instructions, report, record.data if record else None, when)
         except ValueError as exc:
-            raise CallbackError(HTTPStatus.BAD_REQUEST, f"root-device: {exc}") from None
-        log.info("node %s root device: %s", caller.node, text.strip())
+            raise CallbackError(HTTPStatus.BAD_REQUEST, f"{what}: {exc}") from None
+        first = text.splitlines()[0] if text else ""
+        log.info(
+            "node %s %s: %s", caller.node, what, first if first.startswith("SF_") else f"{len(text.splitlines())} lines"
+        )
         return text
 
     def configdrive(self, caller: Caller) -> Path:

@@ -14,6 +14,7 @@ Routes (base ``http://<provisioning address>:<port>``; see /work/coord/METAL.md 
 ``GET|HEAD /v1/nodes/<node>/configdrive``  job token ``<state_dir>/configdrives/<node>.iso``
 ``POST /v1/nodes/<node>/events``       job token     ramdisk heartbeat/stage/result → 204
 ``POST /v1/nodes/<node>/root-device``  job token     the ramdisk's disks → ``SF_ROOT_DEVICE``/``SF_ROOT_ERROR``
+``POST /v1/nodes/<node>/layout``       job token     the ramdisk's disks → ``lay_*`` lines/``SF_LAYOUT_ERROR``
 ``POST /v1/nodes/<node>/phone-home``   phone-home    the booted OS's report → 204
 =====================================  ============  ==============================================================
 
@@ -223,6 +224,12 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
                     method == "POST",
                     method,
                     lambda: self._send_text(callbacks.root_device(caller, self._read_body(MAX_EVENT_BYTES))),
+                )
+            if parts[3] == "layout":
+                return self._allow(
+                    method == "POST",
+                    method,
+                    lambda: self._send_text(callbacks.layout(caller, self._read_body(MAX_EVENT_BYTES))),
                 )
             if parts[3] == "phone-home":
                 return self._allow(
