@@ -100,6 +100,99 @@ def test_enroll_rejects_bad_files_naming_the_field(
     assert MetalStore(sd).nodes() == []  # nothing half-enrolled
 
 
+RAID1: dict[str, Any] = {
+    "boot_mode": "uefi",
+    "disks": [
+        {"id": "d0", "hints": {"serial": "node-a-root"}, "partitions": [
+            {"id": "esp0", "size": 256, "filesystem": "vfat", "mount": "/boot/efi", "esp": True},
+            {"id": "r0", "size": "fill"}]},
+        {"id": "d1", "hints": {"serial": "node-a-d1"}, "partitions": [
+            {"id": "esp1", "size": 256, "filesystem": "vfat", "esp": True}, {"id": "r1", "size": "fill"}]},
+    ],
+    "raid": [{"id": "md0", "level": 1, "devices": ["r0", "r1"]}],
+    "lvm": [{"id": "vg0", "devices": ["md0"], "lvs": [{"id": "root", "size": "fill", "filesystem": "ext4",
+                                                     "mount": "/"}]}],
+}  # fmt: skip
+
+
+def _with_storage(data: dict[str, Any]) -> dict[str, Any]:
+    """node-a: UEFI with plan.storage raid1; node-b: BIOS, no storage named: takes the hints plan by match."""
+    data["storage_plans"] = [
+        {"name": "raid1", "match": {"boot_mode": "uefi", "min_disks": 2}, "layout": RAID1},
+        {"name": "small-root", "match": {"boot_mode": "bios"}, "root_hints": {"size": "<= 4"}},
+    ]
+    data["nodes"][0]["plan"].update(boot_mode="uefi", storage="raid1")
+    data["nodes"][0].pop("root_hints")
+    data["nodes"][1]["plan"]["boot_mode"] = "bios"
+    data["nodes"][1].pop("root_hints")
+    return data
+
+
+def test_enroll_storage_plans_and_layouts_show_prints_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cpi.providers.baremetal.inventory import node_layout
+
+    sd = str(tmp_path / "sd")
+    data = _with_storage(inventory("http://127.0.0.1:9"))
+    status, _, err = run(capsys, "enroll", write(tmp_path, data), "--state-dir", sd)
+    assert status == 0, err
+    store = MetalStore(sd)
+    a, b = store.get_node("node-a"), store.get_node("node-b")
+    assert node_layout(a) == RAID1 and a.extra["storage"]["plan"] == "raid1" and a.plan["boot_mode"] == "uefi"
+    assert node_layout(b) is None and b.root_hints == {"size": "<= 4"} and b.extra["storage"]["plan"] == "small-root"
+    shown = json.loads(run(capsys, "show", "node-a", "--state-dir", sd)[1])
+    assert shown["storage"].startswith("file-based deploy (storage plan raid1), uefi: uefi, disks d0 (serial=node-a-")
+    assert "raid md0 level 1 [r0 r1], vg vg0 [md0]: root fill ext4 /, config drive on d0" in shown["storage"]
+    shown = json.loads(run(capsys, "show", "node-b", "--state-dir", sd)[1])
+    assert shown["storage"] == "whole-disk image (storage plan small-root), bios, root hints size=<=4"
+    # an inline layout; a node matching no storage plan keeps the whole-disk default
+    data = inventory("http://127.0.0.1:9")
+    data["nodes"][0]["layout"] = RAID1
+    data["nodes"][1].pop("root_hints")
+    status, _, err = run(capsys, "enroll", write(tmp_path, data), "--state-dir", str(tmp_path / "sd2"))
+    assert status == 0, err
+    store = MetalStore(tmp_path / "sd2")
+    assert node_layout(store.get_node("node-a")) == RAID1 and store.get_node("node-b").extra == {}
+    shown = json.loads(run(capsys, "show", "node-b", "--state-dir", str(tmp_path / "sd2"))[1])
+    assert shown["storage"] == (
+        "whole-disk image, boot mode from the inspection, root hints none (the smallest disk >= 4 GiB)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["nodes"][0]["plan"].update(storage="raid9"),
+         "'nodes/0/plan/storage' no storage plan named 'raid9' (storage_plans: raid1, small-root)"),
+        (lambda d: d["nodes"][0]["plan"].update(boot_mode="efi"), "'nodes/0/plan/boot_mode'"),
+        (lambda d: d["nodes"][1].update(layout={"disks": [{"id": "d0", "partitions": [{"id": "r", "size": 0}]}]}),
+         "'nodes/1/layout/disks/0/partitions/0/size'"),
+        (lambda d: d["nodes"][1].update(layout={"disks": [], "colour": 1}), "'nodes/1/layout' unknown key(s) 'colour'"),
+        (lambda d: d["nodes"][0].update(layout=RAID1), "'nodes/0/layout' give either an inline layout or plan.storage"),
+        (lambda d: d["nodes"][1].update(layout=RAID1), "'nodes/1/layout/boot_mode' uefi but plan.boot_mode is bios"),
+        (lambda d: d["nodes"][1]["plan"].update(storage="raid1"),
+         "'nodes/1/plan/storage' storage plan 'raid1' is for uefi, plan.boot_mode is bios"),
+        (lambda d: d["storage_plans"][1].update(name="raid1"),
+         "'storage_plans/1/name' 'raid1' is already the name of another storage plan"),
+        (lambda d: d["storage_plans"][0]["layout"].update(raid=[{"id": "md0", "level": 5, "devices": ["r0"]}]),
+         "'storage_plans/0/layout/raid/0/level'"),
+        (lambda d: d["storage_plans"][1].update(root_hints={"size": "huge"}), "'storage_plans/1/root_hints/size'"),
+        (lambda d: d["storage_plans"][1].pop("root_hints"), "'storage_plans/1'"),
+        (lambda d: d["storage_plans"][0]["match"].update(min_disks=0), "'storage_plans/0/match/min_disks'"),
+    ],
+)  # fmt: skip
+def test_enroll_rejects_bad_storage_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mutate: Any, message: str
+) -> None:
+    import copy
+
+    data = copy.deepcopy(_with_storage(inventory("http://127.0.0.1:9")))
+    mutate(data)
+    sd = str(tmp_path / "sd")
+    status, _, err = run(capsys, "enroll", write(tmp_path, data, "inv.json"), "--state-dir", sd)
+    assert status == 1 and message in err, err
+    assert MetalStore(sd).nodes() == []
+
+
 def test_enroll_is_atomic_against_existing_nodes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sd = str(tmp_path / "sd")
     one = inventory("http://127.0.0.1:9", nodes=1)

@@ -193,9 +193,10 @@ def _show(args: argparse.Namespace) -> int:
     node = store.node(args.name)
     if node is None:
         return _fail(f"node {args.name!r} is not enrolled")
-    from cpi.providers.baremetal import inspection  # lazy: every stemforge command builds this parser
+    from cpi.providers.baremetal import inspection, inventory  # lazy: every stemforge command builds this parser
 
     out = node.public()
+    out["storage"] = inventory.storage_summary(node)
     record = store.inspection(args.name)
     out["inspection"] = inspection.public(record) if record is not None else None
     out["transitions"] = [

@@ -1,11 +1,19 @@
 """The server inventory: enrolment from a file, and the operator verbs (:class:`Operator`: manage, inspect, provide,
 clean, undeploy; maintenance).
 
-An inventory file (YAML or JSON) is ``{"nodes": [...]}``, each node with ``name``, ``bmc`` (driver, address,
-system_id, username, password), ``macs``, ``plan`` (arch, cpus, memory_mib, disks, labels) and optional
-``root_hints`` (Ironic's root-device hints, checked by :mod:`.root_hints`). It is validated with jsonschema
-(errors name the field path, e.g. ``nodes/1/bmc/address``) and checked for duplicate names and MACs before
-anything is written; enrolment is one transaction, so a bad file enrols nothing.
+An inventory file (YAML or JSON) is ``{"nodes": [...], "storage_plans": [...]}``, each node with ``name``, ``bmc``
+(driver, address, system_id, username, password), ``macs``, ``plan`` (arch, cpus, memory_mib, disks, labels,
+optional ``boot_mode`` bios|uefi and ``storage``: a storage plan's name), optional ``root_hints`` (Ironic's
+root-device hints, checked by :mod:`.root_hints`) and optional ``layout`` (a :mod:`.layout` document: a
+file-based deploy). A storage plan (MAAS storage layouts, OVHcloud's hardware plans) is ``{name, match:
+{boot_mode, min_disks}, layout and/or root_hints}``; a node without ``plan.storage`` or ``layout`` takes the first
+plan whose ``match`` its plan satisfies. The effective storage is recorded in the node's ``extra.storage``
+(:func:`node_layout`); ``metal show`` prints :func:`storage_summary`. Everything is validated with jsonschema
+and :func:`.layout.check_shape` (errors name the field path, e.g. ``nodes/1/bmc/address``,
+``nodes/0/layout/disks/0/partitions/1/size``, ``nodes/2/plan/storage``) and checked for duplicate names and MACs
+before anything is written; enrolment is one transaction, so a bad file enrols nothing. Whether a layout fits the
+disks is checked against the inspection, when a deploy is asked for (``placement.py``) and by the ramdisk's
+``POST layout`` (the disks it sees).
 
 The verbs run under the node's lock and move it through ``states``: ``manage`` first reads the power state through
 the BMC (an unreachable BMC puts the node in maintenance with the reason); ``provide`` and ``clean`` run cleaning
@@ -23,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cpi.errors import CpiError
-from cpi.providers.baremetal import inspection, root_hints, states
+from cpi.providers.baremetal import inspection, layout, root_hints, states
 from cpi.providers.baremetal.config import MetalConfig
 from cpi.providers.baremetal.interfaces import DRIVERS, hardware_for
 from cpi.providers.baremetal.interfaces.base import BmcUnreachable, InterfaceError, Task
@@ -45,6 +53,18 @@ DISK_SCHEMA: dict[str, Any] = {
         "wwn": _TEXT,
         "model": _TEXT,
     },
+}
+
+_PLAN_NAME = "^[a-z0-9][a-z0-9._-]{0,62}$"
+ROOT_HINTS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "minProperties": 1,
+    "properties": {
+        "size": {"oneOf": [{"type": "integer", "minimum": 1}, _TEXT]},
+        "rotational": {"oneOf": [{"type": "boolean"}, _TEXT]},
+        **{k: _TEXT for k in root_hints.HINT_ORDER if k not in ("size", "rotational")},
+    },  # fmt: skip
 }
 
 NODE_SCHEMA: dict[str, Any] = {
@@ -81,18 +101,32 @@ NODE_SCHEMA: dict[str, Any] = {
                 "labels": {"type": "object", "additionalProperties": {"type": "string"}},
                 # cleaning depth (services.instructions.ERASE_MODES): metadata (default) or full
                 "erase": {"enum": ["metadata", "full"]},
+                # the firmware the server boots with (a deploy checks it against the inspection)
+                "boot_mode": {"enum": ["bios", "uefi"]},
+                # the name of an entry of the inventory's storage_plans
+                "storage": {"type": "string", "pattern": _PLAN_NAME},
             },
         },
-        "root_hints": {
+        "root_hints": ROOT_HINTS_SCHEMA,
+        # a layout.py document (its shape is checked by layout.check_shape, naming the field)
+        "layout": {"type": "object"},
+    },
+}
+
+STORAGE_PLAN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name"],
+    "anyOf": [{"required": ["layout"]}, {"required": ["root_hints"]}],
+    "properties": {
+        "name": {"type": "string", "pattern": _PLAN_NAME},
+        "match": {
             "type": "object",
             "additionalProperties": False,
-            "minProperties": 1,
-            "properties": {
-                "size": {"oneOf": [{"type": "integer", "minimum": 1}, _TEXT]},
-                "rotational": {"oneOf": [{"type": "boolean"}, _TEXT]},
-                **{k: _TEXT for k in root_hints.HINT_ORDER if k not in ("size", "rotational")},
-            },  # fmt: skip
+            "properties": {"boot_mode": {"enum": ["bios", "uefi"]}, "min_disks": {"type": "integer", "minimum": 1}},
         },
+        "layout": {"type": "object"},
+        "root_hints": ROOT_HINTS_SCHEMA,
     },
 }
 
@@ -100,7 +134,10 @@ INVENTORY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": ["nodes"],
-    "properties": {"nodes": {"type": "array", "minItems": 1, "items": NODE_SCHEMA}},
+    "properties": {
+        "nodes": {"type": "array", "minItems": 1, "items": NODE_SCHEMA},
+        "storage_plans": {"type": "array", "items": STORAGE_PLAN_SCHEMA},
+    },
 }
 
 
@@ -125,6 +162,7 @@ def parse_inventory(text: str, source: str = "inventory") -> list[NodeSpec]:
         validate(source, INVENTORY_SCHEMA, data)
     except CpiError as exc:
         raise InventoryError(exc.message) from None
+    storage_plans = _storage_plans(data, source)
     specs: list[NodeSpec] = []
     names: dict[str, int] = {}
     macs: dict[str, str] = {}
@@ -146,11 +184,8 @@ def parse_inventory(text: str, source: str = "inventory") -> list[NodeSpec]:
             raise InventoryError(f"{where}/bmc' a redfish BMC needs 'system_id' (the system's path or id)")
         plan = dict(raw["plan"])
         plan.setdefault("labels", {})
-        try:
-            root_hints.parse_root_device_hints(raw.get("root_hints"))
-        except root_hints.RootHintsError as exc:
-            field = exc.field.replace(".", "/")
-            raise InventoryError(f"{where}/{field}' {str(exc).split(': ', 1)[1]}") from None
+        _check_hints(raw.get("root_hints"), where)
+        storage = _storage(raw, storage_plans, where)
         specs.append(
             NodeSpec(
                 name=name,
@@ -164,10 +199,101 @@ def parse_inventory(text: str, source: str = "inventory") -> list[NodeSpec]:
                 ),
                 macs=tuple(norm_macs),
                 plan=plan,
-                root_hints=dict(raw.get("root_hints") or {}),
+                root_hints=dict(raw.get("root_hints") or storage.pop("root_hints", None) or {}),
+                extra={"storage": storage} if storage else {},
             )
         )
     return specs
+
+
+def _check_hints(hints: Any, where: str) -> None:
+    try:
+        root_hints.parse_root_device_hints(hints)
+    except root_hints.RootHintsError as exc:
+        field = exc.field.replace(".", "/")
+        raise InventoryError(f"{where}/{field}' {str(exc).split(': ', 1)[1]}") from None
+
+
+def _storage_plans(data: Mapping[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """The inventory's ``storage_plans`` by name, each layout's shape and hints checked (errors name the field)."""
+    plans: dict[str, dict[str, Any]] = {}
+    for index, entry in enumerate(data.get("storage_plans") or []):
+        where = f"{source}: 'storage_plans/{index}"
+        if entry["name"] in plans:
+            raise InventoryError(f"{where}/name' {entry['name']!r} is already the name of another storage plan")
+        _check_hints(entry.get("root_hints"), where)
+        if "layout" in entry:
+            _check_layout(entry["layout"], f"{where}/layout")
+        plans[entry["name"]] = dict(entry)
+    return plans
+
+
+def _check_layout(document: Any, where: str) -> None:
+    try:
+        layout.check_shape(document)
+    except layout.LayoutError as exc:
+        field = "" if exc.field == "layout" else f"/{exc.field}"
+        raise InventoryError(f"{where}{field}' {str(exc).split(': ', 2)[-1]}") from None
+
+
+def _storage(raw: Mapping[str, Any], plans: Mapping[str, Mapping[str, Any]], where: str) -> dict[str, Any]:
+    """A node's storage: ``{"plan": name or "", "layout": {...}, "root_hints": {...}}`` (what is given) from its
+    inline ``layout``, else its ``plan.storage``, else the first storage plan whose ``match`` (``boot_mode``,
+    ``min_disks``) the node's plan satisfies; ``{}`` when none applies (a whole-disk deploy with its root_hints)."""
+    plan = raw["plan"]
+    name = plan.get("storage")
+    if "layout" in raw:
+        if name:
+            raise InventoryError(f"{where}/layout' give either an inline layout or plan.storage ({name!r}), not both")
+        _check_layout(raw["layout"], f"{where}/layout")
+        mode = raw["layout"].get("boot_mode")
+        if mode and plan.get("boot_mode") and mode != plan["boot_mode"]:
+            raise InventoryError(f"{where}/layout/boot_mode' {mode} but plan.boot_mode is {plan['boot_mode']}")
+        return {"plan": "", "layout": dict(raw["layout"])}
+    if name:
+        if name not in plans:
+            known = ", ".join(plans) or "none defined"
+            raise InventoryError(f"{where}/plan/storage' no storage plan named {name!r} (storage_plans: {known})")
+        chosen = plans[name]
+    else:
+        chosen = next((p for p in plans.values() if "match" in p and _plan_matches(plan, p["match"])), {})
+        if not chosen:
+            return {}
+    out: dict[str, Any] = {"plan": chosen["name"]}
+    out.update({k: dict(chosen[k]) for k in ("layout", "root_hints") if k in chosen})
+    mode = (chosen.get("layout") or {}).get("boot_mode")
+    if mode and plan.get("boot_mode") and mode != plan["boot_mode"]:
+        raise InventoryError(
+            f"{where}/plan/storage' storage plan {chosen['name']!r} is for {mode}, "
+            f"plan.boot_mode is {plan['boot_mode']}"
+        )
+    return out
+
+
+def _plan_matches(plan: Mapping[str, Any], match: Mapping[str, Any]) -> bool:
+    if "boot_mode" in match and plan.get("boot_mode") != match["boot_mode"]:
+        return False
+    return len(plan.get("disks") or []) >= int(match.get("min_disks", 1))
+
+
+def node_layout(node: Node) -> Mapping[str, Any] | None:
+    """The layout a deploy of ``node`` builds (inline or from its storage plan), or None (whole-disk deploy)."""
+    storage = node.extra.get("storage") or {}
+    found = storage.get("layout")
+    return found if isinstance(found, Mapping) else None
+
+
+def storage_summary(node: Node) -> str:
+    """``metal show``'s one line on how the server is deployed: whole disk (with hints) or its layout."""
+    storage = node.extra.get("storage") or {}
+    source = f"storage plan {storage['plan']}" if storage.get("plan") else "inline layout"
+    boot = node.plan.get("boot_mode") or "boot mode from the inspection"
+    document = node_layout(node)
+    if document is None:
+        hints = root_hints.format_hints(node.root_hints) or "none (the smallest disk >= 4 GiB)"
+        via = f" ({source})" if storage.get("plan") else ""
+        return f"whole-disk image{via}, {boot}, root hints {hints}"
+    return f"file-based deploy ({source}), {boot}: {layout.summary(document)}"
 
 
 def load_inventory(path: str | Path) -> list[NodeSpec]:

@@ -421,3 +421,27 @@ def _boot_loader(mode: str, layout: Mapping[str, Any], devices: Mapping[str, Dev
             )
     if mode == "uefi" and not any(d.spec.get("esp") and d.spec.get("mount") == "/boot/efi" for d in devices.values()):
         raise LayoutError("disks", "UEFI boot: one ESP must be mounted at /boot/efi")
+
+
+def summary(layout: Mapping[str, Any]) -> str:
+    """One line: ``uefi, disks d0 (serial=A) [esp0 512, r0 fill], d1 ..., raid md0 level 1 [r0 r1], vg vg0 [md0]:
+    swap 256 swap, root fill ext4 /, config drive on d0`` (shape assumed checked)."""
+
+    def use(spec: Mapping[str, Any]) -> str:
+        words = [str(spec.get("filesystem") or ""), str(spec.get("mount") or "")]
+        return " ".join(w for w in words if w)
+
+    parts = [str(layout.get("boot_mode") or "boot mode of the server")]
+    disks = []
+    for disk in layout.get("disks") or []:
+        hints = root_hints.format_hints(disk.get("hints")) or "any disk"
+        inner = ", ".join(" ".join(filter(None, [p["id"], str(p["size"]), use(p)])) for p in disk["partitions"])
+        disks.append(f"{disk['id']} ({hints}) [{inner}]")
+    parts.append("disks " + "; ".join(disks))
+    parts += [f"raid {a['id']} level {a['level']} [{' '.join(a['devices'])}]" for a in layout.get("raid") or []]
+    for vg in layout.get("lvm") or []:
+        lvs = ", ".join(" ".join(filter(None, [lv["id"], str(lv["size"]), use(lv)])) for lv in vg["lvs"])
+        parts.append(f"vg {vg['id']} [{' '.join(vg['devices'])}]: {lvs}")
+    first = (layout.get("disks") or [{}])[0].get("id", "?")
+    parts.append(f"config drive on {(layout.get('configdrive') or {}).get('disk') or first}")
+    return ", ".join(parts)
