@@ -1,11 +1,14 @@
 """The ``debian`` builder's parts that need no bootstrap: option validation (unknown keys in Packer's words),
-defaults, the mirror read from apt's sources, the cache key, GRUB's MBR patching, the chroot communicator's path
+defaults, the mirror read from apt's sources, the cache key, GRUB's MBR patching (msdos gap and GPT bios_grub),
+the GPT disk with its ESP (made without mounting), firmware/partition-table validation, the chroot communicator's path
 resolution and trailing-slash rules, and the offline provisioners' option checks."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
+import subprocess
 import threading
 import time
 import uuid
@@ -13,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from builders.builder_types.debian import PLUGIN, grub
-from builders.builder_types.debian.bootstrap import BootstrapInputs, base_packages
+from builders.builder_types.debian import PLUGIN, disk, grub
+from builders.builder_types.debian.bootstrap import BootstrapInputs, base_packages, extra_packages
 from builders.builder_types.debian.communicator import ChrootCommunicator, resolve_in_root
 from builders.builder_types.debian.config import default_mirror, parse_config, parse_disk_size
 from builders.builder_types.debian.run import PlainUi, load_provisioner
@@ -125,6 +128,79 @@ def test_install_mbr_patches_like_grub_bios_setup(tmp_path: Path) -> None:
     assert data[1024:1030] == b"CCCCCC"
     with pytest.raises(Exception, match="does not fit"):
         grub.install_mbr(image, boot, core, 32)
+
+
+def test_firmware_and_partition_table_options(tmp_path: Path) -> None:
+    errors = {
+        "firmware": ({"firmware": "uefi"}, "needs partition_table: gpt"),
+        "bootloader": ({"firmware": "hybrid", "partition_table": "gpt", "bootloader": "none"},
+                       "needs bootloader: grub"),
+        "enum": ({"firmware": "efi", "partition_table": "gpt"}, "must be one of: bios, uefi, hybrid"),
+        "extra": ({"extra_packages": ["Bad!"]}, "extra_packages: 'Bad!' is not a Debian package name"),
+    }
+    for raw, message in errors.values():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_config({"output_directory": "x", **raw}, "b")
+    bios = parse_config({"output_directory": "x"}, "b")
+    hybrid = parse_config({"output_directory": "x", "partition_table": "gpt", "firmware": "hybrid",
+                           "extra_packages": ["mdadm"]}, "b")
+    uefi = parse_config({"output_directory": "x", "partition_table": "gpt", "firmware": "uefi"}, "b")
+    assert bios.firmware == "bios" and bios.partition_table == "msdos" and extra_packages(bios) == []
+    # hybrid shares the BIOS image's bootstrap tree: EFI GRUB and extra_packages come on top of it
+    assert BootstrapInputs.from_config(hybrid).key == BootstrapInputs.from_config(bios).key
+    assert extra_packages(hybrid) == ["grub-efi-amd64-bin", "mdadm"]
+    assert "grub-pc" not in base_packages(uefi) and extra_packages(uefi) == ["grub-efi-amd64-bin"]
+
+
+def test_boot_code_in_a_bios_grub_partition(tmp_path: Path) -> None:
+    """GPT: core.img in the bios_grub partition, boot.img pointing at it, the protective MBR entry kept."""
+    image = tmp_path / "disk.raw"
+    mbr = bytearray(512)
+    mbr[0x1BE:0x1CE] = b"\x00\x00\x02\x00\xee" + bytes(11)
+    mbr[510:512] = b"\x55\xaa"
+    image.write_bytes(bytes(mbr) + bytes(4 * 1024 * 1024))
+    boot = tmp_path / "boot.img"
+    boot.write_bytes(b"\xeb\x63\x90" + bytes(509))
+    core = tmp_path / "core.img"
+    core.write_bytes(b"C" * (512 * 40))
+    grub.install_boot_code(image, boot, core, 2048, 4096)
+    data = image.read_bytes()
+    assert struct.unpack_from("<Q", data, grub.KERNEL_SECTOR)[0] == 2048 and data[0x1C2] == 0xEE
+    assert struct.unpack_from("<QHH", data, 2048 * 512 + grub.BLOCKLIST) == (2049, 39, 0x820)
+    assert data[512:1024] == bytes(512)  # nothing in the post-MBR gap (GPT's header lives there)
+    with pytest.raises(Exception, match="does not fit"):
+        grub.install_boot_code(image, boot, core, 2048, 2060)
+
+
+def test_gpt_disk_with_esp_is_made_without_mounting(tmp_path: Path) -> None:
+    """sfdisk's GPT (bios_grub, ESP, root last), ext4 by mke2fs -d, FAT32 ESP by mkfs.fat + mcopy."""
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "hello").write_text("hi\n")
+    image = tmp_path / "disk.raw"
+    root_uuid = str(uuid.uuid4())
+    layout = disk.create_disk(image, src, 200, root_uuid, "root", None, lambda _: None, table="gpt",
+                              roles=disk.gpt_roles("hybrid"))
+    assert [p.role for p in layout.partitions] == ["bios_grub", "esp", "root"]
+    esp, root = layout.part("esp"), layout.part("root")
+    assert esp is not None and root is not None and esp.start_sector == 4096 and esp.size_bytes == 64 * disk.MIB
+    assert root.offset + root.size_bytes <= 200 * disk.MIB - 33 * 512  # the backup GPT stays intact
+    disk.make_esp(image, esp, "0123ABCD", {grub.EFI_CONFIG: "text\n", grub.EFI_LOADER: src / "etc" / "hello"},
+                  None)
+    listing = subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True, check=True).stdout
+    assert disk.GPT_TYPES["esp"] in listing.upper()
+    probe = subprocess.run(["blkid", "-p", "-o", "export", "-O", str(esp.offset), str(image)], capture_output=True,
+                           text=True, check=True).stdout
+    assert "UUID=0123-ABCD" in probe and "VERSION=FAT32" in probe
+    got = subprocess.run(["mtype", "-i", f"{image}@@{esp.offset}", f"::/{grub.EFI_LOADER}"], capture_output=True,
+                         text=True, check=True).stdout
+    assert got == "hi\n"
+    probe = subprocess.run(["blkid", "-p", "-o", "export", "-O", str(root.offset), str(image)], capture_output=True,
+                           text=True, check=True).stdout
+    assert f"UUID={root_uuid}" in probe and "TYPE=ext4" in probe
+    with pytest.raises(Exception, match="only the root partition"):
+        disk.create_disk(image, src, 200, root_uuid, "root", None, lambda _: None, table="msdos",
+                         roles=disk.gpt_roles("bios"))
 
 
 @pytest.fixture

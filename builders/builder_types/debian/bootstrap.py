@@ -2,10 +2,12 @@
 in the chroot), cached as a tarball keyed by its inputs.
 
 The key hashes everything that shapes the tree: suite, variant, mirror, components, the full package list
-(extra packages plus what the options add: kernel, grub-pc, openssh-server, cloud-init), the debootstrap version,
+(``packages`` plus what the options add: kernel, grub-pc, openssh-server, cloud-init), the debootstrap version,
 the architecture and :data:`TREE_FORMAT`. A cache entry is ``<cache>/bootstrap/<key>.tar.zst`` plus
-``<key>.json`` (its inputs). Builders sharing a cache serialise on ``<key>.lock`` (``flock``): the first one
-bootstraps and publishes atomically (write to a temporary name, fsync, rename), the others wait and then unpack.
+``<key>.json`` (its inputs). ``extra_packages`` (and the EFI GRUB package) are not in the tree: the install step
+adds them at every build (:func:`extra_packages`). Builders sharing a cache serialise on ``<key>.lock``
+(``flock``): the first one bootstraps and publishes atomically (write to a temporary name, fsync, rename), the
+others wait and then unpack.
 """
 
 from __future__ import annotations
@@ -42,13 +44,27 @@ def base_packages(cfg: DebianConfig) -> list[str]:
     wanted = set(cfg.packages)
     if cfg.kernel is not None:
         wanted.update({cfg.kernel, "initramfs-tools", "systemd-sysv", "udev", "iproute2", "zstd"})
-    if cfg.bootloader == "grub":
+    if cfg.bootloader == "grub" and cfg.firmware in ("bios", "hybrid"):
         wanted.add("grub-pc")
     if cfg.include_sshd:
         wanted.update({"openssh-server", "systemd-sysv"})
     if cfg.include_cloud_init:
         wanted.update({"cloud-init", "systemd-sysv", "iproute2"})
     return sorted(wanted)
+
+
+#: GRUB's x86_64-efi modules and grub-mkimage target (no grub-efi-amd64: it conflicts with grub-pc).
+EFI_GRUB_PACKAGE = "grub-efi-amd64-bin"
+
+
+def extra_packages(cfg: DebianConfig) -> list[str]:
+    """What apt installs on top of the (cached) bootstrap tree at every build: ``extra_packages`` plus the EFI GRUB
+    package when the firmware includes UEFI. Not part of the bootstrap key, so a ``hybrid`` image shares the
+    bootstrap of a ``bios`` one."""
+    wanted = set(cfg.extra_packages)
+    if cfg.bootloader == "grub" and cfg.firmware in ("uefi", "hybrid"):
+        wanted.add(EFI_GRUB_PACKAGE)
+    return sorted(wanted - set(base_packages(cfg)))
 
 
 def debootstrap_version() -> str:

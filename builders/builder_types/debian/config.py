@@ -1,5 +1,18 @@
 """Options of the ``debian`` builder type: the JSON schema, defaults and the typed, validated configuration.
 
+Disk and boot options (Packer's names where Packer has one):
+
+- ``partition_table``: ``msdos`` (default; one ext4 partition from sector 2048, GRUB in the post-MBR gap) or
+  ``gpt`` (partitions in this order: a 1 MiB ``bios_grub`` partition when the firmware includes BIOS, a 64 MiB
+  EFI system partition (FAT32) when it includes UEFI, then the ext4 root filling the rest: the root partition is
+  last, so a partition (a config drive) can be added after it once the image is written to a larger disk).
+- ``firmware``: ``bios`` (default: GRUB i386-pc), ``uefi`` (GRUB x86_64-efi at ``\\EFI\\BOOT\\BOOTX64.EFI``, the
+  removable-media path every UEFI firmware boots without NVRAM entries) or ``hybrid`` (both: one disk that boots
+  whole-disk either way). ``uefi`` and ``hybrid`` need ``partition_table: gpt`` and ``bootloader: grub``.
+- ``extra_packages``: packages apt installs at every build on top of the cached bootstrap tree (from the same
+  mirror). Unlike ``packages`` they are not part of the bootstrap cache key, so images that differ only in them
+  share one bootstrap (the EFI GRUB package of ``uefi``/``hybrid`` is installed the same way).
+
 Every problem is collected and raised at once as a ``ConfigError`` whose lines name the build and the key
 (``debian.base: unknown configuration key: 'sutie'``). Nothing here touches the network or the disk except reading
 the machine's apt sources for the default mirror and checking that the output directory does not exist yet.
@@ -20,6 +33,8 @@ TYPE_NAME = "debian"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
 VARIANTS = ("minbase", "buildd", "standard")
 FORMATS = ("raw", "qcow2")
+PARTITION_TABLES = ("msdos", "gpt")
+FIRMWARES = ("bios", "uefi", "hybrid")
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.\-]*$")
@@ -36,6 +51,7 @@ OPTIONS_SCHEMA: dict[str, Any] = {
         "mirror": {"type": "string", "pattern": "^(https?|file)://"},
         "components": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
         "packages": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "extra_packages": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "kernel": {"type": "string", "minLength": 1},
         "include_cloud_init": {"type": "boolean"},
         "datasource": {
@@ -49,7 +65,8 @@ OPTIONS_SCHEMA: dict[str, Any] = {
         "root_password": {"type": "string"},
         "disk_size": {"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]},
         "filesystem": {"enum": ["ext4"]},
-        "partition_table": {"enum": ["msdos"]},
+        "partition_table": {"enum": list(PARTITION_TABLES)},
+        "firmware": {"enum": list(FIRMWARES)},
         "bootloader": {"enum": ["grub", "none"]},
         "format": {
             "anyOf": [
@@ -94,6 +111,10 @@ class DebianConfig:
     communicator: str
     #: Build the tree in /dev/shm when memory allows (default on).
     tmpfs: bool = True
+    #: ``bios``, ``uefi`` or ``hybrid`` (see the module docstring).
+    firmware: str = "bios"
+    #: Installed on top of the cached bootstrap tree at every build (not in the bootstrap key).
+    extra_packages: tuple[str, ...] = ()
     root_password: str | None = field(default=None, repr=False)
 
     def output_file(self, fmt: str) -> Path:
@@ -173,6 +194,19 @@ def validated(schema: Mapping[str, Any], raw: Mapping[str, Any], where: str) -> 
     return validate_options(shim, raw, where)
 
 
+def _boot_errors(prefix: str, raw: Mapping[str, Any], partition_table: str, firmware: str,
+                 bootloader: str) -> list[str]:
+    """What is wrong with the combination of ``firmware``, ``partition_table`` and ``bootloader``."""
+    errors = []
+    if firmware != "bios" and partition_table != "gpt":
+        errors.append(f"{prefix}: firmware: {firmware!r} needs partition_table: gpt (the EFI system partition is "
+                      f"made on a GPT disk; partition_table is {partition_table!r})")
+    if "firmware" in raw and bootloader != "grub":
+        errors.append(f"{prefix}: firmware: needs bootloader: grub (bootloader is {bootloader!r}; without a "
+                      "bootloader the image boots only by an external kernel)")
+    return errors
+
+
 def _as_tuple(value: str | Sequence[str]) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
@@ -190,6 +224,10 @@ def parse_config(raw: Mapping[str, Any], build_name: str, *, force: bool = False
     for pkg in packages:
         if not _NAME_RE.match(pkg):
             errors.append(f"{prefix}: packages: {pkg!r} is not a Debian package name")
+    extra_packages = tuple(raw.get("extra_packages", ()))
+    for pkg in extra_packages:
+        if not _NAME_RE.match(pkg):
+            errors.append(f"{prefix}: extra_packages: {pkg!r} is not a Debian package name")
     kernel_opt = raw.get("kernel", "linux-image-amd64")
     kernel = None if kernel_opt == "none" else kernel_opt
     if kernel is not None and not _NAME_RE.match(kernel):
@@ -199,6 +237,9 @@ def parse_config(raw: Mapping[str, Any], build_name: str, *, force: bool = False
         errors.append(f"{prefix}: bootloader: a bootloader needs a kernel (kernel is 'none')")
     if kernel is None:
         bootloader = "none"
+    partition_table = raw.get("partition_table", "msdos")
+    firmware = raw.get("firmware", "bios")
+    errors += _boot_errors(prefix, raw, partition_table, firmware, bootloader)
     datasources = _as_tuple(raw.get("datasource", "ConfigDrive"))
     for ds in datasources:
         if not re.match(r"^[A-Za-z][A-Za-z0-9]*$", ds):
@@ -244,7 +285,7 @@ def parse_config(raw: Mapping[str, Any], build_name: str, *, force: bool = False
         hostname=hostname,
         disk_size_mb=disk_size_mb,
         filesystem=raw.get("filesystem", "ext4"),
-        partition_table=raw.get("partition_table", "msdos"),
+        partition_table=partition_table,
         bootloader=bootloader,
         formats=_as_tuple(raw.get("format", "qcow2")),
         disk_compression=bool(raw.get("disk_compression", False)),
@@ -253,5 +294,7 @@ def parse_config(raw: Mapping[str, Any], build_name: str, *, force: bool = False
         cache_dir=Path(raw["cache_dir"]).expanduser() if "cache_dir" in raw else default_cache_dir(),
         communicator=raw.get("communicator", "chroot"),
         tmpfs=bool(raw.get("tmpfs", True)),
+        firmware=firmware,
+        extra_packages=extra_packages,
         root_password=root_password,
     )

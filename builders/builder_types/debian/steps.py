@@ -10,13 +10,15 @@ output-directory   checks/creates ``output_directory`` (``-force`` empties it)  
 bootstrap          unpacks the cached tree, or debootstraps, apt-installs the   deletes the work dir (temporary)
                    option packages and caches it (work dir: /dev/shm if room)
 prepare-chroot     binds /proc /sys /dev /dev/pts, policy-rc.d, resolv.conf    undoes all, unmounts (temporary)
-install            apt for anything still missing (normally all cached);       (inside the work dir)
+install            apt for anything still missing (normally all cached) and     (inside the work dir)
+                   ``extra_packages`` (+ EFI GRUB for uefi/hybrid);
                    networkd DHCP, cloud-init datasources, hostname, password
 provision          the template's provisioners over the chroot communicator     (inside the work dir)
 finalise           fstab by UUID, machine-id, apt caches, ssh host keys,        (inside the work dir)
                    initramfs if stale, GRUB files + core.img, policy-rc.d gone
 unmount-chroot     unmounts everything under the tree (verified)                -
-disk               sparse raw: msdos table, ext4 filled by ``mke2fs -d``, GRUB  (inside the work dir)
+disk               sparse raw: msdos or GPT table, ext4 filled by ``mke2fs -d``,  (inside the work dir)
+                   GRUB (MBR + gap / bios_grub; ESP by mkfs.fat + mcopy)
 convert            qcow2 via ``qemu-img convert`` and/or the raw moved in place  (inside the output directory)
 artifact           sha256 and size of each file                                -
 =================  ==========================================================  ===================================
@@ -344,7 +346,7 @@ class StepInstall(DebianStep):
 
     def execute(self, state: dict[str, Any]) -> None:
         tree = self.tree(state)
-        wanted = bootstrap.base_packages(self.cfg)
+        wanted = bootstrap.base_packages(self.cfg) + bootstrap.extra_packages(self.cfg)
         missing = self._missing(state, wanted)
         if missing:
             self.ctx.ui.message(f"apt-get install {' '.join(missing)}")
@@ -420,8 +422,13 @@ class StepFinalise(DebianStep):
     def execute(self, state: dict[str, Any]) -> None:
         tree = self.tree(state)
         root_uuid = state.setdefault("root_uuid", str(uuid.uuid4()))
-        (tree / "etc" / "fstab").write_text(f"# stemforge: the root filesystem\nUUID={root_uuid} / "
-                                            f"{self.cfg.filesystem} errors=remount-ro 0 1\n")
+        fstab = f"# stemforge: the root filesystem\nUUID={root_uuid} / {self.cfg.filesystem} errors=remount-ro 0 1\n"
+        if self._has_esp():
+            esp_id = state.setdefault("esp_volume_id", uuid.uuid4().hex[:8].upper())
+            (tree / "boot" / "efi").mkdir(parents=True, exist_ok=True)
+            # nofail: a deploy that lays out its own disks may give the system no ESP (BIOS boot)
+            fstab += f"UUID={esp_id[:4]}-{esp_id[4:]} /boot/efi vfat umask=0077,nofail 0 1\n"
+        (tree / "etc" / "fstab").write_text(fstab)
         (tree / "etc" / "machine-id").write_text("")
         dbus_id = tree / "var" / "lib" / "dbus" / "machine-id"
         if dbus_id.is_file() and not dbus_id.is_symlink():
@@ -453,6 +460,9 @@ class StepFinalise(DebianStep):
                 and tree_resolv.read_bytes() == host_resolv.read_bytes()):
             tree_resolv.write_text("")  # the build host's resolvers do not belong in the image
 
+    def _has_esp(self) -> bool:
+        return self.cfg.bootloader == "grub" and self.cfg.firmware in ("uefi", "hybrid")
+
     @staticmethod
     def _kernels(tree: Path) -> list[str]:
         versions = [p.name[len("vmlinuz-"):] for p in (tree / "boot").glob("vmlinuz-*")]
@@ -475,14 +485,21 @@ class StepFinalise(DebianStep):
         default = tree / "etc" / "default" / "grub"
         default.parent.mkdir(parents=True, exist_ok=True)
         default.write_text(grub.DEFAULT_GRUB.format(cmdline=KERNEL_CMDLINE))
-        boot_img, _ = grub.prepare_boot_dir(tree, root_uuid)
-        self.in_chroot(state, " ".join(grub.mkimage_argv()), "finalise: grub-mkimage", quiet=True)
+        table = self.cfg.partition_table
+        if self.cfg.firmware in ("bios", "hybrid"):
+            boot_img, _ = grub.prepare_boot_dir(tree, root_uuid)
+            self.in_chroot(state, " ".join(grub.mkimage_argv(table)), "finalise: grub-mkimage", quiet=True)
+            state["grub_boot_img"] = boot_img
+            state["grub_core_img"] = tree / "boot" / "grub" / "i386-pc" / "core.img"
+            self.ctx.ui.message(f"GRUB i386-pc core image made for root UUID {root_uuid}")
+        if self._has_esp():
+            state["grub_efi_img"] = grub.prepare_efi_dir(tree)
+            self.in_chroot(state, " ".join(grub.efi_mkimage_argv()), "finalise: grub-mkimage (x86_64-efi)",
+                           quiet=True)
+            self.ctx.ui.message(f"GRUB x86_64-efi image made for root UUID {root_uuid}")
         initrd = f"/boot/initrd.img-{version}" if (tree / "boot" / f"initrd.img-{version}").exists() else None
         (tree / "boot" / "grub" / "grub.cfg").write_text(
-            grub.grub_cfg(root_uuid, f"/boot/vmlinuz-{version}", initrd, KERNEL_CMDLINE))
-        state["grub_boot_img"] = boot_img
-        state["grub_core_img"] = tree / "boot" / "grub" / "i386-pc" / "core.img"
-        self.ctx.ui.message(f"GRUB core image made for root UUID {root_uuid}")
+            grub.grub_cfg(root_uuid, f"/boot/vmlinuz-{version}", initrd, KERNEL_CMDLINE, table))
 
 
 def teardown_resolv_and_policy(state: dict[str, Any], tree: Path) -> None:
@@ -536,14 +553,28 @@ class StepCreateDisk(DebianStep):
         root_uuid = state.setdefault("root_uuid", str(uuid.uuid4()))
         image = state["work_dir"] / "disk.raw"
         state["raw_image"] = image
+        grub_on = self.cfg.bootloader == "grub"
+        table = self.cfg.partition_table
+        roles = disk.gpt_roles(self.cfg.firmware if grub_on else None) if table == "gpt" else ("root",)
         layout = disk.create_disk(image, tree, self.cfg.disk_size_mb, root_uuid, "root", self.ctx.cancel,
-                                  self.ctx.ui.message)
+                                  self.ctx.ui.message, table=table, roles=roles)
         state["disk_layout"] = layout
-        if self.cfg.bootloader == "grub":
+        bios_grub = layout.part("bios_grub")
+        if grub_on and table == "msdos":
             grub.install_mbr(image, state["grub_boot_img"], state["grub_core_img"], disk.FIRST_SECTOR)
             self.ctx.ui.message("GRUB installed in the MBR gap (BIOS boot)")
+        elif grub_on and bios_grub is not None:
+            grub.install_boot_code(image, state["grub_boot_img"], state["grub_core_img"], bios_grub.start_sector,
+                                   bios_grub.start_sector + bios_grub.sectors)
+            self.ctx.ui.message(f"GRUB installed in the bios_grub partition {bios_grub.number} (BIOS boot)")
+        esp = layout.part("esp")
+        if grub_on and esp is not None:
+            disk.make_esp(image, esp, state["esp_volume_id"],
+                          {grub.EFI_LOADER: state["grub_efi_img"], grub.EFI_CONFIG: grub.efi_stub_cfg(root_uuid)},
+                          self.ctx.cancel)
+            self.ctx.ui.message(f"EFI system partition {esp.number}: /{grub.EFI_LOADER} (UEFI boot)")
         used = os.stat(image).st_blocks * 512
-        self.ctx.ui.message(f"Disk {self.cfg.disk_size_mb} MiB (sparse, {used // disk.MIB} MiB allocated), "
+        self.ctx.ui.message(f"Disk {self.cfg.disk_size_mb} MiB {table} (sparse, {used // disk.MIB} MiB allocated), "
                             f"ext4 root UUID {root_uuid}")
 
 
