@@ -112,6 +112,17 @@ class FakeRamdisk:
         )
 
 
+def inspect_as_planned(store: MetalStore, name: str, boot_mode: str = "bios", ts: float | None = None) -> None:
+    """Record the inspection the ramdisk would report for a server whose plan is true (its disks, by kernel name
+    in plan order, with their serials)."""
+    plan = store.get_node(name).plan
+    disks = [{"name": f"vd{chr(ord('a') + i)}", "size": int(float(d["size_gib"]) * (1 << 30)),
+              **({"serial": d["serial"]} if d.get("serial") else {})} for i, d in enumerate(plan["disks"])]  # fmt: skip
+    inventory = {"disks": disks, "nics": [], "cpu": {"count": plan["cpus"], "arch": plan["arch"]},
+                 "memory": {"total_bytes": plan["memory_mib"] << 20}, "boot": {"mode": boot_mode}}  # fmt: skip
+    store.set_inspection(name, inventory, ts=ts)
+
+
 @contextlib.contextmanager
 def lab(tmp_path: Path, emulator: Emulator, bad_bmc: bool = False, nodes: int = 2) -> Iterator[tuple[Any, ...]]:
     state = tmp_path / "metal"
@@ -133,6 +144,7 @@ def lab(tmp_path: Path, emulator: Emulator, bad_bmc: bool = False, nodes: int = 
         )  # fmt: skip
     store.enroll(specs, who="test")
     for spec in specs:
+        inspect_as_planned(store, spec.name)
         for verb, to in (("manage", "manageable"), ("provide", "cleaning"), ("done", "available")):
             store.transition(spec.name, verb, [store.get_node(spec.name).provision_state], to, "test", "test")
     props = {
@@ -436,3 +448,160 @@ def test_which_dhcp_requests_prove_the_boot(tmp_path: Path) -> None:
     assert macs_for("auto", {**dyn0, **dyn1}) == ({macs[0]}, "")
     assert macs_for("auto", dyn1)[0] == set() and "no lease from metal serve" in macs_for("auto", dyn1)[1]
     assert macs_for("auto", manual)[0] == set() and "no dynamic network" in macs_for("auto", manual)[1]
+
+
+# -- storage: plans, layouts, inspection (placement.py); no BMC is ever called in this test --------------------------
+def _layout(disks: int, boot: str = "uefi", level: int = 1, esp: bool = True, root_mib: int | str = "fill") -> Any:
+    def partitions(i: int) -> list[dict[str, Any]]:
+        mount = {"mount": "/boot/efi"} if i == 0 else {}
+        boot_part = (
+            {"id": f"esp{i}", "size": 64, "filesystem": "vfat", "esp": True, **mount}
+            if boot == "uefi" else {"id": f"grub{i}", "size": 1, "bios_grub": True}
+        )  # fmt: skip
+        return [boot_part] if esp or boot == "bios" else []
+
+    out: dict[str, Any] = {
+        "boot_mode": boot,
+        "disks": [
+            {"id": f"d{i}", "partitions": [*partitions(i), {"id": f"r{i}", "size": "fill"}]} for i in range(disks)
+        ],
+    }
+    if disks == 1:
+        out["disks"][0]["partitions"][-1].update(filesystem="ext4", mount="/", size=root_mib)
+    else:
+        out["raid"] = [{"id": "md0", "level": level, "devices": [f"r{i}" for i in range(disks)]}]
+        out["lvm"] = [
+            {
+                "id": "vg0",
+                "devices": ["md0"],
+                "lvs": [{"id": "root", "size": root_mib, "filesystem": "ext4", "mount": "/"}],
+            }
+        ]
+    return out  # fmt: skip
+
+
+def _fleet(tmp_path: Path) -> tuple[BareMetalProvider, MetalStore, str]:
+    """bios1 (1 x 8 GiB, BIOS), uefi2 (2 x 8 GiB, UEFI: storage plan raid1 by match), hints3 (5/6/10 GiB, hints
+    on the 6 GiB disk), fresh (never inspected); a stemcell with a root partition record and one without."""
+    from cpi.providers.baremetal.inventory import parse_inventory
+
+    def node(i: int, name: str, boot: str, sizes: list[int], **extra: Any) -> dict[str, Any]:
+        disks = [{"size_gib": g, "serial": f"{name}-{j}"} for j, g in enumerate(sizes)]
+        return {"name": name, "bmc": {"driver": "redfish", "address": "http://127.0.0.1:9", "system_id": name},
+                "macs": [f"52:54:00:30:00:0{i}"], "plan": {"arch": "x86_64", "cpus": 1 + i, "memory_mib": 512,
+                                                         "disks": disks, "boot_mode": boot}, **extra}  # fmt: skip
+
+    document = {
+        "nodes": [node(0, "bios1", "bios", [8]), node(1, "uefi2", "uefi", [8, 8]),
+                  node(2, "hints3", "bios", [5, 6, 10], root_hints={"serial": "hints3-1"}),
+                  node(3, "fresh", "bios", [8])],
+        "storage_plans": [
+            {"name": "raid1", "match": {"boot_mode": "uefi", "min_disks": 2}, "layout": _layout(2)},
+            {"name": "bios-one", "layout": _layout(1, "bios")},
+            {"name": "nope-hints", "root_hints": {"serial": "NOPE"}},
+        ],
+    }  # fmt: skip
+    state = tmp_path / "metal"
+    store = MetalStore(state)
+    store.enroll(parse_inventory(json.dumps(document)), who="test")
+    for spec in document["nodes"]:
+        name = str(spec["name"])
+        if name != "fresh":
+            inspect_as_planned(store, name, boot_mode=str(spec["plan"]["boot_mode"]))
+        for verb, to in (("manage", "manageable"), ("provide", "cleaning"), ("done", "available")):
+            store.transition(name, verb, [store.get_node(name).provision_state], to, "test", "test")
+    provider = BareMetalProvider({"baremetal": {"state_dir": str(state), "provisioning_url": "http://127.0.0.1:1"},
+                                  "agent": {"mbus": "nats://127.0.0.1:4222"}}, log)  # fmt: skip
+    return provider, store, make_stemcell(provider, tmp_path)
+
+
+def test_storage_requests_pick_servers_and_bad_input_fails_before_any_write(tmp_path: Path) -> None:
+    """calculate_vm_cloud_properties/create_vm with a storage plan or an inline layout: only servers whose
+    inspection satisfies it are candidates; a layout that does not fit, hints matching nothing, a RAID level with
+    too few disks, a UEFI layout without an ESP, a missing or stale inspection: each VMCreationFailed naming what
+    is missing, before any job, power or disk change, and the servers stay available."""
+    from cpi.providers.baremetal import placement
+
+    provider, store, stemcell = _fleet(tmp_path)
+    resources = {"cpu": 1, "ram": 256, "ephemeral_disk_size": 1024}
+    assert provider.calculate_vm_cloud_properties({**resources, "plan": "raid1"})["cpu"] == 2  # uefi2
+    assert provider.calculate_vm_cloud_properties({**resources, "plan": "bios-one"})["cpu"] == 1  # bios1
+    with pytest.raises(VMCreationFailed, match=r"no server satisfies layout \(cloud_properties\): bios1: layout "
+                       r"\(cloud_properties\): disks/1/hints: no free inspected disk matches \(no hints\) \(taken: "
+                       r"vda by d0\); disks seen: vda \(8.0 GiB, serial bios1-0\);.* hints3: .*disks/3/hints.*; "
+                       r"uefi2: .*disks/2/hints"):  # fmt: skip
+        provider.calculate_vm_cloud_properties({**resources, "layout": _layout(4, "bios", level=10)})
+    # the placement of each server: uefi2 by its matched storage plan (a layout deploy), hints3 by its hints
+    raid1 = placement.check(store, store.get_node("uefi2"), {})
+    assert raid1.source == "storage plan raid1" and raid1.boot_mode == "uefi" and raid1.root_fs == "ext4"
+    rootfs = {"offset": 1 << 20, "size": 4 << 20, "sha256": "cd" * 32, "fstype": "ext4"}
+    record = {**(store.stemcell(stemcell) or {}), "rootfs": rootfs}
+    job = placement.deploy_instructions(raid1, record, "http://s/images/x.raw", "http://s/cd", 5)
+    assert job["deploy_kind"] == "layout" and job["rootfs_offset"] == 1 << 20 and job["layout"] == _layout(2)
+    assert job["boot_mode"] == "uefi" and "root_hints" not in job
+    whole = placement.check(store, store.get_node("hints3"), {})
+    job = placement.deploy_instructions(whole, record, "http://s/images/x.raw", "http://s/cd", 5)
+    assert "deploy_kind" not in job and job["root_hints"] == {"serial": "hints3-1"}
+
+    def refused(props: dict[str, Any], *patterns: str) -> None:
+        with pytest.raises(VMCreationFailed) as info:
+            provider.create_vm(VmRequest("agent-x", stemcell, props, NETWORKS, [], AGENT_ENV))
+        for pattern in patterns:
+            assert pattern in str(info.value), str(info.value)
+        for node in store.nodes():
+            assert node.provision_state == "available" and node.claimed_by is None and not node.maintenance
+            assert store.job(node.name) is None
+        assert store.vms() == []
+
+    # a layout that does not fit (30 GiB of / on 8 GiB disks)
+    refused(
+        {"layout": _layout(1, "bios", root_mib=30 * 1024)},
+        "no available server satisfies layout=(inline) (layout (cloud_properties)): bios1: layout "
+        "(cloud_properties): disks/0/partitions: 30721 MiB of partitions + 66 MiB of GPT and config drive do not "
+        "fit on vda (8.0 GiB, serial bios1-0) (8192 MiB)",
+        "fresh: not inspected (stemforge metal inspect fresh)",
+    )
+    # hints that match nothing
+    refused(
+        {"plan": "nope-hints"},
+        "bios1: storage plan nope-hints: no disk matches the root device hints "
+        "serial=NOPE; disks seen: vda (8.0 GiB, serial bios1-0)",
+    )
+    # a RAID level with too few disks
+    refused(
+        {"layout": _layout(2, "uefi", level=10)},
+        "uefi2: layout (cloud_properties): raid/0/devices: RAID 10 needs at least 4 devices, md0 has 2",
+    )
+    # a UEFI layout without an ESP
+    refused(
+        {"layout": _layout(2, "uefi", esp=False), "node": "uefi2"},
+        "uefi2: layout (cloud_properties): disks/0/partitions: UEFI boot: disk d0 holds / and needs an ESP",
+    )
+    # a UEFI layout for a BIOS server; a storage plan the server was not enrolled with
+    refused(
+        {"layout": _layout(1, "uefi"), "node": "bios1"},
+        "bios1: layout (cloud_properties): boot_mode: the layout is for uefi, it boots bios",
+    )
+    refused(
+        {"plan": "raid9", "node": "bios1"},
+        "storage plan 'raid9' is not one it was enrolled with (its storage plans: bios-one, nope-hints, raid1)",
+    )
+    # never inspected; a hardware change seen after the inspection; a plan that says UEFI on a BIOS server
+    refused({"node": "fresh"}, "fresh: not inspected")
+    store.add_event("bios1", "hardware-change", {"message": "node bios1: its disks changed since ..."})
+    refused(
+        {"node": "bios1"},
+        "bios1: hardware changed at 20",
+        "after its inspection of 20",
+        "inspect it again (stemforge metal inspect bios1)",
+    )
+    inspect_as_planned(store, "bios1", boot_mode="uefi")
+    refused({"node": "bios1"}, "bios1: its plan says boot_mode bios, its inspection found uefi")
+    # a layout deploy of an image without a root partition: refused after the claim, before anything touched
+    # the server (no power, boot or disk change): straight back to the pool
+    refused(
+        {"node": "uefi2"},
+        f"server uefi2: storage plan raid1 needs a file-based deploy, but stemcell {stemcell} "
+        "has no ext4 root partition",
+    )
+    assert [t.verb for t in store.transitions("uefi2")][-4:] == ["fail", "undeploy", "clean", "done"]

@@ -424,6 +424,8 @@ def test_layout_route_answers_the_jobs_layout_on_the_reported_disks(env: Env, tm
     resp = requests.post(url, json={"disks": [disks[0], {**disks[1], "size": 9 * gib}]}, headers=headers, timeout=10)
     assert "its disks changed since the inspection of 20" in resp.text
     assert "missing SF-B (8.0 GiB); new SF-B (9.0 GiB)" in resp.text and resp.text.count("\n") == 1
+    (change,) = env.store.events("n1", kinds=["hardware-change"])  # placement.py refuses n1 until re-inspected
+    assert "missing SF-B (8.0 GiB); new SF-B (9.0 GiB)" in change.data["message"] and change.data["route"] == "layout"
     assert requests.post(url, json={"disks": "x"}, headers=headers, timeout=10).status_code == 400
     assert requests.post(url, json={"disks": disks}, timeout=10).status_code == 401
     assert requests.get(url, headers=headers, timeout=10).status_code == 405

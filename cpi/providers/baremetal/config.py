@@ -104,6 +104,9 @@ VM_CLOUD_PROPERTIES_SCHEMA: dict[str, Any] = {
         "labels": _LABELS,
         # the libvirt provider's knobs: accepted so one manifest can target both, with a meaning here
         "root_disk_size": {"type": "integer", "minimum": 1},
+        # storage (placement.py): a storage plan of the inventory by name, or a layout.py document inline
+        "plan": {"type": "string", "minLength": 1},
+        "layout": {"type": "object"},
     },
 }
 

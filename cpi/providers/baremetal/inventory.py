@@ -200,7 +200,10 @@ def parse_inventory(text: str, source: str = "inventory") -> list[NodeSpec]:
                 macs=tuple(norm_macs),
                 plan=plan,
                 root_hints=dict(raw.get("root_hints") or storage.pop("root_hints", None) or {}),
-                extra={"storage": storage} if storage else {},
+                extra={
+                    **({"storage": storage} if storage else {}),
+                    **({"storage_plans": storage_plans} if storage_plans else {}),
+                },
             )
         )
     return specs

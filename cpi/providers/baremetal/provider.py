@@ -32,7 +32,7 @@ from cpi import agent_settings, configdrive
 from cpi.errors import CloudError, DiskNotAttached, DiskNotFound, NotSupported, VMCreationFailed, VMNotFound
 from cpi.provider import DiskHint, Networks, Provider, VmRequest
 from cpi.provider_steps import ProviderStep, run_create_vm
-from cpi.providers.baremetal import inventory, states, stemcell_images
+from cpi.providers.baremetal import inventory, placement, states, stemcell_images
 from cpi.providers.baremetal.config import (
     DHCP_EVENT,
     DISK_CLOUD_PROPERTIES_SCHEMA,
@@ -164,15 +164,24 @@ class BareMetalProvider(Provider):
     def _candidates(self, props: Mapping[str, Any]) -> list[Node]:
         return sorted((n for n in self.store.nodes() if self._matches(n, props)), key=self._plan_key)
 
-    def _no_server(self, props: Mapping[str, Any], tried: list[str]) -> VMCreationFailed:
+    def _no_server(self, props: Mapping[str, Any], tried: list[str], unfit: dict[str, str]) -> VMCreationFailed:
         matching = [n for n in self.store.nodes() if self._matches(n, props)]
-        wanted = ", ".join(f"{k}={v}" for k, v in sorted(props.items())) or "any server"
+        wanted = ", ".join(
+            f"{k}={'(inline)' if k == 'layout' else v}" for k, v in sorted(props.items())
+        ) or "any server"  # fmt: skip
         if not matching:
             return VMCreationFailed(
                 f"create_vm: no server available: none of {len(self.store.nodes())} enrolled servers matches {wanted}"
             )
+        if unfit and all(n.name in unfit or n.name in tried for n in matching):
+            storage = placement.requested(props)
+            return VMCreationFailed(
+                f"create_vm: no available server satisfies {wanted}{' (' + storage + ')' if storage else ''}: "
+                + placement.reasons(unfit)
+                + (f"; tried and failed: {', '.join(tried)}" if tried else "")
+            )
         busy = ", ".join(
-            f"{n.name} ({n.provision_state}{', maintenance' if n.maintenance else ''}"
+            f"{n.name} ({unfit.get(n.name) or n.provision_state}{', maintenance' if n.maintenance else ''}"
             f"{', claimed' if n.claimed_by else ''})"
             for n in matching
         )
@@ -180,9 +189,16 @@ class BareMetalProvider(Provider):
         return VMCreationFailed(f"create_vm: no server available matching {wanted}: {busy}{extra}")
 
     def _claim(self, vm_cid: str, props: Mapping[str, Any], exclude: list[str]) -> tuple[Task, contextlib.ExitStack]:
-        """Claim the smallest free matching server; its lock stays held in the returned ExitStack."""
+        """Claim the smallest free matching server whose inspection fits the request (``placement.check``); its
+        lock stays held in the returned ExitStack. None: VMCreationFailed naming what each server lacks."""
+        unfit: dict[str, str] = {}
         for node in self._candidates(props):
             if node.name in exclude or node.provision_state != states.AVAILABLE or node.maintenance:
+                continue
+            try:
+                placement.check(self.store, node, props)
+            except placement.NotPlaceable as exc:
+                unfit[node.name] = str(exc)
                 continue
             stack = contextlib.ExitStack()
             if not stack.enter_context(self.store.try_lock("node", node.name)):
@@ -192,7 +208,7 @@ class BareMetalProvider(Provider):
                 task = Task(self.store, self.store.get_node(node.name), self.config, self.log, self.who)
                 return task, stack
             stack.close()
-        raise self._no_server(props, exclude)
+        raise self._no_server(props, exclude, unfit)
 
     # -- VMs ----------------------------------------------------------------------------------------------------
     def calculate_vm_cloud_properties(self, vm_resources: Mapping[str, int]) -> dict[str, Any]:
@@ -201,18 +217,28 @@ class BareMetalProvider(Provider):
             "ram": int(vm_resources["ram"]),
             "ephemeral_disk_size": int(vm_resources["ephemeral_disk_size"]),
         }
+        storage = {k: vm_resources[k] for k in ("plan", "layout") if vm_resources.get(k) is not None}
+        validate("calculate_vm_cloud_properties: vm_resources", VM_CLOUD_PROPERTIES_SCHEMA, {**want, **storage})
         fits = [n for n in self.store.nodes() if not n.maintenance and self._matches(n, want)]
         if not fits:
             raise CloudError(
                 f"calculate_vm_cloud_properties: no enrolled server has cpu >= {want['cpu']}, "
                 f"ram >= {want['ram']} MiB and a root disk >= {want['ephemeral_disk_size']} MiB"
             )
+        if storage:
+            fits, unfit = placement.fitting(self.store, fits, storage)
+            if not fits:
+                raise VMCreationFailed(
+                    f"calculate_vm_cloud_properties: no server satisfies {placement.requested(storage)}: "
+                    + placement.reasons(unfit)
+                )
         smallest = min(fits, key=self._plan_key)
         return {
             "cpu": int(smallest.plan["cpus"]),
             "ram": int(smallest.plan["memory_mib"]),
             "arch": str(smallest.plan.get("arch", "")),
             "ephemeral_disk_size": want["ephemeral_disk_size"],
+            **storage,
         }
 
     def create_vm(self, request: VmRequest) -> tuple[str, Networks]:
@@ -232,8 +258,14 @@ class BareMetalProvider(Provider):
             plan = _VmPlan(vm_cid, agent_id, stemcell, dict(cloud_properties), request.networks, dict(request.env))
             try:
                 with lock:
-                    run_create_vm(_steps(self, task, plan), {}, self.log, where=f"create_vm {vm_cid} on server {name}",
-                                  describe=_describe_interface_error, passthrough=(BmcUnreachable,))
+                    run_create_vm(
+                        _steps(self, task, plan),
+                        {},
+                        self.log,
+                        where=f"create_vm {vm_cid} on server {name}",
+                        describe=_describe_interface_error,
+                        passthrough=(BmcUnreachable,),
+                    )
                 return vm_cid, plan.networks
             except BmcUnreachable as exc:
                 tried.append(name)
@@ -583,20 +615,22 @@ class _Deploy(_Step):
     def run(self, state: dict[str, Any]) -> None:
         stemcell = self.plan.stemcell
         timeout = self.p.config.timeouts.deploy
-        instructions: dict[str, Any] = {
-            "image_url": self.p._url(f"/images/{Path(stemcell['path']).name}"),
-            "image_sha256": stemcell["sha256"],
-            "image_size": int(stemcell["size"]),
-            "image_format": "raw",
-            "configdrive_url": self.p._url(f"/v1/nodes/{self.node}/configdrive"),
-            "heartbeat_s": int(self.p.config.heartbeat_s),
-        }
-        if self.task.node.root_hints:
-            instructions["root_hints"] = dict(self.task.node.root_hints)
         try:
+            storage = placement.check(self.store, self.task.node, self.plan.props)
+            instructions = placement.deploy_instructions(
+                storage,
+                stemcell,
+                self.p._url(f"/images/{Path(stemcell['path']).name}"),
+                self.p._url(f"/v1/nodes/{self.node}/configdrive"),
+                int(self.p.config.heartbeat_s),
+            )
             validate_instructions(self.node, "deploy", {"mode": "deploy", **instructions})
-        except InstructionsError as exc:
-            raise CloudError(str(exc)) from None
+        except (InstructionsError, placement.NotPlaceable) as exc:
+            raise CloudError(f"server {self.node}: {exc}") from None
+        self.task.say(
+            f"create_vm {self.plan.vm_cid}: {instructions.get('deploy_kind', 'whole-disk')} deploy onto server "
+            f"{self.node} ({storage.source})"
+        )
         state["touched"] = True
         state["deploy_after"] = self.store.last_event_id(self.node)
         states.apply(

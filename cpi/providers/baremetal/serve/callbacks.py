@@ -12,6 +12,8 @@ Routes (all under ``/v1/nodes/<node>/``, token in the ``X-Stemforge-Token`` head
 * ``POST layout`` (job token of a deploy job): the same body; answers ``text/plain``: the ``lay_*`` lines of the
   job's layout on those disks or one line ``SF_LAYOUT_ERROR='...'`` (:func:`.instructions.render_layout_answer`:
   the disk set differs from the last inspection, the layout does not fit, wrong boot mode or root fs type).
+  On both routes a disk set that differs from the last inspection is also recorded as event ``hardware-change``
+  (``placement.py`` refuses the server until it is inspected again).
 * ``POST phone-home`` (phone-home token): any JSON object (what the booted OS read from its config drive); stored
   as event kind ``phone-home``; answers 204.
 
@@ -37,10 +39,13 @@ from typing import Any, Final
 from cpi.fastjson import depth_exceeds
 from cpi.providers.baremetal.instructions import (
     InstructionsError,
+    disk_change,
+    parse_disk_report,
     render_instructions,
     render_layout_answer,
     render_root_device,
 )
+from cpi.providers.baremetal.placement import HARDWARE_CHANGE
 from cpi.providers.baremetal.serve.shared_store import SharedStore
 
 log = logging.getLogger("stemforge.metal.callbacks")
@@ -197,8 +202,12 @@ class Callbacks:
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.ts)) if record is not None else ""
         try:
             text: str = render(job.node, job.instructions, report, record.data if record else None, when)
+            changed = disk_change(job.node, parse_disk_report(report), record.data if record else None, when)
         except ValueError as exc:
             raise CallbackError(HTTPStatus.BAD_REQUEST, f"{what}: {exc}") from None
+        if changed:  # placement.py refuses the server until it is inspected again
+            self.store.call(lambda s: s.add_event(caller.node, HARDWARE_CHANGE, {"message": changed, "route": what}))
+            log.warning("%s", changed)
         first = text.splitlines()[0] if text else ""
         log.info(
             "node %s %s: %s", caller.node, what, first if first.startswith("SF_") else f"{len(text.splitlines())} lines"
