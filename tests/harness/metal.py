@@ -202,12 +202,18 @@ def wait_until(probe: Callable[[], Any], timeout: float, message: Callable[[], s
 
 @contextlib.contextmanager
 def metal_lab(
-    servers: int, *, memory_mib: int = 512, with_serve: bool = True, lab_dir: str | os.PathLike[str] | None = None
+    servers: int,
+    *,
+    memory_mib: int = 512,
+    with_serve: bool = True,
+    lab_dir: str | os.PathLike[str] | None = None,
+    plans: str | None = None,
 ) -> Iterator[Lab]:
     """A lab of ``servers`` emulated servers; always removed on exit (and checked to be gone). The lab is owned by
     this process: labs of test processes that were killed before their teardown are removed first."""
     labmod.reap_orphans()
-    rec = labmod.up(servers, memory_mib=memory_mib, with_serve=with_serve, lab_dir=lab_dir, owner_pid=os.getpid())
+    rec = labmod.up(servers, memory_mib=memory_mib, with_serve=with_serve, lab_dir=lab_dir, plans=plans,
+                    owner_pid=os.getpid())  # fmt: skip
     lab = Lab.from_record(rec)
     try:
         yield lab

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from cpi.providers.baremetal.lab import files as lab_files
 from cpi.providers.baremetal.lab import lifecycle as lab
 from cpi.providers.baremetal.lab import record, virt
 from stemforge_base.steps import FAILPOINTS_ENV, FailpointError
-from tests.harness.metal import leftovers, metal_lab, metal_unavailable_reason, wait_until
+from tests.harness.metal import Lab, leftovers, metal_lab, metal_unavailable_reason, wait_until
 
 pytestmark = pytest.mark.metal
 STEMFORGE = [sys.executable, "-m", "stemforge.cli"]
@@ -62,6 +63,73 @@ def test_plan_names_addresses_macs_and_serials() -> None:
     assert all(len(x) <= 20 for x in serials)
     assert [d["size_bytes"] for d in rec.servers[0]["disks"]] == [4 * 1024**3, 1024**3]
     assert [s["name"] for s in rec.servers] == ["sf-lab-0a0b0c-s0", "sf-lab-0a0b0c-s1", "sf-lab-0a0b0c-s2"]
+    assert {s["plan"] for s in rec.servers} == {"default"} and not any(s["nvram"] for s in rec.servers)
+
+
+def test_plans_are_cycled_over_the_servers_with_their_disks_and_firmware() -> None:
+    rec = lab.plan(4, lab_id="0a0b0c", lab_dir="/labs/x", plans="bios1,uefi2,hints3")
+    assert [s["plan"] for s in rec.servers] == ["bios1", "uefi2", "hints3", "bios1"]
+    assert [s["firmware"] for s in rec.servers] == ["bios", "uefi", "bios", "bios"]
+    sizes = [[d["size_bytes"] >> 30 for d in s["disks"]] for s in rec.servers]
+    assert sizes == [[8], [8, 8], [5, 6, 10], [8]]
+    assert rec.servers[1]["nvram"] == "/labs/x/nvram/sf-lab-0a0b0c-s1_VARS.fd" and rec.servers[0]["nvram"] == ""
+    hints3 = rec.servers[2]["disks"]
+    assert [d["bus"] for d in hints3] == ["scsi"] * 3 and [d["target"] for d in hints3] == ["sda", "sdb", "sdc"]
+    assert len({d["model"] for d in hints3}) == 3 and len({d["serial"] for d in hints3}) == 3
+    serials = [d["serial"] for s in rec.servers for d in s["disks"]]
+    assert len(set(serials)) == len(serials) and all(len(x) <= 20 for x in serials)
+    with pytest.raises(lab.LabError, match="^plans: unknown plan 'uefi9' \\(known: bios1, default, hints3, uefi2\\)"):
+        lab.plan(1, plans="bios1,uefi9")
+
+
+def test_plan_domains_uefi_nvram_scsi_models_and_every_disk_bootable_after_the_nics() -> None:
+    from cpi.providers.baremetal.lab.steps import domain_spec
+
+    rec = lab.plan(3, lab_id="0a0b0c", lab_dir="/labs/x", plans="bios1,uefi2,hints3")
+    rec.vde, rec.accelerator = {"ctl": "/labs/x/vde.ctl"}, "qemu"
+    bios, uefi, hints = (ET.fromstring(lab_domain.domain(domain_spec(rec, s))) for s in rec.servers)
+    assert bios.find("./os/loader") is None and bios.find("./os/bios").get("useserial") == "yes"  # type: ignore[union-attr]
+    loader = uefi.find("./os/loader")
+    assert loader is not None and (loader.text, loader.get("type"), loader.get("readonly")) == (
+        "/usr/share/OVMF/OVMF_CODE.fd", "pflash", "yes")  # fmt: skip
+    assert uefi.findtext("./os/nvram") == "/labs/x/nvram/sf-lab-0a0b0c-s1_VARS.fd"
+    assert hints.find("./devices/controller[@model='virtio-scsi']") is not None
+    disks = hints.findall("./devices/disk")
+    assert [d.find("target").get("bus") for d in disks] == ["scsi"] * 3  # type: ignore[union-attr]
+    assert [d.findtext("product") for d in disks] == ["SF-SMALL-5G", "SF-ROOT-6G", "SF-BIG-10G"]
+    for root in (bios, uefi, hints):
+        nic_orders = [int(n.find("boot").get("order")) for n in root.findall("./devices/interface")]  # type: ignore[union-attr]
+        disk_orders = [int(d.find("boot").get("order")) for d in root.findall("./devices/disk")]  # type: ignore[union-attr]
+        assert nic_orders == [1] and disk_orders == list(range(2, 2 + len(disk_orders)))
+    # a detached disk leaves the domain; the others keep booting after the NICs
+    rec.servers[1]["disks"][0]["attached"] = False
+    degraded = ET.fromstring(lab_domain.domain(domain_spec(rec, rec.servers[1])))
+    left = degraded.findall("./devices/disk")
+    assert [d.findtext("serial") for d in left] == [rec.servers[1]["disks"][1]["serial"]]
+    assert left[0].find("boot").get("order") == "2"  # type: ignore[union-attr]
+
+
+def test_plan_inventory_carries_boot_mode_layout_and_hints() -> None:
+    from cpi.providers.baremetal.inventory import parse_inventory
+    from cpi.providers.baremetal.layout import validate_layout
+
+    rec = lab.plan(3, lab_id="0a0b0c", plans="bios1,uefi2,hints3")
+    rec.bmc = {"address": "http://127.0.0.1:8000", "username": "admin", "password": "pw"}
+    doc = lab_files.inventory(rec)
+    specs = parse_inventory(json.dumps(doc), "inventory.yml")
+    assert [s.plan.get("boot_mode") for s in specs] == ["bios", "uefi", "bios"]
+    bios1, uefi2, hints3 = doc["nodes"]
+    assert "layout" not in bios1 and "root_hints" not in bios1
+    hints_serials = [d["serial"] for d in rec.servers[2]["disks"]]
+    assert hints3["root_hints"] == {"serial": hints_serials[1]} and specs[2].root_hints == hints3["root_hints"]
+    assert all("name" not in d for d in hints3["plan"]["disks"])  # SCSI names follow no fixed order
+    # the uefi2 layout fits the server's disks as its inspection will report them
+    disks = rec.servers[1]["disks"]
+    seen = [{"name": f"vd{c}", "size": 8 << 30, "serial": d["serial"]} for c, d in zip("ab", disks, strict=True)]
+    planned = validate_layout(uefi2["layout"], seen, "uefi")
+    assert {k: v["name"] for k, v in planned.disks.items()} == {"d0": "vda", "d1": "vdb"}
+    assert planned.devices["md0"].kind == "raid" and planned.devices["swap"].size_mib == 256
+    assert planned.configdrive == "d0"
 
 
 def test_domain_xml_boots_network_first_through_the_vde_switch() -> None:
@@ -298,3 +366,75 @@ def test_up_killed_mid_way_is_removed(lab_host: None, cli_lab: str, sig: signal.
 
 def _free_id() -> str:
     return lab._new_id()
+
+
+# -- slow: one lab of the three plans ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plans_lab(lab_host: None) -> Iterator[Lab]:
+    with metal_lab(3, plans="bios1,uefi2,hints3") as env:
+        yield env
+
+
+def _metal(env: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*STEMFORGE, "metal", *args, "--state-dir", str(env.state_dir)], capture_output=True,
+                          text=True, timeout=900, check=False)  # fmt: skip
+
+
+def _inspected_disks(env: Lab, name: str) -> list[dict[str, Any]]:
+    record = env.store().inspection(name)
+    assert record is not None, f"{name} has no inspection"
+    return sorted(record.data["disks"], key=lambda d: d["serial"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_plans_inspect_with_their_firmware_and_disks_and_a_disk_detaches_and_attaches(plans_lab: Lab) -> None:
+    """The three plans enrol from the lab's inventory and inspect (UEFI: OVMF network-boots the virtio NIC's EFI
+    iPXE into the ramdisk); a detached disk is gone from the next inspection and back after attach."""
+    env = plans_lab
+    names = [s.name for s in env.servers]
+    proc = _metal(env, "enroll", str(env.inventory_path))
+    assert proc.returncode == 0, proc.stderr
+    proc = _metal(env, "manage", *names)  # manage inspects
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{env.diagnostics()}"
+    store = env.store()
+    modes = [store.inspection(n).data["boot"]["mode"] for n in names]  # type: ignore[union-attr]
+    assert modes == ["bios", "uefi", "bios"]
+    for server in env.servers:
+        seen = _inspected_disks(env, server.name)
+        assert [(d["serial"], d["size"]) for d in seen] == sorted((d.serial, d.size_bytes) for d in server.disks)
+    hints = _inspected_disks(env, names[2])
+    assert [d["model"] for d in hints] == ["SF-SMALL-5G", "SF-ROOT-6G", "SF-BIG-10G"]
+    assert all(d["vendor"].startswith("SFLAB") and d["name"].startswith("sd") for d in hints)
+    vendors = [store.inspection(n).data["firmware"]["bios_vendor"] for n in names]  # type: ignore[union-attr]
+    assert vendors[0] == vendors[2] == "SeaBIOS" and vendors[1] == "EFI Development Kit II / OVMF", vendors
+    assert "iPXE" in env.servers[1].console()
+    assert (env.dir / "nvram" / f"{names[1]}_VARS.fd").stat().st_size > 0
+
+    uefi2 = env.servers[1]
+    assert env.power_state(uefi2) == "Off"
+    cli = [*STEMFORGE, "metal", "lab", "disk"]
+    proc = subprocess.run([*cli, "detach", "--name", env.id, "s1", "0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and f"disk 0 (serial {uefi2.disks[0].serial}) detached" in proc.stdout, proc.stderr
+    again = subprocess.run([*cli, "detach", "--name", env.id, "s1", "0"], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "already detached" in again.stderr
+    proc = _metal(env, "inspect", uefi2.name)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{env.diagnostics(uefi2.name)}"
+    assert [d["serial"] for d in _inspected_disks(env, uefi2.name)] == [uefi2.disks[1].serial]
+    with virt.connect() as conn:
+        running = conn.lookupByName(names[2])
+        running.create()  # a running server refuses a disk change
+        try:
+            refused = subprocess.run([*cli, "detach", "--name", env.id, names[2], "1"], capture_output=True,
+                                     text=True, timeout=60)  # fmt: skip
+            assert refused.returncode == 1 and "power it off first" in refused.stderr
+        finally:
+            running.destroy()
+    proc = subprocess.run([*cli, "attach", "--name", env.id, uefi2.name, "0"], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with virt.connect() as conn:
+        xml = ET.fromstring(conn.lookupByName(uefi2.name).XMLDesc(0))
+    assert [d.findtext("serial") for d in xml.findall("./devices/disk")] == [d.serial for d in uefi2.disks]
+    assert [d.find("boot").get("order") for d in xml.findall("./devices/disk")] == ["2", "3"]  # type: ignore[union-attr]
+    assert lab.load(env.id).servers[1]["disks"][0]["attached"] is True

@@ -1,8 +1,10 @@
 """``stemforge metal lab``: build and remove the emulated bare-metal lab (namespace, bridge, VMs, Redfish BMCs).
 
-    stemforge metal lab up --servers N [--state-dir DIR] [--name ID] [--memory MIB] [--no-serve]
+    stemforge metal lab up --servers N [--plans bios1,uefi2,hints3] [--state-dir DIR] [--name ID] [--memory MIB]
+                           [--no-serve]
     stemforge metal lab down [--name ID | --state-dir DIR | --all]
     stemforge metal lab status [--name ID | --state-dir DIR] [--json]
+    stemforge metal lab disk detach|attach [--name ID | --state-dir DIR] SERVER INDEX
 
 The flags live here (cheap to import); the work is in :mod:`cpi.providers.baremetal.lab.lifecycle`, imported when a
 verb runs.
@@ -52,7 +54,12 @@ def _up(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, terminated)
     try:
         rec = lab.up(
-            args.servers, lab_id=args.name, lab_dir=args.state_dir, memory_mib=args.memory, with_serve=not args.no_serve
+            args.servers,
+            lab_id=args.name,
+            lab_dir=args.state_dir,
+            memory_mib=args.memory,
+            plans=args.plans,
+            with_serve=not args.no_serve,
         )
     except lab.LabError as exc:
         print(f"stemforge metal lab up: {exc}", file=sys.stderr)
@@ -136,6 +143,20 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _disk(args: argparse.Namespace) -> int:
+    from cpi.providers.baremetal.lab import disks  # lazy: every stemforge command builds this parser
+    from cpi.providers.baremetal.lab.record import LabError
+
+    attached = args.disk_command == "attach"
+    try:
+        disk = disks.set_attached(args.name, args.server, args.index, attached, lab_dir=args.state_dir)
+    except (LabError, ValueError) as exc:
+        print(f"stemforge metal lab disk {args.disk_command}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.server}: disk {args.index} (serial {disk['serial']}) {'attached' if attached else 'detached'}")
+    return 0
+
+
 def _safe_status(lab: Any, lab_id: str) -> dict[str, Any]:
     try:
         return dict(lab.status(lab_id))
@@ -179,6 +200,13 @@ def register(metal_subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     )
     up.add_argument("--name", type=_name, default=None, help="lab id, 6 hex characters (default: random)")
     up.add_argument("--memory", type=int, default=512, help="MiB of memory per server (default 512)")
+    up.add_argument(
+        "--plans",
+        default=None,
+        help="hardware plans cycled over the servers, comma-separated: bios1 (SeaBIOS, 1x8 GiB), uefi2 (OVMF, "
+        "2x8 GiB, RAID1+LVM layout), hints3 (SeaBIOS, SCSI 5/6/10 GiB, root hints on the 6 GiB disk); "
+        "default: 4+1 GiB SeaBIOS servers",
+    )
     up.add_argument("--no-serve", action="store_true", help="do not start `metal serve` in the namespace")
     up.add_argument("-v", "--verbose", action="store_true")
     up.set_defaults(handler=_up)
@@ -196,3 +224,13 @@ def register(metal_subparsers: argparse._SubParsersAction[argparse.ArgumentParse
             p.add_argument("--all", action="store_true", help="remove every lab under the labs root")
             p.add_argument("-v", "--verbose", action="store_true")
         p.set_defaults(handler=handler)
+
+    disk = sub.add_parser("disk", help="detach or attach a disk of a powered-off server (e.g. a RAID member)")
+    disk_sub = disk.add_subparsers(dest="disk_command", metavar="detach|attach", required=True)
+    for verb in ("detach", "attach"):
+        p = disk_sub.add_parser(verb, help=f"{verb} disk INDEX of SERVER (domain config; the server must be off)")
+        p.add_argument("--name", type=_name, default=None, help="lab id")
+        p.add_argument("--state-dir", default=None, help="the lab directory (instead of --name)")
+        p.add_argument("server", help="server: domain name, s<N> or N")
+        p.add_argument("index", type=int, help="disk index (0 = the first disk of the plan)")
+        p.set_defaults(handler=_disk)

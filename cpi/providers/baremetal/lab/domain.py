@@ -1,8 +1,11 @@
 """The lab's emulated servers as libvirt documents: names, MACs, disk serials and the domain XML.
 
 Pure functions from plain values to text (no libvirt calls). A lab server is a q35 domain with blank raw disks
-(virtio, 20-character serials), one virtio NIC per MAC, its serial console logged to a file (SeaBIOS and iPXE
-print there too) and network boot first.
+(virtio-blk, or SCSI on a virtio-scsi controller with INQUIRY vendor/model; 20-character serials), one virtio NIC per
+MAC, its serial console logged to a file (SeaBIOS/OVMF and iPXE print there too) and network boot first: the NICs
+have boot orders 1..n and EVERY disk one after them, so the server still boots when a disk is removed. Firmware
+SeaBIOS, or OVMF (``<loader type='pflash'>`` read-only code plus the domain's own NVRAM file; sushy-tools' libvirt
+driver reads the loader type as the Redfish boot mode UEFI).
 
 The NIC: sushy-tools' libvirt driver switches Pxe/Hdd by moving ``<boot order>`` between ``<interface>`` and
 ``<disk>`` elements, so each NIC must be a libvirt ``<interface>``. It is declared ``type='user'`` (MAC, model,
@@ -26,8 +29,6 @@ NAMESPACE_PREFIX = "sf-lab-"
 BRIDGE = "sfbr0"
 VDE_TAP = "sfvde0"
 GIB = 1024**3
-ROOT_DISK_GIB = 4
-EXTRA_DISK_GIB = 1
 
 
 def namespace(lab_id: str) -> str:
@@ -94,6 +95,9 @@ class LabDiskSpec:
     target: str
     serial: str
     size_bytes: int
+    bus: str = "virtio"  # virtio | scsi
+    vendor: str = ""  # SCSI only (INQUIRY vendor, <= 8 characters)
+    model: str = ""  # SCSI only (INQUIRY product, <= 16 characters)
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class LabDomainSpec:
     macs: Sequence[str]
     vde_socket: str
     console_log: str
+    #: None: SeaBIOS; else OVMF: (read-only code path, this domain's NVRAM file path)
+    uefi: tuple[str, str] | None = None
 
 
 def nic_alias(index: int) -> str:
@@ -119,7 +125,7 @@ def vde_netdev_id(index: int) -> str:
 
 
 def domain(spec: LabDomainSpec) -> str:
-    """The domain XML: network boot first (boot order 1 on every NIC), then the first disk."""
+    """The domain XML: network boot first (boot orders 1..n on the NICs), then every disk in order."""
     ET.register_namespace("qemu", domain_xml.QEMU_NS)
     root = ET.Element("domain", type=spec.domain_type)
     ET.SubElement(root, "name").text = spec.name
@@ -129,16 +135,18 @@ def domain(spec: LabDomainSpec) -> str:
     ET.SubElement(root, "vcpu").text = str(spec.vcpus)
     os_el = ET.SubElement(root, "os")
     ET.SubElement(os_el, "type", arch="x86_64", machine="q35").text = "hvm"
-    ET.SubElement(os_el, "bios", useserial="yes", rebootTimeout="5000")
+    if spec.uefi is None:
+        ET.SubElement(os_el, "bios", useserial="yes", rebootTimeout="5000")
+    else:
+        ET.SubElement(os_el, "loader", readonly="yes", type="pflash").text = spec.uefi[0]
+        ET.SubElement(os_el, "nvram").text = spec.uefi[1]
+        ET.SubElement(os_el, "bios", rebootTimeout="5000")
     domain_xml.platform(root, spec.domain_type)
     devices = ET.SubElement(root, "devices")
+    if any(d.bus == "scsi" for d in spec.disks):
+        ET.SubElement(devices, "controller", type="scsi", index="0", model="virtio-scsi")
     for index, d in enumerate(spec.disks):
-        el = ET.fromstring(
-            domain_xml.disk(domain_xml.DiskSpec(path=d.path, target=d.target, fmt="raw", serial=d.serial))
-        )
-        if index == 0:
-            ET.SubElement(el, "boot", order=str(len(spec.macs) + 1))
-        devices.append(el)
+        devices.append(_disk(d, len(spec.macs) + 1 + index))
     for index, address in enumerate(spec.macs):
         nic = ET.SubElement(devices, "interface", type="user")
         ET.SubElement(nic, "mac", address=address)
@@ -160,6 +168,19 @@ def domain(spec: LabDomainSpec) -> str:
         frontend = ET.SubElement(device, f"{{{q}}}frontend")
         ET.SubElement(frontend, f"{{{q}}}property", name="netdev", type="string", value=vde_netdev_id(index))
     return ET.tostring(root, encoding="unicode")
+
+
+def _disk(d: LabDiskSpec, boot_order: int) -> ET.Element:
+    el = ET.fromstring(
+        domain_xml.disk(domain_xml.DiskSpec(path=d.path, target=d.target, fmt="raw", serial=d.serial, bus=d.bus))
+    )
+    if d.bus == "scsi":
+        if d.vendor:
+            ET.SubElement(el, "vendor").text = d.vendor
+        if d.model:
+            ET.SubElement(el, "product").text = d.model
+    ET.SubElement(el, "boot", order=str(boot_order))
+    return el
 
 
 def raw_volume(name: str, size_bytes: int) -> str:

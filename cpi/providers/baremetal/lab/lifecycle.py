@@ -13,8 +13,10 @@ the completed steps made, in reverse):
 3. ``lab_vde_switch``: ``vde_switch`` inside the namespace, its tap ``sfvde0`` enslaved to the bridge
    (see :mod:`.net`).
 4. ``lab_ramdisk``: RAMDISK's deploy ramdisk (``ensure_ramdisk()``, built once and cached).
-5. ``lab_pool`` and ``lab_disks``: a private libvirt ``dir`` pool ``sf-lab-<id>`` in ``<lab>/pool`` holding, per
-   server, a sparse 4 GiB root and a 1 GiB extra raw volume with distinct serials.
+5. ``lab_pool`` and ``lab_disks``: a private libvirt ``dir`` pool ``sf-lab-<id>`` in ``<lab>/pool`` holding each
+   server's sparse raw volumes as its hardware plan says (:mod:`.plans`: ``default`` = a 4 GiB and a 1 GiB disk),
+   with distinct serials; ``uefi2`` servers also get their NVRAM, a copy of OVMF's ``OVMF_VARS.fd`` in
+   ``<lab>/nvram``.
 6. ``lab_domains``: the servers, libvirt domains ``sf-lab-<id>-s<n>`` in the HOST libvirtd (TCG unless KVM really
    works: :func:`cpi.providers.libvirt.accel.choose`), defined and powered off, network boot first, serial console
    to ``<lab>/consoles/<name>.log``; the virtio NIC reaches the bridge through the VDE switch (see
@@ -52,11 +54,13 @@ import os
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cpi.providers.baremetal.lab import domain as lab_domain
 from cpi.providers.baremetal.lab import net as lab_net
+from cpi.providers.baremetal.lab import plans as lab_plans
 from cpi.providers.baremetal.lab import proc as lab_proc
 from cpi.providers.baremetal.lab.record import (
     MAX_SERVERS,
@@ -84,14 +88,20 @@ def plan(
     lab_dir: str | os.PathLike[str] | None = None,
     memory_mib: int = 512,
     vcpus: int = 1,
+    plans: str | Sequence[str] | None = None,
 ) -> LabRecord:
-    """Validate the request and compute every name, address and path (nothing is created)."""
+    """Validate the request and compute every name, address and path (nothing is created). ``plans``: hardware
+    plan names (:mod:`.plans`) cycled over the servers; None = every server ``default``."""
     if isinstance(servers, bool) or not isinstance(servers, int) or not 1 <= servers <= MAX_SERVERS:
         raise LabError(f"servers: must be an integer from 1 to {MAX_SERVERS}, got {servers!r}")
     if not isinstance(memory_mib, int) or not 128 <= memory_mib <= 8192:
         raise LabError(f"memory_mib: must be an integer from 128 to 8192, got {memory_mib!r}")
     if not isinstance(vcpus, int) or not 1 <= vcpus <= 4:
         raise LabError(f"vcpus: must be an integer from 1 to 4, got {vcpus!r}")
+    try:
+        plan_names = lab_plans.parse_plans(plans)
+    except ValueError as exc:
+        raise LabError(f"plans: {exc}") from None
     if lab_id is None:
         lab_id = _new_id()
     try:
@@ -113,30 +123,39 @@ def plan(
     )
     rec.provisioning_url = f"http://{rec.bridge_ip}:{rec.serve_port}"
     for n in range(servers):
-        name = lab_domain.server_name(lab_id, n)
-        disks = []
-        for d, (gib, target) in enumerate(((lab_domain.ROOT_DISK_GIB, "vda"), (lab_domain.EXTRA_DISK_GIB, "vdb"))):
-            disks.append(
-                {
-                    "volume": f"{name}-disk{d}.raw",
-                    "path": "",
-                    "target": target,
-                    "serial": lab_domain.disk_serial(lab_id, n, d),
-                    "size_bytes": gib * lab_domain.GIB,
-                }
-            )
-        rec.servers.append(
-            {
-                "name": name,
-                "uuid": str(uuid.uuid4()),
-                "macs": [lab_domain.mac(lab_id, n)],
-                "disks": disks,
-                "console_log": str(directory / "consoles" / f"{name}.log"),
-                "bmc_address": "",
-                "system_id": "",
-            }
-        )
+        rec.servers.append(_plan_server(rec, n, lab_plans.plan_for(plan_names, n)))
     return rec
+
+
+def _plan_server(rec: LabRecord, n: int, plan: lab_plans.ServerPlan) -> dict[str, Any]:
+    """Server ``n`` of the lab as ``lab.json`` records it: names, MAC, plan, firmware files and disks."""
+    name = lab_domain.server_name(rec.id, n)
+    disks = [
+        {
+            "volume": f"{name}-disk{d}.raw",
+            "path": "",
+            "target": plan.target(d),
+            "bus": plan.bus,
+            "serial": lab_domain.disk_serial(rec.id, n, d),
+            "vendor": disk.vendor,
+            "model": disk.model,
+            "size_bytes": disk.size_gib * lab_domain.GIB,
+            "attached": True,
+        }
+        for d, disk in enumerate(plan.disks)
+    ]
+    return {
+        "name": name,
+        "uuid": str(uuid.uuid4()),
+        "plan": plan.name,
+        "firmware": plan.firmware,
+        "nvram": str(Path(rec.dir) / "nvram" / f"{name}_VARS.fd") if plan.firmware == "uefi" else "",
+        "macs": [lab_domain.mac(rec.id, n)],
+        "disks": disks,
+        "console_log": str(Path(rec.dir) / "consoles" / f"{name}.log"),
+        "bmc_address": "",
+        "system_id": "",
+    }
 
 
 def up(
@@ -146,6 +165,7 @@ def up(
     lab_dir: str | os.PathLike[str] | None = None,
     memory_mib: int = 512,
     vcpus: int = 1,
+    plans: str | Sequence[str] | None = None,
     with_serve: bool = True,
     with_ramdisk: bool = True,
     owner_pid: int | None = None,
@@ -154,7 +174,7 @@ def up(
     """Build a lab of ``servers`` emulated servers; on any failure (or interrupt) nothing is left behind.
 
     ``owner_pid``: the lab belongs to that process; once it is gone, :func:`reap_orphans` removes the lab."""
-    rec = plan(servers, lab_id=lab_id, lab_dir=lab_dir, memory_mib=memory_mib, vcpus=vcpus)
+    rec = plan(servers, lab_id=lab_id, lab_dir=lab_dir, memory_mib=memory_mib, vcpus=vcpus, plans=plans)
     if owner_pid is not None:
         rec.owner = lab_proc.identity(owner_pid)
     if lab_net.namespace_exists(rec.namespace):

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import stat
 import sys
 import time
@@ -18,6 +19,7 @@ from cpi.providers.baremetal.lab import bmc as lab_bmc
 from cpi.providers.baremetal.lab import domain as lab_domain
 from cpi.providers.baremetal.lab import files as lab_files
 from cpi.providers.baremetal.lab import net as lab_net
+from cpi.providers.baremetal.lab import plans as lab_plans
 from cpi.providers.baremetal.lab import proc as lab_proc
 from cpi.providers.baremetal.lab import virt
 from cpi.providers.baremetal.lab.net import http_get_in_namespace
@@ -164,10 +166,12 @@ class StepDisks(Step):
                 for disk in server["disks"]:
                     vol = pool.createXML(lab_domain.raw_volume(disk["volume"], disk["size_bytes"]), 0)
                     disk["path"] = vol.path()
+                if server.get("nvram"):
+                    copy_nvram_template(Path(server["nvram"]))
                 rec.save()
 
     def cleanup(self, state: dict[str, Any]) -> None:
-        """The volumes go with the pool (``lab_pool``'s cleanup)."""
+        """The volumes go with the pool (``lab_pool``'s cleanup), the NVRAM files with the lab directory."""
 
 
 @dataclass
@@ -183,24 +187,8 @@ class StepDomains(Step):
         assert rec.vde is not None
         with virt.connect() as conn:
             for server in rec.servers:
-                spec = lab_domain.LabDomainSpec(
-                    name=server["name"],
-                    uuid=server["uuid"],
-                    domain_type=rec.accelerator,
-                    memory_mib=rec.memory_mib,
-                    vcpus=rec.vcpus,
-                    disks=[
-                        lab_domain.LabDiskSpec(
-                            path=d["path"], target=d["target"], serial=d["serial"], size_bytes=d["size_bytes"]
-                        )
-                        for d in server["disks"]
-                    ],
-                    macs=server["macs"],
-                    vde_socket=rec.vde["ctl"],
-                    console_log=server["console_log"],
-                )
                 state["domains_made"] = True
-                conn.defineXML(lab_domain.domain(spec))
+                conn.defineXML(lab_domain.domain(domain_spec(rec, server)))
         rec.save()
         log.info(
             "defined %d server(s) (%s, powered off, network boot first)",
@@ -330,6 +318,45 @@ def steps() -> list[Any]:
         StepServe(),
         StepFiles(),
     ]
+
+
+def domain_spec(rec: LabRecord, server: dict[str, Any]) -> lab_domain.LabDomainSpec:
+    """The domain of ``server`` as its record says (only its attached disks)."""
+    assert rec.vde is not None
+    return lab_domain.LabDomainSpec(
+        name=server["name"],
+        uuid=server["uuid"],
+        domain_type=rec.accelerator,
+        memory_mib=rec.memory_mib,
+        vcpus=rec.vcpus,
+        disks=[
+            lab_domain.LabDiskSpec(
+                path=d["path"],
+                target=d["target"],
+                serial=d["serial"],
+                size_bytes=d["size_bytes"],
+                bus=d.get("bus", "virtio"),
+                vendor=d.get("vendor", ""),
+                model=d.get("model", ""),
+            )
+            for d in server["disks"]
+            if d.get("attached", True)
+        ],
+        macs=server["macs"],
+        vde_socket=rec.vde["ctl"],
+        console_log=server["console_log"],
+        uefi=(lab_plans.OVMF_CODE, server["nvram"]) if server.get("firmware") == "uefi" else None,
+    )
+
+
+def copy_nvram_template(path: Path) -> None:
+    """The domain's own UEFI variable store: a copy of OVMF's empty one (Debian's ``ovmf`` package)."""
+    for firmware_file in (lab_plans.OVMF_CODE, lab_plans.OVMF_VARS):
+        if not Path(firmware_file).is_file():
+            raise LabError(f"plans: a uefi server needs {firmware_file} (apt-get install ovmf)")
+    path.parent.mkdir(mode=0o755, exist_ok=True)
+    shutil.copyfile(lab_plans.OVMF_VARS, path)
+    path.chmod(0o644)
 
 
 # -- serve (SERVICES's process) ------------------------------------------------------------------------------------
