@@ -137,15 +137,24 @@ def metal(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def enroll(lab: Lab, names: list[str], tmp: Path) -> None:
-    """``metal enroll`` the named lab servers, then ``manage`` (BMC read) and ``provide --skip-cleaning``."""
+    """``metal enroll`` the named lab servers, then ``manage`` (BMC read, then a real inspection: the ramdisk boots
+    in inspect mode and reports the hardware; create_vm refuses a server never inspected) and ``provide
+    --skip-cleaning``. The inspection's cost is printed (``manage`` per server)."""
     inventory = yaml.safe_load(lab.inventory_path.read_text())
     inventory["nodes"] = [n for n in inventory["nodes"] if n["name"] in names]
     path = tmp / f"inventory-{len(names)}-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(inventory))
-    for verb in (["enroll", str(path)], ["manage", "--no-inspect", *names], ["provide", "--skip-cleaning", *names]):
+    for verb in (["enroll", str(path)], ["manage", *names], ["provide", "--skip-cleaning", *names]):
+        started = time.monotonic()
         proc = metal(lab, *verb)
         assert proc.returncode == 0, f"metal {verb[0]}: {proc.stderr}"
         assert lab.servers[0].password not in proc.stdout + proc.stderr
+        if verb[0] == "manage":
+            print(f"\nmanage + inspection of {len(names)} server(s): {time.monotonic() - started:.1f}s")
+    store = lab.store()
+    for name in names:
+        record = store.inspection(name)
+        assert record is not None and record.data["disks"], f"{name} was not inspected"
 
 
 def ensure_enrolled(lab: Lab, names: list[str], tmp: Path) -> None:

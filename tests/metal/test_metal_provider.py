@@ -195,6 +195,76 @@ def test_stemcell_raw_with_checksum(tmp_path: Path) -> None:
     assert list((tmp_path / "metal" / "images").iterdir()) == []
 
 
+def _disk_image(path: Path, label: str, parts: list[tuple[int, str, str]]) -> list[tuple[int, int]]:
+    """A raw disk of 40 MiB partitioned by sfdisk (``label`` gpt or dos; parts: (size MiB, sfdisk type, fs) where
+    fs is ext4, ext2, vfat or '' and a dos type 'E' makes an extended partition holding the following ones as
+    logical partitions), each filesystem made in a file and copied to its partition; the (offset, size) of each."""
+    from cpi.providers.baremetal.stemcell_images import partitions
+
+    with open(path, "wb") as fh:
+        fh.truncate(40 << 20)
+    script = f"label: {label}\n" + "".join(f"size={mib}MiB, type={kind}\n" if kind != "E" else "type=E\n"
+                                           for mib, kind, _ in parts)  # fmt: skip
+    subprocess.run(["sfdisk", "-q", str(path)], input=script, text=True, check=True, timeout=60)
+    found = partitions(path)
+    usable = [p for p in parts if p[1] != "E"]
+    assert len(found) == len(usable), found
+    for (offset, length), (_, _, fs) in zip(found, usable, strict=True):
+        if not fs:
+            continue
+        fs_file = path.with_suffix(f".{offset}")
+        with open(fs_file, "wb") as fh:
+            fh.truncate(length)
+        mkfs = ["mkfs.vfat", str(fs_file)] if fs == "vfat" else [f"mkfs.{fs}", "-q", "-F", str(fs_file)]
+        subprocess.run(mkfs, check=True, capture_output=True, timeout=60)
+        subprocess.run(["dd", f"if={fs_file}", f"of={path}", "bs=1M", f"seek={offset}", "oflag=seek_bytes",
+                        "conv=notrunc,sparse", "status=none"], check=True, timeout=60)  # fmt: skip
+        fs_file.unlink()
+    return found
+
+
+def test_stemcell_root_partition_gpt_and_mbr_served_by_range(tmp_path: Path) -> None:
+    """create_stemcell records the largest ext4 partition (offset, size, sha256 of exactly those bytes) of a GPT
+    image (not the ESP, not a larger ext2) and of an MBR image's logical partition; an image without one is
+    recorded without (whole-disk only); metal serve answers the Range a layout deploy asks for those bytes."""
+    import hashlib
+
+    import requests
+
+    from cpi.providers.baremetal.serve.http import MetalHTTPServer, serve_in_thread
+    from cpi.providers.baremetal.serve.shared_store import SharedStore
+
+    provider = BareMetalProvider({"baremetal": {"state_dir": str(tmp_path / "metal")}}, log)
+    gpt = tmp_path / "gpt.raw"
+    found = _disk_image(gpt, "gpt", [(1, "21686148-6449-6E6F-744E-656564454649", ""), (4, "U", "vfat"),
+                                     (9, "L", "ext2"), (8, "L", "ext4"), (6, "L", "ext4")])  # fmt: skip
+    cid = provider.create_stemcell(str(gpt), {}, {})
+    record = provider.store.stemcell(cid)
+    assert record is not None and record["rootfs"] is not None
+    rootfs = record["rootfs"]
+    assert (rootfs["offset"], rootfs["size"], rootfs["index"], rootfs["fstype"]) == (*found[3], 4, "ext4")
+    data = gpt.read_bytes()[rootfs["offset"] : rootfs["offset"] + rootfs["size"]]
+    assert rootfs["sha256"] == hashlib.sha256(data).hexdigest()
+    assert data[1080:1082] == b"\x53\xef"  # the ext superblock's magic
+
+    dos = tmp_path / "dos.raw"
+    found = _disk_image(dos, "dos", [(4, "83", "ext2"), (0, "E", ""), (8, "83", "ext4"), (12, "83", "")])
+    rootfs_dos = provider.store.stemcell(provider.create_stemcell(str(dos), {}, {}))["rootfs"]  # type: ignore[index]
+    assert (rootfs_dos["offset"], rootfs_dos["size"], rootfs_dos["index"]) == (*found[1], 2)
+    assert found[1][0] > 4 << 20  # a logical partition, behind its EBR
+    plain = provider.store.stemcell(make_stemcell(provider, tmp_path))
+    assert plain is not None and plain["rootfs"] is None
+
+    server = MetalHTTPServer(("127.0.0.1", 0), store=SharedStore(MetalStore(tmp_path / "metal")),
+                             state_dir=tmp_path / "metal", ramdisk_dir=tmp_path)  # fmt: skip
+    with serve_in_thread(server):
+        start, end = rootfs["offset"], rootfs["offset"] + rootfs["size"] - 1
+        resp = requests.get(f"{server.base_url}/images/{Path(record['path']).name}",
+                            headers={"Range": f"bytes={start}-{end}"}, timeout=30)  # fmt: skip
+        assert resp.status_code == 206 and resp.headers["Content-Range"] == f"bytes {start}-{end}/{gpt.stat().st_size}"
+        assert hashlib.sha256(resp.content).hexdigest() == rootfs["sha256"]
+
+
 def test_vm_lifecycle_with_disks(tmp_path: Path, emulator: Emulator, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=log.name)
     with lab(tmp_path, emulator) as (provider, store, ramdisk):

@@ -113,20 +113,16 @@ class BareMetalProvider(Provider):
                 root = stemcell_images.root_image(path, Path(work))
                 stemcell_images.to_raw(root, tmp)
             sha256, size = sha256_file(tmp), tmp.stat().st_size
+            rootfs = stemcell_images.root_partition(tmp)  # for file-based deploys; None: whole-disk only
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
-            self.store.put_stemcell(cid, str(target), sha256, size, "raw", dict(tags))
+            self.store.put_stemcell(cid, str(target), sha256, size, "raw", dict(tags), rootfs)
         except BaseException:
             tmp.unlink(missing_ok=True)
             target.unlink(missing_ok=True)
             raise
-        self.log.info(
-            "create_stemcell: %s: raw image of %d MiB, sha256 %s (%.1fs)",
-            cid,
-            size // MIB,
-            sha256,
-            time.monotonic() - started,
-        )
+        self.log.info("create_stemcell: %s: raw image of %d MiB, sha256 %s, %s (%.1fs)", cid, size // MIB, sha256,
+                      stemcell_images.describe(rootfs), time.monotonic() - started)  # fmt: skip
         return cid
 
     def delete_stemcell(self, stemcell_cid: str) -> None:

@@ -1,17 +1,36 @@
 """create_stemcell's image work: the disk image inside the director's ``image`` file, judged by
-``stemcells.image_check``, copied or converted to a sparse raw file (what ``metal serve`` streams to the ramdisk)."""
+``stemcells.image_check``, copied or converted to a sparse raw file (what ``metal serve`` streams to the ramdisk),
+and its root partition found for file-based deploys (:func:`root_partition`).
+
+The root partition: the largest ext4 partition of the raw disk's MBR (primary and logical, following the EBR
+chain) or GPT (a protective MBR of type 0xEE), 512-byte sectors. ext4 is told by the superblock at 1024 bytes into
+the partition (magic 0xEF53 at byte 56) with an ext4-only incompatible feature (extents 0x40, 64bit 0x80 or
+flex_bg 0x200), as ``blkid`` (util-linux ``libblkid/src/superblocks/ext.c``) tells ext4 from ext2/3. Its byte
+offset, size and sha256 go into the stemcell record; a layout deploy streams exactly those bytes (``Range``)
+onto the layout's ``/`` and checks the sha256 (``instructions.py``: ``SF_ROOTFS_*``). GPT layout per the UEFI
+specification (header at LBA 1: ``EFI PART``, entries' LBA at byte 72, count at 80, size at 84; an entry's first
+and last LBA at bytes 32 and 40).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import struct
 import subprocess
 from pathlib import Path
+from typing import Any, BinaryIO, Final
 
 from cpi.errors import CloudError
 from stemcells.errors import StemcellError
 from stemcells.image_check import ImageRejected, prepare_root_image
 
 QCOW2_MAGIC = b"QFI\xfb"
+SECTOR: Final = 512
+EXT_MAGIC: Final = 0xEF53
+EXT4_INCOMPAT: Final = 0x40 | 0x80 | 0x200  # extents, 64bit, flex_bg
+MBR_EXTENDED: Final = (0x05, 0x0F, 0x85)
+MAX_PARTITIONS: Final = 256
 
 
 def root_image(image: Path, work: Path) -> Path:
@@ -49,3 +68,106 @@ def to_raw(source: Path, target: Path) -> None:
     if proc.returncode != 0:
         raise CloudError(f"create_stemcell: converting the image to raw failed: {proc.stderr.strip()[:500]}")
 
+
+def partitions(image: Path) -> list[tuple[int, int]]:
+    """The partitions of a raw disk image as (byte offset, byte size), in table order; [] without a table."""
+    size = image.stat().st_size
+    with open(image, "rb") as fh:
+        mbr = _read(fh, 0, SECTOR)
+        if len(mbr) < SECTOR or mbr[510:512] != b"\x55\xaa":
+            return []
+        entries = [struct.unpack_from("<B3xBxxxII", mbr, 446 + 16 * i)[1:] for i in range(4)]
+        if any(kind == 0xEE for kind, _, _ in entries):
+            found = _gpt(fh)
+        else:
+            found = []
+            for kind, start, count in entries:
+                if kind in MBR_EXTENDED:
+                    found += _logical(fh, start)
+                elif kind and count:
+                    found.append((start * SECTOR, count * SECTOR))
+    return [(off, length) for off, length in found if length > 0 and off + length <= size]
+
+
+def _read(fh: BinaryIO, offset: int, length: int) -> bytes:
+    fh.seek(offset)
+    return fh.read(length)
+
+
+def _gpt(fh: BinaryIO) -> list[tuple[int, int]]:
+    header = _read(fh, SECTOR, 92)
+    if header[:8] != b"EFI PART":
+        return []
+    lba, count, entry_size = struct.unpack_from("<QII", header, 72)
+    if entry_size < 56 or count > 4096:
+        return []
+    table = _read(fh, lba * SECTOR, count * entry_size)
+    out = []
+    for i in range(min(count, len(table) // entry_size)):
+        entry = table[i * entry_size : (i + 1) * entry_size]
+        if entry[:16] == bytes(16):
+            continue
+        first, last = struct.unpack_from("<QQ", entry, 32)
+        if last >= first:
+            out.append((first * SECTOR, (last - first + 1) * SECTOR))
+    return out[:MAX_PARTITIONS]
+
+
+def _logical(fh: BinaryIO, extended: int) -> list[tuple[int, int]]:
+    """Logical partitions: each EBR's first entry is relative to that EBR, its second links the next EBR
+    (relative to the extended partition's start); bounded."""
+    out: list[tuple[int, int]] = []
+    ebr = extended
+    for _ in range(MAX_PARTITIONS):
+        sector = _read(fh, ebr * SECTOR, SECTOR)
+        if len(sector) < SECTOR or sector[510:512] != b"\x55\xaa":
+            break
+        kind, start, count = struct.unpack_from("<B3xBxxxII", sector, 446)[1:]
+        if kind and count:
+            out.append(((ebr + start) * SECTOR, count * SECTOR))
+        next_kind, next_start, _ = struct.unpack_from("<B3xBxxxII", sector, 462)[1:]
+        if next_kind not in MBR_EXTENDED or not next_start:
+            break
+        ebr = extended + next_start
+    return out
+
+
+def is_ext4(image: Path, offset: int) -> bool:
+    """The partition at ``offset`` holds ext4 (superblock magic and an ext4-only incompatible feature)."""
+    with open(image, "rb") as fh:
+        superblock = _read(fh, offset + 1024, 100)
+    if len(superblock) < 100:
+        return False
+    magic = struct.unpack_from("<H", superblock, 56)[0]
+    incompat = struct.unpack_from("<I", superblock, 96)[0]
+    return magic == EXT_MAGIC and bool(incompat & EXT4_INCOMPAT)
+
+
+def root_partition(image: Path) -> dict[str, Any] | None:
+    """``{"offset", "size", "sha256", "fstype": "ext4", "index"}`` of the largest ext4 partition of the raw
+    ``image`` (``index``: 1-based in table order), or None when it has none (the image can still be deployed
+    whole-disk)."""
+    ext4 = [(length, -i, off) for i, (off, length) in enumerate(partitions(image)) if is_ext4(image, off)]
+    if not ext4:
+        return None
+    length, neg_index, offset = max(ext4)
+    digest = hashlib.sha256()
+    with open(image, "rb") as fh:
+        fh.seek(offset)
+        left = length
+        while left:
+            chunk = fh.read(min(left, 1 << 20))
+            if not chunk:
+                raise CloudError(f"create_stemcell: the image ends inside its root partition at byte {offset}")
+            digest.update(chunk)
+            left -= len(chunk)
+    return {"offset": offset, "size": length, "sha256": digest.hexdigest(), "fstype": "ext4", "index": 1 - neg_index}
+
+
+def describe(rootfs: dict[str, Any] | None) -> str:
+    """``root partition 2 (ext4) at byte 1048576, 3072 MiB`` or that there is none."""
+    if not rootfs:
+        return "no ext4 root partition (whole-disk deploys only)"
+    return (
+        f"root partition {rootfs['index']} ({rootfs['fstype']}) at byte {rootfs['offset']}, {rootfs['size'] >> 20} MiB"
+    )

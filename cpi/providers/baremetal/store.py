@@ -113,6 +113,10 @@ CREATE TABLE IF NOT EXISTS stemcells (
     tags TEXT NOT NULL DEFAULT '{{}}',
     created_at REAL NOT NULL DEFAULT {_NOW}
 );
+CREATE TABLE IF NOT EXISTS stemcell_rootfs (
+    cid TEXT PRIMARY KEY,
+    data TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS inspections (
     node TEXT PRIMARY KEY REFERENCES nodes(name) ON DELETE CASCADE,
     data TEXT NOT NULL,
@@ -648,20 +652,37 @@ class MetalStore(SqliteStore):
         with self.write() as db:
             db.execute("DELETE FROM vms WHERE cid = ?", (cid,))
 
-    def put_stemcell(self, cid: str, path: str, sha256: str, size: int, fmt: str, tags: Mapping[str, Any]) -> None:
+    def put_stemcell(
+        self,
+        cid: str,
+        path: str,
+        sha256: str,
+        size: int,
+        fmt: str,
+        tags: Mapping[str, Any],
+        rootfs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a stemcell; ``rootfs``: its image's root partition (``stemcell_images.root_partition``)."""
         with self.write() as db:
             db.execute(
                 "INSERT INTO stemcells (cid, path, sha256, size, format, tags) VALUES (?,?,?,?,?,?)",
                 (cid, path, sha256, size, fmt, _j(tags)),
             )
+            if rootfs is not None:
+                db.execute("INSERT OR REPLACE INTO stemcell_rootfs (cid, data) VALUES (?,?)", (cid, _j(rootfs)))
 
     def stemcell(self, cid: str) -> dict[str, Any] | None:
+        """The record (``rootfs``: the root partition's offset, size, sha256 and fstype, or None)."""
         row = self._db.execute("SELECT * FROM stemcells WHERE cid = ?", (cid,)).fetchone()
-        return _decode(row, "tags") if row else None
+        if row is None:
+            return None
+        rootfs = self._db.execute("SELECT data FROM stemcell_rootfs WHERE cid = ?", (cid,)).fetchone()
+        return {**_decode(row, "tags"), "rootfs": json.loads(rootfs[0]) if rootfs else None}
 
     def delete_stemcell(self, cid: str) -> None:
         with self.write() as db:
             db.execute("DELETE FROM stemcells WHERE cid = ?", (cid,))
+            db.execute("DELETE FROM stemcell_rootfs WHERE cid = ?", (cid,))
 
     def reserve_disk(self, cid: str, node: str, candidates: Sequence[Mapping[str, Any]], size_mib: int) -> str | None:
         """Reserve the first of ``candidates`` (the node's extra disks, each with a unique ``device`` key) not
