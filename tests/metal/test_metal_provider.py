@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from cpi import configdrive
 from cpi.errors import CloudError, DiskNotAttached, NotSupported, VMCreationFailed, VMNotFound
@@ -287,6 +288,11 @@ def test_vm_lifecycle_with_disks(tmp_path: Path, emulator: Emulator, caplog: pyt
         assert settings["disks"]["ephemeral"] is None
         meta = json.loads(configdrive.read_iso_file(iso, "openstack/latest/meta_data.json"))["meta"]
         assert meta["phone_home_url"] == "http://127.0.0.1:1/v1/nodes/node-a/phone-home"
+        # cloud-init's phone_home (vendor data as the ConfigDrive source reads it): token in the path, form fields
+        vendor = json.loads(configdrive.read_iso_file(iso, "openstack/latest/vendor_data.json"))["cloud-init"]
+        assert vendor.startswith("#cloud-config\n")
+        assert yaml.safe_load(vendor)["phone_home"] == {"url": f"{meta['phone_home_url']}/{meta['phone_home_token']}",
+                                                        "post": ["instance_id", "hostname"], "tries": 10}  # fmt: skip
         job_log = [t.to_state for t in store.transitions("node-a")]
         assert job_log[-4:] == ["deploying", "wait call-back", "deploying", "active"]
         provider.set_vm_metadata(vm, {"deployment": "d", "job": "j"})

@@ -456,6 +456,33 @@ def test_layout_deploy_instructions_are_checked() -> None:
             render_instructions("n", "deploy", {**base, **change})
 
 
+def test_cloud_init_phone_home_form_with_the_token_in_the_path(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """cloud-init's phone_home (cc_phone_home.py): a form POST to .../phone-home/<token>; recorded as event
+    phone-home when instance_id is the node's VM uuid (its config drive's), once; the token never reaches a log."""
+    caplog.set_level(logging.DEBUG)
+    for verb, to in (("manage", "manageable"), ("provide", "cleaning"), ("done", "available")):
+        env.store.transition("n1", verb, [env.store.get_node("n1").provision_state], to, "test", "test")
+    assert env.store.claim("n1", "vm-1234-abcd", "deploying", "test", "create_vm")
+    token = env.store.issue_phone_home_token("n1")
+    url = f"{env.url}/v1/nodes/n1/phone-home/{token}"
+    form = {"instance_id": "1234-abcd", "hostname": "vm-1234-abcd"}
+    wrong = requests.post(url, data={**form, "instance_id": "other"}, timeout=10)
+    assert wrong.status_code == 409 and "not its VM's config drive uuid" in wrong.json()["error"]
+    assert requests.post(url, data="instance_id=%ZZ&&", timeout=10).status_code == 400
+    assert requests.post(url, data={"hostname": "x"}, timeout=10).status_code == 400
+    assert requests.post(url[:-3] + "AAA", data=form, timeout=10).status_code == 401
+    assert requests.get(url, timeout=10).status_code == 405
+    resp = requests.post(url, data=form, timeout=10)  # what cloud-init sends: application/x-www-form-urlencoded
+    assert resp.status_code == 204, resp.text
+    (event,) = env.store.events("n1", kinds=["phone-home"])
+    assert event.data == {"source": "cloud-init", **form}
+    assert requests.post(url, data=form, timeout=10).status_code == 409  # replayed
+    assert requests.post(f"{env.url}/v1/nodes/n2/phone-home/{token}", data=form, timeout=10).status_code == 401
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("stemforge"))  # not urllib3's
+    assert token not in text and token[:-3] not in text
+    assert "POST /v1/nodes/n1/phone-home/*** 204" in text
+
+
 # -- tokens ----------------------------------------------------------------------------------------------------
 
 

@@ -257,3 +257,27 @@ def test_opening_another_store_keeps_this_process_sqlite_locks(tmp_path: Path) -
         assert _posix_locks_on(tmp_path / "metal.db") == held
     finally:
         first._db.execute("ROLLBACK")
+
+
+def test_a_version_3_database_gains_the_stemcell_rootfs_table(tmp_path: Path) -> None:
+    """Schema 4 adds stemcell_rootfs (the image's root partition, for layout deploys); a database of version 3
+    (before it) gets the table when opened, keeping its stemcells."""
+    import sqlite3
+
+    store = MetalStore(tmp_path)
+    store.put_stemcell("sc-old", "/x.raw", "ab" * 32, 10, "raw", {})
+    store.close()
+    db = sqlite3.connect(tmp_path / "metal.db")
+    db.execute("DROP TABLE stemcell_rootfs")
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    store = MetalStore(tmp_path)
+    old = store.stemcell("sc-old")
+    assert old is not None and old["rootfs"] is None and old["size"] == 10 and old["path"] == "/x.raw"
+    rootfs = {"offset": 1048576, "size": 4096, "sha256": "cd" * 32, "fstype": "ext4", "index": 2}
+    store.put_stemcell("sc-new", "/y.raw", "ab" * 32, 10, "raw", {}, rootfs)
+    assert store.stemcell("sc-new")["rootfs"] == rootfs  # type: ignore[index]
+    store.delete_stemcell("sc-new")
+    assert store.stemcell("sc-new") is None
+    assert store._db.execute("SELECT COUNT(*) FROM stemcell_rootfs").fetchone()[0] == 0

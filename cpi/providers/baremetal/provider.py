@@ -32,7 +32,7 @@ from cpi import agent_settings, configdrive
 from cpi.errors import CloudError, DiskNotAttached, DiskNotFound, NotSupported, VMCreationFailed, VMNotFound
 from cpi.provider import DiskHint, Networks, Provider, VmRequest
 from cpi.provider_steps import ProviderStep, run_create_vm
-from cpi.providers.baremetal import inventory, placement, states, stemcell_images
+from cpi.providers.baremetal import inventory, phone_home, placement, states, stemcell_images
 from cpi.providers.baremetal.config import (
     DHCP_EVENT,
     DISK_CLOUD_PROPERTIES_SCHEMA,
@@ -454,7 +454,8 @@ class BareMetalProvider(Provider):
 
     def write_config_drive(self, node: str, vm_cid: str, settings: Mapping[str, Any], token: str) -> Path:
         """The ``config-2`` ISO for ``node`` with the agent settings and, under ``meta``, the phone-home URL and
-        token (``<state_dir>/configdrives/<node>.iso``, served to the ramdisk by ``metal serve``)."""
+        token, and cloud-init's phone_home in ``vendor_data.json`` (``<state_dir>/configdrives/<node>.iso``,
+        served to the ramdisk by ``metal serve``)."""
         files = configdrive.files_for(
             settings,
             instance_uuid=vm_cid.removeprefix("vm-"),
@@ -464,6 +465,8 @@ class BareMetalProvider(Provider):
         meta = json.loads(files["openstack/latest/meta_data.json"])
         meta["meta"] = {"phone_home_url": self._url(f"/v1/nodes/{node}/phone-home"), "phone_home_token": token}
         files["openstack/latest/meta_data.json"] = json.dumps(meta, sort_keys=True).encode()
+        # cloud-init's phone_home module (phone_home.py): the token in the URL's path
+        files[phone_home.VENDOR_DATA_PATH] = phone_home.vendor_data(phone_home.url(self._url(""), node, token))
         return configdrive.write_iso(self.config_drive_path(node), files)
 
 
@@ -756,7 +759,10 @@ class _WaitPhoneHome(_Step):
             for event in self.store.events(self.node, after_id=after, kinds=["phone-home"]):
                 after = event.id
                 reported = str(event.data.get("agent_id", ""))
-                if reported != self.plan.agent_id:
+                by_cloud_init = event.data.get("instance_id") == self.plan.vm_cid.removeprefix(
+                    "vm-"
+                )  # checked by serve
+                if reported != self.plan.agent_id and not by_cloud_init:
                     self.task.log.warning(
                         "server %s phoned home as agent %r, expected %r; ignored",
                         self.node,

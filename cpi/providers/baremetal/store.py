@@ -30,7 +30,7 @@ from typing import Any
 
 from stemforge_base.sqlite_store import SqliteStore
 
-SCHEMA_VERSION = 3  # 2: phone_home_uses; 3: inspections
+SCHEMA_VERSION = 4  # 2: phone_home_uses; 3: inspections; 4: stemcell_rootfs
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS nodes (

@@ -16,6 +16,9 @@ Routes (all under ``/v1/nodes/<node>/``, token in the ``X-Stemforge-Token`` head
   (``placement.py`` refuses the server until it is inspected again).
 * ``POST phone-home`` (phone-home token): any JSON object (what the booted OS read from its config drive); stored
   as event kind ``phone-home``; answers 204.
+* ``POST phone-home/<token>`` (the phone-home token in the path: cloud-init cannot send headers): cloud-init's
+  ``phone_home`` form (:mod:`..phone_home`); its ``instance_id`` must be the uuid of the node's VM (the config
+  drive's); stored as event kind ``phone-home``; answers 204. The token is redacted from every log line.
 
 Answers: unknown node 404; missing or wrong token (or no job) 401, logged as ``rejected callback for node X from
 IP (bad token)``; a job token past its job's deadline 401 (logged ``job expired``); a phone-home report replayed
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cpi.fastjson import depth_exceeds
+from cpi.providers.baremetal import phone_home
 from cpi.providers.baremetal.instructions import (
     InstructionsError,
     disk_change,
@@ -253,4 +257,34 @@ class Callbacks:
             )
         event_id = self.store.call(lambda s: s.add_event(caller.node, "phone-home", report))
         log.info("node %s phoned home from %s", caller.node, caller.client_ip)
+        return event_id
+
+    def record_cloud_init_phone_home(self, caller: Caller, body: bytes) -> int:
+        """Store cloud-init's phone-home form (:mod:`..phone_home`; the token came in the path) as event
+        ``phone-home`` (``{"source": "cloud-init", "instance_id", "hostname", ...}``) when its ``instance_id`` is the
+        uuid of the config drive of the VM the node runs (else 409); the token is spent as for boot 0."""
+        self.authenticate(caller, "phone-home")
+        try:
+            form = phone_home.parse_form(body)
+        except ValueError as exc:
+            raise CallbackError(HTTPStatus.BAD_REQUEST, f"phone-home: {exc}") from None
+        node = self.store.call(lambda s: s.node(caller.node))
+        expected = str(node.claimed_by or "").removeprefix("vm-") if node is not None else ""
+        if not expected or not hmac.compare_digest(form["instance_id"].encode(), expected.encode()):
+            log.warning("rejected phone-home of node %s from %s (instance_id %r is not its config drive's uuid)",
+                        caller.node, caller.client_ip, form["instance_id"][:64])  # fmt: skip
+            raise CallbackError(
+                HTTPStatus.CONFLICT,
+                f"phone-home of node {caller.node!r}: instance_id is not its VM's config drive uuid",
+            )
+        used = self.store.call(lambda s: s.use_phone_home_token(caller.node, caller.token, 0))
+        if used != "ok":
+            log.warning("rejected phone-home of node %s from %s (%s)", caller.node, caller.client_ip, used)
+            status = HTTPStatus.UNAUTHORIZED if used == "bad" else HTTPStatus.CONFLICT
+            raise CallbackError(status, f"phone-home of node {caller.node!r}: token {used}")
+        report = {"source": "cloud-init", **form}
+        event_id = self.store.call(lambda s: s.add_event(caller.node, "phone-home", report))
+        log.info(
+            "node %s phoned home (cloud-init, instance %s) from %s", caller.node, form["instance_id"], caller.client_ip
+        )
         return event_id

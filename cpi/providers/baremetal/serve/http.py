@@ -16,6 +16,8 @@ Routes (base ``http://<provisioning address>:<port>``; see /work/coord/METAL.md 
 ``POST /v1/nodes/<node>/root-device``  job token     the ramdisk's disks → ``SF_ROOT_DEVICE``/``SF_ROOT_ERROR``
 ``POST /v1/nodes/<node>/layout``       job token     the ramdisk's disks → ``lay_*`` lines/``SF_LAYOUT_ERROR``
 ``POST /v1/nodes/<node>/phone-home``   phone-home    the booted OS's report → 204
+``POST /v1/nodes/<node>/phone-home/<token>``         cloud-init's phone_home form (token in the path, redacted
+                                                     from every log line) → 204
 =====================================  ============  ==============================================================
 
 Trust: the routes marked "none" serve nothing secret. The job token reaches a server only in its per-MAC iPXE
@@ -47,6 +49,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final
 from urllib.parse import unquote, urlsplit
 
+from cpi.providers.baremetal.phone_home import redact
 from cpi.providers.baremetal.serve import ipxe, leases
 from cpi.providers.baremetal.serve.callbacks import (
     MAX_EVENT_BYTES,
@@ -119,16 +122,22 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         status = code.value if isinstance(code, HTTPStatus) else code
         level = logging.DEBUG if getattr(self, "_quiet", False) else logging.INFO  # heartbeats: every few seconds
-        log.log(level, "%s %s %s %s from %s", self.command, self._path(), status, size, self.client_address[0])
+        log.log(level, "%s %s %s %s from %s", self.command, self._logged_path(), status, size, self.client_address[0])
 
     def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        log.warning("%s: " + format, self.client_address[0], *args)
+        log.warning(
+            "%s: %s", self.client_address[0], redact(format % args if args else format)
+        )  # a request line may hold a token
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.info("%s: " + format, self.client_address[0], *args)
+        log.info("%s: %s", self.client_address[0], redact(format % args if args else format))
 
     def _path(self) -> str:
         return urlsplit(getattr(self, "path", "") or "").path
+
+    def _logged_path(self) -> str:
+        """The path as logs show it: a phone-home token in it is replaced by ``***``."""
+        return redact(self._path())
 
     # -- answers -------------------------------------------------------------------------------------------------
     def _send_bytes(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
@@ -165,12 +174,12 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
         except OSError as exc:
-            log.error("%s %s: %s", self.command, self._path(), exc.strerror or exc)
+            log.error("%s %s: %s", self.command, self._logged_path(), exc.strerror or exc)
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self._send_error_json(HTTPStatus.INTERNAL_SERVER_ERROR, exc.strerror or str(exc))
         except Exception as exc:  # noqa: BLE001 - e.g. the store is locked too long: answer, log, keep serving
-            log.exception("%s %s failed", self.command, self._path())
+            log.exception("%s %s failed", self.command, self._logged_path())
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self._send_error_json(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error ({type(exc).__name__})")
@@ -206,6 +215,10 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
             return self._allow(get, method, lambda: self._send_file(self.server.ramdisk_dir, parts[1:]))
         if len(parts) >= 2 and parts[0] == "images":
             return self._allow(get, method, lambda: self._send_file(self.server.images_dir, parts[1:]))
+        if len(parts) == 5 and parts[:2] == ["v1", "nodes"] and parts[3] == "phone-home":
+            caller = Caller(parts[2], parts[4], self.client_address[0])
+            cloud_init = self.server.callbacks.record_cloud_init_phone_home
+            return self._allow(method == "POST", method, lambda: self._post(lambda b: cloud_init(caller, b), 65536))
         if len(parts) == 4 and parts[:2] == ["v1", "nodes"]:
             caller = Caller(parts[2], self.headers.get(TOKEN_HEADER, "").strip(), self.client_address[0])
             callbacks = self.server.callbacks
@@ -237,7 +250,7 @@ class MetalRequestHandler(BaseHTTPRequestHandler):
                     method,
                     lambda: self._post(lambda body: callbacks.record_phone_home(caller, body), MAX_PHONE_HOME_BYTES),
                 )
-        raise CallbackError(HTTPStatus.NOT_FOUND, f"no such path {path}")
+        raise CallbackError(HTTPStatus.NOT_FOUND, f"no such path {redact(path)}")
 
     @staticmethod
     def _allow(allowed: bool, method: str, action: Callable[[], None]) -> Callable[[], None]:
