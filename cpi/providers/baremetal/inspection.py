@@ -16,7 +16,9 @@ The ramdisk (``ramdisk/inspect.sh``) sends ``{"inventory": {...}}`` as the data 
 Hardware changes: every deploy ramdisk reports the disks it finds (``POST root-device``) before it writes; when
 the node has an inspection, :func:`disk_set` of both (serial, or the kernel name of a disk without one, and size)
 must be equal, else the deploy fails at ``disk-select`` naming the missing and the new disks (a replaced, added or
-removed disk); ``stemforge metal inspect NODE`` records the new hardware.
+removed disk); ``stemforge metal inspect NODE`` records the new hardware. ``metal serve`` also records the change
+as event ``hardware-change``, and ``placement.py`` refuses the server for new VMs until it is inspected again
+(likewise a server never inspected).
 """
 
 from __future__ import annotations

@@ -640,7 +640,8 @@ class _Deploy(_Step):
             stages = self.p._bmc_step(self.task, lambda: hw.deploy.deploy(self.task, instructions, timeout))
         except DeployFailed as exc:
             raise CloudError(exc.message) from None
-        self._check_root_disk(state, stages or [])
+        if instructions.get("deploy_kind") != "layout":  # a layout's disk-selected names several disks
+            self._check_root_disk(state, stages or [])
         states.apply(self.store, self.node, "resume", self.p.who, "ramdisk reported the image and config drive written")
 
     def _check_root_disk(self, state: dict[str, Any], stages: list[dict[str, Any]]) -> None:
