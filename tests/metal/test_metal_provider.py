@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from cpi import configdrive
-from cpi.errors import CloudError, DiskNotAttached, NotSupported, VMCreationFailed, VMNotFound
+from cpi.errors import CloudError, CpiError, DiskNotAttached, NotSupported, VMCreationFailed, VMNotFound
 from cpi.provider import VmRequest
 from cpi.providers.baremetal.provider import BareMetalProvider
 from cpi.providers.baremetal.store import Bmc, MetalStore, NodeSpec
@@ -602,6 +602,9 @@ def test_storage_requests_pick_servers_and_bad_input_fails_before_any_write(tmp_
     resources = {"cpu": 1, "ram": 256, "ephemeral_disk_size": 1024}
     assert provider.calculate_vm_cloud_properties({**resources, "plan": "raid1"})["cpu"] == 2  # uefi2
     assert provider.calculate_vm_cloud_properties({**resources, "plan": "bios-one"})["cpu"] == 1  # bios1
+    assert provider.calculate_vm_cloud_properties({**resources, "plan": "raid1"})["plan"] == "raid1"  # passed on
+    with pytest.raises(CpiError, match="plan"):
+        provider.calculate_vm_cloud_properties({**resources, "plan": 5})
     with pytest.raises(VMCreationFailed, match=r"no server satisfies layout \(cloud_properties\): bios1: layout "
                        r"\(cloud_properties\): disks/1/hints: no free inspected disk matches \(no hints\) \(taken: "
                        r"vda by d0\); disks seen: vda \(8.0 GiB, serial bios1-0\);.* hints3: .*disks/3/hints.*; "

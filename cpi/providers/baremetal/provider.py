@@ -214,7 +214,7 @@ class BareMetalProvider(Provider):
             "ephemeral_disk_size": int(vm_resources["ephemeral_disk_size"]),
         }
         storage = {k: vm_resources[k] for k in ("plan", "layout") if vm_resources.get(k) is not None}
-        validate("calculate_vm_cloud_properties: vm_resources", VM_CLOUD_PROPERTIES_SCHEMA, {**want, **storage})
+        validate("calculate_vm_cloud_properties: vm_resources", VM_CLOUD_PROPERTIES_SCHEMA, storage)
         fits = [n for n in self.store.nodes() if not n.maintenance and self._matches(n, want)]
         if not fits:
             raise CloudError(
