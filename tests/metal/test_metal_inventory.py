@@ -142,6 +142,7 @@ def test_enroll_storage_plans_and_layouts_show_prints_them(tmp_path: Path, capsy
     shown = json.loads(run(capsys, "show", "node-a", "--state-dir", sd)[1])
     assert shown["storage"].startswith("file-based deploy (storage plan raid1), uefi: uefi, disks d0 (serial=node-a-")
     assert "raid md0 level 1 [r0 r1], vg vg0 [md0]: root fill ext4 /, config drive on d0" in shown["storage"]
+    assert shown["deployable"] == "no: not inspected (stemforge metal inspect node-a)"
     shown = json.loads(run(capsys, "show", "node-b", "--state-dir", sd)[1])
     assert shown["storage"] == "whole-disk image (storage plan small-root), bios, root hints size=<=4"
     # an inline layout; a node matching no storage plan keeps the whole-disk default
@@ -324,6 +325,7 @@ def test_manage_inspects_show_prints_it_and_a_bad_report_is_inspect_failed(
     assert verbs[-5:] == [("manage", "manageable"), ("inspect", "inspecting"), ("wait", "inspect wait"),
                           ("resume", "inspecting"), ("done", "manageable")]  # fmt: skip
     status, out, _ = run(capsys, "show", "node-a", "--state-dir", sd)
+    assert json.loads(out)["deployable"] == "yes"  # inspected; its root hints select vda
     shown = json.loads(out)["inspection"]
     assert shown["disks"] == INVENTORY_REPORT["inventory"]["disks"] and shown["boot"] == {"mode": "bios"}
     assert shown["ts"].endswith("Z") and 0 <= shown["age_s"] < 60

@@ -193,10 +193,15 @@ def _show(args: argparse.Namespace) -> int:
     node = store.node(args.name)
     if node is None:
         return _fail(f"node {args.name!r} is not enrolled")
-    from cpi.providers.baremetal import inspection, inventory  # lazy: every stemforge command builds this parser
+    from cpi.providers.baremetal import inspection, inventory, placement  # lazy: every command builds this parser
 
     out = node.public()
     out["storage"] = inventory.storage_summary(node)
+    try:  # whether create_vm could place a VM here by its own storage (placement.py), else why not
+        placement.check(store, node, {})
+        out["deployable"] = "yes"
+    except placement.NotPlaceable as exc:
+        out["deployable"] = f"no: {exc}"
     record = store.inspection(args.name)
     out["inspection"] = inspection.public(record) if record is not None else None
     out["transitions"] = [
