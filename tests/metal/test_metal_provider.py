@@ -45,6 +45,7 @@ class FakeRamdisk:
         self.deploy_dhcp = True  # the ramdisk's NIC is on metal serve's network
         self.os_dhcp = True  # the OS on the deployed disk asks for an address
         self.selected_serial: str | None = None  # the root disk the ramdisk reports (default: the plan's)
+        self.on_deploy: Callable[[str], None] | None = None  # called as a deploy job starts (the ramdisk's asks)
         self.stop = threading.Event()
         self.pending_phone_home: dict[str, float] = {}
         self.booting: dict[str, float] = {}
@@ -89,6 +90,8 @@ class FakeRamdisk:
             return
         if self.deploy_dhcp:
             self.dhcp(node)
+        if self.on_deploy is not None:
+            self.on_deploy(node)
         serial = self.selected_serial or f"{node}-root"
         disk = {"name": "vda", "device": "/dev/vda", "size": 4 << 30, "serial": serial, "wwn": "", "model": ""}
         self.post(node, "stage", stage="disk-selected", ok=True, data=disk)
@@ -684,3 +687,50 @@ def test_storage_requests_pick_servers_and_bad_input_fails_before_any_write(tmp_
         "has no ext4 root partition",
     )
     assert [t.verb for t in store.transitions("uefi2")][-4:] == ["fail", "undeploy", "clean", "done"]
+
+
+def test_a_layout_deploy_job_is_what_the_layout_route_answers(tmp_path: Path, emulator: Emulator) -> None:
+    """create_vm with an inline layout and a stemcell with a root partition: the deploy job is a layout deploy
+    (SF_DEPLOY_KIND, SF_ROOTFS_* of the stemcell record), and metal serve's POST layout answers it for the disks the
+    ramdisk reports (those of the inspection) with the lay_* lines; the same disks with one replaced: an
+    SF_LAYOUT_ERROR and a hardware-change event, after which the server is refused until inspected again."""
+    from cpi.providers.baremetal.instructions import render_instructions
+    from cpi.providers.baremetal.serve.callbacks import Callbacks, Caller
+    from cpi.providers.baremetal.serve.shared_store import SharedStore
+
+    layout = {"boot_mode": "bios", "disks": [{"id": "d0", "hints": {"serial": "node-a-root"}, "partitions": [
+        {"id": "grub", "size": 1, "bios_grub": True}, {"id": "root", "size": "fill", "filesystem": "ext4",
+                                                      "mount": "/"}]}]}  # fmt: skip
+    with lab(tmp_path, emulator, nodes=1) as (provider, store, ramdisk):
+        _config(provider, boot_check="power")
+        image = tmp_path / "gpt.raw"
+        found = _disk_image(image, "gpt", [(1, "21686148-6449-6E6F-744E-656564454649", ""), (20, "L", "ext4")])
+        stemcell = provider.create_stemcell(str(image), {}, {})
+        callbacks = Callbacks(SharedStore(MetalStore(tmp_path / "metal")), tmp_path / "metal")
+        inspected = store.inspection("node-a")
+        assert inspected is not None
+        seen: dict[str, Any] = {}
+
+        def ask(node: str) -> None:
+            job = store.job(node)
+            assert job is not None
+            seen["lines"] = render_instructions(node, job.kind, job.instructions)
+            caller = Caller(node, job.token, "127.0.0.1")
+            seen["answer"] = callbacks.layout(caller, json.dumps({"disks": inspected.data["disks"]}).encode())
+            changed = [inspected.data["disks"][0], {**inspected.data["disks"][1], "serial": "NEW"}]
+            seen["changed"] = callbacks.layout(caller, json.dumps({"disks": changed}).encode())
+
+        ramdisk.on_deploy = ask
+        vm, _ = provider.create_vm(VmRequest("agent-1", stemcell, {"layout": layout}, NETWORKS, [], AGENT_ENV))
+        assert store.get_node("node-a").provision_state == "active"
+        assert "SF_DEPLOY_KIND='layout'\n" in seen["lines"] and "SF_ROOTFS_FSTYPE='ext4'\n" in seen["lines"]
+        assert f"SF_ROOTFS_OFFSET='{found[1][0]}'\nSF_ROOTFS_SIZE='{found[1][1]}'\n" in seen["lines"]
+        assert "SF_ROOT_HINTS" not in seen["lines"]
+        assert seen["answer"].splitlines() == [
+            "lay_boot_mode 'bios'", "lay_disk 'd0' 'vda'", "lay_part 'd0' '1' 'grub' '1' 'bios_grub'",
+            "lay_part 'd0' '2' 'root' 'fill' 'linux'", "lay_configdrive 'd0' '3'", "lay_fs 'root' 'ext4' '/'",
+            "lay_go"]  # fmt: skip
+        assert seen["changed"].startswith("SF_LAYOUT_ERROR='node node-a: its disks changed since the inspection")
+        provider.delete_vm(vm)
+        with pytest.raises(VMCreationFailed, match="node-a: hardware changed at .* inspect it again"):
+            provider.create_vm(VmRequest("agent-2", stemcell, {}, NETWORKS, [], AGENT_ENV))
