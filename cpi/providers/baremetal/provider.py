@@ -254,14 +254,8 @@ class BareMetalProvider(Provider):
             plan = _VmPlan(vm_cid, agent_id, stemcell, dict(cloud_properties), request.networks, dict(request.env))
             try:
                 with lock:
-                    run_create_vm(
-                        _steps(self, task, plan),
-                        {},
-                        self.log,
-                        where=f"create_vm {vm_cid} on server {name}",
-                        describe=_describe_interface_error,
-                        passthrough=(BmcUnreachable,),
-                    )
+                    run_create_vm(_steps(self, task, plan), {}, self.log, where=f"create_vm {vm_cid} on server {name}",
+                                  describe=_describe_interface_error, passthrough=(BmcUnreachable,))
                 return vm_cid, plan.networks
             except BmcUnreachable as exc:
                 tried.append(name)
@@ -617,12 +611,9 @@ class _Deploy(_Step):
         try:
             storage = placement.check(self.store, self.task.node, self.plan.props)
             instructions = placement.deploy_instructions(
-                storage,
-                stemcell,
-                self.p._url(f"/images/{Path(stemcell['path']).name}"),
-                self.p._url(f"/v1/nodes/{self.node}/configdrive"),
-                int(self.p.config.heartbeat_s),
-            )
+                storage, stemcell, self.p._url(f"/images/{Path(stemcell['path']).name}"),
+                self.p._url(f"/v1/nodes/{self.node}/configdrive"), int(self.p.config.heartbeat_s),
+            )  # fmt: skip
             validate_instructions(self.node, "deploy", {"mode": "deploy", **instructions})
         except (InstructionsError, placement.NotPlaceable) as exc:
             raise CloudError(f"server {self.node}: {exc}") from None
@@ -760,9 +751,8 @@ class _WaitPhoneHome(_Step):
             for event in self.store.events(self.node, after_id=after, kinds=["phone-home"]):
                 after = event.id
                 reported = str(event.data.get("agent_id", ""))
-                by_cloud_init = event.data.get("instance_id") == self.plan.vm_cid.removeprefix(
-                    "vm-"
-                )  # checked by serve
+                # cloud-init's phone_home sends the config drive's uuid (metal serve checked it)
+                by_cloud_init = event.data.get("instance_id") == self.plan.vm_cid.removeprefix("vm-")
                 if reported != self.plan.agent_id and not by_cloud_init:
                     self.task.log.warning(
                         "server %s phoned home as agent %r, expected %r; ignored",
