@@ -71,7 +71,7 @@ def test_plans_are_cycled_over_the_servers_with_their_disks_and_firmware() -> No
     assert [s["plan"] for s in rec.servers] == ["bios1", "uefi2", "hints3", "bios1"]
     assert [s["firmware"] for s in rec.servers] == ["bios", "uefi", "bios", "bios"]
     sizes = [[d["size_bytes"] >> 30 for d in s["disks"]] for s in rec.servers]
-    assert sizes == [[8], [8, 8], [5, 6, 10], [8]]
+    assert sizes == [[8], [8, 8], [6, 5, 10], [8]]
     assert rec.servers[1]["nvram"] == "/labs/x/nvram/sf-lab-0a0b0c-s1_VARS.fd" and rec.servers[0]["nvram"] == ""
     hints3 = rec.servers[2]["disks"]
     assert [d["bus"] for d in hints3] == ["scsi"] * 3 and [d["target"] for d in hints3] == ["sda", "sdb", "sdc"]
@@ -96,7 +96,7 @@ def test_plan_domains_uefi_nvram_scsi_models_and_every_disk_bootable_after_the_n
     assert hints.find("./devices/controller[@model='virtio-scsi']") is not None
     disks = hints.findall("./devices/disk")
     assert [d.find("target").get("bus") for d in disks] == ["scsi"] * 3  # type: ignore[union-attr]
-    assert [d.findtext("product") for d in disks] == ["SF-SMALL-5G", "SF-ROOT-6G", "SF-BIG-10G"]
+    assert [d.findtext("product") for d in disks] == ["SF-ROOT-6G", "SF-SMALL-5G", "SF-BIG-10G"]
     for root in (bios, uefi, hints):
         nic_orders = [int(n.find("boot").get("order")) for n in root.findall("./devices/interface")]  # type: ignore[union-attr]
         disk_orders = [int(d.find("boot").get("order")) for d in root.findall("./devices/disk")]  # type: ignore[union-attr]
@@ -121,7 +121,7 @@ def test_plan_inventory_carries_boot_mode_layout_and_hints() -> None:
     bios1, uefi2, hints3 = doc["nodes"]
     assert "layout" not in bios1 and "root_hints" not in bios1
     hints_serials = [d["serial"] for d in rec.servers[2]["disks"]]
-    assert hints3["root_hints"] == {"serial": hints_serials[1]} and specs[2].root_hints == hints3["root_hints"]
+    assert hints3["root_hints"] == {"serial": hints_serials[0]} and specs[2].root_hints == hints3["root_hints"]
     assert all("name" not in d for d in hints3["plan"]["disks"])  # SCSI names follow no fixed order
     # the uefi2 layout fits the server's disks as its inspection will report them
     disks = rec.servers[1]["disks"]
@@ -404,7 +404,7 @@ def test_plans_inspect_with_their_firmware_and_disks_and_a_disk_detaches_and_att
         seen = _inspected_disks(env, server.name)
         assert [(d["serial"], d["size"]) for d in seen] == sorted((d.serial, d.size_bytes) for d in server.disks)
     hints = _inspected_disks(env, names[2])
-    assert [d["model"] for d in hints] == ["SF-SMALL-5G", "SF-ROOT-6G", "SF-BIG-10G"]
+    assert [d["model"] for d in hints] == ["SF-ROOT-6G", "SF-SMALL-5G", "SF-BIG-10G"]
     assert all(d["vendor"].startswith("SFLAB") and d["name"].startswith("sd") for d in hints)
     vendors = [store.inspection(n).data["firmware"]["bios_vendor"] for n in names]  # type: ignore[union-attr]
     assert vendors[0] == vendors[2] == "SeaBIOS" and vendors[1] == "EFI Development Kit II / OVMF", vendors

@@ -8,9 +8,12 @@ inventory says about it (``plan.boot_mode``, an inline storage ``layout`` or ``r
   into the lab directory), two virtio disks of 8 GiB; the inventory gives an inline layout: RAID1 over both disks,
   an ESP on each (the one of the first disk mounted at ``/boot/efi``), ``md0`` -> ``vg0`` -> ``root`` ext4 ``fill``
   and 256 MiB swap, the config drive on the first disk (OVHcloud's and Ironic's software-RAID layouts).
-* ``hints3``: SeaBIOS, three SCSI disks (virtio-scsi) of 5, 6 and 10 GiB with distinct serials, vendors and models
+* ``hints3``: SeaBIOS, three SCSI disks (virtio-scsi) of 6, 5 and 10 GiB with distinct serials, vendors and models
   (SCSI INQUIRY data, which the ramdisk reads from ``/sys/block/sdX/device/{vendor,model}``; virtio-blk has neither);
-  the inventory's ``root_hints`` name the 6 GiB disk's serial (Ironic's root-device hints).
+  the inventory's ``root_hints`` name the 6 GiB disk's serial (Ironic's root-device hints; the default rule would
+  take the 5 GiB disk). The 6 GiB disk is first in the disk boot order: SeaBIOS boots only its first hard disk
+  (sushy-tools' ``Hdd`` override orders the disks as the domain lists them), and the kernel names the SCSI disks
+  in no fixed order, so the hints, not ``sda``, find it.
 
 Without ``--plans`` every server is ``default``: what the lab had before plans existed (SeaBIOS, a 4 GiB and a 1 GiB
 virtio disk, no hints: the provider's default root device, the smallest disk of at least 4 GiB, is the first).
@@ -62,11 +65,13 @@ PLANS: Final[Mapping[str, ServerPlan]] = {
         "hints3",
         "bios",
         "scsi",
-        (DiskPlan(5, "SFLAB", "SF-SMALL-5G"), DiskPlan(6, "SFLAB", "SF-ROOT-6G"), DiskPlan(10, "SFLABX", "SF-BIG-10G")),
+        (DiskPlan(6, "SFLAB", "SF-ROOT-6G"), DiskPlan(5, "SFLAB", "SF-SMALL-5G"), DiskPlan(10, "SFLABX", "SF-BIG-10G")),
     ),
 }
-#: the hints3 disk the inventory's root_hints name (the 6 GiB one)
-HINTS3_ROOT_INDEX: Final = 1
+#: the hints3 disk the inventory's root_hints name (the 6 GiB one): the first in the firmware's disk boot order,
+#: since SeaBIOS tries only its first hard disk (a BIOS server's boot disk is set in its setup, as on real hardware);
+#: not the disk the default rule (the smallest disk of at least 4 GiB: the 5 GiB one) would pick
+HINTS3_ROOT_INDEX: Final = 0
 
 
 def parse_plans(value: str | Sequence[str] | None) -> list[str]:
