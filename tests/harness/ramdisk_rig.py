@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import re
 import secrets
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpi.providers.baremetal.instructions import render_root_device
+from cpi.providers.baremetal.instructions import HIDDEN_KEYS, render_layout_answer, render_root_device
 from cpi.providers.baremetal.ramdisk.build import RamdiskArtifacts
 from stemforge_base.hashing import sha256_file
 
@@ -37,9 +38,12 @@ CHUNK = 1024 * 1024
 
 
 def render_instructions(values: Mapping[str, Any]) -> str:
-    """Instructions as ``metal serve`` renders them: ``SF_<KEY>='value'`` lines, ``'`` written as ``'\\''``."""
+    """Instructions as ``metal serve`` renders them: ``SF_<KEY>='value'`` lines, ``'`` written as ``'\\''``
+    (``layout`` and ``boot_mode`` are not sent: metal serve keeps them for the layout route)."""
     lines = []
     for key, value in values.items():
+        if key in HIDDEN_KEYS:  # the layout document and boot mode stay with metal serve (the layout route uses them)
+            continue
         text = str(value).replace("'", "'\\''")
         lines.append(f"SF_{key.upper()}='{text}'\n")
     return "".join(lines)
@@ -55,6 +59,9 @@ class ProvisioningStub:
     images: dict[str, Path] = field(default_factory=dict)
     configdrive: Path | None = None
     truncate_images_at: int | None = None
+    # the answer to POST layout (a layout deploy) served verbatim instead of metal serve's
+    # (instructions.render_layout_answer of the job's ``layout``): malformed-answer tests
+    layout_answer: str | None = None
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     phone_home_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -164,14 +171,26 @@ class ProvisioningStub:
             self._reply(h, 404, b"not found\n")
 
     def _send_file(self, h: http.server.BaseHTTPRequestHandler, path: Path) -> None:
-        size = path.stat().st_size
+        """The file, or one ``Range: bytes=A-B`` of it (206 with Content-Range; 416 when outside the file)."""
+        total = path.stat().st_size
+        start, size = 0, total
+        wanted = h.headers.get("Range", "")
+        if wanted:
+            m = re.fullmatch(r"bytes=(\d+)-(\d+)", wanted.strip())
+            if m is None or int(m[1]) > int(m[2]) or int(m[2]) >= total:
+                self._reply(h, 416, f"bad range {wanted!r} for {total} bytes\n".encode())
+                return
+            start, size = int(m[1]), int(m[2]) - int(m[1]) + 1
         limit = size if self.truncate_images_at is None else min(size, self.truncate_images_at)
-        h.send_response(200)
+        h.send_response(206 if wanted else 200)
         h.send_header("Content-Type", "application/octet-stream")
         h.send_header("Content-Length", str(size))
+        if wanted:
+            h.send_header("Content-Range", f"bytes {start}-{start + size - 1}/{total}")
         h.end_headers()
         sent = 0
         with open(path, "rb") as fh, contextlib.suppress(OSError):
+            fh.seek(start)
             while sent < limit:
                 chunk = fh.read(min(CHUNK, limit - sent))
                 if not chunk:
@@ -193,6 +212,10 @@ class ProvisioningStub:
         if h.path == prefix + "root-device":
             if self._authorised(h, self.token):
                 self._root_device(h, body)
+            return
+        if h.path == prefix + "layout":
+            if self._authorised(h, self.token):
+                self._layout(h, body)
             return
         if h.path == prefix + "events":
             if not self._authorised(h, self.token):
@@ -229,6 +252,25 @@ class ProvisioningStub:
             return
         with self._lock:
             self.disk_reports.append(report)
+        self._reply(h, 200, text.encode())
+
+    def _layout(self, h: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
+        try:
+            report = json.loads(body)
+            if not isinstance(report, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            self._reply(h, 400, f"bad disk report: {exc}\n".encode())
+            return
+        with self._lock:
+            self.disk_reports.append(report)
+        text = self.layout_answer
+        if text is None:
+            try:
+                text = render_layout_answer(self.node, self.instructions, report)
+            except ValueError as exc:
+                self._reply(h, 400, f"bad disk report: {exc}\n".encode())
+                return
         self._reply(h, 200, text.encode())
 
     # ------------------------------------------------------------ waiting
@@ -392,13 +434,23 @@ def deploy_instructions(stub: ProvisioningStub, image: Path, **over: Any) -> dic
 
 
 def run_ramdisk(
-    tmp_path: Path, tag: str, stub: ProvisioningStub, ramdisk: RamdiskArtifacts, disks: list[Disk]
+    tmp_path: Path,
+    tag: str,
+    stub: ProvisioningStub,
+    ramdisk: RamdiskArtifacts,
+    disks: list[Disk],
+    *,
+    timeout: float = BOOT_TIMEOUT,
+    memory_mib: int = 384,
 ) -> dict[str, Any]:
-    """Boot the ramdisk until its result event; a success must end QEMU (reboot/poweroff), a failure keeps it up.
-    Returns the result event.  The token must not be on the console."""
+    """Boot the ramdisk until its result event (at most ``timeout`` s); a success must end QEMU (reboot/poweroff),
+    a failure keeps it up.  Returns the result event.  The token must not be on the console."""
     t0 = time.monotonic()
-    with boot(tmp_path, tag, disks, kernel=ramdisk.kernel, initrd=ramdisk.initrd, append=stub.kernel_args()) as vm:
-        result = stub.wait(lambda s: s.result(), BOOT_TIMEOUT, vm, f"the ramdisk's result ({tag})")
+    with boot(
+        tmp_path, tag, disks, kernel=ramdisk.kernel, initrd=ramdisk.initrd, append=stub.kernel_args(),
+        memory_mib=memory_mib,
+    ) as vm:  # fmt: skip
+        result = stub.wait(lambda s: s.result(), timeout, vm, f"the ramdisk's result ({tag})")
         if result["ok"]:
             vm.wait_exit(30)
         else:

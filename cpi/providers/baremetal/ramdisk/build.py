@@ -8,14 +8,18 @@ from :mod:`stemcells.testimage.debs`, the kernel module index, busybox and the c
 * busybox-static (sh, wget with POST, udhcpc, sha256sum, dd, gunzip, tee, blockdev, ...);
 * ``sfwrite`` (``sfwrite.c``, our image writer: stdin -> disk in 1 MiB blocks with SHA-256 on the stream and
   in-process gzip; compiled at build time with the host's ``gcc`` against ``libssl-dev``/``zlib1g-dev``);
-* ``sfdisk`` (package ``fdisk``), ``wipefs``, ``partx`` and ``blkdiscard`` (``util-linux``; cleaning's zeroing
-  and discard); all with the shared libraries they need,
+* ``sfdisk`` (package ``fdisk``), ``wipefs``, ``partx``, ``blkdiscard`` and ``mkswap`` (``util-linux``; cleaning's
+  zeroing and discard);
+* for the file-based deploy (``layout.sh``) and multi-disk cleaning: ``mdadm``, ``lvm`` (``lvm2``; run without
+  udev through ``/etc/lvm/lvm.conf``, :data:`LVM_CONF`), ``dmsetup``, ``mke2fs``/``e2fsck``/``resize2fs``
+  (``e2fsprogs``, with its ``/etc/mke2fs.conf``), ``mkfs.fat`` (``dosfstools``), ``mkfs.xfs`` (``xfsprogs``) and
+  ``efibootmgr``; all with the shared libraries they need,
   found by reading each binary's ``DT_NEEDED`` entries and copied from the Debian library packages (``libc6``,
   ``libfdisk1``, ...); a library that no listed package provides fails the build naming it;
-* the kernel modules for virtio/SATA/SCSI/NVMe disks and virtio/e1000 NICs (with their dependencies), loaded by
-  ``/init`` at boot;
-* our scripts: ``/init`` (``init.sh``), ``/sf/lib.sh``, ``/sf/deploy.sh``, ``/sf/clean.sh`` and the udhcpc event
-  script shared with the test stemcell (``stemcells/testimage/udhcpc.sh``).
+* the kernel modules for virtio/SATA/SCSI/NVMe disks and virtio/e1000 NICs, software RAID (md raid0/1/10),
+  device mapper, ext4, xfs, vfat (+ nls), efivarfs and loop (with their dependencies), loaded by ``/init`` at boot;
+* our scripts: ``/init`` (``init.sh``), ``/sf/lib.sh``, ``/sf/deploy.sh``, ``/sf/clean.sh``, ``/sf/inspect.sh``,
+  ``/sf/layout.sh`` and the udhcpc event script shared with the test stemcell (``stemcells/testimage/udhcpc.sh``).
 
 Results are cached under ``<cache>/ramdisk/<key>/{vmlinuz,initrd.img,manifest.json}`` (``<cache>`` is
 ``$STEMFORGE_CACHE`` or ``~/.cache/stemforge``); ``<key>`` hashes every input (package versions, scripts, this
@@ -43,12 +47,24 @@ from stemforge_base.hashing import sha256_file
 __all__ = ["RAMDISK_MODULES", "RamdiskArtifacts", "RamdiskBuildError", "ensure_ramdisk", "ramdisk_key"]
 
 #: Bump when the output changes in a way the other inputs do not capture.
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 
 #: Packages whose binaries go into the initramfs: package -> paths inside the package.
 TOOL_PACKAGES: dict[str, tuple[str, ...]] = {
     "fdisk": ("sbin/sfdisk",),
-    "util-linux": ("sbin/wipefs", "usr/bin/partx", "sbin/blkdiscard"),
+    "util-linux": ("sbin/wipefs", "usr/bin/partx", "sbin/blkdiscard", "sbin/mkswap", "sbin/blkid"),
+    # the file-based deploy (layout.sh) and multi-disk cleaning: RAID, LVM, filesystems, UEFI boot entries
+    "mdadm": ("sbin/mdadm",),
+    "lvm2": ("sbin/lvm",),
+    "dmsetup": ("sbin/dmsetup",),
+    "e2fsprogs": ("sbin/mke2fs", "sbin/e2fsck", "sbin/resize2fs"),
+    "dosfstools": ("sbin/mkfs.fat",),
+    "xfsprogs": ("sbin/mkfs.xfs",),
+    "efibootmgr": ("bin/efibootmgr",),
+}
+#: Data files copied verbatim from the tool packages: package -> paths (same path in the initramfs).
+DATA_FILES: dict[str, tuple[str, ...]] = {
+    "e2fsprogs": ("etc/mke2fs.conf",),
 }
 #: Packages that provide the tools' shared libraries (and the dynamic loader).
 LIB_PACKAGES = (
@@ -61,6 +77,29 @@ LIB_PACKAGES = (
     "libtinfo6",
     "libssl3",  # libcrypto.so.3 (SHA-256) for sfwrite
     "zlib1g",  # libz.so.1 (gzip images) for sfwrite
+    # mdadm, lvm, dmsetup, e2fsprogs, xfsprogs, mkswap, efibootmgr
+    "libudev1",
+    "libaio1",
+    "libdevmapper1.02.1",
+    "libdevmapper-event1.02.1",
+    "libedit2",
+    "libbsd0",
+    "libmd0",
+    "libselinux1",
+    "libpcre2-8-0",
+    "libsystemd0",
+    "liblzma5",
+    "libzstd1",
+    "liblz4-1",
+    "libcap2",
+    "libgcrypt20",
+    "libgpg-error0",
+    "libcom-err2",
+    "libext2fs2",
+    "libinih1",
+    "liburcu8",
+    "libefivar1",
+    "libefiboot1",
 )
 #: Our image writer (C, compiled at build time with the host's gcc against libssl-dev/zlib1g-dev headers).
 WRITER_SOURCE = "sfwrite.c"
@@ -83,7 +122,31 @@ RAMDISK_MODULES = (
     "e1000",
     "e1000e",
     "af_packet",
+    # file-based deploys and multi-disk cleaning (layout.sh, clean.sh): software RAID, LVM, the target's
+    # filesystems (crc32c first: ext4/xfs ask the crypto API for it, and there is no modules.alias here), the ESP
+    # (vfat with Debian's default codepage 437 / iocharset ascii and utf8), efivarfs for boot entries, loop
+    "crc32c_generic",
+    "md_mod",
+    "raid0",
+    "raid1",
+    "raid10",
+    "dm_mod",
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_utf8",
+    "xfs",
+    "efivarfs",
+    "loop",
 )
+
+#: LVM without udev (the ramdisk has none): no udev sync or rules, the device list from /dev, no monitoring.
+LVM_CONF = """\
+devices { obtain_device_list_from_udev = 0 external_device_info_source = "none" }
+activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
+global { use_lvmetad = 0 }
+"""
 
 #: Our guest files (all part of the cache key): source name -> path in the initramfs.
 SCRIPTS = {
@@ -92,6 +155,7 @@ SCRIPTS = {
     "deploy.sh": "sf/deploy.sh",
     "clean.sh": "sf/clean.sh",
     "inspect.sh": "sf/inspect.sh",
+    "layout.sh": "sf/layout.sh",
 }
 
 _HERE = Path(__file__).resolve().parent
@@ -192,6 +256,8 @@ def _key(inputs: _Inputs) -> str:
         "testimage_py": [hashlib.sha256(p.read_bytes()).hexdigest() for p in rootfs.SHARED_SOURCES],
         "modules": list(RAMDISK_MODULES),
         "tools": TOOL_PACKAGES,
+        "data": DATA_FILES,
+        "lvm_conf": LVM_CONF,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -279,8 +345,9 @@ def _build(ti_root: Path, inputs: _Inputs, work: Path, steps: BuildSteps) -> Pat
     ):
         busybox = x / "busybox-static" / "bin" / "busybox"
         rootfs.install_busybox(busybox, ird, rootfs.busybox_links(busybox))
-        for d in ("proc", "sys", "dev", "run", "tmp", "etc", "sf", "usr/share/udhcpc"):
+        for d in ("proc", "sys", "dev", "run", "tmp", "etc/lvm", "sf", "usr/share/udhcpc", "target"):
             (ird / d).mkdir(parents=True, exist_ok=True)
+        (ird / "etc/lvm/lvm.conf").write_text(LVM_CONF)
         os.chmod(ird / "tmp", 0o1777)
         for script, target in SCRIPTS.items():
             _copy(_HERE / script, ird / target, 0o755)
@@ -305,8 +372,7 @@ def _build(ti_root: Path, inputs: _Inputs, work: Path, steps: BuildSteps) -> Pat
             "modules": mods,
             "libraries": libraries,
             "files": {
-                f: {"size": (out / f).stat().st_size, "sha256": sha256_file(out / f)}
-                for f in ("vmlinuz", "initrd.img")
+                f: {"size": (out / f).stat().st_size, "sha256": sha256_file(out / f)} for f in ("vmlinuz", "initrd.img")
             },
         }
         (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -359,6 +425,12 @@ def _install_tools(x: Path, ird: Path) -> list[str]:
             done.add(soname)
             pending.append(dest)
     (ird / "etc/ld.so.conf").write_text("/lib/x86_64-linux-gnu\n")
+    for pkg, paths in DATA_FILES.items():
+        for rel in paths:
+            src = _in_tree(x / pkg, rel)
+            if src is None:
+                raise RamdiskBuildError("initramfs", f"package {pkg} has no {rel}")
+            _copy(src, ird / rel, 0o644)
     return sorted(done)
 
 
@@ -383,8 +455,13 @@ def ensure_ramdisk(cache_dir: Path | None = None, progress: Progress | None = No
             key = _key(inputs)
         final = root / key
         debs.build_once(
-            root / "tmp", final, (final / "manifest.json").is_file, lambda work: _build(ti_root, inputs, work, steps),
-            steps, prefix=f"build-{key}-", shown=final,
+            root / "tmp",
+            final,
+            (final / "manifest.json").is_file,
+            lambda work: _build(ti_root, inputs, work, steps),
+            steps,
+            prefix=f"build-{key}-",
+            shown=final,
         )
     except RamdiskBuildError:
         raise

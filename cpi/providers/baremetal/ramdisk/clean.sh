@@ -1,7 +1,11 @@
 
 # /sf/clean.sh of the stemforge deploy ramdisk (busybox sh), sourced by /init when SF_MODE=clean.
 #
-# For every disk (see disk_list in lib.sh) the previous tenant's data must not survive where we know it lives:
+# First every md array and LVM volume group found on any disk is taken apart (storage_teardown, lib.sh: arrays
+# assembled and VGs activated, the signatures inside every LV and md device wiped, VGs and PV labels removed,
+# arrays stopped, their members' superblocks zeroed; listed in stage "done"'s data as "torn_down").  Then for every disk (see
+# disk_list in lib.sh) the previous tenant's data must not survive where we know it lives:
+# * md superblocks of arrays that could not be assembled (mdadm --zero-superblock on every partition and the disk);
 # * every partition: the ext2/3/4 superblock and ALL its backup copies (ext_copies), then every signature
 #   libblkid knows (wipefs -a: filesystems, md RAID superblocks at start or end, LVM labels in the first 4
 #   sectors, swap, ...); a partition holding a config drive (ISO 9660 or VFAT labelled config-2) is zeroed
@@ -13,9 +17,10 @@
 #   (blkdiscard), then BLKZEROOUT (blkdiscard -z: the device's write-zeroes/unmap when it has one, else the kernel
 #   writes zeros), in chunks, with a stage "erase-progress" event per chunk;
 # then it re-reads the partition table and VERIFIES by reading back (caches dropped): every zeroed region is
-# zeros, libblkid finds no signature left on the disk, and for a full erase samples spread over the disk are
+# zeros, libblkid finds no signature left on the disk nor in any region a partition had (blkid -p at its offset:
+# filesystems, md superblocks, LVM labels), no partition table, no md superblock (mdadm --examine), and for a full erase samples spread over the disk are
 # zeros.  Each disk reports stage "disk-wiped" with {"name","device","size",...,"erase","superblock_copies",
-# "configdrives","verified"}.  Then stage "done", a "result" event with ok=true and `poweroff -f`.  A failure
+# "configdrives","md_superblocks","verified"}.  Then stage "done", a "result" event with ok=true and `poweroff -f`.  A failure
 # reports result ok=false at stage "clean" naming the disk and what did not read back.
 
 MIB=1048576
@@ -164,6 +169,8 @@ clean_disk() {
     CDS=
     METHOD=
     : >"$R/zeroed"
+    MD_ZEROED=0
+    md_zero_all "$n" || return 1
     for p in $(disk_partitions "$n"); do
         if is_configdrive "/dev/$p"; then
             zero_all "/dev/$p" || return 1
@@ -216,6 +223,18 @@ verify_disk() {
     done <"$R/zeroed"
     line=$(wipefs "$dev" 2>/dev/null | sed -n 2p)
     [ -z "$line" ] || { ERR="verify: a signature is left on $dev: $line"; return 1; }
+    blockdev --rereadpt "$dev" 2>/dev/null
+    [ -z "$(disk_partitions "$n")" ] || { ERR="verify: $dev still has partitions: $(disk_partitions "$n" | tr '\n' ' ')"; return 1; }
+    sfdisk -d "$dev" >/dev/null 2>&1 && { ERR="verify: $dev still has a partition table"; return 1; }
+    # where the partitions were: libblkid finds no filesystem, md superblock (1.2 at 4 KiB, 1.0/0.90 at the end)
+    # or LVM label in any of them
+    for f in "$R"/start."$n"*; do
+        [ -e "$f" ] || continue
+        p=${f##*/start.}
+        line=$(blkid -p -o udev -O "$(cat "$f")" -S "$(cat "$R/size.$p")" "$dev" 2>/dev/null | grep -E '^ID_(FS|PART_TABLE)_TYPE=' | head -n 1)
+        [ -z "$line" ] || { ERR="verify: where /dev/$p was, a signature is left ($line)"; return 1; }
+    done
+    mdadm --examine --scan "$dev" 2>/dev/null | grep -q ARRAY && { ERR="verify: an md superblock is left on $dev"; return 1; }
     if [ "$SF_ERASE" = full ]; then
         bytes=$(disk_bytes "$n")
         step=$((bytes / MIB / ERASE_SAMPLES))
@@ -234,19 +253,23 @@ clean_main() {
     SF_ERASE=${SF_ERASE:-metadata}
     case "$SF_ERASE" in metadata | full) ;; *) fail instructions "SF_ERASE must be metadata or full, not '$SF_ERASE'" ;; esac
     wait_disks 20 || log "no disks found"
+    storage_teardown || fail clean "tearing down the previous tenant's arrays and volume groups: $ERR"
+    [ -z "$TEARDOWN" ] || log "torn down:$TEARDOWN"
+    [ -z "$(md_devices)" ] || fail clean "md arrays still running after the teardown: $(md_devices | tr '\n' ' ')"
     count=0
     for n in $(disk_list); do
         for p in $(disk_partitions "$n"); do
             echo $(($(cat "/sys/block/$n/$p/start") * 512)) >"$R/start.$p"
+            echo $(($(cat "/sys/block/$n/$p/size") * 512)) >"$R/size.$p"
         done
         clean_disk "$n" || fail clean "disk /dev/$n: $ERR"
         sync
         stage disk-wiped "wiped /dev/$n ($(($(disk_bytes "$n") / MIB)) MiB, $SF_ERASE erase, $COPIES ext superblock(s), verified)" \
-            "$(disk_json "$n" | sed 's/}$//'),\"erase\":\"$SF_ERASE\",\"method\":\"${METHOD:-metadata}\",\"superblock_copies\":$COPIES,\"configdrives\":$(echo "$CDS" | wc -w),\"verified\":true}"
+            "$(disk_json "$n" | sed 's/}$//'),\"erase\":\"$SF_ERASE\",\"method\":\"${METHOD:-metadata}\",\"superblock_copies\":$COPIES,\"configdrives\":$(echo "$CDS" | wc -w),\"md_superblocks\":$MD_ZEROED,\"verified\":true}"
         count=$((count + 1))
     done
     echo finish >"$R/stage"
-    stage done "cleaned $count disk(s)" "{\"disks\":$count}"
+    stage done "cleaned $count disk(s)" "{\"disks\":$count,\"torn_down\":\"$(jesc "${TEARDOWN# }")\"}"
     post_event result done true "cleaned $count disk(s); powering off" "{\"disks\":$count}" 5 ||
         log "the result could not be reported; powering off anyway"
     log "powering off"

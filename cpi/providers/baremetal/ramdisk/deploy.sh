@@ -28,6 +28,8 @@
 # * Benchmark mode (kernel argument sf.bench=N): after checksum-ok, N rounds each timing a plain
 #   `wget -O- | dd bs=1M` of the same image onto the same disk and our pipeline again (alternating order),
 #   reported as events of kind "bench".
+# * SF_DEPLOY_KIND=layout: the file-based deploy onto a storage layout (RAID, LVM, several filesystems) is
+#   layout.sh's (it reuses stream_once and fetch_configdrive from here).
 
 MIB=1048576
 CD_MAX=67108864
@@ -53,10 +55,18 @@ select_disk() {
 }
 
 # ---------------------------------------------------------------- the image stream
-# The download is bounded at 1 MiB/s on average plus 5 minutes (busybox wget has no usable stall timeout).
+# The download is bounded at 1 MiB/s on average plus 5 minutes (busybox wget has no usable stall timeout).  With
+# SF_IMAGE_OFFSET set (a layout deploy's root partition) only that byte range is fetched (range_open and
+# range_headers, lib.sh).
 fetch_image() {
     timeout $((SF_IMAGE_SIZE / MIB + 300)) wget -q -O- --header "X-Stemforge-Token: $SF_TOKEN" "$SF_IMAGE_URL" 2>"$R/wget.err"
     echo $? >"$R/wget.rc"
+}
+
+# write_image DEV: sfwrite the stream on stdin onto DEV (status in writer.rc, its report in writer.out/err).
+write_image() {
+    sfwrite "$SF_IMAGE_FORMAT" "$SF_IMAGE_SIZE" "$1" >"$R/writer.out" 2>"$R/writer.err"
+    echo $? >"$R/writer.rc"
 }
 
 # stream_once DEV: one attempt: wget | sfwrite.  Sets BYTES, GOT_SHA; on failure ERR and RETRY (true for
@@ -64,10 +74,19 @@ fetch_image() {
 stream_once() {
     local wrc
     rm -f "$R/wget.rc" "$R/wget.err" "$R/writer.rc" "$R/writer.err" "$R/writer.out"
-    fetch_image | {
-        sfwrite "$SF_IMAGE_FORMAT" "$SF_IMAGE_SIZE" "$1" >"$R/writer.out" 2>"$R/writer.err"
-        echo $? >"$R/writer.rc"
-    }
+    if [ -n "$SF_IMAGE_OFFSET" ]; then
+        # one byte range (a layout deploy's root partition): sfwrite reads the body right after the headers
+        range_open "$SF_IMAGE_URL" "$SF_IMAGE_OFFSET" "$SF_IMAGE_SIZE" $((SF_IMAGE_SIZE / MIB + 300)) 2>/dev/null | {
+            if range_headers "$SF_IMAGE_OFFSET" "$SF_IMAGE_SIZE" 2>"$R/wget.err"; then
+                echo 0 >"$R/wget.rc"
+                write_image "$1"
+            else
+                echo 1 >"$R/wget.rc"
+            fi
+        }
+    else
+        fetch_image | write_image "$1"
+    fi
     RETRY=false
     wrc=$(cat "$R/writer.rc" 2>/dev/null || echo 1)
     ERR=$(head -n 1 "$R/writer.err" 2>/dev/null)
@@ -125,10 +144,10 @@ iso_label() {
     dd if="$1" bs=1 skip=32808 count=32 2>/dev/null | tr -d ' \000'
 }
 
-write_configdrive() {
-    local n dev iso isz sectors label start size spec num p out rc
-    n=$1
-    dev=/dev/$n
+# fetch_configdrive: GET SF_CONFIGDRIVE_URL into $R/configdrive.iso and check it (not empty, at most 64 MiB, ISO
+# 9660 labelled config-2); sets ISO and ISO_BYTES; fails stage configdrive otherwise.
+fetch_configdrive() {
+    local iso isz
     iso=$R/configdrive.iso
     fetch "$SF_CONFIGDRIVE_URL" "$iso" || fail configdrive "$ERR"
     isz=$(wc -c <"$iso")
@@ -140,6 +159,17 @@ write_configdrive() {
         config-2 | CONFIG-2) ;;
         *) fail configdrive "the config drive's volume label is '$(iso_label "$iso")', not config-2" ;;
     esac
+    ISO=$iso
+    ISO_BYTES=$isz
+}
+
+write_configdrive() {
+    local n dev iso isz sectors label start size spec num p out rc
+    n=$1
+    dev=/dev/$n
+    fetch_configdrive
+    iso=$ISO
+    isz=$ISO_BYTES
     sectors=$(disk_sectors "$n")
     label=$(sfdisk -d "$dev" 2>/dev/null | sed -n 's/^label: *//p')
     case "$label" in
@@ -229,6 +259,14 @@ bench() {
 # ---------------------------------------------------------------- main
 deploy_main() {
     local t0 t1 secs dev
+    case "${SF_DEPLOY_KIND:-whole-disk}" in
+        whole-disk) ;;
+        layout)
+            . /sf/layout.sh
+            layout_main
+            ;;
+        *) fail instructions "SF_DEPLOY_KIND must be whole-disk or layout, not '$SF_DEPLOY_KIND'" ;;
+    esac
     echo disk-select >"$R/stage"
     [ -n "$SF_IMAGE_URL" ] || fail instructions "SF_IMAGE_URL is missing"
     [ -n "$SF_CONFIGDRIVE_URL" ] || fail instructions "SF_CONFIGDRIVE_URL is missing"

@@ -263,3 +263,119 @@ wipe_disk() {
     blockdev --rereadpt "$dev" 2>/dev/null || partx -d "$dev" 2>/dev/null
     return 0
 }
+
+# range_open URL OFFSET LENGTH SECONDS: send "GET URL" for bytes OFFSET..OFFSET+LENGTH-1 (job token header) and
+# write the raw HTTP answer (status line, headers, body) to stdout, bounded by SECONDS.  Busybox wget refuses a
+# 206 answer to a Range header it did not make itself (it only sends one for -c), so this speaks HTTP/1.0 over
+# busybox nc; range_headers reads the head of the answer, and the body follows on the same stream.
+range_open() {
+    local rest hostport host port path
+    rest=${1#http://}
+    hostport=${rest%%/*}
+    path=/${rest#*/}
+    [ "$rest" = "$hostport" ] && path=/
+    host=${hostport%:*}
+    port=${hostport##*:}
+    [ "$port" = "$hostport" ] && port=80
+    printf 'GET %s HTTP/1.0\r\nHost: %s\r\nRange: bytes=%s-%s\r\nX-Stemforge-Token: %s\r\nConnection: close\r\n\r\n' \
+        "$path" "$hostport" "$2" $(($2 + $3 - 1)) "$SF_TOKEN" | timeout "$4" nc "$host" "$port"
+}
+
+# range_headers OFFSET LENGTH: read the status line and headers of range_open's answer from stdin (the shell's
+# read takes a pipe byte by byte: what follows is exactly the body); the status must be 206 and Content-Range
+# must start at OFFSET, else "server returned error: <status line>" on stderr (stream_once classifies that like
+# wget's message: HTTP 4xx is not retried) and status 1.
+range_headers() {
+    local cr status line crange
+    cr=$(printf '\r')
+    read -r status
+    status=${status%"$cr"}
+    case "$status" in
+        "HTTP/1."?" 206 "*) ;;
+        '') echo "server returned error: no answer" >&2; return 1 ;;
+        *) echo "server returned error: $status" >&2; return 1 ;;
+    esac
+    crange=
+    while read -r line; do
+        line=${line%"$cr"}
+        [ -z "$line" ] && break
+        case "$line" in [Cc]ontent-[Rr]ange:*) crange=${line#*:} ;; esac
+    done
+    case "$crange" in
+        " bytes $1-$(($1 + $2 - 1))/"*) return 0 ;;
+        *) echo "server returned error: Content-Range '$crange' is not bytes $1-$(($1 + $2 - 1))" >&2; return 1 ;;
+    esac
+}
+
+# ---------------------------------------------------------------- RAID and LVM (clean.sh, layout.sh)
+# LVM runs without udev (/etc/lvm/lvm.conf: no udev sync, rules or device list); its lock directory is on /run.
+lvmc() {
+    mkdir -p /run/lock/lvm
+    lvm "$@"
+}
+
+# md_devices: the md arrays the kernel has (md0, md127, ...).
+md_devices() {
+    local s
+    for s in /sys/block/md*; do
+        [ -e "$s" ] && echo "${s##*/}"
+    done
+}
+
+# storage_teardown: what a previous tenant left assembled or can be assembled, taken apart in the order that
+# leaves no metadata behind: assemble every md array found (mdadm --assemble --scan: superblocks on any
+# partition), activate every VG; wipe the signatures inside every LV (+ their ext superblock copies through
+# ext_copies when clean.sh defines it), remove the VGs and PV labels (vgremove/pvremove: LVM metadata), wipe every
+# md device, stop the arrays and zero the md superblock of every member.  Sets TEARDOWN (what it did, for events).
+# On failure ERR says why.  (ironic-python-agent's hardware.py _delete_raid / remove_partitions do the same dance
+# before erase_devices_metadata.)
+storage_teardown() {
+    local md lv pv vg dev
+    ERR=
+    TEARDOWN=
+    mdadm --assemble --scan --run >"$R/md-assemble.log" 2>&1
+    lvmc vgscan --mknodes >/dev/null 2>&1
+    lvmc vgchange -ay >/dev/null 2>&1
+    for lv in $(lvmc lvs --noheadings -o lv_path 2>/dev/null); do
+        command -v ext_copies >/dev/null 2>&1 && { ext_copies "$lv" || return 1; }
+        wipefs -a -f "$lv" >/dev/null 2>"$R/wipefs.err" || { ERR="wipefs $lv: $(cat "$R/wipefs.err")"; return 1; }
+        TEARDOWN="$TEARDOWN lv:$lv"
+    done
+    for vg in $(lvmc vgs --noheadings -o vg_name 2>/dev/null); do
+        lvmc vgchange -an "$vg" >/dev/null 2>&1
+        lvmc vgremove -ff -y "$vg" >"$R/lvm.err" 2>&1 || { ERR="vgremove $vg: $(tail -n 2 "$R/lvm.err")"; return 1; }
+        TEARDOWN="$TEARDOWN vg:$vg"
+    done
+    for pv in $(lvmc pvs --noheadings -o pv_name 2>/dev/null); do
+        lvmc pvremove -ff -y "$pv" >"$R/lvm.err" 2>&1 || { ERR="pvremove $pv: $(tail -n 2 "$R/lvm.err")"; return 1; }
+        TEARDOWN="$TEARDOWN pv:$pv"
+    done
+    for md in $(md_devices); do
+        dev=/dev/$md
+        : >"$R/md-members"
+        for s in /sys/block/"$md"/slaves/*; do
+            [ -e "$s" ] && echo "/dev/${s##*/}" >>"$R/md-members"
+        done
+        wipefs -a -f "$dev" >/dev/null 2>&1
+        mdadm --stop "$dev" >"$R/md.err" 2>&1 || { ERR="mdadm --stop $dev: $(tail -n 2 "$R/md.err")"; return 1; }
+        while read -r pv; do
+            mdadm --zero-superblock "$pv" >"$R/md.err" 2>&1 ||
+                { ERR="mdadm --zero-superblock $pv: $(tail -n 2 "$R/md.err")"; return 1; }
+        done <"$R/md-members"
+        TEARDOWN="$TEARDOWN md:$md($(tr '\n' ' ' <"$R/md-members" | sed 's/ $//'))"
+    done
+    return 0
+}
+
+# md_zero_all NAME: mdadm --zero-superblock on every partition of disk NAME and on the disk (arrays stopped):
+# superblocks of arrays that could not be assembled (a member missing) go too.
+md_zero_all() {
+    local p
+    for p in $(disk_partitions "$1") "$1"; do
+        mdadm --examine "/dev/$p" >/dev/null 2>&1 || continue
+        mdadm --zero-superblock --force "/dev/$p" >"$R/md.err" 2>&1 ||
+            { ERR="mdadm --zero-superblock /dev/$p: $(tail -n 2 "$R/md.err")"; return 1; }
+        MD_ZEROED=$((MD_ZEROED + 1))
+    done
+    return 0
+}

@@ -1,0 +1,265 @@
+"""The deploy ramdisk's file-based deploy onto a storage layout (``ramdisk/layout.sh``) and its multi-disk cleaning,
+for real: the ramdisk built from Debian packages, booted in plain QEMU (TCG) with two raw disk files, talking to the
+provisioning stub of ``tests/harness/ramdisk_rig.py`` (its ``layout`` route and Range GETs of the image), deploying
+the cached Debian bookworm test image (``builders.builder_types.debian.build_test_debian_image``: GRUB for BIOS,
+cloud-init with the config-drive data source, no mdadm/lvm2).
+
+* RAID1 + LVM on that image: the array and VG are built, then stage ``target`` fails naming mdadm (the image lacks
+  it); the same two disks are then CLEANED: arrays, VGs and every signature gone, read back on the host;
+* a malformed answer line is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cpi import configdrive
+from cpi.providers.baremetal.instructions import render_layout_answer
+from cpi.providers.baremetal.ramdisk import build as rdb
+from tests.harness import ramdisk_rig as rig
+
+pytestmark = [
+    pytest.mark.metal,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"),
+]
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+MAC = "52:54:00:5f:aa:01"
+# s under TCG on a shared 2-core machine: the root partition streamed and hashed (~4-15 MiB/s), update-initramfs
+# (30 s natively, 5-15 min emulated) and grub-install in a chroot
+DEPLOY_TIMEOUT = 2400.0
+MD_MAGIC = bytes.fromhex("fc4e2ba9")  # md superblock magic 0xa92b4efc, little-endian
+
+
+@pytest.fixture(scope="module")
+def ramdisk() -> rdb.RamdiskArtifacts:
+    return rdb.ensure_ramdisk(progress=print)
+
+
+@pytest.fixture(scope="module")
+def debian_raw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The default Debian test image (no mdadm, no lvm2) as metal serve would serve it (:func:`served_image`)."""
+    from builders.builder_types.debian import build_test_debian_image
+
+    return served_image(build_test_debian_image(), tmp_path_factory.mktemp("debian"))
+
+
+def served_image(qcow: Path, work: Path) -> dict[str, Any]:
+    """``qcow`` as the raw disk metal serve would serve, with its root filesystem (the largest partition) shrunk to
+    its minimum first (resize2fs -M: the ramdisk streams the whole root partition under TCG, hashing it at
+    ~4-15 MiB/s, and grows it on the target), and the root partition's byte range and sha256."""
+    full = work / "full.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(qcow), str(full)], check=True, timeout=600)
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(full)], capture_output=True, check=True).stdout)
+    part = max(table["partitiontable"]["partitions"], key=lambda p: p["size"])
+    offset = part["start"] * 512
+    root = work / "root.ext4"
+    count = part["size"] * 512 // MIB
+    subprocess.run(["dd", f"if={full}", f"of={root}", "bs=1M", f"skip={offset // MIB}", f"count={count}",
+                    "conv=sparse", "status=none"], check=True, timeout=600)  # fmt: skip
+    full.unlink()
+    subprocess.run(["e2fsck", "-fy", str(root)], capture_output=True, check=False, timeout=600)
+    subprocess.run(["resize2fs", "-M", str(root)], capture_output=True, check=True, timeout=600)
+    head = subprocess.run(["dumpe2fs", "-h", str(root)], capture_output=True, text=True, check=True).stdout
+    fields = dict(line.split(":", 1) for line in head.splitlines() if ":" in line)
+    size = int(fields["Block count"]) * int(fields["Block size"])
+    size = (size + MIB - 1) // MIB * MIB
+    raw = work / "debian.raw"
+    with open(raw, "wb") as out, open(root, "rb") as src:
+        out.truncate(offset + size + MIB)
+        out.seek(offset)
+        shutil.copyfileobj(src, out, 8 * MIB)  # resize2fs truncated the file to the filesystem; the rest is zeros
+    root.unlink()
+    script = f"label: dos\nunit: sectors\n\nstart={offset // 512}, size={size // 512}, type=83, bootable\n"
+    subprocess.run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(raw)], input=script.encode(), check=True)
+    digest = hashlib.sha256()
+    with open(raw, "rb") as fh:
+        fh.seek(offset)
+        left = size
+        while left:
+            chunk = fh.read(min(8 * MIB, left))
+            assert chunk
+            digest.update(chunk)
+            left -= len(chunk)
+    return {"path": raw, "offset": offset, "size": size, "sha256": digest.hexdigest()}
+
+
+def layout_instructions(stub: rig.ProvisioningStub, image: dict[str, Any], layout: dict[str, Any]) -> dict[str, Any]:
+    """The layout-deploy job as metal serve holds it (spec section 2): the SF_* instructions plus the ``layout``
+    document (not sent; the stub's layout route renders it with ``instructions.render_layout_answer``)."""
+    return {
+        "mode": "deploy",
+        "deploy_kind": "layout",
+        "layout": layout,
+        "boot_mode": layout["boot_mode"],
+        "rootfs_url": stub.image_url(image["path"].name),
+        "rootfs_offset": image["offset"],
+        "rootfs_size": image["size"],
+        "rootfs_sha256": image["sha256"],
+        "rootfs_fstype": "ext4",
+        "configdrive_url": stub.configdrive_url,
+        "heartbeat_s": 5,
+    }
+
+
+#: Plain partitions over two disks, BIOS: / on the first, /var (the image's files moved into it) and swap on the
+#: second; a bios_grub partition on each (GRUB goes only where / is).
+PLAIN_BIOS: dict[str, Any] = {
+    "boot_mode": "bios",
+    "disks": [
+        {"id": "d0", "hints": {"serial": "sf-lay-0"}, "partitions": [
+            {"id": "grub0", "size": 1, "bios_grub": True},
+            {"id": "root", "size": "fill", "filesystem": "ext4", "mount": "/"},
+        ]},
+        {"id": "d1", "hints": {"serial": "sf-lay-1"}, "partitions": [
+            {"id": "grub1", "size": 1, "bios_grub": True},
+            {"id": "var", "size": 1024, "filesystem": "ext4", "mount": "/var"},
+            {"id": "swap0", "size": 256, "filesystem": "swap"},
+        ]},
+    ],
+    "configdrive": {"disk": "d0"},
+}  # fmt: skip
+
+#: RAID1 over both disks, LVM on the array (root fill + swap), BIOS: GRUB on both disks.
+RAID1_LVM_BIOS: dict[str, Any] = {
+    "boot_mode": "bios",
+    "disks": [
+        {"id": "d0", "hints": {"serial": "sf-raid-0"}, "partitions": [
+            {"id": "grub0", "size": 1, "bios_grub": True}, {"id": "r0", "size": "fill"}]},
+        {"id": "d1", "hints": {"serial": "sf-raid-1"}, "partitions": [
+            {"id": "grub1", "size": 1, "bios_grub": True}, {"id": "r1", "size": "fill"}]},
+    ],
+    "raid": [{"id": "md0", "level": 1, "devices": ["r0", "r1"]}],
+    "lvm": [{"id": "vg0", "devices": ["md0"], "lvs": [
+        {"id": "swap", "size": 256, "filesystem": "swap"},
+        {"id": "root", "size": "fill", "filesystem": "ext4", "mount": "/"}]}],
+    "configdrive": {"disk": "d0"},
+}  # fmt: skip
+
+
+def make_configdrive(path: Path, name: str) -> Path:
+    settings = {"agent_id": name, "vm": {"name": name}, "networks": {}, "disks": {"persistent": {}}, "env": {}}
+    files = configdrive.files_for(settings, instance_uuid=name, hostname=name, network_data={"links": []})
+    return configdrive.write_iso(path, files)
+
+
+def stages(stub: rig.ProvisioningStub) -> list[str]:
+    return stub.stages()
+
+
+def event(stub: rig.ProvisioningStub, name: str) -> dict[str, Any]:
+    return next(e for e in stub.events if e.get("kind") == "stage" and e["stage"] == name)
+
+
+def read_at(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(size)
+
+
+def gpt(path: Path) -> dict[str, Any]:
+    out = subprocess.run(["sfdisk", "--json", str(path)], capture_output=True, check=True).stdout
+    return dict(json.loads(out)["partitiontable"])
+
+
+def blkid_at(path: Path, offset: int, size: int) -> str:
+    """The signature libblkid finds at ``offset`` (``size`` bytes) of ``path``, '' when none."""
+    out = subprocess.run(
+        ["blkid", "-p", "-o", "udev", "-O", str(offset), "-S", str(size), str(path)],
+        capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    return " ".join(line for line in out.splitlines() if line.startswith(("ID_FS_TYPE=", "ID_PART_TABLE_TYPE=")))
+
+
+@pytest.fixture(autouse=True)
+def _print_duration() -> Iterator[None]:
+    t = time.monotonic()
+    yield
+    print(f"[test took {time.monotonic() - t:.1f}s]")
+
+
+# ---------------------------------------------------------------- RAID1 + LVM without mdadm, then clean
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(4000)
+def test_raid_layout_needs_mdadm_in_the_image_then_clean_takes_every_disk_apart(
+    ramdisk: rdb.RamdiskArtifacts, debian_raw: dict[str, Any], tmp_path: Path
+) -> None:
+    image = debian_raw["path"]
+    d0 = rig.sparse_disk(tmp_path / "d0.raw", 4 * GIB)
+    d1 = rig.sparse_disk(tmp_path / "d1.raw", 4 * GIB)
+    disks = [rig.Disk(d0, "sf-raid-0"), rig.Disk(d1, "sf-raid-1")]
+    with rig.ProvisioningStub(images={image.name: image}) as stub:
+        stub.configdrive = make_configdrive(tmp_path / "cd.iso", "sf-raid")
+        stub.instructions = layout_instructions(stub, debian_raw, RAID1_LVM_BIOS)
+        result = rig.run_ramdisk(tmp_path, "raid", stub, ramdisk, disks, timeout=DEPLOY_TIMEOUT, memory_mib=1024)
+    assert result["ok"] is False and result["stage"] == "target", result
+    assert "mdadm" in result["message"] and "lvm" in result["message"]
+    assert stages(stub)[-3:] == ["layout-built", "rootfs-written", "checksum-ok"]
+    built = event(stub, "layout-built")["data"]
+    assert built["arrays"] == 1 and built["volume_groups"] == 1 and built["root"] == "/dev/vg0/root"
+    # what the failed deploy left: an md RAID1 over both disks' second partitions holding LVM, no boot code
+    before = [gpt(d)["partitions"] for d in (d0, d1)]
+    for d, parts in zip((d0, d1), before, strict=True):
+        assert parts[1]["type"] == "A19D880F-05FC-4D3B-A006-743F0F84911E"
+        assert read_at(d, parts[1]["start"] * 512 + 4096, 4) == MD_MAGIC
+        assert read_at(d, 0, 440) == bytes(440)
+
+    with rig.ProvisioningStub() as stub:
+        stub.instructions = {"mode": "clean", "heartbeat_s": 5}
+        result = rig.run_ramdisk(tmp_path, "clean", stub, ramdisk, disks, timeout=600, memory_mib=512)
+    assert result["ok"] is True, result
+    wiped = {e["data"]["serial"]: e["data"] for e in stub.events if (e["kind"], e["stage"]) == ("stage", "disk-wiped")}
+    assert sorted(wiped) == ["sf-raid-0", "sf-raid-1"] and all(w["verified"] for w in wiped.values())
+    torn = event(stub, "done")["data"]["torn_down"]
+    assert "vg:vg0" in torn and "md:" in torn and "lv:/dev/vg0/root" in torn, torn
+    for d, parts in zip((d0, d1), before, strict=True):
+        size = d.stat().st_size
+        table = subprocess.run(["sfdisk", "--json", str(d)], capture_output=True, check=False)
+        assert table.returncode != 0 or not json.loads(table.stdout)["partitiontable"].get("partitions")
+        assert blkid_at(d, 0, size) == ""
+        assert read_at(d, 0, MIB) == bytes(MIB) and read_at(d, size - MIB, MIB) == bytes(MIB)
+        for p in parts:
+            start, length = p["start"] * 512, p["size"] * 512
+            assert blkid_at(d, start, length) == "", p
+            assert read_at(d, start + 4096, 4) != MD_MAGIC, p
+            assert b"LABELONE" not in read_at(d, start, 4 * MIB), p
+
+
+# ---------------------------------------------------------------- bad answers
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_malformed_layout_answer_is_refused_before_any_write(
+    ramdisk: rdb.RamdiskArtifacts, debian_raw: dict[str, Any], tmp_path: Path
+) -> None:
+    image = debian_raw["path"]
+    d0 = rig.sparse_disk(tmp_path / "d0.raw", 4 * GIB)
+    with open(d0, "r+b") as fh:
+        fh.write(b"KEEP-ME" * 100)
+    seen = [{"name": f"vd{c}", "size": 4 * GIB, "serial": f"sf-lay-{i}"} for i, c in enumerate("ab")]
+    good = render_layout_answer("node-1", {"layout": PLAIN_BIOS}, {"disks": seen})
+    line = "lay_part 'd0' '2' 'root' 'fill' 'linux'"
+    assert line in good.splitlines()  # the renderer's answer, one line made to carry a command
+    bad = good.replace(line, line + "; reboot -f")
+    with rig.ProvisioningStub(images={image.name: image}, layout_answer=bad) as stub:
+        stub.configdrive = make_configdrive(tmp_path / "cd.iso", "sf-bad")
+        stub.instructions = layout_instructions(stub, debian_raw, PLAIN_BIOS)
+        result = rig.run_ramdisk(tmp_path, "badlayout", stub, ramdisk, [rig.Disk(d0, "sf-bad-0")])
+        gets = [r for r in stub.requests if r.startswith("GET /images/")]
+    assert result["ok"] is False and result["stage"] == "layout", result
+    assert "malformed layout answer line" in result["message"] and "reboot -f" in result["message"]
+    assert stages(stub) == ["booted"] and gets == []
+    assert read_at(d0, 0, 7) == b"KEEP-ME"
