@@ -26,6 +26,17 @@ what a TCG guest writes, so the image write (``image-written`` - ``booted``, and
 Run: ``.venv/bin/python benchmarks/bench_metal_deploy.py [--servers 1,2,4] [--repeat 2] [--strict]`` (root,
 libvirtd, vde2). ``--servers 1`` is the smoke-test size. Exit status 0 unless a deploy failed (2) or, with
 ``--strict``, the target was missed (1). Each lab is removed at the end of its round, whatever happened.
+
+``--file-based`` measures the other question (issue 15): what a file-based deploy costs against a whole-disk one of
+the same image. One lab of one ``uefi2`` server (OVMF, two 8 GiB disks), the bookworm ``metal`` test image as the
+stemcell (``test_debian_image_raw(variant="metal")``), enrolled without its inline layout (whole-disk on its first
+disk by ``root_hints``); each round deploys it whole-disk (``create_vm`` with ``{"node"}``) and file-based onto
+RAID1 + LVM (``{"node", "layout"}``: the lab plan's layout, ESP on both disks, md0 -> vg0 -> root + swap), in
+alternating order, each on blank disks (the volume files are emptied between deploys, the server powered off), the
+CPI's default readiness (the OS's DHCP request: no phone-home, RAID resync not waited for). Reported per deploy:
+the ``create_vm`` call time, the ramdisk's part (``booted`` -> ``done``) and the bytes written to each disk when the
+ramdisk reported ``done`` (the volume files' allocation, before the OS boots and md resyncs). Target: file-based
+<= 1.5x whole-disk (median create_vm time).
 """
 
 from __future__ import annotations
@@ -47,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.harness.libvirt import CpiResult, LibvirtCpi  # noqa: E402
-from tests.harness.metal import Lab, metal_lab, metal_unavailable_reason  # noqa: E402
+from tests.harness.metal import Lab, LabServer, metal_lab, metal_unavailable_reason  # noqa: E402
 
 TARGET_RATIO = 1.5
 STEMFORGE = [sys.executable, "-m", "stemforge.cli"]
@@ -174,6 +185,110 @@ def one_round(n: int, image: tuple[Path, dict[str, Any]], work: Path, phone_home
     return {"n": n, "wall": wall, "calls": calls, "errors": errors, "stages": stages, "load": load}
 
 
+# -- --file-based: whole-disk vs RAID1+LVM on the uefi2 plan --------------------------------------------------------
+def blank_disks(lab: Lab, server: LabServer) -> None:
+    """Empty the server's (powered-off) volume files: blank disks again, as on a new server."""
+    if lab.power_state(server) != "Off":
+        lab.power_off(server)
+        _wait(lambda: lab.power_state(server) == "Off", 120, f"{server.name} did not power off")
+    for disk in server.disks:
+        with open(disk.path, "r+b") as fh:
+            fh.truncate(0)
+            fh.truncate(disk.size_bytes)
+
+
+def _wait(probe: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out: {what}")
+        time.sleep(0.5)
+
+
+def deploy_once(lab: Lab, cpi: LibvirtCpi, cid: str, props: dict[str, Any]) -> dict[str, Any]:
+    """One create_vm on blank disks; the bytes on each disk when the ramdisk reported ``done``; delete_vm."""
+    server = lab.servers[0]
+    blank_disks(lab, server)
+    store = lab.store()
+    after = store.last_event_id(server.name)
+    written: dict[str, int] = {}
+    stop = threading.Event()
+
+    def watch() -> None:  # the allocation at ``done``, before the OS boots (and md resyncs)
+        while not stop.is_set():
+            events = store.events(server.name, after_id=after, kinds=["stage"])
+            if any(e.data.get("stage") == "done" for e in events):
+                written.update({d.serial: d.path.stat().st_blocks * 512 for d in server.disks})
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    req = cpi.request("create_vm", "agent-bench-fb", cid, props, NETWORKS, [], {}, api_version=2)
+    res = cpi.run(req, timeout=2400)
+    stop.set()
+    watcher.join(10)
+    if res.response["error"] is not None:
+        raise SystemExit(f"create_vm {sorted(props)} failed: {res.response['error']}\n{lab.diagnostics(server.name)}")
+    at = {e.data.get("stage"): e.ts for e in store.events(server.name, after_id=after, kinds=["stage"])}
+    delete = cpi.call("delete_vm", res.response["result"][0])
+    if delete.response["error"] is not None:
+        raise SystemExit(f"delete_vm failed: {delete.response['error']}")
+    return {"call": res.seconds, "ramdisk": at.get("done", 0.0) - at.get("booted", 0.0), "written": written}
+
+
+def file_based(repeat: int, strict: bool) -> int:
+    import yaml
+
+    from builders.builder_types.debian.testimage import test_debian_image_raw
+
+    image = test_debian_image_raw(variant="metal")
+    say(f"stemcell image: {image} ({image.stat().st_size / 2**20:.0f} MiB, {image.stat().st_blocks / 2**11:.0f} MiB "
+        "allocated)")  # fmt: skip
+    results: dict[str, list[dict[str, Any]]] = {"whole-disk": [], "raid1-lvm": []}
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-metal-fb-") as tmp, metal_lab(1, plans="uefi2") as lab:
+        server = lab.servers[0]
+        inventory = yaml.safe_load(lab.inventory_path.read_text())
+        node = inventory["nodes"][0]
+        layout = node.pop("layout")
+        node["root_hints"] = {"serial": server.disks[0].serial}
+        path = Path(tmp) / "inventory.yml"
+        path.write_text(yaml.safe_dump(inventory))
+        metal(lab, "enroll", str(path))
+        metal(lab, "manage", server.name)
+        metal(lab, "provide", "--skip-cleaning", server.name)
+        cpi = make_cpi(lab, Path(tmp) / "cpi", phone_home=False)
+        cid = cpi.ok("create_stemcell", str(image), {}, {"tags": {"bench": "file-based"}}, api_version=3)
+        kinds = {"whole-disk": {"node": server.name}, "raid1-lvm": {"node": server.name, "layout": layout}}
+        for r in range(repeat):
+            for kind in list(kinds) if r % 2 == 0 else list(reversed(kinds)):
+                say(f"round {r + 1}: {kind}")
+                results[kind].append(deploy_once(lab, cpi, cid, kinds[kind]))
+                say(f"round {r + 1}: {kind}: create_vm {results[kind][-1]['call']:.1f}s")
+        serials = [d.serial for d in server.disks]
+    load = (load_before + os.getloadavg()[0]) / 2
+    return report_file_based(results, serials, load, strict)
+
+
+def report_file_based(results: dict[str, list[dict[str, Any]]], serials: list[str], load: float, strict: bool) -> int:
+    print(f"\n=== bench_metal_deploy --file-based ({os.cpu_count()} cores, load {load:.2f}; TCG guests; uefi2 plan; "
+          "create_vm until the OS's DHCP request, resync not waited for) ===")  # fmt: skip
+    print(
+        f"{'deploy':>11} {'create_vm s':>12} {'ramdisk s':>10}   " + "  ".join(f"{'MiB on ' + s:>24}" for s in serials)
+    )
+    medians = {}
+    for kind, rounds in results.items():
+        medians[kind] = statistics.median(r["call"] for r in rounds)
+        ramdisk = statistics.median(r["ramdisk"] for r in rounds)
+        per_disk = [statistics.median(r["written"].get(s, 0) for r in rounds) / 2**20 for s in serials]
+        print(f"{kind:>11} {medians[kind]:12.1f} {ramdisk:10.1f}   " + "  ".join(f"{b:24.0f}" for b in per_disk))
+    ratio = medians["raid1-lvm"] / medians["whole-disk"]
+    verdict = "PASS" if ratio <= TARGET_RATIO else "MISS"
+    print(f"file-based / whole-disk (median create_vm): {ratio:.2f}x (target <= {TARGET_RATIO}x): {verdict}")
+    return 1 if strict and verdict == "MISS" else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--servers", default="1,2,4", help="comma-separated N values (default 1,2,4)")
@@ -181,6 +296,8 @@ def main() -> int:
     parser.add_argument("--no-phone-home", action="store_true", help="create_vm returns once the server boots "
                         "from disk (does not wait for the installed OS's phone-home)")  # fmt: skip
     parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
+    parser.add_argument("--file-based", action="store_true", help="whole-disk vs RAID1+LVM file-based deploy of the "
+                        "bookworm image on one uefi2 server (--repeat rounds of each)")  # fmt: skip
     args = parser.parse_args()
     ns = [int(x) for x in args.servers.split(",") if x.strip()]
     if not ns or any(not 1 <= x <= 8 for x in ns):
@@ -191,6 +308,8 @@ def main() -> int:
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
+    if args.file_based:
+        return file_based(args.repeat, args.strict)
     rounds = []
     with tempfile.TemporaryDirectory(prefix="bench-metal-") as tmp:
         image = stemcell_image(Path(tmp))
