@@ -4,6 +4,9 @@ provisioning stub of ``tests/harness/ramdisk_rig.py`` (its ``layout`` route and 
 the cached Debian bookworm test image (``builders.builder_types.debian.build_test_debian_image``: GRUB for BIOS,
 cloud-init with the config-drive data source, no mdadm/lvm2).
 
+* plain partitions over two disks (``/`` on the first, ``/var`` and swap on the second, BIOS): the image's root
+  partition streamed and grown, /var's files moved into their own filesystem, fstab by UUID, GRUB installed; the
+  deployed disks then BOOT in the rig and the OS comes up with the config drive's hostname (cloud-init read it);
 * RAID1 + LVM on that image: the array and VG are built, then stage ``target`` fails naming mdadm (the image lacks
   it); the same two disks are then CLEANED: arrays, VGs and every signature gone, read back on the host;
 * a malformed answer line is refused before anything is written.
@@ -186,6 +189,69 @@ def _print_duration() -> Iterator[None]:
     t = time.monotonic()
     yield
     print(f"[test took {time.monotonic() - t:.1f}s]")
+
+
+# ---------------------------------------------------------------- plain partitions: deploy, then the OS boots
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(4000)
+def test_layout_deploy_on_two_disks_then_the_os_boots(
+    ramdisk: rdb.RamdiskArtifacts, debian_raw: dict[str, Any], tmp_path: Path
+) -> None:
+    image = debian_raw["path"]
+    d0 = rig.sparse_disk(tmp_path / "d0.raw", 4 * GIB)
+    d1 = rig.sparse_disk(tmp_path / "d1.raw", 3 * GIB)
+    disks = [rig.Disk(d0, "sf-lay-0"), rig.Disk(d1, "sf-lay-1")]
+    with rig.ProvisioningStub(images={image.name: image}) as stub:
+        iso = make_configdrive(tmp_path / "cd.iso", "sf-layout-1")
+        stub.configdrive = iso
+        stub.instructions = layout_instructions(stub, debian_raw, PLAIN_BIOS)
+        t0 = time.monotonic()
+        result = rig.run_ramdisk(tmp_path, "layout", stub, ramdisk, disks, timeout=DEPLOY_TIMEOUT, memory_mib=1024)
+        deploy_s = time.monotonic() - t0
+        assert result["ok"] is True, result
+        assert stages(stub) == [
+            "booted", "disk-selected", "layout-built", "rootfs-written", "checksum-ok", "target-configured",
+            "bootloader-installed", "configdrive-written", "done",
+        ]  # fmt: skip
+        gets = [r for r in stub.requests if r.startswith("GET /images/")]
+        assert len(gets) == 1  # one Range GET of the root partition, not the whole image
+        roles = {d["name"]: d["roles"] for d in event(stub, "disk-selected")["data"]["disks"]}
+        assert roles == {"vda": ["grub0:bios_grub", "root:linux", "configdrive"], "vdb": [
+            "grub1:bios_grub", "var:linux", "swap0:swap"]}  # fmt: skip
+        written = event(stub, "rootfs-written")["data"]
+        assert written["bytes"] == debian_raw["size"] and written["sha256"] == debian_raw["sha256"]
+        assert written["device"] == "/dev/vda2"
+        fstab = event(stub, "target-configured")["data"]["fstab"]
+        assert " / ext4 " in fstab and " /var ext4 " in fstab and " swap " in fstab and "UUID=" in fstab
+        assert event(stub, "bootloader-installed")["data"]["disks"] == "vda"
+        print(f"layout deploy: {deploy_s:.1f}s, root stream {written['mib_per_s']} MiB/s")
+
+        # the disks read back on the host: GPT, the config drive last on d0, swap and /var on d1
+        t0_ = gpt(d0)
+        parts0 = t0_["partitions"]
+        assert t0_["label"] == "gpt" and [p["name"] for p in parts0] == ["grub0", "root", "config-2"]
+        assert parts0[0]["type"] == "21686148-6449-6E6F-744E-656564454649"
+        assert parts0[2]["start"] + parts0[2]["size"] - 1 == t0_["lastlba"]
+        assert read_at(d0, parts0[2]["start"] * 512, iso.stat().st_size) == iso.read_bytes()
+        assert read_at(d0, 0x1FE, 2) == b"\x55\xaa" and read_at(d0, 0, 440) != bytes(440)  # GRUB's boot.img
+        parts1 = gpt(d1)["partitions"]
+        assert [p["name"] for p in parts1] == ["grub1", "var", "swap0"]
+        assert "ext4" in blkid_at(d1, parts1[1]["start"] * 512, parts1[1]["size"] * 512)
+        assert "swap" in blkid_at(d1, parts1[2]["start"] * 512, parts1[2]["size"] * 512)
+        verify = subprocess.run(["sfdisk", "--verify", str(d0)], capture_output=True, text=True, check=False)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+
+        # the deployed disks boot (SeaBIOS -> GRUB on d0 -> the Debian kernel; /var from d1) and cloud-init read
+        # the config drive: the host name is the config drive's
+        t1 = time.monotonic()
+        with rig.boot(tmp_path, "firstboot", disks, mac=MAC, memory_mib=1024) as vm:
+            stub.wait(lambda s: "sf-layout-1 login:" in vm.console(), 600, vm, "the deployed OS's login prompt")
+            console = vm.console()
+        print(f"deployed OS up after {time.monotonic() - t1:.1f}s")
+    assert stub.token not in console
+    assert "DataSourceConfigDrive" in console or "sf-layout-1" in console
 
 
 # ---------------------------------------------------------------- RAID1 + LVM without mdadm, then clean

@@ -549,7 +549,7 @@ lay_bootloader() {
         done
     fi
     stage bootloader-installed "GRUB ($(cat "$LAY/mode")) on $disks" \
-        "{\"mode\":\"$(cat "$LAY/mode")\",\"disks\":\"${disks% }\",\"esps\":$(wc -w <"$LAY/esps" 2>/dev/null || echo 0),\"boot_entries\":$entries}"
+        "{\"mode\":\"$(cat "$LAY/mode")\",\"disks\":\"${disks% }\",\"esps\":$(wc -w 2>/dev/null <"$LAY/esps" || echo 0),\"boot_entries\":$entries}"
 }
 
 # ---------------------------------------------------------------- 6. the config drive, main
