@@ -9,6 +9,8 @@ cloud-init with the config-drive data source, no mdadm/lvm2).
   deployed disks then BOOT in the rig and the OS comes up with the config drive's hostname (cloud-init read it);
 * RAID1 + LVM on that image: the array and VG are built, then stage ``target`` fails naming mdadm (the image lacks
   it); the same two disks are then CLEANED: arrays, VGs and every signature gone, read back on the host;
+* RAID1 + LVM with the bare-metal variant of the image (``build_test_debian_image(variant="metal")``: mdadm, lvm2):
+  the whole deploy, GRUB on both member disks, then the OS boots from the mirror;
 * a malformed answer line is refused before anything is written.
 """
 
@@ -55,6 +57,18 @@ def debian_raw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from builders.builder_types.debian import build_test_debian_image
 
     return served_image(build_test_debian_image(), tmp_path_factory.mktemp("debian"))
+
+
+@pytest.fixture(scope="module")
+def metal_raw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The bare-metal variant of the test image (mdadm, lvm2, GRUB for BIOS and UEFI), served likewise."""
+    import inspect
+
+    from builders.builder_types.debian import build_test_debian_image
+
+    if "variant" not in inspect.signature(build_test_debian_image).parameters:
+        pytest.skip("build_test_debian_image(variant='metal') is not there yet")
+    return served_image(build_test_debian_image(variant="metal"), tmp_path_factory.mktemp("metal"))
 
 
 def served_image(qcow: Path, work: Path) -> dict[str, Any]:
@@ -301,6 +315,38 @@ def test_raid_layout_needs_mdadm_in_the_image_then_clean_takes_every_disk_apart(
             assert blkid_at(d, start, length) == "", p
             assert read_at(d, start + 4096, 4) != MD_MAGIC, p
             assert b"LABELONE" not in read_at(d, start, 4 * MIB), p
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(4000)
+def test_raid1_lvm_deploy_of_the_metal_image_boots(
+    ramdisk: rdb.RamdiskArtifacts, metal_raw: dict[str, Any], tmp_path: Path
+) -> None:
+    image = metal_raw["path"]
+    d0 = rig.sparse_disk(tmp_path / "d0.raw", 4 * GIB)
+    d1 = rig.sparse_disk(tmp_path / "d1.raw", 4 * GIB)
+    disks = [rig.Disk(d0, "sf-raid-0"), rig.Disk(d1, "sf-raid-1")]
+    with rig.ProvisioningStub(images={image.name: image}) as stub:
+        stub.configdrive = make_configdrive(tmp_path / "cd.iso", "sf-raid-metal")
+        stub.instructions = layout_instructions(stub, metal_raw, RAID1_LVM_BIOS)
+        t0 = time.monotonic()
+        result = rig.run_ramdisk(tmp_path, "raid-metal", stub, ramdisk, disks, timeout=DEPLOY_TIMEOUT, memory_mib=1024)
+        print(f"RAID1+LVM layout deploy: {time.monotonic() - t0:.1f}s")
+        assert result["ok"] is True, result
+        assert stages(stub)[-6:] == [
+            "rootfs-written", "checksum-ok", "target-configured", "bootloader-installed", "configdrive-written", "done",
+        ]  # fmt: skip
+        assert event(stub, "target-configured")["data"]["mdadm_conf"] is True
+        assert event(stub, "bootloader-installed")["data"]["disks"] == "vda vdb"  # GRUB on every member disk
+        for d in (d0, d1):
+            parts = gpt(d)["partitions"]
+            assert read_at(d, parts[1]["start"] * 512 + 4096, 4) == MD_MAGIC
+            assert read_at(d, 0, 440) != bytes(440)
+        # the array came up from the OS's own initramfs (mdadm.conf, LVM): the OS boots from the mirror
+        t1 = time.monotonic()
+        with rig.boot(tmp_path, "raid-firstboot", disks, mac=MAC, memory_mib=1024) as vm:
+            stub.wait(lambda s: "sf-raid-metal login:" in vm.console(), 900, vm, "the deployed OS's login prompt")
+        print(f"RAID1+LVM OS up after {time.monotonic() - t1:.1f}s")
 
 
 # ---------------------------------------------------------------- bad answers
