@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -36,6 +37,14 @@ pytestmark = [
     pytest.mark.metal,
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"),
 ]
+
+#: The two whole file-based deploys that then boot the OS take 26-30 minutes each under TCG on this 2-core machine
+#: (update-initramfs in the target's chroot dominates): more than the suite's budget. They run when
+#: STEMFORGE_FULL_METAL=1 (issue 15 stays open until they fit the suite; see CHANGELOG "Known gaps").
+FULL_METAL = pytest.mark.skipif(
+    os.environ.get("STEMFORGE_FULL_METAL") != "1",
+    reason="a whole file-based deploy + boot takes ~30 min under TCG here; run with STEMFORGE_FULL_METAL=1",
+)
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -208,6 +217,7 @@ def _print_duration() -> Iterator[None]:
 # ---------------------------------------------------------------- plain partitions: deploy, then the OS boots
 
 
+@FULL_METAL
 @pytest.mark.slow
 @pytest.mark.timeout(4000)
 def test_layout_deploy_on_two_disks_then_the_os_boots(
@@ -317,6 +327,7 @@ def test_raid_layout_needs_mdadm_in_the_image_then_clean_takes_every_disk_apart(
             assert b"LABELONE" not in read_at(d, start, 4 * MIB), p
 
 
+@FULL_METAL
 @pytest.mark.slow
 @pytest.mark.timeout(4000)
 def test_raid1_lvm_deploy_of_the_metal_image_boots(
