@@ -38,8 +38,8 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"),
 ]
 
-#: The whole file-based flows (two deploy+boot, one build+clean of ~9 min) take 26-30 minutes each under TCG on this 2-core machine
-#: (update-initramfs in the target's chroot dominates): more than the suite's budget. They run when
+#: The whole file-based flows take 26-30 minutes each under TCG on this 2-core machine (the RAID build + clean
+#: ~9 min; update-initramfs in the target's chroot dominates): more than the suite's budget. They run when
 #: STEMFORGE_FULL_METAL=1 (issue 15 stays open until they fit the suite; see CHANGELOG "Known gaps").
 FULL_METAL = pytest.mark.skipif(
     os.environ.get("STEMFORGE_FULL_METAL") != "1",
