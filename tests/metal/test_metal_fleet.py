@@ -279,11 +279,6 @@ def test_raid1_lvm_deploy_boots_degraded_resyncs_and_delete_leaves_no_signature(
     print(f"\nfile-based RAID1+LVM deploy to phone-home: {deploy_s:.0f}s")
 
 
-@pytest.mark.skipif(
-    os.environ.get("STEMFORGE_FULL_METAL") != "1",
-    reason="streams and boots the 2 GiB bookworm image under TCG (10-20 min here): outside the suite's budget until "
-    "the image is served compressed; run with STEMFORGE_FULL_METAL=1",
-)
 @pytest.mark.timeout(2400)
 def test_whole_disk_deploy_lands_on_the_hinted_disk_and_no_other(
     fleet: Lab, cpi: LibvirtCpi, bookworm: str, bookworm_image: Path, hints3: LabServer

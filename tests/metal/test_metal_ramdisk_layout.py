@@ -38,8 +38,8 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"),
 ]
 
-#: The whole file-based flows take 26-30 minutes each under TCG on this 2-core machine (the RAID build + clean
-#: ~9 min; update-initramfs in the target's chroot dominates): more than the suite's budget. They run when
+#: The two whole file-based deploys that then boot the OS take 26-30 minutes each under TCG on this 2-core machine
+#: (update-initramfs in the target's chroot dominates): more than the suite's budget. They run when
 #: STEMFORGE_FULL_METAL=1 (issue 15 stays open until they fit the suite; see CHANGELOG "Known gaps").
 FULL_METAL = pytest.mark.skipif(
     os.environ.get("STEMFORGE_FULL_METAL") != "1",
@@ -281,7 +281,6 @@ def test_layout_deploy_on_two_disks_then_the_os_boots(
 # ---------------------------------------------------------------- RAID1 + LVM without mdadm, then clean
 
 
-@FULL_METAL
 @pytest.mark.slow
 @pytest.mark.timeout(4000)
 def test_raid_layout_needs_mdadm_in_the_image_then_clean_takes_every_disk_apart(
