@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.harness.libvirt import LibvirtCpi, session_cpi_or_skip
+from tests.harness.libvirt import LibvirtCpi, libvirt_unavailable_reason, session_cpi_or_skip, sweep_dead_runs
 
 STEMCELL_DIR = Path("/var/lib/stemforge/tests/stemcells")
 HERE = Path(__file__).parent
@@ -79,6 +79,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(f"tests/conftest.py schedules modules that do not exist: {', '.join(missing)}")
     rank = {unit: index for index, unit in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(unit_of(item.nodeid), len(rank)))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Remove the libvirt runs (``run-*`` dirs, ``sft-*`` pools, their domains) of test sessions that were killed
+    before their teardown; once per pytest run (in the xdist controller or the only process, not with
+    ``--collect-only``). Live sessions' runs are never touched (``tests/harness/libvirt.py``)."""
+    config = session.config
+    if hasattr(config, "workerinput") or config.option.collectonly or libvirt_unavailable_reason():
+        return
+    removed = sweep_dead_runs()
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if removed and reporter is not None:
+        reporter.write_line(f"removed what dead test sessions left: {', '.join(removed)}")
 
 
 @pytest.fixture(scope="session")
