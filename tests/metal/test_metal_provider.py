@@ -231,6 +231,7 @@ def test_stemcell_root_partition_gpt_and_mbr_served_by_range(tmp_path: Path) -> 
     """create_stemcell records the largest ext4 partition (offset, size, sha256 of exactly those bytes) of a GPT
     image (not the ESP, not a larger ext2) and of an MBR image's logical partition; an image without one is
     recorded without (whole-disk only); metal serve answers the Range a layout deploy asks for those bytes."""
+    import gzip
     import hashlib
 
     import requests
@@ -267,6 +268,19 @@ def test_stemcell_root_partition_gpt_and_mbr_served_by_range(tmp_path: Path) -> 
                             headers={"Range": f"bytes={start}-{end}"}, timeout=30)  # fmt: skip
         assert resp.status_code == 206 and resp.headers["Content-Range"] == f"bytes {start}-{end}/{gpt.stat().st_size}"
         assert hashlib.sha256(resp.content).hexdigest() == rootfs["sha256"]
+        # what is streamed: the disk gzipped, and the root filesystem shrunk to its minimum and gzipped
+        streams = record["streams"]
+        for name, stream in streams.items():
+            resp = requests.get(f"{server.base_url}/images/{stream['path']}", timeout=30)
+            assert resp.status_code == 200 and hashlib.sha256(resp.content).hexdigest() == stream["sha256"], name
+            assert len(resp.content) == stream["bytes"], name
+    assert gzip.decompress((tmp_path / "metal" / "images" / streams["disk"]["path"]).read_bytes()) == gpt.read_bytes()
+    shrunk = tmp_path / "shrunk.ext4"
+    shrunk.write_bytes(gzip.decompress((tmp_path / "metal" / "images" / streams["rootfs"]["path"]).read_bytes()))
+    assert shrunk.stat().st_size == streams["rootfs"]["size"] < rootfs["size"]
+    fsck = subprocess.run(["e2fsck", "-fn", str(shrunk)], capture_output=True, text=True, timeout=60, check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert "rootfs" not in plain["streams"] and "disk" in plain["streams"]
 
 
 def test_vm_lifecycle_with_disks(tmp_path: Path, emulator: Emulator, caplog: pytest.LogCaptureFixture) -> None:
@@ -617,13 +631,22 @@ def test_storage_requests_pick_servers_and_bad_input_fails_before_any_write(tmp_
     raid1 = placement.check(store, store.get_node("uefi2"), {})
     assert raid1.source == "storage plan raid1" and raid1.boot_mode == "uefi" and raid1.root_fs == "ext4"
     rootfs = {"offset": 1 << 20, "size": 4 << 20, "sha256": "cd" * 32, "fstype": "ext4"}
-    record = {**(store.stemcell(stemcell) or {}), "rootfs": rootfs}
-    job = placement.deploy_instructions(raid1, record, "http://s/images/x.raw", "http://s/cd", 5)
+    record = {**(store.stemcell(stemcell) or {}), "rootfs": rootfs, "streams": {}}  # recorded before streams
+    job = placement.deploy_instructions(raid1, record, "http://s/images/", "http://s/cd", 5)
     assert job["deploy_kind"] == "layout" and job["rootfs_offset"] == 1 << 20 and job["layout"] == _layout(2)
+    assert job["rootfs_format"] == "raw" and job["rootfs_url"] == job["image_url"] == f"http://s/images/{stemcell}.raw"
     assert job["boot_mode"] == "uefi" and "root_hints" not in job
+    shrunk = {"path": f"{stemcell}.rootfs.gz", "sha256": "ef" * 32, "bytes": 1 << 20, "size": 3 << 20}
+    disk = {"path": f"{stemcell}.raw.gz", "sha256": "ab" * 32, "bytes": 1 << 20, "format": "gzip"}
+    streamed = {**record, "streams": {"disk": disk, "rootfs": shrunk}}
+    job = placement.deploy_instructions(raid1, streamed, "http://s/images/", "http://s/cd", 5)
+    assert (job["rootfs_url"], job["rootfs_offset"], job["rootfs_size"], job["rootfs_sha256"], job["rootfs_format"]) \
+        == (f"http://s/images/{stemcell}.rootfs.gz", 0, 3 << 20, "ef" * 32, "gzip")  # fmt: skip
     whole = placement.check(store, store.get_node("hints3"), {})
-    job = placement.deploy_instructions(whole, record, "http://s/images/x.raw", "http://s/cd", 5)
+    job = placement.deploy_instructions(whole, streamed, "http://s/images/", "http://s/cd", 5)
     assert "deploy_kind" not in job and job["root_hints"] == {"serial": "hints3-1"}
+    assert (job["image_url"], job["image_sha256"], job["image_format"]) == (
+        f"http://s/images/{stemcell}.raw.gz", "ab" * 32, "gzip")  # fmt: skip
 
     def refused(props: dict[str, Any], *patterns: str) -> None:
         with pytest.raises(VMCreationFailed) as info:
@@ -724,7 +747,11 @@ def test_a_layout_deploy_job_is_what_the_layout_route_answers(tmp_path: Path, em
         vm, _ = provider.create_vm(VmRequest("agent-1", stemcell, {"layout": layout}, NETWORKS, [], AGENT_ENV))
         assert store.get_node("node-a").provision_state == "active"
         assert "SF_DEPLOY_KIND='layout'\n" in seen["lines"] and "SF_ROOTFS_FSTYPE='ext4'\n" in seen["lines"]
-        assert f"SF_ROOTFS_OFFSET='{found[1][0]}'\nSF_ROOTFS_SIZE='{found[1][1]}'\n" in seen["lines"]
+        shrunk = (store.stemcell(stemcell) or {})["streams"]["rootfs"]  # the partition shrunk, gzipped
+        assert 0 < shrunk["size"] < found[1][1]
+        lines = seen["lines"]
+        assert f"/images/{stemcell}.rootfs.gz'\nSF_ROOTFS_OFFSET='0'\nSF_ROOTFS_SIZE='{shrunk['size']}'\n" in lines
+        assert f"SF_ROOTFS_SHA256='{shrunk['sha256']}'\n" in lines and "SF_ROOTFS_FORMAT='gzip'\n" in lines
         assert "SF_ROOT_HINTS" not in seen["lines"]
         assert seen["answer"].splitlines() == [
             "lay_boot_mode 'bios'", "lay_disk 'd0' 'vda'", "lay_part 'd0' '1' 'grub' '1' 'bios_grub'",

@@ -14,7 +14,9 @@ per line, every value single-quoted with ``'`` written as ``'\\''``, so busybox 
     SF_ERASE='full'            (clean jobs: metadata | full)
     SF_DEPLOY_KIND='layout'    (absent or whole-disk: the image onto the root disk; layout: file-based, below)
     SF_ROOTFS_URL=...  SF_ROOTFS_OFFSET=...  SF_ROOTFS_SIZE=...  SF_ROOTFS_SHA256=...  SF_ROOTFS_FSTYPE='ext4'
-                               (layout deploys: the image's root partition, fetched with Range: bytes=OFF-END)
+    SF_ROOTFS_FORMAT='gzip'    (layout deploys: the image's root filesystem; raw: the partition's bytes of the
+                               image, fetched with Range: bytes=OFF-END; gzip: a file of its own, offset 0, SIZE
+                               the inflated bytes, SHA256 of the gzip bytes, as SF_IMAGE_FORMAT=gzip)
 
 A layout deploy's job also carries ``layout`` (the document, :mod:`.layout`) and ``boot_mode``; they are not
 written as lines: the ramdisk POSTs its disks to ``/v1/nodes/<node>/layout`` and gets :func:`render_layout_answer`
@@ -61,6 +63,7 @@ KEYS: Final = (
     "rootfs_size",
     "rootfs_sha256",
     "rootfs_fstype",
+    "rootfs_format",
 )
 #: Keys a job may carry that are not written as ``SF_*`` lines: a layout deploy's layout document and the boot
 #: mode the provider expects, read by :func:`render_layout_answer` when the ramdisk asks (``POST layout``).
@@ -128,8 +131,9 @@ def validate_instructions(node: str, kind: str, instructions: Mapping[str, Any])
 
 
 def _check_deploy_kind(mode: str, out: Mapping[str, str], instructions: Mapping[str, Any], fail: Any) -> None:
-    """A layout deploy has the SF_ROOTFS_* keys, a layout (shape-checked) and a raw image; other jobs have none."""
-    layout_keys = [k for k in (*REQUIRED_FOR_LAYOUT, "boot_mode") if instructions.get(k) is not None]
+    """A layout deploy has the SF_ROOTFS_* keys, a layout (shape-checked) and, unless its root filesystem is a gzip
+    file of its own (``rootfs_format: gzip``, offset 0), a raw image; other jobs have none."""
+    layout_keys = [k for k in (*REQUIRED_FOR_LAYOUT, "rootfs_format", "boot_mode") if instructions.get(k) is not None]
     if out.get("deploy_kind") != "layout":
         if mode != "deploy" and "deploy_kind" in out:
             raise fail("deploy_kind", "only a deploy job has a deploy kind")
@@ -141,7 +145,10 @@ def _check_deploy_kind(mode: str, out: Mapping[str, str], instructions: Mapping[
     missing = [k for k in REQUIRED_FOR_LAYOUT if instructions.get(k) in (None, "")]
     if missing:
         raise fail(", ".join(missing), "required for a layout deploy (deploy_kind: layout)")
-    if out.get("image_format") != "raw":
+    if out.get("rootfs_format", "raw") == "gzip":
+        if out["rootfs_offset"] != "0":
+            raise fail("rootfs_offset", "a gzip root filesystem is a file of its own: its offset must be 0")
+    elif out.get("image_format") != "raw":
         raise fail("image_format", "a layout deploy reads the image's root partition by range: it must be raw")
     if instructions.get("boot_mode") not in (None, "uefi", "bios"):
         raise fail("boot_mode", f"must be uefi or bios, not {instructions['boot_mode']!r}")
@@ -196,6 +203,10 @@ def _render_value(key: str, value: Any, fail: Any) -> str:
     if key == "rootfs_fstype":
         if value not in ROOTFS_TYPES:
             raise fail(key, f"must be one of {', '.join(ROOTFS_TYPES)}, not {value!r}")
+        return str(value)
+    if key == "rootfs_format":
+        if value not in IMAGE_FORMATS:
+            raise fail(key, f"must be one of {', '.join(IMAGE_FORMATS)}, not {value!r}")
         return str(value)
     if key == "erase":
         if value not in ERASE_MODES:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 from cpi.providers.baremetal import layout, root_hints
@@ -138,16 +139,22 @@ def _when(ts: float) -> str:
 
 
 def deploy_instructions(
-    storage: Storage, stemcell: Mapping[str, Any], image_url: str, configdrive_url: str, heartbeat_s: int
+    storage: Storage, stemcell: Mapping[str, Any], images_url: str, configdrive_url: str, heartbeat_s: int
 ) -> dict[str, Any]:
     """A deploy job's instructions (:mod:`.instructions`): whole-disk with ``root_hints``, or ``deploy_kind:
-    layout`` with the layout, the boot mode and the image's root partition (``rootfs`` of the stemcell record,
-    found at create_stemcell); NotPlaceable when a layout is asked of an image without an ext4 root partition."""
+    layout`` with the layout, the boot mode and the image's root filesystem (``rootfs`` of the stemcell record,
+    found at create_stemcell); NotPlaceable when a layout is asked of an image without an ext4 root partition.
+    ``images_url`` is where ``metal serve`` serves the images directory (ends with ``/``). What is streamed: the
+    stemcell's gzip files (``streams`` of the record, :func:`.stemcell_images.streams`) when it has them, else the
+    raw image (and its root partition as a byte range of it)."""
+    streams = stemcell.get("streams") or {}
+    disk = streams.get("disk")
+    raw_url = images_url + Path(stemcell["path"]).name
     out: dict[str, Any] = {
-        "image_url": image_url,
-        "image_sha256": stemcell["sha256"],
+        "image_url": images_url + disk["path"] if disk else raw_url,
+        "image_sha256": disk["sha256"] if disk else stemcell["sha256"],
         "image_size": int(stemcell["size"]),
-        "image_format": "raw",
+        "image_format": "gzip" if disk else "raw",
         "configdrive_url": configdrive_url,
         "heartbeat_s": heartbeat_s,
     }
@@ -166,12 +173,17 @@ def deploy_instructions(
             f"{storage.source}: / is {storage.root_fs}, the stemcell's root filesystem is {rootfs.get('fstype')} "
             "(it is streamed onto / and grown, not copied file by file)"
         )
+    shrunk = streams.get("rootfs")
+    if shrunk:  # a gzip file of its own
+        stream = {"rootfs_url": images_url + shrunk["path"], "rootfs_offset": 0, "rootfs_size": int(shrunk["size"]),
+                  "rootfs_sha256": str(shrunk["sha256"]), "rootfs_format": "gzip"}  # fmt: skip
+    else:  # a byte range of the raw image, which the job then names as its (raw) image
+        stream = {"rootfs_url": raw_url, "rootfs_offset": int(rootfs["offset"]), "rootfs_size": int(rootfs["size"]),
+                  "rootfs_sha256": str(rootfs["sha256"]), "rootfs_format": "raw"}  # fmt: skip
+        out.update(image_url=raw_url, image_sha256=stemcell["sha256"], image_format="raw")
     out.update(
         deploy_kind="layout",
-        rootfs_url=image_url,
-        rootfs_offset=int(rootfs["offset"]),
-        rootfs_size=int(rootfs["size"]),
-        rootfs_sha256=str(rootfs["sha256"]),
+        **stream,
         rootfs_fstype=str(rootfs.get("fstype") or "ext4"),
         layout=dict(storage.layout),
         boot_mode=storage.boot_mode,

@@ -114,21 +114,25 @@ class BareMetalProvider(Provider):
                 stemcell_images.to_raw(root, tmp)
             sha256, size = sha256_file(tmp), tmp.stat().st_size
             rootfs = stemcell_images.root_partition(tmp)  # for file-based deploys; None: whole-disk only
+            streams = stemcell_images.streams(tmp, rootfs, self.images_dir, cid)
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
-            self.store.put_stemcell(cid, str(target), sha256, size, "raw", dict(tags), rootfs)
+            self.store.put_stemcell(cid, str(target), sha256, size, "raw", dict(tags), rootfs, streams)
         except BaseException:
-            tmp.unlink(missing_ok=True)
-            target.unlink(missing_ok=True)
+            for leftover in (tmp, target, *stemcell_images.stream_paths(self.images_dir, cid)):
+                leftover.unlink(missing_ok=True)
             raise
-        self.log.info("create_stemcell: %s: raw image of %d MiB, sha256 %s, %s (%.1fs)", cid, size // MIB, sha256,
-                      stemcell_images.describe(rootfs), time.monotonic() - started)  # fmt: skip
+        self.log.info("create_stemcell: %s: raw image of %d MiB, sha256 %s, %s; streamed as %s (%.1fs)", cid,
+                      size // MIB, sha256, stemcell_images.describe(rootfs), stemcell_images.describe_streams(streams),
+                      time.monotonic() - started)  # fmt: skip
         return cid
 
     def delete_stemcell(self, stemcell_cid: str) -> None:
         record = self.store.stemcell(stemcell_cid)
         path = Path(record["path"]) if record else self.images_dir / f"{Path(stemcell_cid).name}.raw"
         path.unlink(missing_ok=True)
+        for stream in stemcell_images.stream_paths(self.images_dir, Path(stemcell_cid).name):
+            stream.unlink(missing_ok=True)
         self.store.delete_stemcell(stemcell_cid)
 
     # -- VMs: choosing a server ---------------------------------------------------------------------------------
@@ -254,8 +258,14 @@ class BareMetalProvider(Provider):
             plan = _VmPlan(vm_cid, agent_id, stemcell, dict(cloud_properties), request.networks, dict(request.env))
             try:
                 with lock:
-                    run_create_vm(_steps(self, task, plan), {}, self.log, where=f"create_vm {vm_cid} on server {name}",
-                                  describe=_describe_interface_error, passthrough=(BmcUnreachable,))
+                    run_create_vm(
+                        _steps(self, task, plan),
+                        {},
+                        self.log,
+                        where=f"create_vm {vm_cid} on server {name}",
+                        describe=_describe_interface_error,
+                        passthrough=(BmcUnreachable,),
+                    )
                 return vm_cid, plan.networks
             except BmcUnreachable as exc:
                 tried.append(name)
@@ -611,7 +621,7 @@ class _Deploy(_Step):
         try:
             storage = placement.check(self.store, self.task.node, self.plan.props)
             instructions = placement.deploy_instructions(
-                storage, stemcell, self.p._url(f"/images/{Path(stemcell['path']).name}"),
+                storage, stemcell, self.p._url("/images/"),
                 self.p._url(f"/v1/nodes/{self.node}/configdrive"), int(self.p.config.heartbeat_s),
             )  # fmt: skip
             validate_instructions(self.node, "deploy", {"mode": "deploy", **instructions})

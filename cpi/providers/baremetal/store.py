@@ -30,7 +30,7 @@ from typing import Any
 
 from stemforge_base.sqlite_store import SqliteStore
 
-SCHEMA_VERSION = 4  # 2: phone_home_uses; 3: inspections; 4: stemcell_rootfs
+SCHEMA_VERSION = 5  # 2: phone_home_uses; 3: inspections; 4: stemcell_rootfs; 5: stemcell_streams
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS nodes (
@@ -114,6 +114,10 @@ CREATE TABLE IF NOT EXISTS stemcells (
     created_at REAL NOT NULL DEFAULT {_NOW}
 );
 CREATE TABLE IF NOT EXISTS stemcell_rootfs (
+    cid TEXT PRIMARY KEY,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stemcell_streams (
     cid TEXT PRIMARY KEY,
     data TEXT NOT NULL
 );
@@ -661,8 +665,10 @@ class MetalStore(SqliteStore):
         fmt: str,
         tags: Mapping[str, Any],
         rootfs: Mapping[str, Any] | None = None,
+        streams: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record a stemcell; ``rootfs``: its image's root partition (``stemcell_images.root_partition``)."""
+        """Record a stemcell; ``rootfs``: its image's root partition (``stemcell_images.root_partition``);
+        ``streams``: what ``metal serve`` streams of it (``stemcell_images.streams``)."""
         with self.write() as db:
             db.execute(
                 "INSERT INTO stemcells (cid, path, sha256, size, format, tags) VALUES (?,?,?,?,?,?)",
@@ -670,19 +676,25 @@ class MetalStore(SqliteStore):
             )
             if rootfs is not None:
                 db.execute("INSERT OR REPLACE INTO stemcell_rootfs (cid, data) VALUES (?,?)", (cid, _j(rootfs)))
+            if streams is not None:
+                db.execute("INSERT OR REPLACE INTO stemcell_streams (cid, data) VALUES (?,?)", (cid, _j(streams)))
 
     def stemcell(self, cid: str) -> dict[str, Any] | None:
-        """The record (``rootfs``: the root partition's offset, size, sha256 and fstype, or None)."""
+        """The record (``rootfs``: the root partition's offset, size, sha256 and fstype, or None; ``streams``: the
+        gzip files served for it, or {} for a stemcell recorded before they existed)."""
         row = self._db.execute("SELECT * FROM stemcells WHERE cid = ?", (cid,)).fetchone()
         if row is None:
             return None
         rootfs = self._db.execute("SELECT data FROM stemcell_rootfs WHERE cid = ?", (cid,)).fetchone()
-        return {**_decode(row, "tags"), "rootfs": json.loads(rootfs[0]) if rootfs else None}
+        streams = self._db.execute("SELECT data FROM stemcell_streams WHERE cid = ?", (cid,)).fetchone()
+        return {**_decode(row, "tags"), "rootfs": json.loads(rootfs[0]) if rootfs else None,
+                "streams": json.loads(streams[0]) if streams else {}}  # fmt: skip
 
     def delete_stemcell(self, cid: str) -> None:
         with self.write() as db:
             db.execute("DELETE FROM stemcells WHERE cid = ?", (cid,))
             db.execute("DELETE FROM stemcell_rootfs WHERE cid = ?", (cid,))
+            db.execute("DELETE FROM stemcell_streams WHERE cid = ?", (cid,))
 
     def reserve_disk(self, cid: str, node: str, candidates: Sequence[Mapping[str, Any]], size_mib: int) -> str | None:
         """Reserve the first of ``candidates`` (the node's extra disks, each with a unique ``device`` key) not

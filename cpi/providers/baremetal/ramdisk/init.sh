@@ -112,7 +112,8 @@ stage booted "ramdisk up on $IFACE ($MAC, $IP)" \
 bad=$(grep -Ev "^SF_[A-Z0-9_]+='([^']|'\\\\'')*'\$" "$R/instructions" | grep -v '^$' | head -n 1)
 [ -z "$bad" ] || fail instructions "malformed instruction line (not SF_NAME='value'): $(printf '%s' "$bad" | cut -c1-80)"
 unset SF_MODE SF_IMAGE_URL SF_IMAGE_SHA256 SF_IMAGE_SIZE SF_IMAGE_FORMAT SF_CONFIGDRIVE_URL SF_ROOT_HINTS SF_HEARTBEAT_S SF_ERASE \
-    SF_DEPLOY_KIND SF_ROOTFS_URL SF_ROOTFS_OFFSET SF_ROOTFS_SIZE SF_ROOTFS_SHA256 SF_ROOTFS_FSTYPE SF_BOOT_MODE SF_IMAGE_OFFSET
+    SF_DEPLOY_KIND SF_ROOTFS_URL SF_ROOTFS_OFFSET SF_ROOTFS_SIZE SF_ROOTFS_SHA256 SF_ROOTFS_FSTYPE SF_ROOTFS_FORMAT SF_BOOT_MODE \
+    SF_IMAGE_OFFSET
 . "$R/instructions"
 rm -f "$R/instructions"
 

@@ -13,14 +13,17 @@
 #    aligned, the config-2 partition last on its disk over its last 64 MiB), arrays created (mdadm, metadata 1.2,
 #    --bitmap=internal, --run; resync not waited for: it is throttled during the deploy and runs after first
 #    boot), VGs and LVs (lvm without udev) -> stage layout-built.
-# 3. The image's root partition (SF_ROOTFS_URL bytes SF_ROOTFS_OFFSET.. +SF_ROOTFS_SIZE, a Range GET) is streamed
-#    through sfwrite onto the `/` device (sha256 on the stream, zero blocks skipped) -> rootfs-written; the digest
+# 3. The image's root filesystem (SF_ROOTFS_FORMAT=raw: SF_ROOTFS_URL bytes SF_ROOTFS_OFFSET.. +SF_ROOTFS_SIZE, a
+#    Range GET; gzip: all of SF_ROOTFS_URL, inflating to SF_ROOTFS_SIZE bytes: the partition shrunk to its minimum
+#    at create_stemcell) is streamed through sfwrite onto the `/` device (sha256 on the stream as served, zero blocks
+#    skipped) -> rootfs-written; the digest
 #    must be SF_ROOTFS_SHA256 -> checksum-ok; e2fsck -fy and resize2fs grow it to the device.
 # 4. The other filesystems are made (mkfs; e2fsprogs' mke2fs and util-linux's mkswap by path: Debian's static
 #    busybox sh runs its own applets of those names whatever PATH says), the target mounted at /target and the image's files under each other
 #    mount point moved into its new filesystem; /etc/fstab (by UUID, swap, the ESP at /boot/efi) and
 #    /etc/mdadm/mdadm.conf (mdadm --detail --scan + POLICY action=re-add) written; update-initramfs -u -k all in a
-#    chroot (/dev /proc /sys /run bound; efivarfs when the firmware is UEFI) -> target-configured.  The image must
+#    chroot (/dev /proc /sys /run bound; efivarfs when the firmware is UEFI) unless the image's initrd is already
+#    current for the layout (initramfs_current) -> target-configured.  The image must
 #    hold what the layout needs (mdadm for RAID, lvm2 for LVM, update-initramfs, GRUB for the boot mode), else
 #    stage target fails naming what is missing.
 # 5. GRUB in the chroot: BIOS: grub-install --target=i386-pc on EVERY disk holding `/`; UEFI: grub-install
@@ -315,7 +318,10 @@ lay_build() {
 lay_rootfs() {
     local t0 t1 secs out rc
     echo rootfs >"$R/stage"
-    SF_IMAGE_URL=$SF_ROOTFS_URL SF_IMAGE_OFFSET=$SF_ROOTFS_OFFSET SF_IMAGE_SIZE=$SF_ROOTFS_SIZE SF_IMAGE_FORMAT=raw
+    SF_IMAGE_URL=$SF_ROOTFS_URL SF_IMAGE_SIZE=$SF_ROOTFS_SIZE SF_IMAGE_FORMAT=$SF_ROOTFS_FORMAT
+    # raw: the partition's bytes of the disk image (a Range); gzip: a file of its own, inflated by sfwrite
+    SF_IMAGE_OFFSET=$SF_ROOTFS_OFFSET
+    [ "$SF_ROOTFS_FORMAT" = gzip ] && SF_IMAGE_OFFSET=
     t0=$(now)
     stream_image "$ROOT_DEV" || lay_fail rootfs "$ERR"
     sync
@@ -427,7 +433,7 @@ lay_fstab() {
         case "$fs:$mnt" in
             swap:*) echo "UUID=$uuid none swap sw 0 0" ;;
             *:-) continue ;;
-            vfat:*) echo "UUID=$uuid $mnt vfat umask=0077 0 1" ;;
+            vfat:*) echo "UUID=$uuid $mnt vfat umask=0077,nofail 0 1" ;; # a mirror's other ESP boots without it
             *:/) echo "UUID=$uuid / $fs errors=remount-ro 0 1" ;;
             ext4:*) echo "UUID=$uuid $mnt ext4 defaults 0 2" ;;
             *) echo "UUID=$uuid $mnt $fs defaults 0 2" ;;
@@ -472,6 +478,32 @@ lay_chroot_mounts() {
     fi
 }
 
+# initramfs_current: every initrd of the target was built after the packages whose initramfs-tools hooks this
+# layout needs (mdadm for arrays, lvm2 for volume groups) were installed (their dpkg file list's mtime is the
+# install time; the package's own trigger rebuilt the initrd then), so it already carries their hooks, modules and
+# udev rules: Debian's mdadm hook assembles every array it finds when its mdadm.conf lists none, and lvm2's udev
+# rules activate every VG (autoactivation), so neither needs this deploy's mdadm.conf nor fstab. Rebuilding it
+# (update-initramfs under emulation: about 20 minutes) is then skipped. Sets INITRAMFS_NEEDS, or INITRAMFS_WHY
+# when it must be rebuilt (no such packages: the layout needs none, but the new fstab may need a resume device).
+initramfs_current() {
+    local pkg list initrd newest
+    INITRAMFS_NEEDS= INITRAMFS_WHY=
+    newest=
+    for pkg in $([ -s "$LAY/raids" ] && echo mdadm) $([ -s "$LAY/vgs" ] && echo lvm2); do
+        list=$TARGET/var/lib/dpkg/info/$pkg.list
+        [ -f "$list" ] || { INITRAMFS_WHY="no dpkg record of $pkg"; return 1; }
+        INITRAMFS_NEEDS="$INITRAMFS_NEEDS${INITRAMFS_NEEDS:+ and }$pkg"
+        [ -z "$newest" ] || [ "$list" -nt "$newest" ] && newest=$list
+    done
+    [ -n "$newest" ] || { INITRAMFS_WHY="the layout has neither arrays nor volume groups"; return 1; }
+    set -- "$TARGET"/boot/initrd.img-*
+    [ -f "$1" ] || { INITRAMFS_WHY="the image has no /boot/initrd.img-*"; return 1; }
+    for initrd in "$@"; do
+        [ "$initrd" -nt "$newest" ] || { INITRAMFS_WHY="${initrd#"$TARGET"} is older than ${newest#"$TARGET"}"; return 1; }
+    done
+    return 0
+}
+
 lay_target() {
     echo target >"$R/stage"
     lay_mkfs
@@ -481,10 +513,16 @@ lay_target() {
     lay_fstab
     lay_mdadm_conf
     lay_chroot_mounts
-    log "update-initramfs -u -k all in the target"
-    chroot_run target "update-initramfs -u -k all in the target" update-initramfs -u -k all
-    stage target-configured "fstab, $( [ -s "$LAY/raids" ] && echo "mdadm.conf, ")initramfs" \
-        "{\"fstab\":\"$(jesc "$(grep -v '^#' "$TARGET/etc/fstab")")\",\"mdadm_conf\":$( [ -s "$LAY/raids" ] && echo true || echo false)}"
+    if initramfs_current; then
+        INITRAMFS="kept (built after $INITRAMFS_NEEDS were installed)"
+        log "the image's initramfs is kept: it was built after $INITRAMFS_NEEDS were installed"
+    else
+        INITRAMFS="rebuilt ($INITRAMFS_WHY)"
+        log "update-initramfs -u -k all in the target: $INITRAMFS_WHY"
+        chroot_run target "update-initramfs -u -k all in the target" update-initramfs -u -k all
+    fi
+    stage target-configured "fstab, $( [ -s "$LAY/raids" ] && echo "mdadm.conf, ")initramfs $INITRAMFS" \
+        "{\"fstab\":\"$(jesc "$(grep -v '^#' "$TARGET/etc/fstab")")\",\"mdadm_conf\":$( [ -s "$LAY/raids" ] && echo true || echo false),\"initramfs\":\"$(jesc "$INITRAMFS")\"}"
 }
 
 # ---------------------------------------------------------------- 5. the boot loader
@@ -592,6 +630,9 @@ layout_main() {
     [ ${#SF_ROOTFS_SHA256} -eq 64 ] || fail instructions "SF_ROOTFS_SHA256 must be 64 hex digits, not ${#SF_ROOTFS_SHA256}"
     SF_ROOTFS_FSTYPE=${SF_ROOTFS_FSTYPE:-ext4}
     [ "$SF_ROOTFS_FSTYPE" = ext4 ] || fail instructions "SF_ROOTFS_FSTYPE must be ext4, not '$SF_ROOTFS_FSTYPE'"
+    SF_ROOTFS_FORMAT=${SF_ROOTFS_FORMAT:-raw}
+    case "$SF_ROOTFS_FORMAT" in raw) ;; gzip) [ "$SF_ROOTFS_OFFSET" = 0 ] || fail instructions "SF_ROOTFS_OFFSET must be 0 for SF_ROOTFS_FORMAT=gzip" ;;
+        *) fail instructions "SF_ROOTFS_FORMAT must be raw or gzip, not '$SF_ROOTFS_FORMAT'" ;; esac
     t0=$(now)
     wait_disks 20 || fail layout "no disks found (modules: $(tr '\n' ' ' </etc/modules.load))"
     lay_fetch
