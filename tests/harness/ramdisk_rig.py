@@ -11,6 +11,9 @@
   raw sparse disk files and one user-mode NIC.  Guest traffic reaches the stub only through slirp's host address
   ``10.0.2.2`` (= 127.0.0.1 on the host); the guest is given only that address, and QEMU's ``-no-reboot`` makes the
   ramdisk's ``reboot -f``/``poweroff -f`` end the process.
+* :func:`run_ramdisk` boots the ramdisk until its result event; :func:`layout_deploy` is a whole file-based
+  (layout) deploy through it, and :meth:`LayoutDeploy.boot_os` boots what it deployed until the OS's login prompt
+  (``tests/metal/test_metal_ramdisk_layout.py``).
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpi import configdrive
 from cpi.providers.baremetal.instructions import HIDDEN_KEYS, render_layout_answer, render_root_device
 from cpi.providers.baremetal.ramdisk.build import RamdiskArtifacts
 from stemforge_base.hashing import sha256_file
@@ -342,6 +346,11 @@ def sparse_disk(path: Path, size: int) -> Path:
     return path
 
 
+def sparse_disks(workdir: Path, *specs: tuple[str, int]) -> list[Disk]:
+    """One virtio disk per ``(serial, size in bytes)``: a new sparse raw file ``workdir/d<i>.raw``."""
+    return [Disk(sparse_disk(workdir / f"d{i}.raw", size), serial) for i, (serial, size) in enumerate(specs)]
+
+
 @contextlib.contextmanager
 def boot(
     workdir: Path,
@@ -461,3 +470,75 @@ def run_ramdisk(
     assert stub.token not in console
     assert stub.rejected == []
     return result
+
+
+@dataclass
+class LayoutDeploy:
+    """What :func:`layout_deploy` did: the stub (serving while the block runs; its records stay afterwards), the
+    ramdisk's result event, the disks, the config drive written for ``hostname`` and the deploy's duration."""
+
+    stub: ProvisioningStub
+    result: dict[str, Any]
+    disks: list[Disk]
+    configdrive: Path
+    hostname: str
+    seconds: float
+    workdir: Path
+
+    def boot_os(self, tag: str, timeout: float, *, memory_mib: int = 1024) -> str:
+        """Boot the deployed disks (from the first one, BIOS) and wait at most ``timeout`` s for the deployed OS's
+        login prompt ``<hostname> login:`` on its serial console (raises TimeoutError with the console's tail, also
+        as soon as QEMU exits without it). Kills the guest and returns its console."""
+        t0 = time.monotonic()
+        with boot(self.workdir, tag, self.disks, memory_mib=memory_mib) as vm:
+            prompt = f"{self.hostname} login:"
+            self.stub.wait(lambda s: prompt in vm.console(), timeout, vm, "the deployed OS's login prompt")
+            console = vm.console()
+        print(f"{tag}: the deployed OS is up after {time.monotonic() - t0:.1f}s")
+        return console
+
+
+@contextlib.contextmanager
+def layout_deploy(
+    workdir: Path,
+    tag: str,
+    ramdisk: RamdiskArtifacts,
+    image: Mapping[str, Any],
+    layout: Mapping[str, Any],
+    disks: Sequence[Disk],
+    *,
+    hostname: str,
+    timeout: float = BOOT_TIMEOUT,
+    memory_mib: int = 384,
+    layout_answer: str | None = None,
+) -> Iterator[LayoutDeploy]:
+    """One file-based deploy of ``image`` onto ``disks`` with ``layout``, as ``metal serve`` drives it (the job of
+    ``SF_DEPLOY_KIND='layout'``): a :class:`ProvisioningStub` serving ``image`` (``path`` of the raw image,
+    ``offset``/``size``/``sha256`` of its root partition's bytes) and a config drive for ``hostname``
+    (``workdir/cd.iso``), the layout job (answered by ``instructions.render_layout_answer`` of ``layout``, or by
+    ``layout_answer`` verbatim), then the ramdisk booted with ``memory_mib`` until its result event
+    (:func:`run_ramdisk`: at most ``timeout`` s; a success must end QEMU and a failure keep it up; the token never
+    on the console, no request refused). Yields a :class:`LayoutDeploy` whatever the result (the caller asserts
+    on it); the stub serves until the block ends (for :meth:`LayoutDeploy.boot_os`)."""
+    path = Path(image["path"])
+    with ProvisioningStub(images={path.name: path}, layout_answer=layout_answer) as stub:
+        settings = {"agent_id": hostname, "vm": {"name": hostname}, "networks": {}, "disks": {"persistent": {}},
+                    "env": {}}  # fmt: skip
+        files = configdrive.files_for(settings, instance_uuid=hostname, hostname=hostname, network_data={"links": []})
+        stub.configdrive = configdrive.write_iso(workdir / "cd.iso", files)
+        stub.instructions = {
+            "mode": "deploy",
+            "deploy_kind": "layout",
+            "layout": dict(layout),
+            "boot_mode": layout["boot_mode"],
+            "rootfs_url": stub.image_url(path.name),
+            "rootfs_offset": image["offset"],
+            "rootfs_size": image["size"],
+            "rootfs_sha256": image["sha256"],
+            "rootfs_fstype": "ext4",
+            "configdrive_url": stub.configdrive_url,
+            "heartbeat_s": 5,
+        }
+        t0 = time.monotonic()
+        result = run_ramdisk(workdir, tag, stub, ramdisk, list(disks), timeout=timeout, memory_mib=memory_mib)
+        yield LayoutDeploy(stub, result, list(disks), stub.configdrive, hostname, time.monotonic() - t0, workdir)

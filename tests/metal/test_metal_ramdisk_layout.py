@@ -28,7 +28,6 @@ from typing import Any
 
 import pytest
 
-from cpi import configdrive
 from cpi.providers.baremetal.instructions import render_layout_answer
 from cpi.providers.baremetal.ramdisk import build as rdb
 from tests.harness import ramdisk_rig as rig
@@ -48,10 +47,11 @@ FULL_METAL = pytest.mark.skipif(
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
-MAC = "52:54:00:5f:aa:01"
 # s under TCG on a shared 2-core machine: the root partition streamed and hashed (~4-15 MiB/s), update-initramfs
 # (30 s natively, 5-15 min emulated) and grub-install in a chroot
 DEPLOY_TIMEOUT = 2400.0
+#: ``rig.layout_deploy`` arguments of a deploy that runs update-initramfs and grub-install
+WHOLE_DEPLOY: dict[str, Any] = {"timeout": DEPLOY_TIMEOUT, "memory_mib": 1024}
 MD_MAGIC = bytes.fromhex("fc4e2ba9")  # md superblock magic 0xa92b4efc, little-endian
 
 
@@ -120,24 +120,6 @@ def served_image(qcow: Path, work: Path) -> dict[str, Any]:
     return {"path": raw, "offset": offset, "size": size, "sha256": digest.hexdigest()}
 
 
-def layout_instructions(stub: rig.ProvisioningStub, image: dict[str, Any], layout: dict[str, Any]) -> dict[str, Any]:
-    """The layout-deploy job as metal serve holds it (spec section 2): the SF_* instructions plus the ``layout``
-    document (not sent; the stub's layout route renders it with ``instructions.render_layout_answer``)."""
-    return {
-        "mode": "deploy",
-        "deploy_kind": "layout",
-        "layout": layout,
-        "boot_mode": layout["boot_mode"],
-        "rootfs_url": stub.image_url(image["path"].name),
-        "rootfs_offset": image["offset"],
-        "rootfs_size": image["size"],
-        "rootfs_sha256": image["sha256"],
-        "rootfs_fstype": "ext4",
-        "configdrive_url": stub.configdrive_url,
-        "heartbeat_s": 5,
-    }
-
-
 #: Plain partitions over two disks, BIOS: / on the first, /var (the image's files moved into it) and swap on the
 #: second; a bios_grub partition on each (GRUB goes only where / is).
 PLAIN_BIOS: dict[str, Any] = {
@@ -171,12 +153,6 @@ RAID1_LVM_BIOS: dict[str, Any] = {
         {"id": "root", "size": "fill", "filesystem": "ext4", "mount": "/"}]}],
     "configdrive": {"disk": "d0"},
 }  # fmt: skip
-
-
-def make_configdrive(path: Path, name: str) -> Path:
-    settings = {"agent_id": name, "vm": {"name": name}, "networks": {}, "disks": {"persistent": {}}, "env": {}}
-    files = configdrive.files_for(settings, instance_uuid=name, hostname=name, network_data={"links": []})
-    return configdrive.write_iso(path, files)
 
 
 def stages(stub: rig.ProvisioningStub) -> list[str]:
@@ -223,17 +199,11 @@ def _print_duration() -> Iterator[None]:
 def test_layout_deploy_on_two_disks_then_the_os_boots(
     ramdisk: rdb.RamdiskArtifacts, debian_raw: dict[str, Any], tmp_path: Path
 ) -> None:
-    image = debian_raw["path"]
-    d0 = rig.sparse_disk(tmp_path / "d0.raw", 4 * GIB)
-    d1 = rig.sparse_disk(tmp_path / "d1.raw", 3 * GIB)
-    disks = [rig.Disk(d0, "sf-lay-0"), rig.Disk(d1, "sf-lay-1")]
-    with rig.ProvisioningStub(images={image.name: image}) as stub:
-        iso = make_configdrive(tmp_path / "cd.iso", "sf-layout-1")
-        stub.configdrive = iso
-        stub.instructions = layout_instructions(stub, debian_raw, PLAIN_BIOS)
-        t0 = time.monotonic()
-        result = rig.run_ramdisk(tmp_path, "layout", stub, ramdisk, disks, timeout=DEPLOY_TIMEOUT, memory_mib=1024)
-        deploy_s = time.monotonic() - t0
+    disks = rig.sparse_disks(tmp_path, ("sf-lay-0", 4 * GIB), ("sf-lay-1", 3 * GIB))
+    d0, d1 = (d.path for d in disks)
+    with rig.layout_deploy(tmp_path, "layout", ramdisk, debian_raw, PLAIN_BIOS, disks, hostname="sf-layout-1",
+                           **WHOLE_DEPLOY) as deployed:  # fmt: skip
+        stub, result, iso = deployed.stub, deployed.result, deployed.configdrive
         assert result["ok"] is True, result
         assert stages(stub) == [
             "booted", "disk-selected", "layout-built", "rootfs-written", "checksum-ok", "target-configured",
@@ -250,7 +220,7 @@ def test_layout_deploy_on_two_disks_then_the_os_boots(
         fstab = event(stub, "target-configured")["data"]["fstab"]
         assert " / ext4 " in fstab and " /var ext4 " in fstab and " swap " in fstab and "UUID=" in fstab
         assert event(stub, "bootloader-installed")["data"]["disks"] == "vda"
-        print(f"layout deploy: {deploy_s:.1f}s, root stream {written['mib_per_s']} MiB/s")
+        print(f"layout deploy: {deployed.seconds:.1f}s, root stream {written['mib_per_s']} MiB/s")
 
         # the disks read back on the host: GPT, the config drive last on d0, swap and /var on d1
         t0_ = gpt(d0)
@@ -269,11 +239,7 @@ def test_layout_deploy_on_two_disks_then_the_os_boots(
 
         # the deployed disks boot (SeaBIOS -> GRUB on d0 -> the Debian kernel; /var from d1) and cloud-init read
         # the config drive: the host name is the config drive's
-        t1 = time.monotonic()
-        with rig.boot(tmp_path, "firstboot", disks, mac=MAC, memory_mib=1024) as vm:
-            stub.wait(lambda s: "sf-layout-1 login:" in vm.console(), 600, vm, "the deployed OS's login prompt")
-            console = vm.console()
-        print(f"deployed OS up after {time.monotonic() - t1:.1f}s")
+        console = deployed.boot_os("firstboot", 600)
     assert stub.token not in console
     assert "DataSourceConfigDrive" in console or "sf-layout-1" in console
 
@@ -286,14 +252,11 @@ def test_layout_deploy_on_two_disks_then_the_os_boots(
 def test_raid_layout_needs_mdadm_in_the_image_then_clean_takes_every_disk_apart(
     ramdisk: rdb.RamdiskArtifacts, debian_raw: dict[str, Any], tmp_path: Path
 ) -> None:
-    image = debian_raw["path"]
-    d0 = rig.sparse_disk(tmp_path / "d0.raw", 4 * GIB)
-    d1 = rig.sparse_disk(tmp_path / "d1.raw", 4 * GIB)
-    disks = [rig.Disk(d0, "sf-raid-0"), rig.Disk(d1, "sf-raid-1")]
-    with rig.ProvisioningStub(images={image.name: image}) as stub:
-        stub.configdrive = make_configdrive(tmp_path / "cd.iso", "sf-raid")
-        stub.instructions = layout_instructions(stub, debian_raw, RAID1_LVM_BIOS)
-        result = rig.run_ramdisk(tmp_path, "raid", stub, ramdisk, disks, timeout=DEPLOY_TIMEOUT, memory_mib=1024)
+    disks = rig.sparse_disks(tmp_path, ("sf-raid-0", 4 * GIB), ("sf-raid-1", 4 * GIB))
+    d0, d1 = (d.path for d in disks)
+    with rig.layout_deploy(tmp_path, "raid", ramdisk, debian_raw, RAID1_LVM_BIOS, disks, hostname="sf-raid",
+                           **WHOLE_DEPLOY) as deployed:  # fmt: skip
+        stub, result = deployed.stub, deployed.result
     assert result["ok"] is False and result["stage"] == "target", result
     assert "mdadm" in result["message"] and "lvm" in result["message"]
     assert stages(stub)[-3:] == ["layout-built", "rootfs-written", "checksum-ok"]
@@ -333,16 +296,12 @@ def test_raid_layout_needs_mdadm_in_the_image_then_clean_takes_every_disk_apart(
 def test_raid1_lvm_deploy_of_the_metal_image_boots(
     ramdisk: rdb.RamdiskArtifacts, metal_raw: dict[str, Any], tmp_path: Path
 ) -> None:
-    image = metal_raw["path"]
-    d0 = rig.sparse_disk(tmp_path / "d0.raw", 4 * GIB)
-    d1 = rig.sparse_disk(tmp_path / "d1.raw", 4 * GIB)
-    disks = [rig.Disk(d0, "sf-raid-0"), rig.Disk(d1, "sf-raid-1")]
-    with rig.ProvisioningStub(images={image.name: image}) as stub:
-        stub.configdrive = make_configdrive(tmp_path / "cd.iso", "sf-raid-metal")
-        stub.instructions = layout_instructions(stub, metal_raw, RAID1_LVM_BIOS)
-        t0 = time.monotonic()
-        result = rig.run_ramdisk(tmp_path, "raid-metal", stub, ramdisk, disks, timeout=DEPLOY_TIMEOUT, memory_mib=1024)
-        print(f"RAID1+LVM layout deploy: {time.monotonic() - t0:.1f}s")
+    disks = rig.sparse_disks(tmp_path, ("sf-raid-0", 4 * GIB), ("sf-raid-1", 4 * GIB))
+    d0, d1 = (d.path for d in disks)
+    with rig.layout_deploy(tmp_path, "raid-metal", ramdisk, metal_raw, RAID1_LVM_BIOS, disks, hostname="sf-raid-metal",
+                           **WHOLE_DEPLOY) as deployed:  # fmt: skip
+        stub, result = deployed.stub, deployed.result
+        print(f"RAID1+LVM layout deploy: {deployed.seconds:.1f}s")
         assert result["ok"] is True, result
         assert stages(stub)[-6:] == [
             "rootfs-written", "checksum-ok", "target-configured", "bootloader-installed", "configdrive-written", "done",
@@ -354,10 +313,7 @@ def test_raid1_lvm_deploy_of_the_metal_image_boots(
             assert read_at(d, parts[1]["start"] * 512 + 4096, 4) == MD_MAGIC
             assert read_at(d, 0, 440) != bytes(440)
         # the array came up from the OS's own initramfs (mdadm.conf, LVM): the OS boots from the mirror
-        t1 = time.monotonic()
-        with rig.boot(tmp_path, "raid-firstboot", disks, mac=MAC, memory_mib=1024) as vm:
-            stub.wait(lambda s: "sf-raid-metal login:" in vm.console(), 900, vm, "the deployed OS's login prompt")
-        print(f"RAID1+LVM OS up after {time.monotonic() - t1:.1f}s")
+        deployed.boot_os("raid-firstboot", 900)
 
 
 # ---------------------------------------------------------------- bad answers
@@ -368,8 +324,8 @@ def test_raid1_lvm_deploy_of_the_metal_image_boots(
 def test_malformed_layout_answer_is_refused_before_any_write(
     ramdisk: rdb.RamdiskArtifacts, debian_raw: dict[str, Any], tmp_path: Path
 ) -> None:
-    image = debian_raw["path"]
-    d0 = rig.sparse_disk(tmp_path / "d0.raw", 4 * GIB)
+    disks = rig.sparse_disks(tmp_path, ("sf-bad-0", 4 * GIB))
+    d0 = disks[0].path
     with open(d0, "r+b") as fh:
         fh.write(b"KEEP-ME" * 100)
     seen = [{"name": f"vd{c}", "size": 4 * GIB, "serial": f"sf-lay-{i}"} for i, c in enumerate("ab")]
@@ -377,10 +333,10 @@ def test_malformed_layout_answer_is_refused_before_any_write(
     line = "lay_part 'd0' '2' 'root' 'fill' 'linux'"
     assert line in good.splitlines()  # the renderer's answer, one line made to carry a command
     bad = good.replace(line, line + "; reboot -f")
-    with rig.ProvisioningStub(images={image.name: image}, layout_answer=bad) as stub:
-        stub.configdrive = make_configdrive(tmp_path / "cd.iso", "sf-bad")
-        stub.instructions = layout_instructions(stub, debian_raw, PLAIN_BIOS)
-        result = rig.run_ramdisk(tmp_path, "badlayout", stub, ramdisk, [rig.Disk(d0, "sf-bad-0")])
+    with rig.layout_deploy(
+        tmp_path, "badlayout", ramdisk, debian_raw, PLAIN_BIOS, disks, hostname="sf-bad", layout_answer=bad
+    ) as deployed:
+        stub, result = deployed.stub, deployed.result
         gets = [r for r in stub.requests if r.startswith("GET /images/")]
     assert result["ok"] is False and result["stage"] == "layout", result
     assert "malformed layout answer line" in result["message"] and "reboot -f" in result["message"]
