@@ -13,14 +13,17 @@
   ramdisk's ``reboot -f``/``poweroff -f`` end the process.
 * :func:`run_ramdisk` boots the ramdisk until its result event; :func:`layout_deploy` is a whole file-based
   (layout) deploy through it, and :meth:`LayoutDeploy.boot_os` boots what it deployed until the OS's login prompt
-  (``tests/metal/test_metal_ramdisk_layout.py``).
+  (``tests/metal/test_metal_ramdisk_layout.py``); :func:`tiny_root_image` is a small disk image whose root
+  partition looks like an OS's root filesystem to the ramdisk (for layout deploys that fail before booting it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.server
 import json
+import os
 import re
 import secrets
 import shutil
@@ -542,3 +545,69 @@ def layout_deploy(
         t0 = time.monotonic()
         result = run_ramdisk(workdir, tag, stub, ramdisk, list(disks), timeout=timeout, memory_mib=memory_mib)
         yield LayoutDeploy(stub, result, list(disks), stub.configdrive, hostname, time.monotonic() - t0, workdir)
+
+
+#: A stand-in program of :func:`tiny_root_image`: present and executable (what the ramdisk's ``in_target`` checks),
+#: refusing to run (nothing may use the tiny root filesystem as an OS)
+STAND_IN = "#!/bin/sh\necho 'a stand-in of the stemforge test root filesystem: not a real program' >&2\nexit 1\n"
+
+
+def tiny_root_image(
+    workdir: Path, *, programs: Sequence[str], dirs: Sequence[str] = (), size_mib: int = 64, filler_mib: int = 4
+) -> dict[str, Any]:
+    """A small GPT disk image ``workdir/tiny-root.raw`` whose one partition (1 MiB in, ``size_mib`` MiB) is an ext4
+    root filesystem made on the host with ``mkfs.ext4 -d`` from a small usr-merged tree: ``/etc/fstab`` (one
+    ``UUID=`` line for ``/``, which a layout deploy replaces), ``/etc/hostname``, ``/etc/os-release``, ``/boot``,
+    ``/var/lib/dpkg/info``, ``bin``/``sbin``/``lib`` -> ``usr/...``, ``filler_mib`` MiB of random bytes
+    (``/usr/share/stemforge/filler``: the stream carries data, not only metadata), each of ``programs`` as an
+    executable stand-in under ``/usr/sbin`` (:data:`STAND_IN`) and each of ``dirs`` (paths relative to ``/``) with
+    one file in it. What the ramdisk's ``lay_requirements`` (``ramdisk/layout.sh``) looks for in a target is
+    exactly what ``programs`` and ``dirs`` give; the rest of an OS is absent, so the image cannot boot: it is for
+    layout deploys that fail at stage ``target`` (a ~1.2 GiB Debian root filesystem streams at 2-4 MiB/s under
+    TCG; this one in seconds).
+
+    Returns what :func:`layout_deploy` takes as ``image``: ``path``, ``offset``/``size``/``sha256`` of the root
+    partition's bytes."""
+    mib = 1024 * 1024
+    tree = workdir / "tiny-root"
+    for d in ("etc", "boot", "usr/sbin", "usr/bin", "usr/lib", "usr/share/stemforge", "var/lib/dpkg/info", "tmp",
+              "root", "dev", "proc", "sys", "run"):  # fmt: skip
+        (tree / d).mkdir(parents=True, exist_ok=True)
+    for link in ("bin", "sbin", "lib"):
+        (tree / link).symlink_to(f"usr/{link}")
+    (tree / "etc/fstab").write_text(
+        "# /etc/fstab of the stemforge tiny test root filesystem\n"
+        "UUID=00000000-0000-4000-8000-000000000000 / ext4 errors=remount-ro 0 1\n"
+    )
+    (tree / "etc/hostname").write_text("sf-tiny-root\n")
+    (tree / "etc/os-release").write_text('PRETTY_NAME="stemforge tiny test root filesystem"\nID=stemforge-tiny\n')
+    (tree / "var/lib/dpkg/info/base-files.list").write_text("/.\n/etc\n/etc/os-release\n")
+    (tree / "usr/share/stemforge/filler").write_bytes(os.urandom(filler_mib * mib))
+    for name in programs:
+        prog = tree / "usr/sbin" / name
+        prog.write_text(STAND_IN)
+        prog.chmod(0o755)
+    for d in dirs:
+        (tree / d).mkdir(parents=True, exist_ok=True)
+        (tree / d / "README").write_text("stemforge tiny test root filesystem\n")
+    root = workdir / "tiny-root.ext4"
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", "sf-tiny-root", "-d", str(tree), str(root), f"{size_mib}M"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    offset, size = mib, size_mib * mib
+    assert root.stat().st_size == size, root.stat()
+    raw = workdir / "tiny-root.raw"
+    with open(raw, "wb") as out, open(root, "rb") as src:
+        out.truncate(offset + size + mib)  # the backup GPT in the last MiB
+        out.seek(offset)
+        shutil.copyfileobj(src, out, 8 * mib)
+    digest = hashlib.sha256()
+    with open(root, "rb") as fh:
+        for chunk in iter(lambda: fh.read(8 * mib), b""):
+            digest.update(chunk)
+    root.unlink()
+    script = f"label: gpt\nunit: sectors\n\nstart={offset // 512}, size={size // 512}, type=linux, name=root\n"
+    subprocess.run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(raw)], input=script.encode(), check=True,
+                   capture_output=True, timeout=60)  # fmt: skip
+    return {"path": raw, "offset": offset, "size": size, "sha256": digest.hexdigest()}

@@ -7,11 +7,15 @@ cloud-init with the config-drive data source, no mdadm/lvm2).
 * plain partitions over two disks (``/`` on the first, ``/var`` and swap on the second, BIOS): the image's root
   partition streamed and grown, /var's files moved into their own filesystem, fstab by UUID, GRUB installed; the
   deployed disks then BOOT in the rig and the OS comes up with the config drive's hostname (cloud-init read it);
-* RAID1 + LVM on that image: the array and VG are built, then stage ``target`` fails naming mdadm (the image lacks
-  it); the same two disks are then CLEANED: arrays, VGs and every signature gone, read back on the host;
+* RAID1 + LVM with an image lacking mdadm and lvm2 (:func:`tests.harness.ramdisk_rig.tiny_root_image`: a 64 MiB
+  ext4 root filesystem made on the host with update-initramfs, grub-install and GRUB's i386-pc directory but
+  neither mdadm nor lvm; it streams in seconds where the Debian one takes minutes under TCG): the array and VG are
+  built, the root filesystem streamed, checked and grown, then stage ``target`` fails naming mdadm and lvm2 (and
+  nothing the image has); the same two disks are then CLEANED: arrays, VGs and every signature gone, read back on
+  the host;
 * RAID1 + LVM with the bare-metal variant of the image (``build_test_debian_image(variant="metal")``: mdadm, lvm2):
   the whole deploy, GRUB on both member disks, then the OS boots from the mirror;
-* a malformed answer line is refused before anything is written.
+* a malformed answer line is refused before anything is written (the tiny image: it is never fetched).
 """
 
 from __future__ import annotations
@@ -78,6 +82,18 @@ def metal_raw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if "variant" not in inspect.signature(build_test_debian_image).parameters:
         pytest.skip("build_test_debian_image(variant='metal') is not there yet")
     return served_image(build_test_debian_image(variant="metal"), tmp_path_factory.mktemp("metal"))
+
+
+#: What the tiny image (:func:`tiny_root`) has of what ``lay_requirements`` (``ramdisk/layout.sh``) checks for a
+#: BIOS layout: everything but mdadm and lvm
+TINY_PROGRAMS = ("update-initramfs", "grub-install")
+TINY_DIRS = ("usr/lib/grub/i386-pc",)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A 64 MiB root filesystem without mdadm and lvm2 in a small GPT image, served like :func:`served_image`."""
+    return rig.tiny_root_image(tmp_path_factory.mktemp("tiny"), programs=TINY_PROGRAMS, dirs=TINY_DIRS)
 
 
 def served_image(qcow: Path, work: Path) -> dict[str, Any]:
@@ -248,18 +264,22 @@ def test_layout_deploy_on_two_disks_then_the_os_boots(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(4000)
+@pytest.mark.timeout(2400)
 def test_raid_layout_needs_mdadm_in_the_image_then_clean_takes_every_disk_apart(
-    ramdisk: rdb.RamdiskArtifacts, debian_raw: dict[str, Any], tmp_path: Path
+    ramdisk: rdb.RamdiskArtifacts, tiny_root: dict[str, Any], tmp_path: Path
 ) -> None:
     disks = rig.sparse_disks(tmp_path, ("sf-raid-0", 4 * GIB), ("sf-raid-1", 4 * GIB))
     d0, d1 = (d.path for d in disks)
-    with rig.layout_deploy(tmp_path, "raid", ramdisk, debian_raw, RAID1_LVM_BIOS, disks, hostname="sf-raid",
-                           **WHOLE_DEPLOY) as deployed:  # fmt: skip
+    with rig.layout_deploy(tmp_path, "raid", ramdisk, tiny_root, RAID1_LVM_BIOS, disks, hostname="sf-raid",
+                           timeout=1200, memory_mib=1024) as deployed:  # fmt: skip
         stub, result = deployed.stub, deployed.result
+    print(f"RAID1+LVM layout deploy up to stage target: {deployed.seconds:.1f}s")
     assert result["ok"] is False and result["stage"] == "target", result
-    assert "mdadm" in result["message"] and "lvm" in result["message"]
+    assert "mdadm" in result["message"] and "lvm2" in result["message"], result
+    assert not any(p in result["message"] for p in (*TINY_PROGRAMS, *TINY_DIRS)), result  # what the image has
     assert stages(stub)[-3:] == ["layout-built", "rootfs-written", "checksum-ok"]
+    written = event(stub, "rootfs-written")["data"]
+    assert written["bytes"] == tiny_root["size"] and written["sha256"] == tiny_root["sha256"], written
     built = event(stub, "layout-built")["data"]
     assert built["arrays"] == 1 and built["volume_groups"] == 1 and built["root"] == "/dev/vg0/root"
     # what the failed deploy left: an md RAID1 over both disks' second partitions holding LVM, no boot code
@@ -322,7 +342,7 @@ def test_raid1_lvm_deploy_of_the_metal_image_boots(
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_malformed_layout_answer_is_refused_before_any_write(
-    ramdisk: rdb.RamdiskArtifacts, debian_raw: dict[str, Any], tmp_path: Path
+    ramdisk: rdb.RamdiskArtifacts, tiny_root: dict[str, Any], tmp_path: Path
 ) -> None:
     disks = rig.sparse_disks(tmp_path, ("sf-bad-0", 4 * GIB))
     d0 = disks[0].path
@@ -334,7 +354,7 @@ def test_malformed_layout_answer_is_refused_before_any_write(
     assert line in good.splitlines()  # the renderer's answer, one line made to carry a command
     bad = good.replace(line, line + "; reboot -f")
     with rig.layout_deploy(
-        tmp_path, "badlayout", ramdisk, debian_raw, PLAIN_BIOS, disks, hostname="sf-bad", layout_answer=bad
+        tmp_path, "badlayout", ramdisk, tiny_root, PLAIN_BIOS, disks, hostname="sf-bad", layout_answer=bad
     ) as deployed:
         stub, result = deployed.stub, deployed.result
         gets = [r for r in stub.requests if r.startswith("GET /images/")]
