@@ -13,6 +13,10 @@ cloud-init with the config-drive data source, no mdadm/lvm2).
   built, the root filesystem streamed, checked and grown, then stage ``target`` fails naming mdadm and lvm2 (and
   nothing the image has); the same two disks are then CLEANED: arrays, VGs and every signature gone, read back on
   the host;
+* RAID 10 over four disks (LVM: / ext4 and /srv xfs) and RAID 0 over two of them (xfs at /scratch) from the tiny
+  image: both arrays, the VG and the xfs filesystems are made (read on the host: ``mdadm --examine`` of every
+  member, libblkid finds both xfs superblocks), stage ``target`` fails naming mdadm and lvm2, then the four disks
+  are cleaned and read back clean;
 * RAID1 + LVM with the bare-metal variant of the image (``build_test_debian_image(variant="metal")``: mdadm, lvm2):
   the whole deploy, GRUB on both member disks, then the OS boots from the mirror;
 * a malformed answer line is refused before anything is written (the tiny image: it is never fetched).
@@ -20,6 +24,7 @@ cloud-init with the config-drive data source, no mdadm/lvm2).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -170,6 +175,27 @@ RAID1_LVM_BIOS: dict[str, Any] = {
     "configdrive": {"disk": "d0"},
 }  # fmt: skip
 
+#: RAID 10 over four disks holding LVM (root ext4 fill + /srv xfs), RAID 0 over a second partition of the first two
+#: disks holding xfs directly (/scratch), BIOS: a bios_grub partition on every disk (/ lives on all four).
+RAID10_RAID0_XFS_BIOS: dict[str, Any] = {
+    "boot_mode": "bios",
+    "disks": [
+        {"id": f"d{i}", "hints": {"serial": f"sf-r10-{i}"}, "partitions": [
+            {"id": f"grub{i}", "size": 1, "bios_grub": True},
+            *([{"id": f"s{i}", "size": 200}] if i < 2 else []),
+            {"id": f"r{i}", "size": "fill"}]}
+        for i in range(4)
+    ],
+    "raid": [
+        {"id": "md0", "level": 10, "devices": ["r0", "r1", "r2", "r3"]},
+        {"id": "md1", "level": 0, "devices": ["s0", "s1"], "filesystem": "xfs", "mount": "/scratch"},
+    ],
+    "lvm": [{"id": "vg0", "devices": ["md0"], "lvs": [
+        {"id": "root", "size": "fill", "filesystem": "ext4", "mount": "/"},
+        {"id": "srv", "size": 320, "filesystem": "xfs", "mount": "/srv"}]}],
+    "configdrive": {"disk": "d0"},
+}  # fmt: skip
+
 
 def stages(stub: rig.ProvisioningStub) -> list[str]:
     return stub.stages()
@@ -197,6 +223,77 @@ def blkid_at(path: Path, offset: int, size: int) -> str:
         capture_output=True, text=True, check=False,
     ).stdout  # fmt: skip
     return " ".join(line for line in out.splitlines() if line.startswith(("ID_FS_TYPE=", "ID_PART_TABLE_TYPE=")))
+
+
+def clean_and_read_back(
+    tmp_path: Path, ramdisk: rdb.RamdiskArtifacts, disks: list[rig.Disk], before: list[list[dict[str, Any]]]
+) -> str:
+    """Run a clean job on ``disks`` (the ramdisk's ``clean.sh``) and read every disk back on the host: each disk
+    reported ``disk-wiped`` and verified, no partition table, no signature anywhere libblkid looks on the disk, the
+    first and last MiB zeros, and in every region a partition had before (``before``: each disk's ``sfdisk --json``
+    partitions) no signature, no md superblock (v1.2, 4 KiB in) and no LVM label. Returns stage ``done``'s
+    ``torn_down`` (the arrays, VGs and LVs taken apart)."""
+    with rig.ProvisioningStub() as stub:
+        stub.instructions = {"mode": "clean", "heartbeat_s": 5}
+        result = rig.run_ramdisk(tmp_path, "clean", stub, ramdisk, disks, timeout=900, memory_mib=512)
+    assert result["ok"] is True, result
+    wiped = {e["data"]["serial"]: e["data"] for e in stub.events if (e["kind"], e["stage"]) == ("stage", "disk-wiped")}
+    assert sorted(wiped) == sorted(d.serial for d in disks) and all(w["verified"] for w in wiped.values()), wiped
+    for d, parts in zip((d.path for d in disks), before, strict=True):
+        size = d.stat().st_size
+        table = subprocess.run(["sfdisk", "--json", str(d)], capture_output=True, check=False)
+        assert table.returncode != 0 or not json.loads(table.stdout)["partitiontable"].get("partitions")
+        assert blkid_at(d, 0, size) == ""
+        assert read_at(d, 0, MIB) == bytes(MIB) and read_at(d, size - MIB, MIB) == bytes(MIB)
+        for p in parts:
+            start, length = p["start"] * 512, p["size"] * 512
+            assert blkid_at(d, start, length) == "", (d, p)
+            assert read_at(d, start + 4096, 4) != MD_MAGIC, (d, p)
+            assert b"LABELONE" not in read_at(d, start, 4 * MIB), (d, p)
+    return str(event(stub, "done")["data"]["torn_down"])
+
+
+@contextlib.contextmanager
+def read_only_loop(path: Path, offset: int, size: int) -> Iterator[str]:
+    """A read-only loop device over ``size`` bytes at ``offset`` of ``path`` (a partition of a disk file: this
+    sandbox has no udev partition nodes), detached (``losetup -d``) when the block ends."""
+    dev = subprocess.run(
+        ["losetup", "-r", "-f", "--show", "-o", str(offset), "--sizelimit", str(size), str(path)],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "-d", dev], capture_output=True, check=False, timeout=60)
+
+
+def md_examine(path: Path, part: dict[str, Any]) -> dict[str, str]:
+    """``mdadm --examine`` of the partition ``part`` (``sfdisk --json``'s entry) of the disk file ``path``, read
+    through :func:`read_only_loop`, as ``{field: value}`` (``Raid Level``, ``Device Role``, ``Data Offset`` ...)."""
+    with read_only_loop(path, part["start"] * 512, part["size"] * 512) as dev:
+        out = subprocess.run(["mdadm", "--examine", dev], capture_output=True, text=True, check=False, timeout=60)
+    assert out.returncode == 0, f"{path} {part}: {out.stdout}{out.stderr}"
+    return {
+        k.strip(): v.strip() for k, v in (line.split(" : ", 1) for line in out.stdout.splitlines() if " : " in line)
+    }
+
+
+def md_data_start(part: dict[str, Any], examined: dict[str, str]) -> int:
+    """The byte offset in its disk file of the data area of the md member ``part`` (its ``Data Offset``)."""
+    sectors = examined["Data Offset"].split()[0]
+    return int(part["start"]) * 512 + int(sectors) * 512
+
+
+def xfs_superblock_near(path: Path, start: int, span: int) -> int:
+    """The offset in ``path`` of the first xfs superblock (magic ``XFSB``, sector aligned) in ``span`` bytes from
+    ``start`` that libblkid also reads as xfs, or -1."""
+    data = read_at(path, start, span)
+    at = data.find(b"XFSB")
+    while at >= 0:
+        if at % 512 == 0 and "ID_FS_TYPE=xfs" in blkid_at(path, start + at, 64 * MIB):
+            return start + at
+        at = data.find(b"XFSB", at + 1)
+    return -1
 
 
 @pytest.fixture(autouse=True)
@@ -289,25 +386,89 @@ def test_raid_layout_needs_mdadm_in_the_image_then_clean_takes_every_disk_apart(
         assert read_at(d, parts[1]["start"] * 512 + 4096, 4) == MD_MAGIC
         assert read_at(d, 0, 440) == bytes(440)
 
-    with rig.ProvisioningStub() as stub:
-        stub.instructions = {"mode": "clean", "heartbeat_s": 5}
-        result = rig.run_ramdisk(tmp_path, "clean", stub, ramdisk, disks, timeout=600, memory_mib=512)
-    assert result["ok"] is True, result
-    wiped = {e["data"]["serial"]: e["data"] for e in stub.events if (e["kind"], e["stage"]) == ("stage", "disk-wiped")}
-    assert sorted(wiped) == ["sf-raid-0", "sf-raid-1"] and all(w["verified"] for w in wiped.values())
-    torn = event(stub, "done")["data"]["torn_down"]
+    torn = clean_and_read_back(tmp_path, ramdisk, disks, before)
     assert "vg:vg0" in torn and "md:" in torn and "lv:/dev/vg0/root" in torn, torn
-    for d, parts in zip((d0, d1), before, strict=True):
-        size = d.stat().st_size
-        table = subprocess.run(["sfdisk", "--json", str(d)], capture_output=True, check=False)
-        assert table.returncode != 0 or not json.loads(table.stdout)["partitiontable"].get("partitions")
-        assert blkid_at(d, 0, size) == ""
-        assert read_at(d, 0, MIB) == bytes(MIB) and read_at(d, size - MIB, MIB) == bytes(MIB)
-        for p in parts:
-            start, length = p["start"] * 512, p["size"] * 512
-            assert blkid_at(d, start, length) == "", p
-            assert read_at(d, start + 4096, 4) != MD_MAGIC, p
-            assert b"LABELONE" not in read_at(d, start, 4 * MIB), p
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_raid10_raid0_xfs_layout_needs_mdadm_in_the_image_then_clean_takes_every_disk_apart(
+    ramdisk: rdb.RamdiskArtifacts, tiny_root: dict[str, Any], tmp_path: Path
+) -> None:
+    """RAID 10 over four disks (LVM on it: / ext4 and /srv xfs) and RAID 0 over two of them (xfs at /scratch),
+    BIOS, from the tiny image lacking mdadm and lvm2: the ramdisk builds the GPTs, both arrays (mdadm --create
+    level 10 and 0), the VG and LVs, streams and grows /, makes the other filesystems (lay_mkfs: mkfs.xfs on md1
+    and on vg0/srv), mounts them all on the target (lay_mount: the xfs module), then fails at stage ``target`` in
+    lay_requirements naming mdadm and lvm2. Read on the host after the guest is gone: the md superblocks with
+    ``mdadm --examine`` (raid10 on the four ``r`` partitions, raid0 on the two ``s`` partitions, each its own
+    array), and BOTH xfs filesystems by libblkid: /scratch at the data offset of md1's first member (RAID 0's first
+    chunk), /srv in the first MiBs of the data areas of md0's members (the sized LV comes first in the VG, right
+    after the PV's metadata area). Then the clean job takes the four disks apart and they read back clean
+    (:func:`clean_and_read_back`).
+
+    Known bug: ``ramdisk/layout.sh``'s ``lay_raids`` passes ``--bitmap=internal`` to ``mdadm --create`` for every
+    level and mdadm refuses it for RAID 0 ("bitmaps not meaningful with level raid0"), so the deploy fails at stage
+    ``layout``; the test xfails on exactly that message until the fix (no bitmap for level 0) lands, and fails on
+    anything else."""
+    disks = rig.sparse_disks(tmp_path, *((f"sf-r10-{i}", GIB) for i in range(4)))
+    paths = [d.path for d in disks]
+    with rig.layout_deploy(tmp_path, "raid10", ramdisk, tiny_root, RAID10_RAID0_XFS_BIOS, disks, hostname="sf-r10",
+                           timeout=1500, memory_mib=1024) as deployed:  # fmt: skip
+        stub, result = deployed.stub, deployed.result
+    print(f"RAID10+RAID0+LVM+xfs layout deploy up to stage target: {deployed.seconds:.1f}s")
+    if "bitmaps not meaningful with level raid0" in result.get("message", ""):
+        pytest.xfail(f"ramdisk/layout.sh bug: mdadm --create --bitmap=internal for RAID 0: {result['message']}")
+    assert result["ok"] is False and result["stage"] == "target", result
+    assert "the image lacks what this layout needs" in result["message"], result  # lay_requirements: after mkfs
+    assert "mdadm" in result["message"] and "lvm2" in result["message"], result
+    assert not any(p in result["message"] for p in (*TINY_PROGRAMS, *TINY_DIRS)), result
+    assert stages(stub)[-3:] == ["layout-built", "rootfs-written", "checksum-ok"]
+    roles = {d["name"]: d["roles"] for d in event(stub, "disk-selected")["data"]["disks"]}
+    assert roles == {
+        "vda": ["grub0:bios_grub", "s0:raid", "r0:raid", "configdrive"],
+        "vdb": ["grub1:bios_grub", "s1:raid", "r1:raid"],
+        "vdc": ["grub2:bios_grub", "r2:raid"],
+        "vdd": ["grub3:bios_grub", "r3:raid"],
+    }, roles  # fmt: skip
+    built = event(stub, "layout-built")["data"]
+    assert built["arrays"] == 2 and built["volume_groups"] == 1 and built["root"] == "/dev/vg0/root", built
+    assert "srv /dev/vg0/srv" in built["devices"] and "md1 " in built["devices"], built
+    written = event(stub, "rootfs-written")["data"]
+    assert written["bytes"] == tiny_root["size"] and written["sha256"] == tiny_root["sha256"], written
+    console = (tmp_path / "console-raid10.log").read_text(errors="replace")
+    assert "RAID 10 on" in console and "RAID 0 on" in console and "filesystems made" in console
+
+    before = [gpt(d)["partitions"] for d in paths]
+    arrays: dict[str, set[str]] = {}
+    md0_data: list[int] = []  # where each md0 member's data area starts in its disk file
+    for i, (d, parts) in enumerate(zip(paths, before, strict=True)):
+        members = {p["name"]: p for p in parts}
+        raid = [n for n in members if n[0] in "rs"]
+        assert sorted(raid) == ([f"r{i}", f"s{i}"] if i < 2 else [f"r{i}"]), parts
+        assert all(members[n]["type"] == "A19D880F-05FC-4D3B-A006-743F0F84911E" for n in raid), parts  # Linux RAID
+        assert read_at(d, 0, 440) == bytes(440)  # no boot code: the deploy stopped before GRUB
+        r = md_examine(d, members[f"r{i}"])
+        assert r["Raid Level"] == "raid10" and r["Raid Devices"] == "4" and r["Layout"] == "near=2", r
+        assert r["Name"].endswith("md0") and r["Device Role"] == f"Active device {i}", r
+        arrays.setdefault("md0", set()).add(r["Array UUID"])
+        md0_data.append(md_data_start(members[f"r{i}"], r))
+        if i < 2:
+            s_ = md_examine(d, members[f"s{i}"])
+            assert s_["Raid Level"] == "raid0" and s_["Raid Devices"] == "2", s_
+            assert s_["Name"].endswith("md1") and s_["Device Role"] == f"Active device {i}", s_
+            arrays.setdefault("md1", set()).add(s_["Array UUID"])
+            if i == 0:  # md1's first chunk is at the start of its device 0's data area: the xfs superblock
+                at = md_data_start(members["s0"], s_)
+                assert "ID_FS_TYPE=xfs" in blkid_at(d, at, members["s0"]["size"] * 512), (d, at)
+    assert all(len(uuids) == 1 for uuids in arrays.values()) and arrays["md0"] != arrays["md1"], arrays
+    # /srv: vg0's first LV, a few MiB into md0 (PV label + metadata area); RAID 10 near=2 puts each chunk on a
+    # pair of members (0+1, 2+3, ...): look in the first 16 MiB of each member's data area
+    srv = [xfs_superblock_near(d, at, 16 * MIB) for d, at in zip(paths, md0_data, strict=True)]
+    assert any(at >= 0 for at in srv), srv
+
+    torn = clean_and_read_back(tmp_path, ramdisk, disks, before)
+    assert "vg:vg0" in torn and "lv:/dev/vg0/root" in torn and "lv:/dev/vg0/srv" in torn, torn
+    assert torn.count("md:") == 2, torn
 
 
 @FULL_METAL
