@@ -14,7 +14,7 @@ cloud-init with the config-drive data source, no mdadm/lvm2).
   nothing the image has); the same two disks are then CLEANED: arrays, VGs and every signature gone, read back on
   the host;
 * RAID 10 over four disks (LVM: / ext4 and /srv xfs) and RAID 0 over two of them (xfs at /scratch) from the tiny
-  image: both arrays, the VG and the xfs filesystems are made (read on the host: ``mdadm --examine`` of every
+  image: both arrays, the VG and the xfs filesystems are made (read on the host: the md superblock of every
   member, libblkid finds both xfs superblocks), stage ``target`` fails naming mdadm and lvm2, then the four disks
   are cleaned and read back clean;
 * RAID1 + LVM with the bare-metal variant of the image (``build_test_debian_image(variant="metal")``: mdadm, lvm2):
@@ -24,11 +24,11 @@ cloud-init with the config-drive data source, no mdadm/lvm2).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -253,29 +253,35 @@ def clean_and_read_back(
     return str(event(stub, "done")["data"]["torn_down"])
 
 
-@contextlib.contextmanager
-def read_only_loop(path: Path, offset: int, size: int) -> Iterator[str]:
-    """A read-only loop device over ``size`` bytes at ``offset`` of ``path`` (a partition of a disk file: this
-    sandbox has no udev partition nodes), detached (``losetup -d``) when the block ends."""
-    dev = subprocess.run(
-        ["losetup", "-r", "-f", "--show", "-o", str(offset), "--sizelimit", str(size), str(path)],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout.strip()  # fmt: skip
-    try:
-        yield dev
-    finally:
-        subprocess.run(["losetup", "-d", dev], capture_output=True, check=False, timeout=60)
+#: md's version-1 superblock (``struct mdp_superblock_1``, Linux ``include/uapi/linux/raid/md_p.h``): metadata
+#: 1.2 puts it 4 KiB into the member; little-endian fields at these byte offsets.
+MD_SB_OFFSET = 4096
+MD_LEVELS = {0: "raid0", 1: "raid1", 4: "raid4", 5: "raid5", 6: "raid6", 10: "raid10"}
 
 
 def md_examine(path: Path, part: dict[str, Any]) -> dict[str, str]:
-    """``mdadm --examine`` of the partition ``part`` (``sfdisk --json``'s entry) of the disk file ``path``, read
-    through :func:`read_only_loop`, as ``{field: value}`` (``Raid Level``, ``Device Role``, ``Data Offset`` ...)."""
-    with read_only_loop(path, part["start"] * 512, part["size"] * 512) as dev:
-        out = subprocess.run(["mdadm", "--examine", dev], capture_output=True, text=True, check=False, timeout=60)
-    assert out.returncode == 0, f"{path} {part}: {out.stdout}{out.stderr}"
-    return {
-        k.strip(): v.strip() for k, v in (line.split(" : ", 1) for line in out.stdout.splitlines() if " : " in line)
+    """What ``mdadm --examine`` shows of the member partition ``part`` (``sfdisk --json``'s entry) of the disk
+    file ``path``, read from its 1.2 superblock on the host (no mdadm there, nothing assembled): ``Raid Level``,
+    ``Raid Devices``, ``Layout`` (RAID 10: ``near=N``), ``Name``, ``Array UUID``, ``Device Role``, ``Data Offset``."""
+    sb = read_at(path, int(part["start"]) * 512 + MD_SB_OFFSET, 1024)
+    magic, major = struct.unpack_from("<II", sb, 0)
+    assert (magic, major) == (0xA92B4EFC, 1), f"{path} {part}: no md 1.x superblock at 4 KiB"
+    level, layout = struct.unpack_from("<iI", sb, 72)
+    raid_disks = struct.unpack_from("<I", sb, 92)[0]
+    data_offset = struct.unpack_from("<Q", sb, 128)[0]
+    dev_number = struct.unpack_from("<I", sb, 160)[0]
+    role = struct.unpack_from("<H", sb, 256 + 2 * dev_number)[0]
+    out = {
+        "Raid Level": MD_LEVELS.get(level, str(level)),
+        "Raid Devices": str(raid_disks),
+        "Name": sb[32:64].rstrip(b"\0").decode(),
+        "Array UUID": sb[16:32].hex(),
+        "Device Role": f"Active device {role}" if role < 0xFFFE else "spare/faulty",
+        "Data Offset": f"{data_offset} sectors",
     }
+    if level == 10:
+        out["Layout"] = f"near={layout & 0xFF}" if layout >> 8 == 1 else f"far/offset layout {layout:#x}"
+    return out
 
 
 def md_data_start(part: dict[str, Any], examined: dict[str, str]) -> int:
@@ -399,25 +405,19 @@ def test_raid10_raid0_xfs_layout_needs_mdadm_in_the_image_then_clean_takes_every
     BIOS, from the tiny image lacking mdadm and lvm2: the ramdisk builds the GPTs, both arrays (mdadm --create
     level 10 and 0), the VG and LVs, streams and grows /, makes the other filesystems (lay_mkfs: mkfs.xfs on md1
     and on vg0/srv), mounts them all on the target (lay_mount: the xfs module), then fails at stage ``target`` in
-    lay_requirements naming mdadm and lvm2. Read on the host after the guest is gone: the md superblocks with
-    ``mdadm --examine`` (raid10 on the four ``r`` partitions, raid0 on the two ``s`` partitions, each its own
-    array), and BOTH xfs filesystems by libblkid: /scratch at the data offset of md1's first member (RAID 0's first
-    chunk), /srv in the first MiBs of the data areas of md0's members (the sized LV comes first in the VG, right
-    after the PV's metadata area). Then the clean job takes the four disks apart and they read back clean
-    (:func:`clean_and_read_back`).
-
-    Known bug: ``ramdisk/layout.sh``'s ``lay_raids`` passes ``--bitmap=internal`` to ``mdadm --create`` for every
-    level and mdadm refuses it for RAID 0 ("bitmaps not meaningful with level raid0"), so the deploy fails at stage
-    ``layout``; the test xfails on exactly that message until the fix (no bitmap for level 0) lands, and fails on
-    anything else."""
+    lay_requirements naming mdadm and lvm2. Read on the host after the guest is gone: the md superblocks (what
+    ``mdadm --examine`` shows, read by :func:`md_examine`: raid10 on the four ``r`` partitions, raid0 on the two
+    ``s`` partitions, each its own array), and BOTH xfs filesystems by libblkid: /scratch at the data offset of
+    md1's first member (RAID 0's first chunk), /srv in the first MiBs of the data areas of md0's members (the
+    sized LV comes first in the VG, right after the PV's metadata area). Then the clean job takes the four disks
+    apart and they read back clean (:func:`clean_and_read_back`). (It found that RAID 0 was created with
+    ``--bitmap=internal``, which mdadm refuses.)"""
     disks = rig.sparse_disks(tmp_path, *((f"sf-r10-{i}", GIB) for i in range(4)))
     paths = [d.path for d in disks]
     with rig.layout_deploy(tmp_path, "raid10", ramdisk, tiny_root, RAID10_RAID0_XFS_BIOS, disks, hostname="sf-r10",
                            timeout=1500, memory_mib=1024) as deployed:  # fmt: skip
         stub, result = deployed.stub, deployed.result
     print(f"RAID10+RAID0+LVM+xfs layout deploy up to stage target: {deployed.seconds:.1f}s")
-    if "bitmaps not meaningful with level raid0" in result.get("message", ""):
-        pytest.xfail(f"ramdisk/layout.sh bug: mdadm --create --bitmap=internal for RAID 0: {result['message']}")
     assert result["ok"] is False and result["stage"] == "target", result
     assert "the image lacks what this layout needs" in result["message"], result  # lay_requirements: after mkfs
     assert "mdadm" in result["message"] and "lvm2" in result["message"], result

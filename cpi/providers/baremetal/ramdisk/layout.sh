@@ -11,7 +11,7 @@
 # 2. Stage disk-selected (the disks and their roles), then every layout disk is wiped (arrays/VGs found on it
 #    torn down, md superblocks, signatures, both GPT copies, first/last MiB), partitioned (sfdisk, GPT, 1 MiB
 #    aligned, the config-2 partition last on its disk over its last 64 MiB), arrays created (mdadm, metadata 1.2,
-#    --bitmap=internal, --run; resync not waited for: it is throttled during the deploy and runs after first
+#    --bitmap=internal but for RAID 0, --run; resync not waited for: it is throttled during the deploy and runs after first
 #    boot), VGs and LVs (lvm without udev) -> stage layout-built.
 # 3. The image's root filesystem (SF_ROOTFS_FORMAT=raw: SF_ROOTFS_URL bytes SF_ROOTFS_OFFSET.. +SF_ROOTFS_SIZE, a
 #    Range GET; gzip: all of SF_ROOTFS_URL, inflating to SF_ROOTFS_SIZE bytes: the partition shrunk to its minimum
@@ -256,7 +256,7 @@ lay_partition() {
 }
 
 lay_raids() {
-    local id level members devs m d out i
+    local id level members devs m d out i bitmap
     while read -r id level members; do
         devs=
         for m in $members; do
@@ -265,7 +265,9 @@ lay_raids() {
             devs="$devs $d"
         done
         raid_speed cap
-        out=$(mdadm --create "/dev/md/$id" --run --metadata=1.2 --bitmap=internal --homehost=any --name="$id" \
+        bitmap=--bitmap=internal
+        [ "$level" = 0 ] && bitmap= # RAID 0 has nothing to resync: mdadm refuses a bitmap for it
+        out=$(mdadm --create "/dev/md/$id" --run --metadata=1.2 $bitmap --homehost=any --name="$id" \
             --level="$level" --raid-devices=$(echo "$members" | wc -w) $devs 2>&1) ||
             lay_fail layout "mdadm --create /dev/md/$id (RAID $level on$devs): $(echo "$out" | tail -n 2 | tr '\n' ' ')"
         i=0
