@@ -254,18 +254,23 @@ def test_raid1_lvm_deploy_boots_degraded_resyncs_and_delete_leaves_no_signature(
     wait_until(in_sync, 1800, lambda: f"the initial resync did not end:\n{seen['mdstat']}", interval=10)
     print(f"\ninitial resync after first boot: {time.monotonic() - synced:.0f}s")
 
-    # the first disk fails: the second disk's ESP boots the degraded array
+    # the first disk fails: the second disk's ESP boots the degraded array. The OS's writes are flushed first
+    # (the power is cut, not shut down: files cloud-init just wrote, like the SSH host keys, would be empty)
+    assert guest_ssh(fleet, ip, "sync").returncode == 0
     power_off(fleet, uefi2)
     lab_disk(fleet, "detach", uefi2, 0)
     after = store.last_event_id(uefi2.name)
-    fleet.power_on(uefi2, boot=None)
-    _, mdstat = os_up(fleet, uefi2, after)
+    # a one-time boot from disk, as the CPI's boot_to_disk sets it: the lab's NIC-first order would make OVMF try
+    # PXE, PXE over IPv6 and HTTP boot (IPv4, IPv6) first, minutes of DHCP timeouts before the disk under TCG
+    fleet.power_on(uefi2, boot="Hdd")
+    ip, mdstat = os_up(fleet, uefi2, after)
     assert "[2/1]" in mdstat, mdstat
     # the disk is put back: mdadm re-adds it (POLICY action=re-add, internal bitmap) and the array resyncs
+    assert guest_ssh(fleet, ip, "sync").returncode == 0
     power_off(fleet, uefi2)
     lab_disk(fleet, "attach", uefi2, 0)
     after = store.last_event_id(uefi2.name)
-    fleet.power_on(uefi2, boot=None)
+    fleet.power_on(uefi2, boot="Hdd")
     ip, seen["mdstat"] = os_up(fleet, uefi2, after)
     wait_until(in_sync, 900, lambda: f"the array did not resync:\n{seen['mdstat']}", interval=10)
 
