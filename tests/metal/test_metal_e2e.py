@@ -14,6 +14,7 @@ with a wrong token, a deploy timeout, a wrong checksum, a server power-cycled mi
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import subprocess
@@ -248,7 +249,9 @@ def test_deploy_phone_home_reboot_delete_and_reuse(
     assert disk_region(root.path, 0, 446) == disk_region(image, 0, 446)  # boot code (the MBR gained a partition)
     assert disk_region(root.path, MIB, 512) == disk_region(image, MIB, 512)  # the boot partition's boot sector
     checksum = [e.data for e in store.events(node.name, kinds=["stage"]) if e.data.get("stage") == "checksum-ok"]
-    assert checksum and checksum[-1]["data"]["sha256"] == stemcell["sha256"]
+    served = stemcell["streams"]["disk"]  # what metal serve streamed: the raw image gzipped at create_stemcell
+    assert checksum and checksum[-1]["data"]["sha256"] == served["sha256"]
+    assert gzip.decompress((image.parent / served["path"]).read_bytes()) == image.read_bytes()
     assert disk_region(root.path, root.size_bytes - 64 * MIB + 32769, 5) == b"CD001"
     assert cpi.ok("has_vm", vm_cid) is True
     cpi.ok("set_vm_metadata", vm_cid, {"deployment": "e2e", "job": "j", "index": "0"})
