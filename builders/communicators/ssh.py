@@ -238,7 +238,10 @@ class SSHCommunicator(Communicator):
                 while channel.recv_stderr_ready():
                     err.feed(channel.recv_stderr(_CHUNK))
                     got = True
-                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                # done when the exit status AND the end of the output arrived (sshd may send the status before the
+                # last of the output, as golang's ssh Session.Wait waits for both: Packer's communicator)
+                pending = channel.recv_ready() or channel.recv_stderr_ready()
+                if channel.exit_status_ready() and channel.eof_received and not pending:
                     break
                 if channel.closed and not got:
                     break
