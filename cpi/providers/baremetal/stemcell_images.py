@@ -183,20 +183,14 @@ def describe(rootfs: dict[str, Any] | None) -> str:
     )
 
 
-def gzip_file(source: Path, target: Path, offset: int = 0, length: int | None = None) -> dict[str, Any]:
-    """Write ``length`` bytes of ``source`` from ``offset`` (default: to its end) gzipped to ``target``;
-    ``{"path": <target's name>, "format": "gzip", "sha256": <of the gzip bytes>, "bytes": <gzip size>}``."""
+def gzip_file(source: Path, target: Path) -> dict[str, Any]:
+    """Write ``source`` gzipped to ``target``; ``{"path": <target's name>, "format": "gzip", "sha256": <of the gzip
+    bytes>, "bytes": <gzip size>}``."""
     digest = hashlib.sha256()
     packer = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    left = length if length is not None else source.stat().st_size - offset
     written = 0
     with open(source, "rb") as src, open(target, "wb") as out:
-        src.seek(offset)
-        while left > 0:
-            chunk = src.read(min(left, CHUNK))
-            if not chunk:
-                raise CloudError(f"create_stemcell: {source.name} ends {left} bytes early")
-            left -= len(chunk)
+        while chunk := src.read(CHUNK):
             data = packer.compress(chunk)
             digest.update(data)
             out.write(data)
@@ -253,8 +247,7 @@ def streams(raw: Path, rootfs: dict[str, Any] | None, images_dir: Path, cid: str
     parallel: zlib and e2fsprogs release the GIL): ``{"disk": gzip_file(...), "rootfs": gzip_file(...) + "size":
     <inflated bytes>}``; ``rootfs`` is absent without a root partition or e2fsprogs. Files already made are
     removed when one fails."""
-    disk_gz = images_dir / f"{cid}.raw.gz"
-    rootfs_img, rootfs_gz = images_dir / f".{cid}.rootfs.img", images_dir / f"{cid}.rootfs.gz"
+    disk_gz, rootfs_gz, rootfs_img = stream_paths(images_dir, cid)
 
     def rootfs_stream() -> dict[str, Any] | None:
         if rootfs is None:
@@ -272,7 +265,7 @@ def streams(raw: Path, rootfs: dict[str, Any] | None, images_dir: Path, cid: str
             out: dict[str, Any] = {"disk": disk.result()}
             made = root.result()
     except BaseException:
-        for path in (disk_gz, rootfs_img, rootfs_gz):
+        for path in stream_paths(images_dir, cid):
             path.unlink(missing_ok=True)
         raise
     if made is not None:
@@ -281,7 +274,8 @@ def streams(raw: Path, rootfs: dict[str, Any] | None, images_dir: Path, cid: str
 
 
 def stream_paths(images_dir: Path, cid: str) -> list[Path]:
-    """Every file :func:`streams` may leave for ``cid`` (what delete_stemcell removes)."""
+    """Every file :func:`streams` may leave for ``cid``: the disk's gzip, the root filesystem's gzip and its
+    temporary shrunk copy (what delete_stemcell removes)."""
     return [images_dir / f"{cid}.raw.gz", images_dir / f"{cid}.rootfs.gz", images_dir / f".{cid}.rootfs.img"]
 
 
