@@ -552,6 +552,33 @@ root_disks() {
     done | sort -u
 }
 
+# grub_cfg_current: the image's /boot/grub/grub.cfg boots this layout as it is, so update-grub (its grub-probe
+# calls on LVM over md take ~35 s under emulation) is skipped. The root filesystem was streamed, so it keeps the
+# image's UUID; the configuration is kept when / is not split from /boot (the kernel paths stay on /), it finds its
+# root with `search --fs-uuid` for that UUID (GRUB's core image, made by grub-install for this layout, carries the
+# lvm/mdraid modules that search needs) and every kernel entry passes root=UUID=<that UUID> (the initramfs
+# assembles the arrays and activates the VGs, then finds it by UUID). Anything else (root=/dev/..., PARTUUID, a
+# kernel or initrd it names that is not in the target, a separate /boot) is regenerated. Sets ROOT_UUID, or
+# GRUB_CFG_WHY when it must be regenerated.
+grub_cfg_current() {
+    local cfg entries path
+    cfg=$TARGET/boot/grub/grub.cfg GRUB_CFG_WHY=
+    ROOT_UUID=$(fs_uuid "$ROOT_DEV")
+    [ -n "$ROOT_UUID" ] || { GRUB_CFG_WHY="no filesystem UUID on $ROOT_DEV"; return 1; }
+    awk '$3 == "/boot" { found = 1 } END { exit !found }' "$LAY/fs" && { GRUB_CFG_WHY="the layout has a separate /boot"; return 1; }
+    [ -f "$cfg" ] || { GRUB_CFG_WHY="the image has no /boot/grub/grub.cfg"; return 1; }
+    grep -Eq "^[[:space:]]*search(\.fs_uuid| .*--fs-uuid).* $ROOT_UUID([[:space:]]|\$)" "$cfg" ||
+        { GRUB_CFG_WHY="its grub.cfg does not search for / by UUID $ROOT_UUID"; return 1; }
+    entries=$(grep -Ec '^[[:space:]]*linux(efi)?[[:space:]]' "$cfg")
+    [ "$entries" -gt 0 ] || { GRUB_CFG_WHY="its grub.cfg has no linux entry"; return 1; }
+    [ "$(grep -E '^[[:space:]]*linux(efi)?[[:space:]]' "$cfg" | grep -Ec " root=UUID=$ROOT_UUID([[:space:]]|\$)")" -eq "$entries" ] ||
+        { GRUB_CFG_WHY="a grub.cfg entry does not boot root=UUID=$ROOT_UUID"; return 1; }
+    for path in $(awk '$1 ~ /^(linux|linuxefi|initrd|initrdefi)$/ { for (i = 2; i <= NF; i++) if ($i ~ /^\//) print $i; else break }' "$cfg"); do
+        [ -f "$TARGET$path" ] || { GRUB_CFG_WHY="its grub.cfg names $path, which the image lacks"; return 1; }
+    done
+    return 0
+}
+
 lay_bootloader() {
     local k disks esp first dev num out entries
     echo bootloader >"$R/stage"
@@ -563,6 +590,7 @@ lay_bootloader() {
             chroot_run bootloader "grub-install --target=i386-pc /dev/$k" grub-install --target=i386-pc "/dev/$k"
         done
     else
+        log "grub-install --target=x86_64-efi in the target"
         chroot_run bootloader "grub-install --target=x86_64-efi" grub-install --target=x86_64-efi \
             --efi-directory=/boot/efi --removable --no-nvram
         first=$(cut -d' ' -f1 "$LAY/esps")
@@ -570,15 +598,23 @@ lay_bootloader() {
         for esp in $(cat "$LAY/esps"); do
             [ "$esp" = "$first" ] && continue
             dev=$(dev_of "$esp")
+            log "copying the ESP to $esp ($dev)"
             mount -t vfat "$dev" "$R/esp" || lay_fail bootloader "mounting the ESP $esp ($dev)"
             rm -rf "$R/esp"/*
             out=$(cp -a "$TARGET/boot/efi/." "$R/esp/" 2>&1) || lay_fail bootloader "copying the ESP to $esp ($dev): $out"
             umount "$R/esp"
         done
     fi
-    log "update-grub in the target"
-    chroot_run bootloader "update-grub in the target" update-grub
+    if grub_cfg_current; then
+        GRUB_CFG="kept (its entries boot / by UUID=$ROOT_UUID)"
+        log "the image's grub.cfg is kept: its entries find and boot / by UUID=$ROOT_UUID"
+    else
+        GRUB_CFG="regenerated ($GRUB_CFG_WHY)"
+        log "update-grub in the target: $GRUB_CFG_WHY"
+        chroot_run bootloader "update-grub in the target" update-grub
+    fi
     if [ "$(cat "$LAY/mode")" = uefi ] && [ -n "$(ls /sys/firmware/efi/efivars 2>/dev/null)" ]; then
+        log "efibootmgr: a boot entry per ESP"
         for esp in $(cat "$LAY/esps"); do
             dev=$(dev_of "$esp")
             num=$(awk -v p="$esp" '$3 == p { print $2 }' "$LAY/parts")
@@ -588,8 +624,8 @@ lay_bootloader() {
             entries=$((entries + 1))
         done
     fi
-    stage bootloader-installed "GRUB ($(cat "$LAY/mode")) on $disks" \
-        "{\"mode\":\"$(cat "$LAY/mode")\",\"disks\":\"${disks% }\",\"esps\":$(wc -w 2>/dev/null <"$LAY/esps" || echo 0),\"boot_entries\":$entries}"
+    stage bootloader-installed "GRUB ($(cat "$LAY/mode")) on $disks; grub.cfg $GRUB_CFG" \
+        "{\"mode\":\"$(cat "$LAY/mode")\",\"disks\":\"${disks% }\",\"esps\":$(wc -w 2>/dev/null <"$LAY/esps" || echo 0),\"boot_entries\":$entries,\"grub_cfg\":\"$(jesc "$GRUB_CFG")\"}"
 }
 
 # ---------------------------------------------------------------- 6. the config drive, main
@@ -607,17 +643,21 @@ lay_write_configdrive() {
 }
 
 # lay_finish: unmount the target, deactivate the VGs, stop the arrays cleanly (their resync goes on after first boot
-# from the recorded checkpoint), give md its speed limits back.
+# from the recorded checkpoint), then give md its speed limits back.
 lay_finish() {
     local md
+    log "unmounting the target"
     sync
     target_umount
+    log "deactivating the volume groups"
     [ -s "$LAY/vgs" ] && lvmc vgchange -an >/dev/null 2>&1
-    raid_speed restore
-    for md in $(md_devices); do
+    log "stopping the arrays"
+    for md in $(md_devices); do  # while resync is still capped: it resumes at first boot from the checkpoint
         mdadm --stop "/dev/$md" >/dev/null 2>&1
     done
+    raid_speed restore
     sync
+    log "target finished"
 }
 
 layout_main() {

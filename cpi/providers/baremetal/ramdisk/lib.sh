@@ -11,7 +11,7 @@ NOJSON='{}'  # the empty data object (a literal {} inside ${x:-...} would need e
 
 # log MESSAGE: one line on the console.
 log() {
-    echo "sf-ramdisk: $*"
+    echo "sf-ramdisk: [$(cut -d' ' -f1 /proc/uptime)] $*"
 }
 
 # now: seconds since boot with centiseconds ("12.34").

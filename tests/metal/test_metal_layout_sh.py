@@ -1,0 +1,101 @@
+"""The layout deploy's decisions, run as the ramdisk runs them: functions of ``ramdisk/layout.sh`` under busybox sh
+(the ramdisk's shell, Debian's busybox-static) against a target tree made here.
+
+``grub_cfg_current`` decides whether the image's grub.cfg is kept or update-grub runs; a wrong "kept" leaves a
+server that does not boot, a wrong "regenerated" costs ~35 s of emulated update-grub per deploy.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+LAYOUT_SH = Path(__file__).resolve().parents[2] / "cpi" / "providers" / "baremetal" / "ramdisk" / "layout.sh"
+UUID = "9dc1610f-3705-4757-a191-6e8886d2cc95"
+#: What the debian builder writes (builders/builder_types/debian/grub.py grub_cfg).
+BUILDER_CFG = f"""# Written by stemforge's debian builder. 'update-grub' on the booted system replaces it.
+set timeout=1
+insmod part_gpt
+insmod ext2
+search --no-floppy --fs-uuid --set=root {UUID}
+menuentry 'Debian GNU/Linux' {{
+    linux /boot/vmlinuz-6.1.0-50-amd64 root=UUID={UUID} ro console=ttyS0,115200n8
+    initrd /boot/initrd.img-6.1.0-50-amd64
+}}
+"""
+#: The shape update-grub (grub-mkconfig 10_linux) writes, tabs and hints included.
+UPDATE_GRUB_CFG = f"""menuentry 'Debian GNU/Linux' --class debian $menuentry_id_option 'gnulinux-simple-{UUID}' {{
+\tinsmod part_gpt
+\tinsmod ext2
+\tsearch --no-floppy --fs-uuid --set=root --hint-bios=hd0,gpt3 --hint-efi=hd0,gpt3 {UUID}
+\tlinux\t/boot/vmlinuz-6.1.0-50-amd64 root=UUID={UUID} ro  quiet
+\tinitrd\t/boot/initrd.img-6.1.0-50-amd64
+}}
+menuentry 'Debian GNU/Linux, recovery' {{
+\tsearch --no-floppy --fs-uuid --set=root {UUID}
+\tlinux\t/boot/vmlinuz-6.1.0-50-amd64 root=UUID={UUID} ro single
+\tinitrd\t/boot/initrd.img-6.1.0-50-amd64
+}}
+"""
+
+
+def busybox() -> str:
+    found = shutil.which("busybox")
+    if found is None:
+        pytest.skip("busybox is not installed (scripts/apt-packages.txt installs busybox-static)")
+    return found
+
+
+def grub_cfg_current(tmp_path: Path, cfg: str | None, fs_lines: str = "r ext4 /\ne vfat /boot/efi\n",
+                     files: tuple[str, ...] = ("vmlinuz-6.1.0-50-amd64", "initrd.img-6.1.0-50-amd64")) -> str:
+    """Run grub_cfg_current on a target holding ``cfg`` and ``files`` in /boot; 'kept' or 'regenerated: why'."""
+    target, lay = tmp_path / "target", tmp_path / "lay"
+    (target / "boot" / "grub").mkdir(parents=True)
+    lay.mkdir()
+    for name in files:
+        (target / "boot" / name).write_bytes(b"x")
+    if cfg is not None:
+        (target / "boot" / "grub" / "grub.cfg").write_text(cfg)
+    (lay / "fs").write_text(fs_lines)
+    script = f"""
+eval "$(sed -n '/^grub_cfg_current()/,/^}}/p' '{LAYOUT_SH}')"
+fs_uuid() {{ echo {UUID}; }}
+TARGET='{target}' LAY='{lay}' ROOT_DEV=/dev/vg0/root
+if grub_cfg_current; then echo "kept $ROOT_UUID"; else echo "regenerated: $GRUB_CFG_WHY"; fi
+"""
+    proc = subprocess.run([busybox(), "sh", "-c", script], capture_output=True, text=True, timeout=30, check=True)
+    return proc.stdout.strip()
+
+
+def test_the_builders_and_update_grubs_configurations_are_kept(tmp_path: Path) -> None:
+    assert grub_cfg_current(tmp_path / "a", BUILDER_CFG) == f"kept {UUID}"
+    assert grub_cfg_current(tmp_path / "b", UPDATE_GRUB_CFG) == f"kept {UUID}"
+
+
+@pytest.mark.parametrize(
+    ("cfg", "why"),
+    [
+        (BUILDER_CFG.replace(f"root=UUID={UUID}", "root=/dev/vda3"), f"a grub.cfg entry does not boot root=UUID={UUID}"),
+        (UPDATE_GRUB_CFG.replace(f"root=UUID={UUID} ro single", "root=PARTUUID=5e0c0946 ro single"),
+         f"a grub.cfg entry does not boot root=UUID={UUID}"),
+        (BUILDER_CFG.replace(f"--set=root {UUID}", "--set=root 0000-1111"), f"does not search for / by UUID {UUID}"),
+        (BUILDER_CFG.replace("search --no-floppy --fs-uuid --set=root", "set root=(hd0,gpt3) #"),
+         f"does not search for / by UUID {UUID}"),
+        ("set timeout=1\nsearch --fs-uuid --set=root " + UUID + "\n", "has no linux entry"),
+        (None, "the image has no /boot/grub/grub.cfg"),
+    ],
+)
+def test_a_configuration_that_would_not_boot_the_layout_is_regenerated(tmp_path: Path, cfg: str | None,
+                                                                        why: str) -> None:
+    out = grub_cfg_current(tmp_path, cfg)
+    assert out.startswith("regenerated: ") and why in out, out
+
+
+def test_a_missing_kernel_or_a_separate_boot_is_regenerated(tmp_path: Path) -> None:
+    out = grub_cfg_current(tmp_path / "a", BUILDER_CFG, files=("vmlinuz-6.1.0-50-amd64",))
+    assert out == "regenerated: its grub.cfg names /boot/initrd.img-6.1.0-50-amd64, which the image lacks"
+    out = grub_cfg_current(tmp_path / "b", BUILDER_CFG, fs_lines="r ext4 /\nb ext4 /boot\ne vfat /boot/efi\n")
+    assert out == "regenerated: the layout has a separate /boot"
