@@ -253,6 +253,12 @@ def test_raid1_lvm_deploy_boots_degraded_resyncs_and_delete_leaves_no_signature(
     synced = time.monotonic()
     wait_until(in_sync, 1800, lambda: f"the initial resync did not end:\n{seen['mdstat']}", interval=10)
     print(f"\ninitial resync after first boot: {time.monotonic() - synced:.0f}s")
+    # it waited for the first boot to finish: the ramdisk's one-shot unit then lifted md's speed cap and removed
+    # itself and the cap's sysctl.d file (layout.sh lay_resync_after_boot)
+    proc = guest_ssh(fleet, ip, "cat /proc/sys/dev/raid/speed_limit_max; ls /etc/sysctl.d /etc/systemd/system "
+                                "/etc/systemd/system/multi-user.target.wants", timeout=30)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.split()[0] == "200000", proc.stdout
+    assert "stemforge-first-boot" not in proc.stdout, proc.stdout
 
     # the first disk fails: the second disk's ESP boots the degraded array. The OS's writes are flushed first
     # (the power is cut, not shut down: files cloud-init just wrote, like the SSH host keys, would be empty)

@@ -11,8 +11,8 @@
 # 2. Stage disk-selected (the disks and their roles), then every layout disk is wiped (arrays/VGs found on it
 #    torn down, md superblocks, signatures, both GPT copies, first/last MiB), partitioned (sfdisk, GPT, 1 MiB
 #    aligned, the config-2 partition last on its disk over its last 64 MiB), arrays created (mdadm, metadata 1.2,
-#    --bitmap=internal but for RAID 0, --run; resync not waited for: it is throttled during the deploy and runs after first
-#    boot), VGs and LVs (lvm without udev) -> stage layout-built.
+#    --bitmap=internal but for RAID 0, --run; resync not waited for: it is throttled during the deploy and runs
+#    once the first boot is done, lay_resync_after_boot), VGs and LVs (lvm without udev) -> stage layout-built.
 # 3. The image's root filesystem (SF_ROOTFS_FORMAT=raw: SF_ROOTFS_URL bytes SF_ROOTFS_OFFSET.. +SF_ROOTFS_SIZE, a
 #    Range GET; gzip: all of SF_ROOTFS_URL, inflating to SF_ROOTFS_SIZE bytes: the partition shrunk to its minimum
 #    at create_stemcell) is streamed through sfwrite onto the `/` device (sha256 on the stream as served, zero blocks
@@ -21,14 +21,16 @@
 # 4. The other filesystems are made (mkfs; e2fsprogs' mke2fs and util-linux's mkswap by path: Debian's static
 #    busybox sh runs its own applets of those names whatever PATH says), the target mounted at /target and the image's files under each other
 #    mount point moved into its new filesystem; /etc/fstab (by UUID, swap, the ESP at /boot/efi) and
-#    /etc/mdadm/mdadm.conf (mdadm --detail --scan + POLICY action=re-add) written; update-initramfs -u -k all in a
+#    /etc/mdadm/mdadm.conf (mdadm --detail --scan + POLICY action=re-add) and, for mirrors, the first-boot resync
+#    cap and its one-shot unit written; update-initramfs -u -k all in a
 #    chroot (/dev /proc /sys /run bound; efivarfs when the firmware is UEFI) unless the image's initrd is already
 #    current for the layout (initramfs_current) -> target-configured.  The image must
 #    hold what the layout needs (mdadm for RAID, lvm2 for LVM, update-initramfs, GRUB for the boot mode), else
 #    stage target fails naming what is missing.
 # 5. GRUB in the chroot: BIOS: grub-install --target=i386-pc on EVERY disk holding `/`; UEFI: grub-install
 #    --target=x86_64-efi --removable --no-nvram into /boot/efi, its files copied to every other ESP (kept
-#    identical), a boot entry per ESP (efibootmgr -c) when efivars exist; then update-grub -> bootloader-installed.
+#    identical), a boot entry per ESP (efibootmgr -c) when efivars exist; update-grub unless the image's grub.cfg
+#    already finds and boots / by the streamed filesystem's UUID (grub_cfg_current) -> bootloader-installed.
 # 6. The config drive (deploy.sh's fetch_configdrive checks) into its partition, read back -> configdrive-written
 #    -> done, result ok=true, reboot.
 # Failure stages: layout, rootfs, checksum, target, bootloader, configdrive.  A failure after the disks were
@@ -458,6 +460,44 @@ lay_mdadm_conf() {
     cp "$R/mdadm.conf" "$TARGET/etc/mdadm/mdadm.conf" || lay_fail target "writing /etc/mdadm/mdadm.conf"
 }
 
+# lay_resync_after_boot: md's initial resync of the mirrors (levels 1 and 10) waits until the first boot is done
+# (it otherwise starts at the root's remount and, on a small server, slows that boot by half a minute). A sysctl.d
+# file caps md's resync speed from systemd-sysctl on (md applies a new limit to a running resync at once), and a
+# one-shot unit ordered after multi-user.target (and cloud-init's last stage, when present) restores the kernel's
+# defaults, re-applies the admin's own sysctl.d settings and removes both files and itself: every later boot is
+# the image's own. If that boot never completes, the resync still creeps on at the cap. Sets RESYNC.
+FIRST_BOOT_SYSCTL=/etc/sysctl.d/90-stemforge-first-boot-resync.conf
+FIRST_BOOT_UNIT=stemforge-first-boot-resync.service
+lay_resync_after_boot() {
+    RESYNC=none
+    awk '$2 == 1 || $2 == 10 { found = 1 } END { exit !found }' "$LAY/raids" 2>/dev/null || return 0
+    mkdir -p "$TARGET/etc/sysctl.d" "$TARGET/etc/systemd/system/multi-user.target.wants"
+    printf '%s\n' "# written by the stemforge deploy ramdisk: md's initial resync waits for the first boot to finish;" \
+        "# $FIRST_BOOT_UNIT removes this file then" "dev.raid.speed_limit_min = 1" "dev.raid.speed_limit_max = 1" \
+        >"$TARGET$FIRST_BOOT_SYSCTL" || lay_fail target "writing $FIRST_BOOT_SYSCTL"
+    cat >"$TARGET/etc/systemd/system/$FIRST_BOOT_UNIT" <<UNIT || lay_fail target "writing $FIRST_BOOT_UNIT"
+# written by the stemforge deploy ramdisk (layout deploy): runs once, at the end of the first boot
+[Unit]
+Description=Let md resync the new mirrors now that the first boot is done (stemforge)
+After=multi-user.target cloud-final.service
+ConditionPathExists=$FIRST_BOOT_SYSCTL
+
+[Service]
+Type=oneshot
+ExecStart=/bin/rm -f $FIRST_BOOT_SYSCTL /etc/systemd/system/multi-user.target.wants/$FIRST_BOOT_UNIT
+ExecStart=/bin/sh -c 'echo 1000 >/proc/sys/dev/raid/speed_limit_min; echo 200000 >/proc/sys/dev/raid/speed_limit_max'
+ExecStart=-/lib/systemd/systemd-sysctl
+ExecStart=/bin/rm -f /etc/systemd/system/$FIRST_BOOT_UNIT
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    chmod 0644 "$TARGET$FIRST_BOOT_SYSCTL" "$TARGET/etc/systemd/system/$FIRST_BOOT_UNIT"  # the ramdisk's umask is 077
+    ln -sf "../$FIRST_BOOT_UNIT" "$TARGET/etc/systemd/system/multi-user.target.wants/$FIRST_BOOT_UNIT" ||
+        lay_fail target "enabling $FIRST_BOOT_UNIT"
+    RESYNC="after the first boot"
+}
+
 # chroot_run STAGE WHAT COMMAND...: run COMMAND in the target; its output goes to $R/chroot.log.
 chroot_run() {
     local st what
@@ -514,6 +554,7 @@ lay_target() {
     lay_requirements
     lay_fstab
     lay_mdadm_conf
+    lay_resync_after_boot
     lay_chroot_mounts
     if initramfs_current; then
         INITRAMFS="kept (built after $INITRAMFS_NEEDS were installed)"
@@ -523,8 +564,8 @@ lay_target() {
         log "update-initramfs -u -k all in the target: $INITRAMFS_WHY"
         chroot_run target "update-initramfs -u -k all in the target" update-initramfs -u -k all
     fi
-    stage target-configured "fstab, $( [ -s "$LAY/raids" ] && echo "mdadm.conf, ")initramfs $INITRAMFS" \
-        "{\"fstab\":\"$(jesc "$(grep -v '^#' "$TARGET/etc/fstab")")\",\"mdadm_conf\":$( [ -s "$LAY/raids" ] && echo true || echo false),\"initramfs\":\"$(jesc "$INITRAMFS")\"}"
+    stage target-configured "fstab, $( [ -s "$LAY/raids" ] && echo "mdadm.conf, ")initramfs $INITRAMFS; md resync: $RESYNC" \
+        "{\"fstab\":\"$(jesc "$(grep -v '^#' "$TARGET/etc/fstab")")\",\"mdadm_conf\":$( [ -s "$LAY/raids" ] && echo true || echo false),\"initramfs\":\"$(jesc "$INITRAMFS")\",\"resync\":\"$RESYNC\"}"
 }
 
 # ---------------------------------------------------------------- 5. the boot loader
