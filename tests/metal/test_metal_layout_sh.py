@@ -1,14 +1,17 @@
 """The layout deploy's decisions, run as the ramdisk runs them: functions of ``ramdisk/layout.sh`` under busybox sh
 (the ramdisk's shell, Debian's busybox-static) against a target tree made here.
 
-``grub_cfg_current`` decides whether the image's grub.cfg is kept or update-grub runs; a wrong "kept" leaves a
-server that does not boot, a wrong "regenerated" costs ~35 s of emulated update-grub per deploy.
+``grub_cfg_current`` decides whether the image's grub.cfg is kept or update-grub runs, ``initramfs_current``
+whether the image's initramfs is kept or update-initramfs runs: a wrong "kept" leaves a server that does not boot,
+a wrong "rebuilt" costs ~35 s (update-grub) or ~20 min (update-initramfs) of emulated chroot work per deploy.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -78,7 +81,8 @@ def test_the_builders_and_update_grubs_configurations_are_kept(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("cfg", "why"),
     [
-        (BUILDER_CFG.replace(f"root=UUID={UUID}", "root=/dev/vda3"), f"a grub.cfg entry does not boot root=UUID={UUID}"),
+        (BUILDER_CFG.replace(f"root=UUID={UUID}", "root=/dev/vda3"),
+         f"a grub.cfg entry does not boot root=UUID={UUID}"),
         (UPDATE_GRUB_CFG.replace(f"root=UUID={UUID} ro single", "root=PARTUUID=5e0c0946 ro single"),
          f"a grub.cfg entry does not boot root=UUID={UUID}"),
         (BUILDER_CFG.replace(f"--set=root {UUID}", "--set=root 0000-1111"), f"does not search for / by UUID {UUID}"),
@@ -99,3 +103,45 @@ def test_a_missing_kernel_or_a_separate_boot_is_regenerated(tmp_path: Path) -> N
     assert out == "regenerated: its grub.cfg names /boot/initrd.img-6.1.0-50-amd64, which the image lacks"
     out = grub_cfg_current(tmp_path / "b", BUILDER_CFG, fs_lines="r ext4 /\nb ext4 /boot\ne vfat /boot/efi\n")
     assert out == "regenerated: the layout has a separate /boot"
+
+
+def initramfs_current(tmp_path: Path, raids: str, vgs: str, initrd_age: int | None, packages: tuple[str, ...]) -> str:
+    """Run initramfs_current on a target whose dpkg lists of ``packages`` are 100, 90, ... s old and whose initrd is
+    ``initrd_age`` s old (None: no initrd); 'kept: needs' or 'rebuilt: why'."""
+    target, lay = tmp_path / "target", tmp_path / "lay"
+    (target / "var" / "lib" / "dpkg" / "info").mkdir(parents=True)
+    (target / "boot").mkdir()
+    lay.mkdir()
+    now = time.time()
+    for i, pkg in enumerate(packages):
+        listing = target / "var" / "lib" / "dpkg" / "info" / f"{pkg}.list"
+        listing.write_text("/.\n")
+        os.utime(listing, (now - 100 + 10 * i, now - 100 + 10 * i))
+    if initrd_age is not None:
+        initrd = target / "boot" / "initrd.img-6.1.0-50-amd64"
+        initrd.write_bytes(b"x")
+        os.utime(initrd, (now - initrd_age, now - initrd_age))
+    (lay / "raids").write_text(raids)
+    (lay / "vgs").write_text(vgs)
+    script = f"""
+eval "$(sed -n '/^initramfs_current()/,/^}}/p' '{LAYOUT_SH}')"
+TARGET='{target}' LAY='{lay}'
+if initramfs_current; then echo "kept: $INITRAMFS_NEEDS"; else echo "rebuilt: $INITRAMFS_WHY"; fi
+"""
+    proc = subprocess.run([busybox(), "sh", "-c", script], capture_output=True, text=True, timeout=30, check=True)
+    return proc.stdout.strip()
+
+
+def test_the_initramfs_is_kept_when_built_after_mdadm_and_lvm2_else_rebuilt(tmp_path: Path) -> None:
+    raid, vg = "md0 1 p0 p1\n", "vg0 md0\n"
+    assert initramfs_current(tmp_path / "a", raid, vg, 10, ("mdadm", "lvm2")) == "kept: mdadm and lvm2"
+    assert initramfs_current(tmp_path / "b", raid, vg, 95, ("mdadm", "lvm2")) == (
+        "rebuilt: /boot/initrd.img-6.1.0-50-amd64 is older than /var/lib/dpkg/info/lvm2.list")
+    assert initramfs_current(tmp_path / "c", raid, "", 10, ("lvm2",)) == "rebuilt: no dpkg record of mdadm"
+    assert initramfs_current(tmp_path / "d", raid, "", None, ("mdadm",)) == (
+        "rebuilt: the image has no /boot/initrd.img-*")
+
+
+def test_a_layout_of_plain_partitions_keeps_the_images_initramfs(tmp_path: Path) -> None:
+    assert initramfs_current(tmp_path, "", "", 500, ()) == (
+        "kept: nothing new: the layout has neither arrays nor volume groups")

@@ -525,8 +525,11 @@ lay_chroot_mounts() {
 # install time; the package's own trigger rebuilt the initrd then), so it already carries their hooks, modules and
 # udev rules: Debian's mdadm hook assembles every array it finds when its mdadm.conf lists none, and lvm2's udev
 # rules activate every VG (autoactivation), so neither needs this deploy's mdadm.conf nor fstab. Rebuilding it
-# (update-initramfs under emulation: about 20 minutes) is then skipped. Sets INITRAMFS_NEEDS, or INITRAMFS_WHY
-# when it must be rebuilt (no such packages: the layout needs none, but the new fstab may need a resume device).
+# (update-initramfs under emulation: about 20 minutes) is then skipped. A layout of plain partitions needs nothing
+# new of it either: it already mounts the image's root filesystem, which / still is, from a plain partition (a swap
+# partition of the layout is not its resume device: hibernation is not a boot need; an image whose initramfs names
+# a resume device that is gone waits RESUME_DELAY for it, 5 s). Sets INITRAMFS_NEEDS, or INITRAMFS_WHY when it
+# must be rebuilt.
 initramfs_current() {
     local pkg list initrd newest
     INITRAMFS_NEEDS= INITRAMFS_WHY=
@@ -537,7 +540,10 @@ initramfs_current() {
         INITRAMFS_NEEDS="$INITRAMFS_NEEDS${INITRAMFS_NEEDS:+ and }$pkg"
         [ -z "$newest" ] || [ "$list" -nt "$newest" ] && newest=$list
     done
-    [ -n "$newest" ] || { INITRAMFS_WHY="the layout has neither arrays nor volume groups"; return 1; }
+    if [ -z "$newest" ]; then
+        INITRAMFS_NEEDS="nothing new: the layout has neither arrays nor volume groups"
+        return 0
+    fi
     set -- "$TARGET"/boot/initrd.img-*
     [ -f "$1" ] || { INITRAMFS_WHY="the image has no /boot/initrd.img-*"; return 1; }
     for initrd in "$@"; do
@@ -557,8 +563,11 @@ lay_target() {
     lay_resync_after_boot
     lay_chroot_mounts
     if initramfs_current; then
-        INITRAMFS="kept (built after $INITRAMFS_NEEDS were installed)"
-        log "the image's initramfs is kept: it was built after $INITRAMFS_NEEDS were installed"
+        case "$INITRAMFS_NEEDS" in
+            nothing*) INITRAMFS="kept ($INITRAMFS_NEEDS)" ;;
+            *) INITRAMFS="kept (built after $INITRAMFS_NEEDS were installed)" ;;
+        esac
+        log "the image's initramfs is $INITRAMFS"
     else
         INITRAMFS="rebuilt ($INITRAMFS_WHY)"
         log "update-initramfs -u -k all in the target: $INITRAMFS_WHY"
