@@ -27,14 +27,14 @@ HERE = Path(__file__).parent
 # and modules that share host-global state run in one unit, one after the other:
 # - "debian": debian builds share the bootstrap cache, whose ``.*.tmp`` temporaries, chroot mounts, loop devices
 #   and ``sleep 300`` provisioners those tests assert are gone (the modules that run debootstrap);
-# - "metal": the ``metal/`` directory (its modules boot emulated servers: TCG guests PXE-booting the ramdisk) and
-#   the benchmarks smoke (it deploys to a lab); their deploy deadlines are sized for one lab's guests on the
+# - "metal": the ``metal/`` directory (its modules boot emulated servers: TCG guests PXE-booting the ramdisk; the
+#   metal benchmark's smoke test lives there too); their deploy deadlines are sized for one lab's guests on the
 #   machine's cores, not two labs'.
 # Entries are paths under tests/; one ending in "/" is a directory (every module under it).
 # Units start longest first (the order below, then the rest as collected) so the last one to finish is short.
 # (xdist's own ``loadgroup`` does not group under pytest 9: it renames ``item._nodeid``, which pytest 9 ignores.)
 XDIST_GROUPS: dict[str, tuple[str, ...]] = {
-    "metal": ("metal/", "project/test_benchmarks_smoke.py"),
+    "metal": ("metal/",),
     "debian": ("builders/test_cpi_test_pp.py", "builders/test_debian_builder.py", "builders/test_qemu_builder_ssh.py",
                "builders/test_debian_builder_failpoints.py", "builders/test_debian_builder_template.py"),
 }

@@ -45,19 +45,6 @@ def test_bench_aws_cpi_smoke() -> None:
     assert "PASS" in proc.stdout or "MISS" in proc.stdout
 
 
-@pytest.mark.metal
-@pytest.mark.slow
-def test_bench_metal_deploy_smoke() -> None:
-    from tests.harness.metal import metal_unavailable_reason
-
-    reason = metal_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    proc = run_benchmark("bench_metal_deploy.py", "--servers", "1", timeout=1200)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "=== bench_metal_deploy summary" in proc.stdout
-
-
 def test_bench_build_convert_smoke() -> None:
     # the debian timings are minutes of debootstrap: their code path is measured by test_debian_builder's builds
     proc = run_benchmark("bench_build.py", "--skip-debian", "--rounds", "2", "--convert-mib", "16", timeout=300)
