@@ -573,7 +573,7 @@ lay_target() {
         log "update-initramfs -u -k all in the target: $INITRAMFS_WHY"
         chroot_run target "update-initramfs -u -k all in the target" update-initramfs -u -k all
     fi
-    stage target-configured "fstab, $( [ -s "$LAY/raids" ] && echo "mdadm.conf, ")initramfs $INITRAMFS; md resync: $RESYNC" \
+    stage target-configured "fstab, $( [ -s "$LAY/raids" ] && echo "mdadm.conf, ")initramfs $INITRAMFS$( [ "$RESYNC" = none ] || echo "; md resync: $RESYNC")" \
         "{\"fstab\":\"$(jesc "$(grep -v '^#' "$TARGET/etc/fstab")")\",\"mdadm_conf\":$( [ -s "$LAY/raids" ] && echo true || echo false),\"initramfs\":\"$(jesc "$INITRAMFS")\",\"resync\":\"$RESYNC\"}"
 }
 
