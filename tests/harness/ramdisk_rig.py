@@ -538,6 +538,7 @@ def layout_deploy(
             "rootfs_offset": image["offset"],
             "rootfs_size": image["size"],
             "rootfs_sha256": image["sha256"],
+            "rootfs_format": image.get("format", "raw"),
             "rootfs_fstype": "ext4",
             "configdrive_url": stub.configdrive_url,
             "heartbeat_s": 5,

@@ -1,6 +1,6 @@
 """The deploy ramdisk's file-based deploy onto a storage layout (``ramdisk/layout.sh``) and its multi-disk cleaning,
 for real: the ramdisk built from Debian packages, booted in plain QEMU (TCG) with two raw disk files, talking to the
-provisioning stub of ``tests/harness/ramdisk_rig.py`` (its ``layout`` route and Range GETs of the image), deploying
+provisioning stub of ``tests/harness/ramdisk_rig.py`` (its ``layout`` route and GETs of the image), deploying
 the cached Debian bookworm test image (``builders.builder_types.debian.build_test_debian_image``: GRUB for BIOS,
 cloud-init with the config-drive data source, no mdadm/lvm2).
 
@@ -24,9 +24,7 @@ cloud-init with the config-drive data source, no mdadm/lvm2).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -46,20 +44,13 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"),
 ]
 
-#: The two whole file-based deploys that then boot the OS take 26-30 minutes each under TCG on this 2-core machine
-#: (update-initramfs in the target's chroot dominates): more than the suite's budget. They run when
-#: STEMFORGE_FULL_METAL=1 (issue 15 stays open until they fit the suite; see CHANGELOG "Known gaps").
-FULL_METAL = pytest.mark.skipif(
-    os.environ.get("STEMFORGE_FULL_METAL") != "1",
-    reason="a whole file-based deploy + boot takes ~30 min under TCG here; run with STEMFORGE_FULL_METAL=1",
-)
-
 MIB = 1024 * 1024
 GIB = 1024 * MIB
-# s under TCG on a shared 2-core machine: the root partition streamed and hashed (~4-15 MiB/s), update-initramfs
-# (30 s natively, 5-15 min emulated) and grub-install in a chroot
-DEPLOY_TIMEOUT = 2400.0
-#: ``rig.layout_deploy`` arguments of a deploy that runs update-initramfs and grub-install
+# s under TCG on a shared 2-core machine: the root filesystem's gzip streamed, inflated and hashed (~1.2 GiB at
+# 20-30 MiB/s), grub-install in a chroot; the image's initramfs and grub.cfg are kept (an update-initramfs here
+# would take ~20 min: layout.sh initramfs_current)
+DEPLOY_TIMEOUT = 1200.0
+#: ``rig.layout_deploy`` arguments of a deploy of the Debian image that then boots
 WHOLE_DEPLOY: dict[str, Any] = {"timeout": DEPLOY_TIMEOUT, "memory_mib": 1024}
 MD_MAGIC = bytes.fromhex("fc4e2ba9")  # md superblock magic 0xa92b4efc, little-endian
 
@@ -102,43 +93,23 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def served_image(qcow: Path, work: Path) -> dict[str, Any]:
-    """``qcow`` as the raw disk metal serve would serve, with its root filesystem (the largest partition) shrunk to
-    its minimum first (resize2fs -M: the ramdisk streams the whole root partition under TCG, hashing it at
-    ~4-15 MiB/s, and grows it on the target), and the root partition's byte range and sha256."""
+    """``qcow``'s root filesystem as metal serve streams it to a layout deploy (``rootfs_format: gzip``): made
+    by the code create_stemcell runs (stemcell_images: the largest ext4 partition of the raw disk, copied out,
+    checked, shrunk to its minimum, its free blocks punched out, gzipped); ``size`` is the inflated size, ``sha256``
+    that of the gzip bytes, as the ramdisk's stream checks them."""
+    from cpi.providers.baremetal import stemcell_images
+
     full = work / "full.raw"
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(qcow), str(full)], check=True, timeout=600)
-    table = json.loads(subprocess.run(["sfdisk", "--json", str(full)], capture_output=True, check=True).stdout)
-    part = max(table["partitiontable"]["partitions"], key=lambda p: p["size"])
-    offset = part["start"] * 512
-    root = work / "root.ext4"
-    count = part["size"] * 512 // MIB
-    subprocess.run(["dd", f"if={full}", f"of={root}", "bs=1M", f"skip={offset // MIB}", f"count={count}",
-                    "conv=sparse", "status=none"], check=True, timeout=600)  # fmt: skip
+    rootfs = stemcell_images.root_partition(full)
+    assert rootfs is not None, f"{qcow} has no ext4 partition"
+    shrunk = work / "root.ext4"
+    size = stemcell_images.shrunk_rootfs(full, rootfs, shrunk)
+    assert size is not None, "e2fsprogs is missing on the host"
     full.unlink()
-    subprocess.run(["e2fsck", "-fy", str(root)], capture_output=True, check=False, timeout=600)
-    subprocess.run(["resize2fs", "-M", str(root)], capture_output=True, check=True, timeout=600)
-    head = subprocess.run(["dumpe2fs", "-h", str(root)], capture_output=True, text=True, check=True).stdout
-    fields = dict(line.split(":", 1) for line in head.splitlines() if ":" in line)
-    size = int(fields["Block count"]) * int(fields["Block size"])
-    size = (size + MIB - 1) // MIB * MIB
-    raw = work / "debian.raw"
-    with open(raw, "wb") as out, open(root, "rb") as src:
-        out.truncate(offset + size + MIB)
-        out.seek(offset)
-        shutil.copyfileobj(src, out, 8 * MIB)  # resize2fs truncated the file to the filesystem; the rest is zeros
-    root.unlink()
-    script = f"label: dos\nunit: sectors\n\nstart={offset // 512}, size={size // 512}, type=83, bootable\n"
-    subprocess.run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(raw)], input=script.encode(), check=True)
-    digest = hashlib.sha256()
-    with open(raw, "rb") as fh:
-        fh.seek(offset)
-        left = size
-        while left:
-            chunk = fh.read(min(8 * MIB, left))
-            assert chunk
-            digest.update(chunk)
-            left -= len(chunk)
-    return {"path": raw, "offset": offset, "size": size, "sha256": digest.hexdigest()}
+    stream = stemcell_images.gzip_file(shrunk, work / "root.ext4.gz")
+    shrunk.unlink()
+    return {"path": work / stream["path"], "offset": 0, "size": size, "sha256": stream["sha256"], "format": "gzip"}
 
 
 #: Plain partitions over two disks, BIOS: / on the first, /var (the image's files moved into it) and swap on the
@@ -312,9 +283,8 @@ def _print_duration() -> Iterator[None]:
 # ---------------------------------------------------------------- plain partitions: deploy, then the OS boots
 
 
-@FULL_METAL
 @pytest.mark.slow
-@pytest.mark.timeout(4000)
+@pytest.mark.timeout(2400)
 def test_layout_deploy_on_two_disks_then_the_os_boots(
     ramdisk: rdb.RamdiskArtifacts, debian_raw: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -329,7 +299,7 @@ def test_layout_deploy_on_two_disks_then_the_os_boots(
             "bootloader-installed", "configdrive-written", "done",
         ]  # fmt: skip
         gets = [r for r in stub.requests if r.startswith("GET /images/")]
-        assert len(gets) == 1  # one Range GET of the root partition, not the whole image
+        assert len(gets) == 1  # one GET of the root filesystem's gzip, not the whole image
         roles = {d["name"]: d["roles"] for d in event(stub, "disk-selected")["data"]["disks"]}
         assert roles == {"vda": ["grub0:bios_grub", "root:linux", "configdrive"], "vdb": [
             "grub1:bios_grub", "var:linux", "swap0:swap"]}  # fmt: skip
@@ -471,9 +441,8 @@ def test_raid10_raid0_xfs_layout_needs_mdadm_in_the_image_then_clean_takes_every
     assert torn.count("md:") == 2, torn
 
 
-@FULL_METAL
 @pytest.mark.slow
-@pytest.mark.timeout(4000)
+@pytest.mark.timeout(2400)
 def test_raid1_lvm_deploy_of_the_metal_image_boots(
     ramdisk: rdb.RamdiskArtifacts, metal_raw: dict[str, Any], tmp_path: Path
 ) -> None:
