@@ -344,7 +344,10 @@ def test_up_killed_mid_way_is_removed(lab_host: None, cli_lab: str, sig: signal.
         text=True,
     )
     try:
-        wait_until(lambda: virt.domain_states(cli_lab) or proc.poll() is not None, 120, lambda: "no domain defined")
+        # the signal goes as soon as the first domain exists: after it, only the emulator, serve and the record's
+        # files are left, a few seconds (a 0.5 s poll once saw `up` finish first in a fresh-clone run)
+        wait_until(lambda: virt.domain_states(cli_lab) or proc.poll() is not None, 120, lambda: "no domain defined",
+                   interval=0.05)  # fmt: skip
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)
     finally:
