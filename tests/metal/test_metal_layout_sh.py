@@ -45,11 +45,19 @@ menuentry 'Debian GNU/Linux, recovery' {{
 """
 
 
-def busybox() -> str:
+def run_function(name: str, setup: str, report: str) -> str:
+    """Define layout.sh's function ``name`` in busybox sh (its applets, as in the ramdisk), run ``setup``, then
+    ``if name; then echo "kept..."; else echo "..."; fi`` as ``report`` says; its output."""
     found = shutil.which("busybox")
     if found is None:
         pytest.skip("busybox is not installed (scripts/apt-packages.txt installs busybox-static)")
-    return found
+    script = f"""
+eval "$(sed -n '/^{name}()/,/^}}/p' '{LAYOUT_SH}')"
+{setup}
+{report}
+"""
+    proc = subprocess.run([found, "sh", "-c", script], capture_output=True, text=True, timeout=30, check=True)
+    return proc.stdout.strip()
 
 
 def grub_cfg_current(tmp_path: Path, cfg: str | None, fs_lines: str = "r ext4 /\ne vfat /boot/efi\n",
@@ -63,14 +71,9 @@ def grub_cfg_current(tmp_path: Path, cfg: str | None, fs_lines: str = "r ext4 /\
     if cfg is not None:
         (target / "boot" / "grub" / "grub.cfg").write_text(cfg)
     (lay / "fs").write_text(fs_lines)
-    script = f"""
-eval "$(sed -n '/^grub_cfg_current()/,/^}}/p' '{LAYOUT_SH}')"
-fs_uuid() {{ echo {UUID}; }}
-TARGET='{target}' LAY='{lay}' ROOT_DEV=/dev/vg0/root
-if grub_cfg_current; then echo "kept $ROOT_UUID"; else echo "regenerated: $GRUB_CFG_WHY"; fi
-"""
-    proc = subprocess.run([busybox(), "sh", "-c", script], capture_output=True, text=True, timeout=30, check=True)
-    return proc.stdout.strip()
+    return run_function("grub_cfg_current", f"fs_uuid() {{ echo {UUID}; }}\nTARGET='{target}' LAY='{lay}' "
+                        "ROOT_DEV=/dev/vg0/root",
+                        'if grub_cfg_current; then echo "kept $ROOT_UUID"; else echo "regenerated: $GRUB_CFG_WHY"; fi')
 
 
 def test_the_builders_and_update_grubs_configurations_are_kept(tmp_path: Path) -> None:
@@ -107,7 +110,7 @@ def test_a_missing_kernel_or_a_separate_boot_is_regenerated(tmp_path: Path) -> N
 
 def initramfs_current(tmp_path: Path, raids: str, vgs: str, initrd_age: int | None, packages: tuple[str, ...]) -> str:
     """Run initramfs_current on a target whose dpkg lists of ``packages`` are 100, 90, ... s old and whose initrd is
-    ``initrd_age`` s old (None: no initrd); 'kept: needs' or 'rebuilt: why'."""
+    ``initrd_age`` s old (None: no initrd); 'kept: why' or 'rebuilt: why'."""
     target, lay = tmp_path / "target", tmp_path / "lay"
     (target / "var" / "lib" / "dpkg" / "info").mkdir(parents=True)
     (target / "boot").mkdir()
@@ -123,18 +126,15 @@ def initramfs_current(tmp_path: Path, raids: str, vgs: str, initrd_age: int | No
         os.utime(initrd, (now - initrd_age, now - initrd_age))
     (lay / "raids").write_text(raids)
     (lay / "vgs").write_text(vgs)
-    script = f"""
-eval "$(sed -n '/^initramfs_current()/,/^}}/p' '{LAYOUT_SH}')"
-TARGET='{target}' LAY='{lay}'
-if initramfs_current; then echo "kept: $INITRAMFS_NEEDS"; else echo "rebuilt: $INITRAMFS_WHY"; fi
-"""
-    proc = subprocess.run([busybox(), "sh", "-c", script], capture_output=True, text=True, timeout=30, check=True)
-    return proc.stdout.strip()
+    return run_function("initramfs_current", f"TARGET='{target}' LAY='{lay}'",
+                        'if initramfs_current; then echo "kept: $INITRAMFS_KEPT"; '
+                        'else echo "rebuilt: $INITRAMFS_WHY"; fi')
 
 
 def test_the_initramfs_is_kept_when_built_after_mdadm_and_lvm2_else_rebuilt(tmp_path: Path) -> None:
     raid, vg = "md0 1 p0 p1\n", "vg0 md0\n"
-    assert initramfs_current(tmp_path / "a", raid, vg, 10, ("mdadm", "lvm2")) == "kept: mdadm and lvm2"
+    assert initramfs_current(tmp_path / "a", raid, vg, 10, ("mdadm", "lvm2")) == (
+        "kept: built after mdadm and lvm2 were installed")
     assert initramfs_current(tmp_path / "b", raid, vg, 95, ("mdadm", "lvm2")) == (
         "rebuilt: /boot/initrd.img-6.1.0-50-amd64 is older than /var/lib/dpkg/info/lvm2.list")
     assert initramfs_current(tmp_path / "c", raid, "", 10, ("lvm2",)) == "rebuilt: no dpkg record of mdadm"
@@ -144,4 +144,4 @@ def test_the_initramfs_is_kept_when_built_after_mdadm_and_lvm2_else_rebuilt(tmp_
 
 def test_a_layout_of_plain_partitions_keeps_the_images_initramfs(tmp_path: Path) -> None:
     assert initramfs_current(tmp_path, "", "", 500, ()) == (
-        "kept: nothing new: the layout has neither arrays nor volume groups")
+        "kept: the layout has neither arrays nor volume groups")

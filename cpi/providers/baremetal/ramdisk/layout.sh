@@ -528,20 +528,20 @@ lay_chroot_mounts() {
 # (update-initramfs under emulation: about 20 minutes) is then skipped. A layout of plain partitions needs nothing
 # new of it either: it already mounts the image's root filesystem, which / still is, from a plain partition (a swap
 # partition of the layout is not its resume device: hibernation is not a boot need; an image whose initramfs names
-# a resume device that is gone waits RESUME_DELAY for it, 5 s). Sets INITRAMFS_NEEDS, or INITRAMFS_WHY when it
-# must be rebuilt.
+# a resume device that is gone waits RESUME_DELAY for it, 5 s). Sets INITRAMFS_KEPT (why it is kept), or
+# INITRAMFS_WHY when it must be rebuilt.
 initramfs_current() {
-    local pkg list initrd newest
-    INITRAMFS_NEEDS= INITRAMFS_WHY=
+    local pkg list initrd newest needs
+    INITRAMFS_KEPT= INITRAMFS_WHY= needs=
     newest=
     for pkg in $([ -s "$LAY/raids" ] && echo mdadm) $([ -s "$LAY/vgs" ] && echo lvm2); do
         list=$TARGET/var/lib/dpkg/info/$pkg.list
         [ -f "$list" ] || { INITRAMFS_WHY="no dpkg record of $pkg"; return 1; }
-        INITRAMFS_NEEDS="$INITRAMFS_NEEDS${INITRAMFS_NEEDS:+ and }$pkg"
+        needs="$needs${needs:+ and }$pkg"
         [ -z "$newest" ] || [ "$list" -nt "$newest" ] && newest=$list
     done
     if [ -z "$newest" ]; then
-        INITRAMFS_NEEDS="nothing new: the layout has neither arrays nor volume groups"
+        INITRAMFS_KEPT="the layout has neither arrays nor volume groups"
         return 0
     fi
     set -- "$TARGET"/boot/initrd.img-*
@@ -549,6 +549,7 @@ initramfs_current() {
     for initrd in "$@"; do
         [ "$initrd" -nt "$newest" ] || { INITRAMFS_WHY="${initrd#"$TARGET"} is older than ${newest#"$TARGET"}"; return 1; }
     done
+    INITRAMFS_KEPT="built after $needs were installed"
     return 0
 }
 
@@ -563,10 +564,7 @@ lay_target() {
     lay_resync_after_boot
     lay_chroot_mounts
     if initramfs_current; then
-        case "$INITRAMFS_NEEDS" in
-            nothing*) INITRAMFS="kept ($INITRAMFS_NEEDS)" ;;
-            *) INITRAMFS="kept (built after $INITRAMFS_NEEDS were installed)" ;;
-        esac
+        INITRAMFS="kept ($INITRAMFS_KEPT)"
         log "the image's initramfs is $INITRAMFS"
     else
         INITRAMFS="rebuilt ($INITRAMFS_WHY)"
